@@ -1,0 +1,3 @@
+"""FashionMNIST CNNs with PyTorch Lightning and Hydra."""
+
+__version__ = "0.1.0"

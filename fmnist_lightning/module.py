@@ -1,0 +1,102 @@
+"""FashionMNISTClassifier: the one LightningModule, wrapping any plain network."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+class FashionMNISTClassifier(L.LightningModule):
+    """Trains a network with cross-entropy and logs per-epoch loss and accuracy.
+
+    Logged keys (all per epoch; accuracy is a fraction in [0, 1], loss is the mean
+    cross-entropy per image in nats): ``train/loss``, ``train/acc``, ``val/loss``,
+    ``val/acc``, ``val/acc_best`` (highest ``val/acc`` so far this fit), ``test/loss``,
+    ``test/acc``.
+
+    Args:
+        net: Maps float ``(B, 1, H, W)`` images to ``(B, num_classes)`` logits.
+        optimizer: Builds the optimizer from the parameters, e.g. a Hydra ``_partial_``
+            of ``torch.optim.Adam``.
+        scheduler: Builds an LR scheduler from the optimizer, stepped once per epoch, or
+            ``None`` for a constant learning rate.
+        num_classes: Number of classes (10 for FashionMNIST).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.criterion = nn.CrossEntropyLoss()
+        # Inputs come from our own DataModule, so torchmetrics' per-batch argument checks
+        # (which sync with the device) are skipped.
+        accuracy = dict(num_classes=num_classes, average="micro", validate_args=False)
+        self.train_acc = MulticlassAccuracy(**accuracy)
+        self.val_acc = MulticlassAccuracy(**accuracy)
+        self.test_acc = MulticlassAccuracy(**accuracy)
+        self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Float ``(B, 1, H, W)`` images → float ``(B, num_classes)`` logits."""
+        return self.net(x)
+
+    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = self.criterion(logits, labels)
+        loss_metric: MeanMetric = getattr(self, f"{stage}_loss")
+        acc_metric: MulticlassAccuracy = getattr(self, f"{stage}_acc")
+        # Weighted by batch size, so the epoch value is the exact mean over images even
+        # when the last batch is smaller.
+        loss_metric(loss.detach(), weight=labels.numel())
+        acc_metric(logits.detach(), labels)
+        self.log(f"{stage}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=stage != "test")
+        self.log(f"{stage}/acc", acc_metric, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    def on_train_start(self) -> None:
+        # The sanity-check validation before training must not count towards the best.
+        self.val_acc_best.reset()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def configure_optimizers(self):
+        """Builds the optimizer (and the per-epoch scheduler, if any) from the factories."""
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        # "monitor" is only read by ReduceLROnPlateau.
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": "val/loss"},
+        }

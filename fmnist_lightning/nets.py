@@ -1,0 +1,159 @@
+"""The documented CNNs as plain ``nn.Module``s, one per architecture in ``shared/recipes/``.
+
+Every network maps ``torch.float32`` ``(B, 1, H, W)`` images with ``H = W = image_size`` to
+``(B, 10)`` logits. All convolutions keep the spatial size ("same" padding) and every block
+ends in a 2×2 max-pool, so after ``k`` blocks the feature maps are ``image_size // 2**k``
+pixels wide; the first linear layer is sized from that, for any ``image_size`` (28 and 16
+are the documented ones). Nothing here knows about Lightning, Hydra or files.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_block(in_channels: int, out_channels: int, kernel_size: int, batch_norm: bool = False) -> nn.Sequential:
+    """Conv (odd kernel, "same" padding) → optional BatchNorm → ReLU → 2×2 max-pool.
+
+    Maps ``(B, in_channels, S, S)`` to ``(B, out_channels, S // 2, S // 2)``.
+    """
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(out_channels))
+    layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+    return nn.Sequential(*layers)
+
+
+def pooled_side(image_size: int, num_blocks: int, net: str) -> int:
+    """Side in pixels of the feature maps after ``num_blocks`` 2×2 max-pools.
+
+    Raises:
+        ValueError: ``image_size`` is too small to leave at least one pixel.
+    """
+    side = image_size // 2**num_blocks
+    if side < 1:
+        raise ValueError(
+            f"image_size={image_size} is too small for {net}: its {num_blocks} pooling stages "
+            f"need at least {2**num_blocks} pixels; set data.image_size to 16 or 28"
+        )
+    return side
+
+
+class ConvClassifier(nn.Module):
+    """Base of the networks below: ``classifier(features(x))``.
+
+    Subclasses set ``self.features`` (conv blocks) and ``self.classifier`` (starting with
+    ``nn.Flatten``).
+    """
+
+    features: nn.Module
+    classifier: nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Maps float ``(B, 1, H, W)`` images to float ``(B, num_classes)`` logits."""
+        return self.classifier(self.features(x))
+
+
+class TwoConvBNNet(ConvClassifier):
+    """Recipe 000 (``000_49e6956bb08f0e59.txt``): two conv+BatchNorm blocks, three linear layers.
+
+    conv(1→32)+BN+ReLU+pool, conv(32→64)+BN+ReLU+pool, FC→256+ReLU+Dropout,
+    FC 256→128+ReLU+Dropout, FC 128→10. The recipe does not give the kernel size; its
+    FC input of 3136 = 64·7·7 at 28 px implies size-preserving convolutions, so 3×3 with
+    padding 1 is used. 856,266 parameters at 28 px.
+
+    Args:
+        image_size: Input side in pixels.
+        num_classes: Number of output logits.
+        dropout: Dropout probability of both hidden linear layers (recipe: 0.5).
+    """
+
+    def __init__(self, image_size: int = 28, num_classes: int = 10, dropout: float = 0.5) -> None:
+        super().__init__()
+        side = pooled_side(image_size, 2, type(self).__name__)
+        self.features = nn.Sequential(conv_block(1, 32, 3, batch_norm=True), conv_block(32, 64, 3, batch_norm=True))
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64 * side * side, 256),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(256, 128),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(128, num_classes),
+        )
+
+
+class ThreeConvNet(ConvClassifier):
+    """Recipe 001 (``001_84f283de40ea0c52.txt``): three 3×3 conv blocks (32, 64, 128).
+
+    Each conv+ReLU+2×2 max-pool, 28→14→7→3 px; FC 1152→256+ReLU, Dropout, FC 256→10.
+    The recipe's 3×3 maps after three pools at 28 px imply padding 1. The recipe does not
+    name the hidden activation; ReLU, as in its conv layers. 390,410 parameters at 28 px.
+
+    Args:
+        image_size: Input side in pixels.
+        num_classes: Number of output logits.
+        dropout: Dropout probability before the output layer (recipe: 0.5).
+    """
+
+    def __init__(self, image_size: int = 28, num_classes: int = 10, dropout: float = 0.5) -> None:
+        super().__init__()
+        side = pooled_side(image_size, 3, type(self).__name__)
+        self.features = nn.Sequential(conv_block(1, 32, 3), conv_block(32, 64, 3), conv_block(64, 128, 3))
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(128 * side * side, 256),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(256, num_classes),
+        )
+
+
+class TwoConvNet(ConvClassifier):
+    """Recipes 002 (``002_94ed376411e83fcf.txt``, 28 px) and 003 (``003_7ade0653597f4a52.txt``,
+    16 px): two conv blocks (32, 64) and two linear layers with dropout between them.
+
+    conv(1→32)+ReLU+pool, conv(32→64)+ReLU+pool, FC→hidden+ReLU, Dropout, FC hidden→10.
+    Neither recipe gives the kernel size or the hidden width: 3×3 convolutions with
+    padding 1 and ``hidden=128`` are chosen here (421,642 parameters at 28 px, 151,306 at
+    16 px).
+
+    Args:
+        image_size: Input side in pixels.
+        num_classes: Number of output logits.
+        hidden: Width of the hidden linear layer.
+        dropout: Dropout probability before the output layer (recipes: 0.5).
+    """
+
+    def __init__(self, image_size: int = 28, num_classes: int = 10, hidden: int = 128, dropout: float = 0.5) -> None:
+        super().__init__()
+        side = pooled_side(image_size, 2, type(self).__name__)
+        self.features = nn.Sequential(conv_block(1, 32, 3), conv_block(32, 64, 3))
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64 * side * side, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+
+class TwoConv5x5Net(ConvClassifier):
+    """Recipe 004 (``004_89eea2e3671ba8f9.txt``): two 5×5 conv blocks (16, 32), one linear layer.
+
+    conv5×5(1→16, pad 2)+ReLU+pool, conv5×5(16→32, pad 2)+ReLU+pool, FC 512→10 at 16 px
+    (16→8→4 px). The recipe does not name the activation; ReLU is used. 18,378 parameters
+    at 16 px.
+
+    Args:
+        image_size: Input side in pixels (the recipe uses 16).
+        num_classes: Number of output logits.
+    """
+
+    def __init__(self, image_size: int = 16, num_classes: int = 10) -> None:
+        super().__init__()
+        side = pooled_side(image_size, 2, type(self).__name__)
+        self.features = nn.Sequential(conv_block(1, 16, 5), conv_block(16, 32, 5))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32 * side * side, num_classes))

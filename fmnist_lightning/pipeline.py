@@ -1,0 +1,122 @@
+"""One training run: build everything from the config, fit, test the best checkpoint, and
+write the run folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist_lightning.module import FashionMNISTClassifier
+
+log = logging.getLogger(__name__)
+
+# The dataset is held in memory as tensors, so DataLoader workers would only add copies;
+# Lightning's advice to add workers does not apply.
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+# Raised inside Lightning's own pytree helper with this torch release; nothing a user can change.
+warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+
+
+def instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
+    """Instantiates every entry of a config group such as ``callbacks`` or ``logger``.
+
+    Entries set to ``null`` are switched off and skipped.
+
+    Raises:
+        ValueError: An entry is neither ``null`` nor a config with ``_target_``.
+    """
+    objects = []
+    for name, entry in (group or {}).items():
+        if entry is None:
+            continue
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            raise ValueError(
+                f"{what}.{name} must be null (off) or a config with _target_, got {entry!r}"
+            )
+        objects.append(hydra.utils.instantiate(entry))
+    return objects
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, FashionMNISTClassifier, L.Trainer]:
+    """Instantiates the DataModule, the LightningModule and the Trainer of ``cfg``.
+
+    Returns:
+        ``(datamodule, model, trainer)``.
+    """
+    datamodule = hydra.utils.instantiate(cfg.data)
+    scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    model = FashionMNISTClassifier(
+        net=hydra.utils.instantiate(cfg.model),
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=scheduler,
+    )
+    callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"), "callbacks")
+    loggers: list[Logger] = instantiate_group(cfg.get("logger"), "logger")
+    if not loggers and any(isinstance(c, LearningRateMonitor) for c in callbacks):
+        log.info("No logger configured: the learning-rate monitor is skipped")
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return datamodule, model, trainer
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Trains, tests the best checkpoint, and writes ``metrics.json`` into ``cfg.output_dir``.
+
+    The run folder then holds ``.hydra/`` (written by Hydra), ``checkpoints/``
+    (``epoch_NNN.ckpt`` for the best ``val/acc`` and ``last.ckpt``), the logger's files
+    (``tensorboard/`` by default) and ``metrics.json``.
+
+    Args:
+        cfg: The composed ``conf/train.yaml``.
+
+    Returns:
+        The final metrics as floats: ``val/*`` of the last epoch, ``val/acc_best``, and
+        ``test/loss`` and ``test/acc`` of the best checkpoint (of the last weights when no
+        checkpoint was saved, e.g. under ``debug=fdr``). Accuracies are fractions.
+
+    Raises:
+        fmnist_lightning.data.DatasetError: The dataset files are missing or corrupt
+            (checked before the network is built).
+    """
+    start = time.perf_counter()
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.output_dir)
+
+    datamodule, model, trainer = build(cfg)
+    datamodule.prepare_data()  # fail on missing or bad files before any training work
+
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer.fit(model, datamodule=datamodule)
+    # trainer.test replaces callback_metrics, so keep the last epoch's train/val values.
+    metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    checkpoint = trainer.checkpoint_callback
+    best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    if not trainer.interrupted:
+        trainer.test(model, datamodule=datamodule, ckpt_path="best" if best_path else None)
+        metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
+    summary = {
+        "status": "interrupted" if trainer.interrupted else "finished",
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "best_checkpoint": os.path.relpath(best_path, output_dir.resolve()) if best_path else None,
+        "wall_time_s": round(time.perf_counter() - start, 2),
+        "metrics": metrics,
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("Run folder %s: %s", output_dir, {k: round(v, 4) for k, v in metrics.items() if k.startswith("test/")})
+    return metrics

@@ -1,0 +1,97 @@
+"""Every config option composes and builds; every experiment runs end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from hydra import compose, initialize_config_dir
+
+from conftest import CONF, config_names
+from fmnist_lightning.pipeline import build, train
+
+GROUPS = ["data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "debug"]
+
+
+@pytest.mark.parametrize(
+    "override",
+    [f"{group}={name}" for group in GROUPS for name in config_names(group) if (group, name) != ("trainer", "gpu")],
+)
+def test_every_option_builds(make_cfg, override: str) -> None:
+    datamodule, model, trainer = build(make_cfg(override))
+    assert datamodule.batch_size >= 1 and trainer.max_epochs >= 1
+    optimizers = model.configure_optimizers()
+    optimizer = optimizers["optimizer"] if isinstance(optimizers, dict) else optimizers
+    assert isinstance(optimizer, torch.optim.Optimizer)
+
+
+def test_gpu_trainer_config_composes() -> None:
+    """trainer=gpu is built only where a GPU exists; here, check what it asks for."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["trainer=gpu", "output_dir=unused"])
+    assert (cfg.trainer.accelerator, cfg.trainer.devices) == ("gpu", 1)
+    if torch.cuda.is_available():
+        assert hydra.utils.instantiate(cfg.trainer).accelerator is not None
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "step"])
+def test_schedulers_change_the_learning_rate(make_cfg, scheduler: str) -> None:
+    _, model, _ = build(make_cfg(f"scheduler={scheduler}", "trainer.max_epochs=10"))
+    config = model.configure_optimizers()
+    lr0 = config["optimizer"].param_groups[0]["lr"]
+    for _ in range(6):
+        config["optimizer"].step()
+        config["lr_scheduler"]["scheduler"].step()
+    assert config["lr_scheduler"]["interval"] == "epoch"
+    assert config["optimizer"].param_groups[0]["lr"] < lr0
+
+
+def test_callbacks_can_be_switched_off(make_cfg) -> None:
+    _, _, trainer = build(make_cfg("callbacks.early_stopping=null", "callbacks.lr_monitor=null"))
+    names = {type(c).__name__ for c in trainer.callbacks}
+    assert "ModelCheckpoint" in names
+    assert "EarlyStopping" not in names and "LearningRateMonitor" not in names
+
+
+def test_bad_callback_entry_is_refused(make_cfg) -> None:
+    with pytest.raises(ValueError, match="callbacks.foo must be null"):
+        build(make_cfg("+callbacks.foo=3"))
+
+
+@pytest.mark.parametrize("experiment", config_names("experiment"))
+def test_experiment_fast_dev_run(make_cfg, experiment: str, tmp_path: Path) -> None:
+    cfg = make_cfg(f"experiment={experiment}", "debug=fdr")
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "finished"
+
+
+def test_experiments_follow_their_recipes(make_cfg) -> None:
+    """The settings each recipe states (shared/recipes/*.txt), as composed."""
+    expected = {
+        "recipe_000": ("TwoConvBNNet", 28, "Adam", 1e-3, None, 3),
+        "recipe_001": ("ThreeConvNet", 28, "Adam", 1e-3, 64, None),
+        "recipe_002": ("TwoConvNet", 28, "Adam", 1e-3, 128, None),
+        "recipe_003": ("TwoConvNet", 16, "Adam", 1e-3, 64, None),
+        "recipe_004": ("TwoConv5x5Net", 16, "SGD", 0.1, None, None),
+    }
+    assert sorted(expected) == config_names("experiment")
+    for name, (net, size, optimizer, lr, batch, patience) in expected.items():
+        cfg = make_cfg(f"experiment={name}")
+        assert cfg.model._target_.endswith(net) and cfg.data.image_size == size
+        assert cfg.optimizer._target_.endswith(optimizer) and cfg.optimizer.lr == lr
+        if batch is not None:
+            assert cfg.data.batch_size == batch
+        es = cfg.callbacks.early_stopping
+        assert (es.patience if es is not None else None) == patience
+    assert make_cfg("experiment=recipe_000").optimizer.weight_decay == 1e-4
+    assert make_cfg("experiment=recipe_001").data.val_fraction == 0.2
+    assert OmegaConf.to_container(make_cfg("experiment=recipe_003").data.normalize) == {"mean": 0.5, "std": 0.5}
+    assert make_cfg("experiment=recipe_004").data.normalize is None
+    epochs = {name: make_cfg(f"experiment={name}").trainer.max_epochs for name in expected}
+    assert (epochs["recipe_001"], epochs["recipe_002"], epochs["recipe_003"], epochs["recipe_004"]) == (10, 20, 10, 5)

@@ -1,0 +1,206 @@
+"""Reading and verifying the IDX files, and the DataModule, on the real FashionMNIST."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fmnist_lightning.data import DatasetError, FashionMNISTDataModule, load_split
+from fmnist_lightning.data import idx
+from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, IDX_SPECS, ensure_files
+
+TRAIN_IMAGES = IDX_SPECS[("train", "images")]
+TRAIN_LABELS = IDX_SPECS[("train", "labels")]
+
+
+def test_real_splits_load(data_root: Path) -> None:
+    images, labels = load_split(data_root, "train")
+    assert images.shape == (60000, 28, 28) and images.dtype == torch.uint8
+    assert labels.shape == (60000,) and labels.dtype == torch.int64
+    assert torch.equal(labels.bincount(), torch.full((10,), 6000))
+    images, labels = load_split(data_root, "test")
+    assert images.shape == (10000, 28, 28)
+    assert torch.equal(labels.bincount(), torch.full((10,), 1000))
+
+
+def test_gz_files_are_read_directly() -> None:
+    """The Debian package's .gz files verify against the checksums of the originals."""
+    images, labels = load_split(DEBIAN_DATASET_DIR, "test")
+    assert images.shape == (10000, 28, 28) and labels.shape == (10000,)
+
+
+def _copy_all(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for spec in IDX_SPECS.values():
+        shutil.copy(src / spec.name, dst / spec.name)
+    return dst
+
+
+def _expect_error(root: Path, bad: Path, *phrases: str) -> None:
+    with pytest.raises(DatasetError) as info:
+        load_split(root, "train")
+    message = str(info.value)
+    assert str(bad) in message
+    assert "apt-get install dataset-fashion-mnist" in message and "data.root" in message
+    for phrase in phrases:
+        assert phrase in message
+
+
+def test_truncated_file(data_root: Path, tmp_path: Path) -> None:
+    root = _copy_all(data_root, tmp_path / "d")
+    bad = root / TRAIN_IMAGES.name
+    bad.write_bytes(bad.read_bytes()[:1_000_000])
+    _expect_error(root, bad, "truncated", "1000000 bytes")
+
+
+def test_truncated_gz_file(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    root.mkdir()
+    for spec in IDX_SPECS.values():
+        shutil.copy(Path(DEBIAN_DATASET_DIR) / f"{spec.name}.gz", root)
+    bad = root / f"{TRAIN_IMAGES.name}.gz"
+    bad.write_bytes(bad.read_bytes()[:500_000])
+    _expect_error(root, bad, "not a complete gzip file")
+
+
+def test_wrong_magic(data_root: Path, tmp_path: Path) -> None:
+    root = _copy_all(data_root, tmp_path / "d")
+    bad = root / TRAIN_IMAGES.name
+    data = bytearray(bad.read_bytes())
+    data[3] = 0x01  # 2051 -> 2049, a label file's magic
+    bad.write_bytes(bytes(data))
+    _expect_error(root, bad, "magic number 2049, expected 2051")
+
+
+def test_wrong_count(data_root: Path, tmp_path: Path) -> None:
+    root = _copy_all(data_root, tmp_path / "d")
+    bad = root / TRAIN_LABELS.name
+    data = bytearray(bad.read_bytes())
+    data[4:8] = (59999).to_bytes(4, "big")
+    bad.write_bytes(bytes(data[:-1]))
+    _expect_error(root, bad, "shape (59999,)", "expected (60000,)")
+
+
+def test_corrupt_pixels(data_root: Path, tmp_path: Path) -> None:
+    root = _copy_all(data_root, tmp_path / "d")
+    bad = root / TRAIN_IMAGES.name
+    data = bytearray(bad.read_bytes())
+    data[5000] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    _expect_error(root, bad, "MD5")
+
+
+def test_missing_file(data_root: Path, tmp_path: Path) -> None:
+    root = _copy_all(data_root, tmp_path / "d")
+    (root / TRAIN_LABELS.name).unlink()
+    with pytest.raises(DatasetError, match=f"{TRAIN_LABELS.name} is missing from {root}"):
+        load_split(root, "train")
+
+
+def test_ensure_files_copies_local_copy(tmp_path: Path) -> None:
+    root = tmp_path / "new" / "fashion-mnist"
+    ensure_files(root, DEBIAN_DATASET_DIR, download=False)
+    for spec in IDX_SPECS.values():
+        assert (root / spec.name).stat().st_size == spec.total_bytes
+    assert not list(root.glob(".*part"))
+
+
+def test_ensure_files_refuses_bad_local_copy(data_root: Path, tmp_path: Path) -> None:
+    local = _copy_all(data_root, tmp_path / "local")
+    with gzip.open(local / f"{TRAIN_IMAGES.name}.gz", "wb") as f:
+        f.write(b"\x00\x00\x08\x03")
+    (local / TRAIN_IMAGES.name).unlink()
+    root = tmp_path / "root"
+    with pytest.raises(DatasetError, match=f"{local / TRAIN_IMAGES.name}.gz is truncated"):
+        ensure_files(root, local, download=False)
+    assert not (root / TRAIN_IMAGES.name).exists()
+
+
+def test_nothing_found_without_download(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="not in .* and data.download is false.*apt-get install"):
+        ensure_files(tmp_path / "root", tmp_path / "empty", download=False)
+
+
+def test_failed_download_says_how_to_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a local copy the download is tried; its failure becomes a clear error."""
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    with pytest.raises(DatasetError, match="torchvision's download failed.*apt-get install"):
+        ensure_files(tmp_path / "root", None, download=True)
+
+
+def test_files_in_torchvision_layout_are_found(data_root: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.parent.mkdir()
+    _copy_all(data_root, raw)
+    assert idx.find_file(tmp_path, TRAIN_IMAGES) == raw / TRAIN_IMAGES.name
+    assert load_split(tmp_path, "test")[0].shape == (10000, 28, 28)
+
+
+def _datamodule(data_root: Path, **kwargs) -> FashionMNISTDataModule:
+    dm = FashionMNISTDataModule(root=str(data_root), local_copy=None, download=False, **kwargs)
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def test_split_is_seeded_and_disjoint(data_root: Path) -> None:
+    a = _datamodule(data_root, val_fraction=0.2, split_seed=3)
+    b = _datamodule(data_root, val_fraction=0.2, split_seed=3)
+    c = _datamodule(data_root, val_fraction=0.2, split_seed=4)
+    assert (len(a.data_train), len(a.data_val), len(a.data_test)) == (48000, 12000, 10000)
+    assert torch.equal(a.data_val.tensors[0], b.data_val.tensors[0])
+    assert not torch.equal(a.data_val.tensors[0], c.data_val.tensors[0])
+    # Train and validation together are exactly the official 60,000 training images.
+    weights = torch.randint(0, 2**20, (784,), generator=torch.Generator().manual_seed(0))
+
+    def keys(images: torch.Tensor) -> torch.Tensor:
+        return (images.reshape(len(images), -1).long() * weights).sum(1).sort().values
+
+    full, _ = load_split(data_root, "train")
+    parts = torch.cat([a.data_train.tensors[0], a.data_val.tensors[0]])
+    assert torch.equal(keys(parts), keys(full))
+
+
+@pytest.mark.parametrize("image_size", [28, 16])
+def test_batches_are_preprocessed(data_root: Path, image_size: int) -> None:
+    dm = _datamodule(data_root, image_size=image_size, normalize={"mean": 0.5, "std": 0.5}, batch_size=32)
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (32, 1, 28, 28) and images.dtype == torch.uint8
+    x, y = dm.on_after_batch_transfer((images, labels), 0)
+    assert x.shape == (32, 1, image_size, image_size) and x.dtype == torch.float32
+    assert y.dtype == torch.int64
+    assert x.min() >= -1.0 and x.max() <= 1.0
+    if image_size == 28:
+        torch.testing.assert_close(x, images.float() / 255 * 2 - 1)
+
+
+def test_normalization_off_keeps_unit_range(data_root: Path) -> None:
+    dm = _datamodule(data_root, normalize=None)
+    images, labels = next(iter(dm.val_dataloader()))
+    x, _ = dm.on_after_batch_transfer((images, labels), 0)
+    torch.testing.assert_close(x, images.float() / 255)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"val_fraction": 0.0}, "data.val_fraction must be in"),
+        ({"val_fraction": 1.5}, "data.val_fraction must be in"),
+        ({"batch_size": 0}, "data.batch_size must be >= 1"),
+        ({"image_size": 0}, "data.image_size must be a positive"),
+        ({"normalize": {"mean": 0.5}}, "data.normalize must be null or have exactly"),
+        ({"normalize": {"mean": 0.5, "std": 0.0}}, "data.normalize.std must be > 0"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        FashionMNISTDataModule(**kwargs)

@@ -1,0 +1,36 @@
+"""FashionMNISTClassifier logs the documented metric keys with correct values."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from fmnist_lightning.module import FashionMNISTClassifier
+from fmnist_lightning.nets import TwoConv5x5Net
+
+
+def test_logged_keys_and_exact_epoch_means(tmp_path) -> None:
+    torch.manual_seed(0)
+    images = torch.rand(70, 1, 16, 16)
+    labels = torch.randint(0, 10, (70,))
+    # Batches of 32, 32 and 6: the epoch values must be means over images, not batches.
+    loader = DataLoader(TensorDataset(images, labels), batch_size=32)
+    model = FashionMNISTClassifier(TwoConv5x5Net(16), optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    trainer = L.Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )
+    trainer.fit(model, loader, loader)
+    fit_metrics = dict(trainer.callback_metrics)
+    trainer.test(model, loader)
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"} <= set(fit_metrics)
+    assert {"test/loss", "test/acc"} <= set(trainer.callback_metrics)
+
+    with torch.no_grad():
+        logits = model.net.eval()(images)
+    loss = torch.nn.functional.cross_entropy(logits, labels)
+    acc = (logits.argmax(1) == labels).float().mean()
+    torch.testing.assert_close(trainer.callback_metrics["test/loss"], loss)
+    torch.testing.assert_close(trainer.callback_metrics["test/acc"], acc)
+    torch.testing.assert_close(fit_metrics["val/acc_best"], fit_metrics["val/acc"])

@@ -1,0 +1,49 @@
+"""Every model config builds a network that maps (B, 1, S, S) to (B, 10) logits."""
+
+from __future__ import annotations
+
+import hydra
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from conftest import CONF, config_names
+from fmnist_lightning.nets import ThreeConvNet, TwoConv5x5Net, TwoConvBNNet
+
+
+@pytest.mark.parametrize("image_size", [28, 16])
+@pytest.mark.parametrize("model", config_names("model"))
+def test_model_configs_give_logits(model: str, image_size: int) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}", f"data.image_size={image_size}"])
+    net = hydra.utils.instantiate(cfg.model)
+    images = torch.rand(5, 1, image_size, image_size)
+    logits = net(images)
+    assert logits.shape == (5, 10)
+    assert logits.dtype == torch.float32
+    logits.sum().backward()  # every parameter takes part in the forward pass
+    assert all(p.grad is not None for p in net.parameters())
+
+
+@pytest.mark.parametrize(
+    ("net", "image_size", "expected"),
+    [
+        # Hand-counted from the recipes' layer lists (weights + biases; BatchNorm's affine).
+        (TwoConvBNNet, 28, 320 + 64 + 18_496 + 128 + 3136 * 256 + 256 + 256 * 128 + 128 + 1290),
+        (ThreeConvNet, 28, 320 + 18_496 + 73_856 + 1152 * 256 + 256 + 2570),
+        (TwoConv5x5Net, 16, 416 + 12_832 + 512 * 10 + 10),
+    ],
+)
+def test_parameter_counts_match_recipes(net, image_size: int, expected: int) -> None:
+    assert sum(p.numel() for p in net(image_size=image_size).parameters()) == expected
+
+
+def test_recipe_flatten_sizes() -> None:
+    assert TwoConvBNNet(image_size=28).classifier[1].in_features == 3136  # recipe 000
+    assert ThreeConvNet(image_size=28).classifier[1].in_features == 1152  # recipe 001
+    assert TwoConv5x5Net(image_size=16).classifier[1].in_features == 512  # recipe 004
+
+
+def test_too_small_image_is_refused() -> None:
+    with pytest.raises(ValueError, match="image_size=4 is too small for ThreeConvNet"):
+        ThreeConvNet(image_size=4)
