@@ -87,7 +87,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     Raises:
         fmnist_lightning.data.DatasetError: The dataset files are missing or corrupt
-            (checked before the network is built).
+            (checked before training starts).
     """
     start = time.perf_counter()
     if cfg.get("seed") is not None:

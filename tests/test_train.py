@@ -1,0 +1,93 @@
+"""End-to-end runs on the real FashionMNIST: training, run folders, the CLI and sweeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO
+from fmnist_lightning.data.idx import IDX_SPECS
+from fmnist_lightning.pipeline import train
+
+EPOCH_KEYS = {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc"}
+
+
+def scalar_tags(tensorboard_dir: Path) -> set[str]:
+    """Scalar tags in all TensorBoard event files of a folder."""
+    tags: set[str] = set()
+    for events in tensorboard_dir.glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    return tags
+
+
+def test_three_conv_learns_on_real_data(make_cfg, tmp_path: Path) -> None:
+    """300 real batches of 64 images take ThreeConvNet far above chance (10 %)."""
+    metrics = train(make_cfg("model=three_conv", "trainer.max_epochs=1", "trainer.limit_train_batches=300"))
+    assert metrics["val/acc"] > 0.75, metrics
+    assert metrics["test/acc"] > 0.75, metrics
+    assert EPOCH_KEYS <= set(metrics)
+
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs"] == 1 and summary["global_step"] == 300
+    assert summary["best_checkpoint"] == "checkpoints/epoch_000.ckpt"
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert summary["metrics"]["test/acc"] == metrics["test/acc"]
+    assert EPOCH_KEYS <= scalar_tags(tmp_path / "tensorboard")
+
+
+def test_run_without_logger(make_cfg, tmp_path: Path) -> None:
+    """logger=none: no logger files, the LR monitor is skipped, metrics.json is written."""
+    metrics = train(make_cfg("logger=none", "debug=limit", "scheduler=cosine"))
+    assert "test/acc" in metrics
+    assert not (tmp_path / "tensorboard").exists()
+    assert (tmp_path / "metrics.json").is_file()
+
+
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_multirun_makes_one_folder_per_job(data_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m", "optimizer=adam,sgd", "debug=limit", "trainer=cpu",
+        f"data.root={data_root}", f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1"]
+    for job, optimizer in zip(jobs, ["Adam", "SGD"]):
+        assert optimizer in (job / ".hydra" / "config.yaml").read_text()
+        assert list((job / "tensorboard").glob("events.out.tfevents.*"))
+        assert "test/acc" in scalar_tags(job / "tensorboard")
+        assert json.loads((job / "metrics.json").read_text())["status"] == "finished"
+
+
+def test_truncated_data_file_gives_a_clear_error(data_root: Path, tmp_path: Path) -> None:
+    bad_root = tmp_path / "data"
+    bad_root.mkdir()
+    for spec in IDX_SPECS.values():
+        (bad_root / spec.name).write_bytes((data_root / spec.name).read_bytes())
+    bad = bad_root / IDX_SPECS[("train", "images")].name
+    bad.write_bytes(bad.read_bytes()[:123_456])
+
+    result = run_cli(
+        f"data.root={bad_root}", "data.local_copy=null", "data.download=false", "trainer=cpu",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 1
+    assert f"error: FashionMNIST file {bad} is truncated" in result.stderr
+    assert "apt-get install dataset-fashion-mnist" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
