@@ -13,11 +13,14 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+from fmnist_lightning.evaluation import hparams_of, log_test_summaries, report_test_set, write_curves
 from fmnist_lightning.module import FashionMNISTClassifier
+from fmnist_lightning.runs import NET_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +74,14 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, FashionMNISTClassifie
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Trains, tests the best checkpoint, and writes ``metrics.json`` into ``cfg.output_dir``.
+    """Trains, tests the best checkpoint, and writes the run folder ``cfg.output_dir``.
 
     The run folder then holds ``.hydra/`` (written by Hydra), ``checkpoints/``
-    (``epoch_NNN.ckpt`` for the best ``val/acc`` and ``last.ckpt``), the logger's files
-    (``tensorboard/`` by default) and ``metrics.json``.
+    (``epoch_NNN.ckpt`` for the best ``val/acc`` and ``last.ckpt``), ``net.pt`` (the tested
+    network's plain state_dict), the test report (``report.json``, ``report.md``,
+    ``confusion_matrix.png``), ``curves.png``, the logger's files (``tensorboard/`` by
+    default, with the report's figures, per-class metrics and an HParams session) and
+    ``metrics.json``.
 
     Args:
         cfg: The composed ``conf/train.yaml``.
@@ -93,6 +99,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
 
     datamodule, model, trainer = build(cfg)
     datamodule.prepare_data()  # fail on missing or bad files before any training work
@@ -108,6 +115,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not trainer.interrupted:
         trainer.test(model, datamodule=datamodule, ckpt_path="best" if best_path else None)
         metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
+        if trainer.is_global_zero:
+            # model.net now holds the tested (best) weights.
+            torch.save(model.net.state_dict(), output_dir / NET_WEIGHTS)
+            report, predictions = report_test_set(model.net, datamodule, output_dir, trainer.strategy.root_device)
+            write_curves(output_dir)
+            log_test_summaries(trainer.loggers, report, predictions, hparams_of(cfg), metrics, trainer.global_step)
     summary = {
         "status": "interrupted" if trainer.interrupted else "finished",
         "epochs": trainer.current_epoch,
@@ -116,7 +129,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "wall_time_s": round(time.perf_counter() - start, 2),
         "metrics": metrics,
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info("Run folder %s: %s", output_dir, {k: round(v, 4) for k, v in metrics.items() if k.startswith("test/")})
     return metrics

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +29,28 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fashion-mnist")
     ensure_files(root, DEBIAN_DATASET_DIR, download=False)
     return root
+
+
+def run_script(script: str, *args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Runs ``python <script> <args>`` from the repository (as a user would) and returns it."""
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real run folder from ``train.py``: TwoConv5x5Net at 16 px, 2 short epochs (about
+    80 % accuracy), tested on the full 10,000 test images."""
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    result = run_script(
+        "train.py", "model=two_conv_5x5", "data.image_size=16", "trainer=cpu", "trainer.max_epochs=2",
+        "trainer.limit_train_batches=150", "trainer.limit_val_batches=20",
+        f"data.root={data_root}", f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
 
 
 @pytest.fixture

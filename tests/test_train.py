@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO
+from conftest import run_script
 from fmnist_lightning.data.idx import IDX_SPECS
 from fmnist_lightning.pipeline import train
 
@@ -50,17 +47,10 @@ def test_run_without_logger(make_cfg, tmp_path: Path) -> None:
     assert (tmp_path / "metrics.json").is_file()
 
 
-def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )
-
-
 def test_multirun_makes_one_folder_per_job(data_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    result = run_cli(
+    result = run_script(
+        "train.py",
         "-m", "optimizer=adam,sgd", "debug=limit", "trainer=cpu",
         f"data.root={data_root}", f"hydra.sweep.dir={sweep}",
     )
@@ -82,7 +72,8 @@ def test_truncated_data_file_gives_a_clear_error(data_root: Path, tmp_path: Path
     bad = bad_root / IDX_SPECS[("train", "images")].name
     bad.write_bytes(bad.read_bytes()[:123_456])
 
-    result = run_cli(
+    result = run_script(
+        "train.py",
         f"data.root={bad_root}", "data.local_copy=null", "data.download=false", "trainer=cpu",
         f"hydra.run.dir={tmp_path / 'run'}",
     )

@@ -21,23 +21,24 @@ def build_preprocess(image_size: int = 28, normalize: dict | None = None) -> nn.
     level), scale to [0, 1], then normalise.
 
     Args:
-        image_size: Output side in pixels; 28 keeps the original size (no resize).
+        image_size: Output side in pixels; 28 keeps the dataset's size.
         normalize: ``{"mean": float, "std": float}`` on the [0, 1] scale, or ``None`` to keep
             values in [0, 1].
 
     Returns:
-        A module mapping ``torch.uint8`` ``(B, 1, 28, 28)`` to ``torch.float32``
-        ``(B, 1, image_size, image_size)``.
+        A module mapping ``torch.uint8`` ``(B, 1, H, W)`` (any H, W; 28 × 28 for the dataset)
+        to ``torch.float32`` ``(B, 1, image_size, image_size)``.
 
     Raises:
         ValueError: ``image_size`` < 1, or ``normalize`` lacks ``mean``/``std`` or has std <= 0.
     """
     if image_size < 1:
         raise ValueError(f"data.image_size must be a positive number of pixels, got {image_size}")
-    steps: list[nn.Module] = []
-    if image_size != 28:
-        steps.append(v2.Resize((image_size, image_size), antialias=True))
-    steps.append(v2.ToDtype(torch.float32, scale=True))
+    # Resizing to the input's own size returns the input unchanged, so 28 px costs nothing.
+    steps: list[nn.Module] = [
+        v2.Resize((image_size, image_size), antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+    ]
     if normalize is not None:
         if set(normalize) != {"mean", "std"}:
             raise ValueError(

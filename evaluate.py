@@ -1,0 +1,28 @@
+"""Re-evaluate a finished run: ``python evaluate.py run_dir=outputs/runs/<run>``.
+
+Writes report.json, report.md and confusion_matrix.png into
+``outputs/evaluations/<date>_<time>/`` (see conf/evaluate.yaml).
+"""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from fmnist_lightning.data import DatasetError
+from fmnist_lightning.evaluation import evaluate_run
+from fmnist_lightning.runs import RunError
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    output_dir = HydraConfig.get().runtime.output_dir
+    try:
+        report = evaluate_run(cfg.run_dir, output_dir, cfg.weights, cfg.data_root, cfg.device)
+    except (RunError, DatasetError) as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"test accuracy {report['accuracy']:.4f}, loss {report['loss']:.4f} ({report['weights']})")
+    print(f"report: {output_dir}/report.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Using a finished run folder: its config, its weights, and its network with preprocessing.
+
+A run folder (see README, "What a run writes") holds ``.hydra/config.yaml``, ``net.pt``
+(the plain ``state_dict`` of the best network), ``checkpoints/`` and ``metrics.json``. The
+network is always rebuilt from the saved config; checkpoints hold no pickled objects.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from fmnist_lightning.data import FashionMNISTDataModule
+from fmnist_lightning.data.idx import CLASS_NAMES
+from fmnist_lightning.data.transforms import build_preprocess
+
+#: File name of the network's plain ``state_dict`` in a run folder.
+NET_WEIGHTS = "net.pt"
+
+
+class RunError(RuntimeError):
+    """A run folder cannot be used as asked; the message says what is missing or wrong."""
+
+
+def load_run_config(run_dir: str | Path) -> DictConfig:
+    """Reads the config a run was made with (``run_dir/.hydra/config.yaml``).
+
+    Raises:
+        RunError: ``run_dir`` is not a run folder.
+    """
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise RunError(
+            f"{run_dir} is not a run folder: it has no .hydra/config.yaml. "
+            "Pass a folder under outputs/runs/ or outputs/multirun/<sweep>/<job>/."
+        )
+    return OmegaConf.load(path)
+
+
+def resolve_weights(run_dir: str | Path, weights: str = NET_WEIGHTS) -> Path:
+    """Finds a run's weights file.
+
+    Args:
+        run_dir: The run folder.
+        weights: ``"net.pt"`` (the best network's plain state_dict), ``"best"`` (the best
+            checkpoint), ``"last"`` (``checkpoints/last.ckpt``), or a path to a ``.pt`` or
+            ``.ckpt`` file.
+
+    Raises:
+        RunError: The file does not exist; the message lists what the run does have.
+    """
+    run_dir = Path(run_dir)
+    if weights == "best":
+        metrics = run_dir / "metrics.json"
+        best = json.loads(metrics.read_text()).get("best_checkpoint") if metrics.is_file() else None
+        path = run_dir / best if best else None
+        if path is None:
+            candidates = sorted((run_dir / "checkpoints").glob("epoch_*.ckpt"))
+            path = candidates[-1] if len(candidates) == 1 else None
+    elif weights == "last":
+        path = run_dir / "checkpoints" / "last.ckpt"
+    else:
+        path = Path(weights) if Path(weights).is_absolute() else run_dir / weights
+    if path is None or not path.is_file():
+        found = sorted(str(p.relative_to(run_dir)) for p in [*run_dir.glob("*.pt"), *run_dir.glob("checkpoints/*.ckpt")])
+        raise RunError(
+            f"Run {run_dir} has no {weights!r} weights "
+            f"({'it has: ' + ', '.join(found) if found else 'it has no checkpoint or net.pt at all; did it finish its first epoch?'})."
+        )
+    return path
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The network's ``state_dict`` from a ``net.pt`` file or a Lightning checkpoint."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" in state:  # a Lightning checkpoint of FashionMNISTClassifier
+        state = {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
+    return state
+
+
+def build_net(cfg: DictConfig) -> nn.Module:
+    """Instantiates the untrained network of a run config (``cfg.model``)."""
+    return hydra.utils.instantiate(cfg.model)
+
+
+def build_datamodule(cfg: DictConfig, data_root: str | None = None) -> FashionMNISTDataModule:
+    """Instantiates the DataModule of a run config (``cfg.data``), optionally with another
+    ``data.root``; relative roots are relative to the working directory."""
+    return hydra.utils.instantiate(cfg.data, **({"root": data_root} if data_root else {}))
+
+
+@dataclass
+class TrainedModel:
+    """A trained network with the preprocessing of the run that made it.
+
+    Attributes:
+        net: The network in eval mode, mapping float ``(B, 1, S, S)`` to ``(B, 10)`` logits.
+        preprocess: uint8 ``(B, 1, H, W)`` → float ``(B, 1, S, S)``: the run's resize and
+            normalisation (``data.image_size``, ``data.normalize``).
+        config: The run's config.
+        weights: The file the weights came from.
+        class_names: Names in label order.
+    """
+
+    net: nn.Module
+    preprocess: nn.Module
+    config: DictConfig
+    weights: Path
+    class_names: tuple[str, ...] = CLASS_NAMES
+
+    @property
+    def device(self) -> torch.device:
+        """The device the network's parameters are on."""
+        return next(self.net.parameters()).device
+
+    @torch.inference_mode()
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities, float ``(B, 10)``, of uint8 ``(B, 1, H, W)`` images.
+
+        Images must look like FashionMNIST: a light object on a black background.
+        """
+        x = self.preprocess(images.to(self.device))
+        return self.net(x).softmax(dim=1)
+
+
+def load_trained(run_dir: str | Path, weights: str = NET_WEIGHTS, device: str | torch.device = "cpu") -> TrainedModel:
+    """Loads a run's trained network, in eval mode, with its preprocessing: one call.
+
+    >>> model = load_trained("outputs/runs/2026-11-22_16-40-00")  # doctest: +SKIP
+    >>> probs = model.predict_proba(uint8_images)                  # doctest: +SKIP
+
+    Args:
+        run_dir: The run folder.
+        weights: Which weights; see :func:`resolve_weights`. Weights trained on a GPU load
+            on the CPU.
+        device: Where to put the network.
+
+    Raises:
+        RunError: The folder is not a run, lacks the weights, or the weights do not fit
+            the network in its config.
+    """
+    cfg = load_run_config(run_dir)
+    path = resolve_weights(run_dir, weights)
+    net = build_net(cfg)
+    try:
+        net.load_state_dict(load_state_dict(path))
+    except RuntimeError as err:
+        detail = str(err).strip().splitlines()
+        raise RunError(
+            f"Weights {path} do not fit the run's network ({cfg.model._target_} at "
+            f"data.image_size={cfg.data.image_size}): {' '.join(d.strip() for d in detail[:3])}"
+        ) from None
+    normalize = cfg.data.normalize
+    preprocess = build_preprocess(cfg.data.image_size, OmegaConf.to_container(normalize) if normalize else None)
+    return TrainedModel(net=net.eval().to(device), preprocess=preprocess, config=cfg, weights=path)

@@ -1,0 +1,84 @@
+"""predict.py and image loading on real files of several kinds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_script
+from fmnist_lightning.data import CLASS_NAMES, load_split
+from fmnist_lightning.prediction import load_image, predict_files
+from fmnist_lightning.runs import load_trained
+
+
+@pytest.fixture(scope="module")
+def test_images(data_root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = load_split(data_root, "test")
+    return images[:20], labels[:20]
+
+
+def test_png_of_a_test_image_predicts_as_the_dataset(trained_run: Path, test_images, tmp_path: Path) -> None:
+    images, _ = test_images
+    model = load_trained(trained_run)
+    paths = []
+    for i in range(5):
+        Image.fromarray(images[i].numpy()).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    results = predict_files(model, paths)
+    expected = model.predict_proba(images[:5, None])
+    for r, p in zip(results, expected):
+        assert r.error is None
+        assert r.label == int(p.argmax()) and r.name == CLASS_NAMES[r.label]
+        assert r.probability == pytest.approx(float(p.max()), abs=1e-5)
+
+
+def test_rgb_white_background_odd_size_is_inverted(test_images, tmp_path: Path) -> None:
+    images, _ = test_images
+    photo = np.stack([255 - images[1].numpy()] * 3, axis=-1)  # dark object on white, RGB
+    Image.fromarray(photo).resize((101, 77)).save(tmp_path / "photo.jpg", quality=95)
+    image = load_image(tmp_path / "photo.jpg")
+    assert image.shape == (1, 1, 101, 101) and image.dtype == torch.uint8
+    assert image[0, 0, 0].float().mean() < 10  # background black again
+    assert load_image(tmp_path / "photo.jpg", invert=False)[0, 0, 20, 0] > 200
+
+
+def test_rgba_transparent_background(test_images, tmp_path: Path) -> None:
+    images, _ = test_images
+    item = np.pad(images[2].numpy(), 4)  # a margin, so the border is all background
+    obj = 255 - item
+    rgba = np.dstack([obj, obj, obj, np.where(item > 0, 255, 0).astype(np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    image = load_image(tmp_path / "cutout.png")
+    assert image[0, 0, 0].float().mean() < 10  # transparent -> white -> inverted to black
+
+
+def test_predict_cli_with_bad_files(trained_run: Path, test_images, tmp_path: Path) -> None:
+    images, _ = test_images
+    Image.fromarray(images[0].numpy()).save(tmp_path / "good.png")
+    Image.fromarray(np.stack([255 - images[3].numpy()] * 3, -1)).resize((45, 60)).save(tmp_path / "odd.jpg")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not an image")
+    files = [tmp_path / "good.png", tmp_path / "corrupt.png", tmp_path / "missing.png", tmp_path / "odd.jpg"]
+    result = run_script(
+        "predict.py", f"run_dir={trained_run}", f"images=[{','.join(map(str, files))}]",
+        f"output={tmp_path / 'preds.json'}", "device=cpu",
+    )
+    assert result.returncode == 1  # some files failed ...
+    assert f"{files[1]}: error: cannot read image" in result.stderr
+    assert f"{files[2]}: error: cannot read image: No such file or directory" in result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stdout.splitlines()  # ... and the others were still classified
+    assert len(lines) == 2 and lines[0].startswith(f"{files[0]}: ") and lines[1].startswith(f"{files[3]}: ")
+    preds = json.loads((tmp_path / "preds.json").read_text())
+    assert [p["error"] is None for p in preds] == [True, False, False, True]
+    assert preds[0]["name"] in CLASS_NAMES and len(preds[0]["top"]) == 3
+    assert not list(tmp_path.glob("*.log")) and not (tmp_path / ".hydra").exists()
+
+
+def test_predict_refuses_bad_invert(trained_run: Path, tmp_path: Path) -> None:
+    result = run_script("predict.py", f"run_dir={trained_run}", "images=[x.png]", "invert=maybe")
+    assert result.returncode == 1 and "invert must be auto, true or false" in result.stderr
