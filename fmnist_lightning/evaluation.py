@@ -61,7 +61,7 @@ def predict_test_set(
     The DataModule's own preprocessing is applied, so the figures match ``test/acc``.
     """
     datamodule.setup("test")
-    images, targets = datamodule.data_test.tensors
+    images, targets = (t.cpu() for t in datamodule.data_test.tensors)
     was_training = net.training
     net.eval().to(device)
     logits = torch.cat(

@@ -29,6 +29,8 @@ class FashionMNISTClassifier(L.LightningModule):
         scheduler: Builds an LR scheduler from the optimizer, stepped once per epoch, or
             ``None`` for a constant learning rate.
         num_classes: Number of classes (10 for FashionMNIST).
+        channels_last: Keep the network's weights and its input batches in the
+            channels-last memory format, which oneDNN and cuDNN convolutions run faster.
     """
 
     def __init__(
@@ -37,9 +39,11 @@ class FashionMNISTClassifier(L.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         num_classes: int = 10,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.net = net
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net = net.to(memory_format=self.memory_format)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.criterion = nn.CrossEntropyLoss()
@@ -56,7 +60,7 @@ class FashionMNISTClassifier(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Float ``(B, 1, H, W)`` images → float ``(B, num_classes)`` logits."""
-        return self.net(x)
+        return self.net(x.contiguous(memory_format=self.memory_format))
 
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, labels = batch

@@ -24,8 +24,8 @@ from fmnist_lightning.runs import NET_WEIGHTS
 
 log = logging.getLogger(__name__)
 
-# The dataset is held in memory as tensors, so DataLoader workers would only add copies;
-# Lightning's advice to add workers does not apply.
+# The batched pipeline holds the dataset in memory as tensors, so DataLoader workers would
+# only add copies; Lightning's advice to add workers does not apply.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Raised inside Lightning's own pytree helper with this torch release; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
@@ -63,7 +63,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, FashionMNISTClassifie
         net=hydra.utils.instantiate(cfg.model),
         optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=scheduler,
+        channels_last=cfg.get("channels_last", False),
     )
+    if cfg.get("compile"):
+        model.net.compile()  # in place: state_dict keys stay those of the plain network
     callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"), "callbacks")
     loggers: list[Logger] = instantiate_group(cfg.get("logger"), "logger")
     if not loggers and any(isinstance(c, LearningRateMonitor) for c in callbacks):
@@ -96,6 +99,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             (checked before training starts).
     """
     start = time.perf_counter()
+    # One intra-op thread per core this process may use (containers and taskset limit it).
+    torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.output_dir)

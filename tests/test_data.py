@@ -199,8 +199,80 @@ def test_normalization_off_keeps_unit_range(data_root: Path) -> None:
         ({"image_size": 0}, "data.image_size must be a positive"),
         ({"normalize": {"mean": 0.5}}, "data.normalize must be null or have exactly"),
         ({"normalize": {"mean": 0.5, "std": 0.0}}, "data.normalize.std must be > 0"),
+        ({"pipeline": "fast"}, "data.pipeline must be one of batched, per_sample"),
+        ({"eval_batch_size": 0}, "data.eval_batch_size must be >= 1"),
+        ({"augment": {"flip_p": 2.0}}, r"data.augment.flip_p must be in \[0, 1\]"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FashionMNISTDataModule(**kwargs)
+
+
+@pytest.mark.parametrize(("image_size", "tolerance"), [(28, 0.0), (16, 1 / 255)])
+def test_batched_and_per_sample_pipelines_agree(data_root: Path, image_size: int, tolerance: float) -> None:
+    """The same images through both pipelines: identical at 28 px; at 16 px resizing differs
+    (tensor vs PIL antialiasing) by at most one grey level."""
+    kwargs = dict(image_size=image_size, normalize={"mean": 0.5, "std": 0.5}, batch_size=50)
+    batched = _datamodule(data_root, **kwargs)
+    per_sample = _datamodule(data_root, pipeline="per_sample", **kwargs)
+    x_batched, y_batched = batched.on_after_batch_transfer(next(iter(batched.test_dataloader())), 0)
+    x_per_sample, y_per_sample = per_sample.on_after_batch_transfer(next(iter(per_sample.test_dataloader())), 0)
+    assert x_batched.shape == x_per_sample.shape == (50, 1, image_size, image_size)
+    assert torch.equal(y_batched, y_per_sample)
+    # Normalised with std 0.5, one grey level is 2/255.
+    assert (x_batched - x_per_sample).abs().max() <= 2 * tolerance + 1e-6
+
+
+def test_batches_are_one_indexing_operation(data_root: Path) -> None:
+    dm = _datamodule(data_root, batch_size=64, eval_batch_size=500)
+    assert len(dm.train_dataloader()) == 54000 // 64 + 1
+    assert len(dm.test_dataloader()) == 20
+    images, labels = dm.data_test.__getitems__([3, 1, 4])
+    assert torch.equal(images, dm.data_test.images[[3, 1, 4]]) and torch.equal(labels, dm.data_test.labels[[3, 1, 4]])
+
+
+def test_data_follows_the_training_device(data_root: Path) -> None:
+    """The GPU placement path, run here with the CPU standing in for the device."""
+    dm = _datamodule(data_root)
+    moved = dm.data_test.to(torch.device("cpu"))
+    assert moved.images.device.type == "cpu" and len(moved) == 10000
+    assert dm._device() == torch.device("cpu")  # no trainer attached: stays on the CPU
+
+
+def test_augmentation_is_per_sample() -> None:
+    from fmnist_lightning.data.transforms import BatchAugment
+
+    torch.manual_seed(0)
+    x = torch.arange(2 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6).repeat(32, 1, 1, 1)
+    flipped = BatchAugment(flip_p=1.0)(x)
+    assert torch.equal(flipped, x.flip(-1))
+    half = BatchAugment(flip_p=0.5)(x)
+    n_flipped = sum(torch.equal(h, f) for h, f in zip(half, x.flip(-1)))
+    assert 0 < n_flipped < len(x)  # each image decides for itself
+    cropped = BatchAugment(crop_padding=2, fill=-1.0)(x)
+    assert cropped.shape == x.shape
+    # Every crop is a window of the padded image; different images get different windows.
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)
+    windows = padded.unfold(2, 6, 1).unfold(3, 6, 1)  # (B, 1, 5, 5, 6, 6)
+    offsets = set()
+    for i in range(len(x)):
+        matches = (windows[i, 0] == cropped[i, 0]).flatten(2).all(-1).nonzero().tolist()
+        assert matches
+        offsets.add(tuple(matches[0]))
+    assert len(offsets) > 5
+    assert torch.equal(BatchAugment()(x), x)
+
+
+def test_augmentation_only_on_training_batches(data_root: Path) -> None:
+    dm = _datamodule(data_root, augment={"flip_p": 1.0, "crop_padding": 0})
+    batch = dm.data_test.__getitems__(list(range(8)))
+    x, _ = dm.on_after_batch_transfer(batch, 0)  # no trainer, so not training
+    torch.testing.assert_close(x, dm.preprocess(batch[0]))
+
+
+def test_per_sample_pipeline_trains(make_cfg) -> None:
+    from fmnist_lightning.pipeline import train
+
+    metrics = train(make_cfg("debug=fdr", "data.pipeline=per_sample", "data.augment.flip_p=0.5", "data.augment.crop_padding=2"))
+    assert 0.0 <= metrics["test/acc"] <= 1.0

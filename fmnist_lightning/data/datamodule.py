@@ -1,28 +1,87 @@
-"""The FashionMNIST LightningDataModule."""
+"""The FashionMNIST LightningDataModule and its in-memory datasets."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
 from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, ensure_files, load_split
-from fmnist_lightning.data.transforms import build_preprocess
+from fmnist_lightning.data.transforms import BatchAugment, build_per_sample_transform, build_preprocess
 
 log = logging.getLogger(__name__)
+
+PIPELINES = ("batched", "per_sample")
+
+
+class InMemoryBatches(Dataset):
+    """One split held as two tensors, fetched a whole batch at a time.
+
+    The DataLoader hands ``__getitems__`` the batch's indices, so a batch is one indexing
+    operation on uint8 images ``(N, 1, 28, 28)`` and int64 labels ``(N,)``, on whatever
+    device the tensors are (a GPU keeps the whole split in its memory: 55 MB).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images = images
+        self.labels = labels
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images, labels)``."""
+        return self.images, self.labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices, device=self.images.device)
+        return self.images[index], self.labels[index]
+
+    def to(self, device: torch.device) -> "InMemoryBatches":
+        """The same split on ``device``."""
+        return InMemoryBatches(self.images.to(device), self.labels.to(device))
+
+
+def keep_batch(batch):
+    """collate_fn for :class:`InMemoryBatches`: its batches come already stacked."""
+    return batch
+
+
+class PerSampleImages(Dataset):
+    """One split as PIL images through a per-image torchvision transform (the recipes' way)."""
+
+    def __init__(self, split: InMemoryBatches, transform) -> None:
+        self.images = split.images.cpu()
+        self.labels = split.labels.cpu()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = Image.fromarray(self.images[index, 0].numpy(), mode="L")
+        return self.transform(image), int(self.labels[index])
 
 
 class FashionMNISTDataModule(L.LightningDataModule):
     """The real FashionMNIST: a seeded train/validation split of the official 60,000
     training images, and the official 10,000 test images as the test set.
 
-    Images stay ``torch.uint8`` ``(B, 1, 28, 28)`` through the DataLoader; resizing and
-    normalisation run on whole batches after they reach the device
-    (:meth:`on_after_batch_transfer`), so the network receives ``torch.float32``
+    With ``pipeline="batched"`` (the default) each split is one uint8 tensor, kept on the
+    training device when that is a GPU; a batch is one indexing operation, and resizing,
+    augmentation (training batches only) and normalisation run on the whole batch on its
+    device (:meth:`on_after_batch_transfer`). With ``pipeline="per_sample"`` each image goes
+    through the recipes' torchvision pipeline on a PIL image and a DataLoader collates them;
+    it exists for comparison. Either way the network receives ``torch.float32``
     ``(B, 1, image_size, image_size)`` and labels ``torch.int64`` ``(B,)``.
 
     Args:
@@ -40,9 +99,16 @@ class FashionMNISTDataModule(L.LightningDataModule):
             recipes 003 and 004).
         normalize: ``{"mean": m, "std": s}`` applied after scaling pixels to [0, 1], or
             ``None`` for no normalisation.
-        batch_size: Images per batch for every stage.
-        num_workers: DataLoader worker processes. 0 (the default) is fastest here: the
-            dataset is already in memory, and workers would only copy it.
+        batch_size: Images per training batch.
+        eval_batch_size: Images per validation and test batch (no gradients, so larger
+            batches are cheap); ``None`` uses ``batch_size``.
+        num_workers: DataLoader worker processes. 0 (the default) is fastest for the
+            batched pipeline: the dataset is already in memory, and workers would only copy
+            it; the per-sample pipeline can use them.
+        pipeline: ``"batched"`` or ``"per_sample"`` (see above).
+        augment: ``{"flip_p": p, "crop_padding": n}``, random horizontal flips and random
+            crops of the image padded by ``n`` pixels, for training batches only (see
+            :class:`~fmnist_lightning.data.transforms.BatchAugment`); ``None`` for none.
 
     Raises:
         ValueError: An argument is out of range; the message names the config key.
@@ -60,15 +126,22 @@ class FashionMNISTDataModule(L.LightningDataModule):
         image_size: int = 28,
         normalize: Mapping[str, float] | None = None,
         batch_size: int = 64,
+        eval_batch_size: int | None = None,
         num_workers: int = 0,
+        pipeline: str = "batched",
+        augment: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         if not 0 < val_fraction < 1:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ValueError(f"data.eval_batch_size must be >= 1 or null, got {eval_batch_size}")
         if num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        if pipeline not in PIPELINES:
+            raise ValueError(f"data.pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
         self.root = Path(root).expanduser()
         self.local_copy = local_copy
         self.download = download
@@ -76,11 +149,21 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.split_seed = split_seed
         self.image_size = image_size
         self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.preprocess = build_preprocess(image_size, dict(normalize) if normalize else None)
-        self.data_train: TensorDataset | None = None
-        self.data_val: TensorDataset | None = None
-        self.data_test: TensorDataset | None = None
+        self.pipeline = pipeline
+        normalize = dict(normalize) if normalize else None
+        augment = dict(augment or {})
+        self.preprocess = build_preprocess(image_size, normalize)
+        black = (0.0 - normalize["mean"]) / normalize["std"] if normalize else 0.0
+        self.augment = BatchAugment(**augment, fill=black)
+        self.per_sample_transforms = {
+            "train": build_per_sample_transform(image_size, normalize, **augment),
+            "eval": build_per_sample_transform(image_size, normalize),
+        }
+        self.data_train: InMemoryBatches | None = None
+        self.data_val: InMemoryBatches | None = None
+        self.data_test: InMemoryBatches | None = None
 
     def prepare_data(self) -> None:
         """Puts the four IDX files into ``root`` if they are not there yet."""
@@ -95,42 +178,59 @@ class FashionMNISTDataModule(L.LightningDataModule):
             generator = torch.Generator().manual_seed(self.split_seed)
             order = torch.randperm(len(images), generator=generator)
             val_idx, train_idx = order[:n_val], order[n_val:]
-            self.data_train = TensorDataset(images[train_idx], labels[train_idx])
-            self.data_val = TensorDataset(images[val_idx], labels[val_idx])
-            log.info("FashionMNIST split: %d train, %d validation images", len(train_idx), n_val)
+            device = self._device()
+            self.data_train = InMemoryBatches(images[train_idx], labels[train_idx]).to(device)
+            self.data_val = InMemoryBatches(images[val_idx], labels[val_idx]).to(device)
+            log.info("FashionMNIST split: %d train, %d validation images on %s", len(train_idx), n_val, device)
         if stage in (None, "test", "predict") and self.data_test is None:
             images, labels = load_split(self.root, "test")
-            self.data_test = TensorDataset(images.unsqueeze(1), labels)
+            self.data_test = InMemoryBatches(images.unsqueeze(1), labels).to(self._device())
 
-    def _loader(self, dataset: TensorDataset | None, shuffle: bool) -> DataLoader:
+    def _device(self) -> torch.device:
+        """Where the batched pipeline keeps the data: the training device if the trainer
+        runs on one with separate memory (a GPU), else the CPU."""
+        if self.pipeline == "batched" and self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            if device.type != "cpu":
+                return device
+        return torch.device("cpu")
+
+    def _loader(self, dataset: InMemoryBatches | None, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("FashionMNISTDataModule.setup() must run before asking for a loader")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+        batch_size = self.batch_size if train else self.eval_batch_size
+        common = dict(
+            batch_size=batch_size, shuffle=train, num_workers=self.num_workers, persistent_workers=self.num_workers > 0
         )
+        if self.pipeline == "per_sample":
+            transform = self.per_sample_transforms["train" if train else "eval"]
+            return DataLoader(PerSampleImages(dataset, transform), **common)
+        return DataLoader(dataset, collate_fn=keep_batch, **common)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches of ``(uint8 (B, 1, 28, 28), int64 (B,))``."""
-        return self._loader(self.data_train, shuffle=True)
+        return self._loader(self.data_train, train=True)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in a fixed order."""
-        return self._loader(self.data_val, shuffle=False)
+        return self._loader(self.data_val, train=False)
 
     def test_dataloader(self) -> DataLoader:
         """The official 10,000 test images in file order."""
-        return self._loader(self.data_test, shuffle=False)
+        return self._loader(self.data_test, train=False)
 
     def predict_dataloader(self) -> DataLoader:
         """The test images, as for :meth:`test_dataloader`."""
-        return self._loader(self.data_test, shuffle=False)
+        return self._loader(self.data_test, train=False)
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
-        """Resizes and normalises a batch on its device: uint8 ``(B, 1, 28, 28)`` →
-        float32 ``(B, 1, image_size, image_size)``; labels pass through."""
+        """Batched pipeline: uint8 ``(B, 1, 28, 28)`` → resized, normalised and (training
+        batches only) augmented float32 ``(B, 1, image_size, image_size)``, on its device.
+        Per-sample batches arrive preprocessed and pass through; so do labels."""
         images, labels = batch
-        return self.preprocess(images), labels
+        if self.pipeline == "per_sample":
+            return images, labels
+        images = self.preprocess(images)
+        if self.augment.active and self.trainer is not None and self.trainer.training:
+            images = self.augment(images)
+        return images, labels
