@@ -66,15 +66,25 @@ class FashionMNISTClassifier(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = self.criterion(logits, labels)
+        # Only update() per step: the values are computed and logged once per epoch
+        # (_log_epoch), so a step costs no per-batch metric values, state copies or log calls.
+        # The loss is weighted by batch size, so the epoch value is the exact mean over
+        # images even when the last batch is smaller.
+        getattr(self, f"{stage}_loss").update(loss.detach(), weight=labels.numel())
+        getattr(self, f"{stage}_acc").update(logits.detach(), labels)
+        return loss
+
+    def _log_epoch(self, stage: str) -> None:
         loss_metric: MeanMetric = getattr(self, f"{stage}_loss")
         acc_metric: MulticlassAccuracy = getattr(self, f"{stage}_acc")
-        # Weighted by batch size, so the epoch value is the exact mean over images even
-        # when the last batch is smaller.
-        loss_metric(loss.detach(), weight=labels.numel())
-        acc_metric(logits.detach(), labels)
-        self.log(f"{stage}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=stage != "test")
-        self.log(f"{stage}/acc", acc_metric, on_step=False, on_epoch=True, prog_bar=stage != "train")
-        return loss
+        acc = acc_metric.compute()
+        self.log(f"{stage}/loss", loss_metric.compute(), prog_bar=stage != "test")
+        self.log(f"{stage}/acc", acc, prog_bar=stage != "train")
+        if stage == "val":
+            self.val_acc_best.update(acc)
+            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        loss_metric.reset()
+        acc_metric.reset()
 
     def on_train_start(self) -> None:
         # The sanity-check validation before training must not count towards the best.
@@ -83,15 +93,20 @@ class FashionMNISTClassifier(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train")
 
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self.val_acc_best(self.val_acc.compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self._log_epoch("val")
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
 
     def configure_optimizers(self):
         """Builds the optimizer (and the per-epoch scheduler, if any) from the factories."""
