@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig, ListConfig
 
 from fmnist_lightning.prediction import check_invert, predict_files
@@ -21,10 +20,9 @@ from fmnist_lightning.runs import RunError, load_trained
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     images = list(cfg.images) if isinstance(cfg.images, ListConfig) else [cfg.images]
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     try:
         check_invert(cfg.invert)
-        model = load_trained(cfg.run_dir, cfg.weights, device)
+        model = load_trained(cfg.run_dir, cfg.weights, cfg.device)
     except (RunError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
 

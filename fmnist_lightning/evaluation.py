@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from fmnist_lightning.data import FashionMNISTDataModule
@@ -109,13 +108,16 @@ def write_curves(run_dir: Path) -> bool:
     return True
 
 
-def hparams_of(cfg: DictConfig) -> dict[str, Any]:
+def hparams_of(resolved: dict[str, Any]) -> dict[str, Any]:
     """The run's hyperparameters as flat ``group/key`` → scalar, for the HParams dashboard.
+
+    Args:
+        resolved: The run's config as a resolved plain dict
+            (``OmegaConf.to_container(cfg, resolve=True)``).
 
     Paths and Hydra plumbing (``_partial_``, folders) are left out.
     """
     skip = {"_partial_", "root", "local_copy", "default_root_dir"}
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     container = {k: resolved[k] for k in ("seed", "data", "model", "optimizer", "scheduler", "trainer") if k in resolved}
     flat: dict[str, Any] = {}
 
@@ -189,10 +191,10 @@ def evaluate_run(
         fmnist_lightning.runs.RunError: No such run or weights, or weights that do not fit.
         fmnist_lightning.data.DatasetError: The test files are missing or corrupt.
     """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_trained(run_dir, weights, device)
     datamodule = build_datamodule(model.config, data_root)
     datamodule.prepare_data()
-    report, _ = report_test_set(model.net, datamodule, Path(output_dir), device, extra={"weights": str(model.weights)})
+    report, _ = report_test_set(
+        model.net, datamodule, Path(output_dir), model.device, extra={"weights": str(model.weights)}
+    )
     return report

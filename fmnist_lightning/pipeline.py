@@ -109,8 +109,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule, model, trainer = build(cfg)
     datamodule.prepare_data()  # fail on missing or bad files before any training work
 
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(resolved)
 
     trainer.fit(model, datamodule=datamodule)
     # trainer.test replaces callback_metrics, so keep the last epoch's train/val values.
@@ -125,7 +126,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             torch.save(model.net.state_dict(), output_dir / NET_WEIGHTS)
             report, predictions = report_test_set(model.net, datamodule, output_dir, trainer.strategy.root_device)
             write_curves(output_dir)
-            log_test_summaries(trainer.loggers, report, predictions, hparams_of(cfg), metrics, trainer.global_step)
+            log_test_summaries(trainer.loggers, report, predictions, hparams_of(resolved), metrics, trainer.global_step)
     summary = {
         "status": "interrupted" if trainer.interrupted else "finished",
         "epochs": trainer.current_epoch,

@@ -139,12 +139,15 @@ def load_trained(run_dir: str | Path, weights: str = NET_WEIGHTS, device: str | 
         run_dir: The run folder.
         weights: Which weights; see :func:`resolve_weights`. Weights trained on a GPU load
             on the CPU.
-        device: Where to put the network.
+        device: Where to put the network: ``"auto"`` (CUDA if available, else the CPU),
+            ``"cpu"``, ``"cuda"``, ...
 
     Raises:
         RunError: The folder is not a run, lacks the weights, or the weights do not fit
             the network in its config.
     """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = load_run_config(run_dir)
     path = resolve_weights(run_dir, weights)
     net = build_net(cfg)

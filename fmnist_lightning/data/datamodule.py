@@ -114,8 +114,6 @@ class FashionMNISTDataModule(L.LightningDataModule):
         ValueError: An argument is out of range; the message names the config key.
     """
 
-    num_classes = 10
-
     def __init__(
         self,
         root: str = "data/fashion-mnist",
