@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from fmnist_lightning.data import DatasetError
 from fmnist_lightning.evaluation import evaluate_run
+from fmnist_lightning.run_dirs import register_resolvers
 from fmnist_lightning.runs import RunError
 
 
@@ -25,4 +26,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    register_resolvers()
     main()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
@@ -12,6 +15,39 @@ from torchmetrics.classification import MulticlassAccuracy
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+#: The metrics logged while fitting, which callbacks may monitor (``test/*`` come later).
+FIT_METRICS = ("val/acc", "val/loss", "val/acc_best", "train/acc", "train/loss")
+
+
+def rng_states() -> dict[str, Any]:
+    """The states of torch's, CUDA's, numpy's and Python's global random generators, as
+    tensors and plain Python values only (checkpoints load with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restores what :func:`rng_states` returned."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(states["python"])
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step.
+
+    Raised before the optimizer step, so the weights that produced it are the last finite
+    ones, and no checkpoint is written with them.
+    """
 
 
 class FashionMNISTClassifier(L.LightningModule):
@@ -21,6 +57,10 @@ class FashionMNISTClassifier(L.LightningModule):
     cross-entropy per image in nats): ``train/loss``, ``train/acc``, ``val/loss``,
     ``val/acc``, ``val/acc_best`` (highest ``val/acc`` so far this fit), ``test/loss``,
     ``test/acc``.
+
+    Checkpoints also hold the random number generators' states (torch, CUDA, numpy, Python),
+    so a run resumed from an end-of-epoch checkpoint draws the same batches, dropout masks
+    and augmentations as one that was never stopped.
 
     Args:
         net: Maps float ``(B, 1, H, W)`` images to ``(B, num_classes)`` logits.
@@ -57,6 +97,8 @@ class FashionMNISTClassifier(L.LightningModule):
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
+        # Saved in checkpoints, so a resumed run keeps its best-so-far.
+        self.val_acc_best.persistent(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Float ``(B, 1, H, W)`` images → float ``(B, num_classes)`` logits."""
@@ -78,20 +120,31 @@ class FashionMNISTClassifier(L.LightningModule):
         loss_metric: MeanMetric = getattr(self, f"{stage}_loss")
         acc_metric: MulticlassAccuracy = getattr(self, f"{stage}_acc")
         acc = acc_metric.compute()
-        self.log(f"{stage}/loss", loss_metric.compute(), prog_bar=stage != "test")
-        self.log(f"{stage}/acc", acc, prog_bar=stage != "train")
-        if stage == "val":
+        # The metrics are already reduced over processes by compute(); sync_dist only
+        # tells Lightning so (it averages equal values) instead of warning under DDP.
+        self.log(f"{stage}/loss", loss_metric.compute(), prog_bar=stage != "test", sync_dist=True)
+        self.log(f"{stage}/acc", acc, prog_bar=stage != "train", sync_dist=True)
+        # The sanity check before training must not count towards the best.
+        if stage == "val" and not self.trainer.sanity_checking:
             self.val_acc_best.update(acc)
-            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
         loss_metric.reset()
         acc_metric.reset()
 
-    def on_train_start(self) -> None:
-        # The sanity-check validation before training must not count towards the best.
-        self.val_acc_best.reset()
-
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+        """Returns the batch's mean loss.
+
+        Raises:
+            NonFiniteLossError: The loss is NaN or infinite (checked every step, before the
+                optimizer step; on a GPU this waits for the step's forward pass).
+        """
+        loss = self._shared_step(batch, "train")
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the training loss became {loss.item()} at step {self.global_step} (epoch "
+                f"{self.current_epoch}, batch {batch_idx}); lower optimizer.lr or set trainer.gradient_clip_val"
+            )
+        return loss
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
@@ -107,6 +160,13 @@ class FashionMNISTClassifier(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])
 
     def configure_optimizers(self):
         """Builds the optimizer (and the per-epoch scheduler, if any) from the factories."""

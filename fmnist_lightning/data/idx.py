@@ -211,7 +211,8 @@ def ensure_files(root: str | os.PathLike, local_copy: str | os.PathLike | None, 
         download: Whether to fall back to torchvision's download.
 
     Raises:
-        DatasetError: A file is in none of these places, or a copy in ``local_copy`` is bad.
+        DatasetError: A file is in none of these places, a copy in ``local_copy`` is bad,
+            or ``root`` cannot be written.
     """
     root = Path(root)
     missing = [spec for spec in IDX_SPECS.values() if find_file(root, spec) is None]
@@ -229,7 +230,13 @@ def ensure_files(root: str | os.PathLike, local_copy: str | os.PathLike | None, 
         for spec in missing:
             source = find_file(local_copy, spec)
             log.info("Copying %s to %s", source, root / spec.name)
-            _write_atomically(root / spec.name, read_idx_bytes(source, spec))
+            try:
+                _write_atomically(root / spec.name, read_idx_bytes(source, spec))
+            except OSError as err:  # read-only folder, disk full, ...
+                raise DatasetError(
+                    f"Cannot write {root / spec.name} ({err.strerror or err}); "
+                    "set `data.root=` to a writable folder with 100 MB free."
+                ) from None
         return
 
     looked = [str(root)] + ([str(local_copy)] if local_copy is not None else [])

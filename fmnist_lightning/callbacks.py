@@ -1,0 +1,121 @@
+"""The project's own Lightning callbacks: a checkpoint on Ctrl-C/SIGTERM, and ``metrics.json``
+kept up to date while a run trains."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+#: The run-status file of a run folder.
+STATUS_FILE = "metrics.json"
+
+
+class InterruptCheckpoint(Callback):
+    """Saves ``<dirpath>/last.ckpt`` when training is stopped by Ctrl-C or SIGTERM.
+
+    Lightning turns SIGTERM into a clean stop after the current batch. This callback makes
+    the first Ctrl-C do the same (a second one stops at once, without a checkpoint), then
+    saves the full training state (weights, optimizer, scheduler, loop position, callbacks,
+    random generators) over ``last.ckpt``, so ``resume=<run folder>`` loses no finished
+    batch. A checkpoint taken mid-epoch resumes mid-epoch; the rest of that epoch then draws
+    fresh batches, so such a run is not bit-identical to an uninterrupted one (an
+    end-of-epoch ``last.ckpt``, e.g. after a crash or SIGKILL, resumes exactly).
+
+    Other exceptions (a non-finite loss, a bug) save nothing: the last end-of-epoch
+    checkpoint stays the last good one.
+
+    Args:
+        dirpath: The checkpoint folder (that of ``ModelCheckpoint``).
+    """
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.dirpath = Path(dirpath)
+        self._previous_sigint: Any = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        log.warning("Ctrl-C: stopping after this batch and saving a checkpoint (press Ctrl-C again to stop at once)")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sigterm_handler = signal.getsignal(signal.SIGTERM)
+        if not callable(sigterm_handler):  # Lightning's handler is not installed yet
+            raise KeyboardInterrupt
+        sigterm_handler(signum, frame)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            path = self.dirpath / "last.ckpt"
+            trainer.save_checkpoint(path)
+            log.warning("Stopped at epoch %d, step %d; saved %s", trainer.current_epoch, trainer.global_step, path)
+        self.teardown(trainer, pl_module, "fit")
+
+
+class RunStatus(Callback):
+    """Writes ``<output_dir>/metrics.json``: at the start, after every training epoch, and at
+    the end of the run, so the file always says how far the run got.
+
+    The file holds ``status`` (``running``, ``finished``, ``interrupted`` or ``failed``),
+    ``epochs`` (training epochs completed), ``global_step`` (optimizer steps),
+    ``best_checkpoint`` (relative to the run folder), ``wall_time_s`` (seconds since this
+    process started the run), ``metrics`` (the latest logged values; accuracies are
+    fractions) and ``error`` (why the run stopped, or null). Only rank 0 writes.
+
+    Args:
+        output_dir: The run folder.
+    """
+
+    def __init__(self, output_dir: str | Path) -> None:
+        self.output_dir = Path(output_dir)
+        self.start = time.perf_counter()
+
+    def write(
+        self,
+        trainer: L.Trainer,
+        status: str,
+        epochs: int,
+        metrics: dict[str, float] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Writes the file (atomically: a reader never sees half of it)."""
+        if not trainer.is_global_zero:
+            return
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint is not None else ""
+        if metrics is None:
+            metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        summary = {
+            "status": status,
+            "epochs": epochs,
+            "global_step": trainer.global_step,
+            "best_checkpoint": os.path.relpath(best, self.output_dir.resolve()) if best else None,
+            "wall_time_s": round(time.perf_counter() - self.start, 2),
+            "metrics": metrics,
+            "error": error,
+        }
+        path = self.output_dir / STATUS_FILE
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(summary, indent=2) + "\n")
+        partial.replace(path)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.write(trainer, "running", epochs=trainer.current_epoch + 1)

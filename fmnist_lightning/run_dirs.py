@@ -1,0 +1,286 @@
+"""Run folders that are never shared or clobbered, and ``resume=<run folder>``.
+
+Two guarantees, both checked before Hydra writes anything:
+
+- Every run gets a folder of its own. ``conf/hydra/default.yaml`` names run and sweep
+  folders with ``${fmnist.new_dir:outputs/runs/${now:...}}``: the resolver creates the folder
+  itself with ``os.mkdir`` (atomic) and adds ``_1``, ``_2`` ... when another run started in
+  the same second already took the name.
+- An explicit ``hydra.run.dir`` (or ``hydra.sweep.dir``) that already holds a run is refused,
+  since Hydra would overwrite that run's ``.hydra/`` files; ``resume=<run folder>`` is the
+  way to write into an earlier run.
+
+``python train.py resume=<run folder> [overrides]`` is rewritten by :func:`preflight` into
+``-cp <run folder>/.hydra -cn config ++resume=<run folder> hydra.run.dir=<run folder> ...``:
+the run's saved, fully composed config is the primary config (so conf/ edits made since do
+not leak in), dotted overrides such as ``trainer.max_epochs=20`` still apply, and this
+attempt's Hydra files go to ``.hydra/resume_<date>_<time>/``, leaving the original ones
+untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from fmnist_lightning.callbacks import STATUS_FILE
+from fmnist_lightning.runs import RunError
+
+#: Environment variables that mark a process as a non-zero rank of a multi-process job
+#: (Lightning's DDP children, SLURM tasks, torchrun workers).
+RANK_VARIABLES = ("LOCAL_RANK", "RANK", "SLURM_PROCID", "NODE_RANK")
+
+#: The config groups of conf/train.yaml's defaults list.
+CONFIG_GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "experiment", "debug")
+
+#: The folder of a resume attempt's Hydra files, inside the run's ``.hydra/``.
+RESUME_SUBDIR_PREFIX = "resume_"
+
+
+def is_child_rank() -> bool:
+    """True in a process that is not rank 0 of a multi-process (DDP, SLURM) job."""
+    return any(os.environ.get(name, "0") not in ("", "0") for name in RANK_VARIABLES)
+
+
+def new_dir(path: str) -> str:
+    """Creates and returns a folder that did not exist before: ``path``, else ``path_1``,
+    ``path_2``, ...
+
+    ``os.mkdir`` fails when the folder exists, so two processes can never get the same one.
+    Registered as the ``fmnist.new_dir`` resolver (cached, so every later read of the same
+    config node gives the same folder).
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    candidate, n = path, 0
+    while True:
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = f"{path}_{n}"
+
+
+def register_resolvers() -> None:
+    """Registers the ``fmnist.*`` OmegaConf resolvers used by ``conf/hydra/``."""
+    if not OmegaConf.has_resolver("fmnist.new_dir"):
+        OmegaConf.register_new_resolver("fmnist.new_dir", new_dir, use_cache=True)
+
+
+def holds_run(folder: Path) -> bool:
+    """True if ``folder`` holds files of a run (Hydra's ``.hydra/config.yaml``)."""
+    return (folder / ".hydra" / "config.yaml").is_file()
+
+
+def _value(args: list[str], key: str) -> str | None:
+    """The value of the last ``key=value`` override in ``args`` (``+``/``++`` prefixes allowed)."""
+    found = None
+    for arg in args:
+        name, sep, value = arg.lstrip("+").partition("=")
+        if sep and name == key:
+            found = value
+    return found
+
+
+def preflight(argv: list[str]) -> list[str]:
+    """Checks the command line of ``train.py`` before Hydra runs, and rewrites ``resume=``.
+
+    Args:
+        argv: ``sys.argv``.
+
+    Returns:
+        The command line Hydra should parse: ``argv`` itself, or for ``resume=<run folder>``
+        the rewritten one described in the module docstring.
+
+    Raises:
+        RunError: ``resume`` names no run folder or is combined with ``-m``/``-cp``/``-cn``
+            or ``hydra.run.dir``; or an explicit ``hydra.run.dir``/``hydra.sweep.dir``
+            already holds a run.
+    """
+    if is_child_rank():  # DDP children write into their parent's run folder on purpose
+        return argv
+    args = argv[1:]
+    multirun = "-m" in args or "--multirun" in args
+    resume = _value(args, "resume")
+    if resume in (None, "null"):
+        run_dir = _value(args, "hydra.run.dir")
+        if not multirun and run_dir and holds_run(Path(run_dir)):
+            raise RunError(
+                f"hydra.run.dir={run_dir} already holds a run, and a new run there would overwrite "
+                f"its files. Pick a new folder, or continue that run with resume={run_dir}."
+            )
+        sweep_dir = _value(args, "hydra.sweep.dir")
+        if multirun and sweep_dir and Path(sweep_dir).is_dir() and any(map(holds_run, Path(sweep_dir).iterdir())):
+            raise RunError(
+                f"hydra.sweep.dir={sweep_dir} already holds the jobs of a sweep, and new jobs there "
+                "would overwrite them. Pick a new folder."
+            )
+        return argv
+
+    if multirun:
+        raise RunError(
+            "resume=<run folder> continues one run and cannot be combined with -m/--multirun; "
+            "resume the jobs of a sweep one at a time: python train.py resume=<sweep>/<job>"
+        )
+    clashing = [a for a in args if a.split("=")[0] in ("-cp", "-cn", "--config-path", "--config-name", "hydra.run.dir")]
+    if clashing:
+        raise RunError(f"resume={resume} sets the config and the run folder itself; drop {' '.join(clashing)}")
+    groups = [a for a in args if "=" in a and a.lstrip("+~").split("=")[0] in CONFIG_GROUPS]
+    if groups:
+        raise RunError(
+            f"resume={resume} continues the run with its saved config, so config groups cannot be "
+            f"swapped ({' '.join(groups)}); only dotted overrides such as trainer.max_epochs=20 apply"
+        )
+    folder = Path(resume).expanduser()
+    if not folder.is_dir():
+        raise RunError(f"resume={resume}: no such folder. Pass a run folder such as outputs/runs/<date>_<time>.")
+    if not holds_run(folder):
+        raise RunError(
+            f"resume={resume} is not a run folder: it has no .hydra/config.yaml. "
+            "Pass a folder under outputs/runs/ or outputs/multirun/<sweep>/<job>/."
+        )
+    folder = folder.resolve()
+    attempt = f"{RESUME_SUBDIR_PREFIX}{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
+    others = [a for a in args if _value([a], "resume") is None]
+    return [
+        argv[0], "-cp", str(folder / ".hydra"), "-cn", "config", *others,
+        f"++resume={folder}", f"hydra.run.dir={folder}", f"hydra.output_subdir=.hydra/{attempt}",
+    ]
+
+
+def run_command_line() -> None:
+    """Applies :func:`preflight` to ``sys.argv``; exits with the message on a refusal."""
+    try:
+        sys.argv = preflight(sys.argv)
+    except RunError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+#: ``ckpt_path`` values that Lightning looks up in the run's own (here: new) folder.
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+
+
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    """The folder ``ModelCheckpoint`` writes to (``callbacks.model_checkpoint.dirpath``)."""
+    dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
+    return Path(dirpath) if dirpath else Path(cfg.output_dir) / "checkpoints"
+
+
+def read_status(run_dir: Path) -> dict:
+    """A run folder's ``metrics.json`` (see :class:`~fmnist_lightning.callbacks.RunStatus`),
+    or ``{}`` when it has none."""
+    path = run_dir / STATUS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def start_checkpoint(cfg: DictConfig) -> Path | None:
+    """The checkpoint a run starts from: ``last.ckpt`` of ``resume``, the file
+    ``ckpt_path``, or ``None`` for a fresh start.
+
+    Raises:
+        RunError: ``resume`` is not this run's folder or has no ``last.ckpt``, the run it
+            names finished and ``trainer.max_epochs`` is not larger, ``ckpt_path`` is one of
+            Lightning's names (``last``...) that would look in this new folder and silently
+            start from scratch, or ``ckpt_path`` is not a file.
+    """
+    output_dir = Path(cfg.output_dir).resolve()
+    resume, ckpt_path = cfg.get("resume"), cfg.get("ckpt_path")
+    if resume and ckpt_path:
+        raise RunError(f"resume={resume} and ckpt_path={ckpt_path} both say where to start; give one of them")
+    if resume:
+        if Path(resume).resolve() != output_dir:
+            raise RunError(
+                f"resume={resume}, but this run writes to {output_dir}; start it as "
+                f"`python train.py resume={resume}`, which continues the run in its own folder"
+            )
+        last = checkpoint_dir(cfg) / "last.ckpt"
+        if not last.is_file():
+            raise RunError(
+                f"resume={resume}: the run has no checkpoint {last}, so there is nothing to continue "
+                "(it stopped before its first epoch ended, or ran with callbacks.model_checkpoint=null); "
+                "start it again as a new run"
+            )
+        status = read_status(output_dir)
+        done = status.get("epochs", 0)
+        if status.get("status") == "finished" and cfg.trainer.max_epochs <= done:
+            raise RunError(
+                f"resume={resume}: the run already finished ({done} epochs, trainer.max_epochs="
+                f"{cfg.trainer.max_epochs}); to train it further, raise the limit, e.g. "
+                f"resume={resume} trainer.max_epochs={done + 5}"
+            )
+        return last
+    if ckpt_path is None:
+        return None
+    if str(ckpt_path) in LIGHTNING_CKPT_NAMES or str(ckpt_path).startswith("registry:"):
+        raise RunError(
+            f"ckpt_path={ckpt_path} would look for a checkpoint in this new run folder {output_dir}, "
+            "find none, and train from scratch. To continue an earlier run use resume=<run folder>; "
+            "to start from a checkpoint file, give its path, e.g. ckpt_path=outputs/runs/<run>/checkpoints/last.ckpt"
+        )
+    if not Path(ckpt_path).is_file():
+        raise RunError(f"ckpt_path={ckpt_path}: no such file; give the path of a .ckpt file from a run's checkpoints/ folder")
+    return Path(ckpt_path)
+
+
+def check_checkpoint_fits(model: nn.Module, path: Path, overrides: list[str]) -> None:
+    """Refuses a checkpoint whose weights do not have the shapes of ``model``'s.
+
+    Args:
+        model: The LightningModule built from this run's config.
+        path: The checkpoint to start from.
+        overrides: This run's command-line overrides, named in the message.
+
+    Raises:
+        RunError: The checkpoint cannot be read, or a tensor is missing, extra, or shaped
+            differently (the config's network differs from the checkpoint's).
+    """
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+    except Exception as err:  # noqa: BLE001 - truncated file, not a checkpoint, ...
+        raise RunError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+    wanted = model.state_dict()
+    differ = sorted(
+        f"{key}: checkpoint {list(saved[key].shape) if key in saved else 'none'}, config "
+        f"{list(wanted[key].shape) if key in wanted else 'none'}"
+        for key in set(saved) | set(wanted)
+        if key not in saved or key not in wanted or saved[key].shape != wanted[key].shape
+    )
+    if differ:
+        raise RunError(
+            f"checkpoint {path} holds a different network than this config builds ({len(differ)} tensors "
+            f"differ, e.g. {differ[0]}); the overrides {' '.join(overrides) or '(none)'} must not change "
+            "the model or data.image_size of a run being continued"
+        )
+
+
+def check_writable(output_dir: Path, min_free_bytes: int) -> None:
+    """Refuses a run folder that cannot be written or is on a nearly full disk.
+
+    Raises:
+        RunError: Writing a probe file fails, or fewer than ``min_free_bytes`` are free.
+    """
+    probe = output_dir / ".write_test"
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise RunError(
+            f"cannot write to the run folder {output_dir} ({err.strerror or err}); make it writable, "
+            "or write elsewhere with hydra.run.dir=<folder>"
+        ) from None
+    free = shutil.disk_usage(output_dir).free
+    if free < min_free_bytes:
+        raise RunError(
+            f"the run folder {output_dir} has {free / 2**20:.1f} MiB free, and this run needs about "
+            f"{min_free_bytes / 2**20:.0f} MiB for its checkpoints and logs; free some space, or write "
+            "elsewhere with hydra.run.dir=<folder>"
+        )
