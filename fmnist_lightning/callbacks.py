@@ -16,10 +16,9 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-log = logging.getLogger(__name__)
+from fmnist_lightning.run_dirs import STATUS_FILE
 
-#: The run-status file of a run folder.
-STATUS_FILE = "metrics.json"
+log = logging.getLogger(__name__)
 
 
 class InterruptCheckpoint(Callback):
@@ -71,7 +70,8 @@ class InterruptCheckpoint(Callback):
 
 class RunStatus(Callback):
     """Writes ``<output_dir>/metrics.json``: at the start, after every training epoch, and at
-    the end of the run, so the file always says how far the run got.
+    the end of the run, so the file always says how far the run got. Also flushes the
+    loggers after every validation and training epoch, so a crash loses no logged epoch.
 
     The file holds ``status`` (``running``, ``finished``, ``interrupted`` or ``failed``),
     ``epochs`` (training epochs completed), ``global_step`` (optimizer steps),
@@ -116,6 +116,15 @@ class RunStatus(Callback):
         partial.write_text(json.dumps(summary, indent=2) + "\n")
         partial.replace(path)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs before ModelCheckpoint's hook (Lightning calls checkpoint callbacks last), so
+        # the logged values are on disk before the checkpoint a resumed run starts from.
+        # Otherwise they wait in the loggers' buffers and a crash loses them for good.
         if not trainer.sanity_checking:
-            self.write(trainer, "running", epochs=trainer.current_epoch + 1)
+            for logger in trainer.loggers:
+                logger.save()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+        self.write(trainer, "running", epochs=trainer.current_epoch + 1)

@@ -16,10 +16,6 @@ from torchmetrics.classification import MulticlassAccuracy
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
-#: The metrics logged while fitting, which callbacks may monitor (``test/*`` come later).
-FIT_METRICS = ("val/acc", "val/loss", "val/acc_best", "train/acc", "train/loss")
-
-
 def rng_states() -> dict[str, Any]:
     """The states of torch's, CUDA's, numpy's and Python's global random generators, as
     tensors and plain Python values only (checkpoints load with ``weights_only=True``)."""

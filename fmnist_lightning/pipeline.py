@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,11 @@ from fmnist_lightning.checks import ConfigError, validate_config
 from fmnist_lightning.evaluation import hparams_of, log_test_summaries, report_test_set, write_curves
 from fmnist_lightning.module import FashionMNISTClassifier, NonFiniteLossError
 from fmnist_lightning.run_dirs import (
-    RESUME_SUBDIR_PREFIX,
     check_checkpoint_fits,
     check_writable,
     checkpoint_dir,
+    discard_resume_attempt,
+    is_child_rank,
     read_status,
     start_checkpoint,
 )
@@ -119,10 +119,10 @@ def build(
     return datamodule, model, trainer
 
 
-def min_free_bytes(model: L.LightningModule) -> int:
+def min_free_bytes(net: torch.nn.Module) -> int:
     """Disk space a run needs, in bytes: two checkpoints (best and last) of the weights and
     two optimizer moments each, the exported net.pt, and 50 MiB for logs and figures."""
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
     return 7 * weight_bytes + 50 * 2**20
 
 
@@ -165,9 +165,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         RunInterrupted: Ctrl-C or SIGTERM; ``checkpoints/last.ckpt`` holds the state.
     """
     output_dir = Path(cfg.output_dir)
-    try:
+    try:  # nothing is logged or written before these pass, so a refusal changes no folder
         validate_config(cfg)
         start = start_checkpoint(cfg)
+        net = hydra.utils.instantiate(cfg.model)
+        if start is not None:
+            check_checkpoint_fits(net, start, run_overrides())
+        if not is_child_rank():
+            check_writable(output_dir, min_free_bytes(net))
     except (ConfigError, RunError):
         discard_resume_attempt(cfg)
         raise
@@ -177,14 +182,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     status = RunStatus(output_dir)
     datamodule, model, trainer = build(cfg, extra_callbacks=[status])
-    try:
-        if start is not None:
-            check_checkpoint_fits(model, start, run_overrides())
-        if trainer.is_global_zero:
-            check_writable(output_dir, min_free_bytes(model))
-    except RunError:
-        discard_resume_attempt(cfg)
-        raise
     datamodule.prepare_data()  # fail on missing or bad files before any training work
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -235,13 +232,3 @@ def run_overrides() -> list[str]:
     if not HydraConfig.initialized():
         return []
     return [o for o in HydraConfig.get().overrides.task if not o.startswith("++resume=")]
-
-
-def discard_resume_attempt(cfg: DictConfig) -> None:
-    """Removes the Hydra files a refused ``resume=`` attempt wrote into the earlier run's
-    ``.hydra/resume_<date>_<time>/``, so a refusal leaves that run folder as it was."""
-    if not (cfg.get("resume") and HydraConfig.initialized()):
-        return
-    subdir = HydraConfig.get().output_subdir
-    if subdir and Path(subdir).name.startswith(RESUME_SUBDIR_PREFIX):
-        shutil.rmtree(Path(cfg.output_dir) / subdir, ignore_errors=True)

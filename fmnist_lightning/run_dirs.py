@@ -24,15 +24,19 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from fmnist_lightning.callbacks import STATUS_FILE
-from fmnist_lightning.runs import RunError
+from fmnist_lightning.errors import RunError
+
+#: The run-status file of a run folder (see fmnist_lightning.callbacks.RunStatus).
+STATUS_FILE = "metrics.json"
 
 #: Environment variables that mark a process as a non-zero rank of a multi-process job
 #: (Lightning's DDP children, SLURM tasks, torchrun workers).
@@ -75,9 +79,16 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("fmnist.new_dir", new_dir, use_cache=True)
 
 
-def holds_run(folder: Path) -> bool:
-    """True if ``folder`` holds files of a run (Hydra's ``.hydra/config.yaml``)."""
+def is_run_folder(folder: Path) -> bool:
+    """True if ``folder`` has a run's config (Hydra's ``.hydra/config.yaml``)."""
     return (folder / ".hydra" / "config.yaml").is_file()
+
+
+def holds_run(folder: Path) -> bool:
+    """True if a run started training in ``folder`` (it has a config and a ``metrics.json``
+    or ``checkpoints/``). A run refused by the checks leaves neither, so its folder can be
+    used again once the typo is fixed."""
+    return is_run_folder(folder) and ((folder / STATUS_FILE).is_file() or (folder / "checkpoints").is_dir())
 
 
 def _value(args: list[str], key: str) -> str | None:
@@ -88,6 +99,25 @@ def _value(args: list[str], key: str) -> str | None:
         if sep and name == key:
             found = value
     return found
+
+
+def check_can_create(folder: Path) -> None:
+    """Refuses a run folder that cannot be created: tries a probe folder in its nearest
+    existing ancestor (permission bits alone do not tell, e.g. for root on a read-only disk).
+
+    Raises:
+        RunError: The probe cannot be created.
+    """
+    ancestor = folder.expanduser().absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".fmnist_probe_", dir=ancestor))
+    except OSError as err:
+        raise RunError(
+            f"cannot create the run folder {folder}: {ancestor} is not writable ({err.strerror or err}); "
+            "make it writable, or write elsewhere with hydra.run.dir=<folder> (hydra.sweep.dir=<folder> with -m)"
+        ) from None
 
 
 def preflight(argv: list[str]) -> list[str]:
@@ -101,9 +131,9 @@ def preflight(argv: list[str]) -> list[str]:
         the rewritten one described in the module docstring.
 
     Raises:
-        RunError: ``resume`` names no run folder or is combined with ``-m``/``-cp``/``-cn``
-            or ``hydra.run.dir``; or an explicit ``hydra.run.dir``/``hydra.sweep.dir``
-            already holds a run.
+        RunError: ``resume`` names no run folder or is combined with ``-m``/``-cp``/``-cn``,
+            ``hydra.run.dir`` or a config group; an explicit ``hydra.run.dir``/
+            ``hydra.sweep.dir`` already holds a run; or the run folder cannot be created.
     """
     if is_child_rank():  # DDP children write into their parent's run folder on purpose
         return argv
@@ -112,6 +142,7 @@ def preflight(argv: list[str]) -> list[str]:
     resume = _value(args, "resume")
     if resume in (None, "null"):
         run_dir = _value(args, "hydra.run.dir")
+        check_can_create(Path((_value(args, "hydra.sweep.dir") if multirun else run_dir) or "outputs"))
         if not multirun and run_dir and holds_run(Path(run_dir)):
             raise RunError(
                 f"hydra.run.dir={run_dir} already holds a run, and a new run there would overwrite "
@@ -142,7 +173,7 @@ def preflight(argv: list[str]) -> list[str]:
     folder = Path(resume).expanduser()
     if not folder.is_dir():
         raise RunError(f"resume={resume}: no such folder. Pass a run folder such as outputs/runs/<date>_<time>.")
-    if not holds_run(folder):
+    if not is_run_folder(folder):
         raise RunError(
             f"resume={resume} is not a run folder: it has no .hydra/config.yaml. "
             "Pass a folder under outputs/runs/ or outputs/multirun/<sweep>/<job>/."
@@ -230,11 +261,11 @@ def start_checkpoint(cfg: DictConfig) -> Path | None:
     return Path(ckpt_path)
 
 
-def check_checkpoint_fits(model: nn.Module, path: Path, overrides: list[str]) -> None:
-    """Refuses a checkpoint whose weights do not have the shapes of ``model``'s.
+def check_checkpoint_fits(net: nn.Module, path: Path, overrides: list[str]) -> None:
+    """Refuses a checkpoint whose network weights do not have the shapes of ``net``'s.
 
     Args:
-        model: The LightningModule built from this run's config.
+        net: The network built from this run's config (``cfg.model``).
         path: The checkpoint to start from.
         overrides: This run's command-line overrides, named in the message.
 
@@ -243,10 +274,11 @@ def check_checkpoint_fits(model: nn.Module, path: Path, overrides: list[str]) ->
             differently (the config's network differs from the checkpoint's).
     """
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
     except Exception as err:  # noqa: BLE001 - truncated file, not a checkpoint, ...
         raise RunError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
-    wanted = model.state_dict()
+    saved = {k: v for k, v in state.items() if k.startswith("net.")}
+    wanted = {f"net.{k}": v for k, v in net.state_dict().items()}
     differ = sorted(
         f"{key}: checkpoint {list(saved[key].shape) if key in saved else 'none'}, config "
         f"{list(wanted[key].shape) if key in wanted else 'none'}"
@@ -284,3 +316,13 @@ def check_writable(output_dir: Path, min_free_bytes: int) -> None:
             f"{min_free_bytes / 2**20:.0f} MiB for its checkpoints and logs; free some space, or write "
             "elsewhere with hydra.run.dir=<folder>"
         )
+
+
+def discard_resume_attempt(cfg: DictConfig) -> None:
+    """Removes the Hydra files a refused ``resume=`` attempt wrote into the earlier run's
+    ``.hydra/resume_<date>_<time>/``, so a refusal leaves that run folder as it was."""
+    if not (cfg.get("resume") and HydraConfig.initialized()):
+        return
+    subdir = HydraConfig.get().output_subdir
+    if subdir and Path(subdir).name.startswith(RESUME_SUBDIR_PREFIX):
+        shutil.rmtree(Path(cfg.output_dir) / subdir, ignore_errors=True)

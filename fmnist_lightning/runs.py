@@ -19,13 +19,12 @@ from torch import nn
 from fmnist_lightning.data import FashionMNISTDataModule
 from fmnist_lightning.data.idx import CLASS_NAMES
 from fmnist_lightning.data.transforms import build_preprocess
+from fmnist_lightning.errors import RunError
+
+__all__ = ["NET_WEIGHTS", "RunError", "TrainedModel", "load_run_config", "load_trained", "resolve_weights"]
 
 #: File name of the network's plain ``state_dict`` in a run folder.
 NET_WEIGHTS = "net.pt"
-
-
-class RunError(RuntimeError):
-    """A run folder cannot be used as asked; the message says what is missing or wrong."""
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:

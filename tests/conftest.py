@@ -9,10 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, IDX_SPECS, ensure_files, find_file
+from fmnist_lightning.nets import TwoConv5x5Net
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -37,6 +39,31 @@ def run_script(script: str, *args: str, cwd: Path = REPO, env: dict | None = Non
         [sys.executable, str(REPO / script), *args],
         cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600,
     )
+
+
+def start_script(script: str, *args: str, cwd: Path = REPO) -> subprocess.Popen:
+    """Starts ``python <script> <args>`` in the background (output discarded)."""
+    return subprocess.Popen(
+        [sys.executable, str(REPO / script), *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+class NaNAfterNet(TwoConv5x5Net):
+    """TwoConv5x5Net whose logits become NaN from its ``nan_from``-th training batch on,
+    to test how a diverging run stops (``model._target_=conftest.NaNAfterNet``)."""
+
+    def __init__(self, image_size: int = 16, nan_from: int = 30) -> None:
+        super().__init__(image_size)
+        self.nan_from = nan_from
+        self.training_batches = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(x)
+        if self.training:
+            self.training_batches += 1
+            if self.training_batches > self.nan_from:
+                logits = logits * float("nan")
+        return logits
 
 
 @pytest.fixture(scope="session")

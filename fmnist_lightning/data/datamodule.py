@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, ensure_files, load_split
+from fmnist_lightning.checks import PIPELINES
+from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, ensure_files, load_split, verify_files
 from fmnist_lightning.data.transforms import BatchAugment, build_per_sample_transform, build_preprocess
 
 log = logging.getLogger(__name__)
 
-PIPELINES = ("batched", "per_sample")
 
 
 class InMemoryBatches(Dataset):
@@ -164,8 +164,10 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.data_test: InMemoryBatches | None = None
 
     def prepare_data(self) -> None:
-        """Puts the four IDX files into ``root`` if they are not there yet."""
+        """Puts the four IDX files into ``root`` if they are not there yet, and checks all of
+        them (a fraction of a second), so a bad test file is found before training."""
         ensure_files(self.root, self.local_copy, self.download)
+        verify_files(self.root)
 
     def setup(self, stage: str | None = None) -> None:
         """Loads and verifies the splits that ``stage`` needs (all when ``None``)."""

@@ -116,8 +116,8 @@ def read_idx_bytes(path: Path, spec: IdxSpec) -> bytes:
     """Reads one IDX file (decompressing ``.gz``) and checks it against ``spec``.
 
     Checks, in this order: the file decompresses, the magic number, the header's shape,
-    the file length, the MD5 of the decompressed bytes and, for label files, that every
-    label is in 0-9.
+    the file length, for label files that every label is in 0-9, and the MD5 of the
+    decompressed bytes.
 
     Args:
         path: The file, decompressed or ``.gz``.
@@ -158,13 +158,13 @@ def read_idx_bytes(path: Path, spec: IdxSpec) -> bytes:
     if len(data) != spec.total_bytes:
         kind = "truncated" if len(data) < spec.total_bytes else "too long"
         raise fail(f"is {kind}: {len(data)} bytes decompressed, expected {spec.total_bytes}")
-    md5 = hashlib.md5(data).hexdigest()
-    if md5 != spec.md5:
-        raise fail(f"is corrupt: MD5 of its decompressed bytes is {md5}, expected {spec.md5}")
     if spec.magic == 2049:
         top = max(data[spec.header_bytes :])
         if top > 9:
             raise fail(f"holds label {top}, outside 0-9")
+    md5 = hashlib.md5(data).hexdigest()
+    if md5 != spec.md5:
+        raise fail(f"is corrupt: MD5 of its decompressed bytes is {md5}, expected {spec.md5}")
     return data
 
 
@@ -256,6 +256,20 @@ def ensure_files(root: str | os.PathLike, local_copy: str | os.PathLike | None, 
             f"FashionMNIST files {names} are not in {' or '.join(looked)}, and torchvision's "
             f"download failed ({type(err).__name__}: {err}). {HOW_TO_FIX}"
         ) from None
+
+
+def verify_files(root: str | os.PathLike) -> None:
+    """Reads and checks all four files in ``root`` (see :func:`read_idx_bytes`), so that a
+    bad test file stops a run before training rather than after it.
+
+    Raises:
+        DatasetError: A file is missing, truncated or corrupt.
+    """
+    for spec in IDX_SPECS.values():
+        path = find_file(root, spec)
+        if path is None:
+            raise DatasetError(f"FashionMNIST file {spec.name} is missing from {root}. {HOW_TO_FIX}")
+        read_idx_bytes(path, spec)
 
 
 def load_split(root: str | os.PathLike, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,175 @@
+"""Bad input of every kind, through the real command line: each is refused with a non-zero
+exit, a message naming the key or file, no traceback, and no change to earlier runs."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_script
+from fmnist_lightning.data.idx import IDX_SPECS
+
+TRAIN_IMAGES = IDX_SPECS[("train", "images")].name
+TRAIN_LABELS = IDX_SPECS[("train", "labels")].name
+TEST_IMAGES = IDX_SPECS[("test", "images")].name
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Relative path → SHA-1 of every file under ``folder``."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def mounted_tmpfs(folder: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``folder`` (read-only or tiny, to get real EROFS/ENOSPC errors)."""
+    folder.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"mounting a tmpfs needs root: {result.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.fixture(scope="module")
+def read_only_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield from mounted_tmpfs(tmp_path_factory.mktemp("ro") / "mnt", "ro,size=1m")
+
+
+@pytest.fixture(scope="module")
+def full_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A file system with 256 KiB: enough for Hydra's few config files, not for a run."""
+    yield from mounted_tmpfs(tmp_path_factory.mktemp("full") / "mnt", "size=256k")
+
+
+def corrupt(data_root: Path, folder: Path, name: str, edit: Callable[[bytearray], bytes]) -> Path:
+    """A data folder whose ``name`` file is ``edit``ed; the other files link to good ones."""
+    folder.mkdir()
+    for spec in IDX_SPECS.values():
+        if spec.name != name:
+            (folder / spec.name).symlink_to(data_root / spec.name)
+    (folder / name).write_bytes(edit(bytearray((data_root / name).read_bytes())))
+    return folder
+
+
+def set_count(data: bytearray, count: int, item_bytes: int, header: int) -> bytes:
+    """An IDX file with ``count`` items, consistent header and length."""
+    data[4:8] = count.to_bytes(4, "big")
+    return bytes(data[: header + count * item_bytes])
+
+
+def set_byte(data: bytearray, index: int, value: int) -> bytes:
+    data[index] = value
+    return bytes(data)
+
+
+DATA_CORRUPTIONS = {
+    "wrong_magic": (TRAIN_IMAGES, lambda d: bytes(b"\x00\x00\x08\x01" + d[4:]), "has magic number 2049"),
+    "wrong_count": (TRAIN_IMAGES, lambda d: set_count(d, 50_000, 784, 16), "has shape (50000, 28, 28)"),
+    "truncated": (TEST_IMAGES, lambda d: bytes(d[:5_000_000]), "is truncated"),
+    "label_out_of_range": (TRAIN_LABELS, lambda d: set_byte(d, 8 + 1234, 12), "holds label 12"),
+    "label_count_mismatch": (TRAIN_LABELS, lambda d: set_count(d, 59_999, 1, 8), "has shape (59999,)"),
+}
+
+
+@dataclass
+class Context:
+    """What the cases point at: an earlier finished run, good and bad data, special folders."""
+
+    run: Path
+    tmp: Path
+    data_root: Path
+    bad_roots: dict[str, Path]
+    read_only: Path
+    full: Path
+
+
+@pytest.fixture(scope="module")
+def ctx(trained_run: Path, data_root: Path, tmp_path_factory: pytest.TempPathFactory, read_only_dir: Path, full_dir: Path) -> Context:
+    tmp = tmp_path_factory.mktemp("bad_inputs")
+    bad_roots = {
+        kind: corrupt(data_root, tmp / kind, name, edit) for kind, (name, edit, _) in DATA_CORRUPTIONS.items()
+    }
+    return Context(trained_run, tmp, data_root, bad_roots, read_only_dir, full_dir)
+
+
+def fresh(ctx: Context, *args: str) -> list[str]:
+    """A new run into a new folder, reading the good data."""
+    return ["trainer=cpu", *args, f"data.root={ctx.data_root}", f"hydra.run.dir={ctx.tmp / 'new_run'}"]
+
+
+def no_checkpoint_run(ctx: Context) -> Path:
+    """A run folder with its config but without checkpoints (stopped in its first epoch)."""
+    folder = ctx.tmp / "no_checkpoint"
+    if not folder.exists():
+        shutil.copytree(ctx.run / ".hydra", folder / ".hydra")
+    return folder
+
+
+# (id, arguments of train.py, text the error must contain)
+CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [
+    ("lr_zero", lambda c: fresh(c, "optimizer.lr=0"), "optimizer.lr=0"),
+    ("lr_not_a_number", lambda c: fresh(c, "optimizer.lr=fast"), "optimizer.lr='fast'"),
+    ("batch_size_negative", lambda c: fresh(c, "data.batch_size=-8"), "data.batch_size=-8"),
+    ("batch_size_float", lambda c: fresh(c, "data.batch_size=1.5"), "data.batch_size=1.5"),
+    ("epochs_zero", lambda c: fresh(c, "trainer.max_epochs=0"), "trainer.max_epochs=0"),
+    ("val_fraction_one", lambda c: fresh(c, "data.val_fraction=1.0"), "data.val_fraction=1.0"),
+    ("unknown_optimizer", lambda c: fresh(c, "optimizer._target_=torch.optim.Adamm"), "optimizer._target_='torch.optim.Adamm'"),
+    ("scheduler_not_a_scheduler", lambda c: fresh(c, "scheduler=cosine", "scheduler._target_=torch.nn.Linear"), "scheduler._target_"),
+    ("image_size_too_small", lambda c: fresh(c, "data.image_size=4"), "data.image_size=4"),
+    ("monitor_never_logged", lambda c: fresh(c, "callbacks.early_stopping.monitor=val/accuracy"), "callbacks.early_stopping.monitor='val/accuracy'"),
+    ("monitor_test_metric", lambda c: fresh(c, "callbacks.model_checkpoint.monitor=test/acc"), "callbacks.model_checkpoint.monitor='test/acc'"),
+    ("unknown_pipeline", lambda c: fresh(c, "data.pipeline=fast"), "data.pipeline='fast'"),
+    ("unknown_precision", lambda c: fresh(c, "trainer.precision=8"), "trainer.precision=8"),
+    ("seed_not_an_integer", lambda c: fresh(c, "seed=abc"), "seed='abc'"),
+    ("gpu_without_gpu", lambda c: fresh(c, "trainer=gpu"), "trainer.accelerator='gpu'"),
+    ("ckpt_path_last_in_new_folder", lambda c: fresh(c, "ckpt_path=last"), "ckpt_path=last"),
+    ("ckpt_path_missing_file", lambda c: fresh(c, f"ckpt_path={c.tmp / 'nope.ckpt'}"), "nope.ckpt: no such file"),
+    ("resume_missing_folder", lambda c: [f"resume={c.tmp / 'missing'}"], "missing: no such folder"),
+    ("resume_not_a_run", lambda c: [f"resume={c.data_root}"], "is not a run folder"),
+    ("resume_without_checkpoint", lambda c: [f"resume={no_checkpoint_run(c)}"], "has no checkpoint"),
+    ("resume_finished_run", lambda c: [f"resume={c.run}"], "already finished"),
+    ("resume_changes_shape", lambda c: [f"resume={c.run}", "trainer.max_epochs=9", "data.image_size=28"], "holds a different network"),
+    ("resume_swaps_model", lambda c: [f"resume={c.run}", "model=three_conv"], "config groups cannot be swapped"),
+    ("resume_in_multirun", lambda c: ["-m", f"resume={c.run}"], "cannot be combined with -m"),
+    ("run_dir_of_earlier_run", lambda c: [f"hydra.run.dir={c.run}", f"data.root={c.data_root}"], "already holds a run"),
+    ("run_dir_read_only", lambda c: [f"hydra.run.dir={c.read_only / 'run'}", f"data.root={c.data_root}"], "Read-only file system"),
+    ("run_dir_full", lambda c: [f"hydra.run.dir={c.full / 'run'}", f"data.root={c.data_root}"], "MiB free"),
+    ("data_root_read_only", lambda c: [f"data.root={c.read_only / 'data'}", "data.download=false", f"hydra.run.dir={c.tmp / 'new_run'}"], "data.root"),
+    *[
+        (
+            f"data_{kind}",
+            lambda c, kind=kind: [f"data.root={c.bad_roots[kind]}", "data.local_copy=null", "data.download=false", f"hydra.run.dir={c.tmp / 'new_run'}"],
+            f"{name} {expected}",
+        )
+        for kind, (name, _, expected) in DATA_CORRUPTIONS.items()
+    ],
+]
+
+
+@pytest.mark.parametrize(("case", "arguments", "expected"), [pytest.param(*case, id=case[0]) for case in CASES])
+def test_bad_input_is_refused(ctx: Context, case: str, arguments: Callable[[Context], list[str]], expected: str) -> None:
+    if case == "gpu_without_gpu" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    before = snapshot(ctx.run)
+    shutil.rmtree(ctx.tmp / "new_run", ignore_errors=True)
+
+    result = run_script("train.py", *arguments(ctx), cwd=ctx.tmp)
+
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert expected in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert snapshot(ctx.run) == before, "an earlier run folder changed"
+    assert not (ctx.tmp / "new_run" / "checkpoints").exists(), "the refused run trained"
+    assert not (ctx.tmp / "outputs").exists(), "the refused run made a run folder elsewhere"

@@ -1,0 +1,212 @@
+"""Runs that are stopped, crash, diverge or run twice: resume, interruption, non-finite loss,
+bit-for-bit reproducibility, run folders, and several processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import run_script, start_script
+from fmnist_lightning.module import NonFiniteLossError
+from fmnist_lightning.pipeline import train
+from fmnist_lightning.run_dirs import new_dir
+
+# Three short epochs with everything random switched on: dropout (two_conv_bn), random
+# flips, shuffling, and a cosine schedule whose state must survive the restart.
+SHORT_RUN = [
+    "model=two_conv_bn", "data.image_size=16", "trainer=cpu", "trainer.max_epochs=3",
+    "trainer.limit_train_batches=100", "trainer.limit_val_batches=10", "trainer.deterministic=true",
+    "scheduler=cosine", "data.augment.flip_p=0.5", "seed=7", "logger=tensorboard_csv", "callbacks.progress_bar=null",
+]
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Waits until ``path`` exists; fails if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended (exit {process.returncode}) before {path} appeared: {process.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{path} did not appear within {timeout} s")
+        time.sleep(0.02)
+
+
+def status(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def scalars(run_dir: Path, tag: str) -> dict[int, float]:
+    """step → value of one TensorBoard scalar over all event files of a run."""
+    values: dict[int, list[float]] = defaultdict(list)
+    for events in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            for event in accumulator.Scalars(tag):
+                values[event.step].append(event.value)
+    assert all(len(v) == 1 for v in values.values()), f"{tag} logged twice at a step: {dict(values)}"
+    return {step: v[0] for step, v in values.items()}
+
+
+def csv_rows(run_dir: Path, key: str) -> list[tuple[str, str]]:
+    """(epoch, value) of the rows of ``csv/metrics.csv`` that have ``key``."""
+    with (run_dir / "csv" / "metrics.csv").open() as file:
+        return [(row["epoch"], row[key]) for row in csv.DictReader(file) if row.get(key)]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), f"{key} differs"
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted(data_root: Path, tmp_path: Path) -> None:
+    args = [*SHORT_RUN, f"data.root={data_root}"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    result = run_script("train.py", *args, f"hydra.run.dir={whole}")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    process = start_script("train.py", *args, f"hydra.run.dir={killed}")
+    wait_for(killed / "checkpoints" / "last.ckpt", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    crashed = status(killed)
+    assert crashed["status"] == "running" and 1 <= crashed["epochs"] < 3, crashed
+
+    result = run_script("train.py", f"resume={killed}")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    assert_same_weights(whole / "net.pt", killed / "net.pt")
+    a, b = status(whole), status(killed)
+    assert b["status"] == "finished"
+    assert (a["epochs"], a["global_step"], a["metrics"]) == (b["epochs"], b["global_step"], b["metrics"])
+    # The logs continue in the same run: every epoch once, with the same values.
+    assert scalars(whole, "val/acc") == scalars(killed, "val/acc")
+    assert len(scalars(killed, "val/acc")) == 3
+    assert csv_rows(whole, "val/acc") == csv_rows(killed, "val/acc")
+    # The original config stays; the attempt's Hydra files are kept beside it.
+    assert (killed / ".hydra" / "config.yaml").read_text() == (whole / ".hydra" / "config.yaml").read_text()
+    assert len(list((killed / ".hydra").glob("resume_*/config.yaml"))) == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_mid_epoch_leaves_a_resumable_run(data_root: Path, tmp_path: Path, sig: signal.Signals) -> None:
+    run_dir = tmp_path / "run"
+    args = ["model=three_conv", "trainer=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=300", "trainer.limit_val_batches=5"]
+    process = start_script("train.py", *args, f"data.root={data_root}", f"hydra.run.dir={run_dir}")
+    wait_for(run_dir / "metrics.json", process)  # written once all checks passed, just before fit
+    time.sleep(2)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=120)
+
+    assert process.returncode != 0
+    assert f"resume={run_dir}" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    stopped = status(run_dir)
+    assert stopped["status"] == "interrupted" and stopped["epochs"] == 0, stopped
+    assert 0 < stopped["global_step"] < 300
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (0, stopped["global_step"])
+
+    result = run_script("train.py", f"resume={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = status(run_dir)
+    assert done["status"] == "finished" and done["epochs"] == 1 and done["global_step"] == 300, done
+    assert done["metrics"]["test/acc"] > 0.7
+
+
+def test_non_finite_loss_stops_the_run(make_cfg, tmp_path: Path) -> None:
+    """The loss becomes NaN in epoch 1: the run stops at that step, is marked failed, and
+    keeps epoch 0's checkpoint with finite weights."""
+    cfg = make_cfg(
+        "model=two_conv_5x5", "model._target_=conftest.NaNAfterNet", "+model.nan_from=30", "data.image_size=16",
+        "trainer.max_epochs=3", "trainer.limit_train_batches=20", "trainer.limit_val_batches=2", "logger=none",
+    )
+    with pytest.raises(NonFiniteLossError, match="became nan at step 30 \\(epoch 1, batch 10\\)"):
+        train(cfg)
+    failed = status(tmp_path)
+    assert failed["status"] == "failed" and failed["epochs"] == 1 and "step 30" in failed["error"]
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point())
+    assert not (tmp_path / "net.pt").exists() and not (tmp_path / "report.json").exists()
+
+
+def test_deterministic_cpu_runs_are_identical(make_cfg, tmp_path: Path) -> None:
+    overrides = [
+        "model=two_conv_bn", "data.image_size=16", "seed=3", "trainer.deterministic=true", "trainer.max_epochs=2",
+        "trainer.limit_train_batches=30", "trainer.limit_val_batches=3", "data.augment.flip_p=0.5", "logger=none",
+    ]
+    results = []
+    for name in ("a", "b"):
+        cfg = make_cfg(*overrides, f"output_dir={tmp_path / name}")
+        results.append(train(cfg))
+    assert results[0] == results[1]
+    assert_same_weights(tmp_path / "a" / "net.pt", tmp_path / "b" / "net.pt")
+
+
+def test_new_dir_never_hands_out_a_folder_twice(tmp_path: Path) -> None:
+    base = str(tmp_path / "runs" / "2026-01-01_00-00-00")
+    assert [new_dir(base) for _ in range(3)] == [base, f"{base}_1", f"{base}_2"]
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(data_root: Path, tmp_path: Path) -> None:
+    args = ["debug=fdr", "trainer=cpu", "model=two_conv_5x5", "data.image_size=16", f"data.root={data_root}"]
+    processes = [start_script("train.py", *args, cwd=tmp_path) for _ in range(2)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+    runs = sorted((tmp_path / "outputs" / "runs").iterdir())
+    assert len(runs) == 2
+    for run in runs:
+        assert status(run)["status"] == "finished"
+        assert len(list(run.glob(".hydra/config.yaml"))) == 1
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(data_root: Path, tmp_path: Path) -> None:
+    """trainer=ddp with 2 gloo processes: one set of outputs, accuracy like one process."""
+    args = ["model=two_conv_5x5", "data.image_size=16", "trainer.max_epochs=2", "trainer.limit_train_batches=100",
+            "trainer.limit_val_batches=10", "callbacks.progress_bar=null", f"data.root={data_root}"]
+    single = run_script("train.py", *args, "trainer=cpu", f"hydra.run.dir={tmp_path / 'single'}")
+    assert single.returncode == 0, single.stderr[-3000:]
+    run_dir = tmp_path / "ddp"
+    result = run_script("train.py", *args, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    done = status(run_dir)
+    assert done["status"] == "finished" and done["epochs"] == 2
+    assert done["global_step"] == 200  # limit_train_batches counts per process
+    writers = {p.name.split(".")[-2] for p in (run_dir / "tensorboard").glob("events.out.tfevents.*")}
+    assert len(writers) == 1, "TensorBoard events from more than one process"
+    assert sorted(p.name for p in run_dir.glob("checkpoints/*.ckpt")) == ["epoch_001.ckpt", "last.ckpt"]
+    assert {p.name for p in run_dir.glob("*.json")} == {"metrics.json", "report.json"}
+    assert [p.name for p in run_dir.glob(".*")] == [".hydra"]
+    assert abs(done["metrics"]["test/acc"] - status(tmp_path / "single")["metrics"]["test/acc"]) < 0.05
+
+
+@pytest.mark.slow
+def test_ddp_in_a_multirun_uses_spawn(data_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_script(
+        "train.py", "-m", "trainer=ddp", "trainer.accelerator=cpu", "seed=1,2", "model=two_conv_5x5", "data.image_size=16",
+        "trainer.max_epochs=1", "trainer.limit_train_batches=20", "trainer.limit_val_batches=2", "callbacks.progress_bar=null",
+        f"data.root={data_root}", f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "using ddp_spawn" in output
+    assert output.count("Launching 2 jobs") == 1  # the sweep was not started again
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    assert all(status(sweep / job)["status"] == "finished" for job in ("0", "1"))
