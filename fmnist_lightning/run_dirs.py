@@ -135,12 +135,14 @@ def preflight(argv: list[str]) -> list[str]:
             ``hydra.run.dir`` or a config group; an explicit ``hydra.run.dir``/
             ``hydra.sweep.dir`` already holds a run; or the run folder cannot be created.
     """
-    if is_child_rank():  # DDP children write into their parent's run folder on purpose
-        return argv
     args = argv[1:]
+    if any(a.startswith("++resume=") for a in args):  # already rewritten: a DDP child's copy
+        return argv
     multirun = "-m" in args or "--multirun" in args
     resume = _value(args, "resume")
     if resume in (None, "null"):
+        if is_child_rank():  # DDP children and SLURM tasks share rank 0's run folder on purpose
+            return argv
         run_dir = _value(args, "hydra.run.dir")
         check_can_create(Path((_value(args, "hydra.sweep.dir") if multirun else run_dir) or "outputs"))
         if not multirun and run_dir and holds_run(Path(run_dir)):

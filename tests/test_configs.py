@@ -13,6 +13,8 @@ from omegaconf import OmegaConf
 from hydra import compose, initialize_config_dir
 
 from conftest import CONF, config_names
+from fmnist_lightning.checks import validate_config
+from fmnist_lightning.errors import ConfigError
 from fmnist_lightning.pipeline import build, train
 
 GROUPS = ["data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "debug"]
@@ -28,6 +30,22 @@ def test_every_option_builds(make_cfg, override: str) -> None:
     optimizers = model.configure_optimizers()
     optimizer = optimizers["optimizer"] if isinstance(optimizers, dict) else optimizers
     assert isinstance(optimizer, torch.optim.Optimizer)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [f"{group}={name}" for group in [*GROUPS, "experiment"] for name in config_names(group) if (group, name) != ("trainer", "gpu")],
+)
+def test_every_option_passes_the_checks(make_cfg, override: str) -> None:
+    validate_config(make_cfg(override))
+
+
+def test_config_error_lists_every_problem(make_cfg) -> None:
+    cfg = make_cfg("optimizer.lr=-1", "data.batch_size=0", "callbacks.early_stopping.monitor=val/f1")
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    assert [p.key for p in info.value.problems] == ["optimizer.lr", "data.batch_size", "callbacks.early_stopping.monitor"]
+    assert "val/acc, val/loss" in str(info.value)
 
 
 def test_gpu_trainer_config_composes() -> None:
