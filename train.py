@@ -2,23 +2,42 @@
 
 Configs live in ``conf/``; see README.md for the groups, the recipes and sweeps (``-m``).
 Continue an interrupted run with ``python train.py resume=outputs/runs/<run>``.
+
+A single run stops with ``error: ...`` and exit status 1 on a problem it can name. In a
+sweep, a failing job is recorded (``metrics.json``: ``status: failed`` and the error) and
+the sweep goes on; the summary at its end lists the failures and the exit status is 1.
 """
+
+import logging
+import math
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from fmnist_lightning.checks import validate_config
 from fmnist_lightning.errors import ConfigError, RunError
-from fmnist_lightning.run_dirs import discard_resume_attempt, register_resolvers, run_command_line
+from fmnist_lightning.run_dirs import (
+    discard_resume_attempt,
+    in_multirun,
+    record_failure,
+    register_resolvers,
+    run_command_line,
+)
+
+log = logging.getLogger("train")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float:
+    """Returns the optimised metric (``optimized_metric``, for sweepers such as Optuna); for
+    a failed sweep job, the worst value (-inf, or +inf for a loss), so that a search records
+    the trial and goes on (a NaN would stop hydra-optuna-sweeper)."""
     try:
         validate_config(cfg)
     except ConfigError as err:
         discard_resume_attempt(cfg)
-        raise SystemExit(f"error: {err}") from None
+        return failed(cfg, f"error: {err}")
     # Imported only now: Lightning takes seconds to import, which a typo should not cost.
     from fmnist_lightning.data import DatasetError
     from fmnist_lightning.module import NonFiniteLossError
@@ -28,10 +47,24 @@ def main(cfg: DictConfig) -> float | None:
         metrics = train(cfg)
     except (ConfigError, RunError, DatasetError, NonFiniteLossError) as err:
         # Expected, user-fixable problems: the message says what and how, no traceback.
-        raise SystemExit(f"error: {err}") from None
-    except RunInterrupted as err:
+        return failed(cfg, f"error: {err}")
+    except RunInterrupted as err:  # stops a whole sweep too
         raise SystemExit(f"stopped: {err}") from None
-    return metrics.get("val/acc_best")
+    except Exception as err:
+        if not in_multirun():
+            raise
+        log.exception("The job failed")  # the traceback goes to the job's train.log
+        return failed(cfg, f"error: {type(err).__name__}: {err}")
+    return metrics.get(cfg.get("optimized_metric") or "val/acc_best", math.nan)
+
+
+def failed(cfg: DictConfig, message: str) -> float:
+    """Ends a single run with ``message``; in a sweep, records it and returns the worst value."""
+    if not in_multirun():
+        raise SystemExit(message)
+    log.error(message)
+    record_failure(Path(cfg.output_dir), message.removeprefix("error: "))
+    return math.inf if str(cfg.get("optimized_metric", "")).endswith("loss") else -math.inf
 
 
 if __name__ == "__main__":

@@ -146,6 +146,7 @@ def validate_config(cfg: DictConfig) -> None:
     if c.problems:
         raise ConfigError(c.problems)
     c.check("seed", _is_int, "an integer or null", optional=True)
+    c.choice("optimized_metric", (*FIT_METRICS, "test/acc", "test/loss"))
     c.boolean("channels_last")
     c.boolean("compile")
 

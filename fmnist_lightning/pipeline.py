@@ -15,7 +15,6 @@ import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_lightning.callbacks import RunStatus
@@ -27,6 +26,7 @@ from fmnist_lightning.run_dirs import (
     check_writable,
     checkpoint_dir,
     discard_resume_attempt,
+    in_multirun,
     is_child_rank,
     read_status,
     start_checkpoint,
@@ -64,12 +64,17 @@ def instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
 
 def cpu_threads(cfg: DictConfig) -> int:
     """Intra-op threads for this process: the cores it may use (containers and taskset limit
-    them), shared out among the processes of a multi-process CPU run (``trainer=ddp``)."""
+    them), shared out among the jobs a parallel launcher runs at once
+    (``hydra.launcher.n_jobs``) and the processes of a multi-process CPU run
+    (``trainer=ddp``), so that they do not oversubscribe the cores."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     devices = cfg.trainer.get("devices")
     on_cpu = cfg.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()
-    processes_here = devices if on_cpu and isinstance(devices, int) and devices > 1 else 1
-    return max(1, cores // processes_here)
+    processes = devices if on_cpu and isinstance(devices, int) and devices > 1 else 1
+    if in_multirun():
+        n_jobs = HydraConfig.get().launcher.get("n_jobs") or 1
+        processes *= cores if n_jobs < 0 else n_jobs
+    return max(1, cores // processes)
 
 
 def launch_strategy(cfg: DictConfig) -> Any:
@@ -80,7 +85,7 @@ def launch_strategy(cfg: DictConfig) -> Any:
     them from inside this job instead.
     """
     strategy = cfg.trainer.get("strategy", "auto")
-    if strategy == "ddp" and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if strategy == "ddp" and in_multirun():
         log.info("trainer.strategy=ddp inside a multirun: using ddp_spawn, so the sweep is not re-run")
         return "ddp_spawn"
     return strategy
@@ -177,6 +182,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         discard_resume_attempt(cfg)
         raise
     torch.set_num_threads(cpu_threads(cfg))
+    log.info("%d intra-op CPU threads", torch.get_num_threads())
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 

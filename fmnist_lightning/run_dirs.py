@@ -328,3 +328,21 @@ def discard_resume_attempt(cfg: DictConfig) -> None:
     subdir = HydraConfig.get().output_subdir
     if subdir and Path(subdir).name.startswith(RESUME_SUBDIR_PREFIX):
         shutil.rmtree(Path(cfg.output_dir) / subdir, ignore_errors=True)
+
+
+def record_failure(output_dir: Path, error: str) -> None:
+    """Marks a run ``failed`` in its ``metrics.json`` with ``error``, unless the run already
+    wrote its own failed status (which has more: epochs, step, metrics)."""
+    if read_status(output_dir).get("status") == "failed":
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"status": "failed", "epochs": 0, "global_step": 0, "best_checkpoint": None,
+               "wall_time_s": None, "metrics": {}, "error": error}
+    (output_dir / STATUS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def in_multirun() -> bool:
+    """True inside a job of a Hydra multirun (``-m``)."""
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

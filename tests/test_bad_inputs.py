@@ -158,7 +158,12 @@ CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("case", "arguments", "expected"), [pytest.param(*case, id=case[0]) for case in CASES])
+# The data-file cases are also tested in-process, quickly, in test_data.py; here, through
+# the command line, they are slow (each imports Lightning and reads the data).
+@pytest.mark.parametrize(
+    ("case", "arguments", "expected"),
+    [pytest.param(*case, id=case[0], marks=[pytest.mark.slow] if case[0].startswith("data_") else []) for case in CASES],
+)
 def test_bad_input_is_refused(ctx: Context, case: str, arguments: Callable[[Context], list[str]], expected: str) -> None:
     if case == "gpu_without_gpu" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

@@ -101,7 +101,9 @@ def test_sigkill_then_resume_equals_uninterrupted(data_root: Path, tmp_path: Pat
     assert len(list((killed / ".hydra").glob("resume_*/config.yaml"))) == 1
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)], ids=["SIGTERM", "SIGINT"]
+)
 def test_signal_mid_epoch_leaves_a_resumable_run(data_root: Path, tmp_path: Path, sig: signal.Signals) -> None:
     run_dir = tmp_path / "run"
     args = ["model=three_conv", "trainer=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=300", "trainer.limit_val_batches=5"]

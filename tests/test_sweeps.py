@@ -1,0 +1,176 @@
+"""Sweeps: grids, a failing job, Optuna searches, the joblib launcher, and their summaries."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from conftest import CONF, run_script
+from fmnist_lightning.sweeps import read_sweep, summarize
+
+# Jobs of a few seconds: one batch of each stage (fast_dev_run) of the smallest network.
+TINY = ["debug=fdr", "trainer=cpu", "model=two_conv_5x5", "data.image_size=16"]
+# Real but short training, for searches that need a learning signal.
+SHORT = ["trainer=cpu", "data.image_size=16", "trainer.max_epochs=1", "trainer.limit_train_batches=20",
+         "trainer.limit_val_batches=5", "callbacks.progress_bar=null"]
+
+
+def job_rows(sweep: Path) -> list[dict[str, str]]:
+    with (sweep / "summary_jobs.csv").open() as file:
+        return list(csv.DictReader(file))
+
+
+def metrics_of(job: Path) -> dict:
+    return json.loads((job / "metrics.json").read_text())
+
+
+def test_grid_sweep_ends_with_a_summary(data_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_script("train.py", "-m", *TINY, "optimizer=adam,sgd", "seed=1,2", f"data.root={data_root}", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+    rows = job_rows(sweep)
+    assert [(r["optimizer"], r["seed"], r["status"]) for r in rows] == [
+        ("adam", "1", "finished"), ("adam", "2", "finished"), ("sgd", "1", "finished"), ("sgd", "2", "finished")
+    ]
+    for row in rows:
+        job = metrics_of(sweep / row["job"])
+        assert float(row["val/acc_best"]) == job["metrics"]["val/acc_best"]
+        assert float(row["test/acc"]) == job["metrics"]["test/acc"]
+    # Grouped over seeds: one row per optimizer, mean and std of the two seeds.
+    with (sweep / "summary.csv").open() as file:
+        groups = {r["optimizer"]: r for r in csv.DictReader(file)}
+    for optimizer in ("adam", "sgd"):
+        values = [float(r["val/acc_best"]) for r in rows if r["optimizer"] == optimizer]
+        assert float(groups[optimizer]["val/acc_best_mean"]) == pytest.approx(sum(values) / 2)
+        assert float(groups[optimizer]["val/acc_best_std"]) == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
+    assert (sweep / "summary.png").stat().st_size > 0
+    assert "## Configurations" in result.stdout and "4 jobs, 4 finished" in result.stdout
+    # Every job sets its own overrides file, and its folder name is its job number.
+    assert {"optimizer=sgd", "seed=2"} <= set(yaml.safe_load((sweep / "3" / ".hydra" / "overrides.yaml").read_text()))
+
+    again = run_script("summarize.py", f"sweep_dir={sweep}", "metric=test/acc")
+    assert again.returncode == 0 and "Ranked by the mean of `test/acc`" in again.stdout, again.stderr[-2000:]
+
+
+def test_a_failing_job_does_not_stop_the_sweep(data_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_script("train.py", "-m", *TINY, "optimizer.lr=1e-3,-1,3e-3", f"data.root={data_root}", f"hydra.sweep.dir={sweep}")
+
+    assert result.returncode == 1
+    assert "1 of 3 jobs did not finish (jobs 1)" in result.stderr
+    assert "Traceback" not in result.stderr
+    statuses = [(r["job"], r["status"]) for r in job_rows(sweep)]
+    assert statuses == [("0", "finished"), ("1", "failed"), ("2", "finished")]
+    failed = metrics_of(sweep / "1")
+    assert failed["status"] == "failed" and "optimizer.lr=-1" in failed["error"]
+    summary = (sweep / "summary.md").read_text()
+    assert "## Not finished" in summary and "job 1 (failed): invalid config" in summary
+
+
+def test_optuna_search_in_memory(data_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "search"
+    result = run_script(
+        "train.py", "hparams_search=three_conv_tpe", "model=two_conv", "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.n_startup_trials=2", *SHORT, f"data.root={data_root}", f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    values = [metrics_of(sweep / str(i))["metrics"]["val/acc_best"] for i in range(3)]
+    assert best["best_value"] == pytest.approx(max(values))
+    assert set(best["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size", "model.dropout"}
+    assert len(job_rows(sweep)) == 3
+
+
+@pytest.mark.slow
+def test_optuna_search_with_sqlite_survives_a_failed_trial(data_root: Path, tmp_path: Path) -> None:
+    """A grid of 4 trials, one with an invalid learning rate, stored in SQLite: the search
+    finishes, the study in the database has 3 complete trials with values and the failed
+    one with the worst value, and a second search continues the same study."""
+    conf = tmp_path / "conf" / "hparams_search"
+    conf.mkdir(parents=True)
+    (conf / "grid_with_bad_lr.yaml").write_text(
+        "# @package _global_\n"
+        "defaults:\n  - override /hydra/sweeper: optuna\n  - override /hydra/sweeper/sampler: grid\n"
+        "hydra:\n  mode: MULTIRUN\n  sweeper:\n    direction: maximize\n    n_trials: 4\n    n_jobs: 1\n"
+        "    params:\n      optimizer.lr: choice(0.001, -1)\n      data.batch_size: choice(32, 64)\n"
+    )
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    common = ["-cd", str(tmp_path / "conf"), "hparams_search=grid_with_bad_lr", "model=two_conv", *SHORT,
+              f"data.root={data_root}", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=grid"]
+    result = run_script("train.py", *common, f"hydra.sweep.dir={tmp_path / 'search'}")
+    assert result.returncode == 1, result.stderr[-3000:]  # two trials failed, and the exit says so
+    assert "2 of 4 jobs did not finish" in result.stderr
+
+    import optuna
+
+    study = optuna.load_study(study_name="grid", storage=storage)
+    values = sorted(t.value for t in study.trials)
+    assert len(values) == 4 and values[:2] == [-math.inf, -math.inf] and all(0 < v < 1 for v in values[2:])
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_without_oversubscribing(data_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_script(
+        "train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "optimizer=adam,sgd",
+        f"data.root={data_root}", f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    for job in ("0", "1"):
+        assert metrics_of(sweep / job)["status"] == "finished"
+        log = (sweep / job / "train.log").read_text()
+        threads = int(log.split(" intra-op CPU threads")[0].split()[-1])
+        assert threads == max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+def test_slurm_launcher_config_composes() -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=a100", "output_dir=unused"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min, launcher.signal_delay_s) == ("a100", 1, 120, 120)
+
+
+def fake_job(sweep: Path, name: str, overrides: list[str], status: str | None, acc: float | None = None, error: str | None = None) -> None:
+    """A job folder as train.py leaves it."""
+    (sweep / name / ".hydra").mkdir(parents=True)
+    (sweep / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if status is not None:
+        metrics = {"val/acc_best": acc, "test/acc": acc - 0.01} if acc is not None else {}
+        summary = {"status": status, "epochs": 3, "global_step": 30, "wall_time_s": 1.5, "metrics": metrics, "error": error}
+        (sweep / name / "metrics.json").write_text(json.dumps(summary))
+
+
+def test_summary_ranks_configurations_over_seeds(tmp_path: Path) -> None:
+    for i, (model, seed, acc) in enumerate([("a", 1, 0.80), ("a", 2, 0.84), ("b", 1, 0.90), ("b", 2, 0.86), ("c", 1, None)]):
+        fake_job(tmp_path, str(i), [f"model={model}", f"seed={seed}", "trainer.max_epochs=3"],
+                 "finished" if acc else "failed", acc, None if acc else "the training loss became nan\n at step 3")
+    fake_job(tmp_path, "5", ["model=c", "seed=2", "trainer.max_epochs=3"], None)  # never wrote metrics.json
+
+    markdown, jobs = summarize(tmp_path)
+
+    assert [j.status for j in jobs] == ["finished"] * 4 + ["failed", "not started"]
+    lines = markdown.splitlines()
+    ranked = [line for line in lines if line.startswith("| 1 |") or line.startswith("| 2 |") or line.startswith("| 3 |")]
+    assert ranked[0].startswith("| 1 | b | 2/2 | 88.00 ± 2.83") and ranked[1].startswith("| 2 | a | 2/2 | 82.00 ± 2.83")
+    assert ranked[2] == "| 3 | c | 0/2 | failed | failed |"
+    assert "- job 4 (failed): the training loss became nan at step 3" in markdown
+    assert "- job 5 (not started)" in markdown
+    assert "`trainer.max_epochs`" not in markdown  # the same in every job: not a swept key
+    assert (tmp_path / "summary.png").is_file()
+
+
+def test_summarize_refuses_a_folder_without_jobs(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="holds no sweep jobs"):
+        read_sweep(tmp_path)
+    result = run_script("summarize.py", f"sweep_dir={tmp_path}")
+    assert result.returncode == 1 and "error:" in result.stderr and "Traceback" not in result.stderr
