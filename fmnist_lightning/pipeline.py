@@ -221,9 +221,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     except (SystemExit, KeyboardInterrupt):  # Lightning's ways out after Ctrl-C and SIGTERM
         where = f"in epoch {trainer.current_epoch} (step {trainer.global_step})"
         status.write(trainer, "interrupted", epochs=completed(), error=f"stopped by Ctrl-C or SIGTERM {where}")
+        last = checkpoint_dir(cfg) / "last.ckpt"
+        if not last.is_file():
+            raise RunInterrupted(f"training stopped {where}, before any checkpoint was saved; start it again") from None
         raise RunInterrupted(
-            f"training stopped {where}; {checkpoint_dir(cfg) / 'last.ckpt'} holds its state. "
-            f"Continue it with: python train.py resume={output_dir}"
+            f"training stopped {where}; continue it from {last} with: python train.py resume={output_dir}"
         ) from None
     except Exception as err:
         status.write(trainer, "failed", epochs=completed(), error=f"{type(err).__name__}: {err}")

@@ -185,8 +185,12 @@ def summary_markdown(sweep_dir: Path, jobs: list[Job], keys: list[str], groups: 
     if len(groups) > 1 and len(groups[0].finished()) > 1 and len(groups[1].finished()) > 1:
         gap = groups[0].mean(metric) - groups[1].mean(metric)
         spread = max(groups[0].std(metric), groups[1].std(metric))
+        verdict = (
+            "a lead within the spread over seeds: more seeds are needed to tell the two apart"
+            if gap < spread else "a lead larger than the spread over seeds"
+        )
         lines += ["", f"The best configuration leads the second by {100 * gap:.2f} points of `{metric}`; "
-                  f"the larger of their standard deviations over seeds is {100 * spread:.2f} points."]
+                  f"the larger of their standard deviations over seeds is {100 * spread:.2f} points ({verdict})."]
     lines += [
         "",
         "## Jobs",

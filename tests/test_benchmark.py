@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import run_script
 
 
+@pytest.mark.slow  # about a minute: four subprocesses, each training a few batches
 def test_benchmark_runs_all_variants(data_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     result = run_script(

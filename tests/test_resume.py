@@ -18,7 +18,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import run_script, start_script
 from fmnist_lightning.module import NonFiniteLossError
 from fmnist_lightning.pipeline import train
-from fmnist_lightning.run_dirs import new_dir
+from fmnist_lightning.errors import RunError
+from fmnist_lightning.run_dirs import new_dir, preflight
 
 # Three short epochs with everything random switched on: dropout (two_conv_bn), random
 # flips, shuffling, and a cosine schedule whose state must survive the restart.
@@ -212,3 +213,20 @@ def test_ddp_in_a_multirun_uses_spawn(data_root: Path, tmp_path: Path) -> None:
     assert output.count("Launching 2 jobs") == 1  # the sweep was not started again
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     assert all(status(sweep / job)["status"] == "finished" for job in ("0", "1"))
+
+
+def test_preflight_rewrites_resume_once(trained_run: Path) -> None:
+    folder = trained_run.resolve()
+    argv = preflight(["train.py", f"resume={trained_run}", "trainer.max_epochs=9"])
+    assert argv[:5] == ["train.py", "-cp", str(folder / ".hydra"), "-cn", "config"]
+    assert {"trainer.max_epochs=9", f"++resume={folder}", f"hydra.run.dir={folder}"} <= set(argv)
+    assert any(a.startswith("hydra.output_subdir=.hydra/resume_") for a in argv)
+    assert preflight(argv) == argv  # a DDP child gets the rewritten command line
+
+
+def test_preflight_lets_ddp_children_into_their_parents_folder(trained_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = ["train.py", f"hydra.run.dir={trained_run}"]
+    with pytest.raises(RunError, match="already holds a run"):
+        preflight(argv)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert preflight(argv) == argv

@@ -57,7 +57,7 @@ def test_multirun_makes_one_folder_per_job(data_root: Path, tmp_path: Path) -> N
     sweep = tmp_path / "sweep"
     result = run_script(
         "train.py",
-        "-m", "optimizer=adam,sgd", "debug=limit", "trainer=cpu",
+        "-m", "optimizer=adam,sgd", "debug=limit", "trainer=cpu", "model=two_conv_5x5", "data.image_size=16",
         f"data.root={data_root}", f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
