@@ -176,6 +176,10 @@ def validate_config(cfg: DictConfig) -> None:
         c.number("data.normalize.mean", -1e9)
         c.number("data.normalize.std", 0, low_open=True)
 
+    # Model (conf/model/): the network itself is built and run by _check_network below.
+    c.number("model.dropout", 0, 1, high_open=True)
+    c.integer("model.hidden", 1)
+
     # Trainer (conf/trainer/).
     c.integer("trainer.max_epochs", 1)
     c.integer("trainer.min_epochs", 0, optional=True)

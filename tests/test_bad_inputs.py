@@ -131,6 +131,7 @@ CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [
     ("monitor_never_logged", lambda c: fresh(c, "callbacks.early_stopping.monitor=val/accuracy"), "callbacks.early_stopping.monitor='val/accuracy'"),
     ("monitor_test_metric", lambda c: fresh(c, "callbacks.model_checkpoint.monitor=test/acc"), "callbacks.model_checkpoint.monitor='test/acc'"),
     ("unknown_pipeline", lambda c: fresh(c, "data.pipeline=fast"), "data.pipeline='fast'"),
+    ("dropout_one", lambda c: fresh(c, "model.dropout=1.0"), "model.dropout=1.0"),
     ("unknown_precision", lambda c: fresh(c, "trainer.precision=8"), "trainer.precision=8"),
     ("seed_not_an_integer", lambda c: fresh(c, "seed=abc"), "seed='abc'"),
     ("gpu_without_gpu", lambda c: fresh(c, "trainer=gpu"), "trainer.accelerator='gpu'"),

@@ -13,6 +13,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from conftest import CONF, run_script
+from fmnist_lightning.checks import validate_config
 from fmnist_lightning.sweeps import read_sweep, summarize
 
 # Jobs of a few seconds: one batch of each stage (fast_dev_run) of the smallest network.
@@ -174,3 +175,15 @@ def test_summarize_refuses_a_folder_without_jobs(tmp_path: Path) -> None:
         read_sweep(tmp_path)
     result = run_script("summarize.py", f"sweep_dir={tmp_path}")
     assert result.returncode == 1 and "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_optuna_search_config_composes_and_its_values_pass_the_checks(make_cfg) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["hparams_search=three_conv_tpe", "output_dir=unused"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert set(sweeper.params) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size", "model.dropout"}
+    assert cfg.optimized_metric == "val/acc_best"
+    # The corners of the search space are valid configs.
+    validate_config(make_cfg("hparams_search=three_conv_tpe", "optimizer.lr=1e-4", "optimizer.weight_decay=1e-3",
+                             "data.batch_size=256", "model.dropout=0.6"))
