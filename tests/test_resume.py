@@ -4,7 +4,6 @@ bit-for-bit reproducibility, run folders, and several processes."""
 from __future__ import annotations
 
 import csv
-import json
 import signal
 import subprocess
 import time
@@ -19,7 +18,7 @@ from conftest import run_script, start_script
 from fmnist_lightning.module import NonFiniteLossError
 from fmnist_lightning.pipeline import train
 from fmnist_lightning.errors import RunError
-from fmnist_lightning.run_dirs import new_dir, preflight
+from fmnist_lightning.run_dirs import new_dir, preflight, read_status
 
 # Three short epochs with everything random switched on: dropout (two_conv_bn), random
 # flips, shuffling, and a cosine schedule whose state must survive the restart.
@@ -40,10 +39,6 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> Non
             process.kill()
             pytest.fail(f"{path} did not appear within {timeout} s")
         time.sleep(0.02)
-
-
-def status(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def scalars(run_dir: Path, tag: str) -> dict[int, float]:
@@ -83,14 +78,14 @@ def test_sigkill_then_resume_equals_uninterrupted(data_root: Path, tmp_path: Pat
     wait_for(killed / "checkpoints" / "last.ckpt", process)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    crashed = status(killed)
+    crashed = read_status(killed)
     assert crashed["status"] == "running" and 1 <= crashed["epochs"] < 3, crashed
 
     result = run_script("train.py", f"resume={killed}")
     assert result.returncode == 0, result.stderr[-3000:]
 
     assert_same_weights(whole / "net.pt", killed / "net.pt")
-    a, b = status(whole), status(killed)
+    a, b = read_status(whole), read_status(killed)
     assert b["status"] == "finished"
     assert (a["epochs"], a["global_step"], a["metrics"]) == (b["epochs"], b["global_step"], b["metrics"])
     # The logs continue in the same run: every epoch once, with the same values.
@@ -116,7 +111,7 @@ def test_signal_mid_epoch_leaves_a_resumable_run(data_root: Path, tmp_path: Path
 
     assert process.returncode != 0
     assert f"resume={run_dir}" in stderr and "Traceback" not in stderr, stderr[-3000:]
-    stopped = status(run_dir)
+    stopped = read_status(run_dir)
     assert stopped["status"] == "interrupted" and stopped["epochs"] == 0, stopped
     assert 0 < stopped["global_step"] < 300
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
@@ -124,7 +119,7 @@ def test_signal_mid_epoch_leaves_a_resumable_run(data_root: Path, tmp_path: Path
 
     result = run_script("train.py", f"resume={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
-    done = status(run_dir)
+    done = read_status(run_dir)
     assert done["status"] == "finished" and done["epochs"] == 1 and done["global_step"] == 300, done
     assert done["metrics"]["test/acc"] > 0.7
 
@@ -138,7 +133,7 @@ def test_non_finite_loss_stops_the_run(make_cfg, tmp_path: Path) -> None:
     )
     with pytest.raises(NonFiniteLossError, match="became nan at step 30 \\(epoch 1, batch 10\\)"):
         train(cfg)
-    failed = status(tmp_path)
+    failed = read_status(tmp_path)
     assert failed["status"] == "failed" and failed["epochs"] == 1 and "step 30" in failed["error"]
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["epoch"] == 0
@@ -173,7 +168,7 @@ def test_runs_started_in_the_same_second_get_their_own_folders(data_root: Path, 
     runs = sorted((tmp_path / "outputs" / "runs").iterdir())
     assert len(runs) == 2
     for run in runs:
-        assert status(run)["status"] == "finished"
+        assert read_status(run)["status"] == "finished"
         assert len(list(run.glob(".hydra/config.yaml"))) == 1
 
 
@@ -188,7 +183,7 @@ def test_ddp_on_two_cpu_processes(data_root: Path, tmp_path: Path) -> None:
     result = run_script("train.py", *args, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
 
-    done = status(run_dir)
+    done = read_status(run_dir)
     assert done["status"] == "finished" and done["epochs"] == 2
     assert done["global_step"] == 200  # limit_train_batches counts per process
     writers = {p.name.split(".")[-2] for p in (run_dir / "tensorboard").glob("events.out.tfevents.*")}
@@ -196,7 +191,7 @@ def test_ddp_on_two_cpu_processes(data_root: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in run_dir.glob("checkpoints/*.ckpt")) == ["epoch_001.ckpt", "last.ckpt"]
     assert {p.name for p in run_dir.glob("*.json")} == {"metrics.json", "report.json"}
     assert [p.name for p in run_dir.glob(".*")] == [".hydra"]
-    assert abs(done["metrics"]["test/acc"] - status(tmp_path / "single")["metrics"]["test/acc"]) < 0.05
+    assert abs(done["metrics"]["test/acc"] - read_status(tmp_path / "single")["metrics"]["test/acc"]) < 0.05
 
 
 @pytest.mark.slow
@@ -212,7 +207,7 @@ def test_ddp_in_a_multirun_uses_spawn(data_root: Path, tmp_path: Path) -> None:
     assert "using ddp_spawn" in output
     assert output.count("Launching 2 jobs") == 1  # the sweep was not started again
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
-    assert all(status(sweep / job)["status"] == "finished" for job in ("0", "1"))
+    assert all(read_status(sweep / job)["status"] == "finished" for job in ("0", "1"))
 
 
 def test_preflight_rewrites_resume_once(trained_run: Path) -> None:

@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from conftest import CONF, run_script
 from fmnist_lightning.checks import validate_config
+from fmnist_lightning.run_dirs import read_status
 from fmnist_lightning.sweeps import read_sweep, summarize
 
 # Jobs of a few seconds: one batch of each stage (fast_dev_run) of the smallest network.
@@ -28,10 +29,6 @@ def job_rows(sweep: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
-def metrics_of(job: Path) -> dict:
-    return json.loads((job / "metrics.json").read_text())
-
-
 def test_grid_sweep_ends_with_a_summary(data_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     result = run_script("train.py", "-m", *TINY, "optimizer=adam,sgd", "seed=1,2", f"data.root={data_root}", f"hydra.sweep.dir={sweep}")
@@ -43,7 +40,7 @@ def test_grid_sweep_ends_with_a_summary(data_root: Path, tmp_path: Path) -> None
         ("adam", "1", "finished"), ("adam", "2", "finished"), ("sgd", "1", "finished"), ("sgd", "2", "finished")
     ]
     for row in rows:
-        job = metrics_of(sweep / row["job"])
+        job = read_status(sweep / row["job"])
         assert float(row["val/acc_best"]) == job["metrics"]["val/acc_best"]
         assert float(row["test/acc"]) == job["metrics"]["test/acc"]
     # Grouped over seeds: one row per optimizer, mean and std of the two seeds.
@@ -71,7 +68,7 @@ def test_a_failing_job_does_not_stop_the_sweep(data_root: Path, tmp_path: Path) 
     assert "Traceback" not in result.stderr
     statuses = [(r["job"], r["status"]) for r in job_rows(sweep)]
     assert statuses == [("0", "finished"), ("1", "failed"), ("2", "finished")]
-    failed = metrics_of(sweep / "1")
+    failed = read_status(sweep / "1")
     assert failed["status"] == "failed" and "optimizer.lr=-1" in failed["error"]
     summary = (sweep / "summary.md").read_text()
     assert "## Not finished" in summary and "job 1 (failed): invalid config" in summary
@@ -85,7 +82,7 @@ def test_optuna_search_in_memory(data_root: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    values = [metrics_of(sweep / str(i))["metrics"]["val/acc_best"] for i in range(3)]
+    values = [read_status(sweep / str(i))["metrics"]["val/acc_best"] for i in range(3)]
     assert best["best_value"] == pytest.approx(max(values))
     assert set(best["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size", "model.dropout"}
     assert len(job_rows(sweep)) == 3
@@ -127,7 +124,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_without_oversubscribing(data_root
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     for job in ("0", "1"):
-        assert metrics_of(sweep / job)["status"] == "finished"
+        assert read_status(sweep / job)["status"] == "finished"
         log = (sweep / job / "train.log").read_text()
         threads = int(log.split(" intra-op CPU threads")[0].split()[-1])
         assert threads == max(1, len(os.sched_getaffinity(0)) // 2)
