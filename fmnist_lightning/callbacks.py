@@ -3,7 +3,6 @@ kept up to date while a run trains."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -16,7 +15,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from fmnist_lightning.run_dirs import STATUS_FILE
+from fmnist_lightning.run_dirs import write_status
 
 log = logging.getLogger(__name__)
 
@@ -102,19 +101,11 @@ class RunStatus(Callback):
         best = checkpoint.best_model_path if checkpoint is not None else ""
         if metrics is None:
             metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
-        summary = {
-            "status": status,
-            "epochs": epochs,
-            "global_step": trainer.global_step,
-            "best_checkpoint": os.path.relpath(best, self.output_dir.resolve()) if best else None,
-            "wall_time_s": round(time.perf_counter() - self.start, 2),
-            "metrics": metrics,
-            "error": error,
-        }
-        path = self.output_dir / STATUS_FILE
-        partial = path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(summary, indent=2) + "\n")
-        partial.replace(path)
+        write_status(
+            self.output_dir, status, epochs, trainer.global_step,
+            os.path.relpath(best, self.output_dir.resolve()) if best else None,
+            round(time.perf_counter() - self.start, 2), metrics, error,
+        )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Runs before ModelCheckpoint's hook (Lightning calls checkpoint callbacks last), so

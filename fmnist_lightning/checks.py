@@ -91,8 +91,9 @@ class _Checker:
     def choice(self, key: str, allowed: tuple[str, ...]) -> None:
         self.check(key, lambda v: str(v) in allowed, f"one of {', '.join(allowed)}")
 
-    def target(self, key: str, base: type, what: str, options: str) -> None:
-        """``key`` (a ``_target_``) must name an importable subclass of ``base``."""
+    def target(self, key: str, base: type, what: str) -> None:
+        """``key`` (``<group>._target_``) must name an importable subclass of ``base``; the
+        message lists the group's config files."""
         if not self.has(key):
             return
         try:
@@ -101,7 +102,7 @@ class _Checker:
         except Exception:  # noqa: BLE001 - any import failure means "not a known class"
             good = False
         if not good:
-            self.add(key, f"not a {what} class; use {options} (or the import path of a {base.__module__}.{base.__qualname__} subclass)")
+            self.add(key, f"not a {what} class; use {_options(key.split('.')[0])} (or the import path of a {base.__module__}.{base.__qualname__} subclass)")
 
 
 def _options(group: str) -> str:
@@ -151,12 +152,12 @@ def validate_config(cfg: DictConfig) -> None:
     c.boolean("compile")
 
     # Optimizer and scheduler (conf/optimizer/, conf/scheduler/).
-    c.target("optimizer._target_", torch.optim.Optimizer, "torch.optim optimizer", _options("optimizer"))
+    c.target("optimizer._target_", torch.optim.Optimizer, "torch.optim optimizer")
     c.number("optimizer.lr", 0, low_open=True)
     c.number("optimizer.weight_decay", 0)
     c.number("optimizer.momentum", 0, 1, high_open=True)
     if cfg.get("scheduler"):
-        c.target("scheduler._target_", torch.optim.lr_scheduler.LRScheduler, "learning-rate scheduler", _options("scheduler"))
+        c.target("scheduler._target_", torch.optim.lr_scheduler.LRScheduler, "learning-rate scheduler")
         c.integer("scheduler.T_max", 1)
         c.integer("scheduler.step_size", 1)
         c.number("scheduler.gamma", 0, 1, low_open=True)

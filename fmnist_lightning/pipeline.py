@@ -22,7 +22,6 @@ from fmnist_lightning.checks import ConfigError, validate_config
 from fmnist_lightning.evaluation import hparams_of, log_test_summaries, report_test_set, write_curves
 from fmnist_lightning.module import FashionMNISTClassifier, NonFiniteLossError
 from fmnist_lightning.run_dirs import (
-    check_checkpoint_fits,
     check_writable,
     checkpoint_dir,
     discard_resume_attempt,
@@ -31,7 +30,7 @@ from fmnist_lightning.run_dirs import (
     read_status,
     start_checkpoint,
 )
-from fmnist_lightning.runs import NET_WEIGHTS, RunError
+from fmnist_lightning.runs import NET_WEIGHTS, RunError, check_checkpoint_fits
 
 log = logging.getLogger(__name__)
 

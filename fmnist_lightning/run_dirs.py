@@ -28,10 +28,8 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from fmnist_lightning.errors import RunError
 
@@ -91,12 +89,20 @@ def holds_run(folder: Path) -> bool:
     return is_run_folder(folder) and ((folder / STATUS_FILE).is_file() or (folder / "checkpoints").is_dir())
 
 
+def split_override(arg: str) -> tuple[str, str | None]:
+    """``(key, value)`` of a Hydra override such as ``+model.dropout=0.3`` (the ``+``, ``++``
+    and ``~`` prefixes dropped); value ``None`` where there is no ``=``."""
+    key, sep, value = arg.lstrip("+~").partition("=")
+    return key, value if sep else None
+
+
 def _value(args: list[str], key: str) -> str | None:
-    """The value of the last ``key=value`` override in ``args`` (``+``/``++`` prefixes allowed)."""
+    """The value of the last ``key=value`` override in ``args`` (``+``/``++`` prefixes allowed;
+    ``~key`` deletions are not values)."""
     found = None
     for arg in args:
-        name, sep, value = arg.lstrip("+").partition("=")
-        if sep and name == key:
+        name, value = split_override(arg)
+        if value is not None and name == key and not arg.startswith("~"):
             found = value
     return found
 
@@ -166,7 +172,7 @@ def preflight(argv: list[str]) -> list[str]:
     clashing = [a for a in args if a.split("=")[0] in ("-cp", "-cn", "--config-path", "--config-name", "hydra.run.dir")]
     if clashing:
         raise RunError(f"resume={resume} sets the config and the run folder itself; drop {' '.join(clashing)}")
-    groups = [a for a in args if "=" in a and a.lstrip("+~").split("=")[0] in CONFIG_GROUPS]
+    groups = [a for a in args if "=" in a and split_override(a)[0] in CONFIG_GROUPS]
     if groups:
         raise RunError(
             f"resume={resume} continues the run with its saved config, so config groups cannot be "
@@ -212,6 +218,29 @@ def read_status(run_dir: Path) -> dict:
     or ``{}`` when it has none."""
     path = run_dir / STATUS_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_status(
+    output_dir: Path,
+    status: str,
+    epochs: int = 0,
+    global_step: int = 0,
+    best_checkpoint: str | None = None,
+    wall_time_s: float | None = None,
+    metrics: dict[str, float] | None = None,
+    error: str | None = None,
+) -> None:
+    """Writes a run folder's ``metrics.json`` (the fields are described in
+    :class:`~fmnist_lightning.callbacks.RunStatus`), atomically: a reader never sees half
+    of it."""
+    summary = {
+        "status": status, "epochs": epochs, "global_step": global_step, "best_checkpoint": best_checkpoint,
+        "wall_time_s": wall_time_s, "metrics": metrics or {}, "error": error,
+    }
+    path = output_dir / STATUS_FILE
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(summary, indent=2) + "\n")
+    partial.replace(path)
 
 
 def start_checkpoint(cfg: DictConfig) -> Path | None:
@@ -263,38 +292,6 @@ def start_checkpoint(cfg: DictConfig) -> Path | None:
     return Path(ckpt_path)
 
 
-def check_checkpoint_fits(net: nn.Module, path: Path, overrides: list[str]) -> None:
-    """Refuses a checkpoint whose network weights do not have the shapes of ``net``'s.
-
-    Args:
-        net: The network built from this run's config (``cfg.model``).
-        path: The checkpoint to start from.
-        overrides: This run's command-line overrides, named in the message.
-
-    Raises:
-        RunError: The checkpoint cannot be read, or a tensor is missing, extra, or shaped
-            differently (the config's network differs from the checkpoint's).
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
-    except Exception as err:  # noqa: BLE001 - truncated file, not a checkpoint, ...
-        raise RunError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
-    saved = {k: v for k, v in state.items() if k.startswith("net.")}
-    wanted = {f"net.{k}": v for k, v in net.state_dict().items()}
-    differ = sorted(
-        f"{key}: checkpoint {list(saved[key].shape) if key in saved else 'none'}, config "
-        f"{list(wanted[key].shape) if key in wanted else 'none'}"
-        for key in set(saved) | set(wanted)
-        if key not in saved or key not in wanted or saved[key].shape != wanted[key].shape
-    )
-    if differ:
-        raise RunError(
-            f"checkpoint {path} holds a different network than this config builds ({len(differ)} tensors "
-            f"differ, e.g. {differ[0]}); the overrides {' '.join(overrides) or '(none)'} must not change "
-            "the model or data.image_size of a run being continued"
-        )
-
-
 def check_writable(output_dir: Path, min_free_bytes: int) -> None:
     """Refuses a run folder that cannot be written or is on a nearly full disk.
 
@@ -336,9 +333,7 @@ def record_failure(output_dir: Path, error: str) -> None:
     if read_status(output_dir).get("status") == "failed":
         return
     output_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"status": "failed", "epochs": 0, "global_step": 0, "best_checkpoint": None,
-               "wall_time_s": None, "metrics": {}, "error": error}
-    (output_dir / STATUS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    write_status(output_dir, "failed", error=error)
 
 
 def in_multirun() -> bool:

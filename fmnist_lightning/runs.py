@@ -75,12 +75,47 @@ def resolve_weights(run_dir: str | Path, weights: str = NET_WEIGHTS) -> Path:
     return path
 
 
+def net_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The network's ``state_dict`` inside a loaded Lightning checkpoint of
+    FashionMNISTClassifier (its ``net.*`` tensors, without the prefix)."""
+    return {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+
+
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The network's ``state_dict`` from a ``net.pt`` file or a Lightning checkpoint."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if "state_dict" in state:  # a Lightning checkpoint of FashionMNISTClassifier
-        state = {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
-    return state
+    return net_weights(state) if "state_dict" in state else state
+
+
+def check_checkpoint_fits(net: nn.Module, path: Path, overrides: list[str]) -> None:
+    """Refuses a checkpoint whose network weights do not have the shapes of ``net``'s.
+
+    Args:
+        net: The network built from this run's config (``cfg.model``).
+        path: The checkpoint to start from.
+        overrides: This run's command-line overrides, named in the message.
+
+    Raises:
+        RunError: The checkpoint cannot be read, or a tensor is missing, extra, or shaped
+            differently (the config's network differs from the checkpoint's).
+    """
+    try:
+        saved = net_weights(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+    except Exception as err:  # noqa: BLE001 - truncated file, not a Lightning checkpoint, ...
+        raise RunError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+    wanted = net.state_dict()
+    differ = sorted(
+        f"{key}: checkpoint {list(saved[key].shape) if key in saved else 'none'}, config "
+        f"{list(wanted[key].shape) if key in wanted else 'none'}"
+        for key in set(saved) | set(wanted)
+        if key not in saved or key not in wanted or saved[key].shape != wanted[key].shape
+    )
+    if differ:
+        raise RunError(
+            f"checkpoint {path} holds a different network than this config builds ({len(differ)} tensors "
+            f"differ, e.g. {differ[0]}); the overrides {' '.join(overrides) or '(none)'} must not change "
+            "the model or data.image_size of a run being continued"
+        )
 
 
 def build_net(cfg: DictConfig) -> nn.Module:

@@ -36,7 +36,7 @@ from hydra.experimental.callback import Callback
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
-from fmnist_lightning.run_dirs import STATUS_FILE
+from fmnist_lightning.run_dirs import STATUS_FILE, split_override
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ def read_job(folder: Path) -> Job:
     lines = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
     overrides = {}
     for line in lines:
-        key, _, value = str(line).lstrip("+~").partition("=")
-        overrides[key] = value
+        key, value = split_override(str(line))
+        overrides[key] = value or ""
     path = folder / STATUS_FILE
     if not path.is_file():
         return Job(folder, overrides, "not started")
