@@ -150,6 +150,7 @@ def validate_config(cfg: DictConfig) -> None:
     c.choice("optimized_metric", (*FIT_METRICS, "test/acc", "test/loss"))
     c.boolean("channels_last")
     c.boolean("compile")
+    c.number("label_smoothing", 0, 1, high_open=True)
 
     # Optimizer and scheduler (conf/optimizer/, conf/scheduler/).
     c.target("optimizer._target_", torch.optim.Optimizer, "torch.optim optimizer")
@@ -173,6 +174,7 @@ def validate_config(cfg: DictConfig) -> None:
     c.choice("data.pipeline", PIPELINES)
     c.number("data.augment.flip_p", 0, 1)
     c.integer("data.augment.crop_padding", 0)
+    c.number("data.augment.erase_p", 0, 1)
     if cfg.data.get("normalize") is not None:
         c.number("data.normalize.mean", -1e9)
         c.number("data.normalize.std", 0, low_open=True)

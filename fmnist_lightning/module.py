@@ -67,6 +67,13 @@ class FashionMNISTClassifier(L.LightningModule):
         num_classes: Number of classes (10 for FashionMNIST).
         channels_last: Keep the network's weights and its input batches in the
             channels-last memory format, which oneDNN and cuDNN convolutions run faster.
+        label_smoothing: Label smoothing of the training loss (Szegedy et al., 2016), a
+            fraction in [0, 1): the target puts ``1 - label_smoothing`` on the true class
+            plus an equal share of ``label_smoothing`` on every class. ``train/loss`` is that
+            smoothed loss; ``val/loss`` and ``test/loss`` are always plain cross-entropy.
+
+    Raises:
+        ValueError: ``label_smoothing`` outside [0, 1).
     """
 
     def __init__(
@@ -76,13 +83,17 @@ class FashionMNISTClassifier(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         num_classes: int = 10,
         channels_last: bool = False,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net.to(memory_format=self.memory_format)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.criterion = nn.CrossEntropyLoss()
+        self.train_criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         # Inputs come from our own DataModule, so torchmetrics' per-batch argument checks
         # (which sync with the device) are skipped.
         accuracy = dict(num_classes=num_classes, average="micro", validate_args=False)
@@ -103,7 +114,7 @@ class FashionMNISTClassifier(L.LightningModule):
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, labels = batch
         logits = self(images)
-        loss = self.criterion(logits, labels)
+        loss = (self.train_criterion if stage == "train" else self.criterion)(logits, labels)
         # Only update() per step: the values are computed and logged once per epoch
         # (_log_epoch), so a step costs no per-batch metric values, state copies or log calls.
         # The loss is weighted by batch size, so the epoch value is the exact mean over

@@ -109,6 +109,7 @@ def build(
         optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=scheduler,
         channels_last=cfg.get("channels_last", False),
+        label_smoothing=cfg.get("label_smoothing", 0.0),
     )
     if cfg.get("compile"):
         model.net.compile()  # in place: state_dict keys stay those of the plain network

@@ -106,9 +106,10 @@ class FashionMNISTDataModule(L.LightningDataModule):
             batched pipeline: the dataset is already in memory, and workers would only copy
             it; the per-sample pipeline can use them.
         pipeline: ``"batched"`` or ``"per_sample"`` (see above).
-        augment: ``{"flip_p": p, "crop_padding": n}``, random horizontal flips and random
-            crops of the image padded by ``n`` pixels, for training batches only (see
-            :class:`~fmnist_lightning.data.transforms.BatchAugment`); ``None`` for none.
+        augment: ``{"flip_p": p, "crop_padding": n, "erase_p": q}``, random crops of the
+            image padded by ``n`` pixels, horizontal flips and random erasing, for training
+            batches only (see :class:`~fmnist_lightning.data.transforms.BatchAugment`);
+            ``None`` for none.
 
     Raises:
         ValueError: An argument is out of range; the message names the config key.

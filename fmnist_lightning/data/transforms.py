@@ -4,12 +4,13 @@ The batched path works on whole uint8 batches on the training device: resize (bi
 antialiased), augment with per-sample random parameters, scale to [0, 1], normalise. The
 per-sample path is the recipes' torchvision pipeline on PIL images, kept for comparison
 (``data.pipeline=per_sample``): ``Resize`` → ``RandomCrop`` → ``RandomHorizontalFlip`` →
-``ToTensor`` → ``Normalize``. For the same settings both give the same images, up to one
-grey level where resizing (tensor vs PIL antialiasing) is involved.
+``ToTensor`` → ``Normalize`` → ``RandomErasing``. Without random augmentation both give the
+same images, up to one grey level where resizing (tensor vs PIL antialiasing) is involved.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -58,38 +59,76 @@ def build_preprocess(image_size: int = 28, normalize: Mapping[str, float] | None
     return v2.Compose(steps)
 
 
-class BatchAugment(nn.Module):
-    """Random horizontal flips and random crops of a padded image, drawn per sample.
+# torchvision.transforms.RandomErasing's defaults: erased area as a fraction of the image,
+# and the range of the rectangle's aspect ratio (height / width), drawn log-uniformly.
+ERASE_SCALE = (0.02, 0.33)
+ERASE_RATIO = (0.3, 3.3)
 
-    The batched equivalent of torchvision's ``RandomCrop(size, padding=crop_padding)`` then
-    ``RandomHorizontalFlip(flip_p)``, applied to preprocessed ``(B, C, S, S)`` batches. Each
-    image gets its own flip and offset; the output has the input's shape, dtype and device.
+
+class BatchAugment(nn.Module):
+    """Random crops of a padded image, horizontal flips and random erasing, drawn per sample.
+
+    The batched equivalent of torchvision's ``RandomCrop(size, padding=crop_padding)``,
+    ``RandomHorizontalFlip(flip_p)`` and, after normalisation, ``RandomErasing(erase_p)``
+    (Zhong et al., 2017, "Random Erasing Data Augmentation"), applied in that order to
+    preprocessed ``(B, C, S, S)`` batches. Each image gets its own offset, flip and
+    rectangle; the output has the input's shape, dtype and device.
+
+    Erasing follows torchvision's defaults: the rectangle covers a uniform 2-33 % of the
+    image, with a log-uniform aspect ratio in [0.3, 3.3], and is set to 0 (the dataset's
+    mean grey after normalisation). torchvision retries up to 10 times when the drawn
+    rectangle does not fit; here its sides are clipped to the image instead.
 
     Args:
         flip_p: Probability of flipping each image left-right.
         crop_padding: Pixels of padding on each side before a random ``S × S`` crop; 0
             turns cropping off.
+        erase_p: Probability of erasing one random rectangle of each image.
         fill: Value of the padding: that of a black pixel after normalisation, so that it
             matches the per-sample pipeline, which pads the PIL image with black.
 
     Raises:
-        ValueError: ``flip_p`` outside [0, 1] or negative ``crop_padding``.
+        ValueError: ``flip_p`` or ``erase_p`` outside [0, 1], or negative ``crop_padding``.
     """
 
-    def __init__(self, flip_p: float = 0.0, crop_padding: int = 0, fill: float = 0.0) -> None:
+    def __init__(self, flip_p: float = 0.0, crop_padding: int = 0, erase_p: float = 0.0, fill: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= flip_p <= 1.0:
             raise ValueError(f"data.augment.flip_p must be in [0, 1], got {flip_p}")
         if crop_padding < 0:
             raise ValueError(f"data.augment.crop_padding must be >= 0, got {crop_padding}")
+        if not 0.0 <= erase_p <= 1.0:
+            raise ValueError(f"data.augment.erase_p must be in [0, 1], got {erase_p}")
         self.flip_p = flip_p
         self.crop_padding = crop_padding
+        self.erase_p = erase_p
         self.fill = fill
 
     @property
     def active(self) -> bool:
         """Whether this augmentation changes anything."""
-        return self.flip_p > 0 or self.crop_padding > 0
+        return self.flip_p > 0 or self.crop_padding > 0 or self.erase_p > 0
+
+    def _erase(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        device = x.device
+        area = h * w * torch.empty(b, device=device).uniform_(*ERASE_SCALE)
+        log_ratio = torch.empty(b, device=device).uniform_(math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1]))
+        ratio = log_ratio.exp()
+        eh = (area * ratio).sqrt().round().clamp(1, h)
+        ew = (area / ratio).sqrt().round().clamp(1, w)
+        top = (torch.rand(b, device=device) * (h - eh + 1)).floor()
+        left = (torch.rand(b, device=device) * (w - ew + 1)).floor()
+        rows = torch.arange(h, device=device).view(1, h, 1)
+        cols = torch.arange(w, device=device).view(1, 1, w)
+        inside = (
+            (rows >= top.view(b, 1, 1))
+            & (rows < (top + eh).view(b, 1, 1))
+            & (cols >= left.view(b, 1, 1))
+            & (cols < (left + ew).view(b, 1, 1))
+        )
+        erase = inside & (torch.rand(b, device=device) < self.erase_p).view(b, 1, 1)
+        return x.masked_fill(erase.unsqueeze(1), 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -105,11 +144,17 @@ class BatchAugment(nn.Module):
         if self.flip_p:
             flip = (torch.rand(b, device=x.device) < self.flip_p).view(b, 1, 1, 1)
             x = torch.where(flip, x.flip(-1), x)
+        if self.erase_p:
+            x = self._erase(x)
         return x
 
 
 def build_per_sample_transform(
-    image_size: int = 28, normalize: Mapping[str, float] | None = None, flip_p: float = 0.0, crop_padding: int = 0
+    image_size: int = 28,
+    normalize: Mapping[str, float] | None = None,
+    flip_p: float = 0.0,
+    crop_padding: int = 0,
+    erase_p: float = 0.0,
 ) -> T.Compose:
     """The recipes' per-image torchvision pipeline on PIL images, for ``data.pipeline=per_sample``.
 
@@ -125,4 +170,6 @@ def build_per_sample_transform(
     steps.append(T.ToTensor())
     if normalize is not None:
         steps.append(T.Normalize([float(normalize["mean"])], [float(normalize["std"])]))
+    if erase_p:
+        steps.append(T.RandomErasing(erase_p, scale=ERASE_SCALE, ratio=ERASE_RATIO, value=0))
     return T.Compose(steps)
