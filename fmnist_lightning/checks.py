@@ -120,10 +120,11 @@ def _check_network(c: _Checker) -> None:
         net = hydra.utils.instantiate(c.cfg.model)
         with torch.no_grad():
             shape = tuple(net.eval()(torch.zeros(1, 1, size, size)).shape)
-    except ValueError as err:  # fmnist_lightning.nets.pooled_side: too small for the pooling stages
-        c.add("data.image_size", str(err), value=size)
-        return
     except Exception as err:  # noqa: BLE001 - shown to the user, whatever it is
+        err = err.__cause__ or err  # Hydra wraps errors raised by the network's __init__
+        if isinstance(err, ValueError) and "image_size" in str(err):  # nets.pooled_side
+            c.add("data.image_size", str(err), value=size)
+            return
         first_line = (str(err).strip() or type(err).__name__).splitlines()[0]
         c.add("model", f"cannot be built or run at data.image_size={size}: {first_line}", value=target)
         return
@@ -181,7 +182,15 @@ def validate_config(cfg: DictConfig) -> None:
 
     # Model (conf/model/): the network itself is built and run by _check_network below.
     c.number("model.dropout", 0, 1, high_open=True)
-    c.integer("model.hidden", 1)
+    vgg = str(cfg.model.get("_target_", "")).endswith("VGGBNNet")
+    c.integer("model.hidden", 0 if vgg else 1)  # VGGBNNet: 0 = no hidden layer
+    c.integer("model.convs_per_stage", 1)
+    c.check(
+        "model.widths",
+        lambda v: isinstance(v, (list, ListConfig)) and len(v) > 0 and all(_is_int(w) and w >= 1 for w in v),
+        "a non-empty list of channel counts >= 1, e.g. [32,64,128]",
+    )
+    c.boolean("model.flip_tta")
 
     # Trainer (conf/trainer/).
     c.integer("trainer.max_epochs", 1)

@@ -168,6 +168,12 @@ class VGGBNNet(ConvClassifier):
     Flatten → FC→``hidden`` + BatchNorm + ReLU → Dropout → FC→10 (or Dropout → FC→10
     when ``hidden`` is 0). With the defaults, 28 px: 584,874 parameters.
 
+    With ``flip_tta``, the network in eval mode (validation, test, ``evaluate.py``,
+    ``predict.py``) returns the mean of the logits of each image and of its left-right
+    mirror image: test-time augmentation matching training with random flips. It costs a
+    second forward pass per evaluated batch and changes no weight; in training mode the
+    forward pass is the plain one.
+
     Args:
         image_size: Input side in pixels.
         num_classes: Number of output logits.
@@ -175,6 +181,7 @@ class VGGBNNet(ConvClassifier):
         convs_per_stage: Convolutions per stage (each 3×3, "same" padding).
         hidden: Width of the hidden linear layer; 0 for none.
         dropout: Dropout probability before the output layer.
+        flip_tta: Average the logits over the image and its mirror image in eval mode.
 
     Raises:
         ValueError: ``widths`` is empty, ``convs_per_stage`` < 1 or ``hidden`` < 0, or
@@ -189,8 +196,10 @@ class VGGBNNet(ConvClassifier):
         convs_per_stage: int = 2,
         hidden: int = 256,
         dropout: float = 0.3,
+        flip_tta: bool = False,
     ) -> None:
         super().__init__()
+        self.flip_tta = flip_tta
         widths = [int(w) for w in widths]
         if not widths or min(widths) < 1:
             raise ValueError(f"model.widths must be a non-empty list of channel counts >= 1, got {widths}")
@@ -218,3 +227,11 @@ class VGGBNNet(ConvClassifier):
             features = hidden
         head += [nn.Dropout(dropout), nn.Linear(features, num_classes)]
         self.classifier = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Maps float ``(B, 1, H, W)`` images to float ``(B, num_classes)`` logits (in eval
+        mode with ``flip_tta``, the mean over the image and its mirror image)."""
+        logits = super().forward(x)
+        if self.flip_tta and not self.training:
+            logits = (logits + super().forward(x.flip(-1))) / 2
+        return logits
