@@ -191,6 +191,8 @@ def validate_config(cfg: DictConfig) -> None:
         "a non-empty list of channel counts >= 1, e.g. [32,64,128]",
     )
     c.boolean("model.flip_tta")
+    c.boolean("model.pool_every_conv")
+    c.check("model.padding", lambda v: _is_int(v) and v in (0, 1), "0 or 1")
 
     # Trainer (conf/trainer/).
     c.integer("trainer.max_epochs", 1)

@@ -113,24 +113,58 @@ class ThreeConvNet(ConvClassifier):
 
 class TwoConvNet(ConvClassifier):
     """Recipes 002 (``002_94ed376411e83fcf.txt``, 28 px) and 003 (``003_7ade0653597f4a52.txt``,
-    16 px): two conv blocks (32, 64) and two linear layers with dropout between them.
+    16 px): two conv layers (32, 64) and two linear layers with dropout between them.
 
-    conv(1→32)+ReLU+pool, conv(32→64)+ReLU+pool, FC→hidden+ReLU, Dropout, FC hidden→10.
-    Neither recipe gives the kernel size or the hidden width: 3×3 convolutions with
-    padding 1 and ``hidden=128`` are chosen here (421,642 parameters at 28 px, 151,306 at
-    16 px).
+    The default layout, ``pool_every_conv=True``: conv(1→32)+ReLU+pool,
+    conv(32→64)+ReLU+pool, FC→hidden+ReLU, Dropout, FC hidden→10. Neither recipe gives the
+    kernel size or the hidden width: 3×3 convolutions with padding 1 and ``hidden=128`` are
+    chosen here (421,642 parameters at 28 px, 151,306 at 16 px).
+
+    ``pool_every_conv=False, padding=0`` is the other reading of recipe 002's
+    "``Conv2d(1, 32)`` -> ``Conv2d(32, 64)`` followed by ``ReLU`` and ``MaxPool2d(2, 2)``", the
+    layout of PyTorch's MNIST example: conv(1→32)+ReLU, conv(32→64)+ReLU, one 2×2 pool
+    (28→26→24→12 px), FC 9216→hidden (1,199,882 parameters at 28 px with ``hidden=128``).
 
     Args:
         image_size: Input side in pixels.
         num_classes: Number of output logits.
         hidden: Width of the hidden linear layer.
         dropout: Dropout probability before the output layer (recipes: 0.5).
+        pool_every_conv: A 2×2 max-pool after each conv layer; ``False``: one after both.
+        padding: Zero padding of the 3×3 convolutions: 1 keeps the size, 0 shrinks each
+            side by 2 pixels per convolution.
+
+    Raises:
+        ValueError: ``padding`` is not 0 or 1, or ``image_size`` is too small.
     """
 
-    def __init__(self, image_size: int = 28, num_classes: int = 10, hidden: int = 128, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        image_size: int = 28,
+        num_classes: int = 10,
+        hidden: int = 128,
+        dropout: float = 0.5,
+        pool_every_conv: bool = True,
+        padding: int = 1,
+    ) -> None:
         super().__init__()
-        side = pooled_side(image_size, 2, type(self).__name__)
-        self.features = nn.Sequential(conv_block(1, 32, 3), conv_block(32, 64, 3))
+        if padding not in (0, 1):
+            raise ValueError(f"model.padding must be 0 or 1, got {padding}")
+        shrink = 2 * (1 - padding)  # pixels lost per convolution
+        if pool_every_conv:
+            side = pooled_side(image_size - shrink, 1, type(self).__name__)
+            side = pooled_side(side - shrink, 1, type(self).__name__)
+        else:
+            side = pooled_side(image_size - 2 * shrink, 1, type(self).__name__)
+        # One Sequential per conv layer, so that the default layout's state_dict keys are
+        # those of conv_block (features.0.0.weight, ...), as in earlier runs.
+        blocks: list[nn.Module] = []
+        for i, (cin, cout) in enumerate(((1, 32), (32, 64))):
+            block: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=padding), nn.ReLU(inplace=True)]
+            if pool_every_conv or i == 1:
+                block.append(nn.MaxPool2d(2))
+            blocks.append(nn.Sequential(*block))
+        self.features = nn.Sequential(*blocks)
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(64 * side * side, hidden),

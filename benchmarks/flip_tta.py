@@ -1,0 +1,51 @@
+"""Paired measurement of flip test-time augmentation: the same trained weights, tested with
+and without it.
+
+    python benchmarks/flip_tta.py outputs/reproduction/<sweep>/<job> [...] [--data-root DIR]
+
+For each run folder (its network must be ``model=vgg_bn``, which has ``flip_tta``), loads the
+tested weights (``net.pt``) and prints the official test set's accuracy, in percent, with
+``flip_tta`` off and on, and the difference in points; then the mean difference over runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fmnist_lightning.evaluation import predict_test_set  # noqa: E402
+from fmnist_lightning.runs import build_datamodule, load_trained  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run folders trained with model=vgg_bn")
+    parser.add_argument("--data-root", help="overrides the runs' data.root")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gains = []
+    print("| run | without flip TTA (%) | with flip TTA (%) | difference (points) |\n|---|---:|---:|---:|")
+    for run in args.runs:
+        model = load_trained(run, device=device)
+        if not hasattr(model.net, "flip_tta"):
+            sys.exit(f"error: {run} has no flip_tta option ({model.config.model._target_}); pass runs of model=vgg_bn")
+        datamodule = build_datamodule(model.config, args.data_root)
+        datamodule.prepare_data()
+        accuracy = {}
+        for tta in (False, True):
+            model.net.flip_tta = tta
+            predictions = predict_test_set(model.net, datamodule, device)
+            accuracy[tta] = 100 * (predictions.preds == predictions.targets).float().mean().item()
+        gains.append(accuracy[True] - accuracy[False])
+        print(f"| {run} | {accuracy[False]:.2f} | {accuracy[True]:.2f} | {gains[-1]:+.2f} |")
+    print(f"\nMean difference over {len(gains)} run(s): {statistics.fmean(gains):+.3f} points")
+
+
+if __name__ == "__main__":
+    main()
