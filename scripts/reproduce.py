@@ -14,7 +14,8 @@ wall times) go into one document:
 (with the joblib launcher when ``--jobs`` > 1; extra ``key=value`` arguments are passed on),
 so every job is exactly ``python train.py experiment=<name> seed=<s>``. It then writes
 ``reproduction.json`` into the sweep folder: the command, the git commit (and whether the
-working tree had uncommitted changes), the total wall time in seconds and the hardware.
+working tree had uncommitted changes), a digest of the code and configs (see
+:func:`source_digest`), the total wall time in seconds and the hardware.
 
 ``report`` reads every job's ``metrics.json`` and ``report.json`` and writes the Markdown
 document: for each experiment, what its write-up reported, the mean ± sample standard deviation
@@ -27,6 +28,7 @@ hand-written findings, when that file exists. Accuracies are shown in percent.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -117,6 +119,20 @@ def hardware() -> dict:
     }
 
 
+SOURCES = ("train.py", "fmnist_lightning/**/*.py", "conf/**/*.yaml")
+
+
+def source_digest(root: Path = ROOT) -> str:
+    """SHA-256 of the code and configs a training run uses (paths and contents of
+    :data:`SOURCES`): equal digests mean the same code, whatever git says on the machine
+    (a copied working tree can carry a stale .git)."""
+    digest = hashlib.sha256()
+    files = sorted({p for pattern in SOURCES for p in root.glob(pattern) if p.is_file() and "__pycache__" not in p.parts})
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def git_state() -> tuple[str | None, bool]:
     """(commit, whether tracked files have uncommitted changes); (None, False) outside git."""
     try:
@@ -161,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         "command": "python " + shlex.join(command),
         "commit": commit,
         "uncommitted_changes": dirty,
+        "source_digest": source_digest(),
         "wall_time_s": round(time.perf_counter() - start, 1),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "exit_code": code,
