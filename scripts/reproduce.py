@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import math
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -191,6 +193,339 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# report
+
+# Config sections that decide what a run trains; a run counts for an experiment only when
+# these equal the experiment's current composition (where the data files live does not).
+COMPARED = ("model", "optimizer", "scheduler", "data", "trainer", "callbacks", "label_smoothing", "channels_last", "compile")
+IGNORED_DATA_KEYS = ("root", "local_copy", "download")
+
+
+@dataclass
+class Sweep:
+    """A reproduction sweep folder: its record (``reproduction.json``) and its jobs."""
+
+    path: Path
+    record: dict
+    jobs: list[Job]
+
+    @property
+    def hardware(self) -> str:
+        hw = self.record.get("hardware", {})
+        cpu = f"{hw.get('cpu', '?')}, {hw.get('cpu_cores', '?')} cores"
+        return f"{hw['gpu']} ({cpu})" if hw.get("gpu") else f"CPU only: {cpu}"
+
+    @property
+    def jobs_at_once(self) -> int:
+        for part in self.record.get("command", "").split():
+            if part.startswith("hydra.launcher.n_jobs="):
+                return int(part.split("=", 1)[1])
+        return 1
+
+
+def load_sweep(path: Path) -> Sweep:
+    """Reads a sweep folder made by ``run``.
+
+    Raises:
+        SystemExit: The folder has no ``reproduction.json`` or no jobs.
+    """
+    record_path = path / RECORD
+    if not record_path.is_file():
+        sys.exit(f"error: {path} has no {RECORD}; pass folders made by `python scripts/reproduce.py run`")
+    try:
+        jobs = read_sweep(path)
+    except FileNotFoundError as err:
+        sys.exit(f"error: {err}")
+    return Sweep(path, json.loads(record_path.read_text()), jobs)
+
+
+def _with_defaults(section):
+    """``section`` with the keys it leaves out filled from its ``_target_``'s signature, so
+    that a parameter added later with a default equal to the old behaviour is no change."""
+    if not isinstance(section, dict):
+        return section
+    section = {k: _with_defaults(v) for k, v in section.items()}
+    if isinstance(section.get("_target_"), str):
+        from hydra.utils import get_object
+
+        try:
+            parameters = inspect.signature(get_object(section["_target_"])).parameters.values()
+        except (ImportError, AttributeError, TypeError, ValueError):
+            return section
+        for p in parameters:
+            if p.name not in section and p.default is not inspect.Parameter.empty and isinstance(p.default, (bool, int, float, str, type(None))):
+                section[p.name] = p.default
+    return section
+
+
+def _comparable(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    sections = {
+        key: _with_defaults(OmegaConf.to_container(cfg[key], resolve=False)) if OmegaConf.is_config(cfg.get(key)) else cfg.get(key)
+        for key in COMPARED
+    }
+    if isinstance(sections["data"], dict):
+        for key in IGNORED_DATA_KEYS:
+            sections["data"].pop(key, None)
+    return sections
+
+
+_current: dict[tuple[str, ...], dict] = {}
+
+
+def current_config(overrides: tuple[str, ...]) -> dict:
+    """The comparable sections of ``conf/train.yaml`` composed now with ``overrides``."""
+    if overrides not in _current:
+        from hydra import compose, initialize_config_dir
+
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            _current[overrides] = _comparable(compose("train", overrides=list(overrides)))
+    return _current[overrides]
+
+
+def config_changes(job: Job) -> list[str]:
+    """The config keys in which ``job`` differs from its experiment as composed now; empty
+    when it ran the current experiment."""
+    from omegaconf import OmegaConf
+
+    ran = _comparable(OmegaConf.load(job.folder / ".hydra" / "config.yaml"))
+    now = current_config(tuple(f"{k}={v}" for k, v in job.overrides.items()))
+    changes: list[str] = []
+
+    def walk(prefix: str, a, b) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b), key=str):
+                walk(f"{prefix}.{key}" if prefix else str(key), a.get(key, "<absent>"), b.get(key, "<absent>"))
+        elif a != b:
+            changes.append(f"{prefix}: {a} then, {b} now")
+
+    walk("", ran, now)
+    return changes
+
+
+def read_report(job: Job) -> dict:
+    return json.loads((job.folder / "report.json").read_text())
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def _mean_std(values: list[float], scale: float = 100, digits: int = 2) -> str:
+    if not values:
+        return "–"
+    mean = statistics.fmean(values) * scale
+    if len(values) == 1:
+        return f"{mean:.{digits}f} (1 seed)"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+@dataclass
+class Row:
+    """The finished jobs of one experiment in one sweep, run with the current config."""
+
+    experiment: str
+    sweep: Sweep
+    jobs: list[Job]
+
+    def values(self, metric: str = "test/acc") -> list[float]:
+        return [j.metrics[metric] for j in self.jobs]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values())
+
+    def verdict(self) -> str:
+        accs = self.values()
+        if self.experiment in REPORTED:
+            floor = REPORTED[self.experiment]["test_acc"] - TOLERANCE
+            return ("yes" if self.mean >= floor - 1e-9 else "**no**") + f" (≥ {_pct(floor)})"
+        threshold, text = OWN_TARGETS[self.experiment]
+        met = self.mean >= threshold if self.experiment == "best" else min(accs) >= threshold
+        return ("yes" if met else "**no**") + f" ({text})"
+
+
+def collect(sweeps: list[Sweep]) -> tuple[list[Row], list[tuple[str, Sweep, list[Job], list[str]]], list[Job]]:
+    """(rows of current-config runs, superseded groups with their config changes, unfinished jobs)."""
+    rows: list[Row] = []
+    superseded = []
+    unfinished: list[Job] = []
+    for sweep in sweeps:
+        by_experiment: dict[str, list[Job]] = {}
+        for job in sweep.jobs:
+            if job.status != "finished":
+                unfinished.append(job)
+                continue
+            by_experiment.setdefault(job.overrides.get("experiment", "?"), []).append(job)
+        for experiment, jobs in by_experiment.items():
+            changes = config_changes(jobs[0])
+            if changes:
+                superseded.append((experiment, sweep, jobs, changes))
+            else:
+                rows.append(Row(experiment, sweep, jobs))
+    order = {name: i for i, name in enumerate(EXPERIMENTS)}
+    rows.sort(key=lambda r: (order.get(r.experiment, 99), r.sweep.path.name))
+    return rows, superseded, unfinished
+
+
+def per_class_section(rows: list[Row]) -> list[str]:
+    rep = REPORTED["recipe_002"]
+    lines = []
+    for row in (r for r in rows if r.experiment == "recipe_002"):
+        reports = [read_report(j) for j in row.jobs]
+        names = reports[0]["class_names"]
+        lines += [
+            f"### Recipe 002: per-class accuracy ({row.sweep.path.name}, {len(reports)} seeds)",
+            "",
+            "| label | class | reported accuracy (%) | reproduced accuracy (%) | reported errors | reproduced errors (mean) |",
+            "|---:|---|---:|---:|---:|---:|",
+        ]
+        for label, name in enumerate(names):
+            accs = [r["per_class"][label]["accuracy"] for r in reports]
+            errors = statistics.fmean(r["per_class"][label]["errors"] for r in reports)
+            lines.append(
+                f"| {label} | {name} | {_pct(rep['per_class_acc'][label])} | {_mean_std(accs)} | "
+                f"{rep['per_class_errors'][label]} | {errors:.1f} |"
+            )
+        counts: dict[tuple[int, int], list[int]] = {}
+        for r in reports:
+            matrix = r["confusion_matrix"]
+            for t in range(len(names)):
+                for p in range(len(names)):
+                    if t != p:
+                        counts.setdefault((t, p), []).append(matrix[t][p])
+        ours = sorted(counts, key=lambda k: -statistics.fmean(counts[k]))[:5]
+        lines += [
+            "",
+            "Top-5 confused pairs (true → predicted), counts on the 10,000 test images; ours are "
+            "means over seeds, with each seed's count:",
+            "",
+            "| rank | reported pair | reported count | our count for that pair | our pair | our count |",
+            "|---:|---|---:|---:|---|---:|",
+        ]
+        for rank, ((t, p, n), (ot, op)) in enumerate(zip(rep["most_confused"], ours), start=1):
+            theirs = counts[(t, p)]
+            mine = counts[(ot, op)]
+            lines.append(
+                f"| {rank} | {names[t]} → {names[p]} | {n} | {statistics.fmean(theirs):.1f} ({', '.join(map(str, theirs))}) | "
+                f"{names[ot]} → {names[op]} | {statistics.fmean(mine):.1f} ({', '.join(map(str, mine))}) |"
+            )
+        lines.append("")
+    return lines
+
+
+def weighted_section(rows: list[Row]) -> list[str]:
+    rep = REPORTED["recipe_001"]["weighted_avg"]
+    lines = []
+    for row in (r for r in rows if r.experiment == "recipe_001"):
+        reports = [read_report(j) for j in row.jobs]
+        lines += [
+            f"### Recipe 001: weighted precision, recall and F1 ({row.sweep.path.name}, {len(reports)} seeds)",
+            "",
+            "Weighted by class support, as scikit-learn's `classification_report` (fractions).",
+            "",
+            "| metric | reported | reproduced |",
+            "|---|---:|---:|",
+            f"| accuracy | {REPORTED['recipe_001']['test_acc']:.4f} | {_mean_std([r['accuracy'] for r in reports], 1, 4)} |",
+        ]
+        for metric in ("precision", "recall", "f1"):
+            lines.append(f"| {metric} | {rep[metric]:.4f} | {_mean_std([r['weighted_avg'][metric] for r in reports], 1, 4)} |")
+        lines.append("")
+    return lines
+
+
+def markdown(sweeps: list[Sweep], notes: Path | None) -> str:
+    rows, superseded, unfinished = collect(sweeps)
+    now = source_digest()
+    lines = [
+        "# Reproduction of the documented recipes",
+        "",
+        "Written by `python scripts/reproduce.py report "
+        + " ".join(str(s.path) for s in sweeps)
+        + "` from the runs listed below; do not edit by hand (hand-written findings go in "
+        "`docs/reproduction_notes.md`, included at the end). Test accuracy is that of the "
+        "checkpoint with the best `val/acc`, on the 10,000 official test images, in percent; "
+        "± is the sample standard deviation over seeds. A recipe counts as reproduced when "
+        "its mean is at least its reported figure minus 0.5 points.",
+        "",
+        "## Results",
+        "",
+        "| experiment | recipe file | reported | reproduced here | per seed | target met | epochs run | wall time per run (s) | hardware (jobs at once) | sweep |",
+        "|---|---|---|---:|---|---|---|---:|---|---|",
+    ]
+    for row in rows:
+        rep = REPORTED.get(row.experiment)
+        wall = [j.wall_time_s for j in row.jobs if j.wall_time_s is not None]
+        lines.append(
+            f"| `{row.experiment}` | {rep['file'] if rep else '(this project)'} | {rep['text'] if rep else '–'} | "
+            f"**{_mean_std(row.values())}** | {', '.join(_pct(v) for v in row.values())} | {row.verdict()} | "
+            f"{', '.join(str(j.epochs) for j in row.jobs)} | {statistics.fmean(wall):.0f} | "
+            f"{row.sweep.hardware} ({row.sweep.jobs_at_once}) | {row.sweep.path.name} |"
+        )
+    lines += [
+        "",
+        "Epochs run are per seed (recipe 000 stops early on `val/loss`, patience 3). Wall time "
+        "is per run, from the start of training to the end of its test report (the ~10 s of "
+        "Python and Lightning start-up before are not counted); runs that shared a machine "
+        "(jobs at once > 1) took longer than they would alone.",
+        "",
+    ]
+    lines += weighted_section(rows) + per_class_section(rows)
+    lines += ["## Runs", "", "| sweep | command | commit | code | hardware | total wall time (s) | finished |", "|---|---|---|---|---|---:|---|"]
+    for sweep in sweeps:
+        r = sweep.record
+        digest = r.get("source_digest")
+        code = "same as this checkout" if digest == now else ("differs from this checkout" if digest else "not recorded")
+        commit = (r.get("commit") or "?")[:10] + (" + uncommitted changes" if r.get("uncommitted_changes") else "")
+        lines.append(f"| {sweep.path} | `python scripts/reproduce.py run ...` → `{r.get('command')}` | {commit} | {code} | {sweep.hardware} | {r.get('wall_time_s')} | {r.get('finished')} |")
+    lines += [
+        "",
+        "\"code\" compares the recorded digest of `train.py`, `fmnist_lightning/` and `conf/` "
+        "(`source_digest` in the script) with this checkout's, which is more reliable than "
+        "the commit: a working tree copied to another machine can carry a stale `.git`. A "
+        "single run of any row is `python train.py experiment=<experiment> seed=<seed>`.",
+        "",
+    ]
+    if superseded:
+        lines += [
+            "## Superseded runs",
+            "",
+            "Runs of an experiment whose config has changed since; they are not counted above, "
+            "and are kept as evidence for the changes (see the notes).",
+            "",
+            "| experiment | sweep | test accuracy | per seed | config then → now |",
+            "|---|---|---:|---|---|",
+        ]
+        for experiment, sweep, jobs, changes in superseded:
+            accs = [j.metrics["test/acc"] for j in jobs]
+            lines.append(f"| `{experiment}` | {sweep.path.name} | {_mean_std(accs)} | {', '.join(_pct(a) for a in accs)} | {'; '.join(changes)} |")
+        lines.append("")
+    if unfinished:
+        lines += ["## Unfinished jobs", ""] + [f"- {j.folder}: {j.status} {j.error or ''}" for j in unfinished] + [""]
+    if notes is not None and notes.is_file():
+        lines += [notes.read_text().rstrip(), ""]
+    return "\n".join(lines)
+
+
+def report(args: argparse.Namespace) -> int:
+    sweeps = [load_sweep(Path(p)) for p in args.sweeps]
+    doc = Path(args.doc)
+    text = markdown(sweeps, Path(args.notes) if args.notes else None)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+    archive = doc.parent / "reproduction"
+    for sweep in sweeps:  # the small machine-readable records, kept beside the document
+        target = archive / sweep.path.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (RECORD, "summary_jobs.csv"):
+            if (sweep.path / name).is_file():
+                shutil.copy2(sweep.path / name, target / name)
+    print(f"Wrote {doc} and {archive}/")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
 # command line
 
 
@@ -203,10 +538,12 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--jobs", type=int, default=1, help="jobs at once (joblib launcher) when > 1; default 1")
     p_run.add_argument("--sweep-dir", help="default: outputs/reproduction/<date>_<time>")
     p_run.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job, e.g. trainer.accelerator=gpu")
+    p_report = commands.add_parser("report", help="write docs/REPRODUCTION.md from sweep folders made by run")
+    p_report.add_argument("sweeps", nargs="+", metavar="SWEEP_DIR")
+    p_report.add_argument("--doc", default=str(ROOT / "docs" / "REPRODUCTION.md"))
+    p_report.add_argument("--notes", default=str(ROOT / "docs" / "reproduction_notes.md"), help="hand-written findings appended to the document, if the file exists")
     args = parser.parse_args(argv)
-    if args.command == "run":
-        return run(args)
-    return 0
+    return run(args) if args.command == "run" else report(args)
 
 
 if __name__ == "__main__":
