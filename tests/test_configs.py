@@ -98,7 +98,7 @@ def test_experiments_follow_their_recipes(make_cfg) -> None:
         "recipe_003": ("TwoConvNet", 16, "Adam", 1e-3, 64, None),
         "recipe_004": ("TwoConv5x5Net", 16, "SGD", 0.1, None, None),
     }
-    assert sorted(expected) == config_names("experiment")
+    assert sorted(expected) == [name for name in config_names("experiment") if name.startswith("recipe_")]
     for name, (net, size, optimizer, lr, batch, patience) in expected.items():
         cfg = make_cfg(f"experiment={name}")
         assert cfg.model._target_.endswith(net) and cfg.data.image_size == size
@@ -107,9 +107,26 @@ def test_experiments_follow_their_recipes(make_cfg) -> None:
             assert cfg.data.batch_size == batch
         es = cfg.callbacks.early_stopping
         assert (es.patience if es is not None else None) == patience
+    assert not make_cfg("experiment=recipe_002").model.pool_every_conv  # PyTorch's MNIST example layout
+    assert make_cfg("experiment=recipe_003").model.pool_every_conv
     assert make_cfg("experiment=recipe_000").optimizer.weight_decay == 1e-4
     assert make_cfg("experiment=recipe_001").data.val_fraction == 0.2
     assert OmegaConf.to_container(make_cfg("experiment=recipe_003").data.normalize) == {"mean": 0.5, "std": 0.5}
     assert make_cfg("experiment=recipe_004").data.normalize is None
     epochs = {name: make_cfg(f"experiment={name}").trainer.max_epochs for name in expected}
     assert (epochs["recipe_001"], epochs["recipe_002"], epochs["recipe_003"], epochs["recipe_004"]) == (10, 20, 10, 5)
+
+
+def test_own_experiments(make_cfg) -> None:
+    """experiment=best and experiment=fast: the settings docs/REPRODUCTION.md measured."""
+    assert sorted(set(config_names("experiment")) - {f"recipe_00{i}" for i in range(5)}) == ["best", "fast"]
+    best = make_cfg("experiment=best")
+    assert best.model._target_.endswith("VGGBNNet") and list(best.model.widths) == [32, 64, 128]
+    assert best.model.flip_tta and best.label_smoothing == 0.1
+    assert best.optimizer._target_ == "torch.optim.SGD" and best.optimizer.nesterov and best.optimizer.lr == 0.1
+    assert best.scheduler._target_.endswith("CosineAnnealingLR") and best.scheduler.T_max == best.trainer.max_epochs == 30
+    assert OmegaConf.to_container(best.data.augment) == {"flip_p": 0.5, "crop_padding": 2, "erase_p": 0.5}
+    assert best.callbacks.early_stopping is None
+    fast = make_cfg("experiment=fast")
+    assert list(fast.model.widths) == [16, 32, 64] and fast.model.convs_per_stage == 2
+    assert fast.trainer.max_epochs == 3 and fast.optimizer.lr == 3e-3 and fast.callbacks.early_stopping is None

@@ -264,6 +264,32 @@ def test_augmentation_is_per_sample() -> None:
     assert torch.equal(BatchAugment()(x), x)
 
 
+def test_random_erasing_is_per_sample_and_rectangular() -> None:
+    from fmnist_lightning.data.transforms import BatchAugment, build_per_sample_transform
+
+    torch.manual_seed(0)
+    x = torch.ones(2000, 1, 28, 28)
+    erased = BatchAugment(erase_p=1.0)(x)
+    assert erased.shape == x.shape and torch.equal(x, torch.ones_like(x))  # input untouched
+    zero = erased[:, 0] == 0
+    fractions = zero.flatten(1).float().mean(1)
+    # torchvision's defaults: 2-33 % of the image (up to rounding of the sides) ...
+    assert fractions.min() > 0.01 and fractions.max() < 0.36
+    assert 0.12 < fractions.mean() < 0.2
+    # ... in one axis-aligned rectangle per image, set to 0 (the mean grey when normalised).
+    for mask in zero[:50]:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        assert mask.sum() == len(rows) * len(cols) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    half = BatchAugment(erase_p=0.5)(x)
+    n_erased = (half == 0).flatten(1).any(1).sum().item()
+    assert 900 < n_erased < 1100
+    assert torch.equal(BatchAugment(erase_p=0.0)(x), x)
+    with pytest.raises(ValueError, match="data.augment.erase_p must be in"):
+        BatchAugment(erase_p=1.5)
+    steps = build_per_sample_transform(erase_p=0.5, normalize={"mean": 0.5, "std": 0.5}).transforms
+    assert type(steps[-1]).__name__ == "RandomErasing" and steps[-1].p == 0.5
+
+
 def test_augmentation_only_on_training_batches(data_root: Path) -> None:
     dm = _datamodule(data_root, augment={"flip_p": 1.0, "crop_padding": 0})
     batch = dm.data_test.__getitems__(list(range(8)))

@@ -34,3 +34,21 @@ def test_logged_keys_and_exact_epoch_means(tmp_path) -> None:
     torch.testing.assert_close(trainer.callback_metrics["test/loss"], loss)
     torch.testing.assert_close(trainer.callback_metrics["test/acc"], acc)
     torch.testing.assert_close(fit_metrics["val/acc_best"], fit_metrics["val/acc"])
+
+
+def test_label_smoothing_applies_to_the_training_loss_only() -> None:
+    import pytest
+    from torch.nn import functional as F
+
+    torch.manual_seed(0)
+    net = TwoConv5x5Net(16)
+    model = FashionMNISTClassifier(net, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), label_smoothing=0.1)
+    batch = (torch.rand(8, 1, 16, 16), torch.randint(0, 10, (8,)))
+    logits = net(batch[0])
+    train_loss = model._shared_step(batch, "train")
+    val_loss = model._shared_step(batch, "val")
+    assert torch.allclose(train_loss, F.cross_entropy(logits, batch[1], label_smoothing=0.1))
+    assert torch.allclose(val_loss, F.cross_entropy(logits, batch[1]))
+    assert not torch.allclose(train_loss, val_loss)
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\)"):
+        FashionMNISTClassifier(net, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), label_smoothing=1.0)

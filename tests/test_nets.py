@@ -47,3 +47,50 @@ def test_recipe_flatten_sizes() -> None:
 def test_too_small_image_is_refused() -> None:
     with pytest.raises(ValueError, match="image_size=4 is too small for ThreeConvNet"):
         ThreeConvNet(image_size=4)
+
+
+def test_two_conv_layouts() -> None:
+    """Recipe 002's PyTorch-MNIST-example layout, and the default's unchanged state_dict keys."""
+    from fmnist_lightning.nets import TwoConvNet
+
+    example = TwoConvNet(image_size=28, pool_every_conv=False, padding=0)
+    assert example.classifier[1].in_features == 9216  # 64 * 12 * 12, as in PyTorch's example
+    assert sum(p.numel() for p in example.parameters()) == 320 + 18_496 + 9216 * 128 + 128 + 1290
+    assert example(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    default = TwoConvNet(image_size=28)
+    assert default.classifier[1].in_features == 64 * 7 * 7
+    assert {"features.0.0.weight", "features.1.0.weight"} <= set(default.state_dict())
+    with pytest.raises(ValueError, match="model.padding must be 0 or 1"):
+        TwoConvNet(padding=2)
+
+
+def test_vgg_bn_net() -> None:
+    from fmnist_lightning.nets import VGGBNNet
+
+    net = VGGBNNet()
+    assert sum(p.numel() for p in net.parameters()) == 584_874
+    assert net(torch.rand(4, 1, 28, 28)).shape == (4, 10)
+    assert VGGBNNet(image_size=16, widths=[16, 32], hidden=0)(torch.rand(2, 1, 16, 16)).shape == (2, 10)
+    for kwargs, message in [({"widths": []}, "model.widths"), ({"convs_per_stage": 0}, "convs_per_stage"), ({"hidden": -1}, "model.hidden")]:
+        with pytest.raises(ValueError, match=message):
+            VGGBNNet(**kwargs)
+
+
+def test_flip_tta_averages_the_mirror_image_in_eval_mode_only() -> None:
+    from fmnist_lightning.nets import VGGBNNet
+
+    torch.manual_seed(0)
+    net = VGGBNNet(flip_tta=False).eval()
+    x = torch.rand(6, 1, 28, 28)
+    with torch.no_grad():
+        plain, mirrored = net(x), net(x.flip(-1))
+        net.flip_tta = True
+        tta = net(x)
+        assert torch.allclose(tta, (plain + mirrored) / 2, atol=1e-6)
+        assert torch.allclose(net(x.flip(-1)), tta, atol=1e-6)  # invariant to mirroring
+    net.train()
+    torch.manual_seed(1)
+    a = net(x)
+    net.flip_tta = False
+    torch.manual_seed(1)
+    assert torch.equal(a, net(x))  # training forward passes are the plain ones
