@@ -1,14 +1,14 @@
 """Reproduces the documented recipes (and this project's best and fast ones) over seeds, and
 writes docs/REPRODUCTION.md from the runs.
 
-Two steps, so that runs made on different machines (a GPU for the recipes, this CPU for the
+Two steps, so that runs made on different machines (a GPU for all seeds, this CPU for the
 wall times) go into one document:
 
     # 1. Train: one Hydra multirun, every experiment x every seed, with its sweep summary.
-    python scripts/reproduce.py run --sweep-dir outputs/reproduction/cpu
+    python scripts/reproduce.py run --jobs 21 --sweep-dir outputs/reproduction/gpu
     python scripts/reproduce.py run --experiments best --seeds 0 --sweep-dir outputs/reproduction/cpu_best
     # 2. Write the document from one or more sweep folders.
-    python scripts/reproduce.py report outputs/reproduction/cpu outputs/reproduction/cpu_best
+    python scripts/reproduce.py report outputs/reproduction/gpu outputs/reproduction/cpu_best
 
 ``run`` starts ``python train.py -m experiment=<a>,<b>,... seed=<s>,... hydra.sweep.dir=<dir>``
 (with the joblib launcher when ``--jobs`` > 1; extra ``key=value`` arguments are passed on),
@@ -31,7 +31,6 @@ import argparse
 import hashlib
 import inspect
 import json
-import math
 import os
 import platform
 import shlex
