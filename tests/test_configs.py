@@ -81,7 +81,12 @@ def test_bad_callback_entry_is_refused(make_cfg) -> None:
         build(make_cfg("+callbacks.foo=3"))
 
 
-@pytest.mark.parametrize("experiment", config_names("experiment"))
+@pytest.mark.parametrize(
+    "experiment",
+    # best's test report (10,000 images, twice with flip TTA, through its largest network)
+    # takes ~40 s on 2 CPU cores.
+    [pytest.param(n, marks=pytest.mark.slow) if n == "best" else n for n in config_names("experiment")],
+)
 def test_experiment_fast_dev_run(make_cfg, experiment: str, tmp_path: Path) -> None:
     cfg = make_cfg(f"experiment={experiment}", "debug=fdr")
     metrics = train(cfg)
