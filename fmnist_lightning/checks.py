@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fmnist_lightning.errors import ConfigError, Problem
+from fmnist_lightning.nets import ImageTooSmallError
 
 #: The metrics FashionMNISTClassifier logs while fitting, which callbacks may monitor
 #: (``test/*`` are logged later, by the test).
@@ -122,7 +123,7 @@ def _check_network(c: _Checker) -> None:
             shape = tuple(net.eval()(torch.zeros(1, 1, size, size)).shape)
     except Exception as err:  # noqa: BLE001 - shown to the user, whatever it is
         err = err.__cause__ or err  # Hydra wraps errors raised by the network's __init__
-        if isinstance(err, ValueError) and "image_size" in str(err):  # nets.pooled_side
+        if isinstance(err, ImageTooSmallError):
             c.add("data.image_size", str(err), value=size)
             return
         first_line = (str(err).strip() or type(err).__name__).splitlines()[0]

@@ -25,15 +25,19 @@ def conv_block(in_channels: int, out_channels: int, kernel_size: int, batch_norm
     return nn.Sequential(*layers)
 
 
+class ImageTooSmallError(ValueError):
+    """``image_size`` leaves no pixel after a network's convolutions and pooling stages."""
+
+
 def pooled_side(image_size: int, num_blocks: int, net: str) -> int:
     """Side in pixels of the feature maps after ``num_blocks`` 2×2 max-pools.
 
     Raises:
-        ValueError: ``image_size`` is too small to leave at least one pixel.
+        ImageTooSmallError: ``image_size`` is too small to leave at least one pixel.
     """
     side = image_size // 2**num_blocks
     if side < 1:
-        raise ValueError(
+        raise ImageTooSmallError(
             f"image_size={image_size} is too small for {net}: its {num_blocks} pooling stages "
             f"need at least {2**num_blocks} pixels; set data.image_size to 16 or 28"
         )
@@ -135,7 +139,8 @@ class TwoConvNet(ConvClassifier):
             side by 2 pixels per convolution.
 
     Raises:
-        ValueError: ``padding`` is not 0 or 1, or ``image_size`` is too small.
+        ValueError: ``padding`` is not 0 or 1.
+        ImageTooSmallError: ``image_size`` is too small.
     """
 
     def __init__(
@@ -150,12 +155,16 @@ class TwoConvNet(ConvClassifier):
         super().__init__()
         if padding not in (0, 1):
             raise ValueError(f"model.padding must be 0 or 1, got {padding}")
-        shrink = 2 * (1 - padding)  # pixels lost per convolution
-        if pool_every_conv:
-            side = pooled_side(image_size - shrink, 1, type(self).__name__)
-            side = pooled_side(side - shrink, 1, type(self).__name__)
-        else:
-            side = pooled_side(image_size - 2 * shrink, 1, type(self).__name__)
+        side = image_size
+        for i in range(2):
+            side -= 2 * (1 - padding)  # an unpadded 3x3 convolution loses a pixel on each side
+            if pool_every_conv or i == 1:
+                side //= 2
+        if side < 1:
+            raise ImageTooSmallError(
+                f"image_size={image_size} is too small for TwoConvNet with padding={padding} and "
+                f"pool_every_conv={pool_every_conv}: no pixel is left; set data.image_size to 16 or 28"
+            )
         # One Sequential per conv layer, so that the default layout's state_dict keys are
         # those of conv_block (features.0.0.weight, ...), as in earlier runs.
         blocks: list[nn.Module] = []
@@ -218,8 +227,8 @@ class VGGBNNet(ConvClassifier):
         flip_tta: Average the logits over the image and its mirror image in eval mode.
 
     Raises:
-        ValueError: ``widths`` is empty, ``convs_per_stage`` < 1 or ``hidden`` < 0, or
-            ``image_size`` is too small for ``len(widths)`` pooling stages.
+        ValueError: ``widths`` is empty, ``convs_per_stage`` < 1 or ``hidden`` < 0.
+        ImageTooSmallError: ``image_size`` is too small for ``len(widths)`` pooling stages.
     """
 
     def __init__(

@@ -62,6 +62,9 @@ def test_two_conv_layouts() -> None:
     assert {"features.0.0.weight", "features.1.0.weight"} <= set(default.state_dict())
     with pytest.raises(ValueError, match="model.padding must be 0 or 1"):
         TwoConvNet(padding=2)
+    with pytest.raises(ValueError, match="image_size=6 is too small for TwoConvNet with padding=0"):
+        TwoConvNet(image_size=6, padding=0)
+    assert TwoConvNet(image_size=6, padding=0, pool_every_conv=False)(torch.rand(1, 1, 6, 6)).shape == (1, 10)
 
 
 def test_vgg_bn_net() -> None:
