@@ -8,10 +8,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fmnist_lightning.data import DatasetError
+from fmnist_lightning.errors import UserError
 from fmnist_lightning.evaluation import evaluate_run
-from fmnist_lightning.run_dirs import register_resolvers
-from fmnist_lightning.runs import RunError
+from fmnist_lightning.training.run_dirs import register_resolvers
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
@@ -19,7 +18,7 @@ def main(cfg: DictConfig) -> None:
     output_dir = HydraConfig.get().runtime.output_dir
     try:
         report = evaluate_run(cfg.run_dir, output_dir, cfg.weights, cfg.data_root, cfg.device)
-    except (RunError, DatasetError) as err:
+    except UserError as err:
         raise SystemExit(f"error: {err}") from None
     print(f"test accuracy {report['accuracy']:.4f}, loss {report['loss']:.4f} ({report['weights']})")
     print(f"report: {output_dir}/report.md")

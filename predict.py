@@ -13,8 +13,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, ListConfig
 
-from fmnist_lightning.prediction import check_invert, predict_files
-from fmnist_lightning.runs import RunError, load_trained
+from fmnist_lightning.errors import UserError
+from fmnist_lightning.evaluation.files import check_invert, predict_files
+from fmnist_lightning.evaluation.runs import load_trained
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
@@ -23,7 +24,7 @@ def main(cfg: DictConfig) -> None:
     try:
         check_invert(cfg.invert)
         model = load_trained(cfg.run_dir, cfg.weights, cfg.device)
-    except (RunError, ValueError) as err:
+    except (UserError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
 
     results = predict_files(model, [str(p) for p in images], cfg.invert, cfg.top_k)

@@ -1,7 +1,7 @@
 """Summarize a sweep: ``python summarize.py sweep_dir=outputs/multirun/<sweep>``.
 
 Writes summary.md, summary.csv, summary_jobs.csv and summary.png into the sweep folder and
-prints the Markdown (see fmnist_lightning/sweeps.py and conf/summarize.yaml). Exits with 1 if
+prints the Markdown (see fmnist_lightning/sweeps/summary.py and conf/summarize.yaml). Exits with 1 if
 a job did not finish.
 """
 

@@ -15,15 +15,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fmnist_lightning.checks import validate_config
-from fmnist_lightning.errors import ConfigError, RunError
-from fmnist_lightning.run_dirs import (
-    discard_resume_attempt,
-    in_multirun,
-    record_failure,
-    register_resolvers,
-    run_command_line,
-)
+from fmnist_lightning.errors import RunInterrupted, UserError
+from fmnist_lightning.training.processes import in_multirun
+from fmnist_lightning.training.resume import run_command_line
+from fmnist_lightning.training.run_dirs import register_resolvers
+from fmnist_lightning.training.status import record_failure
 
 log = logging.getLogger("train")
 
@@ -33,23 +29,15 @@ def main(cfg: DictConfig) -> float:
     """Returns the optimised metric (``optimized_metric``, for sweepers such as Optuna); for
     a failed sweep job, the worst value (-inf, or +inf for a loss), so that a search records
     the trial and goes on (a NaN would stop hydra-optuna-sweeper)."""
-    try:
-        validate_config(cfg)
-    except ConfigError as err:
-        discard_resume_attempt(cfg)
-        return failed(cfg, f"error: {err}")
-    # Imported only now: Lightning takes seconds to import, which a typo should not cost.
-    from fmnist_lightning.data import DatasetError
-    from fmnist_lightning.module import NonFiniteLossError
-    from fmnist_lightning.pipeline import RunInterrupted, train
+    from fmnist_lightning.training.pipeline import train  # Lightning: after Hydra's own checks
 
     try:
         metrics = train(cfg)
-    except (ConfigError, RunError, DatasetError, NonFiniteLossError) as err:
-        # Expected, user-fixable problems: the message says what and how, no traceback.
-        return failed(cfg, f"error: {err}")
     except RunInterrupted as err:  # stops a whole sweep too
         raise SystemExit(f"stopped: {err}") from None
+    except UserError as err:
+        # Expected, user-fixable problems: the message says what and how, no traceback.
+        return failed(cfg, f"error: {err}")
     except Exception as err:
         if not in_multirun():
             raise

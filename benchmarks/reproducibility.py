@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Short, but with every source of randomness on: dropout, flips, shuffling, a schedule.
 RUN = [
     "model=two_conv_bn", "data.image_size=16", "trainer.max_epochs=3", "trainer.limit_train_batches=150",
-    "trainer.limit_val_batches=10", "scheduler=cosine", "data.augment.flip_p=0.5", "seed=7",
+    "trainer.limit_val_batches=10", "scheduler=cosine", "data.augment.flip.p=0.5", "seed=7",
     "callbacks.progress_bar=null", "logger=none",
 ]
 

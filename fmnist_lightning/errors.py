@@ -1,6 +1,7 @@
-"""The errors a user can fix, each with a message that says what was wrong and how to fix it.
+"""Every error a user can fix, each with a message that says what was wrong and how to fix it.
 
-Kept free of heavy imports, so that train.py can check a config before it loads Lightning.
+Entry points (``train.py``, ``evaluate.py``, ``predict.py``) catch :class:`UserError` and print
+its message as one ``error: ...`` line, without a traceback. Kept free of heavy imports.
 """
 
 from __future__ import annotations
@@ -9,9 +10,42 @@ from dataclasses import dataclass
 from typing import Any
 
 
-class RunError(RuntimeError):
-    """A run folder or checkpoint cannot be used as asked; the message says what is missing
-    or wrong."""
+class UserError(Exception):
+    """Base of the errors below: something the user asked for cannot be done as asked."""
+
+
+class ArgumentError(UserError, ValueError):
+    """A constructor argument is out of range. Objects raise it to check their own arguments.
+
+    The object names only its argument; whoever built the object from a config (see
+    :func:`fmnist_lightning.training.build.build_run`) adds the config key in front of it,
+    e.g. ``dropout`` of the model becomes ``model.dropout``.
+
+    Args:
+        argument: The constructor argument, e.g. ``"dropout"``.
+        value: Its value.
+        allowed: What would be allowed, e.g. ``"a number in [0, 1)"``.
+    """
+
+    def __init__(self, argument: str, value: Any, allowed: str) -> None:
+        self.argument, self.value, self.allowed = argument, value, allowed
+        super().__init__(f"{argument}={value!r}: {allowed}")
+
+
+def require(ok: bool, argument: str, value: Any, allowed: str) -> None:
+    """Raises :class:`ArgumentError` unless ``ok``: one line per checked argument.
+
+    >>> require(0 <= 0.5 < 1, "dropout", 0.5, "a number in [0, 1)")
+    """
+    if not ok:
+        raise ArgumentError(argument, value, allowed)
+
+
+class ImageTooSmallError(ArgumentError):
+    """``image_size`` leaves no pixel after a network's convolutions and pooling stages."""
+
+    def __init__(self, image_size: int, allowed: str) -> None:
+        super().__init__("image_size", image_size, allowed)
 
 
 @dataclass(frozen=True)
@@ -26,10 +60,32 @@ class Problem:
         return f"{self.key}={self.value!r}: {self.allowed}"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """The config has bad values; ``problems`` lists each one (key, value, what is allowed)."""
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}), nothing was run:\n{lines}")
+        plural = "s" * (len(problems) > 1)
+        super().__init__(f"invalid config ({len(problems)} problem{plural}), nothing was run:\n{lines}")
+
+
+class RunError(UserError, RuntimeError):
+    """A run folder or checkpoint cannot be used as asked; the message says what is missing
+    or wrong."""
+
+
+class DatasetError(UserError, RuntimeError):
+    """A FashionMNIST file is missing, truncated or corrupt; the message names the file."""
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step.
+
+    Raised before the optimizer step, so the weights that produced it are the last finite
+    ones, and no checkpoint is written with them.
+    """
+
+
+class RunInterrupted(UserError, RuntimeError):
+    """Training was stopped by Ctrl-C or SIGTERM; the message says how to resume."""

@@ -25,7 +25,7 @@ from fmnist_lightning.run_dirs import new_dir, preflight, read_status
 SHORT_RUN = [
     "model=two_conv_bn", "data.image_size=16", "trainer=cpu", "trainer.max_epochs=3",
     "trainer.limit_train_batches=100", "trainer.limit_val_batches=10", "trainer.deterministic=true",
-    "scheduler=cosine", "data.augment.flip_p=0.5", "seed=7", "logger=tensorboard_csv", "callbacks.progress_bar=null",
+    "scheduler=cosine", "data.augment.flip.p=0.5", "seed=7", "logger=tensorboard_csv", "callbacks.progress_bar=null",
 ]
 
 
@@ -144,7 +144,7 @@ def test_non_finite_loss_stops_the_run(make_cfg, tmp_path: Path) -> None:
 def test_deterministic_cpu_runs_are_identical(make_cfg, tmp_path: Path) -> None:
     overrides = [
         "model=two_conv_bn", "data.image_size=16", "seed=3", "trainer.deterministic=true", "trainer.max_epochs=2",
-        "trainer.limit_train_batches=30", "trainer.limit_val_batches=3", "data.augment.flip_p=0.5", "logger=none",
+        "trainer.limit_train_batches=30", "trainer.limit_val_batches=3", "data.augment.flip.p=0.5", "logger=none",
     ]
     results = []
     for name in ("a", "b"):

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 
-from fmnist_lightning.checks import PIPELINES
 from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, ensure_files, load_split, verify_files
-from fmnist_lightning.data.transforms import BatchAugment, build_per_sample_transform, build_preprocess
+from fmnist_lightning.data.transforms import build_preprocess
+from fmnist_lightning.errors import require
 
 log = logging.getLogger(__name__)
 
@@ -56,32 +57,14 @@ def keep_batch(batch):
     return batch
 
 
-class PerSampleImages(Dataset):
-    """One split as PIL images through a per-image torchvision transform (the recipes' way)."""
-
-    def __init__(self, split: InMemoryBatches, transform) -> None:
-        self.images = split.images.cpu()
-        self.labels = split.labels.cpu()
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = Image.fromarray(self.images[index, 0].numpy(), mode="L")
-        return self.transform(image), int(self.labels[index])
-
-
 class FashionMNISTDataModule(L.LightningDataModule):
     """The real FashionMNIST: a seeded train/validation split of the official 60,000
     training images, and the official 10,000 test images as the test set.
 
-    With ``pipeline="batched"`` (the default) each split is one uint8 tensor, kept on the
-    training device when that is a GPU; a batch is one indexing operation, and resizing,
-    augmentation (training batches only) and normalisation run on the whole batch on its
-    device (:meth:`on_after_batch_transfer`). With ``pipeline="per_sample"`` each image goes
-    through the recipes' torchvision pipeline on a PIL image and a DataLoader collates them;
-    it exists for comparison. Either way the network receives ``torch.float32``
+    Each split is one uint8 tensor, kept on the training device when that is a GPU; a batch
+    is one indexing operation, and resizing, scaling to [0, 1], augmentation (training
+    batches only) and normalisation run on the whole batch on its device
+    (:meth:`on_after_batch_transfer`). The network receives ``torch.float32``
     ``(B, 1, image_size, image_size)`` and labels ``torch.int64`` ``(B,)``.
 
     Args:
@@ -102,17 +85,14 @@ class FashionMNISTDataModule(L.LightningDataModule):
         batch_size: Images per training batch.
         eval_batch_size: Images per validation and test batch (no gradients, so larger
             batches are cheap); ``None`` uses ``batch_size``.
-        num_workers: DataLoader worker processes. 0 (the default) is fastest for the
-            batched pipeline: the dataset is already in memory, and workers would only copy
-            it; the per-sample pipeline can use them.
-        pipeline: ``"batched"`` or ``"per_sample"`` (see above).
-        augment: ``{"flip_p": p, "crop_padding": n, "erase_p": q}``, random crops of the
-            image padded by ``n`` pixels, horizontal flips and random erasing, for training
-            batches only (see :class:`~fmnist_lightning.data.transforms.BatchAugment`);
-            ``None`` for none.
+        num_workers: DataLoader worker processes. 0 (the default) is fastest: the dataset
+            is already in memory, and workers would only copy it.
+        augment: Named batched augmentations, applied to training batches in this order on
+            [0, 1]-scaled images before normalisation (entries that are ``None`` are off); see
+            :mod:`fmnist_lightning.data.augment`. Hydra builds them from ``data.augment``.
 
     Raises:
-        ValueError: An argument is out of range; the message names the config key.
+        ArgumentError: An argument is out of range.
     """
 
     def __init__(
@@ -127,20 +107,14 @@ class FashionMNISTDataModule(L.LightningDataModule):
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        pipeline: str = "batched",
-        augment: Mapping[str, float] | None = None,
+        augment: Mapping[str, nn.Module | None] | None = None,
     ) -> None:
         super().__init__()
-        if not 0 < val_fraction < 1:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
-        if eval_batch_size is not None and eval_batch_size < 1:
-            raise ValueError(f"data.eval_batch_size must be >= 1 or null, got {eval_batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
-        if pipeline not in PIPELINES:
-            raise ValueError(f"data.pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
+        require(0 < val_fraction < 1, "val_fraction", val_fraction, "a fraction in (0, 1)")
+        require(batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
+        require(eval_batch_size is None or eval_batch_size >= 1, "eval_batch_size", eval_batch_size, "an integer >= 1 or null")
+        require(num_workers >= 0, "num_workers", num_workers, "an integer >= 0")
+        require(split_seed >= 0, "split_seed", split_seed, "an integer >= 0")
         self.root = Path(root).expanduser()
         self.local_copy = local_copy
         self.download = download
@@ -150,16 +124,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.pipeline = pipeline
-        normalize = dict(normalize) if normalize else None
-        augment = dict(augment or {})
-        self.preprocess = build_preprocess(image_size, normalize)
-        black = (0.0 - normalize["mean"]) / normalize["std"] if normalize else 0.0
-        self.augment = BatchAugment(**augment, fill=black)
-        self.per_sample_transforms = {
-            "train": build_per_sample_transform(image_size, normalize, **augment),
-            "eval": build_per_sample_transform(image_size, normalize),
-        }
+        #: uint8 (B, 1, H, W) -> float32 (B, 1, S, S): resize, scale to [0, 1], normalise.
+        self.preprocess = build_preprocess(image_size, dict(normalize) if normalize else None)
+        scale, normalise = self.preprocess.transforms[:2], self.preprocess.transforms[2:]
+        augmentations = [a for a in (augment or {}).values() if a is not None]
+        #: The training batches' path: scale, the augmentations in order, normalise.
+        self.train_transform = v2.Compose([*scale, *augmentations, *normalise])
         self.data_train: InMemoryBatches | None = None
         self.data_val: InMemoryBatches | None = None
         self.data_test: InMemoryBatches | None = None
@@ -188,9 +158,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
             self.data_test = InMemoryBatches(images.unsqueeze(1), labels).to(self._device())
 
     def _device(self) -> torch.device:
-        """Where the batched pipeline keeps the data: the training device if the trainer
+        """Where the data is kept: the training device if the trainer
         runs on one with separate memory (a GPU), else the CPU."""
-        if self.pipeline == "batched" and self.trainer is not None:
+        if self.trainer is not None:
             device = self.trainer.strategy.root_device
             if device.type != "cpu":
                 return device
@@ -199,14 +169,14 @@ class FashionMNISTDataModule(L.LightningDataModule):
     def _loader(self, dataset: InMemoryBatches | None, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("FashionMNISTDataModule.setup() must run before asking for a loader")
-        batch_size = self.batch_size if train else self.eval_batch_size
-        common = dict(
-            batch_size=batch_size, shuffle=train, num_workers=self.num_workers, persistent_workers=self.num_workers > 0
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=keep_batch,
         )
-        if self.pipeline == "per_sample":
-            transform = self.per_sample_transforms["train" if train else "eval"]
-            return DataLoader(PerSampleImages(dataset, transform), **common)
-        return DataLoader(dataset, collate_fn=keep_batch, **common)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches of ``(uint8 (B, 1, 28, 28), int64 (B,))``."""
@@ -225,13 +195,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return self._loader(self.data_test, train=False)
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
-        """Batched pipeline: uint8 ``(B, 1, 28, 28)`` → resized, normalised and (training
-        batches only) augmented float32 ``(B, 1, image_size, image_size)``, on its device.
-        Per-sample batches arrive preprocessed and pass through; so do labels."""
+        """uint8 ``(B, 1, 28, 28)`` → float32 ``(B, 1, image_size, image_size)`` on the
+        batch's device: preprocessed, and augmented when the trainer is training. Labels
+        pass through."""
         images, labels = batch
-        if self.pipeline == "per_sample":
-            return images, labels
-        images = self.preprocess(images)
-        if self.augment.active and self.trainer is not None and self.trainer.training:
-            images = self.augment(images)
-        return images, labels
+        training = self.trainer is not None and self.trainer.training
+        return (self.train_transform if training else self.preprocess)(images), labels

@@ -1,7 +1,7 @@
 """Finding, reading and verifying the four FashionMNIST IDX files.
 
 The expected sizes and MD5 checksums of the decompressed files are the published ones
-(Zalando's FashionMNIST repository; also listed in ``shared/DATA.md``). Debian's
+(Zalando's FashionMNIST repository, zalandoresearch/fashion-mnist). Debian's
 ``dataset-fashion-mnist`` package recompresses the ``.gz`` files, so only the checksums of
 the decompressed bytes are checked, never those of the ``.gz`` files.
 """
@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from fmnist_lightning.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,6 @@ HOW_TO_FIX = (
     f"installs the files in {DEBIAN_DATASET_DIR}), or point `data.root=/path/to/folder` at a "
     "folder holding the four original IDX files (decompressed or .gz)."
 )
-
-
-class DatasetError(RuntimeError):
-    """A FashionMNIST file is missing, truncated or corrupt; the message names the file."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from fmnist_lightning.runs import TrainedModel
+from fmnist_lightning.evaluation.runs import TrainedModel
 
 INVERT_CHOICES = ("auto", True, False)
 
@@ -91,7 +91,7 @@ def predict_files(
     """Classifies each file on its own; a bad file gets an ``error`` and the others go on.
 
     Args:
-        model: From :func:`fmnist_lightning.runs.load_trained`; its preprocessing (resize to
+        model: From :func:`fmnist_lightning.evaluation.runs.load_trained`; its preprocessing (resize to
             the run's ``data.image_size``, its normalisation) is applied.
         paths: Image files.
         invert: See :func:`load_image`.

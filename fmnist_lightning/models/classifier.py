@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Mapping
 from typing import Any
 
+import hydra
 import lightning as L
 import numpy as np
 import torch
@@ -13,8 +14,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+from fmnist_lightning.errors import NonFiniteLossError, require
 
 def rng_states() -> dict[str, Any]:
     """The states of torch's, CUDA's, numpy's and Python's global random generators, as
@@ -38,14 +38,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the message names the step.
-
-    Raised before the optimizer step, so the weights that produced it are the last finite
-    ones, and no checkpoint is written with them.
-    """
-
-
 class FashionMNISTClassifier(L.LightningModule):
     """Trains a network with cross-entropy and logs per-epoch loss and accuracy.
 
@@ -58,12 +50,24 @@ class FashionMNISTClassifier(L.LightningModule):
     so a run resumed from an end-of-epoch checkpoint draws the same batches, dropout masks
     and augmentations as one that was never stopped.
 
+    The network, optimizer and scheduler are given as configs (plain dicts with Hydra's
+    ``_target_``) and saved as hyperparameters, so checkpoints hold no pickled objects and
+    ``FashionMNISTClassifier.load_from_checkpoint(path)`` rebuilds the model from any
+    checkpoint a run writes, without its run folder.
+
+    The test loop's ``test_step`` returns each batch's logits, so callbacks (the report's
+    :class:`~fmnist_lightning.evaluation.predictions.TestPredictions`) collect predictions
+    from the one pass over the test set.
+
     Args:
-        net: Maps float ``(B, 1, H, W)`` images to ``(B, num_classes)`` logits.
-        optimizer: Builds the optimizer from the parameters, e.g. a Hydra ``_partial_``
-            of ``torch.optim.Adam``.
-        scheduler: Builds an LR scheduler from the optimizer, stepped once per epoch, or
-            ``None`` for a constant learning rate.
+        net: Config of the network (``conf/model/``), e.g. ``{"_target_":
+            "fmnist_lightning.models.ThreeConvNet", "image_size": 28, "dropout": 0.5}``: an
+            ``nn.Module`` mapping float ``(B, 1, H, W)`` images to ``(B, num_classes)`` logits.
+        optimizer: Config of the optimizer with ``_partial_: true`` (``conf/optimizer/``),
+            finished with the network's parameters; ``None`` for a model that is only
+            evaluated.
+        scheduler: Config of an LR scheduler with ``_partial_: true``, finished with the
+            optimizer and stepped once per epoch; ``None`` for a constant learning rate.
         num_classes: Number of classes (10 for FashionMNIST).
         channels_last: Keep the network's weights and its input batches in the
             channels-last memory format, which oneDNN and cuDNN convolutions run faster.
@@ -71,27 +75,37 @@ class FashionMNISTClassifier(L.LightningModule):
             fraction in [0, 1): the target puts ``1 - label_smoothing`` on the true class
             plus an equal share of ``label_smoothing`` on every class. ``train/loss`` is that
             smoothed loss; ``val/loss`` and ``test/loss`` are always plain cross-entropy.
+        compile: Compile the network with ``torch.compile`` (in place, so ``state_dict``
+            keys stay those of the plain network).
 
     Raises:
-        ValueError: ``label_smoothing`` outside [0, 1).
+        ArgumentError: ``label_smoothing`` outside [0, 1).
+        hydra.errors.InstantiationException: The network cannot be built from ``net``.
     """
+
+    #: The metrics logged while fitting, which callbacks may monitor.
+    FIT_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
+    #: The metrics logged by the test.
+    TEST_METRICS = ("test/loss", "test/acc")
 
     def __init__(
         self,
-        net: nn.Module,
-        optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
+        net: Mapping[str, Any],
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
         num_classes: int = 10,
         channels_last: bool = False,
         label_smoothing: float = 0.0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        require(0.0 <= label_smoothing < 1.0, "label_smoothing", label_smoothing, "a fraction in [0, 1)")
+        # Lightning saves these in every checkpoint; the run's loggers get the whole config.
+        self.save_hyperparameters(logger=False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.net = net.to(memory_format=self.memory_format)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        self.net: nn.Module = hydra.utils.instantiate(net).to(memory_format=self.memory_format)
+        if compile:
+            self.net.compile()
         self.criterion = nn.CrossEntropyLoss()
         self.train_criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         # Inputs come from our own DataModule, so torchmetrics' per-batch argument checks
@@ -106,6 +120,8 @@ class FashionMNISTClassifier(L.LightningModule):
         self.val_acc_best = MaxMetric()
         # Saved in checkpoints, so a resumed run keeps its best-so-far.
         self.val_acc_best.persistent(True)
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Float ``(B, 1, H, W)`` images → float ``(B, num_classes)`` logits."""
@@ -162,8 +178,13 @@ class FashionMNISTClassifier(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Updates the test metrics; returns the batch's float ``(B, num_classes)`` logits."""
+        images, labels = batch
+        logits = self(images)
+        self.test_loss.update(self.criterion(logits, labels), weight=labels.numel())
+        self.test_acc.update(logits, labels)
+        return logits
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
@@ -175,12 +196,39 @@ class FashionMNISTClassifier(L.LightningModule):
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
 
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer over the network's parameters, built once from ``optimizer``.
+
+        Raises:
+            TypeError: ``optimizer`` is ``None`` or does not build a ``torch.optim.Optimizer``.
+        """
+        if self._optimizer is None:
+            if self.hparams.optimizer is None:
+                raise TypeError("this model was made for evaluation only: it has no optimizer config")
+            optimizer = hydra.utils.instantiate(self.hparams.optimizer)(self.parameters())
+            if not isinstance(optimizer, torch.optim.Optimizer):
+                raise TypeError(f"builds a {type(optimizer).__name__}, not a torch.optim.Optimizer")
+            self._optimizer = optimizer
+        return self._optimizer
+
+    def build_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """The LR scheduler of the optimizer, built once from ``scheduler`` (``None`` if none).
+
+        Raises:
+            TypeError: ``scheduler`` does not build a ``torch.optim.lr_scheduler.LRScheduler``.
+        """
+        if self._scheduler is None and self.hparams.scheduler is not None:
+            scheduler = hydra.utils.instantiate(self.hparams.scheduler)(self.build_optimizer())
+            if not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
+                raise TypeError(f"builds a {type(scheduler).__name__}, not a torch.optim.lr_scheduler.LRScheduler")
+            self._scheduler = scheduler
+        return self._scheduler
+
     def configure_optimizers(self):
-        """Builds the optimizer (and the per-epoch scheduler, if any) from the factories."""
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
+        """The optimizer and the per-epoch scheduler, if any (the same objects every call)."""
+        optimizer, scheduler = self.build_optimizer(), self.build_scheduler()
+        if scheduler is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
         # "monitor" is only read by ReduceLROnPlateau.
         return {
             "optimizer": optimizer,

@@ -20,8 +20,7 @@ from fmnist_lightning.data import FashionMNISTDataModule
 from fmnist_lightning.data.idx import CLASS_NAMES
 from fmnist_lightning.data.transforms import build_preprocess
 from fmnist_lightning.errors import RunError
-
-__all__ = ["NET_WEIGHTS", "RunError", "TrainedModel", "load_run_config", "load_trained", "resolve_weights"]
+from fmnist_lightning.models import FashionMNISTClassifier
 
 #: File name of the network's plain ``state_dict`` in a run folder.
 NET_WEIGHTS = "net.pt"
@@ -118,9 +117,17 @@ def check_checkpoint_fits(net: nn.Module, path: Path, overrides: list[str]) -> N
         )
 
 
-def build_net(cfg: DictConfig) -> nn.Module:
-    """Instantiates the untrained network of a run config (``cfg.model``)."""
-    return hydra.utils.instantiate(cfg.model)
+def build_module(cfg: DictConfig) -> FashionMNISTClassifier:
+    """The untrained LightningModule of a run config, for evaluation (no optimizer).
+
+    Raises:
+        RunError: The network of ``cfg.model`` cannot be built (e.g. its class has moved).
+    """
+    try:
+        return FashionMNISTClassifier(net=OmegaConf.to_container(cfg.model, resolve=True))
+    except Exception as err:  # noqa: BLE001 - shown to the user, whatever it is
+        cause = err.__cause__ or err
+        raise RunError(f"cannot build the run's network model._target_={cfg.model.get('_target_')!r}: {cause}") from None
 
 
 def build_datamodule(cfg: DictConfig, data_root: str | None = None) -> FashionMNISTDataModule:
@@ -134,6 +141,7 @@ class TrainedModel:
     """A trained network with the preprocessing of the run that made it.
 
     Attributes:
+        module: The LightningModule holding ``net`` (for ``trainer.test``), in eval mode.
         net: The network in eval mode, mapping float ``(B, 1, S, S)`` to ``(B, 10)`` logits.
         preprocess: uint8 ``(B, 1, H, W)`` → float ``(B, 1, S, S)``: the run's resize and
             normalisation (``data.image_size``, ``data.normalize``).
@@ -142,6 +150,7 @@ class TrainedModel:
         class_names: Names in label order.
     """
 
+    module: FashionMNISTClassifier
     net: nn.Module
     preprocess: nn.Module
     config: DictConfig
@@ -184,7 +193,8 @@ def load_trained(run_dir: str | Path, weights: str = NET_WEIGHTS, device: str | 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = load_run_config(run_dir)
     path = resolve_weights(run_dir, weights)
-    net = build_net(cfg)
+    module = build_module(cfg)
+    net = module.net
     try:
         net.load_state_dict(load_state_dict(path))
     except RuntimeError as err:
@@ -195,4 +205,5 @@ def load_trained(run_dir: str | Path, weights: str = NET_WEIGHTS, device: str | 
         ) from None
     normalize = cfg.data.normalize
     preprocess = build_preprocess(cfg.data.image_size, OmegaConf.to_container(normalize) if normalize else None)
-    return TrainedModel(net=net.eval().to(device), preprocess=preprocess, config=cfg, weights=path)
+    module.eval().to(device)
+    return TrainedModel(module=module, net=net, preprocess=preprocess, config=cfg, weights=path)

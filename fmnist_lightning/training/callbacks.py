@@ -15,7 +15,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from fmnist_lightning.run_dirs import write_status
+from fmnist_lightning.training.status import write_status
 
 log = logging.getLogger(__name__)
 

@@ -1,92 +1,40 @@
-"""Run folders that are never shared or clobbered, and ``resume=<run folder>``.
-
-Two guarantees, both checked before Hydra writes anything:
-
-- Every run gets a folder of its own. ``conf/hydra/default.yaml`` names run and sweep
-  folders with ``${fmnist.new_dir:outputs/runs/${now:...}}``: the resolver creates the folder
-  itself with ``os.mkdir`` (atomic) and adds ``_1``, ``_2`` ... when another run started in
-  the same second already took the name.
-- An explicit ``hydra.run.dir`` (or ``hydra.sweep.dir``) that already holds a run is refused,
-  since Hydra would overwrite that run's ``.hydra/`` files; ``resume=<run folder>`` is the
-  way to write into an earlier run.
+"""``python train.py resume=<run folder>``, and the checkpoint a run starts from.
 
 ``python train.py resume=<run folder> [overrides]`` is rewritten by :func:`preflight` into
 ``-cp <run folder>/.hydra -cn config ++resume=<run folder> hydra.run.dir=<run folder> ...``:
 the run's saved, fully composed config is the primary config (so conf/ edits made since do
 not leak in), dotted overrides such as ``trainer.max_epochs=20`` still apply, and this
 attempt's Hydra files go to ``.hydra/resume_<date>_<time>/``, leaving the original ones
-untouched.
+untouched. An explicit ``hydra.run.dir`` (or ``hydra.sweep.dir``) that already holds a run
+is refused, since Hydra would overwrite that run's ``.hydra/`` files.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import sys
-import tempfile
 from datetime import datetime
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from fmnist_lightning.errors import RunError
+from fmnist_lightning.training.processes import is_child_rank
+from fmnist_lightning.training.run_dirs import check_can_create, checkpoint_dir, holds_run, is_run_folder
+from fmnist_lightning.training.status import read_status
 
-#: The run-status file of a run folder (see fmnist_lightning.callbacks.RunStatus).
-STATUS_FILE = "metrics.json"
-
-#: Environment variables that mark a process as a non-zero rank of a multi-process job
-#: (Lightning's DDP children, SLURM tasks, torchrun workers).
-RANK_VARIABLES = ("LOCAL_RANK", "RANK", "SLURM_PROCID", "NODE_RANK")
 
 #: The config groups of conf/train.yaml's defaults list.
 CONFIG_GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "experiment", "debug")
+
 
 #: The folder of a resume attempt's Hydra files, inside the run's ``.hydra/``.
 RESUME_SUBDIR_PREFIX = "resume_"
 
 
-def is_child_rank() -> bool:
-    """True in a process that is not rank 0 of a multi-process (DDP, SLURM) job."""
-    return any(os.environ.get(name, "0") not in ("", "0") for name in RANK_VARIABLES)
-
-
-def new_dir(path: str) -> str:
-    """Creates and returns a folder that did not exist before: ``path``, else ``path_1``,
-    ``path_2``, ...
-
-    ``os.mkdir`` fails when the folder exists, so two processes can never get the same one.
-    Registered as the ``fmnist.new_dir`` resolver (cached, so every later read of the same
-    config node gives the same folder).
-    """
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    candidate, n = path, 0
-    while True:
-        try:
-            os.mkdir(candidate)
-            return candidate
-        except FileExistsError:
-            n += 1
-            candidate = f"{path}_{n}"
-
-
-def register_resolvers() -> None:
-    """Registers the ``fmnist.*`` OmegaConf resolvers used by ``conf/hydra/``."""
-    if not OmegaConf.has_resolver("fmnist.new_dir"):
-        OmegaConf.register_new_resolver("fmnist.new_dir", new_dir, use_cache=True)
-
-
-def is_run_folder(folder: Path) -> bool:
-    """True if ``folder`` has a run's config (Hydra's ``.hydra/config.yaml``)."""
-    return (folder / ".hydra" / "config.yaml").is_file()
-
-
-def holds_run(folder: Path) -> bool:
-    """True if a run started training in ``folder`` (it has a config and a ``metrics.json``
-    or ``checkpoints/``). A run refused by the checks leaves neither, so its folder can be
-    used again once the typo is fixed."""
-    return is_run_folder(folder) and ((folder / STATUS_FILE).is_file() or (folder / "checkpoints").is_dir())
+#: ``ckpt_path`` values that Lightning looks up in the run's own (here: new) folder.
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 
 
 def split_override(arg: str) -> tuple[str, str | None]:
@@ -105,25 +53,6 @@ def _value(args: list[str], key: str) -> str | None:
         if value is not None and name == key and not arg.startswith("~"):
             found = value
     return found
-
-
-def check_can_create(folder: Path) -> None:
-    """Refuses a run folder that cannot be created: tries a probe folder in its nearest
-    existing ancestor (permission bits alone do not tell, e.g. for root on a read-only disk).
-
-    Raises:
-        RunError: The probe cannot be created.
-    """
-    ancestor = folder.expanduser().absolute()
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".fmnist_probe_", dir=ancestor))
-    except OSError as err:
-        raise RunError(
-            f"cannot create the run folder {folder}: {ancestor} is not writable ({err.strerror or err}); "
-            "make it writable, or write elsewhere with hydra.run.dir=<folder> (hydra.sweep.dir=<folder> with -m)"
-        ) from None
 
 
 def preflight(argv: list[str]) -> list[str]:
@@ -203,46 +132,6 @@ def run_command_line() -> None:
         raise SystemExit(f"error: {err}") from None
 
 
-#: ``ckpt_path`` values that Lightning looks up in the run's own (here: new) folder.
-LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
-
-
-def checkpoint_dir(cfg: DictConfig) -> Path:
-    """The folder ``ModelCheckpoint`` writes to (``callbacks.model_checkpoint.dirpath``)."""
-    dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
-    return Path(dirpath) if dirpath else Path(cfg.output_dir) / "checkpoints"
-
-
-def read_status(run_dir: Path) -> dict:
-    """A run folder's ``metrics.json`` (see :class:`~fmnist_lightning.callbacks.RunStatus`),
-    or ``{}`` when it has none."""
-    path = run_dir / STATUS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def write_status(
-    output_dir: Path,
-    status: str,
-    epochs: int = 0,
-    global_step: int = 0,
-    best_checkpoint: str | None = None,
-    wall_time_s: float | None = None,
-    metrics: dict[str, float] | None = None,
-    error: str | None = None,
-) -> None:
-    """Writes a run folder's ``metrics.json`` (the fields are described in
-    :class:`~fmnist_lightning.callbacks.RunStatus`), atomically: a reader never sees half
-    of it."""
-    summary = {
-        "status": status, "epochs": epochs, "global_step": global_step, "best_checkpoint": best_checkpoint,
-        "wall_time_s": wall_time_s, "metrics": metrics or {}, "error": error,
-    }
-    path = output_dir / STATUS_FILE
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(summary, indent=2) + "\n")
-    partial.replace(path)
-
-
 def start_checkpoint(cfg: DictConfig) -> Path | None:
     """The checkpoint a run starts from: ``last.ckpt`` of ``resume``, the file
     ``ckpt_path``, or ``None`` for a fresh start.
@@ -292,31 +181,6 @@ def start_checkpoint(cfg: DictConfig) -> Path | None:
     return Path(ckpt_path)
 
 
-def check_writable(output_dir: Path, min_free_bytes: int) -> None:
-    """Refuses a run folder that cannot be written or is on a nearly full disk.
-
-    Raises:
-        RunError: Writing a probe file fails, or fewer than ``min_free_bytes`` are free.
-    """
-    probe = output_dir / ".write_test"
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as err:
-        raise RunError(
-            f"cannot write to the run folder {output_dir} ({err.strerror or err}); make it writable, "
-            "or write elsewhere with hydra.run.dir=<folder>"
-        ) from None
-    free = shutil.disk_usage(output_dir).free
-    if free < min_free_bytes:
-        raise RunError(
-            f"the run folder {output_dir} has {free / 2**20:.1f} MiB free, and this run needs about "
-            f"{min_free_bytes / 2**20:.0f} MiB for its checkpoints and logs; free some space, or write "
-            "elsewhere with hydra.run.dir=<folder>"
-        )
-
-
 def discard_resume_attempt(cfg: DictConfig) -> None:
     """Removes the Hydra files a refused ``resume=`` attempt wrote into the earlier run's
     ``.hydra/resume_<date>_<time>/``, so a refusal leaves that run folder as it was."""
@@ -325,19 +189,3 @@ def discard_resume_attempt(cfg: DictConfig) -> None:
     subdir = HydraConfig.get().output_subdir
     if subdir and Path(subdir).name.startswith(RESUME_SUBDIR_PREFIX):
         shutil.rmtree(Path(cfg.output_dir) / subdir, ignore_errors=True)
-
-
-def record_failure(output_dir: Path, error: str) -> None:
-    """Marks a run ``failed`` in its ``metrics.json`` with ``error``, unless the run already
-    wrote its own failed status (which has more: epochs, step, metrics)."""
-    if read_status(output_dir).get("status") == "failed":
-        return
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_status(output_dir, "failed", error=error)
-
-
-def in_multirun() -> bool:
-    """True inside a job of a Hydra multirun (``-m``)."""
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

@@ -1,16 +1,25 @@
-"""The documented CNNs as plain ``nn.Module``s, one per architecture in ``shared/recipes/``.
+"""The documented CNNs as plain ``nn.Module``s, one per architecture of the recipes
+(README, "Recipes"), and this project's own ``VGGBNNet``.
 
 Every network maps ``torch.float32`` ``(B, 1, H, W)`` images with ``H = W = image_size`` to
-``(B, 10)`` logits. All convolutions keep the spatial size ("same" padding) and every block
-ends in a 2×2 max-pool, so after ``k`` blocks the feature maps are ``image_size // 2**k``
-pixels wide; the first linear layer is sized from that, for any ``image_size`` (28 and 16
-are the documented ones). Nothing here knows about Lightning, Hydra or files.
+``(B, 10)`` logits. The first linear layer is sized from ``image_size`` (28 and 16 are the
+documented sizes); a size too small for a network's pooling stages raises
+:class:`~fmnist_lightning.errors.ImageTooSmallError`. Each network checks its own arguments
+and raises :class:`~fmnist_lightning.errors.ArgumentError` naming the argument, so a bad
+``model.<argument>`` is reported before any data is read. Nothing here knows about
+Lightning, Hydra or files.
+
+A network of your own needs no change here: any ``nn.Module`` with this input and output,
+importable from anywhere, is trained with ``model._target_=my_module.MyNet`` (or a YAML in
+``conf/model/``).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from fmnist_lightning.errors import ImageTooSmallError, require
 
 
 def conv_block(in_channels: int, out_channels: int, kernel_size: int, batch_norm: bool = False) -> nn.Sequential:
@@ -25,10 +34,6 @@ def conv_block(in_channels: int, out_channels: int, kernel_size: int, batch_norm
     return nn.Sequential(*layers)
 
 
-class ImageTooSmallError(ValueError):
-    """``image_size`` leaves no pixel after a network's convolutions and pooling stages."""
-
-
 def pooled_side(image_size: int, num_blocks: int, net: str) -> int:
     """Side in pixels of the feature maps after ``num_blocks`` 2×2 max-pools.
 
@@ -38,10 +43,15 @@ def pooled_side(image_size: int, num_blocks: int, net: str) -> int:
     side = image_size // 2**num_blocks
     if side < 1:
         raise ImageTooSmallError(
-            f"image_size={image_size} is too small for {net}: its {num_blocks} pooling stages "
-            f"need at least {2**num_blocks} pixels; set data.image_size to 16 or 28"
+            image_size, f"too small for {net}: its {num_blocks} pooling stages need at least {2**num_blocks} pixels; use 16 or 28"
         )
     return side
+
+
+def check_dropout(dropout: float) -> None:
+    """Raises :class:`~fmnist_lightning.errors.ArgumentError` unless ``dropout`` is in [0, 1)
+    (1 would zero every activation)."""
+    require(0.0 <= dropout < 1.0, "dropout", dropout, "a probability in [0, 1)")
 
 
 class ConvClassifier(nn.Module):
@@ -75,6 +85,7 @@ class TwoConvBNNet(ConvClassifier):
 
     def __init__(self, image_size: int = 28, num_classes: int = 10, dropout: float = 0.5) -> None:
         super().__init__()
+        check_dropout(dropout)
         side = pooled_side(image_size, 2, type(self).__name__)
         self.features = nn.Sequential(conv_block(1, 32, 3, batch_norm=True), conv_block(32, 64, 3, batch_norm=True))
         self.classifier = nn.Sequential(
@@ -104,6 +115,7 @@ class ThreeConvNet(ConvClassifier):
 
     def __init__(self, image_size: int = 28, num_classes: int = 10, dropout: float = 0.5) -> None:
         super().__init__()
+        check_dropout(dropout)
         side = pooled_side(image_size, 3, type(self).__name__)
         self.features = nn.Sequential(conv_block(1, 32, 3), conv_block(32, 64, 3), conv_block(64, 128, 3))
         self.classifier = nn.Sequential(
@@ -139,7 +151,7 @@ class TwoConvNet(ConvClassifier):
             side by 2 pixels per convolution.
 
     Raises:
-        ValueError: ``padding`` is not 0 or 1.
+        ArgumentError: ``padding`` is not 0 or 1, ``hidden`` < 1 or ``dropout`` outside [0, 1).
         ImageTooSmallError: ``image_size`` is too small.
     """
 
@@ -153,8 +165,9 @@ class TwoConvNet(ConvClassifier):
         padding: int = 1,
     ) -> None:
         super().__init__()
-        if padding not in (0, 1):
-            raise ValueError(f"model.padding must be 0 or 1, got {padding}")
+        check_dropout(dropout)
+        require(hidden >= 1, "hidden", hidden, "an integer >= 1")
+        require(padding in (0, 1), "padding", padding, "0 or 1")
         side = image_size
         for i in range(2):
             side -= 2 * (1 - padding)  # an unpadded 3x3 convolution loses a pixel on each side
@@ -162,8 +175,8 @@ class TwoConvNet(ConvClassifier):
                 side //= 2
         if side < 1:
             raise ImageTooSmallError(
-                f"image_size={image_size} is too small for TwoConvNet with padding={padding} and "
-                f"pool_every_conv={pool_every_conv}: no pixel is left; set data.image_size to 16 or 28"
+                image_size, f"too small for TwoConvNet with padding={padding} and pool_every_conv={pool_every_conv}: "
+                "no pixel is left; use 16 or 28"
             )
         # One Sequential per conv layer, so that the default layout's state_dict keys are
         # those of conv_block (features.0.0.weight, ...), as in earlier runs.
@@ -227,7 +240,8 @@ class VGGBNNet(ConvClassifier):
         flip_tta: Average the logits over the image and its mirror image in eval mode.
 
     Raises:
-        ValueError: ``widths`` is empty, ``convs_per_stage`` < 1 or ``hidden`` < 0.
+        ArgumentError: ``widths`` is empty, ``convs_per_stage`` < 1, ``hidden`` < 0 or
+            ``dropout`` outside [0, 1).
         ImageTooSmallError: ``image_size`` is too small for ``len(widths)`` pooling stages.
     """
 
@@ -243,13 +257,14 @@ class VGGBNNet(ConvClassifier):
     ) -> None:
         super().__init__()
         self.flip_tta = flip_tta
-        widths = [int(w) for w in widths]
-        if not widths or min(widths) < 1:
-            raise ValueError(f"model.widths must be a non-empty list of channel counts >= 1, got {widths}")
-        if convs_per_stage < 1:
-            raise ValueError(f"model.convs_per_stage must be >= 1, got {convs_per_stage}")
-        if hidden < 0:
-            raise ValueError(f"model.hidden must be >= 0 (0 = no hidden layer), got {hidden}")
+        widths = list(widths)
+        require(
+            bool(widths) and all(isinstance(w, int) and w >= 1 for w in widths),
+            "widths", widths, "a non-empty list of channel counts >= 1, e.g. [32,64,128]",
+        )
+        require(convs_per_stage >= 1, "convs_per_stage", convs_per_stage, "an integer >= 1")
+        require(hidden >= 0, "hidden", hidden, "an integer >= 0 (0 = no hidden layer)")
+        check_dropout(dropout)
         side = pooled_side(image_size, len(widths), type(self).__name__)
         layers: list[nn.Module] = []
         channels = 1

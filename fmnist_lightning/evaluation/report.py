@@ -1,25 +1,19 @@
-"""The report of a run: per-class metrics, confusion matrix, most confused pairs, and figures.
+"""The test report of a run: per-class metrics, confusion matrix, most confused pairs.
 
-Everything the recipes report beyond one accuracy figure (``shared/recipes/``): per-class
+Everything the recipes report beyond one accuracy figure (README, "Recipes"): per-class
 precision/recall/F1 (000, 001), per-class accuracy and error counts and the top-5 confused
-pairs (002), a confusion matrix (001), and training curves (004). Metrics are computed with
-torchmetrics; figures with matplotlib's object-oriented API, which needs no display.
+pairs (002), and a confusion matrix (001). Metrics are computed with torchmetrics; the
+figures are in :mod:`fmnist_lightning.evaluation.figures`.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from torchmetrics.functional.classification import (
     multiclass_accuracy,
     multiclass_confusion_matrix,
@@ -29,6 +23,7 @@ from torchmetrics.functional.classification import (
 )
 
 from fmnist_lightning.data.idx import CLASS_NAMES
+from fmnist_lightning.evaluation.figures import confusion_matrix_figure
 
 
 def classification_report(
@@ -161,122 +156,12 @@ def report_markdown(report: dict[str, Any], title: str = "Test report") -> str:
     return "\n".join(lines) + "\n"
 
 
-def confusion_matrix_figure(confusion_matrix: Sequence[Sequence[int]], class_names: Sequence[str] = CLASS_NAMES) -> Figure:
-    """A confusion-matrix heat map with counts in the cells and class names on the axes.
-
-    Args:
-        confusion_matrix: Counts, rows = true class, columns = predicted class.
-        class_names: Names in label order.
-    """
-    counts = np.asarray(confusion_matrix)
-    fig = Figure(figsize=(8, 7), layout="constrained")
-    ax = fig.add_subplot()
-    image = ax.imshow(counts, cmap="Blues")
-    fig.colorbar(image, ax=ax, shrink=0.8, label="images")
-    ticks = range(len(class_names))
-    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
-    ax.set_yticks(ticks, class_names)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    threshold = counts.max() / 2
-    for i in ticks:
-        for j in ticks:
-            value = int(counts[i, j])
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
-                    color="white" if value > threshold else "black")
-    ax.set_title(f"Confusion matrix ({int(counts.sum()):,} images)")
-    return fig
 
 
-def misclassified_figure(
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    preds: torch.Tensor,
-    class_names: Sequence[str] = CLASS_NAMES,
-    max_images: int = 32,
-) -> Figure:
-    """A grid of misclassified images, each titled "true → predicted".
-
-    Args:
-        images: uint8 ``(N, 28, 28)`` or ``(N, 1, H, W)``, in the same order as the labels.
-        targets: True labels, int64 ``(N,)``.
-        preds: Predicted labels, int64 ``(N,)``.
-        class_names: Names in label order.
-        max_images: At most this many images, the first ones in order.
-    """
-    wrong = (preds != targets).nonzero().flatten()[:max_images]
-    columns = 8
-    rows = max(1, math.ceil(len(wrong) / columns))
-    fig = Figure(figsize=(2 * columns, 2.3 * rows), layout="constrained")
-    axes = fig.subplots(rows, columns, squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    for ax, i in zip(axes.flat, wrong.tolist()):
-        ax.imshow(images[i].reshape(images.shape[-2:]).numpy(), cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"{class_names[targets[i]]}\n→ {class_names[preds[i]]}", fontsize=9)
-    fig.suptitle(f"Misclassified test images: true → predicted (first {len(wrong)})")
-    return fig
 
 
-def read_history(run_dir: str | Path) -> dict[str, dict[int, float]]:
-    """Reads the per-epoch metrics that a run's logger wrote.
-
-    Looks for TensorBoard events in ``run_dir/tensorboard/``, else ``run_dir/csv/metrics.csv``.
-
-    Returns:
-        ``{tag: {epoch: value}}`` for the ``train/*`` and ``val/*`` tags, epochs counted
-        from 1; empty when the run had no logger.
-    """
-    run_dir = Path(run_dir)
-    rows: list[tuple[str, int, float]] = []  # (tag, step, value)
-    epoch_at_step: dict[int, int] = {}
-    if list((run_dir / "tensorboard").glob("events.out.tfevents.*")):
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-        logging.getLogger("tensorboard").setLevel(logging.WARNING)  # per-file progress lines
-
-        accumulator = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            for event in accumulator.Scalars(tag):
-                if tag == "epoch":
-                    epoch_at_step[event.step] = int(event.value)
-                else:
-                    rows.append((tag, event.step, event.value))
-    elif (run_dir / "csv" / "metrics.csv").is_file():
-        with open(run_dir / "csv" / "metrics.csv", newline="") as f:
-            for row in csv.DictReader(f):
-                step = int(row["step"])
-                if row.get("epoch"):
-                    epoch_at_step[step] = int(float(row["epoch"]))
-                rows += [(tag, step, float(v)) for tag, v in row.items() if tag not in ("epoch", "step") and v]
-    history: dict[str, dict[int, float]] = {}
-    for tag, step, value in rows:
-        if tag.startswith(("train/", "val/")) and step in epoch_at_step:
-            history.setdefault(tag, {})[epoch_at_step[step] + 1] = value
-    return history
 
 
-def curves_figure(history: dict[str, dict[int, float]]) -> Figure:
-    """Train and validation loss and accuracy per epoch, side by side (as recipe 004 plots).
-
-    Args:
-        history: From :func:`read_history`.
-    """
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    for ax, metric, label in zip(fig.subplots(1, 2), ("loss", "acc"), ("cross-entropy loss", "accuracy")):
-        for stage, style in (("train", "o-"), ("val", "s-")):
-            series = history.get(f"{stage}/{metric}", {})
-            if series:
-                epochs = sorted(series)
-                ax.plot(epochs, [series[e] for e in epochs], style, label=stage)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("Training curves")
-    return fig
 
 
 def write_report(report: dict[str, Any], folder: str | Path, title: str = "Test report") -> None:

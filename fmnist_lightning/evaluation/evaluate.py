@@ -1,0 +1,71 @@
+"""Re-evaluating a finished run on the test set (``evaluate.py``), through Lightning's test loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from fmnist_lightning.data import FashionMNISTDataModule
+from fmnist_lightning.evaluation.runs import build_datamodule, load_trained
+from fmnist_lightning.evaluation.test_report import TestReport
+from fmnist_lightning.models import FashionMNISTClassifier
+
+
+def run_test_report(
+    module: FashionMNISTClassifier, datamodule: FashionMNISTDataModule, folder: str | Path, accelerator: str = "cpu",
+    extra: dict[str, Any] | None = None,
+) -> TestReport:
+    """Runs ``trainer.test`` once over the whole test set and writes the report into ``folder``.
+
+    Args:
+        module: The model to test, as it is (in eval mode for the test).
+        datamodule: Its data (``prepare_data`` is run first, so bad files are refused).
+        folder: Where ``report.json``, ``report.md`` and ``confusion_matrix.png`` go.
+        accelerator: Lightning's accelerator: ``"cpu"``, ``"cuda"``, ...
+        extra: Entries added to the report.
+
+    Returns:
+        The callback, holding ``report`` and ``predictions``.
+
+    Raises:
+        fmnist_lightning.errors.DatasetError: The test files are missing or corrupt.
+    """
+    datamodule.prepare_data()
+    report = TestReport(folder, extra)
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=1, logger=False, callbacks=[report], enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(folder),
+    )
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    return report
+
+
+def evaluate_run(
+    run_dir: str | Path, output_dir: str | Path, weights: str = "best", data_root: str | None = None, device: str = "auto"
+) -> dict[str, Any]:
+    """Re-evaluates a finished run on the test set; the report goes into ``output_dir``.
+
+    The network is rebuilt from the run's saved config and loaded on ``device`` (a run
+    trained on a GPU evaluates on the CPU too).
+
+    Args:
+        run_dir: The run folder.
+        output_dir: Where to write ``report.json``, ``report.md`` and ``confusion_matrix.png``.
+        weights: ``"best"``, ``"last"``, ``"net.pt"`` or a path; see
+            :func:`fmnist_lightning.evaluation.runs.resolve_weights`.
+        data_root: Overrides the run's ``data.root``.
+        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ...
+
+    Returns:
+        The report, with ``weights`` (the file used) added; accuracy and loss are those
+        ``trainer.test`` computed on the same pass.
+
+    Raises:
+        fmnist_lightning.errors.RunError: No such run or weights, or weights that do not fit.
+        fmnist_lightning.errors.DatasetError: The test files are missing or corrupt.
+    """
+    model = load_trained(run_dir, weights, device)
+    datamodule = build_datamodule(model.config, data_root)
+    return run_test_report(model.module, datamodule, output_dir, model.device.type, {"weights": str(model.weights)}).report

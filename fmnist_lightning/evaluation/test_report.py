@@ -1,0 +1,130 @@
+"""The test report, made from the one pass over the test set that Lightning's test loop runs.
+
+:class:`TestReport` is a callback: it collects the logits that
+:meth:`FashionMNISTClassifier.test_step <fmnist_lightning.models.FashionMNISTClassifier.test_step>`
+returns, and when the test ends writes the report files and gives the report to the run's
+loggers. Training (``train.py``) and ``evaluate.py`` both use it, so their reports are made
+the same way from the same loop that computes ``test/acc``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.nn import functional as F
+
+from fmnist_lightning.evaluation.report import classification_report, write_report
+from fmnist_lightning.evaluation.summaries import log_test_summaries
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Predictions:
+    """A network's outputs on the test set, in the test set's order.
+
+    Attributes:
+        logits: float32 ``(N, 10)``, on the CPU.
+        targets: int64 ``(N,)``.
+        misclassified: The first misclassified images as the network saw them, float32
+            ``(K, 1, S, S)`` (K ≤ ``max_images`` of :class:`TestReport`).
+        misclassified_targets: Their true labels, int64 ``(K,)``.
+        misclassified_preds: Their predicted labels, int64 ``(K,)``.
+    """
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    misclassified: torch.Tensor
+    misclassified_targets: torch.Tensor
+    misclassified_preds: torch.Tensor
+
+    @property
+    def preds(self) -> torch.Tensor:
+        """Predicted labels, int64 ``(N,)``."""
+        return self.logits.argmax(dim=1)
+
+    @property
+    def loss(self) -> float:
+        """Mean cross-entropy over the N images, in nats."""
+        return F.cross_entropy(self.logits, self.targets).item()
+
+
+def _gather_in_order(module: L.LightningModule, tensor: torch.Tensor, size: int) -> torch.Tensor:
+    """Concatenates each process's ``tensor`` in the test set's order (Lightning's
+    DistributedSampler deals sample ``i`` to process ``i % world_size`` and pads the last
+    round with repeats, which are dropped: ``size`` is the test set's length)."""
+    gathered = module.all_gather(tensor)  # (world_size, n, ...)
+    return gathered.transpose(0, 1).reshape(-1, *tensor.shape[1:])[:size]
+
+
+class TestReport(Callback):
+    """Writes ``report.json``, ``report.md`` and ``confusion_matrix.png`` into ``folder`` when
+    ``trainer.test`` ends, and logs the report to the trainer's loggers (see
+    :func:`~fmnist_lightning.evaluation.summaries.log_test_summaries`). Only rank 0 writes.
+
+    Args:
+        folder: Where the report files go.
+        extra: Entries added to ``report.json``, e.g. the weights file it was made with.
+        max_images: How many misclassified images to keep for the figure.
+
+    Attributes:
+        report: The report of the last test (see
+            :func:`~fmnist_lightning.evaluation.report.classification_report`), or ``None``.
+        predictions: The :class:`Predictions` it was made from.
+    """
+
+    def __init__(self, folder: str | Path, extra: dict[str, Any] | None = None, max_images: int = 32) -> None:
+        self.folder = Path(folder)
+        self.extra = extra or {}
+        self.max_images = max_images
+        self.report: dict[str, Any] | None = None
+        self.predictions: Predictions | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._logits: list[torch.Tensor] = []
+        self._targets: list[torch.Tensor] = []
+        self._wrong: list[torch.Tensor] = []
+        self._wrong_targets: list[torch.Tensor] = []
+        self._wrong_preds: list[torch.Tensor] = []
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reset()
+
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        images, targets = batch
+        logits = outputs.detach().float()
+        self._logits.append(logits)
+        self._targets.append(targets)
+        kept = sum(len(w) for w in self._wrong)
+        if kept < self.max_images:
+            preds = logits.argmax(1)
+            wrong = (preds != targets).nonzero().flatten()[: self.max_images - kept]
+            self._wrong.append(images[wrong].float().cpu())
+            self._wrong_targets.append(targets[wrong].cpu())
+            self._wrong_preds.append(preds[wrong].cpu())
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logits, targets = torch.cat(self._logits), torch.cat(self._targets)
+        if trainer.world_size > 1:
+            size = len(trainer.test_dataloaders.dataset)
+            logits, targets = _gather_in_order(pl_module, logits, size), _gather_in_order(pl_module, targets, size)
+        if not trainer.is_global_zero:
+            return
+        self.predictions = Predictions(
+            logits.cpu(), targets.cpu(), torch.cat(self._wrong), torch.cat(self._wrong_targets), torch.cat(self._wrong_preds)
+        )
+        report = classification_report(self.predictions.preds, self.predictions.targets, loss=self.predictions.loss)
+        report.update(self.extra)
+        write_report(report, self.folder)
+        log_test_summaries(trainer.loggers, report, self.predictions, trainer.global_step)
+        log.info("Test report in %s: accuracy %.4f", self.folder, report["accuracy"])
+        self.report = report

@@ -1,0 +1,153 @@
+"""One training run: build everything from the config once, fit, test the best checkpoint, and
+write the run folder."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist_lightning.errors import ConfigError, NonFiniteLossError, RunError, RunInterrupted
+from fmnist_lightning.evaluation.figures import curves_figure
+from fmnist_lightning.evaluation.runs import NET_WEIGHTS, check_checkpoint_fits
+from fmnist_lightning.evaluation.summaries import hparams_of, log_hparams_session
+from fmnist_lightning.evaluation.test_report import TestReport
+from fmnist_lightning.training.build import build_run
+from fmnist_lightning.training.callbacks import RunStatus
+from fmnist_lightning.training.history import EpochHistory, read_history
+from fmnist_lightning.training.processes import cpu_threads, is_child_rank
+from fmnist_lightning.training.resume import discard_resume_attempt, start_checkpoint
+from fmnist_lightning.training.run_dirs import check_writable, checkpoint_dir
+from fmnist_lightning.training.status import read_status
+
+log = logging.getLogger(__name__)
+
+# The dataset is held in memory as tensors, so DataLoader workers would only add copies;
+# Lightning's advice to add workers does not apply.
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+# Raised inside Lightning's own pytree helper with this torch release; nothing a user can change.
+warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+
+
+def min_free_bytes(net: torch.nn.Module) -> int:
+    """Disk space a run needs, in bytes: two checkpoints (best and last) of the weights and
+    two optimizer moments each, the exported net.pt, and 50 MiB for logs and figures."""
+    weight_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+    return 7 * weight_bytes + 50 * 2**20
+
+
+def write_curves(run_dir: Path) -> bool:
+    """Writes ``curves.png`` from the run's ``history.csv``; ``False`` when it has no epoch."""
+    history = read_history(run_dir)
+    if not history:
+        return False
+    curves_figure(history).savefig(run_dir / "curves.png", dpi=110)
+    return True
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Trains, tests the best checkpoint, and writes the run folder ``cfg.output_dir``.
+
+    Everything that can be checked is checked before any data is read or any file written:
+    the run's objects are built once from the config (:func:`~fmnist_lightning.training.build.build_run`,
+    which reports every bad value by its key), the checkpoint to start from (``resume`` or
+    ``ckpt_path``, see :func:`~fmnist_lightning.training.resume.start_checkpoint`) must fit
+    the network, and the folder must be writable with enough free space.
+
+    The run folder then holds ``.hydra/`` (written by Hydra), ``checkpoints/``
+    (``epoch_NNN.ckpt`` for the best ``val/acc`` and ``last.ckpt``), ``net.pt`` (the tested
+    network's plain state_dict), the test report (``report.json``, ``report.md``,
+    ``confusion_matrix.png``), ``history.csv`` and ``curves.png`` (the metrics of every
+    epoch), the logger's files (``tensorboard/`` by
+    default, with the report's figures, per-class metrics and an HParams session) and
+    ``metrics.json`` (the run's status, kept up to date while it trains; see
+    :class:`~fmnist_lightning.training.callbacks.RunStatus`).
+
+    Args:
+        cfg: The composed ``conf/train.yaml``.
+
+    Returns:
+        The final metrics as floats: ``val/*`` of the last epoch, ``val/acc_best``, and
+        ``test/loss`` and ``test/acc`` of the best checkpoint (of the last weights when no
+        checkpoint was saved, e.g. under ``debug=fdr``). Accuracies are fractions.
+
+    Raises:
+        ConfigError: The config has bad values (all are listed).
+        RunError: The start checkpoint or the run folder cannot be used.
+        DatasetError: The dataset files are missing or corrupt.
+        NonFiniteLossError: The loss became NaN or infinite; the run is marked failed and its
+            last end-of-epoch checkpoint kept.
+        RunInterrupted: Ctrl-C or SIGTERM; ``checkpoints/last.ckpt`` holds the state.
+        (All from :mod:`fmnist_lightning.errors`.)
+    """
+    output_dir = Path(cfg.output_dir)
+    torch.set_num_threads(cpu_threads(cfg))
+    status, report = RunStatus(output_dir), TestReport(output_dir)
+    try:  # nothing is logged or written before these pass, so a refusal changes no folder
+        run = build_run(cfg, extra_callbacks=[status, report], extra_loggers=[EpochHistory(output_dir)])
+        start = start_checkpoint(cfg)
+        if start is not None:
+            check_checkpoint_fits(run.model.net, start, run_overrides())
+        if not is_child_rank():
+            check_writable(output_dir, min_free_bytes(run.model.net))
+    except (ConfigError, RunError):
+        discard_resume_attempt(cfg)
+        raise
+    log.info("%d intra-op CPU threads", torch.get_num_threads())
+    datamodule, model, trainer = run.datamodule, run.model, run.trainer
+    datamodule.prepare_data()  # fail on missing or bad files before any training work
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(resolved)
+    if start is not None:
+        log.info("Continuing from %s", start)
+    status.write(trainer, "running", epochs=read_status(output_dir).get("epochs", 0) if start else 0, metrics={})
+
+    def completed() -> int:
+        return trainer.fit_loop.epoch_progress.current.completed
+
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=start)
+        # trainer.test replaces callback_metrics, so keep the last epoch's train/val values.
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        checkpoint = trainer.checkpoint_callback
+        best_path = checkpoint.best_model_path if checkpoint is not None else ""
+        # One pass over the test set: the TestReport callback writes the report from it.
+        trainer.test(model, datamodule=datamodule, ckpt_path="best" if best_path else None)
+        metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
+        if trainer.is_global_zero:
+            if best_path:  # the tested weights, whichever process the test ran in
+                model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
+            torch.save(model.net.state_dict(), output_dir / NET_WEIGHTS)
+            write_curves(output_dir)
+            log_hparams_session(trainer.loggers, hparams_of(resolved), metrics)
+    except NonFiniteLossError as err:
+        status.write(trainer, "failed", epochs=completed(), error=str(err))
+        raise
+    except (SystemExit, KeyboardInterrupt):  # Lightning's ways out after Ctrl-C and SIGTERM
+        where = f"in epoch {trainer.current_epoch} (step {trainer.global_step})"
+        status.write(trainer, "interrupted", epochs=completed(), error=f"stopped by Ctrl-C or SIGTERM {where}")
+        last = checkpoint_dir(cfg) / "last.ckpt"
+        if not last.is_file():
+            raise RunInterrupted(f"training stopped {where}, before any checkpoint was saved; start it again") from None
+        raise RunInterrupted(
+            f"training stopped {where}; continue it from {last} with: python train.py resume={output_dir}"
+        ) from None
+    except Exception as err:
+        status.write(trainer, "failed", epochs=completed(), error=f"{type(err).__name__}: {err}")
+        raise
+    status.write(trainer, "finished", epochs=completed(), metrics=metrics)
+    log.info("Run folder %s: %s", output_dir, {k: round(v, 4) for k, v in metrics.items() if k.startswith("test/")})
+    return metrics
+
+
+def run_overrides() -> list[str]:
+    """This run's command-line overrides (empty outside a Hydra app)."""
+    if not HydraConfig.initialized():
+        return []
+    return [o for o in HydraConfig.get().overrides.task if not o.startswith("++resume=")]

@@ -1,0 +1,60 @@
+"""Which process this is, and how many share the machine: ranks, Hydra multirun jobs, CPU
+threads, and the DDP launch strategy."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+#: Environment variables that mark a process as a non-zero rank of a multi-process job
+#: (Lightning's DDP children, SLURM tasks, torchrun workers).
+RANK_VARIABLES = ("LOCAL_RANK", "RANK", "SLURM_PROCID", "NODE_RANK")
+
+
+def is_child_rank() -> bool:
+    """True in a process that is not rank 0 of a multi-process (DDP, SLURM) job."""
+    return any(os.environ.get(name, "0") not in ("", "0") for name in RANK_VARIABLES)
+
+
+def in_multirun() -> bool:
+    """True inside a job of a Hydra multirun (``-m``)."""
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def cpu_threads(cfg: DictConfig) -> int:
+    """Intra-op threads for this process: the cores it may use (containers and taskset limit
+    them), shared out among the jobs a parallel launcher runs at once
+    (``hydra.launcher.n_jobs``) and the processes of a multi-process CPU run
+    (``trainer=ddp``), so that they do not oversubscribe the cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    devices = cfg.trainer.get("devices")
+    on_cpu = cfg.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()
+    processes = devices if on_cpu and isinstance(devices, int) and devices > 1 else 1
+    if in_multirun():
+        n_jobs = HydraConfig.get().launcher.get("n_jobs") or 1
+        processes *= cores if n_jobs < 0 else n_jobs
+    return max(1, cores // processes)
+
+
+def launch_strategy(cfg: DictConfig) -> Any:
+    """``trainer.strategy``, with ``ddp`` replaced by ``ddp_spawn`` inside a Hydra multirun.
+
+    Lightning's ``ddp`` starts its other processes by re-running the command line, which
+    under ``-m`` would start the whole sweep again in each of them; ``ddp_spawn`` starts
+    them from inside this job instead.
+    """
+    strategy = cfg.trainer.get("strategy", "auto")
+    if strategy == "ddp" and in_multirun():
+        log.info("trainer.strategy=ddp inside a multirun: using ddp_spawn, so the sweep is not re-run")
+        return "ddp_spawn"
+    return strategy
