@@ -8,7 +8,7 @@ variants train on the real FashionMNIST:
      DataLoader(shuffle=True, num_workers=0), eager NCHW float32, loss.item() every step
   b  the same loop on this project's in-memory batched data path, with the project's
      default compute settings (channels_last)
-  c  this project's training (fmnist_lightning.pipeline.build: the Lightning Trainer,
+  c  this project's training (fmnist_lightning.training.build.build_run: the Lightning Trainer,
      callbacks and logger of `python train.py experiment=<recipe>`), default settings
   d  c with the fastest settings measured: batch size 256 (learning rate scaled by
      sqrt(256 / recipe batch)), channels_last
@@ -63,6 +63,18 @@ def compose(recipe: str, data_root: str, output_dir: str, *overrides: str):
         )
 
 
+def recipe_transform(image_size: int, normalize: dict | None):
+    """The recipes' per-image torchvision pipeline on PIL images: ``[Resize] → ToTensor →
+    [Normalize]``, PIL ``L`` image → float32 ``(1, image_size, image_size)``."""
+    from torchvision import transforms as T
+
+    steps = [] if image_size == 28 else [T.Resize((image_size, image_size))]
+    steps.append(T.ToTensor())
+    if normalize is not None:
+        steps.append(T.Normalize([float(normalize["mean"])], [float(normalize["std"])]))
+    return T.Compose(steps)
+
+
 def plain_loop(cfg, variant: str, warmup: int, n_steps: int) -> float:
     """Variants a and b: a recipe-style training loop. Returns seconds for ``n_steps``."""
     import hydra
@@ -72,7 +84,7 @@ def plain_loop(cfg, variant: str, warmup: int, n_steps: int) -> float:
 
     from fmnist_lightning.data.datamodule import InMemoryBatches, keep_batch
     from fmnist_lightning.data.idx import IDX_SPECS, load_split
-    from fmnist_lightning.data.transforms import build_per_sample_transform, build_preprocess
+    from fmnist_lightning.data.transforms import build_preprocess
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     normalize = dict(cfg.data.normalize) if cfg.data.normalize else None
@@ -85,7 +97,7 @@ def plain_loop(cfg, variant: str, warmup: int, n_steps: int) -> float:
         (root / "FashionMNIST" / "raw").mkdir(parents=True)
         for spec in IDX_SPECS.values():
             (root / "FashionMNIST" / "raw" / spec.name).symlink_to(Path(cfg.data.root).resolve() / spec.name)
-        dataset = FashionMNIST(str(root), train=True, transform=build_per_sample_transform(cfg.data.image_size, normalize))
+        dataset = FashionMNIST(str(root), train=True, transform=recipe_transform(cfg.data.image_size, normalize))
         loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True)
         prepare = lambda x: x  # noqa: E731
         memory_format = torch.contiguous_format
@@ -116,7 +128,7 @@ def lightning_loop(cfg, warmup: int, n_steps: int) -> float:
     """Variants c and d: the project's Trainer, timed between batches by a callback."""
     import lightning as L
 
-    from fmnist_lightning.pipeline import build
+    from fmnist_lightning.training.build import build_run
 
     class Timer(L.Callback):
         start = end = None
@@ -129,10 +141,9 @@ def lightning_loop(cfg, warmup: int, n_steps: int) -> float:
             if batch_idx == warmup + n_steps - 1:
                 self.end = time.perf_counter()
 
-    datamodule, model, trainer = build(cfg)
     timer = Timer()
-    trainer.callbacks.append(timer)
-    trainer.fit(model, datamodule=datamodule)
+    run = build_run(cfg, extra_callbacks=[timer])
+    run.trainer.fit(run.model, datamodule=run.datamodule)
     return timer.end - timer.start
 
 

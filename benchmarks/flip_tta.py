@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from pathlib import Path
+import tempfile
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fmnist_lightning.evaluation import predict_test_set  # noqa: E402
-from fmnist_lightning.runs import build_datamodule, load_trained  # noqa: E402
+from fmnist_lightning.evaluation import load_trained, run_test_report
+from fmnist_lightning.evaluation.runs import build_datamodule
 
 
 def main() -> None:
@@ -36,12 +34,11 @@ def main() -> None:
         if not hasattr(model.net, "flip_tta"):
             sys.exit(f"error: {run} has no flip_tta option ({model.config.model._target_}); pass runs of model=vgg_bn")
         datamodule = build_datamodule(model.config, args.data_root)
-        datamodule.prepare_data()
         accuracy = {}
         for tta in (False, True):
             model.net.flip_tta = tta
-            predictions = predict_test_set(model.net, datamodule, device)
-            accuracy[tta] = 100 * (predictions.preds == predictions.targets).float().mean().item()
+            report = run_test_report(model.module, datamodule, tempfile.mkdtemp(), device).report
+            accuracy[tta] = 100 * report["accuracy"]
         gains.append(accuracy[True] - accuracy[False])
         print(f"| {run} | {accuracy[False]:.2f} | {accuracy[True]:.2f} | {gains[-1]:+.2f} |")
     print(f"\nMean difference over {len(gains)} run(s): {statistics.fmean(gains):+.3f} points")

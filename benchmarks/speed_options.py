@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from fmnist_lightning import nets
+from fmnist_lightning.models import nets
 
 MODELS = {
     "two_conv_bn": (nets.TwoConvBNNet, 28),

@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fmnist_lightning.nets import VGGBNNet  # noqa: E402
+from fmnist_lightning.models import VGGBNNet
 
 CANDIDATES = {
     "vgg_bn 32-64-128, 2 convs/stage (best)": dict(widths=(32, 64, 128), convs_per_stage=2),

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, IDX_SPECS, ensure_files, find_file
-from fmnist_lightning.nets import TwoConv5x5Net
+from fmnist_lightning.models.nets import TwoConv5x5Net
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -33,18 +33,24 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+#: The environment of the scripts the tests run: the tests' own modules (networks and
+#: augmentations defined outside the package, as a user's would be) are importable.
+SCRIPT_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
+
+
 def run_script(script: str, *args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
     """Runs ``python <script> <args>`` from the repository (as a user would) and returns it."""
     return subprocess.run(
         [sys.executable, str(REPO / script), *args],
-        cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600,
+        cwd=cwd, env={**SCRIPT_ENV, **(env or {})}, capture_output=True, text=True, timeout=600,
     )
 
 
 def start_script(script: str, *args: str, cwd: Path = REPO) -> subprocess.Popen:
     """Starts ``python <script> <args>`` in the background (output discarded)."""
     return subprocess.Popen(
-        [sys.executable, str(REPO / script), *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [sys.executable, str(REPO / script), *args], cwd=cwd, env=SCRIPT_ENV,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
 
 

@@ -119,18 +119,20 @@ def no_checkpoint_run(ctx: Context) -> Path:
 
 # (id, arguments of train.py, text the error must contain)
 CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [
-    ("lr_zero", lambda c: fresh(c, "optimizer.lr=0"), "optimizer.lr=0"),
+    ("lr_negative", lambda c: fresh(c, "optimizer.lr=-1"), "optimizer.lr=-1"),
     ("lr_not_a_number", lambda c: fresh(c, "optimizer.lr=fast"), "optimizer.lr='fast'"),
     ("batch_size_negative", lambda c: fresh(c, "data.batch_size=-8"), "data.batch_size=-8"),
     ("batch_size_float", lambda c: fresh(c, "data.batch_size=1.5"), "data.batch_size=1.5"),
-    ("epochs_zero", lambda c: fresh(c, "trainer.max_epochs=0"), "trainer.max_epochs=0"),
+    ("epochs_negative", lambda c: fresh(c, "trainer.max_epochs=-2"), "trainer.max_epochs=-2"),
     ("val_fraction_one", lambda c: fresh(c, "data.val_fraction=1.0"), "data.val_fraction=1.0"),
     ("unknown_optimizer", lambda c: fresh(c, "optimizer._target_=torch.optim.Adamm"), "optimizer._target_='torch.optim.Adamm'"),
     ("scheduler_not_a_scheduler", lambda c: fresh(c, "scheduler=cosine", "scheduler._target_=torch.nn.Linear"), "scheduler._target_"),
     ("image_size_too_small", lambda c: fresh(c, "data.image_size=4"), "data.image_size=4"),
     ("monitor_never_logged", lambda c: fresh(c, "callbacks.early_stopping.monitor=val/accuracy"), "callbacks.early_stopping.monitor='val/accuracy'"),
     ("monitor_test_metric", lambda c: fresh(c, "callbacks.model_checkpoint.monitor=test/acc"), "callbacks.model_checkpoint.monitor='test/acc'"),
-    ("unknown_pipeline", lambda c: fresh(c, "data.pipeline=fast"), "data.pipeline='fast'"),
+    ("flip_probability", lambda c: fresh(c, "data.augment.flip.p=2"), "data.augment.flip.p=2"),
+    ("augmentation_not_a_class", lambda c: fresh(c, "data.augment.flip._target_=torch.nn.Flipp"), "data.augment.flip._target_='torch.nn.Flipp'"),
+    ("external_net_bad_argument", lambda c: fresh(c, "model=two_conv_5x5", "model._target_=test_extending.ResNet", "+model.blocks=0"), "model.blocks=0"),
     ("dropout_one", lambda c: fresh(c, "model.dropout=1.0"), "model.dropout=1.0"),
     ("unknown_precision", lambda c: fresh(c, "trainer.precision=8"), "trainer.precision=8"),
     ("seed_not_an_integer", lambda c: fresh(c, "seed=abc"), "seed='abc'"),

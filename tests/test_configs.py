@@ -13,9 +13,14 @@ from omegaconf import OmegaConf
 from hydra import compose, initialize_config_dir
 
 from conftest import CONF, config_names
-from fmnist_lightning.checks import validate_config
 from fmnist_lightning.errors import ConfigError
-from fmnist_lightning.pipeline import build, train
+from fmnist_lightning.training.build import build_run
+from fmnist_lightning.training.pipeline import train
+
+
+def build(cfg):
+    run = build_run(cfg)
+    return run.datamodule, run.model, run.trainer
 
 GROUPS = ["data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "debug"]
 
@@ -37,15 +42,16 @@ def test_every_option_builds(make_cfg, override: str) -> None:
     [f"{group}={name}" for group in [*GROUPS, "experiment"] for name in config_names(group) if (group, name) != ("trainer", "gpu")],
 )
 def test_every_option_passes_the_checks(make_cfg, override: str) -> None:
-    validate_config(make_cfg(override))
+    build_run(make_cfg(override))
 
 
 def test_config_error_lists_every_problem(make_cfg) -> None:
     cfg = make_cfg("optimizer.lr=-1", "data.batch_size=0", "callbacks.early_stopping.monitor=val/f1")
     with pytest.raises(ConfigError) as info:
-        validate_config(cfg)
-    assert [p.key for p in info.value.problems] == ["optimizer.lr", "data.batch_size", "callbacks.early_stopping.monitor"]
-    assert "val/acc, val/loss" in str(info.value)
+        build_run(cfg)
+    assert [p.key for p in info.value.problems] == ["data.batch_size", "optimizer.lr", "callbacks.early_stopping.monitor"]
+    assert "optimizer.lr=-1: Invalid learning rate: -1 (the default of torch.optim.Adam: 0.001)" in str(info.value)
+    assert "use one of train/loss, train/acc, val/loss, val/acc, val/acc_best" in str(info.value)
 
 
 def test_gpu_trainer_config_composes() -> None:
@@ -77,8 +83,18 @@ def test_callbacks_can_be_switched_off(make_cfg) -> None:
 
 
 def test_bad_callback_entry_is_refused(make_cfg) -> None:
-    with pytest.raises(ValueError, match="callbacks.foo must be null"):
+    with pytest.raises(ConfigError, match=r"callbacks.foo=3: must be a config with _target_ or null \(off\)"):
         build(make_cfg("+callbacks.foo=3"))
+
+
+def test_a_healthy_run_builds_its_network_once(make_cfg, monkeypatch) -> None:
+    from fmnist_lightning.models import nets
+
+    built = []
+    original = nets.TwoConv5x5Net.__init__
+    monkeypatch.setattr(nets.TwoConv5x5Net, "__init__", lambda self, *a, **k: (built.append(1), original(self, *a, **k))[1])
+    train(make_cfg("model=two_conv_5x5", "data.image_size=16", "debug=fdr"))
+    assert len(built) == 1
 
 
 @pytest.mark.parametrize(
@@ -95,7 +111,7 @@ def test_experiment_fast_dev_run(make_cfg, experiment: str, tmp_path: Path) -> N
 
 
 def test_experiments_follow_their_recipes(make_cfg) -> None:
-    """The settings each recipe states (shared/recipes/*.txt), as composed."""
+    """The settings each recipe states (README, "Recipes"), as composed."""
     expected = {
         "recipe_000": ("TwoConvBNNet", 28, "Adam", 1e-3, None, 3),
         "recipe_001": ("ThreeConvNet", 28, "Adam", 1e-3, 64, None),
@@ -130,7 +146,9 @@ def test_own_experiments(make_cfg) -> None:
     assert best.model.flip_tta and best.label_smoothing == 0.1
     assert best.optimizer._target_ == "torch.optim.SGD" and best.optimizer.nesterov and best.optimizer.lr == 0.1
     assert best.scheduler._target_.endswith("CosineAnnealingLR") and best.scheduler.T_max == best.trainer.max_epochs == 30
-    assert OmegaConf.to_container(best.data.augment) == {"flip_p": 0.5, "crop_padding": 2, "erase_p": 0.5}
+    augment = OmegaConf.to_container(best.data.augment, resolve=True)
+    assert (augment["crop"]["padding"], augment["flip"]["p"], augment["erase"]["p"]) == (2, 0.5, 0.5)
+    assert augment["erase"]["value"] == best.data.normalize.mean  # 0 after normalisation, as torchvision's
     assert best.callbacks.early_stopping is None
     fast = make_cfg("experiment=fast")
     assert list(fast.model.widths) == [16, 32, 64] and fast.model.convs_per_stage == 2

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from fmnist_lightning.data import DatasetError, FashionMNISTDataModule, load_split
+from fmnist_lightning.data.augment import BatchRandomCrop, BatchRandomErasing, BatchRandomHorizontalFlip
+from fmnist_lightning.errors import ArgumentError, ConfigError
 from fmnist_lightning.data import idx
 from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, IDX_SPECS, ensure_files
 
@@ -193,35 +195,18 @@ def test_normalization_off_keeps_unit_range(data_root: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"val_fraction": 0.0}, "data.val_fraction must be in"),
-        ({"val_fraction": 1.5}, "data.val_fraction must be in"),
-        ({"batch_size": 0}, "data.batch_size must be >= 1"),
-        ({"image_size": 0}, "data.image_size must be a positive"),
-        ({"normalize": {"mean": 0.5}}, "data.normalize must be null or have exactly"),
-        ({"normalize": {"mean": 0.5, "std": 0.0}}, "data.normalize.std must be > 0"),
-        ({"pipeline": "fast"}, "data.pipeline must be one of batched, per_sample"),
-        ({"eval_batch_size": 0}, "data.eval_batch_size must be >= 1"),
-        ({"augment": {"flip_p": 2.0}}, r"data.augment.flip_p must be in \[0, 1\]"),
+        ({"val_fraction": 0.0}, r"val_fraction=0.0: a fraction in \(0, 1\)"),
+        ({"val_fraction": 1.5}, "val_fraction=1.5"),
+        ({"batch_size": 0}, "batch_size=0: an integer >= 1"),
+        ({"image_size": 0}, "image_size=0: a number of pixels >= 1"),
+        ({"normalize": {"mean": 0.5}}, "normalize=.*null or exactly the keys mean and std"),
+        ({"normalize": {"mean": 0.5, "std": 0.0}}, "std must be > 0"),
+        ({"eval_batch_size": 0}, "eval_batch_size=0"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ArgumentError, match=message):
         FashionMNISTDataModule(**kwargs)
-
-
-@pytest.mark.parametrize(("image_size", "tolerance"), [(28, 0.0), (16, 1 / 255)])
-def test_batched_and_per_sample_pipelines_agree(data_root: Path, image_size: int, tolerance: float) -> None:
-    """The same images through both pipelines: identical at 28 px; at 16 px resizing differs
-    (tensor vs PIL antialiasing) by at most one grey level."""
-    kwargs = dict(image_size=image_size, normalize={"mean": 0.5, "std": 0.5}, batch_size=50)
-    batched = _datamodule(data_root, **kwargs)
-    per_sample = _datamodule(data_root, pipeline="per_sample", **kwargs)
-    x_batched, y_batched = batched.on_after_batch_transfer(next(iter(batched.test_dataloader())), 0)
-    x_per_sample, y_per_sample = per_sample.on_after_batch_transfer(next(iter(per_sample.test_dataloader())), 0)
-    assert x_batched.shape == x_per_sample.shape == (50, 1, image_size, image_size)
-    assert torch.equal(y_batched, y_per_sample)
-    # Normalised with std 0.5, one grey level is 2/255.
-    assert (x_batched - x_per_sample).abs().max() <= 2 * tolerance + 1e-6
 
 
 def test_batches_are_one_indexing_operation(data_root: Path) -> None:
@@ -241,19 +226,17 @@ def test_data_follows_the_training_device(data_root: Path) -> None:
 
 
 def test_augmentation_is_per_sample() -> None:
-    from fmnist_lightning.data.transforms import BatchAugment
-
     torch.manual_seed(0)
     x = torch.arange(2 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6).repeat(32, 1, 1, 1)
-    flipped = BatchAugment(flip_p=1.0)(x)
+    flipped = BatchRandomHorizontalFlip(p=1.0)(x)
     assert torch.equal(flipped, x.flip(-1))
-    half = BatchAugment(flip_p=0.5)(x)
+    half = BatchRandomHorizontalFlip(p=0.5)(x)
     n_flipped = sum(torch.equal(h, f) for h, f in zip(half, x.flip(-1)))
     assert 0 < n_flipped < len(x)  # each image decides for itself
-    cropped = BatchAugment(crop_padding=2, fill=-1.0)(x)
+    cropped = BatchRandomCrop(padding=2)(x)
     assert cropped.shape == x.shape
-    # Every crop is a window of the padded image; different images get different windows.
-    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)
+    # Every crop is a window of the image padded with black; different images get different windows.
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), value=0.0)
     windows = padded.unfold(2, 6, 1).unfold(3, 6, 1)  # (B, 1, 5, 5, 6, 6)
     offsets = set()
     for i in range(len(x)):
@@ -261,44 +244,61 @@ def test_augmentation_is_per_sample() -> None:
         assert matches
         offsets.add(tuple(matches[0]))
     assert len(offsets) > 5
-    assert torch.equal(BatchAugment()(x), x)
+    assert torch.equal(BatchRandomCrop(padding=0)(x), x) and torch.equal(BatchRandomHorizontalFlip(p=0.0)(x), x)
+    with pytest.raises(ArgumentError, match=r"p=2.0: a probability in \[0, 1\]"):
+        BatchRandomHorizontalFlip(p=2.0)
+    with pytest.raises(ArgumentError, match="padding=-1"):
+        BatchRandomCrop(padding=-1)
 
 
 def test_random_erasing_is_per_sample_and_rectangular() -> None:
-    from fmnist_lightning.data.transforms import BatchAugment, build_per_sample_transform
-
     torch.manual_seed(0)
     x = torch.ones(2000, 1, 28, 28)
-    erased = BatchAugment(erase_p=1.0)(x)
+    erased = BatchRandomErasing(p=1.0, value=0.25)(x)
     assert erased.shape == x.shape and torch.equal(x, torch.ones_like(x))  # input untouched
-    zero = erased[:, 0] == 0
+    zero = erased[:, 0] == 0.25
     fractions = zero.flatten(1).float().mean(1)
     # torchvision's defaults: 2-33 % of the image (up to rounding of the sides) ...
     assert fractions.min() > 0.01 and fractions.max() < 0.36
     assert 0.12 < fractions.mean() < 0.2
-    # ... in one axis-aligned rectangle per image, set to 0 (the mean grey when normalised).
+    # ... in one axis-aligned rectangle per image, set to the fill value.
     for mask in zero[:50]:
         rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
         assert mask.sum() == len(rows) * len(cols) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
-    half = BatchAugment(erase_p=0.5)(x)
+    half = BatchRandomErasing(p=0.5)(x)
     n_erased = (half == 0).flatten(1).any(1).sum().item()
     assert 900 < n_erased < 1100
-    assert torch.equal(BatchAugment(erase_p=0.0)(x), x)
-    with pytest.raises(ValueError, match="data.augment.erase_p must be in"):
-        BatchAugment(erase_p=1.5)
-    steps = build_per_sample_transform(erase_p=0.5, normalize={"mean": 0.5, "std": 0.5}).transforms
-    assert type(steps[-1]).__name__ == "RandomErasing" and steps[-1].p == 0.5
+    assert torch.equal(BatchRandomErasing(p=0.0)(x), x)
+    with pytest.raises(ArgumentError, match="p=1.5"):
+        BatchRandomErasing(p=1.5)
 
 
 def test_augmentation_only_on_training_batches(data_root: Path) -> None:
-    dm = _datamodule(data_root, augment={"flip_p": 1.0, "crop_padding": 0})
+    dm = _datamodule(data_root, augment={"flip": BatchRandomHorizontalFlip(p=1.0)})
     batch = dm.data_test.__getitems__(list(range(8)))
     x, _ = dm.on_after_batch_transfer(batch, 0)  # no trainer, so not training
     torch.testing.assert_close(x, dm.preprocess(batch[0]))
+    flipped = dm.train_transform(batch[0])
+    torch.testing.assert_close(flipped, dm.preprocess(batch[0]).flip(-1))  # augmented before normalising
 
 
-def test_per_sample_pipeline_trains(make_cfg) -> None:
-    from fmnist_lightning.pipeline import train
+class AddNoise(torch.nn.Module):
+    """An augmentation written once, outside the package: Gaussian noise on [0, 1] images."""
 
-    metrics = train(make_cfg("debug=fdr", "data.pipeline=per_sample", "data.augment.flip_p=0.5", "data.augment.crop_padding=2"))
+    def __init__(self, std: float = 0.1) -> None:
+        super().__init__()
+        if std < 0:
+            raise ArgumentError("std", std, "a standard deviation >= 0")
+        self.std = std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.std * torch.randn_like(x)
+
+
+def test_an_augmentation_of_your_own_is_one_config_entry(make_cfg) -> None:
+    from fmnist_lightning.training.pipeline import train
+
+    metrics = train(make_cfg("debug=fdr", "data.augment.flip.p=0.5", "+data.augment.noise._target_=test_data.AddNoise", "+data.augment.noise.std=0.05"))
     assert 0.0 <= metrics["test/acc"] <= 1.0
+    with pytest.raises(ConfigError, match=r"data.augment.noise.std=-1.0: a standard deviation >= 0"):
+        train(make_cfg("+data.augment.noise._target_=test_data.AddNoise", "+data.augment.noise.std=-1.0"))

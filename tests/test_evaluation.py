@@ -13,7 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import run_script
-from fmnist_lightning.runs import RunError, load_trained
+from fmnist_lightning.errors import RunError
+from fmnist_lightning.evaluation.runs import load_trained
 
 
 def test_evaluate_reproduces_test_acc(trained_run: Path, data_root: Path, tmp_path: Path) -> None:
@@ -49,7 +50,7 @@ def test_checkpoint_that_does_not_fit_is_refused(trained_run: Path, tmp_path: Pa
     best = json.loads((trained_run / "metrics.json").read_text())["best_checkpoint"]
     run = _partial_copy(trained_run, tmp_path / "run", ".hydra/config.yaml", "metrics.json", best)
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    cfg.model._target_ = "fmnist_lightning.nets.ThreeConvNet"
+    cfg.model._target_ = "fmnist_lightning.models.ThreeConvNet"
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
     with pytest.raises(RunError, match="do not fit the run's network .*ThreeConvNet at data.image_size=16"):
         load_trained(run, "best")
@@ -94,7 +95,7 @@ def test_tensorboard_has_figures_and_hparams(trained_run: Path) -> None:
     assert {m.name.tag for m in experiment.metric_infos} == {"val/acc_best", "test/acc", "test/loss"}
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert session.hparams["optimizer/lr"].number_value == pytest.approx(1e-3)
-    assert session.hparams["model/_target_"].string_value == "fmnist_lightning.nets.TwoConv5x5Net"
+    assert session.hparams["model/_target_"].string_value == "fmnist_lightning.models.TwoConv5x5Net"
     assert session.hparams["data/image_size"].number_value == 16
     # No placeholder metric.
     assert "hp_metric" not in tags["scalars"]

@@ -6,8 +6,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fmnist_lightning.module import FashionMNISTClassifier
-from fmnist_lightning.nets import TwoConv5x5Net
+from fmnist_lightning.models.classifier import FashionMNISTClassifier
+
+NET = {"_target_": "fmnist_lightning.models.TwoConv5x5Net", "image_size": 16}
+SGD_LR0 = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.0}
 
 
 def test_logged_keys_and_exact_epoch_means(tmp_path) -> None:
@@ -16,7 +18,7 @@ def test_logged_keys_and_exact_epoch_means(tmp_path) -> None:
     labels = torch.randint(0, 10, (70,))
     # Batches of 32, 32 and 6: the epoch values must be means over images, not batches.
     loader = DataLoader(TensorDataset(images, labels), batch_size=32)
-    model = FashionMNISTClassifier(TwoConv5x5Net(16), optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    model = FashionMNISTClassifier(NET, optimizer=SGD_LR0)
     trainer = L.Trainer(
         max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
@@ -41,8 +43,8 @@ def test_label_smoothing_applies_to_the_training_loss_only() -> None:
     from torch.nn import functional as F
 
     torch.manual_seed(0)
-    net = TwoConv5x5Net(16)
-    model = FashionMNISTClassifier(net, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), label_smoothing=0.1)
+    model = FashionMNISTClassifier(NET, optimizer=SGD_LR0, label_smoothing=0.1)
+    net = model.net
     batch = (torch.rand(8, 1, 16, 16), torch.randint(0, 10, (8,)))
     logits = net(batch[0])
     train_loss = model._shared_step(batch, "train")
@@ -50,5 +52,5 @@ def test_label_smoothing_applies_to_the_training_loss_only() -> None:
     assert torch.allclose(train_loss, F.cross_entropy(logits, batch[1], label_smoothing=0.1))
     assert torch.allclose(val_loss, F.cross_entropy(logits, batch[1]))
     assert not torch.allclose(train_loss, val_loss)
-    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\)"):
-        FashionMNISTClassifier(net, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), label_smoothing=1.0)
+    with pytest.raises(ValueError, match=r"label_smoothing=1.0: a fraction in \[0, 1\)"):
+        FashionMNISTClassifier(NET, optimizer=SGD_LR0, label_smoothing=1.0)

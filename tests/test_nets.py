@@ -8,7 +8,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import CONF, config_names
-from fmnist_lightning.nets import ThreeConvNet, TwoConv5x5Net, TwoConvBNNet
+from fmnist_lightning.models.nets import ThreeConvNet, TwoConv5x5Net, TwoConvBNNet
 
 
 @pytest.mark.parametrize("image_size", [28, 16])
@@ -45,13 +45,13 @@ def test_recipe_flatten_sizes() -> None:
 
 
 def test_too_small_image_is_refused() -> None:
-    with pytest.raises(ValueError, match="image_size=4 is too small for ThreeConvNet"):
+    with pytest.raises(ValueError, match="image_size=4: too small for ThreeConvNet"):
         ThreeConvNet(image_size=4)
 
 
 def test_two_conv_layouts() -> None:
     """Recipe 002's PyTorch-MNIST-example layout, and the default's unchanged state_dict keys."""
-    from fmnist_lightning.nets import TwoConvNet
+    from fmnist_lightning.models.nets import TwoConvNet
 
     example = TwoConvNet(image_size=28, pool_every_conv=False, padding=0)
     assert example.classifier[1].in_features == 9216  # 64 * 12 * 12, as in PyTorch's example
@@ -60,27 +60,27 @@ def test_two_conv_layouts() -> None:
     default = TwoConvNet(image_size=28)
     assert default.classifier[1].in_features == 64 * 7 * 7
     assert {"features.0.0.weight", "features.1.0.weight"} <= set(default.state_dict())
-    with pytest.raises(ValueError, match="model.padding must be 0 or 1"):
+    with pytest.raises(ValueError, match="padding=2: 0 or 1"):
         TwoConvNet(padding=2)
-    with pytest.raises(ValueError, match="image_size=6 is too small for TwoConvNet with padding=0"):
+    with pytest.raises(ValueError, match="image_size=6: too small for TwoConvNet with padding=0"):
         TwoConvNet(image_size=6, padding=0)
     assert TwoConvNet(image_size=6, padding=0, pool_every_conv=False)(torch.rand(1, 1, 6, 6)).shape == (1, 10)
 
 
 def test_vgg_bn_net() -> None:
-    from fmnist_lightning.nets import VGGBNNet
+    from fmnist_lightning.models.nets import VGGBNNet
 
     net = VGGBNNet()
     assert sum(p.numel() for p in net.parameters()) == 584_874
     assert net(torch.rand(4, 1, 28, 28)).shape == (4, 10)
     assert VGGBNNet(image_size=16, widths=[16, 32], hidden=0)(torch.rand(2, 1, 16, 16)).shape == (2, 10)
-    for kwargs, message in [({"widths": []}, "model.widths"), ({"convs_per_stage": 0}, "convs_per_stage"), ({"hidden": -1}, "model.hidden")]:
+    for kwargs, message in [({"widths": []}, "widths"), ({"convs_per_stage": 0}, "convs_per_stage"), ({"hidden": -1}, "hidden"), ({"dropout": 1.0}, "dropout")]:
         with pytest.raises(ValueError, match=message):
             VGGBNNet(**kwargs)
 
 
 def test_flip_tta_averages_the_mirror_image_in_eval_mode_only() -> None:
-    from fmnist_lightning.nets import VGGBNNet
+    from fmnist_lightning.models.nets import VGGBNNet
 
     torch.manual_seed(0)
     net = VGGBNNet(flip_tta=False).eval()

@@ -12,8 +12,8 @@ from PIL import Image
 
 from conftest import run_script
 from fmnist_lightning.data import CLASS_NAMES, load_split
-from fmnist_lightning.prediction import load_image, predict_files
-from fmnist_lightning.runs import load_trained
+from fmnist_lightning.evaluation.files import load_image, predict_files
+from fmnist_lightning.evaluation.runs import load_trained
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from sklearn.metrics import classification_report as sk_report
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from fmnist_lightning.data import CLASS_NAMES
-from fmnist_lightning.evaluation import predict_test_set
-from fmnist_lightning.reports import classification_report, read_history, report_markdown, write_report
-from fmnist_lightning.runs import build_datamodule, load_trained
+from fmnist_lightning.evaluation.report import classification_report, report_markdown, write_report
+from fmnist_lightning.evaluation.runs import build_datamodule, load_trained
+from fmnist_lightning.training.history import read_history
 
 
 def assert_matches_sklearn(report: dict, preds: torch.Tensor, targets: torch.Tensor) -> None:
@@ -32,10 +32,16 @@ def assert_matches_sklearn(report: dict, preds: torch.Tensor, targets: torch.Ten
 
 
 def test_report_of_a_real_run_matches_sklearn(trained_run: Path, data_root: Path) -> None:
+    """The report written during training, checked against predictions made here by hand,
+    with the saved network on the test set."""
     model = load_trained(trained_run)
-    predictions = predict_test_set(model.net, build_datamodule(model.config, str(data_root)))
+    datamodule = build_datamodule(model.config, str(data_root))
+    datamodule.setup("test")
+    images, targets = datamodule.data_test.tensors
+    with torch.inference_mode():
+        preds = torch.cat([model.net(datamodule.preprocess(images[i : i + 1000])).argmax(1) for i in range(0, 10_000, 1000)])
     report = json.loads((trained_run / "report.json").read_text())
-    assert_matches_sklearn(report, predictions.preds, predictions.targets)
+    assert_matches_sklearn(report, preds, targets)
     assert sum(map(sum, report["confusion_matrix"])) == 10_000 == report["num_samples"]
     for c in report["per_class"]:
         assert c["errors"] == c["support"] - report["confusion_matrix"][c["label"]][c["label"]]
@@ -67,12 +73,15 @@ def test_markdown_has_names_and_tables(tmp_path: Path) -> None:
     assert (tmp_path / "r" / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_history_from_tensorboard_and_csv(make_cfg, tmp_path: Path) -> None:
-    from fmnist_lightning.pipeline import train
+def test_history_without_any_logger(make_cfg, tmp_path: Path) -> None:
+    """history.csv and curves.png are the run's own: they need no logger's files."""
+    from fmnist_lightning.training.pipeline import train
 
-    train(make_cfg("debug=limit", "logger=csv", "model=two_conv_5x5", "data.image_size=16"))
+    metrics = train(make_cfg("debug=limit", "logger=none", "model=two_conv_5x5", "data.image_size=16"))
     history = read_history(tmp_path)
     assert sorted(history["train/loss"]) == [1, 2] and sorted(history["val/acc"]) == [1, 2]
+    assert history["val/acc_best"][2] == pytest.approx(metrics["val/acc_best"])
+    assert history["train/loss"][2] == pytest.approx(metrics["train/loss"])
     assert (tmp_path / "curves.png").is_file()
 
 

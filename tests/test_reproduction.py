@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import CONF, REPO, run_script
-from fmnist_lightning.reports import classification_report
-from fmnist_lightning.run_dirs import write_status
+from fmnist_lightning.evaluation.report import classification_report
+from fmnist_lightning.training.status import write_status
 
 spec = importlib.util.spec_from_file_location("reproduce", REPO / "scripts" / "reproduce.py")
 reproduce = importlib.util.module_from_spec(spec)

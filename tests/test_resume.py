@@ -15,10 +15,12 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import run_script, start_script
-from fmnist_lightning.module import NonFiniteLossError
-from fmnist_lightning.pipeline import train
+from fmnist_lightning.errors import NonFiniteLossError
+from fmnist_lightning.training.pipeline import train
 from fmnist_lightning.errors import RunError
-from fmnist_lightning.run_dirs import new_dir, preflight, read_status
+from fmnist_lightning.training.resume import preflight
+from fmnist_lightning.training.run_dirs import new_dir
+from fmnist_lightning.training.status import read_status
 
 # Three short epochs with everything random switched on: dropout (two_conv_bn), random
 # flips, shuffling, and a cosine schedule whose state must survive the restart.

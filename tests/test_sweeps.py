@@ -13,8 +13,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from conftest import CONF, run_script
-from fmnist_lightning.checks import validate_config
-from fmnist_lightning.run_dirs import read_status
+from fmnist_lightning.training.build import build_run
+from fmnist_lightning.training.status import read_status
 from fmnist_lightning.sweeps import read_sweep, summarize
 
 # Jobs of a few seconds: one batch of each stage (fast_dev_run) of the smallest network.
@@ -182,5 +182,5 @@ def test_optuna_search_config_composes_and_its_values_pass_the_checks(make_cfg) 
     assert set(sweeper.params) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size", "model.dropout"}
     assert cfg.optimized_metric == "val/acc_best"
     # The corners of the search space are valid configs.
-    validate_config(make_cfg("hparams_search=three_conv_tpe", "optimizer.lr=1e-4", "optimizer.weight_decay=1e-3",
+    build_run(make_cfg("hparams_search=three_conv_tpe", "optimizer.lr=1e-4", "optimizer.weight_decay=1e-3",
                              "data.batch_size=256", "model.dropout=0.6"))

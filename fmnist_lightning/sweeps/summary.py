@@ -24,22 +24,16 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
-from hydra.experimental.callback import Callback
 from matplotlib.figure import Figure
-from omegaconf import DictConfig
 
 from fmnist_lightning.training.resume import split_override
 from fmnist_lightning.training.status import STATUS_FILE
-
-log = logging.getLogger(__name__)
 
 #: Metrics summarised per job and per configuration.
 METRICS = ("val/acc_best", "test/acc")
@@ -148,8 +142,20 @@ def group_jobs(jobs: list[Job], keys: list[str], metric: str) -> list[Group]:
     return sorted(groups.values(), key=lambda g: (math.isnan(g.mean(metric)), -g.mean(metric) if not math.isnan(g.mean(metric)) else 0))
 
 
-def _percent(value: float | None) -> str:
+def percent(value: float | None) -> str:
+    """A fraction in percent with two decimals; ``""`` for none or NaN."""
     return "" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+
+def mean_std(values: list[float], scale: float = 100, digits: int = 2) -> str:
+    """``"mean ± std"`` of ``values`` (sample standard deviation) times ``scale``;
+    ``"mean (1 seed)"`` for one value, ``"–"`` for none."""
+    if not values:
+        return "–"
+    mean = statistics.fmean(values) * scale
+    if len(values) == 1:
+        return f"{mean:.{digits}f} (1 seed)"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
 
 
 def _short(value: str) -> str:
@@ -162,7 +168,7 @@ def _short(value: str) -> str:
 
 
 def _mean_std(mean: float, std: float) -> str:
-    return _percent(mean) if math.isnan(std) else f"{_percent(mean)} ± {_percent(std)}"
+    return percent(mean) if math.isnan(std) else f"{percent(mean)} ± {percent(std)}"
 
 
 def summary_markdown(sweep_dir: Path, jobs: list[Job], keys: list[str], groups: list[Group], metric: str) -> str:
@@ -202,7 +208,7 @@ def summary_markdown(sweep_dir: Path, jobs: list[Job], keys: list[str], groups: 
     for job in jobs:
         lines.append(
             f"| {job.folder.name} | " + " | ".join(_short(job.overrides.get(k, "")) for k in keys) + f" | {job.status} | "
-            + " | ".join(_percent(job.metrics.get(m)) for m in METRICS)
+            + " | ".join(percent(job.metrics.get(m)) for m in METRICS)
             + f" | {job.epochs if job.epochs is not None else ''} | {job.wall_time_s if job.wall_time_s is not None else ''} |"
         )
     failed = [j for j in jobs if j.status != "finished"]
@@ -263,31 +269,3 @@ def summarize(sweep_dir: str | Path, metric: str = "val/acc_best") -> tuple[str,
     if any(g.finished() for g in groups):
         summary_figure(groups, metric).savefig(sweep_dir / "summary.png", dpi=120)
     return markdown, jobs
-
-
-class SweepSummary(Callback):
-    """Hydra callback (``conf/hydra/default.yaml``): when a multirun ends, writes and prints
-    its summary, and exits with status 1 if any job did not finish.
-
-    Args:
-        metric: The metric configurations are ranked by; ``None`` uses the config's
-            ``optimized_metric``.
-    """
-
-    def __init__(self, metric: str | None = None) -> None:
-        self.metric = metric
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        try:
-            markdown, jobs = summarize(sweep_dir, self.metric or config.get("optimized_metric") or "val/acc_best")
-        except FileNotFoundError as err:
-            log.warning("No sweep summary: %s", err)
-            return
-        print(f"\n{markdown}\nSummary files: {sweep_dir}/summary.md, summary.csv, summary_jobs.csv, summary.png", flush=True)
-        unfinished = [j for j in jobs if j.status != "finished"]
-        if unfinished:
-            raise SystemExit(
-                f"error: {len(unfinished)} of {len(jobs)} jobs did not finish "
-                f"(jobs {', '.join(j.folder.name for j in unfinished)}); see {sweep_dir / 'summary.md'}"
-            )

@@ -21,6 +21,7 @@ module only says which config key a failure belongs to.
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 import typing
 from collections.abc import Callable
@@ -103,6 +104,19 @@ def _problem_at(node: DictConfig, key: str, name: str, value: Any, allowed: str)
     return Problem(key, value, allowed)
 
 
+def _default(node: DictConfig, name: str, target: Any = None) -> str:
+    """``"the default of <target>: <value>"`` for argument ``name``, or ``""``: a known good
+    value to suggest where the constructor's own message names none."""
+    try:
+        target = target or hydra.utils.get_object(node._target_)
+        default = inspect.signature(target).parameters[name].default
+    except Exception:  # noqa: BLE001 - no signature, no such parameter: no suggestion
+        return ""
+    if default is inspect.Parameter.empty:
+        return ""
+    return f"the default of {node.get('_target_') or target.__qualname__}: {default!r}"
+
+
 def _blame(key: str, node: Any, err: BaseException, target: Any = None) -> Problem:
     """The config key that ``err``, raised while building ``node`` (at ``key``; ``""`` for
     top-level keys, whose constructor is ``target``), belongs to."""
@@ -126,20 +140,22 @@ def _blame(key: str, node: Any, err: BaseException, target: Any = None) -> Probl
         found = re.search(rf"(?<![\w.]){re.escape(pattern)}(?![\w])", message)
         return found.start() if found else len(message) + 1
 
+    group = full_key.split(".")[0]
+    fix = f"; use {options(group)}" if (CONF_DIR / group).is_dir() else ""
+    if isinstance(innermost, TypeError) and "unexpected keyword argument" in message:  # a class that takes other arguments
+        return Problem(f"{full_key}._target_", node.get("_target_"), f"{message}{fix} (or a class that takes these arguments)")
     types = _type_problems(full_key, node, target)
     named = sorted((position(name), name) for name in arguments)
     mentioned = sorted((position(str(v)), name) for name, v in arguments.items() if len(str(v)) > 1 and not isinstance(v, dict))
     for candidates in (named, mentioned):  # the argument the message names, else the one whose value it quotes
         if candidates and candidates[0][0] <= len(message):
             name = candidates[0][1]
-            hint = next((p.allowed for p in types if p.key == _join(full_key, name)), "")
-            return _problem_at(node, _join(full_key, name), name, arguments[name], f"{message}{'; ' + hint if hint else ''}")
+            hint = next((p.allowed for p in types if p.key == _join(full_key, name)), "") or _default(node, name, target)
+            return _problem_at(node, _join(full_key, name), name, arguments[name], f"{message}{' (' + hint + ')' if hint else ''}")
     if types:
         return Problem(types[0].key, types[0].value, f"{types[0].allowed} ({message})")
-    group = full_key.split(".")[0]
     unimportable = isinstance(innermost, ImportError) or "Error locating target" in str(err)
     what = "cannot be imported" if unimportable else f"cannot be built: {message}"
-    fix = f"; use {options(group)}" if (CONF_DIR / group).is_dir() else ""
     return Problem(f"{full_key}._target_", node.get("_target_"), f"{what}{fix} (or the import path of a class of your own)")
 
 
@@ -166,9 +182,8 @@ class _Builder:
     def instantiate(self, key: str, **kwargs: Any) -> Any:
         node = OmegaConf.select(self.cfg, key)
         if not isinstance(node, DictConfig) or "_target_" not in node:
-            group = key.split(".")[0]
-            fix = f"pick one with {options(group)}" if (CONF_DIR / group).is_dir() else "null (off)"
-            self.problems.append(Problem(key, node, f"must be a config with _target_; {fix}"))
+            fix = "or null (off)" if "." in key else f"pick one with {options(key)}"
+            self.problems.append(Problem(key, node, f"must be a config with _target_ {fix}"))
             return None
         return self.attempt(key, lambda: hydra.utils.instantiate(node, **kwargs), node)
 
@@ -208,7 +223,9 @@ def _build_model(b: _Builder) -> FashionMNISTClassifier | None:
 def build_run(cfg: DictConfig, extra_callbacks: list[Callback] = (), extra_loggers: list[Logger] = ()) -> Run:
     """Builds every object of a run from ``cfg``, reading no data and writing no file.
 
-    The seed is set first (``seed``), so the network's initial weights follow it.
+    The seed is set first (``seed``), so the network's initial weights follow it. Nothing is
+    logged meanwhile (Lightning's INFO lines included), so a refusal adds no line to a run
+    folder's ``train.log``.
 
     Args:
         cfg: The composed ``conf/train.yaml``.
@@ -223,6 +240,16 @@ def build_run(cfg: DictConfig, extra_callbacks: list[Callback] = (), extra_logge
         ConfigError: Every value that could not be used, each with its key, its value and
             what went wrong (all at once).
     """
+    # Quiet: a refused resume must not add a line to the earlier run's train.log.
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        return _build_run(cfg, extra_callbacks, extra_loggers)
+    finally:
+        logging.disable(previous)
+
+
+def _build_run(cfg: DictConfig, extra_callbacks: list[Callback], extra_loggers: list[Logger]) -> Run:
     b = _Builder(cfg)
     seed = cfg.get("seed")
     if seed is not None:

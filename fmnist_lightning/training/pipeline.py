@@ -97,8 +97,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     except (ConfigError, RunError):
         discard_resume_attempt(cfg)
         raise
-    log.info("%d intra-op CPU threads", torch.get_num_threads())
     datamodule, model, trainer = run.datamodule, run.model, run.trainer
+    log.info(
+        "Seed %s; %s with %d device(s), precision %s; %d intra-op CPU threads", cfg.get("seed"),
+        type(trainer.accelerator).__name__, trainer.num_devices, trainer.precision, torch.get_num_threads(),
+    )
     datamodule.prepare_data()  # fail on missing or bad files before any training work
 
     resolved = OmegaConf.to_container(cfg, resolve=True)

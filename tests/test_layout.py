@@ -1,0 +1,53 @@
+"""The package's layout stays as the README describes it: layers that import downwards only,
+no import cycles, no module over 300 lines, and a Layout section that names every module."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+import pytest
+
+from conftest import REPO
+
+PACKAGE = REPO / "fmnist_lightning"
+MAX_LINES = 300
+
+
+def test_import_contracts_are_kept() -> None:
+    """``lint-imports`` checks the contracts in pyproject.toml ([tool.importlinter])."""
+    result = subprocess.run([str(Path(sys.executable).parent / "lint-imports")], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "0 broken" in result.stdout
+
+
+def test_no_import_cycles() -> None:
+    graph = grimp.build_graph("fmnist_lightning")
+    cycles = [
+        (importer, imported)
+        for importer in sorted(graph.modules)
+        for imported in sorted(graph.find_modules_directly_imported_by(importer))
+        if graph.find_shortest_chain(importer=imported, imported=importer)
+    ]
+    assert cycles == []
+
+
+@pytest.mark.parametrize("module", sorted(str(p.relative_to(REPO)) for p in PACKAGE.rglob("*.py")))
+def test_modules_are_short(module: str) -> None:
+    assert len((REPO / module).read_text().splitlines()) <= MAX_LINES
+
+
+def test_readme_layout_names_every_module() -> None:
+    readme = (REPO / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"([\w/]+\.py)", layout))
+    folders = {p.parent.name for p in PACKAGE.rglob("*.py")} - {"fmnist_lightning"}
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        assert path.name in named or f"{path.parent.name}/{path.name}" in named, path
+    for folder in folders:
+        assert f"{folder}/" in layout, folder

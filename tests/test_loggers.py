@@ -1,0 +1,125 @@
+"""Every logger gets what the run reports, through Lightning's logger API: each runs offline
+here (TensorBoard, CSV, MLflow in a local SQLite store, W&B in offline mode), and what it
+received is read back from its own files."""
+
+from __future__ import annotations
+
+import csv
+import struct
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import config_names, run_script
+from fmnist_lightning.training.status import read_status
+
+SCALARS = {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc", "test/per_class/f1/Shirt"}
+FIGURES = {"test/confusion_matrix", "test/misclassified"}
+
+
+@pytest.fixture(scope="module")
+def runs(data_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One short run per logger option, each in its own folder."""
+    folder = tmp_path_factory.mktemp("loggers")
+
+    def run(logger: str) -> Path:
+        run_dir = folder / logger
+        if not run_dir.exists():
+            result = run_script(
+                "train.py", f"logger={logger}", "model=two_conv_5x5", "data.image_size=16", "trainer=cpu",
+                "trainer.max_epochs=2", "trainer.limit_train_batches=20", "trainer.limit_val_batches=2",
+                f"data.root={data_root}", f"hydra.run.dir={run_dir}",
+            )
+            assert result.returncode == 0, result.stderr[-3000:]
+            assert (run_dir / "curves.png").is_file() and (run_dir / "history.csv").is_file()
+        return run_dir
+
+    return run
+
+
+def test_every_logger_option_is_tested() -> None:
+    assert set(config_names("logger")) == {"tensorboard", "csv", "tensorboard_csv", "mlflow", "wandb", "none"}
+
+
+def test_tensorboard(runs) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = runs("tensorboard")
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert SCALARS <= set(events.Tags()["scalars"])
+    assert FIGURES <= set(events.Tags()["images"])
+    assert events.Scalars("test/acc")[-1].value == pytest.approx(read_status(run_dir)["metrics"]["test/acc"])
+    assert "model" in yaml.safe_load((run_dir / "tensorboard" / "hparams.yaml").read_text())
+
+
+def test_csv(runs) -> None:
+    run_dir = runs("csv")
+    with open(run_dir / "csv" / "metrics.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert SCALARS <= set(rows[0])
+    test_acc = [float(r["test/acc"]) for r in rows if r["test/acc"]]
+    assert test_acc == [pytest.approx(read_status(run_dir)["metrics"]["test/acc"])]
+    assert "optimizer" in yaml.safe_load((run_dir / "csv" / "hparams.yaml").read_text())
+
+
+def test_mlflow(runs) -> None:
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    run_dir = runs("mlflow")
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("fmnist-lightning")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert SCALARS <= set(run.data.metrics)
+    assert run.data.metrics["test/acc"] == pytest.approx(read_status(run_dir)["metrics"]["test/acc"])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] != []
+    assert run.data.params["model/_target_"] == "fmnist_lightning.models.TwoConv5x5Net"
+    assert run.data.params["optimizer/lr"] == "0.001"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "test")}
+    assert artifacts == {f"{f}.png" for f in FIGURES}
+    assert all((run_dir / "mlartifacts").rglob(f"{Path(f).name}.png") for f in FIGURES)
+
+
+def wandb_records(path: Path):
+    """The records of a W&B ``.wandb`` file: LevelDB's log format (32 KiB blocks of records
+    with a 7-byte header: CRC, length, type) after W&B's 7-byte file header, each a
+    ``wandb_internal_pb2.Record``."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, pieces = 7, 32768, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7]) if left >= 7 else (0, 0, 0)
+        if left < 7 or (kind, length) == (0, 0):  # block trailer or padding
+            pos += left
+            continue
+        pieces += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pieces)
+            pieces = b""
+            yield record
+
+
+def test_wandb_offline(runs) -> None:
+    pytest.importorskip("wandb")
+    run_dir = runs("wandb")
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")  # offline: nothing was sent
+    history: dict[str, str] = {}
+    config: set[str] = set()
+    for record in wandb_records(next(offline.glob("run-*.wandb"))):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history.update({item.key or "/".join(item.nested_key): item.value_json for item in record.history.item})
+        elif kind == "config":
+            config |= {item.key for item in record.config.update}
+    assert SCALARS <= set(history)
+    assert float(history["test/acc"]) == pytest.approx(read_status(run_dir)["metrics"]["test/acc"])
+    assert {"model", "optimizer", "data", "trainer"} <= config
+    for figure in FIGURES:
+        assert list((offline / "files" / "media" / "images" / "test").glob(f"{Path(figure).name}_*.png")), figure
