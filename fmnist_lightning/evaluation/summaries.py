@@ -4,21 +4,28 @@ hyperparameters, through Lightning's logger API only, so every logger gets what 
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
 from lightning.pytorch.loggers import Logger
 
 from fmnist_lightning.evaluation.figures import confusion_matrix_figure, figure_to_array, misclassified_figure
-
-if TYPE_CHECKING:
-    from fmnist_lightning.evaluation.test_report import Predictions
 
 #: The metrics an HParams session compares runs by.
 HPARAM_METRICS = ("val/acc_best", "test/acc", "test/loss")
 
 
-def log_test_summaries(loggers: list[Logger], report: dict[str, Any], predictions: Predictions, step: int) -> None:
+def log_test_summaries(
+    loggers: list[Logger], report: dict[str, Any], misclassified: tuple[torch.Tensor, torch.Tensor, torch.Tensor], step: int
+) -> None:
     """Adds the test report to the run's loggers.
+
+    Args:
+        loggers: The trainer's loggers.
+        report: From :func:`~fmnist_lightning.evaluation.report.classification_report`.
+        misclassified: Misclassified images (``(K, 1, S, S)``), their true and predicted
+            labels (int64 ``(K,)``), for the figure.
+        step: The global step the summaries are logged at.
 
     Every logger gets the per-class test metrics as scalars
     (``test/per_class/<metric>/<class>``, fractions). Loggers with ``log_image(key, images,
@@ -32,9 +39,7 @@ def log_test_summaries(loggers: list[Logger], report: dict[str, Any], prediction
     }
     figures = {
         "test/confusion_matrix": confusion_matrix_figure(report["confusion_matrix"], report["class_names"]),
-        "test/misclassified": misclassified_figure(
-            predictions.misclassified, predictions.misclassified_targets, predictions.misclassified_preds, report["class_names"]
-        ),
+        "test/misclassified": misclassified_figure(*misclassified, report["class_names"]),
     }
     images = {key: figure_to_array(figure) for key, figure in figures.items()}
     for logger in loggers:

@@ -125,6 +125,7 @@ class TestReport(Callback):
         report = classification_report(self.predictions.preds, self.predictions.targets, loss=self.predictions.loss)
         report.update(self.extra)
         write_report(report, self.folder)
-        log_test_summaries(trainer.loggers, report, self.predictions, trainer.global_step)
+        p = self.predictions
+        log_test_summaries(trainer.loggers, report, (p.misclassified, p.misclassified_targets, p.misclassified_preds), trainer.global_step)
         log.info("Test report in %s: accuracy %.4f", self.folder, report["accuracy"])
         self.report = report

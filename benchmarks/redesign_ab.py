@@ -1,0 +1,84 @@
+"""Training speed before and after a code change: interleaved runs of the same command.
+
+Checks out ``--before`` (a commit) into a temporary git worktree and runs
+``python train.py model=three_conv trainer=cpu trainer.max_epochs=3`` (or ``--args``) from
+it and from this checkout in turn, A B A B ..., each in a fresh process with its own run
+folder. Prints, per run, the wall time of the whole process and of ``train()``
+(``metrics.json``'s ``wall_time_s``: from building the objects to the end of the test
+report) in seconds, and the test accuracy; then the medians per side and their ratio
+(after / before: < 1 is faster). Issue 12 used it to show that the restructuring costs no
+training speed (benchmarks/RESULTS.md).
+
+Usage:
+    python benchmarks/redesign_ab.py --before 6ffe27f --pairs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cpu_description() -> str:
+    """The CPU model and its AVX-512/AMX flags, from /proc/cpuinfo."""
+    model, flags = platform.processor(), []
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = sorted({f for f in line.split(":", 1)[1].split() if f.startswith(("avx512_bf16", "amx", "avx2"))})
+            break
+    return f"{model} ({', '.join(flags) or 'no AVX2'})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", default="6ffe27f", help="the commit to compare with (default: the last one before issue 12)")
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--args", nargs="*", default=["model=three_conv", "trainer=cpu", "trainer.max_epochs=3"])
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="redesign_ab_"))
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(work / "before"), args.before], check=True, capture_output=True)
+    sides = {"before": work / "before", "after": REPO}
+    results: dict[str, list[tuple[float, float, float]]] = {side: [] for side in sides}
+    print(f"CPU: {cpu_description()}, {len(__import__('os').sched_getaffinity(0))} cores")
+    print(f"command: python train.py {' '.join(args.args)}\n")
+    print("| run | side | process (s) | train() (s) | test accuracy (%) |\n|---:|---|---:|---:|---:|")
+    try:
+        for i in range(args.pairs):
+            for side, checkout in sides.items():
+                run_dir = work / f"{side}_{i}"
+                start = time.perf_counter()
+                result = subprocess.run(
+                    [sys.executable, str(checkout / "train.py"), *args.args, f"data.root={work / 'data'}", f"hydra.run.dir={run_dir}"],
+                    cwd=work, capture_output=True, text=True,
+                )
+                process_s = time.perf_counter() - start
+                if result.returncode != 0:
+                    sys.exit(f"error: the {side} run failed:\n{result.stderr[-3000:]}")
+                status = json.loads((run_dir / "metrics.json").read_text())
+                row = (process_s, status["wall_time_s"], 100 * status["metrics"]["test/acc"])
+                results[side].append(row)
+                print(f"| {i + 1} | {side} | {row[0]:.1f} | {row[1]:.1f} | {row[2]:.2f} |", flush=True)
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "before")], capture_output=True)
+    medians = {side: [statistics.median(r[k] for r in rows) for k in range(2)] for side, rows in results.items()}
+    print("\n| median | process (s) | train() (s) |\n|---|---:|---:|")
+    for side, (process_s, train_s) in medians.items():
+        print(f"| {side} | {process_s:.1f} | {train_s:.1f} |")
+    ratio = [medians["after"][k] / medians["before"][k] for k in range(2)]
+    print(f"| after / before | {ratio[0]:.3f} | {ratio[1]:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
