@@ -240,16 +240,17 @@ def build_run(cfg: DictConfig, extra_callbacks: list[Callback] = (), extra_logge
         ConfigError: Every value that could not be used, each with its key, its value and
             what went wrong (all at once).
     """
+    strategy = launch_strategy(cfg)  # says so when it replaces ddp, which a user should see
     # Quiet: a refused resume must not add a line to the earlier run's train.log.
     previous = logging.root.manager.disable
     logging.disable(logging.INFO)
     try:
-        return _build_run(cfg, extra_callbacks, extra_loggers)
+        return _build_run(cfg, extra_callbacks, extra_loggers, strategy)
     finally:
         logging.disable(previous)
 
 
-def _build_run(cfg: DictConfig, extra_callbacks: list[Callback], extra_loggers: list[Logger]) -> Run:
+def _build_run(cfg: DictConfig, extra_callbacks: list[Callback], extra_loggers: list[Logger], strategy: Any) -> Run:
     b = _Builder(cfg)
     seed = cfg.get("seed")
     if seed is not None:
@@ -271,7 +272,7 @@ def _build_run(cfg: DictConfig, extra_callbacks: list[Callback], extra_loggers: 
         b.problems.append(Problem("optimized_metric", metric, f"use one of {', '.join(fit_metrics + FashionMNISTClassifier.TEST_METRICS)}"))
     loggers = [*b.group("logger").values(), *extra_loggers]
     trainer = b.instantiate(
-        "trainer", callbacks=[*callbacks.values(), *extra_callbacks], logger=loggers or False, strategy=launch_strategy(cfg)
+        "trainer", callbacks=[*callbacks.values(), *extra_callbacks], logger=loggers or False, strategy=strategy
     )
     if b.problems:
         raise ConfigError(b.problems)
