@@ -20,6 +20,7 @@ from fmnist_lightning.training.pipeline import train
 from fmnist_lightning.errors import RunError
 from fmnist_lightning.training.resume import preflight
 from fmnist_lightning.training.run_dirs import new_dir
+from fmnist_lightning.training.history import read_history
 from fmnist_lightning.training.status import read_status
 
 # Three short epochs with everything random switched on: dropout (two_conv_bn), random
@@ -94,6 +95,12 @@ def test_sigkill_then_resume_equals_uninterrupted(data_root: Path, tmp_path: Pat
     assert scalars(whole, "val/acc") == scalars(killed, "val/acc")
     assert len(scalars(killed, "val/acc")) == 3
     assert csv_rows(whole, "val/acc") == csv_rows(killed, "val/acc")
+    # The run's own history (what curves.png is drawn from) continues too. (A train/* value
+    # is logged after the epoch's checkpoint, so a kill in between may lose that one point.)
+    whole_history, killed_history = read_history(whole), read_history(killed)
+    for key in ("val/acc", "val/loss", "val/acc_best"):
+        assert killed_history[key] == whole_history[key] and sorted(killed_history[key]) == [1, 2, 3]
+    assert killed_history["train/loss"][3] == whole_history["train/loss"][3]
     # The original config stays; the attempt's Hydra files are kept beside it.
     assert (killed / ".hydra" / "config.yaml").read_text() == (whole / ".hydra" / "config.yaml").read_text()
     assert len(list((killed / ".hydra").glob("resume_*/config.yaml"))) == 1
