@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import pydoc
 import re
 import typing
 from collections.abc import Callable
@@ -75,7 +76,7 @@ def _type_problems(key: str, node: DictConfig, target: Any = None) -> list[Probl
     """The arguments of ``node`` whose values contradict the annotations of its target
     (``node._target_``, or ``target``)."""
     try:
-        target = target or hydra.utils.get_object(node._target_)
+        target = target or pydoc.locate(node._target_)
         hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
     except Exception:  # noqa: BLE001 - unresolvable annotations are not the user's problem
         return []
@@ -88,7 +89,7 @@ def _type_problems(key: str, node: DictConfig, target: Any = None) -> list[Probl
         try:
             check_type(value, hints[name])
         except TypeCheckError:
-            expected = str(hints[name]).replace("typing.", "").replace("NoneType", "None")
+            expected = hints[name].__name__ if isinstance(hints[name], type) else str(hints[name]).replace("typing.", "")
             problems.append(_problem_at(node, _join(key, name), name, value, f"must be of type {expected}"))
     return problems
 
@@ -108,11 +109,11 @@ def _default(node: DictConfig, name: str, target: Any = None) -> str:
     """``"the default of <target>: <value>"`` for argument ``name``, or ``""``: a known good
     value to suggest where the constructor's own message names none."""
     try:
-        target = target or hydra.utils.get_object(node._target_)
+        target = target or pydoc.locate(node._target_)
         default = inspect.signature(target).parameters[name].default
     except Exception:  # noqa: BLE001 - no signature, no such parameter: no suggestion
         return ""
-    if default is inspect.Parameter.empty:
+    if default is inspect.Parameter.empty or default is None:
         return ""
     return f"the default of {node.get('_target_') or target.__qualname__}: {default!r}"
 
@@ -144,14 +145,14 @@ def _blame(key: str, node: Any, err: BaseException, target: Any = None) -> Probl
     fix = f"; use {options(group)}" if (CONF_DIR / group).is_dir() else ""
     if isinstance(innermost, TypeError) and "unexpected keyword argument" in message:  # a class that takes other arguments
         return Problem(f"{full_key}._target_", node.get("_target_"), f"{message}{fix} (or a class that takes these arguments)")
-    types = _type_problems(full_key, node, target)
     named = sorted((position(name), name) for name in arguments)
     mentioned = sorted((position(str(v)), name) for name, v in arguments.items() if len(str(v)) > 1 and not isinstance(v, dict))
     for candidates in (named, mentioned):  # the argument the message names, else the one whose value it quotes
         if candidates and candidates[0][0] <= len(message):
             name = candidates[0][1]
-            hint = next((p.allowed for p in types if p.key == _join(full_key, name)), "") or _default(node, name, target)
+            hint = _default(node, name, target)
             return _problem_at(node, _join(full_key, name), name, arguments[name], f"{message}{' (' + hint + ')' if hint else ''}")
+    types = _type_problems(full_key, node, target)
     if types:
         return Problem(types[0].key, types[0].value, f"{types[0].allowed} ({message})")
     unimportable = isinstance(innermost, ImportError) or "Error locating target" in str(err)
@@ -261,6 +262,10 @@ def _build_run(cfg: DictConfig, extra_callbacks: list[Callback], extra_loggers: 
         b.attempt("optimizer", model.build_optimizer)
         if b.cfg.get("scheduler"):
             b.attempt("scheduler", model.build_scheduler)
+    else:  # they cannot be built without the network's parameters; their types can be checked
+        for key in ("optimizer", "scheduler"):
+            if isinstance(cfg.get(key), DictConfig) and "_target_" in cfg[key]:
+                b.problems += _type_problems(key, cfg[key])
     callbacks = b.group("callbacks")
     fit_metrics = FashionMNISTClassifier.FIT_METRICS
     for name, callback in callbacks.items():
