@@ -83,7 +83,7 @@ def _type_problems(key: str, node: DictConfig, target: Any = None) -> list[Probl
     values = OmegaConf.to_container(node, resolve=True)
     problems = []
     for name, value in values.items():
-        nested = isinstance(value, dict) and any("_target_" in str(v) for v in [value, *value.values()])
+        nested = isinstance(value, dict) and "_target_" in str(value)  # built by Hydra, checked on its own
         if name in HYDRA_KEYS or name not in hints or nested:
             continue
         try:
