@@ -255,7 +255,10 @@ def _build_run(cfg: DictConfig, extra_callbacks: list[Callback], extra_loggers: 
     b = _Builder(cfg)
     seed = cfg.get("seed")
     if seed is not None:
-        b.attempt("seed", lambda: L.seed_everything(seed, workers=True), seed)
+        wrong_type = _type_problems("", OmegaConf.create({"seed": seed}), L.seed_everything)
+        b.problems += wrong_type
+        if not wrong_type:
+            b.attempt("seed", lambda: L.seed_everything(seed, workers=True), seed)
     datamodule = b.instantiate("data")
     model = _build_model(b) if isinstance(cfg.get("model"), DictConfig) else b.instantiate("model")
     if model is not None:
