@@ -113,6 +113,8 @@ class TestReport(Callback):
             self._wrong_preds.append(preds[wrong].cpu())
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._logits:  # no test batch ran (trainer.limit_test_batches=0)
+            return
         logits, targets = torch.cat(self._logits), torch.cat(self._targets)
         if trainer.world_size > 1:
             size = len(trainer.test_dataloaders.dataset)
