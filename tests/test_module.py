@@ -47,8 +47,8 @@ def test_label_smoothing_applies_to_the_training_loss_only() -> None:
     net = model.net
     batch = (torch.rand(8, 1, 16, 16), torch.randint(0, 10, (8,)))
     logits = net(batch[0])
-    train_loss = model._shared_step(batch, "train")
-    val_loss = model._shared_step(batch, "val")
+    train_loss, _ = model._shared_step(batch, "train")
+    val_loss, _ = model._shared_step(batch, "val")
     assert torch.allclose(train_loss, F.cross_entropy(logits, batch[1], label_smoothing=0.1))
     assert torch.allclose(val_loss, F.cross_entropy(logits, batch[1]))
     assert not torch.allclose(train_loss, val_loss)

@@ -141,8 +141,7 @@ class TrainedModel:
     """A trained network with the preprocessing of the run that made it.
 
     Attributes:
-        module: The LightningModule holding ``net`` (for ``trainer.test``), in eval mode.
-        net: The network in eval mode, mapping float ``(B, 1, S, S)`` to ``(B, 10)`` logits.
+        module: The LightningModule holding the network (for ``trainer.test``), in eval mode.
         preprocess: uint8 ``(B, 1, H, W)`` → float ``(B, 1, S, S)``: the run's resize and
             normalisation (``data.image_size``, ``data.normalize``).
         config: The run's config.
@@ -151,11 +150,15 @@ class TrainedModel:
     """
 
     module: FashionMNISTClassifier
-    net: nn.Module
     preprocess: nn.Module
     config: DictConfig
     weights: Path
     class_names: tuple[str, ...] = CLASS_NAMES
+
+    @property
+    def net(self) -> nn.Module:
+        """The network, mapping float ``(B, 1, S, S)`` to ``(B, 10)`` logits (``module.net``)."""
+        return self.module.net
 
     @property
     def device(self) -> torch.device:
@@ -194,9 +197,8 @@ def load_trained(run_dir: str | Path, weights: str = NET_WEIGHTS, device: str | 
     cfg = load_run_config(run_dir)
     path = resolve_weights(run_dir, weights)
     module = build_module(cfg)
-    net = module.net
     try:
-        net.load_state_dict(load_state_dict(path))
+        module.net.load_state_dict(load_state_dict(path))
     except RuntimeError as err:
         detail = str(err).strip().splitlines()
         raise RunError(
@@ -206,4 +208,4 @@ def load_trained(run_dir: str | Path, weights: str = NET_WEIGHTS, device: str | 
     normalize = cfg.data.normalize
     preprocess = build_preprocess(cfg.data.image_size, OmegaConf.to_container(normalize) if normalize else None)
     module.eval().to(device)
-    return TrainedModel(module=module, net=net, preprocess=preprocess, config=cfg, weights=path)
+    return TrainedModel(module=module, preprocess=preprocess, config=cfg, weights=path)

@@ -56,7 +56,7 @@ class FashionMNISTClassifier(L.LightningModule):
     checkpoint a run writes, without its run folder.
 
     The test loop's ``test_step`` returns each batch's logits, so callbacks (the report's
-    :class:`~fmnist_lightning.evaluation.predictions.TestPredictions`) collect predictions
+    :class:`~fmnist_lightning.evaluation.test_report.TestReport`) collect predictions
     from the one pass over the test set.
 
     Args:
@@ -127,7 +127,9 @@ class FashionMNISTClassifier(L.LightningModule):
         """Float ``(B, 1, H, W)`` images → float ``(B, num_classes)`` logits."""
         return self.net(x.contiguous(memory_format=self.memory_format))
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Updates the stage's loss and accuracy; returns the batch's mean loss and its
+        ``(B, num_classes)`` logits."""
         images, labels = batch
         logits = self(images)
         loss = (self.train_criterion if stage == "train" else self.criterion)(logits, labels)
@@ -137,7 +139,7 @@ class FashionMNISTClassifier(L.LightningModule):
         # images even when the last batch is smaller.
         getattr(self, f"{stage}_loss").update(loss.detach(), weight=labels.numel())
         getattr(self, f"{stage}_acc").update(logits.detach(), labels)
-        return loss
+        return loss, logits
 
     def _log_epoch(self, stage: str) -> None:
         loss_metric: MeanMetric = getattr(self, f"{stage}_loss")
@@ -161,7 +163,7 @@ class FashionMNISTClassifier(L.LightningModule):
             NonFiniteLossError: The loss is NaN or infinite (checked every step, before the
                 optimizer step; on a GPU this waits for the step's forward pass).
         """
-        loss = self._shared_step(batch, "train")
+        loss, _ = self._shared_step(batch, "train")
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the training loss became {loss.item()} at step {self.global_step} (epoch "
@@ -180,11 +182,7 @@ class FashionMNISTClassifier(L.LightningModule):
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Updates the test metrics; returns the batch's float ``(B, num_classes)`` logits."""
-        images, labels = batch
-        logits = self(images)
-        self.test_loss.update(self.criterion(logits, labels), weight=labels.numel())
-        self.test_acc.update(logits, labels)
-        return logits
+        return self._shared_step(batch, "test")[1]
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
