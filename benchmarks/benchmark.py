@@ -58,8 +58,13 @@ def compose(recipe: str, data_root: str, output_dir: str, *overrides: str):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return hydra_compose(
             "train",
-            overrides=[f"experiment={recipe}", f"data.root={data_root}", f"output_dir={output_dir}",
-                       "trainer.accelerator=auto", *overrides],
+            overrides=[
+                f"experiment={recipe}",
+                f"data.root={data_root}",
+                f"output_dir={output_dir}",
+                "trainer.accelerator=auto",
+                *overrides,
+            ],
         )
 
 
@@ -161,9 +166,11 @@ def measure_one(variant: str, recipe: str, data_root: str, images: int, warmup: 
         n_steps = max(10, images // batch)
         if variant in ("c", "d"):
             overrides += [
-                "trainer.max_epochs=1", f"trainer.limit_train_batches={warmup + n_steps}",
+                "trainer.max_epochs=1",
+                f"trainer.limit_train_batches={warmup + n_steps}",
                 # No validation inside the window; early stopping (an epoch-end check) needs it.
-                "trainer.limit_val_batches=0", "callbacks.early_stopping=null",
+                "trainer.limit_val_batches=0",
+                "callbacks.early_stopping=null",
             ]
         cfg = compose(recipe, data_root, out, *overrides)
         if variant in ("c", "d"):
@@ -173,20 +180,33 @@ def measure_one(variant: str, recipe: str, data_root: str, images: int, warmup: 
         train_images = round(60000 * (1 - cfg.data.val_fraction))
     rate = n_steps * batch / seconds
     return {
-        "variant": variant, "recipe": recipe, "model": cfg.model._target_.rsplit(".", 1)[-1],
-        "image_size": cfg.data.image_size, "batch_size": batch, "steps": n_steps,
-        "images_per_s": rate, "epoch_s": train_images / rate,
+        "variant": variant,
+        "recipe": recipe,
+        "model": cfg.model._target_.rsplit(".", 1)[-1],
+        "image_size": cfg.data.image_size,
+        "batch_size": batch,
+        "steps": n_steps,
+        "images_per_s": rate,
+        "epoch_s": train_images / rate,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor(),
+    )
     import torch
 
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, {torch.get_num_threads()} threads{gpu}"
+    cores, threads = len(os.sched_getaffinity(0)), torch.get_num_threads()
+    return f"{cpu}, {cores} cores, torch {torch.__version__}, {threads} threads{gpu}"
 
 
 def table(results: list[dict]) -> str:
@@ -235,9 +255,22 @@ def main() -> None:
         for recipe in args.recipes:
             for variant in args.variants:
                 proc = subprocess.run(
-                    [sys.executable, __file__, "--one", variant, recipe, "--data-root", args.data_root,
-                     "--images", str(args.images), "--warmup", str(args.warmup)],
-                    cwd=REPO, capture_output=True, text=True,
+                    [
+                        sys.executable,
+                        __file__,
+                        "--one",
+                        variant,
+                        recipe,
+                        "--data-root",
+                        args.data_root,
+                        "--images",
+                        str(args.images),
+                        "--warmup",
+                        str(args.warmup),
+                    ],
+                    cwd=REPO,
+                    capture_output=True,
+                    text=True,
                 )
                 if proc.returncode != 0:
                     sys.exit(f"{variant} {recipe} failed:\n{proc.stderr[-3000:]}")
@@ -245,8 +278,14 @@ def main() -> None:
                 results.append(result)
                 print(f"rep {rep} {recipe} ({variant}): {result['images_per_s']:,.0f} images/s", flush=True)
     text = table(results)
-    summary = {"machine": machine(), "reps": args.reps, "images_per_window": args.images,
-               "wall_time_s": round(time.time() - started), "table": text, "results": results}
+    summary = {
+        "machine": machine(),
+        "reps": args.reps,
+        "images_per_window": args.images,
+        "wall_time_s": round(time.time() - started),
+        "table": text,
+        "results": results,
+    }
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\n{summary['machine']}\n\n{text}")
 

@@ -42,12 +42,18 @@ def cpu_description() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--before", default="6ffe27f", help="the commit to compare with (default: the last one before issue 12)")
+    parser.add_argument(
+        "--before", default="6ffe27f", help="the commit to compare with (default: the last one before issue 12)"
+    )
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--args", nargs="*", default=["model=three_conv", "trainer=cpu", "trainer.max_epochs=3"])
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="redesign_ab_"))
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(work / "before"), args.before], check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(work / "before"), args.before],
+        check=True,
+        capture_output=True,
+    )
     sides = {"before": work / "before", "after": REPO}
     results: dict[str, list[tuple[float, float, float]]] = {side: [] for side in sides}
     print(f"CPU: {cpu_description()}, {len(__import__('os').sched_getaffinity(0))} cores")
@@ -59,8 +65,16 @@ def main() -> int:
                 run_dir = work / f"{side}_{i}"
                 start = time.perf_counter()
                 result = subprocess.run(
-                    [sys.executable, str(checkout / "train.py"), *args.args, f"data.root={work / 'data'}", f"hydra.run.dir={run_dir}"],
-                    cwd=work, capture_output=True, text=True,
+                    [
+                        sys.executable,
+                        str(checkout / "train.py"),
+                        *args.args,
+                        f"data.root={work / 'data'}",
+                        f"hydra.run.dir={run_dir}",
+                    ],
+                    cwd=work,
+                    capture_output=True,
+                    text=True,
                 )
                 process_s = time.perf_counter() - start
                 if result.returncode != 0:
@@ -70,7 +84,9 @@ def main() -> int:
                 results[side].append(row)
                 print(f"| {i + 1} | {side} | {row[0]:.1f} | {row[1]:.1f} | {row[2]:.2f} |", flush=True)
     finally:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "before")], capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "before")], capture_output=True
+        )
     medians = {side: [statistics.median(r[k] for r in rows) for k in range(2)] for side, rows in results.items()}
     print("\n| median | process (s) | train() (s) |\n|---|---:|---:|")
     for side, (process_s, train_s) in medians.items():

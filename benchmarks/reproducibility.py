@@ -32,14 +32,27 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 # Short, but with every source of randomness on: dropout, flips, shuffling, a schedule.
 RUN = [
-    "model=two_conv_bn", "data.image_size=16", "trainer.max_epochs=3", "trainer.limit_train_batches=150",
-    "trainer.limit_val_batches=10", "scheduler=cosine", "data.augment.flip.p=0.5", "seed=7",
-    "callbacks.progress_bar=null", "logger=none",
+    "model=two_conv_bn",
+    "data.image_size=16",
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=150",
+    "trainer.limit_val_batches=10",
+    "scheduler=cosine",
+    "data.augment.flip.p=0.5",
+    "seed=7",
+    "callbacks.progress_bar=null",
+    "logger=none",
 ]
 
 
 def train(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen) -> None:
@@ -54,7 +67,8 @@ def compare(a: Path, b: Path) -> str:
     diff = max((wa[k].double() - wb[k].double()).abs().max().item() for k in wa)
     ma, mb = (json.loads((p / "metrics.json").read_text())["metrics"] for p in (a, b))
     same = diff == 0 and ma == mb
-    return f"{'identical' if same else 'DIFFERENT'}  max |dw| = {diff:.3g}  test/acc {ma['test/acc']:.4f} vs {mb['test/acc']:.4f}"
+    accuracies = f"test/acc {ma['test/acc']:.4f} vs {mb['test/acc']:.4f}"
+    return f"{'identical' if same else 'DIFFERENT'}  max |dw| = {diff:.3g}  {accuracies}"
 
 
 def main() -> None:
@@ -62,7 +76,12 @@ def main() -> None:
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--data-root", default="data/fashion-mnist")
     args = parser.parse_args()
-    common = [*RUN, f"trainer.accelerator={args.accelerator}", "trainer.devices=1", f"data.root={Path(args.data_root).resolve()}"]
+    common = [
+        *RUN,
+        f"trainer.accelerator={args.accelerator}",
+        "trainer.devices=1",
+        f"data.root={Path(args.data_root).resolve()}",
+    ]
     device = torch.cuda.get_device_name() if args.accelerator == "gpu" else "CPU"
     print(f"torch {torch.__version__}, {device}")
 

@@ -83,8 +83,10 @@ def main() -> None:
             rates[option].append(rate)
             warmups[option].append(warmup)
     base = statistics.median(rates["eager"])
-    print(f"{args.model}, batch {args.batch_size}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}")
+    print(
+        f"{args.model}, batch {args.batch_size}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}"
+    )
     print("| option | batch | images/s (median) | ratio to eager | first 5 steps (s) |")
     print("|---|---:|---:|---:|---:|")
     for option, batch in options.items():

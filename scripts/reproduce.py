@@ -108,10 +108,14 @@ def report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     p_run = commands.add_parser("run", help="train every experiment with every seed (one Hydra multirun)")
-    p_run.add_argument("--experiments", nargs="+", default=EXPERIMENTS, metavar="NAME", help=f"default: {' '.join(EXPERIMENTS)}")
+    p_run.add_argument(
+        "--experiments", nargs="+", default=EXPERIMENTS, metavar="NAME", help=f"default: {' '.join(EXPERIMENTS)}"
+    )
     p_run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="SEED", help="default: 0 1 2")
     p_run.add_argument("--jobs", type=int, default=1, help="jobs at once (joblib launcher) when > 1; default 1")
     p_run.add_argument("--sweep-dir", help="default: outputs/reproduction/<date>_<time>")
@@ -119,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     p_report = commands.add_parser("report", help="write docs/REPRODUCTION.md from sweep folders made by run")
     p_report.add_argument("sweeps", nargs="+", metavar="SWEEP_DIR")
     p_report.add_argument("--doc", default=str(ROOT / "docs" / "REPRODUCTION.md"))
-    p_report.add_argument("--notes", default=str(ROOT / "docs" / "reproduction_notes.md"), help="hand-written findings appended to the document, if the file exists")
+    p_report.add_argument(
+        "--notes",
+        default=str(ROOT / "docs" / "reproduction_notes.md"),
+        help="hand-written findings appended to the document, if the file exists",
+    )
     args = parser.parse_args(argv)
     return run(args) if args.command == "run" else report(args)
 

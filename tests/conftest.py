@@ -35,22 +35,33 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 #: The environment of the scripts the tests run: the tests' own modules (networks and
 #: augmentations defined outside the package, as a user's would be) are importable.
-SCRIPT_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
+SCRIPT_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")])),
+}
 
 
 def run_script(script: str, *args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
     """Runs ``python <script> <args>`` from the repository (as a user would) and returns it."""
     return subprocess.run(
         [sys.executable, str(REPO / script), *args],
-        cwd=cwd, env={**SCRIPT_ENV, **(env or {})}, capture_output=True, text=True, timeout=600,
+        cwd=cwd,
+        env={**SCRIPT_ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
 def start_script(script: str, *args: str, cwd: Path = REPO) -> subprocess.Popen:
     """Starts ``python <script> <args>`` in the background (output discarded)."""
     return subprocess.Popen(
-        [sys.executable, str(REPO / script), *args], cwd=cwd, env=SCRIPT_ENV,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [sys.executable, str(REPO / script), *args],
+        cwd=cwd,
+        env=SCRIPT_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -78,9 +89,15 @@ def trained_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     80 % accuracy), tested on the full 10,000 test images."""
     run_dir = tmp_path_factory.mktemp("runs") / "run"
     result = run_script(
-        "train.py", "model=two_conv_5x5", "data.image_size=16", "trainer=cpu", "trainer.max_epochs=2",
-        "trainer.limit_train_batches=150", "trainer.limit_val_batches=20",
-        f"data.root={data_root}", f"hydra.run.dir={run_dir}",
+        "train.py",
+        "model=two_conv_5x5",
+        "data.image_size=16",
+        "trainer=cpu",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=150",
+        "trainer.limit_val_batches=20",
+        f"data.root={data_root}",
+        f"hydra.run.dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir

@@ -33,7 +33,9 @@ def snapshot(folder: Path) -> dict[str, str]:
 def mounted_tmpfs(folder: Path, options: str) -> Iterator[Path]:
     """A tmpfs mounted at ``folder`` (read-only or tiny, to get real EROFS/ENOSPC errors)."""
     folder.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         pytest.skip(f"mounting a tmpfs needs root: {result.stderr.strip()}")
     try:
@@ -96,11 +98,11 @@ class Context:
 
 
 @pytest.fixture(scope="module")
-def ctx(trained_run: Path, data_root: Path, tmp_path_factory: pytest.TempPathFactory, read_only_dir: Path, full_dir: Path) -> Context:
+def ctx(
+    trained_run: Path, data_root: Path, tmp_path_factory: pytest.TempPathFactory, read_only_dir: Path, full_dir: Path
+) -> Context:
     tmp = tmp_path_factory.mktemp("bad_inputs")
-    bad_roots = {
-        kind: corrupt(data_root, tmp / kind, name, edit) for kind, (name, edit, _) in DATA_CORRUPTIONS.items()
-    }
+    bad_roots = {kind: corrupt(data_root, tmp / kind, name, edit) for kind, (name, edit, _) in DATA_CORRUPTIONS.items()}
     return Context(trained_run, tmp, data_root, bad_roots, read_only_dir, full_dir)
 
 
@@ -125,14 +127,38 @@ CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [
     ("batch_size_float", lambda c: fresh(c, "data.batch_size=1.5"), "data.batch_size=1.5"),
     ("epochs_negative", lambda c: fresh(c, "trainer.max_epochs=-2"), "trainer.max_epochs=-2"),
     ("val_fraction_one", lambda c: fresh(c, "data.val_fraction=1.0"), "data.val_fraction=1.0"),
-    ("unknown_optimizer", lambda c: fresh(c, "optimizer._target_=torch.optim.Adamm"), "optimizer._target_='torch.optim.Adamm'"),
-    ("scheduler_not_a_scheduler", lambda c: fresh(c, "scheduler=cosine", "scheduler._target_=torch.nn.Linear"), "scheduler._target_"),
+    (
+        "unknown_optimizer",
+        lambda c: fresh(c, "optimizer._target_=torch.optim.Adamm"),
+        "optimizer._target_='torch.optim.Adamm'",
+    ),
+    (
+        "scheduler_not_a_scheduler",
+        lambda c: fresh(c, "scheduler=cosine", "scheduler._target_=torch.nn.Linear"),
+        "scheduler._target_",
+    ),
     ("image_size_too_small", lambda c: fresh(c, "data.image_size=4"), "data.image_size=4"),
-    ("monitor_never_logged", lambda c: fresh(c, "callbacks.early_stopping.monitor=val/accuracy"), "callbacks.early_stopping.monitor='val/accuracy'"),
-    ("monitor_test_metric", lambda c: fresh(c, "callbacks.model_checkpoint.monitor=test/acc"), "callbacks.model_checkpoint.monitor='test/acc'"),
+    (
+        "monitor_never_logged",
+        lambda c: fresh(c, "callbacks.early_stopping.monitor=val/accuracy"),
+        "callbacks.early_stopping.monitor='val/accuracy'",
+    ),
+    (
+        "monitor_test_metric",
+        lambda c: fresh(c, "callbacks.model_checkpoint.monitor=test/acc"),
+        "callbacks.model_checkpoint.monitor='test/acc'",
+    ),
     ("flip_probability", lambda c: fresh(c, "data.augment.flip.p=2"), "data.augment.flip.p=2"),
-    ("augmentation_not_a_class", lambda c: fresh(c, "data.augment.flip._target_=torch.nn.Flipp"), "data.augment.flip._target_='torch.nn.Flipp'"),
-    ("external_net_bad_argument", lambda c: fresh(c, "model=two_conv_5x5", "model._target_=test_extending.ResNet", "+model.blocks=0"), "model.blocks=0"),
+    (
+        "augmentation_not_a_class",
+        lambda c: fresh(c, "data.augment.flip._target_=torch.nn.Flipp"),
+        "data.augment.flip._target_='torch.nn.Flipp'",
+    ),
+    (
+        "external_net_bad_argument",
+        lambda c: fresh(c, "model=two_conv_5x5", "model._target_=test_extending.ResNet", "+model.blocks=0"),
+        "model.blocks=0",
+    ),
     ("dropout_one", lambda c: fresh(c, "model.dropout=1.0"), "model.dropout=1.0"),
     ("unknown_precision", lambda c: fresh(c, "trainer.precision=8"), "trainer.precision=8"),
     ("seed_not_an_integer", lambda c: fresh(c, "seed=abc"), "seed='abc'"),
@@ -143,17 +169,34 @@ CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [
     ("resume_not_a_run", lambda c: [f"resume={c.data_root}"], "is not a run folder"),
     ("resume_without_checkpoint", lambda c: [f"resume={no_checkpoint_run(c)}"], "has no checkpoint"),
     ("resume_finished_run", lambda c: [f"resume={c.run}"], "already finished"),
-    ("resume_changes_shape", lambda c: [f"resume={c.run}", "trainer.max_epochs=9", "data.image_size=28"], "holds a different network"),
+    (
+        "resume_changes_shape",
+        lambda c: [f"resume={c.run}", "trainer.max_epochs=9", "data.image_size=28"],
+        "holds a different network",
+    ),
     ("resume_swaps_model", lambda c: [f"resume={c.run}", "model=three_conv"], "config groups cannot be swapped"),
     ("resume_in_multirun", lambda c: ["-m", f"resume={c.run}"], "cannot be combined with -m"),
     ("run_dir_of_earlier_run", lambda c: [f"hydra.run.dir={c.run}", f"data.root={c.data_root}"], "already holds a run"),
-    ("run_dir_read_only", lambda c: [f"hydra.run.dir={c.read_only / 'run'}", f"data.root={c.data_root}"], "Read-only file system"),
+    (
+        "run_dir_read_only",
+        lambda c: [f"hydra.run.dir={c.read_only / 'run'}", f"data.root={c.data_root}"],
+        "Read-only file system",
+    ),
     ("run_dir_full", lambda c: [f"hydra.run.dir={c.full / 'run'}", f"data.root={c.data_root}"], "MiB free"),
-    ("data_root_read_only", lambda c: [f"data.root={c.read_only / 'data'}", "data.download=false", f"hydra.run.dir={c.tmp / 'new_run'}"], "data.root"),
+    (
+        "data_root_read_only",
+        lambda c: [f"data.root={c.read_only / 'data'}", "data.download=false", f"hydra.run.dir={c.tmp / 'new_run'}"],
+        "data.root",
+    ),
     *[
         (
             f"data_{kind}",
-            lambda c, kind=kind: [f"data.root={c.bad_roots[kind]}", "data.local_copy=null", "data.download=false", f"hydra.run.dir={c.tmp / 'new_run'}"],
+            lambda c, kind=kind: [
+                f"data.root={c.bad_roots[kind]}",
+                "data.local_copy=null",
+                "data.download=false",
+                f"hydra.run.dir={c.tmp / 'new_run'}",
+            ],
             f"{name} {expected}",
         )
         for kind, (name, _, expected) in DATA_CORRUPTIONS.items()
@@ -165,9 +208,14 @@ CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [
 # the command line, they are slow (each imports Lightning and reads the data).
 @pytest.mark.parametrize(
     ("case", "arguments", "expected"),
-    [pytest.param(*case, id=case[0], marks=[pytest.mark.slow] if case[0].startswith("data_") else []) for case in CASES],
+    [
+        pytest.param(*case, id=case[0], marks=[pytest.mark.slow] if case[0].startswith("data_") else [])
+        for case in CASES
+    ],
 )
-def test_bad_input_is_refused(ctx: Context, case: str, arguments: Callable[[Context], list[str]], expected: str) -> None:
+def test_bad_input_is_refused(
+    ctx: Context, case: str, arguments: Callable[[Context], list[str]], expected: str
+) -> None:
     if case == "gpu_without_gpu" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     before = snapshot(ctx.run)

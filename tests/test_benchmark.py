@@ -14,8 +14,19 @@ from conftest import run_script
 def test_benchmark_runs_all_variants(data_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     result = run_script(
-        "benchmarks/benchmark.py", "--recipes", "recipe_004", "--reps", "1", "--images", "300",
-        "--warmup", "2", "--data-root", str(data_root), "--out", str(out),
+        "benchmarks/benchmark.py",
+        "--recipes",
+        "recipe_004",
+        "--reps",
+        "1",
+        "--images",
+        "300",
+        "--warmup",
+        "2",
+        "--data-root",
+        str(data_root),
+        "--out",
+        str(out),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(out.read_text())

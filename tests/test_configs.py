@@ -8,9 +8,8 @@ from pathlib import Path
 import hydra
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from conftest import CONF, config_names
 from fmnist_lightning.errors import ConfigError
@@ -21,6 +20,7 @@ from fmnist_lightning.training.pipeline import train
 def build(cfg):
     run = build_run(cfg)
     return run.datamodule, run.model, run.trainer
+
 
 GROUPS = ["data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "debug"]
 
@@ -39,7 +39,12 @@ def test_every_option_builds(make_cfg, override: str) -> None:
 
 @pytest.mark.parametrize(
     "override",
-    [f"{group}={name}" for group in [*GROUPS, "experiment"] for name in config_names(group) if (group, name) != ("trainer", "gpu")],
+    [
+        f"{group}={name}"
+        for group in [*GROUPS, "experiment"]
+        for name in config_names(group)
+        if (group, name) != ("trainer", "gpu")
+    ],
 )
 def test_every_option_passes_the_checks(make_cfg, override: str) -> None:
     build_run(make_cfg(override))
@@ -49,7 +54,11 @@ def test_config_error_lists_every_problem(make_cfg) -> None:
     cfg = make_cfg("optimizer.lr=-1", "data.batch_size=0", "callbacks.early_stopping.monitor=val/f1")
     with pytest.raises(ConfigError) as info:
         build_run(cfg)
-    assert [p.key for p in info.value.problems] == ["data.batch_size", "optimizer.lr", "callbacks.early_stopping.monitor"]
+    assert [p.key for p in info.value.problems] == [
+        "data.batch_size",
+        "optimizer.lr",
+        "callbacks.early_stopping.monitor",
+    ]
     assert "optimizer.lr=-1: Invalid learning rate: -1 (the default of torch.optim.Adam: 0.001)" in str(info.value)
     assert "use one of train/loss, train/acc, val/loss, val/acc, val/acc_best" in str(info.value)
 
@@ -92,7 +101,9 @@ def test_a_healthy_run_builds_its_network_once(make_cfg, monkeypatch) -> None:
 
     built = []
     original = nets.TwoConv5x5Net.__init__
-    monkeypatch.setattr(nets.TwoConv5x5Net, "__init__", lambda self, *a, **k: (built.append(1), original(self, *a, **k))[1])
+    monkeypatch.setattr(
+        nets.TwoConv5x5Net, "__init__", lambda self, *a, **k: (built.append(1), original(self, *a, **k))[1]
+    )
     train(make_cfg("model=two_conv_5x5", "data.image_size=16", "debug=fdr"))
     assert len(built) == 1
 
@@ -145,7 +156,9 @@ def test_own_experiments(make_cfg) -> None:
     assert best.model._target_.endswith("VGGBNNet") and list(best.model.widths) == [32, 64, 128]
     assert best.model.flip_tta and best.label_smoothing == 0.1
     assert best.optimizer._target_ == "torch.optim.SGD" and best.optimizer.nesterov and best.optimizer.lr == 0.1
-    assert best.scheduler._target_.endswith("CosineAnnealingLR") and best.scheduler.T_max == best.trainer.max_epochs == 30
+    assert (
+        best.scheduler._target_.endswith("CosineAnnealingLR") and best.scheduler.T_max == best.trainer.max_epochs == 30
+    )
     augment = OmegaConf.to_container(best.data.augment, resolve=True)
     assert (augment["crop"]["padding"], augment["flip"]["p"], augment["erase"]["p"]) == (2, 0.5, 0.5)
     assert augment["erase"]["value"] == best.data.normalize.mean  # 0 after normalisation, as torchvision's

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmnist_lightning.data import DatasetError, FashionMNISTDataModule, load_split
+from fmnist_lightning.data import DatasetError, FashionMNISTDataModule, idx, load_split
 from fmnist_lightning.data.augment import BatchRandomCrop, BatchRandomErasing, BatchRandomHorizontalFlip
-from fmnist_lightning.errors import ArgumentError, ConfigError
-from fmnist_lightning.data import idx
 from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, IDX_SPECS, ensure_files
+from fmnist_lightning.errors import ArgumentError, ConfigError
 
 TRAIN_IMAGES = IDX_SPECS[("train", "images")]
 TRAIN_LABELS = IDX_SPECS[("train", "labels")]
@@ -123,7 +122,7 @@ def test_ensure_files_refuses_bad_local_copy(data_root: Path, tmp_path: Path) ->
 
 
 def test_nothing_found_without_download(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="not in .* and data.download is false.*apt-get install"):
+    with pytest.raises(DatasetError, match=r"not in .* and data.download is false.*apt-get install"):
         ensure_files(tmp_path / "root", tmp_path / "empty", download=False)
 
 
@@ -135,7 +134,7 @@ def test_failed_download_says_how_to_fix(tmp_path: Path, monkeypatch: pytest.Mon
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
 
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
-    with pytest.raises(DatasetError, match="torchvision's download failed.*apt-get install"):
+    with pytest.raises(DatasetError, match=r"torchvision's download failed.*apt-get install"):
         ensure_files(tmp_path / "root", None, download=True)
 
 
@@ -231,7 +230,7 @@ def test_augmentation_is_per_sample() -> None:
     flipped = BatchRandomHorizontalFlip(p=1.0)(x)
     assert torch.equal(flipped, x.flip(-1))
     half = BatchRandomHorizontalFlip(p=0.5)(x)
-    n_flipped = sum(torch.equal(h, f) for h, f in zip(half, x.flip(-1)))
+    n_flipped = sum(torch.equal(h, f) for h, f in zip(half, x.flip(-1), strict=True))
     assert 0 < n_flipped < len(x)  # each image decides for itself
     cropped = BatchRandomCrop(padding=2)(x)
     assert cropped.shape == x.shape
@@ -269,7 +268,7 @@ def test_random_erasing_is_per_sample_and_rectangular() -> None:
     n_erased = (half == 0).flatten(1).any(1).sum().item()
     assert 900 < n_erased < 1100
     assert torch.equal(BatchRandomErasing(p=0.0)(x), x)
-    with pytest.raises(ArgumentError, match="p=1.5"):
+    with pytest.raises(ArgumentError, match=r"p=1\.5"):
         BatchRandomErasing(p=1.5)
 
 
@@ -298,7 +297,14 @@ class AddNoise(torch.nn.Module):
 def test_an_augmentation_of_your_own_is_one_config_entry(make_cfg) -> None:
     from fmnist_lightning.training.pipeline import train
 
-    metrics = train(make_cfg("debug=fdr", "data.augment.flip.p=0.5", "+data.augment.noise._target_=test_data.AddNoise", "+data.augment.noise.std=0.05"))
+    metrics = train(
+        make_cfg(
+            "debug=fdr",
+            "data.augment.flip.p=0.5",
+            "+data.augment.noise._target_=test_data.AddNoise",
+            "+data.augment.noise.std=0.05",
+        )
+    )
     assert 0.0 <= metrics["test/acc"] <= 1.0
     with pytest.raises(ConfigError, match=r"data.augment.noise.std=-1.0: a standard deviation >= 0"):
         train(make_cfg("+data.augment.noise._target_=test_data.AddNoise", "+data.augment.noise.std=-1.0"))

@@ -21,7 +21,9 @@ def test_evaluate_reproduces_test_acc(trained_run: Path, data_root: Path, tmp_pa
     metrics = json.loads((trained_run / "metrics.json").read_text())["metrics"]
     for weights in ("best", "net.pt"):
         out = tmp_path / weights
-        result = run_script("evaluate.py", f"run_dir={trained_run}", f"weights={weights}", "device=cpu", f"hydra.run.dir={out}")
+        result = run_script(
+            "evaluate.py", f"run_dir={trained_run}", f"weights={weights}", "device=cpu", f"hydra.run.dir={out}"
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         report = json.loads((out / "report.json").read_text())
         assert report["accuracy"] == pytest.approx(metrics["test/acc"], abs=1e-6)
@@ -52,7 +54,7 @@ def test_checkpoint_that_does_not_fit_is_refused(trained_run: Path, tmp_path: Pa
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     cfg.model._target_ = "fmnist_lightning.models.ThreeConvNet"
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
-    with pytest.raises(RunError, match="do not fit the run's network .*ThreeConvNet at data.image_size=16"):
+    with pytest.raises(RunError, match=r"do not fit the run's network .*ThreeConvNet at data\.image_size=16"):
         load_trained(run, "best")
     result = run_script("evaluate.py", f"run_dir={run}", f"hydra.run.dir={tmp_path / 'out'}")
     assert result.returncode == 1 and "do not fit" in result.stderr and "Traceback" not in result.stderr
@@ -74,7 +76,7 @@ def test_load_trained_gives_eval_net_with_preprocessing(trained_run: Path) -> No
     assert model.preprocess(images).shape == (3, 1, 16, 16)
     # net.pt holds the same weights as the best checkpoint.
     best = load_trained(trained_run, "best")
-    for a, b in zip(model.net.state_dict().values(), best.net.state_dict().values()):
+    for a, b in zip(model.net.state_dict().values(), best.net.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 

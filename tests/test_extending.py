@@ -33,8 +33,11 @@ class ResNet(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         self.blocks = nn.ModuleList(
             nn.Sequential(
-                nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                nn.Conv2d(width, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+                nn.Conv2d(width, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
             )
             for _ in range(blocks)
         )
@@ -68,8 +71,15 @@ def sweep(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "my_conf" / "model" / "resnet.yaml").write_text(RESNET_YAML)
     folder = root / "sweep"
     result = run_script(
-        "train.py", "-m", f"hydra.searchpath=[file://{root / 'my_conf'}]", "model=resnet", "model.blocks=1,2",
-        "trainer.max_epochs=1", *SHORT, f"data.root={data_root}", f"hydra.sweep.dir={folder}",
+        "train.py",
+        "-m",
+        f"hydra.searchpath=[file://{root / 'my_conf'}]",
+        "model=resnet",
+        "model.blocks=1,2",
+        "trainer.max_epochs=1",
+        *SHORT,
+        f"data.root={data_root}",
+        f"hydra.sweep.dir={folder}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return folder
@@ -87,7 +97,9 @@ def test_a_network_of_your_own_appears_in_the_sweep_summary(sweep: Path) -> None
 def test_a_model_target_override_is_enough(make_cfg, tmp_path: Path) -> None:
     from fmnist_lightning.training.pipeline import train
 
-    metrics = train(make_cfg("model=two_conv_5x5", "model._target_=test_extending.ResNet", "+model.blocks=1", "debug=fdr"))
+    metrics = train(
+        make_cfg("model=two_conv_5x5", "model._target_=test_extending.ResNet", "+model.blocks=1", "debug=fdr")
+    )
     assert 0.0 <= metrics["test/acc"] <= 1.0
     assert (tmp_path / "report.json").is_file()
 
@@ -105,7 +117,13 @@ def test_it_resumes_evaluates_and_predicts(sweep: Path, tmp_path: Path) -> None:
 
     images, _ = load_split(Path(_data_root(job)), "test")
     Image.fromarray(images[0].numpy()).save(tmp_path / "item.png")
-    result = run_script("predict.py", f"run_dir={job}", f"images={tmp_path / 'item.png'}", "device=cpu", f"hydra.run.dir={tmp_path / 'p'}")
+    result = run_script(
+        "predict.py",
+        f"run_dir={job}",
+        f"images={tmp_path / 'item.png'}",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path / 'p'}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "item.png:" in result.stdout
 

@@ -19,7 +19,9 @@ MAX_LINES = 300
 
 def test_import_contracts_are_kept() -> None:
     """``lint-imports`` checks the contracts in pyproject.toml ([tool.importlinter])."""
-    result = subprocess.run([str(Path(sys.executable).parent / "lint-imports")], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports")], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     assert "0 broken" in result.stdout
 

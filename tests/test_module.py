@@ -20,8 +20,13 @@ def test_logged_keys_and_exact_epoch_means(tmp_path) -> None:
     loader = DataLoader(TensorDataset(images, labels), batch_size=32)
     model = FashionMNISTClassifier(NET, optimizer=SGD_LR0)
     trainer = L.Trainer(
-        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(model, loader, loader)
     fit_metrics = dict(trainer.callback_metrics)

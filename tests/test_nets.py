@@ -74,7 +74,12 @@ def test_vgg_bn_net() -> None:
     assert sum(p.numel() for p in net.parameters()) == 584_874
     assert net(torch.rand(4, 1, 28, 28)).shape == (4, 10)
     assert VGGBNNet(image_size=16, widths=[16, 32], hidden=0)(torch.rand(2, 1, 16, 16)).shape == (2, 10)
-    for kwargs, message in [({"widths": []}, "widths"), ({"convs_per_stage": 0}, "convs_per_stage"), ({"hidden": -1}, "hidden"), ({"dropout": 1.0}, "dropout")]:
+    for kwargs, message in [
+        ({"widths": []}, "widths"),
+        ({"convs_per_stage": 0}, "convs_per_stage"),
+        ({"hidden": -1}, "hidden"),
+        ({"dropout": 1.0}, "dropout"),
+    ]:
         with pytest.raises(ValueError, match=message):
             VGGBNNet(**kwargs)
 

@@ -31,7 +31,7 @@ def test_png_of_a_test_image_predicts_as_the_dataset(trained_run: Path, test_ima
         paths.append(str(tmp_path / f"{i}.png"))
     results = predict_files(model, paths)
     expected = model.predict_proba(images[:5, None])
-    for r, p in zip(results, expected):
+    for r, p in zip(results, expected, strict=True):
         assert r.error is None
         assert r.label == int(p.argmax()) and r.name == CLASS_NAMES[r.label]
         assert r.probability == pytest.approx(float(p.max()), abs=1e-5)
@@ -64,8 +64,11 @@ def test_predict_cli_with_bad_files(trained_run: Path, test_images, tmp_path: Pa
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not an image")
     files = [tmp_path / "good.png", tmp_path / "corrupt.png", tmp_path / "missing.png", tmp_path / "odd.jpg"]
     result = run_script(
-        "predict.py", f"run_dir={trained_run}", f"images=[{','.join(map(str, files))}]",
-        f"output={tmp_path / 'preds.json'}", "device=cpu",
+        "predict.py",
+        f"run_dir={trained_run}",
+        f"images=[{','.join(map(str, files))}]",
+        f"output={tmp_path / 'preds.json'}",
+        "device=cpu",
     )
     assert result.returncode == 1  # some files failed ...
     assert f"{files[1]}: error: cannot read image" in result.stderr

@@ -39,7 +39,9 @@ def test_report_of_a_real_run_matches_sklearn(trained_run: Path, data_root: Path
     datamodule.setup("test")
     images, targets = datamodule.data_test.tensors
     with torch.inference_mode():
-        preds = torch.cat([model.net(datamodule.preprocess(images[i : i + 1000])).argmax(1) for i in range(0, 10_000, 1000)])
+        preds = torch.cat(
+            [model.net(datamodule.preprocess(images[i : i + 1000])).argmax(1) for i in range(0, 10_000, 1000)]
+        )
     report = json.loads((trained_run / "report.json").read_text())
     assert_matches_sklearn(report, preds, targets)
     assert sum(map(sum, report["confusion_matrix"])) == 10_000 == report["num_samples"]
@@ -53,7 +55,11 @@ def test_class_never_predicted_and_most_confused() -> None:
     preds = torch.tensor([0, 1, 1, 1, 1, 0, 0, 0, 2, 1])  # class 3 is never predicted right
     report = classification_report(preds, targets, top_k=3)
     assert_matches_sklearn(report, preds, targets)
-    assert [(p["true"], p["predicted"], p["count"]) for p in report["most_confused"]] == [(2, 0, 3), (0, 1, 2), (3, 1, 1)]
+    assert [(p["true"], p["predicted"], p["count"]) for p in report["most_confused"]] == [
+        (2, 0, 3),
+        (0, 1, 2),
+        (3, 1, 1),
+    ]
     assert report["most_confused"][0]["true_name"] == "Pullover"
     assert report["per_class"][3]["precision"] == 0.0
 

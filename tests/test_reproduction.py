@@ -31,8 +31,14 @@ def make_job(folder: Path, experiment: str, seed: int, test_acc: float, status: 
         cfg = compose("train", overrides=overrides + [f"{k}={v}" for k, v in changes.items()])
     OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    write_status(folder, status, epochs=3, wall_time_s=12.5, metrics={"test/acc": test_acc, "val/acc_best": test_acc + 0.004},
-                 error=None if status == "finished" else "RuntimeError: boom")
+    write_status(
+        folder,
+        status,
+        epochs=3,
+        wall_time_s=12.5,
+        metrics={"test/acc": test_acc, "val/acc_best": test_acc + 0.004},
+        error=None if status == "finished" else "RuntimeError: boom",
+    )
     generator = torch.Generator().manual_seed(seed)
     targets = torch.arange(10).repeat(100)
     wrong = torch.rand(1000, generator=generator) > test_acc
@@ -44,9 +50,15 @@ def make_sweep(folder: Path, jobs: list[tuple], gpu: str | None = None) -> Path:
     for i, (experiment, seed, acc, *rest) in enumerate(jobs):
         make_job(folder / str(i), experiment, seed, acc, **(rest[0] if rest else {}))
     record = {
-        "command": f"python train.py -m experiment=x seed=0 hydra.sweep.dir={folder} hydra/launcher=joblib hydra.launcher.n_jobs=4",
-        "commit": "0123456789abcdef", "uncommitted_changes": False, "source_digest": reproduce.source_digest(),
-        "wall_time_s": 99.0, "finished": "2026-11-22 21:00:00 UTC",
+        "command": (
+            f"python train.py -m experiment=x seed=0 hydra.sweep.dir={folder} "
+            "hydra/launcher=joblib hydra.launcher.n_jobs=4"
+        ),
+        "commit": "0123456789abcdef",
+        "uncommitted_changes": False,
+        "source_digest": reproduce.source_digest(),
+        "wall_time_s": 99.0,
+        "finished": "2026-11-22 21:00:00 UTC",
         "hardware": {"cpu": "Test CPU", "cpu_cores": 2, "gpu": gpu},
     }
     (folder / "reproduction.json").write_text(json.dumps(record))
@@ -54,14 +66,26 @@ def make_sweep(folder: Path, jobs: list[tuple], gpu: str | None = None) -> Path:
 
 
 def test_report_tables_targets_and_superseded_runs(tmp_path: Path) -> None:
-    a = make_sweep(tmp_path / "sweep_a", [
-        ("recipe_001", 0, 0.915), ("recipe_001", 1, 0.913), ("recipe_001", 2, 0.914), ("recipe_002", 0, 0.93),
-        ("best", 0, 0.94), ("best", 1, 0.95), ("best", 2, 0.944),
-    ])
-    b = make_sweep(tmp_path / "sweep_b", [
-        ("recipe_004", 0, 0.87, {"optimizer.lr": 0.05}),  # its config has changed since: superseded
-        ("fast", 0, 0.92),
-    ], gpu="Test GPU")
+    a = make_sweep(
+        tmp_path / "sweep_a",
+        [
+            ("recipe_001", 0, 0.915),
+            ("recipe_001", 1, 0.913),
+            ("recipe_001", 2, 0.914),
+            ("recipe_002", 0, 0.93),
+            ("best", 0, 0.94),
+            ("best", 1, 0.95),
+            ("best", 2, 0.944),
+        ],
+    )
+    b = make_sweep(
+        tmp_path / "sweep_b",
+        [
+            ("recipe_004", 0, 0.87, {"optimizer.lr": 0.05}),  # its config has changed since: superseded
+            ("fast", 0, 0.92),
+        ],
+        gpu="Test GPU",
+    )
     # A job that failed is listed, not averaged.
     make_job(b / "2", "fast", 1, 0.5, status="failed")
     doc = tmp_path / "docs" / "REPRODUCTION.md"
@@ -77,17 +101,26 @@ def test_report_tables_targets_and_superseded_runs(tmp_path: Path) -> None:
     assert "91.50, 91.30, 91.40" in rows["`recipe_001`"] and "CPU only: Test CPU, 2 cores (4)" in rows["`recipe_001`"]
     assert "**no** (mean >= 94.50 %)" in rows["`best`"]  # 94.47
     # Fewer than 3 seeds are shown but not judged.
-    assert "**92.00 (1 seed)**" in rows["`fast`"] and "not judged (1 of 3 seeds)" in rows["`fast`"] and "Test GPU" in rows["`fast`"]
+    assert (
+        "**92.00 (1 seed)**" in rows["`fast`"]
+        and "not judged (1 of 3 seeds)" in rows["`fast`"]
+        and "Test GPU" in rows["`fast`"]
+    )
     # Weighted P/R/F1 next to the reported ones; recipe 002's classes and confused pairs.
     assert "| precision | 0.9139 |" in text
     assert "| 6 | Shirt | 79.40 |" in text and "| 1 | Shirt → T-shirt/top | 82 |" in text
     # The changed config is not counted, and the change is named.
     superseded = text.split("## Superseded runs")[1]
-    assert "`recipe_004`" not in rows and "`recipe_004`" in superseded and "optimizer.lr: 0.05 then, 0.1 now" in superseded
+    assert (
+        "`recipe_004`" not in rows and "`recipe_004`" in superseded and "optimizer.lr: 0.05 then, 0.1 now" in superseded
+    )
     assert "sweep_b/2: failed RuntimeError: boom" in text
     assert "same as this checkout" in text and text.rstrip().endswith("Hand-written.")
     # The small records are archived beside the document.
-    assert json.loads((doc.parent / "reproduction" / "sweep_a" / "reproduction.json").read_text())["commit"] == "0123456789abcdef"
+    assert (
+        json.loads((doc.parent / "reproduction" / "sweep_a" / "reproduction.json").read_text())["commit"]
+        == "0123456789abcdef"
+    )
 
 
 def test_parameters_added_later_with_the_old_default_are_no_change(tmp_path: Path) -> None:
@@ -102,7 +135,7 @@ def test_parameters_added_later_with_the_old_default_are_no_change(tmp_path: Pat
 
 def test_refusals(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="has no reproduction.json"):
+    with pytest.raises(SystemExit, match=r"has no reproduction\.json"):
         reproduce.main(["report", str(tmp_path / "empty")])
     with pytest.raises(SystemExit, match="unknown experiment"):
         reproduce.main(["run", "--experiments", "recipe_009"])
@@ -114,9 +147,27 @@ def test_refusals(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_run_then_report_end_to_end(data_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    short = ["trainer=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=10", "trainer.limit_val_batches=2",
-             "callbacks.progress_bar=null", "logger=none", f"data.root={data_root}"]
-    result = run_script("scripts/reproduce.py", "run", "--experiments", "recipe_004", "--seeds", "0", "1", "--sweep-dir", str(sweep), *short)
+    short = [
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=10",
+        "trainer.limit_val_batches=2",
+        "callbacks.progress_bar=null",
+        "logger=none",
+        f"data.root={data_root}",
+    ]
+    result = run_script(
+        "scripts/reproduce.py",
+        "run",
+        "--experiments",
+        "recipe_004",
+        "--seeds",
+        "0",
+        "1",
+        "--sweep-dir",
+        str(sweep),
+        *short,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((sweep / "reproduction.json").read_text())
     assert record["command"].startswith("python train.py -m experiment=recipe_004 seed=0,1")

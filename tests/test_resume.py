@@ -15,20 +15,28 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import run_script, start_script
-from fmnist_lightning.errors import NonFiniteLossError
+from fmnist_lightning.errors import NonFiniteLossError, RunError
+from fmnist_lightning.training.history import read_history
 from fmnist_lightning.training.pipeline import train
-from fmnist_lightning.errors import RunError
 from fmnist_lightning.training.resume import preflight
 from fmnist_lightning.training.run_dirs import new_dir
-from fmnist_lightning.training.history import read_history
 from fmnist_lightning.training.status import read_status
 
 # Three short epochs with everything random switched on: dropout (two_conv_bn), random
 # flips, shuffling, and a cosine schedule whose state must survive the restart.
 SHORT_RUN = [
-    "model=two_conv_bn", "data.image_size=16", "trainer=cpu", "trainer.max_epochs=3",
-    "trainer.limit_train_batches=100", "trainer.limit_val_batches=10", "trainer.deterministic=true",
-    "scheduler=cosine", "data.augment.flip.p=0.5", "seed=7", "logger=tensorboard_csv", "callbacks.progress_bar=null",
+    "model=two_conv_bn",
+    "data.image_size=16",
+    "trainer=cpu",
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=100",
+    "trainer.limit_val_batches=10",
+    "trainer.deterministic=true",
+    "scheduler=cosine",
+    "data.augment.flip.p=0.5",
+    "seed=7",
+    "logger=tensorboard_csv",
+    "callbacks.progress_bar=null",
 ]
 
 
@@ -37,7 +45,9 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> Non
     deadline = time.monotonic() + timeout
     while not path.exists():
         if process.poll() is not None:
-            pytest.fail(f"the run ended (exit {process.returncode}) before {path} appeared: {process.stderr.read()[-3000:]}")
+            pytest.fail(
+                f"the run ended (exit {process.returncode}) before {path} appeared: {process.stderr.read()[-3000:]}"
+            )
         if time.monotonic() > deadline:
             process.kill()
             pytest.fail(f"{path} did not appear within {timeout} s")
@@ -111,7 +121,13 @@ def test_sigkill_then_resume_equals_uninterrupted(data_root: Path, tmp_path: Pat
 )
 def test_signal_mid_epoch_leaves_a_resumable_run(data_root: Path, tmp_path: Path, sig: signal.Signals) -> None:
     run_dir = tmp_path / "run"
-    args = ["model=three_conv", "trainer=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=300", "trainer.limit_val_batches=5"]
+    args = [
+        "model=three_conv",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=300",
+        "trainer.limit_val_batches=5",
+    ]
     process = start_script("train.py", *args, f"data.root={data_root}", f"hydra.run.dir={run_dir}")
     wait_for(run_dir / "metrics.json", process)  # written once all checks passed, just before fit
     time.sleep(2)
@@ -137,8 +153,14 @@ def test_non_finite_loss_stops_the_run(make_cfg, tmp_path: Path) -> None:
     """The loss becomes NaN in epoch 1: the run stops at that step, is marked failed, and
     keeps epoch 0's checkpoint with finite weights."""
     cfg = make_cfg(
-        "model=two_conv_5x5", "model._target_=conftest.NaNAfterNet", "+model.nan_from=30", "data.image_size=16",
-        "trainer.max_epochs=3", "trainer.limit_train_batches=20", "trainer.limit_val_batches=2", "logger=none",
+        "model=two_conv_5x5",
+        "model._target_=conftest.NaNAfterNet",
+        "+model.nan_from=30",
+        "data.image_size=16",
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=20",
+        "trainer.limit_val_batches=2",
+        "logger=none",
     )
     with pytest.raises(NonFiniteLossError, match="became nan at step 30 \\(epoch 1, batch 10\\)"):
         train(cfg)
@@ -152,8 +174,15 @@ def test_non_finite_loss_stops_the_run(make_cfg, tmp_path: Path) -> None:
 
 def test_deterministic_cpu_runs_are_identical(make_cfg, tmp_path: Path) -> None:
     overrides = [
-        "model=two_conv_bn", "data.image_size=16", "seed=3", "trainer.deterministic=true", "trainer.max_epochs=2",
-        "trainer.limit_train_batches=30", "trainer.limit_val_batches=3", "data.augment.flip.p=0.5", "logger=none",
+        "model=two_conv_bn",
+        "data.image_size=16",
+        "seed=3",
+        "trainer.deterministic=true",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=30",
+        "trainer.limit_val_batches=3",
+        "data.augment.flip.p=0.5",
+        "logger=none",
     ]
     results = []
     for name in ("a", "b"):
@@ -184,12 +213,21 @@ def test_runs_started_in_the_same_second_get_their_own_folders(data_root: Path, 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(data_root: Path, tmp_path: Path) -> None:
     """trainer=ddp with 2 gloo processes: one set of outputs, accuracy like one process."""
-    args = ["model=two_conv_5x5", "data.image_size=16", "trainer.max_epochs=2", "trainer.limit_train_batches=100",
-            "trainer.limit_val_batches=10", "callbacks.progress_bar=null", f"data.root={data_root}"]
+    args = [
+        "model=two_conv_5x5",
+        "data.image_size=16",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=100",
+        "trainer.limit_val_batches=10",
+        "callbacks.progress_bar=null",
+        f"data.root={data_root}",
+    ]
     single = run_script("train.py", *args, "trainer=cpu", f"hydra.run.dir={tmp_path / 'single'}")
     assert single.returncode == 0, single.stderr[-3000:]
     run_dir = tmp_path / "ddp"
-    result = run_script("train.py", *args, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", f"hydra.run.dir={run_dir}")
+    result = run_script(
+        "train.py", *args, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", f"hydra.run.dir={run_dir}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     done = read_status(run_dir)
@@ -207,9 +245,19 @@ def test_ddp_on_two_cpu_processes(data_root: Path, tmp_path: Path) -> None:
 def test_ddp_in_a_multirun_uses_spawn(data_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     result = run_script(
-        "train.py", "-m", "trainer=ddp", "trainer.accelerator=cpu", "seed=1,2", "model=two_conv_5x5", "data.image_size=16",
-        "trainer.max_epochs=1", "trainer.limit_train_batches=20", "trainer.limit_val_batches=2", "callbacks.progress_bar=null",
-        f"data.root={data_root}", f"hydra.sweep.dir={sweep}",
+        "train.py",
+        "-m",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "seed=1,2",
+        "model=two_conv_5x5",
+        "data.image_size=16",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=20",
+        "trainer.limit_val_batches=2",
+        "callbacks.progress_bar=null",
+        f"data.root={data_root}",
+        f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
@@ -228,7 +276,9 @@ def test_preflight_rewrites_resume_once(trained_run: Path) -> None:
     assert preflight(argv) == argv  # a DDP child gets the rewritten command line
 
 
-def test_preflight_lets_ddp_children_into_their_parents_folder(trained_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_preflight_lets_ddp_children_into_their_parents_folder(
+    trained_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     argv = ["train.py", f"hydra.run.dir={trained_run}"]
     with pytest.raises(RunError, match="already holds a run"):
         preflight(argv)

@@ -13,15 +13,21 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from conftest import CONF, run_script
+from fmnist_lightning.sweeps import read_sweep, summarize
 from fmnist_lightning.training.build import build_run
 from fmnist_lightning.training.status import read_status
-from fmnist_lightning.sweeps import read_sweep, summarize
 
 # Jobs of a few seconds: one batch of each stage (fast_dev_run) of the smallest network.
 TINY = ["debug=fdr", "trainer=cpu", "model=two_conv_5x5", "data.image_size=16"]
 # Real but short training, for searches that need a learning signal.
-SHORT = ["trainer=cpu", "data.image_size=16", "trainer.max_epochs=1", "trainer.limit_train_batches=20",
-         "trainer.limit_val_batches=5", "callbacks.progress_bar=null"]
+SHORT = [
+    "trainer=cpu",
+    "data.image_size=16",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=20",
+    "trainer.limit_val_batches=5",
+    "callbacks.progress_bar=null",
+]
 
 
 def job_rows(sweep: Path) -> list[dict[str, str]]:
@@ -31,13 +37,18 @@ def job_rows(sweep: Path) -> list[dict[str, str]]:
 
 def test_grid_sweep_ends_with_a_summary(data_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    result = run_script("train.py", "-m", *TINY, "optimizer=adam,sgd", "seed=1,2", f"data.root={data_root}", f"hydra.sweep.dir={sweep}")
+    result = run_script(
+        "train.py", "-m", *TINY, "optimizer=adam,sgd", "seed=1,2", f"data.root={data_root}", f"hydra.sweep.dir={sweep}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
     rows = job_rows(sweep)
     assert [(r["optimizer"], r["seed"], r["status"]) for r in rows] == [
-        ("adam", "1", "finished"), ("adam", "2", "finished"), ("sgd", "1", "finished"), ("sgd", "2", "finished")
+        ("adam", "1", "finished"),
+        ("adam", "2", "finished"),
+        ("sgd", "1", "finished"),
+        ("sgd", "2", "finished"),
     ]
     for row in rows:
         job = read_status(sweep / row["job"])
@@ -61,7 +72,9 @@ def test_grid_sweep_ends_with_a_summary(data_root: Path, tmp_path: Path) -> None
 
 def test_a_failing_job_does_not_stop_the_sweep(data_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    result = run_script("train.py", "-m", *TINY, "optimizer.lr=1e-3,-1,3e-3", f"data.root={data_root}", f"hydra.sweep.dir={sweep}")
+    result = run_script(
+        "train.py", "-m", *TINY, "optimizer.lr=1e-3,-1,3e-3", f"data.root={data_root}", f"hydra.sweep.dir={sweep}"
+    )
 
     assert result.returncode == 1
     assert "1 of 3 jobs did not finish (jobs 1)" in result.stderr
@@ -77,8 +90,14 @@ def test_a_failing_job_does_not_stop_the_sweep(data_root: Path, tmp_path: Path) 
 def test_optuna_search_in_memory(data_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "search"
     result = run_script(
-        "train.py", "hparams_search=three_conv_tpe", "model=two_conv", "hydra.sweeper.n_trials=3",
-        "hydra.sweeper.sampler.n_startup_trials=2", *SHORT, f"data.root={data_root}", f"hydra.sweep.dir={sweep}",
+        "train.py",
+        "hparams_search=three_conv_tpe",
+        "model=two_conv",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        *SHORT,
+        f"data.root={data_root}",
+        f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
@@ -102,8 +121,16 @@ def test_optuna_search_with_sqlite_survives_a_failed_trial(data_root: Path, tmp_
         "    params:\n      optimizer.lr: choice(0.001, -1)\n      data.batch_size: choice(32, 64)\n"
     )
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    common = ["-cd", str(tmp_path / "conf"), "hparams_search=grid_with_bad_lr", "model=two_conv", *SHORT,
-              f"data.root={data_root}", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=grid"]
+    common = [
+        "-cd",
+        str(tmp_path / "conf"),
+        "hparams_search=grid_with_bad_lr",
+        "model=two_conv",
+        *SHORT,
+        f"data.root={data_root}",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=grid",
+    ]
     result = run_script("train.py", *common, f"hydra.sweep.dir={tmp_path / 'search'}")
     assert result.returncode == 1, result.stderr[-3000:]  # two trials failed, and the exit says so
     assert "2 of 4 jobs did not finish" in result.stderr
@@ -118,8 +145,14 @@ def test_optuna_search_with_sqlite_survives_a_failed_trial(data_root: Path, tmp_
 def test_joblib_launcher_runs_jobs_in_parallel_without_oversubscribing(data_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     result = run_script(
-        "train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "optimizer=adam,sgd",
-        f"data.root={data_root}", f"hydra.sweep.dir={sweep}",
+        "train.py",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        *TINY,
+        "optimizer=adam,sgd",
+        f"data.root={data_root}",
+        f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
@@ -132,33 +165,61 @@ def test_joblib_launcher_runs_jobs_in_parallel_without_oversubscribing(data_root
 
 def test_slurm_launcher_config_composes() -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=a100", "output_dir=unused"], return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=a100", "output_dir=unused"],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min, launcher.signal_delay_s) == ("a100", 1, 120, 120)
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min, launcher.signal_delay_s) == (
+        "a100",
+        1,
+        120,
+        120,
+    )
 
 
-def fake_job(sweep: Path, name: str, overrides: list[str], status: str | None, acc: float | None = None, error: str | None = None) -> None:
+def fake_job(
+    sweep: Path, name: str, overrides: list[str], status: str | None, acc: float | None = None, error: str | None = None
+) -> None:
     """A job folder as train.py leaves it."""
     (sweep / name / ".hydra").mkdir(parents=True)
     (sweep / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     if status is not None:
         metrics = {"val/acc_best": acc, "test/acc": acc - 0.01} if acc is not None else {}
-        summary = {"status": status, "epochs": 3, "global_step": 30, "wall_time_s": 1.5, "metrics": metrics, "error": error}
+        summary = {
+            "status": status,
+            "epochs": 3,
+            "global_step": 30,
+            "wall_time_s": 1.5,
+            "metrics": metrics,
+            "error": error,
+        }
         (sweep / name / "metrics.json").write_text(json.dumps(summary))
 
 
 def test_summary_ranks_configurations_over_seeds(tmp_path: Path) -> None:
-    for i, (model, seed, acc) in enumerate([("a", 1, 0.80), ("a", 2, 0.84), ("b", 1, 0.90), ("b", 2, 0.86), ("c", 1, None)]):
-        fake_job(tmp_path, str(i), [f"model={model}", f"seed={seed}", "trainer.max_epochs=3"],
-                 "finished" if acc else "failed", acc, None if acc else "the training loss became nan\n at step 3")
+    for i, (model, seed, acc) in enumerate(
+        [("a", 1, 0.80), ("a", 2, 0.84), ("b", 1, 0.90), ("b", 2, 0.86), ("c", 1, None)]
+    ):
+        fake_job(
+            tmp_path,
+            str(i),
+            [f"model={model}", f"seed={seed}", "trainer.max_epochs=3"],
+            "finished" if acc else "failed",
+            acc,
+            None if acc else "the training loss became nan\n at step 3",
+        )
     fake_job(tmp_path, "5", ["model=c", "seed=2", "trainer.max_epochs=3"], None)  # never wrote metrics.json
 
     markdown, jobs = summarize(tmp_path)
 
     assert [j.status for j in jobs] == ["finished"] * 4 + ["failed", "not started"]
     lines = markdown.splitlines()
-    ranked = [line for line in lines if line.startswith("| 1 |") or line.startswith("| 2 |") or line.startswith("| 3 |")]
+    ranked = [
+        line for line in lines if line.startswith("| 1 |") or line.startswith("| 2 |") or line.startswith("| 3 |")
+    ]
     assert ranked[0].startswith("| 1 | b | 2/2 | 88.00 ± 2.83") and ranked[1].startswith("| 2 | a | 2/2 | 82.00 ± 2.83")
     assert ranked[2] == "| 3 | c | 0/2 | failed | failed |"
     assert "- job 4 (failed): the training loss became nan at step 3" in markdown
@@ -176,11 +237,20 @@ def test_summarize_refuses_a_folder_without_jobs(tmp_path: Path) -> None:
 
 def test_optuna_search_config_composes_and_its_values_pass_the_checks(make_cfg) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["hparams_search=three_conv_tpe", "output_dir=unused"], return_hydra_config=True)
+        cfg = compose(
+            "train", overrides=["hparams_search=three_conv_tpe", "output_dir=unused"], return_hydra_config=True
+        )
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
     assert set(sweeper.params) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size", "model.dropout"}
     assert cfg.optimized_metric == "val/acc_best"
     # The corners of the search space are valid configs.
-    build_run(make_cfg("hparams_search=three_conv_tpe", "optimizer.lr=1e-4", "optimizer.weight_decay=1e-3",
-                             "data.batch_size=256", "model.dropout=0.6"))
+    build_run(
+        make_cfg(
+            "hparams_search=three_conv_tpe",
+            "optimizer.lr=1e-4",
+            "optimizer.weight_decay=1e-3",
+            "data.batch_size=256",
+            "model.dropout=0.6",
+        )
+    )

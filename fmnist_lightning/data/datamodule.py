@@ -19,7 +19,6 @@ from fmnist_lightning.errors import require
 log = logging.getLogger(__name__)
 
 
-
 class InMemoryBatches(Dataset):
     """One split held as two tensors, fetched a whole batch at a time.
 
@@ -47,7 +46,7 @@ class InMemoryBatches(Dataset):
         index = torch.as_tensor(indices, device=self.images.device)
         return self.images[index], self.labels[index]
 
-    def to(self, device: torch.device) -> "InMemoryBatches":
+    def to(self, device: torch.device) -> InMemoryBatches:
         """The same split on ``device``."""
         return InMemoryBatches(self.images.to(device), self.labels.to(device))
 
@@ -112,7 +111,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
         super().__init__()
         require(0 < val_fraction < 1, "val_fraction", val_fraction, "a fraction in (0, 1)")
         require(batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
-        require(eval_batch_size is None or eval_batch_size >= 1, "eval_batch_size", eval_batch_size, "an integer >= 1 or null")
+        require(
+            eval_batch_size is None or eval_batch_size >= 1,
+            "eval_batch_size",
+            eval_batch_size,
+            "an integer >= 1 or null",
+        )
         require(num_workers >= 0, "num_workers", num_workers, "an integer >= 0")
         require(split_seed >= 0, "split_seed", split_seed, "an integer >= 0")
         self.root = Path(root).expanduser()

@@ -76,18 +76,10 @@ class IdxSpec:
 
 
 IDX_SPECS: dict[tuple[str, str], IdxSpec] = {
-    ("train", "images"): IdxSpec(
-        "train-images-idx3-ubyte", 2051, (60000, 28, 28), "f4a8712d7a061bf5bd6d2ca38dc4d50a"
-    ),
-    ("train", "labels"): IdxSpec(
-        "train-labels-idx1-ubyte", 2049, (60000,), "9018921c3c673c538a1fc5bad174d6f9"
-    ),
-    ("test", "images"): IdxSpec(
-        "t10k-images-idx3-ubyte", 2051, (10000, 28, 28), "8181f5470baa50b63fa0f6fddb340f0a"
-    ),
-    ("test", "labels"): IdxSpec(
-        "t10k-labels-idx1-ubyte", 2049, (10000,), "15d484375f8d13e6eb1aabb0c3f46965"
-    ),
+    ("train", "images"): IdxSpec("train-images-idx3-ubyte", 2051, (60000, 28, 28), "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
+    ("train", "labels"): IdxSpec("train-labels-idx1-ubyte", 2049, (60000,), "9018921c3c673c538a1fc5bad174d6f9"),
+    ("test", "images"): IdxSpec("t10k-images-idx3-ubyte", 2051, (10000, 28, 28), "8181f5470baa50b63fa0f6fddb340f0a"),
+    ("test", "labels"): IdxSpec("t10k-labels-idx1-ubyte", 2049, (10000,), "15d484375f8d13e6eb1aabb0c3f46965"),
 }
 
 
@@ -98,11 +90,7 @@ def candidate_paths(folder: str | os.PathLike, spec: IdxSpec) -> list[Path]:
     of ``folder`` and in torchvision's layout ``folder/FashionMNIST/raw/``.
     """
     folder = Path(folder)
-    return [
-        d / f"{spec.name}{suffix}"
-        for d in (folder, folder / "FashionMNIST" / "raw")
-        for suffix in ("", ".gz")
-    ]
+    return [d / f"{spec.name}{suffix}" for d in (folder, folder / "FashionMNIST" / "raw") for suffix in ("", ".gz")]
 
 
 def find_file(folder: str | os.PathLike, spec: IdxSpec) -> Path | None:
@@ -146,10 +134,7 @@ def read_idx_bytes(path: Path, spec: IdxSpec) -> bytes:
         raise fail(f"is truncated: {len(data)} bytes, shorter than its {spec.header_bytes}-byte header")
     magic = int.from_bytes(data[:4], "big")
     if magic != spec.magic:
-        raise fail(
-            f"has magic number {magic}, expected {spec.magic} for {spec.name} "
-            "(not an IDX file of this kind)"
-        )
+        raise fail(f"has magic number {magic}, expected {spec.magic} for {spec.name} (not an IDX file of this kind)")
     shape = tuple(int.from_bytes(data[i : i + 4], "big") for i in range(4, spec.header_bytes, 4))
     if shape != spec.shape:
         raise fail(f"has shape {shape} in its header, expected {spec.shape}")
@@ -220,8 +205,7 @@ def ensure_files(root: str | os.PathLike, local_copy: str | os.PathLike | None, 
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DatasetError(
-            f"Cannot create the data folder {root} ({err.strerror or err}); "
-            "set `data.root=` to a writable folder."
+            f"Cannot create the data folder {root} ({err.strerror or err}); set `data.root=` to a writable folder."
         ) from None
 
     if local_copy is not None and all(find_file(local_copy, s) for s in missing):
@@ -241,8 +225,7 @@ def ensure_files(root: str | os.PathLike, local_copy: str | os.PathLike | None, 
     names = ", ".join(s.name for s in missing)
     if not download:
         raise DatasetError(
-            f"FashionMNIST files {names} are not in {' or '.join(looked)} and "
-            f"data.download is false. {HOW_TO_FIX}"
+            f"FashionMNIST files {names} are not in {' or '.join(looked)} and data.download is false. {HOW_TO_FIX}"
         )
     log.info("FashionMNIST not found in %s; trying torchvision's download", " or ".join(looked))
     from torchvision.datasets import FashionMNIST
@@ -292,9 +275,7 @@ def load_split(root: str | os.PathLike, split: str) -> tuple[torch.Tensor, torch
         spec = IDX_SPECS[(split, kind)]
         path = find_file(root, spec)
         if path is None:
-            raise DatasetError(
-                f"FashionMNIST file {spec.name} is missing from {root}. {HOW_TO_FIX}"
-            )
+            raise DatasetError(f"FashionMNIST file {spec.name} is missing from {root}. {HOW_TO_FIX}")
         tensors.append(read_idx(path, spec))
     images, labels = tensors
     return images, labels.long()

@@ -14,7 +14,10 @@ from fmnist_lightning.models import FashionMNISTClassifier
 
 
 def run_test_report(
-    module: FashionMNISTClassifier, datamodule: FashionMNISTDataModule, folder: str | Path, accelerator: str = "cpu",
+    module: FashionMNISTClassifier,
+    datamodule: FashionMNISTDataModule,
+    folder: str | Path,
+    accelerator: str = "cpu",
     extra: dict[str, Any] | None = None,
 ) -> TestReport:
     """Runs ``trainer.test`` once over the whole test set and writes the report into ``folder``.
@@ -35,15 +38,25 @@ def run_test_report(
     datamodule.prepare_data()
     report = TestReport(folder, extra)
     trainer = L.Trainer(
-        accelerator=accelerator, devices=1, logger=False, callbacks=[report], enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(folder),
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        callbacks=[report],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(folder),
     )
     trainer.test(module, datamodule=datamodule, verbose=False)
     return report
 
 
 def evaluate_run(
-    run_dir: str | Path, output_dir: str | Path, weights: str = "best", data_root: str | None = None, device: str = "auto"
+    run_dir: str | Path,
+    output_dir: str | Path,
+    weights: str = "best",
+    data_root: str | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Re-evaluates a finished run on the test set; the report goes into ``output_dir``.
 
@@ -68,4 +81,6 @@ def evaluate_run(
     """
     model = load_trained(run_dir, weights, device)
     datamodule = build_datamodule(model.config, data_root)
-    return run_test_report(model.module, datamodule, output_dir, model.device.type, {"weights": str(model.weights)}).report
+    return run_test_report(
+        model.module, datamodule, output_dir, model.device.type, {"weights": str(model.weights)}
+    ).report

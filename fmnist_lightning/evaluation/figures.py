@@ -14,7 +14,9 @@ from matplotlib.ticker import MaxNLocator
 from fmnist_lightning.data.idx import CLASS_NAMES
 
 
-def confusion_matrix_figure(confusion_matrix: Sequence[Sequence[int]], class_names: Sequence[str] = CLASS_NAMES) -> Figure:
+def confusion_matrix_figure(
+    confusion_matrix: Sequence[Sequence[int]], class_names: Sequence[str] = CLASS_NAMES
+) -> Figure:
     """A confusion-matrix heat map with counts in the cells and class names on the axes.
 
     Args:
@@ -35,8 +37,9 @@ def confusion_matrix_figure(confusion_matrix: Sequence[Sequence[int]], class_nam
     for i in ticks:
         for j in ticks:
             value = int(counts[i, j])
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
-                    color="white" if value > threshold else "black")
+            ax.text(
+                j, i, str(value), ha="center", va="center", fontsize=8, color="white" if value > threshold else "black"
+            )
     ax.set_title(f"Confusion matrix ({int(counts.sum()):,} images)")
     return fig
 
@@ -65,7 +68,7 @@ def misclassified_figure(
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
-    for ax, i in zip(axes.flat, wrong.tolist()):
+    for ax, i in zip(axes.flat, wrong.tolist(), strict=False):
         scale = {"vmin": 0, "vmax": 255} if images.dtype == torch.uint8 else {}  # floats: scaled per image
         ax.imshow(images[i].reshape(images.shape[-2:]).float().numpy(), cmap="gray", **scale)
         ax.set_title(f"{class_names[targets[i]]}\n→ {class_names[preds[i]]}", fontsize=9)
@@ -81,7 +84,7 @@ def curves_figure(history: dict[str, dict[int, float]]) -> Figure:
             :func:`fmnist_lightning.training.history.read_history`.
     """
     fig = Figure(figsize=(11, 4), layout="constrained")
-    for ax, metric, label in zip(fig.subplots(1, 2), ("loss", "acc"), ("cross-entropy loss", "accuracy")):
+    for ax, metric, label in zip(fig.subplots(1, 2), ("loss", "acc"), ("cross-entropy loss", "accuracy"), strict=True):
         for stage, style in (("train", "o-"), ("val", "s-")):
             series = history.get(f"{stage}/{metric}", {})
             if series:

@@ -111,10 +111,8 @@ def predict_files(
             continue
         probs = model.predict_proba(image)[0].cpu()
         values, labels = probs.topk(top_k)
-        top = [(model.class_names[int(i)], float(p)) for p, i in zip(values, labels)]
+        top = [(model.class_names[int(i)], float(p)) for p, i in zip(values, labels, strict=True)]
         results.append(
-            FilePrediction(
-                path=str(path), label=int(labels[0]), name=top[0][0], probability=top[0][1], top=top
-            )
+            FilePrediction(path=str(path), label=int(labels[0]), name=top[0][0], probability=top[0][1], top=top)
         )
     return results

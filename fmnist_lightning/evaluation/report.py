@@ -58,7 +58,11 @@ def classification_report(
     confmat = multiclass_confusion_matrix(preds, targets, **args)
     per_metric = {
         name: fn(preds, targets, average=None, **args).tolist()
-        for name, fn in (("precision", multiclass_precision), ("recall", multiclass_recall), ("f1", multiclass_f1_score))
+        for name, fn in (
+            ("precision", multiclass_precision),
+            ("recall", multiclass_recall),
+            ("f1", multiclass_f1_score),
+        )
     }
     support = confmat.sum(dim=1)
     correct = confmat.diag()
@@ -80,7 +84,9 @@ def classification_report(
     weights = support.double() / support.sum()
     averages = {
         "macro": {name: sum(values) / num_classes for name, values in per_metric.items()},
-        "weighted": {name: float(torch.tensor(values, dtype=torch.float64) @ weights) for name, values in per_metric.items()},
+        "weighted": {
+            name: float(torch.tensor(values, dtype=torch.float64) @ weights) for name, values in per_metric.items()
+        },
     }
     off_diagonal = confmat.clone()
     off_diagonal.fill_diagonal_(-1)
@@ -93,7 +99,7 @@ def classification_report(
             "predicted_name": class_names[int(i % num_classes)],
             "count": int(c),
         }
-        for c, i in zip(counts[:top_k], flat[:top_k])
+        for c, i in zip(counts[:top_k], flat[:top_k], strict=True)
         if c > 0
     ]
     return {
@@ -156,18 +162,12 @@ def report_markdown(report: dict[str, Any], title: str = "Test report") -> str:
     return "\n".join(lines) + "\n"
 
 
-
-
-
-
-
-
-
-
 def write_report(report: dict[str, Any], folder: str | Path, title: str = "Test report") -> None:
     """Writes ``report.json``, ``report.md`` and ``confusion_matrix.png`` into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (folder / "report.md").write_text(report_markdown(report, title))
-    confusion_matrix_figure(report["confusion_matrix"], report["class_names"]).savefig(folder / "confusion_matrix.png", dpi=110)
+    confusion_matrix_figure(report["confusion_matrix"], report["class_names"]).savefig(
+        folder / "confusion_matrix.png", dpi=110
+    )

@@ -66,10 +66,16 @@ def resolve_weights(run_dir: str | Path, weights: str = NET_WEIGHTS) -> Path:
     else:
         path = Path(weights) if Path(weights).is_absolute() else run_dir / weights
     if path is None or not path.is_file():
-        found = sorted(str(p.relative_to(run_dir)) for p in [*run_dir.glob("*.pt"), *run_dir.glob("checkpoints/*.ckpt")])
+        found = sorted(
+            str(p.relative_to(run_dir)) for p in [*run_dir.glob("*.pt"), *run_dir.glob("checkpoints/*.ckpt")]
+        )
         raise RunError(
             f"Run {run_dir} has no {weights!r} weights "
-            f"({'it has: ' + ', '.join(found) if found else 'it has no checkpoint or net.pt at all; did it finish its first epoch?'})."
+            + (
+                f"(it has: {', '.join(found)})."
+                if found
+                else "(it has no checkpoint or net.pt at all; did it finish its first epoch?)."
+            )
         )
     return path
 
@@ -100,7 +106,7 @@ def check_checkpoint_fits(net: nn.Module, path: Path, overrides: list[str]) -> N
     """
     try:
         saved = net_weights(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
-    except Exception as err:  # noqa: BLE001 - truncated file, not a Lightning checkpoint, ...
+    except Exception as err:
         raise RunError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
     wanted = net.state_dict()
     differ = sorted(
@@ -125,9 +131,11 @@ def build_module(cfg: DictConfig) -> FashionMNISTClassifier:
     """
     try:
         return FashionMNISTClassifier(net=OmegaConf.to_container(cfg.model, resolve=True))
-    except Exception as err:  # noqa: BLE001 - shown to the user, whatever it is
+    except Exception as err:
         cause = err.__cause__ or err
-        raise RunError(f"cannot build the run's network model._target_={cfg.model.get('_target_')!r}: {cause}") from None
+        raise RunError(
+            f"cannot build the run's network model._target_={cfg.model.get('_target_')!r}: {cause}"
+        ) from None
 
 
 def build_datamodule(cfg: DictConfig, data_root: str | None = None) -> FashionMNISTDataModule:

@@ -16,7 +16,10 @@ HPARAM_METRICS = ("val/acc_best", "test/acc", "test/loss")
 
 
 def log_test_summaries(
-    loggers: list[Logger], report: dict[str, Any], misclassified: tuple[torch.Tensor, torch.Tensor, torch.Tensor], step: int
+    loggers: list[Logger],
+    report: dict[str, Any],
+    misclassified: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    step: int,
 ) -> None:
     """Adds the test report to the run's loggers.
 
@@ -70,7 +73,9 @@ def hparams_of(resolved: dict[str, Any]) -> dict[str, Any]:
     Paths and Hydra plumbing (``_partial_``, folders) are left out.
     """
     skip = {"_partial_", "root", "local_copy", "default_root_dir"}
-    container = {k: resolved[k] for k in ("seed", "data", "model", "optimizer", "scheduler", "trainer") if k in resolved}
+    container = {
+        k: resolved[k] for k in ("seed", "data", "model", "optimizer", "scheduler", "trainer") if k in resolved
+    }
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:

@@ -98,7 +98,13 @@ class TestReport(Callback):
         self._reset()
 
     def on_test_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         images, targets = batch
         logits = outputs.detach().float()
@@ -122,12 +128,21 @@ class TestReport(Callback):
         if not trainer.is_global_zero:
             return
         self.predictions = Predictions(
-            logits.cpu(), targets.cpu(), torch.cat(self._wrong), torch.cat(self._wrong_targets), torch.cat(self._wrong_preds)
+            logits.cpu(),
+            targets.cpu(),
+            torch.cat(self._wrong),
+            torch.cat(self._wrong_targets),
+            torch.cat(self._wrong_preds),
         )
         report = classification_report(self.predictions.preds, self.predictions.targets, loss=self.predictions.loss)
         report.update(self.extra)
         write_report(report, self.folder)
         p = self.predictions
-        log_test_summaries(trainer.loggers, report, (p.misclassified, p.misclassified_targets, p.misclassified_preds), trainer.global_step)
+        log_test_summaries(
+            trainer.loggers,
+            report,
+            (p.misclassified, p.misclassified_targets, p.misclassified_preds),
+            trainer.global_step,
+        )
         log.info("Test report in %s: accuracy %.4f", self.folder, report["accuracy"])
         self.report = report

@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from fmnist_lightning.errors import NonFiniteLossError, require
 
+
 def rng_states() -> dict[str, Any]:
     """The states of torch's, CUDA's, numpy's and Python's global random generators, as
     tensors and plain Python values only (checkpoints load with ``weights_only=True``)."""

@@ -43,7 +43,8 @@ def pooled_side(image_size: int, num_blocks: int, net: str) -> int:
     side = image_size // 2**num_blocks
     if side < 1:
         raise ImageTooSmallError(
-            image_size, f"too small for {net}: its {num_blocks} pooling stages need at least {2**num_blocks} pixels; use 16 or 28"
+            image_size,
+            f"too small for {net}: its {num_blocks} pooling stages need at least {2**num_blocks} pixels; use 16 or 28",
         )
     return side
 
@@ -175,8 +176,9 @@ class TwoConvNet(ConvClassifier):
                 side //= 2
         if side < 1:
             raise ImageTooSmallError(
-                image_size, f"too small for TwoConvNet with padding={padding} and pool_every_conv={pool_every_conv}: "
-                "no pixel is left; use 16 or 28"
+                image_size,
+                f"too small for TwoConvNet with padding={padding} and pool_every_conv={pool_every_conv}: "
+                "no pixel is left; use 16 or 28",
             )
         # One Sequential per conv layer, so that the default layout's state_dict keys are
         # those of conv_block (features.0.0.weight, ...), as in earlier runs.
@@ -260,7 +262,9 @@ class VGGBNNet(ConvClassifier):
         widths = list(widths)
         require(
             bool(widths) and all(isinstance(w, int) and w >= 1 for w in widths),
-            "widths", widths, "a non-empty list of channel counts >= 1, e.g. [32,64,128]",
+            "widths",
+            widths,
+            "a non-empty list of channel counts >= 1, e.g. [32,64,128]",
         )
         require(convs_per_stage >= 1, "convs_per_stage", convs_per_stage, "an integer >= 1")
         require(hidden >= 0, "hidden", hidden, "an integer >= 0 (0 = no hidden layer)")

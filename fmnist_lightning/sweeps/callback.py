@@ -33,7 +33,10 @@ class SweepSummary(Callback):
         except FileNotFoundError as err:
             log.warning("No sweep summary: %s", err)
             return
-        print(f"\n{markdown}\nSummary files: {sweep_dir}/summary.md, summary.csv, summary_jobs.csv, summary.png", flush=True)
+        print(
+            f"\n{markdown}\nSummary files: {sweep_dir}/summary.md, summary.csv, summary_jobs.csv, summary.png",
+            flush=True,
+        )
         unfinished = [j for j in jobs if j.status != "finished"]
         if unfinished:
             raise SystemExit(

@@ -110,7 +110,9 @@ def source_digest(root: Path = ROOT) -> str:
     :data:`SOURCES`): equal digests mean the same code, whatever git says on the machine
     (a copied working tree can carry a stale .git)."""
     digest = hashlib.sha256()
-    files = sorted({p for pattern in SOURCES for p in root.glob(pattern) if p.is_file() and "__pycache__" not in p.parts})
+    files = sorted(
+        {p for pattern in SOURCES for p in root.glob(pattern) if p.is_file() and "__pycache__" not in p.parts}
+    )
     for path in files:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
@@ -119,17 +121,30 @@ def source_digest(root: Path = ROOT) -> str:
 def git_state() -> tuple[str | None, bool]:
     """(commit, whether tracked files have uncommitted changes); (None, False) outside git."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.CalledProcessError):
         return None, False
     return commit, dirty
 
 
-def train_command(experiments: list[str], seeds: list[int], sweep_dir: Path, jobs: int, overrides: list[str]) -> list[str]:
+def train_command(
+    experiments: list[str], seeds: list[int], sweep_dir: Path, jobs: int, overrides: list[str]
+) -> list[str]:
     """The ``train.py -m`` command line of a reproduction sweep."""
     command = [
-        "train.py", "-m",
+        "train.py",
+        "-m",
         f"experiment={','.join(experiments)}",
         f"seed={','.join(str(s) for s in seeds)}",
         f"hydra.sweep.dir={sweep_dir}",
@@ -141,7 +156,17 @@ def train_command(experiments: list[str], seeds: list[int], sweep_dir: Path, job
 
 # Config sections that decide what a run trains; a run counts for an experiment only when
 # these equal the experiment's current composition (where the data files live does not).
-COMPARED = ("model", "optimizer", "scheduler", "data", "trainer", "callbacks", "label_smoothing", "channels_last", "compile")
+COMPARED = (
+    "model",
+    "optimizer",
+    "scheduler",
+    "data",
+    "trainer",
+    "callbacks",
+    "label_smoothing",
+    "channels_last",
+    "compile",
+)
 
 
 IGNORED_DATA_KEYS = ("root", "local_copy", "download")
@@ -195,7 +220,11 @@ def _with_defaults(section):
         except (ImportError, AttributeError, TypeError, ValueError):
             return section
         for p in parameters:
-            if p.name not in section and p.default is not inspect.Parameter.empty and isinstance(p.default, (bool, int, float, str, type(None))):
+            if (
+                p.name not in section
+                and p.default is not inspect.Parameter.empty
+                and isinstance(p.default, (bool, int, float, str, type(None)))
+            ):
                 section[p.name] = p.default
     return section
 
@@ -204,7 +233,9 @@ def _comparable(cfg) -> dict:
     from omegaconf import OmegaConf
 
     sections = {
-        key: _with_defaults(OmegaConf.to_container(cfg[key], resolve=False)) if OmegaConf.is_config(cfg.get(key)) else cfg.get(key)
+        key: _with_defaults(OmegaConf.to_container(cfg[key], resolve=False))
+        if OmegaConf.is_config(cfg.get(key))
+        else cfg.get(key)
         for key in COMPARED
     }
     if isinstance(sections["data"], dict):
@@ -219,9 +250,9 @@ _current: dict[tuple[str, ...], dict] = {}
 def current_config(overrides: tuple[str, ...]) -> dict:
     """The comparable sections of ``conf/train.yaml`` composed now with ``overrides``."""
     if overrides not in _current:
-        from hydra import compose, initialize_config_dir
+        from hydra import compose, initialize_config_module
 
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        with initialize_config_module("fmnist_lightning.conf", version_base="1.3"):
             _current[overrides] = _comparable(compose("train", overrides=list(overrides)))
     return _current[overrides]
 

@@ -20,6 +20,7 @@ from fmnist_lightning.sweeps.reproduction import (
 )
 from fmnist_lightning.sweeps.summary import Job, mean_std, percent
 
+
 def read_report(job: Job) -> dict:
     """A job's ``report.json``."""
     return json.loads((job.folder / "report.json").read_text())
@@ -84,7 +85,8 @@ def per_class_section(rows: list[Row]) -> list[str]:
         lines += [
             f"### Recipe 002: per-class accuracy ({row.sweep.path.name}, {len(reports)} seeds)",
             "",
-            "| label | class | reported accuracy (%) | reproduced accuracy (%) | reported errors | reproduced errors (mean) |",
+            "| label | class | reported accuracy (%) | reproduced accuracy (%) | reported errors "
+            "| reproduced errors (mean) |",
             "|---:|---|---:|---:|---:|---:|",
         ]
         for label, name in enumerate(names):
@@ -110,11 +112,12 @@ def per_class_section(rows: list[Row]) -> list[str]:
             "| rank | reported pair | reported count | our count for that pair | our pair | our count |",
             "|---:|---|---:|---:|---|---:|",
         ]
-        for rank, ((t, p, n), (ot, op)) in enumerate(zip(rep["most_confused"], ours), start=1):
+        for rank, ((t, p, n), (ot, op)) in enumerate(zip(rep["most_confused"], ours, strict=False), start=1):
             theirs = counts[(t, p)]
             mine = counts[(ot, op)]
             lines.append(
-                f"| {rank} | {names[t]} → {names[p]} | {n} | {statistics.fmean(theirs):.1f} ({', '.join(map(str, theirs))}) | "
+                f"| {rank} | {names[t]} → {names[p]} | {n} | "
+                f"{statistics.fmean(theirs):.1f} ({', '.join(map(str, theirs))}) | "
                 f"{names[ot]} → {names[op]} | {statistics.fmean(mine):.1f} ({', '.join(map(str, mine))}) |"
             )
         lines.append("")
@@ -133,10 +136,13 @@ def weighted_section(rows: list[Row]) -> list[str]:
             "",
             "| metric | reported | reproduced |",
             "|---|---:|---:|",
-            f"| accuracy | {REPORTED['recipe_001']['test_acc']:.4f} | {mean_std([r['accuracy'] for r in reports], 1, 4)} |",
+            f"| accuracy | {REPORTED['recipe_001']['test_acc']:.4f} "
+            f"| {mean_std([r['accuracy'] for r in reports], 1, 4)} |",
         ]
         for metric in ("precision", "recall", "f1"):
-            lines.append(f"| {metric} | {rep[metric]:.4f} | {mean_std([r['weighted_avg'][metric] for r in reports], 1, 4)} |")
+            lines.append(
+                f"| {metric} | {rep[metric]:.4f} | {mean_std([r['weighted_avg'][metric] for r in reports], 1, 4)} |"
+            )
         lines.append("")
     return lines
 
@@ -157,7 +163,8 @@ def markdown(sweeps: list[Sweep], notes: Path | None) -> str:
         "",
         "## Results",
         "",
-        "| experiment | recipe file | reported | reproduced here | per seed | target met | epochs run | wall time per run (s) | hardware (jobs at once) | sweep |",
+        "| experiment | recipe file | reported | reproduced here | per seed | target met | epochs run "
+        "| wall time per run (s) | hardware (jobs at once) | sweep |",
         "|---|---|---|---:|---|---|---|---:|---|---|",
     ]
     for row in rows:
@@ -178,16 +185,26 @@ def markdown(sweeps: list[Sweep], notes: Path | None) -> str:
         "",
     ]
     lines += weighted_section(rows) + per_class_section(rows)
-    lines += ["## Runs", "", "| sweep | command | commit | code | hardware | total wall time (s) | finished |", "|---|---|---|---|---|---:|---|"]
+    lines += [
+        "## Runs",
+        "",
+        "| sweep | command | commit | code | hardware | total wall time (s) | finished |",
+        "|---|---|---|---|---|---:|---|",
+    ]
     for sweep in sweeps:
         r = sweep.record
         digest = r.get("source_digest")
-        code = "same as this checkout" if digest == now else ("differs from this checkout" if digest else "not recorded")
+        code = (
+            "same as this checkout" if digest == now else ("differs from this checkout" if digest else "not recorded")
+        )
         commit = (r.get("commit") or "?")[:10] + (" + uncommitted changes" if r.get("uncommitted_changes") else "")
-        lines.append(f"| {sweep.path} | `python scripts/reproduce.py run ...` → `{r.get('command')}` | {commit} | {code} | {sweep.hardware} | {r.get('wall_time_s')} | {r.get('finished')} |")
+        lines.append(
+            f"| {sweep.path} | `python scripts/reproduce.py run ...` → `{r.get('command')}` | {commit} | {code} "
+            f"| {sweep.hardware} | {r.get('wall_time_s')} | {r.get('finished')} |"
+        )
     lines += [
         "",
-        "\"code\" compares the recorded digest of `train.py`, `fmnist_lightning/` and `conf/` "
+        '"code" compares the recorded digest of `train.py`, `fmnist_lightning/` and `conf/` '
         "(`source_digest` in the script) with this checkout's, which is more reliable than "
         "the commit: a working tree copied to another machine can carry a stale `.git`. A "
         "single run of any row is `python train.py experiment=<experiment> seed=<seed>`.",
@@ -205,7 +222,10 @@ def markdown(sweeps: list[Sweep], notes: Path | None) -> str:
         ]
         for experiment, sweep, jobs, changes in superseded:
             accs = [j.metrics["test/acc"] for j in jobs]
-            lines.append(f"| `{experiment}` | {sweep.path.name} | {mean_std(accs)} | {', '.join(percent(a) for a in accs)} | {'; '.join(changes)} |")
+            lines.append(
+                f"| `{experiment}` | {sweep.path.name} | {mean_std(accs)} "
+                f"| {', '.join(percent(a) for a in accs)} | {'; '.join(changes)} |"
+            )
         lines.append("")
     if unfinished:
         lines += ["## Unfinished jobs", ""] + [f"- {j.folder}: {j.status} {j.error or ''}" for j in unfinished] + [""]

@@ -94,7 +94,9 @@ def read_sweep(sweep_dir: str | Path) -> list[Job]:
         FileNotFoundError: ``sweep_dir`` holds no job folders.
     """
     sweep_dir = Path(sweep_dir)
-    folders = [p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()] if sweep_dir.is_dir() else []
+    folders = (
+        [p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()] if sweep_dir.is_dir() else []
+    )
     if not folders:
         raise FileNotFoundError(
             f"{sweep_dir} holds no sweep jobs (folders with .hydra/overrides.yaml); "
@@ -139,7 +141,10 @@ def group_jobs(jobs: list[Job], keys: list[str], metric: str) -> list[Group]:
     for job in jobs:
         values = {k: job.overrides.get(k, "") for k in config_keys}
         groups.setdefault(tuple(values.values()), Group(values, [])).jobs.append(job)
-    return sorted(groups.values(), key=lambda g: (math.isnan(g.mean(metric)), -g.mean(metric) if not math.isnan(g.mean(metric)) else 0))
+    return sorted(
+        groups.values(),
+        key=lambda g: (math.isnan(g.mean(metric)), -g.mean(metric) if not math.isnan(g.mean(metric)) else 0),
+    )
 
 
 def percent(value: float | None) -> str:
@@ -183,38 +188,61 @@ def summary_markdown(sweep_dir: Path, jobs: list[Job], keys: list[str], groups: 
         "",
         "## Configurations",
         "",
-        "| rank | " + " | ".join(f"`{k}`" for k in config_keys) + " | seeds | " + " | ".join(f"`{m}`" for m in METRICS) + " |",
+        "| rank | "
+        + " | ".join(f"`{k}`" for k in config_keys)
+        + " | seeds | "
+        + " | ".join(f"`{m}`" for m in METRICS)
+        + " |",
         "|---:|" + "---|" * len(config_keys) + "---:|" + "---:|" * len(METRICS),
     ]
     for rank, group in enumerate(groups, 1):
         cells = [_mean_std(group.mean(m), group.std(m)) if group.finished() else "failed" for m in METRICS]
-        lines.append(f"| {rank} | " + " | ".join(map(_short, group.values.values())) + f" | {len(group.finished())}/{len(group.jobs)} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {rank} | "
+            + " | ".join(map(_short, group.values.values()))
+            + f" | {len(group.finished())}/{len(group.jobs)} | "
+            + " | ".join(cells)
+            + " |"
+        )
     if len(groups) > 1 and len(groups[0].finished()) > 1 and len(groups[1].finished()) > 1:
         gap = groups[0].mean(metric) - groups[1].mean(metric)
         spread = max(groups[0].std(metric), groups[1].std(metric))
         verdict = (
             "a lead within the spread over seeds: more seeds are needed to tell the two apart"
-            if gap < spread else "a lead larger than the spread over seeds"
+            if gap < spread
+            else "a lead larger than the spread over seeds"
         )
-        lines += ["", f"The best configuration leads the second by {100 * gap:.2f} points of `{metric}`; "
-                  f"the larger of their standard deviations over seeds is {100 * spread:.2f} points ({verdict})."]
+        lines += [
+            "",
+            f"The best configuration leads the second by {100 * gap:.2f} points of `{metric}`; "
+            f"the larger of their standard deviations over seeds is {100 * spread:.2f} points ({verdict}).",
+        ]
     lines += [
         "",
         "## Jobs",
         "",
-        "| job | " + " | ".join(f"`{k}`" for k in keys) + " | status | " + " | ".join(f"`{m}`" for m in METRICS) + " | epochs | wall time (s) |",
+        "| job | "
+        + " | ".join(f"`{k}`" for k in keys)
+        + " | status | "
+        + " | ".join(f"`{m}`" for m in METRICS)
+        + " | epochs | wall time (s) |",
         "|---|" + "---|" * len(keys) + "---|" + "---:|" * len(METRICS) + "---:|---:|",
     ]
     for job in jobs:
         lines.append(
-            f"| {job.folder.name} | " + " | ".join(_short(job.overrides.get(k, "")) for k in keys) + f" | {job.status} | "
+            f"| {job.folder.name} | "
+            + " | ".join(_short(job.overrides.get(k, "")) for k in keys)
+            + f" | {job.status} | "
             + " | ".join(percent(job.metrics.get(m)) for m in METRICS)
-            + f" | {job.epochs if job.epochs is not None else ''} | {job.wall_time_s if job.wall_time_s is not None else ''} |"
+            + f" | {'' if job.epochs is None else job.epochs} | {'' if job.wall_time_s is None else job.wall_time_s} |"
         )
     failed = [j for j in jobs if j.status != "finished"]
     if failed:
         lines += ["", "## Not finished", ""]
-        lines += [f"- job {j.folder.name} ({j.status}): {j.error or 'no error recorded (still running, or killed)'}" for j in failed]
+        lines += [
+            f"- job {j.folder.name} ({j.status}): {j.error or 'no error recorded (still running, or killed)'}"
+            for j in failed
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -225,8 +253,12 @@ def summary_figure(groups: list[Group], metric: str) -> Figure:
     ax = fig.add_subplot()
     for x, group in enumerate(shown):
         std = group.std(metric)
-        ax.errorbar(x, 100 * group.mean(metric), yerr=0 if math.isnan(std) else 100 * std, fmt="o", capsize=4, color="C0")
-        ax.scatter([x] * len(group.finished()), [100 * j.metrics[metric] for j in group.finished()], s=10, color="C1", zorder=3)
+        ax.errorbar(
+            x, 100 * group.mean(metric), yerr=0 if math.isnan(std) else 100 * std, fmt="o", capsize=4, color="C0"
+        )
+        ax.scatter(
+            [x] * len(group.finished()), [100 * j.metrics[metric] for j in group.finished()], s=10, color="C1", zorder=3
+        )
     ax.set_xticks(range(len(shown)), ["\n".join(map(_short, g.values.values())) or "all" for g in shown], fontsize=8)
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(f"{metric}: mean ± std over seeds (dots: single seeds)")
@@ -255,15 +287,30 @@ def summarize(sweep_dir: str | Path, metric: str = "val/acc_best") -> tuple[str,
         writer = csv.writer(file)
         writer.writerow(["job", *keys, "status", *METRICS, "epochs", "wall_time_s", "error"])
         for job in jobs:
-            writer.writerow([job.folder.name, *(job.overrides.get(k, "") for k in keys), job.status,
-                             *(job.metrics.get(m, "") for m in METRICS), job.epochs, job.wall_time_s, job.error or ""])
+            writer.writerow(
+                [
+                    job.folder.name,
+                    *(job.overrides.get(k, "") for k in keys),
+                    job.status,
+                    *(job.metrics.get(m, "") for m in METRICS),
+                    job.epochs,
+                    job.wall_time_s,
+                    job.error or "",
+                ]
+            )
     config_keys = [k for k in keys if k not in SEED_KEYS]
     with (sweep_dir / "summary.csv").open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow([*config_keys, "finished", "jobs", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std"))])
         for group in groups:
-            writer.writerow([*group.values.values(), len(group.finished()), len(group.jobs),
-                             *(v for m in METRICS for v in (group.mean(m), group.std(m)))])
+            writer.writerow(
+                [
+                    *group.values.values(),
+                    len(group.finished()),
+                    len(group.jobs),
+                    *(v for m in METRICS for v in (group.mean(m), group.std(m))),
+                ]
+            )
     markdown = summary_markdown(sweep_dir, jobs, keys, groups, metric)
     (sweep_dir / "summary.md").write_text(markdown)
     if any(g.finished() for g in groups):

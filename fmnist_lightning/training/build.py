@@ -27,7 +27,7 @@ import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 import hydra
@@ -43,8 +43,9 @@ from fmnist_lightning.errors import ArgumentError, ConfigError, Problem
 from fmnist_lightning.models import FashionMNISTClassifier
 from fmnist_lightning.training.processes import launch_strategy
 
-#: Where the config groups' option files are (``conf/<group>/*.yaml``).
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+#: Where the config groups' option files are: ``conf/<group>/*.yaml``, packaged as
+#: ``fmnist_lightning.conf`` (the same files in a clone and in an installed wheel).
+CONF_DIR = resources.files("fmnist_lightning.conf")
 #: Config keys that are Hydra's instructions, not constructor arguments.
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 
@@ -60,7 +61,8 @@ class Run:
 
 def options(group: str) -> str:
     """``"group=a, group=b"`` for the option files of ``conf/<group>/``."""
-    names = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if p.stem != "none")
+    files = (CONF_DIR / group).iterdir() if (CONF_DIR / group).is_dir() else ()
+    names = sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml") and f.name != "none.yaml")
     return ", ".join(f"{group}={n}" for n in names) or f"a {group} config"
 
 
@@ -78,7 +80,7 @@ def _type_problems(key: str, node: DictConfig, target: Any = None) -> list[Probl
     try:
         target = target or pydoc.locate(node._target_)
         hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
-    except Exception:  # noqa: BLE001 - unresolvable annotations are not the user's problem
+    except Exception:
         return []
     values = OmegaConf.to_container(node, resolve=True)
     problems = []
@@ -89,7 +91,9 @@ def _type_problems(key: str, node: DictConfig, target: Any = None) -> list[Probl
         try:
             check_type(value, hints[name])
         except TypeCheckError:
-            expected = hints[name].__name__ if isinstance(hints[name], type) else str(hints[name]).replace("typing.", "")
+            expected = (
+                hints[name].__name__ if isinstance(hints[name], type) else str(hints[name]).replace("typing.", "")
+            )
             problems.append(_problem_at(node, _join(key, name), name, value, f"must be of type {expected}"))
     return problems
 
@@ -111,7 +115,7 @@ def _default(node: DictConfig, name: str, target: Any = None) -> str:
     try:
         target = target or pydoc.locate(node._target_)
         default = inspect.signature(target).parameters[name].default
-    except Exception:  # noqa: BLE001 - no signature, no such parameter: no suggestion
+    except Exception:
         return ""
     if default is inspect.Parameter.empty or default is None:
         return ""
@@ -130,7 +134,9 @@ def _blame(key: str, node: Any, err: BaseException, target: Any = None) -> Probl
         node = OmegaConf.select(node, full_key.removeprefix(f"{key}."))
     argument = next((e for e in chain if isinstance(e, ArgumentError)), None)
     if argument is not None and isinstance(node, DictConfig):
-        return _problem_at(node, _join(full_key, argument.argument), argument.argument, argument.value, argument.allowed)
+        return _problem_at(
+            node, _join(full_key, argument.argument), argument.argument, argument.value, argument.allowed
+        )
     innermost = chain[-1]
     message = _first_line(innermost)
     if not isinstance(node, DictConfig):
@@ -143,21 +149,31 @@ def _blame(key: str, node: Any, err: BaseException, target: Any = None) -> Probl
 
     group = full_key.split(".")[0]
     fix = f"; use {options(group)}" if (CONF_DIR / group).is_dir() else ""
-    if isinstance(innermost, TypeError) and "unexpected keyword argument" in message:  # a class that takes other arguments
-        return Problem(f"{full_key}._target_", node.get("_target_"), f"{message}{fix} (or a class that takes these arguments)")
+    if (
+        isinstance(innermost, TypeError) and "unexpected keyword argument" in message
+    ):  # a class that takes other arguments
+        return Problem(
+            f"{full_key}._target_", node.get("_target_"), f"{message}{fix} (or a class that takes these arguments)"
+        )
     named = sorted((position(name), name) for name in arguments)
-    mentioned = sorted((position(str(v)), name) for name, v in arguments.items() if len(str(v)) > 1 and not isinstance(v, dict))
+    mentioned = sorted(
+        (position(str(v)), name) for name, v in arguments.items() if len(str(v)) > 1 and not isinstance(v, dict)
+    )
     for candidates in (named, mentioned):  # the argument the message names, else the one whose value it quotes
         if candidates and candidates[0][0] <= len(message):
             name = candidates[0][1]
             hint = _default(node, name, target)
-            return _problem_at(node, _join(full_key, name), name, arguments[name], f"{message}{' (' + hint + ')' if hint else ''}")
+            return _problem_at(
+                node, _join(full_key, name), name, arguments[name], f"{message}{' (' + hint + ')' if hint else ''}"
+            )
     types = _type_problems(full_key, node, target)
     if types:
         return Problem(types[0].key, types[0].value, f"{types[0].allowed} ({message})")
     unimportable = isinstance(innermost, ImportError) or "Error locating target" in str(err)
     what = "cannot be imported" if unimportable else f"cannot be built: {message}"
-    return Problem(f"{full_key}._target_", node.get("_target_"), f"{what}{fix} (or the import path of a class of your own)")
+    return Problem(
+        f"{full_key}._target_", node.get("_target_"), f"{what}{fix} (or the import path of a class of your own)"
+    )
 
 
 class _Builder:
@@ -173,7 +189,7 @@ class _Builder:
         node = OmegaConf.select(self.cfg, key) if node is None else node
         try:
             built = build()
-        except Exception as err:  # noqa: BLE001 - every failure is reported with its key
+        except Exception as err:
             self.problems.append(_blame(key, node, err))
             return None
         if isinstance(node, DictConfig) and "_target_" in node:
@@ -214,7 +230,7 @@ def _build_model(b: _Builder) -> FashionMNISTClassifier | None:
     except InstantiationException as err:  # the network's own constructor failed
         b.problems.append(_blame("model", cfg.model, err))
         model = None
-    except Exception as err:  # noqa: BLE001 - the module's own arguments
+    except Exception as err:
         b.problems.append(_blame("", module_args, err, FashionMNISTClassifier))
         return None
     b.problems += _type_problems("model", cfg.model) + _type_problems("", module_args, FashionMNISTClassifier)
@@ -274,10 +290,20 @@ def _build_run(cfg: DictConfig, extra_callbacks: list[Callback], extra_loggers: 
     for name, callback in callbacks.items():
         monitor = getattr(callback, "monitor", None)
         if monitor is not None and monitor not in fit_metrics:
-            b.problems.append(Problem(f"callbacks.{name}.monitor", monitor, f"is never logged while training; use one of {', '.join(fit_metrics)}"))
+            b.problems.append(
+                Problem(
+                    f"callbacks.{name}.monitor",
+                    monitor,
+                    f"is never logged while training; use one of {', '.join(fit_metrics)}",
+                )
+            )
     metric = cfg.get("optimized_metric")
     if metric is not None and metric not in (*fit_metrics, *FashionMNISTClassifier.TEST_METRICS):
-        b.problems.append(Problem("optimized_metric", metric, f"use one of {', '.join(fit_metrics + FashionMNISTClassifier.TEST_METRICS)}"))
+        b.problems.append(
+            Problem(
+                "optimized_metric", metric, f"use one of {', '.join(fit_metrics + FashionMNISTClassifier.TEST_METRICS)}"
+            )
+        )
     loggers = [*b.group("logger").values(), *extra_loggers]
     trainer = b.instantiate(
         "trainer", callbacks=[*callbacks.values(), *extra_callbacks], logger=loggers or False, strategy=strategy

@@ -102,9 +102,14 @@ class RunStatus(Callback):
         if metrics is None:
             metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         write_status(
-            self.output_dir, status, epochs, trainer.global_step,
+            self.output_dir,
+            status,
+            epochs,
+            trainer.global_step,
             os.path.relpath(best, self.output_dir.resolve()) if best else None,
-            round(time.perf_counter() - self.start, 2), metrics, error,
+            round(time.perf_counter() - self.start, 2),
+            metrics,
+            error,
         )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -99,8 +99,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise
     datamodule, model, trainer = run.datamodule, run.model, run.trainer
     log.info(
-        "Seed %s; %s with %d device(s), precision %s; %d intra-op CPU threads", cfg.get("seed"),
-        type(trainer.accelerator).__name__, trainer.num_devices, trainer.precision, torch.get_num_threads(),
+        "Seed %s; %s with %d device(s), precision %s; %d intra-op CPU threads",
+        cfg.get("seed"),
+        type(trainer.accelerator).__name__,
+        trainer.num_devices,
+        trainer.precision,
+        torch.get_num_threads(),
     )
     datamodule.prepare_data()  # fail on missing or bad files before any training work
 

@@ -24,7 +24,6 @@ from fmnist_lightning.training.processes import is_child_rank
 from fmnist_lightning.training.run_dirs import check_can_create, checkpoint_dir, holds_run, is_run_folder
 from fmnist_lightning.training.status import read_status
 
-
 #: The config groups of conf/train.yaml's defaults list.
 CONFIG_GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "experiment", "debug")
 
@@ -119,8 +118,15 @@ def preflight(argv: list[str]) -> list[str]:
     attempt = f"{RESUME_SUBDIR_PREFIX}{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
     others = [a for a in args if _value([a], "resume") is None]
     return [
-        argv[0], "-cp", str(folder / ".hydra"), "-cn", "config", *others,
-        f"++resume={folder}", f"hydra.run.dir={folder}", f"hydra.output_subdir=.hydra/{attempt}",
+        argv[0],
+        "-cp",
+        str(folder / ".hydra"),
+        "-cn",
+        "config",
+        *others,
+        f"++resume={folder}",
+        f"hydra.run.dir={folder}",
+        f"hydra.output_subdir=.hydra/{attempt}",
     ]
 
 
@@ -177,7 +183,9 @@ def start_checkpoint(cfg: DictConfig) -> Path | None:
             "to start from a checkpoint file, give its path, e.g. ckpt_path=outputs/runs/<run>/checkpoints/last.ckpt"
         )
     if not Path(ckpt_path).is_file():
-        raise RunError(f"ckpt_path={ckpt_path}: no such file; give the path of a .ckpt file from a run's checkpoints/ folder")
+        raise RunError(
+            f"ckpt_path={ckpt_path}: no such file; give the path of a .ckpt file from a run's checkpoints/ folder"
+        )
     return Path(ckpt_path)
 
 

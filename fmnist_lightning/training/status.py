@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 #: The run-status file of a run folder (see fmnist_lightning.training.callbacks.RunStatus).
 STATUS_FILE = "metrics.json"
 
@@ -35,8 +34,13 @@ def write_status(
     :class:`~fmnist_lightning.training.callbacks.RunStatus`), atomically: a reader never sees half
     of it."""
     summary = {
-        "status": status, "epochs": epochs, "global_step": global_step, "best_checkpoint": best_checkpoint,
-        "wall_time_s": wall_time_s, "metrics": metrics or {}, "error": error,
+        "status": status,
+        "epochs": epochs,
+        "global_step": global_step,
+        "best_checkpoint": best_checkpoint,
+        "wall_time_s": wall_time_s,
+        "metrics": metrics or {},
+        "error": error,
     }
     path = output_dir / STATUS_FILE
     partial = path.with_suffix(".json.partial")

@@ -1,0 +1,46 @@
+"""Classify image files with a trained run:
+``fmnist-predict run_dir=outputs/runs/<run> images='[shirt.png,bag.jpg]'``
+(``python predict.py ...`` in a clone).
+
+Prints one line per file; ``output=preds.json`` also writes JSON. Exits with 1 if any file
+could not be classified (the others are still classified). See conf/predict.yaml.
+"""
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, ListConfig
+
+from fmnist_lightning.errors import UserError
+from fmnist_lightning.evaluation.files import check_invert, predict_files
+from fmnist_lightning.evaluation.runs import load_trained
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def predict(cfg: DictConfig) -> None:
+    images = list(cfg.images) if isinstance(cfg.images, ListConfig) else [cfg.images]
+    try:
+        check_invert(cfg.invert)
+        model = load_trained(cfg.run_dir, cfg.weights, cfg.device)
+    except (UserError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+
+    results = predict_files(model, [str(p) for p in images], cfg.invert, cfg.top_k)
+    for r in results:
+        if r.error:
+            print(f"{r.path}: error: {r.error}", file=sys.stderr)
+        else:
+            others = ", ".join(f"{name} {p:.3f}" for name, p in r.top[1:])
+            print(f"{r.path}: {r.name} ({r.probability:.3f}){'; then ' + others if others else ''}")
+    if cfg.output:
+        Path(cfg.output).write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=2) + "\n")
+    if any(r.error for r in results):
+        sys.exit(1)
+
+
+def main() -> None:
+    """The command line: ``fmnist-predict run_dir=... images=... [overrides]``."""
+    predict()

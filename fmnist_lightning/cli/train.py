@@ -1,0 +1,63 @@
+"""Train a FashionMNIST CNN: ``fmnist-train model=three_conv trainer.max_epochs=10``
+(``python train.py ...`` in a clone).
+
+The configs are ``conf/`` (docs: Configuration); ``-m`` runs a sweep (docs: Sweeps).
+Continue an interrupted run with ``fmnist-train resume=outputs/runs/<run>``.
+
+A single run stops with ``error: ...`` and exit status 1 on a problem it can name. In a
+sweep, a failing job is recorded (``metrics.json``: ``status: failed`` and the error) and
+the sweep goes on; the summary at its end lists the failures and the exit status is 1.
+"""
+
+import logging
+import math
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from fmnist_lightning.errors import RunInterrupted, UserError
+from fmnist_lightning.training.processes import in_multirun
+from fmnist_lightning.training.resume import run_command_line
+from fmnist_lightning.training.run_dirs import register_resolvers
+from fmnist_lightning.training.status import record_failure
+
+log = logging.getLogger("train")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def train_run(cfg: DictConfig) -> float:
+    """Returns the optimised metric (``optimized_metric``, for sweepers such as Optuna); for
+    a failed sweep job, the worst value (-inf, or +inf for a loss), so that a search records
+    the trial and goes on (a NaN would stop hydra-optuna-sweeper)."""
+    from fmnist_lightning.training.pipeline import train  # Lightning: after Hydra's own checks
+
+    try:
+        metrics = train(cfg)
+    except RunInterrupted as err:  # stops a whole sweep too
+        raise SystemExit(f"stopped: {err}") from None
+    except UserError as err:
+        # Expected, user-fixable problems: the message says what and how, no traceback.
+        return failed(cfg, f"error: {err}")
+    except Exception as err:
+        if not in_multirun():
+            raise
+        log.exception("The job failed")  # the traceback goes to the job's train.log
+        return failed(cfg, f"error: {type(err).__name__}: {err}")
+    return metrics.get(cfg.get("optimized_metric") or "val/acc_best", math.nan)
+
+
+def failed(cfg: DictConfig, message: str) -> float:
+    """Ends a single run with ``message``; in a sweep, records it and returns the worst value."""
+    if not in_multirun():
+        raise SystemExit(message)
+    log.error(message)
+    record_failure(Path(cfg.output_dir), message.removeprefix("error: "))
+    return math.inf if str(cfg.get("optimized_metric", "")).endswith("loss") else -math.inf
+
+
+def main() -> None:
+    """The command line: ``fmnist-train [overrides]``."""
+    register_resolvers()
+    run_command_line()  # refuses to overwrite an earlier run; rewrites resume=<run folder>
+    train_run()

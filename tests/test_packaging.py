@@ -1,0 +1,108 @@
+"""The installed wheel: configs packaged, console scripts that run from any folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import site
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from conftest import REPO
+
+#: What a build of the repository must not copy in: environments, runs, data, build products.
+NOT_SOURCES = {".git", ".venv", "outputs", "multirun", "data", "build", "dist", "site", "fmnist_lightning.egg-info"}
+
+
+def _not_sources(folder: str, names: list[str]) -> set[str]:
+    return NOT_SOURCES & set(names) if Path(folder) == REPO else {"__pycache__"} & set(names)
+
+
+def test_every_package_is_listed_for_the_wheel():
+    """pyproject.toml lists the packages by name (conf/ is mapped into the package, which
+    setuptools' package discovery cannot express): a new subpackage must be added there."""
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "fmnist_lightning").rglob("__init__.py")} | {
+        "fmnist_lightning.conf"
+    }
+    assert listed == found
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel built from a copy of the working tree (so no build products land in it)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "source"
+    shutil.copytree(REPO, source, ignore=_not_sources)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp), str(source)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    (path,) = tmp.glob("fmnist_lightning-*.whl")
+    return path
+
+
+def test_wheel_carries_the_configs_and_scripts(wheel: Path):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    conf = {p.relative_to(REPO / "conf").as_posix() for p in (REPO / "conf").rglob("*") if p.is_file()}
+    assert {f"fmnist_lightning/conf/{name}" for name in conf if not name.endswith(".pyc")} <= names
+    assert not any(name.startswith(("conf/", "tests/", "benchmarks/")) for name in names)
+    (entry_points,) = (n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    for command in ("train", "evaluate", "predict", "summarize"):
+        assert f"fmnist-{command} = fmnist_lightning.cli.{command}:main" in scripts
+
+
+def test_installed_wheel_trains_from_any_folder(wheel: Path, data_root: Path, tmp_path: Path):
+    """``pip install`` of the wheel into a fresh venv, then ``fmnist-train debug=fdr`` from an
+    unrelated folder: the configs come from the installed package, outputs/ from the folder."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    # The dependencies (torch, Lightning, ...) come from the environment running the tests,
+    # which may itself be a venv that --system-site-packages does not reach.
+    venv_site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (Path(venv_site) / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run(
+        [python, "-c", "import fmnist_lightning.conf as c, fmnist_lightning.cli as t; print(c.__file__, t.__file__)"],
+        cwd=work, env=env, check=True, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    assert all(Path(p).is_relative_to(venv) for p in where), where
+
+    result = subprocess.run(
+        [venv / "bin" / "fmnist-train", "debug=fdr", f"data.root={data_root}"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (work / "outputs" / "runs").iterdir()
+    assert (run / "report.json").is_file() and (run / ".hydra" / "config.yaml").is_file()
+
+    evaluated = subprocess.run(
+        [venv / "bin" / "fmnist-evaluate", f"run_dir={run}", "weights=last", "device=cpu", f"data_root={data_root}"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "test accuracy" in evaluated.stdout
+    for command, key in (("fmnist-predict", "images"), ("fmnist-summarize", "sweep_dir")):
+        shown = subprocess.run(
+            [venv / "bin" / command, "--cfg", "job"], cwd=work, env=env, capture_output=True, text=True
+        )
+        assert shown.returncode == 0 and f"{key}:" in shown.stdout, shown.stderr
