@@ -36,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+from fmnist_lightning.sweeps.jobs import read_sweep
 from fmnist_lightning.sweeps.reproduction import (
     EXPERIMENTS,
     RECORD,
@@ -48,7 +49,6 @@ from fmnist_lightning.sweeps.reproduction import (
     train_command,
 )
 from fmnist_lightning.sweeps.reproduction_doc import markdown
-from fmnist_lightning.sweeps.summary import read_sweep
 
 __all__ = ["config_changes", "main", "read_sweep", "source_digest"]
 

@@ -122,7 +122,7 @@ def test_experiment_fast_dev_run(make_cfg, experiment: str, tmp_path: Path) -> N
 
 
 def test_experiments_follow_their_recipes(make_cfg) -> None:
-    """The settings each recipe states (README, "Recipes"), as composed."""
+    """The settings each recipe states (docs/models.md, "Recipes"), as composed."""
     expected = {
         "recipe_000": ("TwoConvBNNet", 28, "Adam", 1e-3, None, 3),
         "recipe_001": ("ThreeConvNet", 28, "Adam", 1e-3, 64, None),

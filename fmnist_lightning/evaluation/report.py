@@ -1,6 +1,6 @@
 """The test report of a run: per-class metrics, confusion matrix, most confused pairs.
 
-Everything the recipes report beyond one accuracy figure (README, "Recipes"): per-class
+Everything the recipes report beyond one accuracy figure (docs/models.md, "Recipes"): per-class
 precision/recall/F1 (000, 001), per-class accuracy and error counts and the top-5 confused
 pairs (002), and a confusion matrix (001). Metrics are computed with torchmetrics; the
 figures are in :mod:`fmnist_lightning.evaluation.figures`.

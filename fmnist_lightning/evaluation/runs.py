@@ -1,6 +1,6 @@
 """Using a finished run folder: its config, its weights, and its network with preprocessing.
 
-A run folder (see README, "What a run writes") holds ``.hydra/config.yaml``, ``net.pt``
+A run folder (see docs/runs.md, "What a run writes") holds ``.hydra/config.yaml``, ``net.pt``
 (the plain ``state_dict`` of the best network), ``checkpoints/`` and ``metrics.json``. The
 network is always rebuilt from the saved config; checkpoints hold no pickled objects.
 """

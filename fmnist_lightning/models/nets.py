@@ -1,5 +1,5 @@
 """The documented CNNs as plain ``nn.Module``s, one per architecture of the recipes
-(README, "Recipes"), and this project's own ``VGGBNNet``.
+(docs/models.md), and this project's own ``VGGBNNet``.
 
 Every network maps ``torch.float32`` ``(B, 1, H, W)`` images with ``H = W = image_size`` to
 ``(B, 10)`` logits. The first linear layer is sized from ``image_size`` (28 and 16 are the

@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from fmnist_lightning.sweeps.summary import Job, read_sweep
+from fmnist_lightning.sweeps.jobs import Job, read_sweep
 
 #: The repository: the code and configs a run uses.
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,8 +30,8 @@ EXPERIMENTS = [*RECIPES, "best", "fast"]
 RECORD = "reproduction.json"
 
 
-# What each write-up reports (shared/recipes/<file>), as fractions. "test_acc" is the figure
-# the target (mean >= reported - 0.5 points) is checked against.
+# What each recipe write-up ("file") reports, as fractions. "test_acc" is the figure the
+# target (mean >= reported - 0.5 points) is checked against.
 REPORTED: dict[str, dict] = {
     "recipe_000": {
         "file": "000_49e6956bb08f0e59.txt",

@@ -8,6 +8,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from fmnist_lightning.sweeps.jobs import Job
 from fmnist_lightning.sweeps.reproduction import (
     EXPERIMENTS,
     MIN_SEEDS,
@@ -18,7 +19,7 @@ from fmnist_lightning.sweeps.reproduction import (
     config_changes,
     source_digest,
 )
-from fmnist_lightning.sweeps.summary import Job, mean_std, percent
+from fmnist_lightning.sweeps.summary import mean_std, percent
 
 
 def read_report(job: Job) -> dict:

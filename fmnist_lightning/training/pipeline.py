@@ -19,7 +19,7 @@ from fmnist_lightning.evaluation.test_report import TestReport
 from fmnist_lightning.training.build import build_run
 from fmnist_lightning.training.callbacks import RunStatus
 from fmnist_lightning.training.history import EpochHistory, read_history
-from fmnist_lightning.training.processes import cpu_threads, is_child_rank
+from fmnist_lightning.training.processes import cpu_threads, is_child_rank, train_command
 from fmnist_lightning.training.resume import discard_resume_attempt, start_checkpoint
 from fmnist_lightning.training.run_dirs import check_writable, checkpoint_dir
 from fmnist_lightning.training.status import read_status
@@ -143,7 +143,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if not last.is_file():
             raise RunInterrupted(f"training stopped {where}, before any checkpoint was saved; start it again") from None
         raise RunInterrupted(
-            f"training stopped {where}; continue it from {last} with: python train.py resume={output_dir}"
+            f"training stopped {where}; continue it from {last} with: {train_command()} resume={output_dir}"
         ) from None
     except Exception as err:
         status.write(trainer, "failed", epochs=completed(), error=f"{type(err).__name__}: {err}")

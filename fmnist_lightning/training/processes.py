@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +19,13 @@ log = logging.getLogger(__name__)
 #: Environment variables that mark a process as a non-zero rank of a multi-process job
 #: (Lightning's DDP children, SLURM tasks, torchrun workers).
 RANK_VARIABLES = ("LOCAL_RANK", "RANK", "SLURM_PROCID", "NODE_RANK")
+
+
+def train_command() -> str:
+    """How the user started training, for messages that tell them what to run next:
+    ``python train.py`` from a clone, ``fmnist-train`` as installed."""
+    name = Path(sys.argv[0]).name
+    return f"python {name}" if name.endswith(".py") else name
 
 
 def is_child_rank() -> bool:

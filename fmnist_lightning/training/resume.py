@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from fmnist_lightning.errors import RunError
-from fmnist_lightning.training.processes import is_child_rank
+from fmnist_lightning.training.processes import is_child_rank, train_command
 from fmnist_lightning.training.run_dirs import check_can_create, checkpoint_dir, holds_run, is_run_folder
 from fmnist_lightning.training.status import read_status
 
@@ -95,7 +95,7 @@ def preflight(argv: list[str]) -> list[str]:
     if multirun:
         raise RunError(
             "resume=<run folder> continues one run and cannot be combined with -m/--multirun; "
-            "resume the jobs of a sweep one at a time: python train.py resume=<sweep>/<job>"
+            f"resume the jobs of a sweep one at a time: {train_command()} resume=<sweep>/<job>"
         )
     clashing = [a for a in args if a.split("=")[0] in ("-cp", "-cn", "--config-path", "--config-name", "hydra.run.dir")]
     if clashing:
@@ -156,7 +156,7 @@ def start_checkpoint(cfg: DictConfig) -> Path | None:
         if Path(resume).resolve() != output_dir:
             raise RunError(
                 f"resume={resume}, but this run writes to {output_dir}; start it as "
-                f"`python train.py resume={resume}`, which continues the run in its own folder"
+                f"`{train_command()} resume={resume}`, which continues the run in its own folder"
             )
         last = checkpoint_dir(cfg) / "last.ckpt"
         if not last.is_file():

@@ -1,0 +1,83 @@
+"""The jobs of a sweep folder, as written by ``train.py -m``: what each set, how it ended.
+
+A sweep folder (``outputs/multirun/<date>_<time>/``) holds one folder per job, each with
+``.hydra/overrides.yaml`` (what the command line set for that job) and ``metrics.json``
+(its status and metrics, see :class:`fmnist_lightning.training.callbacks.RunStatus`). A job that
+failed before training has no ``metrics.json`` of its own making; ``train.py`` writes one
+with ``status: failed`` and the error line for it, so every job is read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from fmnist_lightning.training.resume import split_override
+from fmnist_lightning.training.status import STATUS_FILE
+
+
+@dataclass
+class Job:
+    """One job of a sweep.
+
+    Attributes:
+        folder: The job's folder.
+        overrides: ``key → value`` from its ``.hydra/overrides.yaml`` (values as written).
+        status: ``finished``, ``failed``, ``interrupted``, ``running`` (or crashed), or
+            ``not started`` (no ``metrics.json``).
+        metrics: Its final metrics (accuracies as fractions).
+        epochs: Training epochs completed.
+        wall_time_s: Seconds the job ran.
+        error: Why it stopped, on one line, or ``None``.
+    """
+
+    folder: Path
+    overrides: dict[str, str]
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    epochs: int | None = None
+    wall_time_s: float | None = None
+    error: str | None = None
+
+
+def read_job(folder: Path) -> Job:
+    """Reads one job folder."""
+    lines = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
+    overrides = {}
+    for line in lines:
+        key, value = split_override(str(line))
+        overrides[key] = value or ""
+    path = folder / STATUS_FILE
+    if not path.is_file():
+        return Job(folder, overrides, "not started")
+    status = json.loads(path.read_text())
+    return Job(
+        folder,
+        overrides,
+        status.get("status", "unknown"),
+        {k: float(v) for k, v in (status.get("metrics") or {}).items()},
+        status.get("epochs"),
+        status.get("wall_time_s"),
+        " ".join(status["error"].split()) if status.get("error") else None,  # one line
+    )
+
+
+def read_sweep(sweep_dir: str | Path) -> list[Job]:
+    """All jobs of a sweep folder, in job-number order.
+
+    Raises:
+        FileNotFoundError: ``sweep_dir`` holds no job folders.
+    """
+    sweep_dir = Path(sweep_dir)
+    folders = (
+        [p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()] if sweep_dir.is_dir() else []
+    )
+    if not folders:
+        raise FileNotFoundError(
+            f"{sweep_dir} holds no sweep jobs (folders with .hydra/overrides.yaml); "
+            "pass a folder under outputs/multirun/"
+        )
+    return sorted((read_job(p) for p in folders), key=lambda j: (len(j.folder.name), j.folder.name))
