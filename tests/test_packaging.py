@@ -73,6 +73,13 @@ def test_installed_wheel_trains_from_any_folder(wheel: Path, data_root: Path, tm
         text=True,
     ).stdout.strip()
     (Path(venv_site) / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # The clone's train.py in an environment where the package was never installed: the
+    # configs' package is missing, and the command says how to install it.
+    uninstalled = subprocess.run([python, REPO / "train.py"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert uninstalled.returncode == 1 and "scripts/setup.sh" in uninstalled.stderr, uninstalled.stderr[-2000:]
+    assert "Traceback" not in uninstalled.stderr
+
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
         check=True, capture_output=True, text=True,
@@ -80,7 +87,6 @@ def test_installed_wheel_trains_from_any_folder(wheel: Path, data_root: Path, tm
 
     work = tmp_path / "elsewhere"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = subprocess.run(
         [python, "-c", "import fmnist_lightning.conf as c, fmnist_lightning.cli as t; print(c.__file__, t.__file__)"],
         cwd=work, env=env, check=True, capture_output=True, text=True,

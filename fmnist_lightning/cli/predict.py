@@ -14,6 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, ListConfig
 
+from fmnist_lightning.cli import require_configs
 from fmnist_lightning.errors import UserError
 from fmnist_lightning.evaluation.files import check_invert, predict_files
 from fmnist_lightning.evaluation.runs import load_trained
@@ -43,4 +44,5 @@ def predict(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The command line: ``fmnist-predict run_dir=... images=... [overrides]``."""
+    require_configs()
     predict()

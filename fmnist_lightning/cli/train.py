@@ -16,6 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from fmnist_lightning.cli import require_configs
 from fmnist_lightning.errors import RunInterrupted, UserError
 from fmnist_lightning.training.processes import in_multirun
 from fmnist_lightning.training.resume import run_command_line
@@ -58,6 +59,7 @@ def failed(cfg: DictConfig, message: str) -> float:
 
 def main() -> None:
     """The command line: ``fmnist-train [overrides]``."""
+    require_configs()
     register_resolvers()
     run_command_line()  # refuses to overwrite an earlier run; rewrites resume=<run folder>
     train_run()
