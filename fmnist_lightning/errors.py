@@ -1,6 +1,6 @@
 """Every error a user can fix, each with a message that says what was wrong and how to fix it.
 
-Entry points (``train.py``, ``evaluate.py``, ``predict.py``) catch :class:`UserError` and print
+Entry points (``train.py``, ``evaluate.py``, ``predict.py``) catch ``UserError`` and print
 its message as one ``error: ...`` line, without a traceback. Kept free of heavy imports.
 """
 
@@ -18,7 +18,7 @@ class ArgumentError(UserError, ValueError):
     """A constructor argument is out of range. Objects raise it to check their own arguments.
 
     The object names only its argument; whoever built the object from a config (see
-    :func:`fmnist_lightning.training.build.build_run`) adds the config key in front of it,
+    ``fmnist_lightning.training.build.build_run``) adds the config key in front of it,
     e.g. ``dropout`` of the model becomes ``model.dropout``.
 
     Args:
@@ -33,7 +33,7 @@ class ArgumentError(UserError, ValueError):
 
 
 def require(ok: bool, argument: str, value: Any, allowed: str) -> None:
-    """Raises :class:`ArgumentError` unless ``ok``: one line per checked argument.
+    """Raises ``ArgumentError`` unless ``ok``: one line per checked argument.
 
     >>> require(0 <= 0.5 < 1, "dropout", 0.5, "a number in [0, 1)")
     """

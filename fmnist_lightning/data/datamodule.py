@@ -52,7 +52,7 @@ class InMemoryBatches(Dataset):
 
 
 def keep_batch(batch):
-    """collate_fn for :class:`InMemoryBatches`: its batches come already stacked."""
+    """collate_fn for ``InMemoryBatches``: its batches come already stacked."""
     return batch
 
 
@@ -63,12 +63,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
     Each split is one uint8 tensor, kept on the training device when that is a GPU; a batch
     is one indexing operation, and resizing, scaling to [0, 1], augmentation (training
     batches only) and normalisation run on the whole batch on its device
-    (:meth:`on_after_batch_transfer`). The network receives ``torch.float32``
+    (``on_after_batch_transfer``). The network receives ``torch.float32``
     ``(B, 1, image_size, image_size)`` and labels ``torch.int64`` ``(B,)``.
 
     Args:
         root: Folder for the IDX files (relative paths are relative to the working
-            directory). See :func:`fmnist_lightning.data.idx.ensure_files` for where files
+            directory). See ``fmnist_lightning.data.idx.ensure_files`` for where files
             come from when it lacks them.
         local_copy: Folder with an existing copy of the files (Debian's
             ``dataset-fashion-mnist`` by default), or ``None``.
@@ -88,7 +88,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
             is already in memory, and workers would only copy it.
         augment: Named batched augmentations, applied to training batches in this order on
             [0, 1]-scaled images before normalisation (entries that are ``None`` are off); see
-            :mod:`fmnist_lightning.data.augment`. Hydra builds them from ``data.augment``.
+            ``fmnist_lightning.data.augment``. Hydra builds them from ``data.augment``.
 
     Raises:
         ArgumentError: An argument is out of range.
@@ -195,7 +195,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return self._loader(self.data_test, train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """The test images, as for :meth:`test_dataloader`."""
+        """The test images, as for ``test_dataloader``."""
         return self._loader(self.data_test, train=False)
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):

@@ -94,7 +94,7 @@ def candidate_paths(folder: str | os.PathLike, spec: IdxSpec) -> list[Path]:
 
 
 def find_file(folder: str | os.PathLike, spec: IdxSpec) -> Path | None:
-    """Returns the first existing path of :func:`candidate_paths`, or ``None``."""
+    """Returns the first existing path of ``candidate_paths``, or ``None``."""
     return next((p for p in candidate_paths(folder, spec) if p.is_file()), None)
 
 
@@ -159,7 +159,7 @@ def read_idx(path: Path, spec: IdxSpec) -> torch.Tensor:
         labels.
 
     Raises:
-        DatasetError: See :func:`read_idx_bytes`.
+        DatasetError: See ``read_idx_bytes``.
     """
     data = read_idx_bytes(path, spec)
     array = np.frombuffer(data, dtype=np.uint8, offset=spec.header_bytes).reshape(spec.shape)
@@ -189,7 +189,7 @@ def ensure_files(root: str | os.PathLike, local_copy: str | os.PathLike | None, 
 
     Args:
         root: The data folder (``data.root``); created if missing.
-        local_copy: A folder with the original files, e.g. :data:`DEBIAN_DATASET_DIR`, or
+        local_copy: A folder with the original files, e.g. ``DEBIAN_DATASET_DIR``, or
             ``None`` to skip it.
         download: Whether to fall back to torchvision's download.
 
@@ -240,7 +240,7 @@ def ensure_files(root: str | os.PathLike, local_copy: str | os.PathLike | None, 
 
 
 def verify_files(root: str | os.PathLike) -> None:
-    """Reads and checks all four files in ``root`` (see :func:`read_idx_bytes`), so that a
+    """Reads and checks all four files in ``root`` (see ``read_idx_bytes``), so that a
     bad test file stops a run before training rather than after it.
 
     Raises:
@@ -257,7 +257,7 @@ def load_split(root: str | os.PathLike, split: str) -> tuple[torch.Tensor, torch
     """Loads and verifies one official split from ``root``.
 
     Args:
-        root: Folder holding the IDX files (see :func:`candidate_paths`).
+        root: Folder holding the IDX files (see ``candidate_paths``).
         split: ``"train"`` (60,000 images) or ``"test"`` (10,000 images).
 
     Returns:

@@ -1,7 +1,7 @@
 """The preprocessing of every image the networks see: the recipes' ``Resize`` → ``ToTensor``
 → ``Normalize``, as one batched transform on uint8 batches (training, evaluation, prediction).
 
-Training augmentations are in :mod:`fmnist_lightning.data.augment`.
+Training augmentations are in ``fmnist_lightning.data.augment``.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def evaluate_run(
         run_dir: The run folder.
         output_dir: Where to write ``report.json``, ``report.md`` and ``confusion_matrix.png``.
         weights: ``"best"``, ``"last"``, ``"net.pt"`` or a path; see
-            :func:`fmnist_lightning.evaluation.runs.resolve_weights`.
+            ``fmnist_lightning.evaluation.runs.resolve_weights``.
         data_root: Overrides the run's ``data.root``.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ...
 

@@ -81,7 +81,7 @@ def curves_figure(history: dict[str, dict[int, float]]) -> Figure:
 
     Args:
         history: ``{metric: {epoch: value}}``, from
-            :func:`fmnist_lightning.training.history.read_history`.
+            ``fmnist_lightning.training.history.read_history``.
     """
     fig = Figure(figsize=(11, 4), layout="constrained")
     for ax, metric, label in zip(fig.subplots(1, 2), ("loss", "acc"), ("cross-entropy loss", "accuracy"), strict=True):

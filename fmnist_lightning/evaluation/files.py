@@ -91,10 +91,10 @@ def predict_files(
     """Classifies each file on its own; a bad file gets an ``error`` and the others go on.
 
     Args:
-        model: From :func:`fmnist_lightning.evaluation.runs.load_trained`; its preprocessing (resize to
+        model: From ``fmnist_lightning.evaluation.runs.load_trained``; its preprocessing (resize to
             the run's ``data.image_size``, its normalisation) is applied.
         paths: Image files.
-        invert: See :func:`load_image`.
+        invert: See ``load_image``.
         top_k: How many classes to list per file.
 
     Raises:

@@ -3,7 +3,7 @@
 Everything the recipes report beyond one accuracy figure (docs/models.md, "Recipes"): per-class
 precision/recall/F1 (000, 001), per-class accuracy and error counts and the top-5 confused
 pairs (002), and a confusion matrix (001). Metrics are computed with torchmetrics; the
-figures are in :mod:`fmnist_lightning.evaluation.figures`.
+figures are in ``fmnist_lightning.evaluation.figures``.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def classification_report(
 
 
 def report_markdown(report: dict[str, Any], title: str = "Test report") -> str:
-    """Renders :func:`classification_report`'s dict as Markdown tables with class names."""
+    """Renders ``classification_report``'s dict as Markdown tables with class names."""
     loss = f", loss {report['loss']:.4f}" if report.get("loss") is not None else ""
     lines = [
         f"# {title}",

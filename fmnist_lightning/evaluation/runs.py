@@ -191,7 +191,7 @@ def load_trained(run_dir: str | Path, weights: str = NET_WEIGHTS, device: str | 
 
     Args:
         run_dir: The run folder.
-        weights: Which weights; see :func:`resolve_weights`. Weights trained on a GPU load
+        weights: Which weights; see ``resolve_weights``. Weights trained on a GPU load
             on the CPU.
         device: Where to put the network: ``"auto"`` (CUDA if available, else the CPU),
             ``"cpu"``, ``"cuda"``, ...

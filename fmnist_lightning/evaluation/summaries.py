@@ -25,7 +25,7 @@ def log_test_summaries(
 
     Args:
         loggers: The trainer's loggers.
-        report: From :func:`~fmnist_lightning.evaluation.report.classification_report`.
+        report: From ``classification_report``.
         misclassified: Misclassified images (``(K, 1, S, S)``), their true and predicted
             labels (int64 ``(K,)``), for the figure.
         step: The global step the summaries are logged at.
@@ -55,7 +55,7 @@ def log_test_summaries(
 
 def log_hparams_session(loggers: list[Logger], hparams: dict[str, Any], metrics: dict[str, float]) -> None:
     """Gives loggers whose ``log_hyperparams`` takes ``metrics`` (TensorBoard's *HParams*)
-    the run's hyperparameters against :data:`HPARAM_METRICS`."""
+    the run's hyperparameters against ``HPARAM_METRICS``."""
     values = {k: metrics[k] for k in HPARAM_METRICS if k in metrics}
     for logger in loggers:
         if "metrics" in inspect.signature(logger.log_hyperparams).parameters:

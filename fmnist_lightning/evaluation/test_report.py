@@ -1,7 +1,7 @@
 """The test report, made from the one pass over the test set that Lightning's test loop runs.
 
-:class:`TestReport` is a callback: it collects the logits that
-:meth:`FashionMNISTClassifier.test_step <fmnist_lightning.models.FashionMNISTClassifier.test_step>`
+``TestReport`` is a callback: it collects the logits that
+``FashionMNISTClassifier.test_step <fmnist_lightning.models.FashionMNISTClassifier.test_step>``
 returns, and when the test ends writes the report files and gives the report to the run's
 loggers. Training (``train.py``) and ``evaluate.py`` both use it, so their reports are made
 the same way from the same loop that computes ``test/acc``.
@@ -33,7 +33,7 @@ class Predictions:
         logits: float32 ``(N, 10)``, on the CPU.
         targets: int64 ``(N,)``.
         misclassified: The first misclassified images as the network saw them, float32
-            ``(K, 1, S, S)`` (K ≤ ``max_images`` of :class:`TestReport`).
+            ``(K, 1, S, S)`` (K ≤ ``max_images`` of ``TestReport``).
         misclassified_targets: Their true labels, int64 ``(K,)``.
         misclassified_preds: Their predicted labels, int64 ``(K,)``.
     """
@@ -66,7 +66,7 @@ def _gather_in_order(module: L.LightningModule, tensor: torch.Tensor, size: int)
 class TestReport(Callback):
     """Writes ``report.json``, ``report.md`` and ``confusion_matrix.png`` into ``folder`` when
     ``trainer.test`` ends, and logs the report to the trainer's loggers (see
-    :func:`~fmnist_lightning.evaluation.summaries.log_test_summaries`). Only rank 0 writes.
+    ``log_test_summaries``). Only rank 0 writes.
 
     Args:
         folder: Where the report files go.
@@ -75,8 +75,8 @@ class TestReport(Callback):
 
     Attributes:
         report: The report of the last test (see
-            :func:`~fmnist_lightning.evaluation.report.classification_report`), or ``None``.
-        predictions: The :class:`Predictions` it was made from.
+            ``classification_report``), or ``None``.
+        predictions: The ``Predictions`` it was made from.
     """
 
     def __init__(self, folder: str | Path, extra: dict[str, Any] | None = None, max_images: int = 32) -> None:

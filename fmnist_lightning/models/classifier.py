@@ -30,7 +30,7 @@ def rng_states() -> dict[str, Any]:
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
-    """Restores what :func:`rng_states` returned."""
+    """Restores what ``rng_states`` returned."""
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -57,7 +57,7 @@ class FashionMNISTClassifier(L.LightningModule):
     checkpoint a run writes, without its run folder.
 
     The test loop's ``test_step`` returns each batch's logits, so callbacks (the report's
-    :class:`~fmnist_lightning.evaluation.test_report.TestReport`) collect predictions
+    ``TestReport``) collect predictions
     from the one pass over the test set.
 
     Args:

@@ -4,8 +4,8 @@
 Every network maps ``torch.float32`` ``(B, 1, H, W)`` images with ``H = W = image_size`` to
 ``(B, 10)`` logits. The first linear layer is sized from ``image_size`` (28 and 16 are the
 documented sizes); a size too small for a network's pooling stages raises
-:class:`~fmnist_lightning.errors.ImageTooSmallError`. Each network checks its own arguments
-and raises :class:`~fmnist_lightning.errors.ArgumentError` naming the argument, so a bad
+``ImageTooSmallError``. Each network checks its own arguments
+and raises ``ArgumentError`` naming the argument, so a bad
 ``model.<argument>`` is reported before any data is read. Nothing here knows about
 Lightning, Hydra or files.
 
@@ -50,7 +50,7 @@ def pooled_side(image_size: int, num_blocks: int, net: str) -> int:
 
 
 def check_dropout(dropout: float) -> None:
-    """Raises :class:`~fmnist_lightning.errors.ArgumentError` unless ``dropout`` is in [0, 1)
+    """Raises ``ArgumentError`` unless ``dropout`` is in [0, 1)
     (1 would zero every activation)."""
     require(0.0 <= dropout < 1.0, "dropout", dropout, "a probability in [0, 1)")
 

@@ -1,7 +1,7 @@
 """Reproduction sweeps of the documented recipes: what each recipe reports, the record of a
 sweep (command, code digest, hardware), and which of its runs still match the current config.
 
-Used by ``scripts/reproduce.py``; :mod:`fmnist_lightning.sweeps.reproduction_doc` writes the
+Used by ``scripts/reproduce.py``; ``fmnist_lightning.sweeps.reproduction_doc`` writes the
 document from it.
 """
 
@@ -107,7 +107,7 @@ SOURCES = ("train.py", "fmnist_lightning/**/*.py", "conf/**/*.yaml")
 
 def source_digest(root: Path = ROOT) -> str:
     """SHA-256 of the code and configs a training run uses (paths and contents of
-    :data:`SOURCES`): equal digests mean the same code, whatever git says on the machine
+    ``SOURCES``): equal digests mean the same code, whatever git says on the machine
     (a copied working tree can carry a stale .git)."""
     digest = hashlib.sha256()
     files = sorted(

@@ -1,5 +1,5 @@
 """``docs/REPRODUCTION.md``: the reproduction document, from sweep folders made by
-``python scripts/reproduce.py run`` (see :mod:`fmnist_lightning.sweeps.reproduction`)."""
+``python scripts/reproduce.py run`` (see ``fmnist_lightning.sweeps.reproduction``)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """The answer of a sweep: one table of every job, the configurations ranked over seeds, a plot.
 
-The jobs are read by :mod:`fmnist_lightning.sweeps.jobs`; every job appears in the summary,
+The jobs are read by ``fmnist_lightning.sweeps.jobs``; every job appears in the summary,
 failed or not.
 
-:func:`summarize` writes, into the sweep folder:
+``summarize`` writes, into the sweep folder:
 
 - ``summary_jobs.csv``: one row per job: its folder, swept values, status, ``val/acc_best``,
   ``test/acc``, epochs, wall time (s) and error line;

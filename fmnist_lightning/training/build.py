@@ -1,11 +1,11 @@
 """Building a run's objects from its config, once, with every bad value reported by its key.
 
-This is the pre-flight check and the construction in one: :func:`build_run` builds the
+This is the pre-flight check and the construction in one: ``build_run`` builds the
 network (inside the LightningModule), the DataModule (without reading data), the optimizer
 over the network's parameters, the scheduler, the callbacks, the loggers and the Trainer, as
 their own constructors (and Lightning's argument parsing) accept them. The run then uses
 these very objects. There is no second checker: objects check their own arguments, and
-:mod:`fmnist_lightning.training.config_keys` says which config key a failure belongs to.
+``fmnist_lightning.training.config_keys`` says which config key a failure belongs to.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Run:
 
 
 class _Builder:
-    """Builds objects from config nodes, collecting a :class:`Problem` for each failure."""
+    """Builds objects from config nodes, collecting a ``Problem`` for each failure."""
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg

@@ -1,6 +1,6 @@
-"""Which config key a failure belongs to: the blame half of :mod:`fmnist_lightning.training.build`.
+"""Which config key a failure belongs to: the blame half of ``fmnist_lightning.training.build``.
 
-- An :class:`~fmnist_lightning.errors.ArgumentError` names its argument; the key is the
+- An ``ArgumentError`` names its argument; the key is the
   config node it was built from plus that argument (``model.dropout``), or, where the value
   is an interpolation such as ``${data.image_size}``, the key it comes from.
 - Any other constructor error (a network of your own, torch, Lightning) is matched to the

@@ -1,6 +1,6 @@
 """A run's own per-epoch history, ``history.csv``: what ``curves.png`` is drawn from.
 
-:class:`EpochHistory` is a Lightning logger that every training run has, whatever loggers
+``EpochHistory`` is a Lightning logger that every training run has, whatever loggers
 ``conf/logger/`` adds: it receives the metrics as Lightning logs them and keeps one row per
 epoch of every ``train/*`` and ``val/*`` metric. The file is rewritten (atomically) whenever
 an epoch's values arrive, so it is complete up to the last logged epoch after a crash, and a

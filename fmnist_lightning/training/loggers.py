@@ -38,7 +38,7 @@ class _AppendingWriter(ExperimentWriter):
 
 
 class CSVLogger(LightningCSVLogger):
-    """:class:`lightning.pytorch.loggers.CSVLogger` that appends to an existing
+    """``lightning.pytorch.loggers.CSVLogger`` that appends to an existing
     ``metrics.csv`` (``resume=<run folder>``) instead of deleting it. Same arguments."""
 
     @property
@@ -51,7 +51,7 @@ class CSVLogger(LightningCSVLogger):
 
 
 class TensorBoardLogger(LightningTensorBoardLogger):
-    """:class:`lightning.pytorch.loggers.TensorBoardLogger` with the two calls the run's
+    """``lightning.pytorch.loggers.TensorBoardLogger`` with the two calls the run's
     report uses, as other Lightning loggers have them. Same arguments.
 
     - ``log_image(key, images, step)``, as in ``WandbLogger``: images under *Images*.
@@ -79,7 +79,7 @@ class TensorBoardLogger(LightningTensorBoardLogger):
 
 
 class MLFlowLogger(LightningMLFlowLogger):
-    """:class:`lightning.pytorch.loggers.MLFlowLogger` with ``log_image(key, images, step)``,
+    """``lightning.pytorch.loggers.MLFlowLogger`` with ``log_image(key, images, step)``,
     as in ``WandbLogger``: each image becomes the run's artifact ``<key>.png``. Same
     arguments."""
 

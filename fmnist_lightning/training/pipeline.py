@@ -53,9 +53,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Trains, tests the best checkpoint, and writes the run folder ``cfg.output_dir``.
 
     Everything that can be checked is checked before any data is read or any file written:
-    the run's objects are built once from the config (:func:`~fmnist_lightning.training.build.build_run`,
+    the run's objects are built once from the config (``build_run``,
     which reports every bad value by its key), the checkpoint to start from (``resume`` or
-    ``ckpt_path``, see :func:`~fmnist_lightning.training.resume.start_checkpoint`) must fit
+    ``ckpt_path``, see ``start_checkpoint``) must fit
     the network, and the folder must be writable with enough free space.
 
     The run folder then holds ``.hydra/`` (written by Hydra), ``checkpoints/``
@@ -65,7 +65,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     epoch), the logger's files (``tensorboard/`` by
     default, with the report's figures, per-class metrics and an HParams session) and
     ``metrics.json`` (the run's status, kept up to date while it trains; see
-    :class:`~fmnist_lightning.training.callbacks.RunStatus`).
+    ``RunStatus``).
 
     Args:
         cfg: The composed ``conf/train.yaml``.
@@ -82,7 +82,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         NonFiniteLossError: The loss became NaN or infinite; the run is marked failed and its
             last end-of-epoch checkpoint kept.
         RunInterrupted: Ctrl-C or SIGTERM; ``checkpoints/last.ckpt`` holds the state.
-        (All from :mod:`fmnist_lightning.errors`.)
+        (All from ``fmnist_lightning.errors``.)
     """
     output_dir = Path(cfg.output_dir)
     torch.set_num_threads(cpu_threads(cfg))

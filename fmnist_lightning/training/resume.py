@@ -1,6 +1,6 @@
 """``python train.py resume=<run folder>``, and the checkpoint a run starts from.
 
-``python train.py resume=<run folder> [overrides]`` is rewritten by :func:`preflight` into
+``python train.py resume=<run folder> [overrides]`` is rewritten by ``preflight`` into
 ``-cp <run folder>/.hydra -cn config ++resume=<run folder> hydra.run.dir=<run folder> ...``:
 the run's saved, fully composed config is the primary config (so conf/ edits made since do
 not leak in), dotted overrides such as ``trainer.max_epochs=20`` still apply, and this
@@ -131,7 +131,7 @@ def preflight(argv: list[str]) -> list[str]:
 
 
 def run_command_line() -> None:
-    """Applies :func:`preflight` to ``sys.argv``; exits with the message on a refusal."""
+    """Applies ``preflight`` to ``sys.argv``; exits with the message on a refusal."""
     try:
         sys.argv = preflight(sys.argv)
     except RunError as err:

@@ -7,7 +7,7 @@
 - A folder that cannot be written, or whose disk is nearly full, is refused before any work.
 
 ``resume=<run folder>`` (writing into an earlier run on purpose) is in
-:mod:`fmnist_lightning.training.resume`.
+``fmnist_lightning.training.resume``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A run folder's ``metrics.json``: how far the run got, kept up to date while it trains.
 
-Written by :class:`fmnist_lightning.training.callbacks.RunStatus` (and by ``train.py`` for a
+Written by ``fmnist_lightning.training.callbacks.RunStatus`` (and by ``train.py`` for a
 job that failed before training); read by resume, sweep summaries and the notebook.
 """
 
@@ -14,7 +14,7 @@ STATUS_FILE = "metrics.json"
 
 
 def read_status(run_dir: Path) -> dict:
-    """A run folder's ``metrics.json`` (see :class:`~fmnist_lightning.training.callbacks.RunStatus`),
+    """A run folder's ``metrics.json`` (see ``RunStatus``),
     or ``{}`` when it has none."""
     path = run_dir / STATUS_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -31,7 +31,7 @@ def write_status(
     error: str | None = None,
 ) -> None:
     """Writes a run folder's ``metrics.json`` (the fields are described in
-    :class:`~fmnist_lightning.training.callbacks.RunStatus`), atomically: a reader never sees half
+    ``RunStatus``), atomically: a reader never sees half
     of it."""
     summary = {
         "status": status,
