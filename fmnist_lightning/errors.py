@@ -48,6 +48,11 @@ class ImageTooSmallError(ArgumentError):
         super().__init__("image_size", image_size, allowed)
 
 
+class ImageError(UserError, ValueError):
+    """An image cannot be turned into a FashionMNIST-style one as asked: a blank image for
+    ``preprocess=photo``, or one that is not 28×28 for ``preprocess=none``."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One bad config value: its dotted key, the value, and what would be allowed."""

@@ -29,7 +29,7 @@ def test_png_of_a_test_image_predicts_as_the_dataset(trained_run: Path, test_ima
     for i in range(5):
         Image.fromarray(images[i].numpy()).save(tmp_path / f"{i}.png")
         paths.append(str(tmp_path / f"{i}.png"))
-    results = predict_files(model, paths)
+    results = predict_files(model, paths, preprocess="none")
     expected = model.predict_proba(images[:5, None])
     for r, p in zip(results, expected, strict=True):
         assert r.error is None
@@ -41,10 +41,12 @@ def test_rgb_white_background_odd_size_is_inverted(test_images, tmp_path: Path) 
     images, _ = test_images
     photo = np.stack([255 - images[1].numpy()] * 3, axis=-1)  # dark object on white, RGB
     Image.fromarray(photo).resize((101, 77)).save(tmp_path / "photo.jpg", quality=95)
-    image = load_image(tmp_path / "photo.jpg")
+    image = load_image(tmp_path / "photo.jpg", preprocess="pad")
     assert image.shape == (1, 1, 101, 101) and image.dtype == torch.uint8
     assert image[0, 0, 0].float().mean() < 10  # background black again
-    assert load_image(tmp_path / "photo.jpg", invert=False)[0, 0, 20, 0] > 200
+    assert load_image(tmp_path / "photo.jpg", "pad", invert=False)[0, 0, 20, 0] > 200
+    photo = load_image(tmp_path / "photo.jpg")  # the default: cropped to the object, 28×28
+    assert photo.shape == (1, 1, 28, 28) and photo[0, 0, :, 0].float().mean() < 30
 
 
 def test_rgba_transparent_background(test_images, tmp_path: Path) -> None:
@@ -53,8 +55,9 @@ def test_rgba_transparent_background(test_images, tmp_path: Path) -> None:
     obj = 255 - item
     rgba = np.dstack([obj, obj, obj, np.where(item > 0, 255, 0).astype(np.uint8)])
     Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
-    image = load_image(tmp_path / "cutout.png")
-    assert image[0, 0, 0].float().mean() < 10  # transparent -> white -> inverted to black
+    for preprocess in ("pad", "photo"):
+        image = load_image(tmp_path / "cutout.png", preprocess)
+        assert image[0, 0, 0, 0] < 10 and image[0, 0, -1, -1] < 10  # transparent -> white -> inverted to black
 
 
 def test_predict_cli_with_bad_files(trained_run: Path, test_images, tmp_path: Path) -> None:
@@ -84,4 +87,23 @@ def test_predict_cli_with_bad_files(trained_run: Path, test_images, tmp_path: Pa
 
 def test_predict_refuses_bad_invert(trained_run: Path, tmp_path: Path) -> None:
     result = run_script("predict.py", f"run_dir={trained_run}", "images=[x.png]", "invert=maybe")
-    assert result.returncode == 1 and "invert must be auto, true or false" in result.stderr
+    assert result.returncode == 1 and "invert='maybe': auto, true or false" in result.stderr
+
+
+def test_predict_cli_photo_modes(trained_run: Path, test_images, tmp_path: Path) -> None:
+    """preprocess=photo (the default) on a photo-like file and a blank one; preprocess=none
+    refuses a file that is not 28×28; a bad mode is refused before any file is read."""
+    images, _ = test_images
+    photo = np.full((300, 420, 3), 245, dtype=np.uint8)
+    photo[40:250, 100:310] = np.asarray(Image.fromarray(255 - images[4].numpy()).resize((210, 210)))[..., None]
+    Image.fromarray(photo).save(tmp_path / "photo.jpg", quality=90)
+    Image.new("RGB", (200, 100), "white").save(tmp_path / "blank.png")
+    files = f"images=[{tmp_path / 'photo.jpg'},{tmp_path / 'blank.png'}]"
+    result = run_script("predict.py", f"run_dir={trained_run}", files, "device=cpu")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stdout.startswith(f"{tmp_path / 'photo.jpg'}: ")
+    assert f"{tmp_path / 'blank.png'}: error: the image is blank" in result.stderr
+    none = run_script("predict.py", f"run_dir={trained_run}", files, "preprocess=none", "device=cpu")
+    assert none.returncode == 1 and "preprocess=none takes 28×28 images, and this one is 420×300" in none.stderr
+    bad = run_script("predict.py", f"run_dir={trained_run}", files, "preprocess=crop")
+    assert bad.returncode == 1 and "preprocess='crop': photo, pad or none" in bad.stderr and not bad.stdout

@@ -15,8 +15,9 @@ import hydra
 from omegaconf import DictConfig, ListConfig
 
 from fmnist_lightning.cli import require_configs
+from fmnist_lightning.data.photos import check_options
 from fmnist_lightning.errors import UserError
-from fmnist_lightning.evaluation.files import check_invert, predict_files
+from fmnist_lightning.evaluation.files import predict_files
 from fmnist_lightning.evaluation.runs import load_trained
 
 
@@ -24,12 +25,12 @@ from fmnist_lightning.evaluation.runs import load_trained
 def predict(cfg: DictConfig) -> None:
     images = list(cfg.images) if isinstance(cfg.images, ListConfig) else [cfg.images]
     try:
-        check_invert(cfg.invert)
+        check_options(cfg.preprocess, cfg.invert)
         model = load_trained(cfg.run_dir, cfg.weights, cfg.device)
     except (UserError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
 
-    results = predict_files(model, [str(p) for p in images], cfg.invert, cfg.top_k)
+    results = predict_files(model, [str(p) for p in images], cfg.preprocess, cfg.invert, cfg.top_k)
     for r in results:
         if r.error:
             print(f"{r.path}: error: {r.error}", file=sys.stderr)

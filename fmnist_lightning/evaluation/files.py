@@ -1,8 +1,8 @@
 """Classifying image files with a trained run.
 
-FashionMNIST items are light objects on a black background, centred in a square. A photo
-of a garment on a white table is the opposite: it must be inverted (``invert="auto"``
-detects a light background from the image border) and should be cropped to the object.
+Each file is read with PIL and turned into a FashionMNIST-style image by
+``fmnist_lightning.data.photos.to_fashion_mnist`` (``preprocess="photo"``: the dataset's own
+published conversion of product photos), then classified with the run's preprocessing.
 """
 
 from __future__ import annotations
@@ -10,58 +10,44 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from fmnist_lightning.data.photos import check_options, to_fashion_mnist
+from fmnist_lightning.errors import ImageError
 from fmnist_lightning.evaluation.runs import TrainedModel
 
-INVERT_CHOICES = ("auto", True, False)
+
+def open_image(path: str | Path) -> Image.Image:
+    """Reads an image file fully into memory (the file is closed again).
+
+    Raises:
+        OSError: The file is missing, unreadable or not an image PIL can decode.
+        PIL.Image.DecompressionBombError: The image has more than twice PIL's pixel limit.
+    """
+    with Image.open(path) as image:
+        image.load()
+        return image
 
 
-def check_invert(invert: bool | str) -> None:
-    """Raises ValueError unless ``invert`` is ``"auto"``, ``True`` or ``False``."""
-    if invert not in INVERT_CHOICES:
-        raise ValueError(f"invert must be auto, true or false, got {invert!r}")
-
-
-def load_image(path: str | Path, invert: bool | str = "auto") -> torch.Tensor:
-    """Reads an image file as a FashionMNIST-like uint8 tensor.
-
-    Any size and mode PIL reads (RGB, RGBA, palette, grayscale, 16-bit): transparent pixels
-    are put on white, the image is converted to grayscale (ITU-R 601-2 luma), optionally
-    inverted, and padded with black to a square so that resizing keeps its aspect ratio.
+def load_image(path: str | Path, preprocess: str = "photo", invert: bool | str = "auto") -> torch.Tensor:
+    """Reads an image file as a FashionMNIST-style uint8 tensor (``to_fashion_mnist``).
 
     Args:
-        path: The image file.
+        path: The image file: any size and mode PIL reads.
+        preprocess: ``"photo"``, ``"pad"`` or ``"none"``; see ``to_fashion_mnist``.
         invert: ``True``, ``False``, or ``"auto"``: invert when the mean of the border
             pixels is above 127 (a light background).
 
     Returns:
-        uint8 ``(1, 1, S, S)`` with S = the longer side of the image.
+        uint8 ``(1, 1, 28, 28)`` (``(1, 1, S, S)``, S the longer side, for ``"pad"``).
 
     Raises:
-        OSError: The file is missing, unreadable or not an image PIL can decode.
-        ValueError: ``invert`` is not one of ``"auto"``, ``True``, ``False``.
+        OSError, PIL.Image.DecompressionBombError: See ``open_image``.
+        ImageError: The image cannot be converted as asked (blank, or not 28×28 for ``"none"``).
+        ArgumentError: ``preprocess`` or ``invert`` is not one of the choices.
     """
-    check_invert(invert)
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-        gray = np.asarray(image.convert("L"), dtype=np.uint8)
-    if invert == "auto":
-        border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-        invert = bool(border.mean() > 127)
-    if invert:
-        gray = 255 - gray
-    h, w = gray.shape
-    side = max(h, w)
-    square = np.zeros((side, side), dtype=np.uint8)
-    top, left = (side - h) // 2, (side - w) // 2
-    square[top : top + h, left : left + w] = gray
-    return torch.from_numpy(square)[None, None]
+    return to_fashion_mnist(open_image(path), preprocess, invert)
 
 
 @dataclass
@@ -86,7 +72,7 @@ class FilePrediction:
 
 
 def predict_files(
-    model: TrainedModel, paths: list[str], invert: bool | str = "auto", top_k: int = 3
+    model: TrainedModel, paths: list[str], preprocess: str = "photo", invert: bool | str = "auto", top_k: int = 3
 ) -> list[FilePrediction]:
     """Classifies each file on its own; a bad file gets an ``error`` and the others go on.
 
@@ -94,22 +80,27 @@ def predict_files(
         model: From ``fmnist_lightning.evaluation.runs.load_trained``; its preprocessing (resize to
             the run's ``data.image_size``, its normalisation) is applied.
         paths: Image files.
+        preprocess: See ``load_image``.
         invert: See ``load_image``.
         top_k: How many classes to list per file.
 
     Raises:
-        ValueError: ``invert`` is not valid (checked before any file is read).
+        ArgumentError: ``preprocess`` or ``invert`` is not valid (checked before any file is read).
     """
-    check_invert(invert)
+    check_options(preprocess, invert)
     results = []
     for path in paths:
         try:
-            image = load_image(path, invert)
+            image = open_image(path)
         except (OSError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
             reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
             results.append(FilePrediction(path=str(path), error=f"cannot read image: {reason}"))
             continue
-        probs = model.predict_proba(image)[0].cpu()
+        try:
+            probs = model.predict_images([image], preprocess, invert)[0].cpu()
+        except ImageError as err:
+            results.append(FilePrediction(path=str(path), error=str(err)))
+            continue
         values, labels = probs.topk(top_k)
         top = [(model.class_names[int(i)], float(p)) for p, i in zip(values, labels, strict=True)]
         results.append(

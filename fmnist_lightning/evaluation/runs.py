@@ -8,16 +8,19 @@ network is always rebuilt from the saved config; checkpoints hold no pickled obj
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from torch import nn
 
 from fmnist_lightning.data import FashionMNISTDataModule
 from fmnist_lightning.data.idx import CLASS_NAMES
+from fmnist_lightning.data.photos import check_options, to_fashion_mnist
 from fmnist_lightning.data.transforms import build_preprocess
 from fmnist_lightning.errors import RunError
 from fmnist_lightning.models import FashionMNISTClassifier
@@ -181,6 +184,21 @@ class TrainedModel:
         """
         x = self.preprocess(images.to(self.device))
         return self.net(x).softmax(dim=1)
+
+    def predict_images(
+        self, images: Sequence[Image.Image], preprocess: str = "photo", invert: bool | str = "auto"
+    ) -> torch.Tensor:
+        """Class probabilities, float ``(B, 10)``, of images of any size and mode (PIL).
+
+        Each image is first made FashionMNIST-style by ``to_fashion_mnist(image, preprocess,
+        invert)`` (``preprocess="photo"``: the dataset's published conversion of product photos).
+
+        Raises:
+            ArgumentError: ``preprocess`` or ``invert`` is not one of the choices.
+            ImageError: An image cannot be converted (blank, or not 28×28 for ``"none"``).
+        """
+        check_options(preprocess, invert)
+        return torch.cat([self.predict_proba(to_fashion_mnist(image, preprocess, invert)) for image in images])
 
 
 def load_trained(run_dir: str | Path, weights: str = NET_WEIGHTS, device: str | torch.device = "cpu") -> TrainedModel:

@@ -1,0 +1,174 @@
+"""Turning an image of any size and mode into a FashionMNIST-style image.
+
+FashionMNIST items are light objects on a black background, centred in a 28×28 square. The
+dataset's own README (zalandoresearch/fashion-mnist, "Get the Data") publishes how each was
+made from a product photo, a dark object on a light background:
+
+1. trim the edges close to the colour of the corner pixels (distance within 5 % of the
+   largest possible distance in RGB space);
+2. resize the longest edge to 28 pixels;
+3. sharpen (Gaussian, radius and σ 1.0);
+4. extend the shortest edge to 28 pixels, the image centred;
+5. negate the intensities;
+6. convert to 8-bit grayscale.
+
+``to_fashion_mnist`` follows it for ``preprocess="photo"``, the default for image files.
+``"pad"`` only pads the whole image with black to a square (the run's preprocessing then
+resizes it), and ``"none"`` takes images that are already 28×28 FashionMNIST-style. In every
+mode, transparent pixels are put on white first, and ``invert`` decides step 5:
+``"auto"`` negates an image whose border is light (its mean above 127 of 255).
+
+The choices the README leaves open: the corner colour is the per-channel median of the four
+corner pixels; resizing uses Lanczos filtering (ImageMagick's default for shrinking);
+sharpening is PIL's unsharp mask with radius 1.0 and 100 %; the extended edge is filled with
+the corner colour, which becomes black when negated.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter, ImageOps
+
+from fmnist_lightning.errors import ImageError, require
+
+#: The ways an image is turned into a FashionMNIST-style one (``preprocess=``).
+PREPROCESS_MODES = ("photo", "pad", "none")
+#: ``invert=``: negate always, never, or when the border is light.
+INVERT_CHOICES = ("auto", True, False)
+#: Side of a FashionMNIST image, in pixels.
+SIDE = 28
+#: Step 1's closeness to the corner colour: a fraction of the largest RGB distance, 255·√3.
+TRIM_FUZZ = 0.05
+
+
+def check_options(preprocess: str = "photo", invert: bool | str = "auto") -> None:
+    """Raises ``ArgumentError`` unless ``preprocess`` is one of ``PREPROCESS_MODES`` and
+    ``invert`` one of ``"auto"``, ``True``, ``False``."""
+    require(preprocess in PREPROCESS_MODES, "preprocess", preprocess, "photo, pad or none")
+    require(invert in INVERT_CHOICES, "invert", invert, "auto, true or false")
+
+
+def on_white(image: Image.Image) -> Image.Image:
+    """The image upright (EXIF orientation) as RGB, transparent pixels composited onto white."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float grayscale: to 8 bits first
+        image = image.convert("L")
+    return image.convert("RGB")
+
+
+def is_light(gray: np.ndarray) -> bool:
+    """``invert="auto"``'s rule: the mean of the border pixels of a uint8 ``(H, W)`` image is
+    above 127."""
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    return bool(border.mean() > 127)
+
+
+def corner_colour(rgb: np.ndarray) -> np.ndarray:
+    """The per-channel median of the four corner pixels of a uint8 ``(H, W, 3)`` image."""
+    corners = rgb[[0, 0, -1, -1], [0, -1, 0, -1]].astype(np.float64)
+    return np.median(corners, axis=0)
+
+
+def trim_box(rgb: np.ndarray, fuzz: float = TRIM_FUZZ) -> tuple[int, int, int, int] | None:
+    """Step 1: the bounding box of the pixels farther than ``fuzz`` · 255·√3 (Euclidean, in
+    RGB) from the corner colour.
+
+    Args:
+        rgb: uint8 ``(H, W, 3)``.
+        fuzz: A fraction of the largest possible RGB distance.
+
+    Returns:
+        ``(left, top, right, bottom)``, right and bottom exclusive (PIL's crop box), or
+        ``None`` when every pixel is that close to the corner colour (a blank image).
+    """
+    distance = np.linalg.norm(rgb.astype(np.float64) - corner_colour(rgb), axis=-1)
+    rows, cols = np.nonzero(distance > fuzz * 255 * np.sqrt(3))
+    if rows.size == 0:
+        return None
+    return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
+
+
+def fit_longest_side(image: Image.Image, side: int = SIDE) -> Image.Image:
+    """Step 2: resized (Lanczos) so that its longest side is ``side``, keeping the aspect
+    ratio; the shorter side is rounded, and at least 1 pixel."""
+    w, h = image.size
+    scale = side / max(w, h)
+    return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+
+
+def centre_on_square(image: Image.Image, fill: tuple[int, ...], side: int = SIDE) -> Image.Image:
+    """Step 4: ``image`` centred on a ``side``×``side`` canvas of colour ``fill`` (an odd
+    margin puts the extra pixel after the image)."""
+    canvas = Image.new(image.mode, (side, side), fill)
+    w, h = image.size
+    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def photo(rgb_image: Image.Image, invert: bool) -> Image.Image:
+    """Steps 1-6 on an RGB image; returns an ``L`` (8-bit grayscale) image of 28×28.
+
+    Raises:
+        ImageError: The image is blank: nothing differs from the corner colour.
+    """
+    rgb = np.asarray(rgb_image)
+    box = trim_box(rgb)
+    if box is None:
+        raise ImageError(
+            "the image is blank: every pixel is within 5 % of the corner colour, so there is no "
+            "object to crop to (preprocess=pad takes the image as it is)"
+        )
+    fill = tuple(int(c + 0.5) for c in corner_colour(rgb))
+    small = fit_longest_side(rgb_image.crop(box))
+    sharp = small.filter(ImageFilter.UnsharpMask(radius=1.0, percent=100, threshold=0))
+    square = centre_on_square(sharp, fill)
+    return ImageOps.invert(square).convert("L") if invert else square.convert("L")
+
+
+def pad_to_square(gray: np.ndarray) -> np.ndarray:
+    """``preprocess="pad"``: a uint8 ``(H, W)`` image centred on a black square of side
+    ``max(H, W)``."""
+    h, w = gray.shape
+    side = max(h, w)
+    square = np.zeros((side, side), dtype=np.uint8)
+    top, left = (side - h) // 2, (side - w) // 2
+    square[top : top + h, left : left + w] = gray
+    return square
+
+
+def to_fashion_mnist(image: Image.Image, preprocess: str = "photo", invert: bool | str = "auto") -> torch.Tensor:
+    """Converts one image into a FashionMNIST-style uint8 image.
+
+    Args:
+        image: Any size and mode PIL reads (RGB, RGBA, palette, grayscale, 16-bit).
+        preprocess: ``"photo"`` (the dataset's published conversion, above), ``"pad"`` (pad
+            with black to a square) or ``"none"`` (already 28×28 FashionMNIST-style).
+        invert: ``True``, ``False`` or ``"auto"`` (negate when the border is light).
+
+    Returns:
+        uint8 ``(1, 1, 28, 28)`` for ``"photo"`` and ``"none"``; ``(1, 1, S, S)`` with S the
+        longer side for ``"pad"`` (the run's preprocessing resizes it).
+
+    Raises:
+        ArgumentError: ``preprocess`` or ``invert`` is not one of the choices.
+        ImageError: ``"photo"`` on a blank image; ``"none"`` on an image that is not 28×28.
+    """
+    check_options(preprocess, invert)
+    rgb = on_white(image)
+    gray = np.asarray(rgb.convert("L"))
+    if invert == "auto":
+        invert = is_light(gray)
+    if preprocess == "photo":
+        return torch.from_numpy(np.array(photo(rgb, invert)))[None, None]
+    if preprocess == "none" and gray.shape != (SIDE, SIDE):
+        raise ImageError(
+            f"preprocess=none takes 28×28 images, and this one is {gray.shape[1]}×{gray.shape[0]}; "
+            "use preprocess=photo (or pad)"
+        )
+    if invert:
+        gray = 255 - gray
+    return torch.from_numpy(pad_to_square(gray) if preprocess == "pad" else gray.copy())[None, None]
