@@ -67,6 +67,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ``metrics.json`` (the run's status, kept up to date while it trains; see
     ``RunStatus``).
 
+    The errors it raises are all from ``fmnist_lightning.errors``.
+
     Args:
         cfg: The composed ``conf/train.yaml``.
 
@@ -82,7 +84,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         NonFiniteLossError: The loss became NaN or infinite; the run is marked failed and its
             last end-of-epoch checkpoint kept.
         RunInterrupted: Ctrl-C or SIGTERM; ``checkpoints/last.ckpt`` holds the state.
-        (All from ``fmnist_lightning.errors``.)
     """
     output_dir = Path(cfg.output_dir)
     torch.set_num_threads(cpu_threads(cfg))
