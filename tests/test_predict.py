@@ -91,8 +91,8 @@ def test_predict_refuses_bad_invert(trained_run: Path, tmp_path: Path) -> None:
 
 
 def test_predict_cli_photo_modes(trained_run: Path, test_images, tmp_path: Path) -> None:
-    """preprocess=photo (the default) on a photo-like file and a blank one; preprocess=none
-    refuses a file that is not 28×28; a bad mode is refused before any file is read."""
+    """preprocess=photo (the default) on a photo-like file and a blank one; a bad mode is
+    refused before any file is read (the modes themselves: tests/test_photos.py)."""
     images, _ = test_images
     photo = np.full((300, 420, 3), 245, dtype=np.uint8)
     photo[40:250, 100:310] = np.asarray(Image.fromarray(255 - images[4].numpy()).resize((210, 210)))[..., None]
@@ -103,7 +103,5 @@ def test_predict_cli_photo_modes(trained_run: Path, test_images, tmp_path: Path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stdout.startswith(f"{tmp_path / 'photo.jpg'}: ")
     assert f"{tmp_path / 'blank.png'}: error: the image is blank" in result.stderr
-    none = run_script("predict.py", f"run_dir={trained_run}", files, "preprocess=none", "device=cpu")
-    assert none.returncode == 1 and "preprocess=none takes 28×28 images, and this one is 420×300" in none.stderr
     bad = run_script("predict.py", f"run_dir={trained_run}", files, "preprocess=crop")
     assert bad.returncode == 1 and "preprocess='crop': photo, pad or none" in bad.stderr and not bad.stdout

@@ -117,7 +117,9 @@ def test_sigkill_then_resume_equals_uninterrupted(data_root: Path, tmp_path: Pat
 
 
 @pytest.mark.parametrize(
-    "sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)], ids=["SIGTERM", "SIGINT"]
+    "sig",
+    [pytest.param(signal.SIGTERM, marks=pytest.mark.slow), pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+    ids=["SIGTERM", "SIGINT"],
 )
 def test_signal_mid_epoch_leaves_a_resumable_run(data_root: Path, tmp_path: Path, sig: signal.Signals) -> None:
     run_dir = tmp_path / "run"
