@@ -80,6 +80,21 @@ class RunError(UserError, RuntimeError):
     or wrong."""
 
 
+class DamagedFileError(RunError):
+    """A file of a run folder that a command reads back is damaged: empty, truncated,
+    garbled, or of the wrong kind (``fmnist_lightning.artifacts``).
+
+    Args:
+        path: The file.
+        problem: What is wrong with it, e.g. ``"it is empty"``.
+        fix: What to do, e.g. ``"use weights=last or weights=best"``.
+    """
+
+    def __init__(self, path: Any, problem: str, fix: str) -> None:
+        self.path = path
+        super().__init__(f"{path} is damaged: {problem}. {fix}")
+
+
 class DatasetError(UserError, RuntimeError):
     """A FashionMNIST file is missing, truncated or corrupt; the message names the file."""
 

@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import run_script, start_script
 from fmnist_lightning.errors import NonFiniteLossError, RunError
+from fmnist_lightning.locks import release_run_folder
 from fmnist_lightning.training.history import read_history
 from fmnist_lightning.training.pipeline import train
 from fmnist_lightning.training.resume import preflight
@@ -239,7 +240,7 @@ def test_ddp_on_two_cpu_processes(data_root: Path, tmp_path: Path) -> None:
     assert len(writers) == 1, "TensorBoard events from more than one process"
     assert sorted(p.name for p in run_dir.glob("checkpoints/*.ckpt")) == ["epoch_001.ckpt", "last.ckpt"]
     assert {p.name for p in run_dir.glob("*.json")} == {"metrics.json", "report.json"}
-    assert [p.name for p in run_dir.glob(".*")] == [".hydra"]
+    assert sorted(p.name for p in run_dir.glob(".*")) == [".hydra", ".lock"]  # rank 0 holds the lock
     assert abs(done["metrics"]["test/acc"] - read_status(tmp_path / "single")["metrics"]["test/acc"]) < 0.05
 
 
@@ -276,6 +277,7 @@ def test_preflight_rewrites_resume_once(trained_run: Path) -> None:
     assert {"trainer.max_epochs=9", f"++resume={folder}", f"hydra.run.dir={folder}"} <= set(argv)
     assert any(a.startswith("hydra.output_subdir=.hydra/resume_") for a in argv)
     assert preflight(argv) == argv  # a DDP child gets the rewritten command line
+    release_run_folder(folder)  # preflight took the run's lock for this (test) process
 
 
 def test_preflight_lets_ddp_children_into_their_parents_folder(

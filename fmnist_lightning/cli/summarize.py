@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fmnist_lightning.cli import require_configs
+from fmnist_lightning.errors import UserError
 from fmnist_lightning.sweeps import summarize
 
 
@@ -17,7 +18,7 @@ from fmnist_lightning.sweeps import summarize
 def summarize_sweep(cfg: DictConfig) -> None:
     try:
         markdown, jobs = summarize(cfg.sweep_dir, cfg.metric)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, UserError) as err:  # no jobs, or a job's files damaged
         raise SystemExit(f"error: {err}") from None
     print(markdown)
     if any(j.status != "finished" for j in jobs):

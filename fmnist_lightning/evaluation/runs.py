@@ -7,7 +7,6 @@ network is always rebuilt from the saved config; checkpoints hold no pickled obj
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
 
+from fmnist_lightning.artifacts import load_tensors, read_json, read_yaml
 from fmnist_lightning.data import FashionMNISTDataModule
 from fmnist_lightning.data.idx import CLASS_NAMES
 from fmnist_lightning.data.photos import check_options, to_fashion_mnist
 from fmnist_lightning.data.transforms import build_preprocess
-from fmnist_lightning.errors import RunError
+from fmnist_lightning.errors import DamagedFileError, RunError
+from fmnist_lightning.locks import LOCK_FILE, holder_pid
 from fmnist_lightning.models import FashionMNISTClassifier
 
 #: File name of the network's plain ``state_dict`` in a run folder.
@@ -34,6 +35,7 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
 
     Raises:
         RunError: ``run_dir`` is not a run folder.
+        DamagedFileError: The config file is damaged or not a run's config.
     """
     path = Path(run_dir) / ".hydra" / "config.yaml"
     if not path.is_file():
@@ -41,6 +43,11 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
             f"{run_dir} is not a run folder: it has no .hydra/config.yaml. "
             "Pass a folder under outputs/runs/ or outputs/multirun/<sweep>/<job>/."
         )
+    fix = "It is the run's config, which every use of the run needs: restore it from a copy, or train the run again."
+    saved = read_yaml(path, dict, fix)
+    for section, key in (("model", "_target_"), ("data", "image_size"), ("trainer", "max_epochs")):
+        if not isinstance(saved.get(section), dict) or key not in saved[section]:
+            raise DamagedFileError(path, f"it has no {section}.{key}, so it is not a run's config", fix)
     return OmegaConf.load(path)
 
 
@@ -59,7 +66,10 @@ def resolve_weights(run_dir: str | Path, weights: str = NET_WEIGHTS) -> Path:
     run_dir = Path(run_dir)
     if weights == "best":
         metrics = run_dir / "metrics.json"
-        best = json.loads(metrics.read_text()).get("best_checkpoint") if metrics.is_file() else None
+        fix = "Delete it and give the weights another way: weights=last, weights=net.pt or a .ckpt file."
+        best = read_json(metrics, fix).get("best_checkpoint") if metrics.is_file() else None
+        if best is not None and not isinstance(best, str):
+            raise DamagedFileError(metrics, f"its best_checkpoint is {best!r}, not a file name", fix)
         path = run_dir / best if best else None
         if path is None:
             candidates = sorted((run_dir / "checkpoints").glob("epoch_*.ckpt"))
@@ -72,6 +82,10 @@ def resolve_weights(run_dir: str | Path, weights: str = NET_WEIGHTS) -> Path:
         found = sorted(
             str(p.relative_to(run_dir)) for p in [*run_dir.glob("*.pt"), *run_dir.glob("checkpoints/*.ckpt")]
         )
+        pid = holder_pid(run_dir / LOCK_FILE)
+        training = (
+            f" The run is still training (process {pid} is writing it): use weights=last, or wait." if pid else ""
+        )
         raise RunError(
             f"Run {run_dir} has no {weights!r} weights "
             + (
@@ -79,6 +93,7 @@ def resolve_weights(run_dir: str | Path, weights: str = NET_WEIGHTS) -> Path:
                 if found
                 else "(it has no checkpoint or net.pt at all; did it finish its first epoch?)."
             )
+            + training
         )
     return path
 
@@ -89,10 +104,22 @@ def net_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
     return {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
 
 
+#: What to do about damaged weights, for the commands that read them.
+WEIGHTS_FIX = "Use other weights of the run (weights=net.pt, best or last), or train it again."
+
+
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The network's ``state_dict`` from a ``net.pt`` file or a Lightning checkpoint."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return net_weights(state) if "state_dict" in state else state
+    """The network's ``state_dict`` from a ``net.pt`` file or a Lightning checkpoint.
+
+    Raises:
+        DamagedFileError: The file is unreadable or holds no network weights.
+    """
+    state = load_tensors(path, WEIGHTS_FIX)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = net_weights(state)
+    if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise DamagedFileError(path, "it holds no network weights (a state_dict of tensors)", WEIGHTS_FIX)
+    return state
 
 
 def check_checkpoint_fits(net: nn.Module, path: Path, overrides: list[str]) -> None:
@@ -104,13 +131,15 @@ def check_checkpoint_fits(net: nn.Module, path: Path, overrides: list[str]) -> N
         overrides: This run's command-line overrides, named in the message.
 
     Raises:
-        RunError: The checkpoint cannot be read, or a tensor is missing, extra, or shaped
-            differently (the config's network differs from the checkpoint's).
+        DamagedFileError: The checkpoint cannot be read, or is not a Lightning checkpoint.
+        RunError: A tensor is missing, extra, or shaped differently (the config's network
+            differs from the checkpoint's).
     """
-    try:
-        saved = net_weights(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
-    except Exception as err:
-        raise RunError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+    fix = "Start from another checkpoint (ckpt_path=<a run's checkpoints/*.ckpt>), or train again."
+    checkpoint = load_tensors(path, fix, mmap=True)
+    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict)):
+        raise DamagedFileError(path, "it is not a Lightning checkpoint (it has no state_dict)", fix)
+    saved = net_weights(checkpoint)
     wanted = net.state_dict()
     differ = sorted(
         f"{key}: checkpoint {list(saved[key].shape) if key in saved else 'none'}, config "
@@ -229,7 +258,7 @@ def load_trained(run_dir: str | Path, weights: str = NET_WEIGHTS, device: str | 
         detail = str(err).strip().splitlines()
         raise RunError(
             f"Weights {path} do not fit the run's network ({cfg.model._target_} at "
-            f"data.image_size={cfg.data.image_size}): {' '.join(d.strip() for d in detail[:3])}"
+            f"data.image_size={cfg.data.image_size}): {' '.join(d.strip() for d in detail[:3])}. {WEIGHTS_FIX}"
         ) from None
     normalize = cfg.data.normalize
     preprocess = build_preprocess(cfg.data.image_size, OmegaConf.to_container(normalize) if normalize else None)

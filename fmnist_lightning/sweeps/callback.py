@@ -9,6 +9,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from fmnist_lightning.errors import UserError
 from fmnist_lightning.sweeps.summary import summarize
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ class SweepSummary(Callback):
         except FileNotFoundError as err:
             log.warning("No sweep summary: %s", err)
             return
+        except UserError as err:  # a job's files are damaged
+            raise SystemExit(f"error: no sweep summary: {err}") from None
         print(
             f"\n{markdown}\nSummary files: {sweep_dir}/summary.md, summary.csv, summary_jobs.csv, summary.png",
             flush=True,

@@ -9,14 +9,13 @@ with ``status: failed`` and the error line for it, so every job is read.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from fmnist_lightning.artifacts import read_yaml
+from fmnist_lightning.errors import DamagedFileError
 from fmnist_lightning.training.resume import split_override
-from fmnist_lightning.training.status import STATUS_FILE
+from fmnist_lightning.training.status import read_status
 
 
 @dataclass
@@ -44,24 +43,31 @@ class Job:
 
 
 def read_job(folder: Path) -> Job:
-    """Reads one job folder."""
-    lines = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
+    """Reads one job folder.
+
+    Raises:
+        DamagedFileError: Its ``.hydra/overrides.yaml`` or ``metrics.json`` is damaged.
+    """
+    path = folder / ".hydra" / "overrides.yaml"
+    fix = "It lists the job's command-line overrides: restore it (e.g. [] for none), or move the job out of the sweep."
+    lines = read_yaml(path, list, fix)
+    if not all(isinstance(line, str) for line in lines):
+        raise DamagedFileError(path, "it holds something other than override strings", fix)
     overrides = {}
     for line in lines:
-        key, value = split_override(str(line))
+        key, value = split_override(line)
         overrides[key] = value or ""
-    path = folder / STATUS_FILE
-    if not path.is_file():
+    status = read_status(folder)
+    if not status:
         return Job(folder, overrides, "not started")
-    status = json.loads(path.read_text())
     return Job(
         folder,
         overrides,
         status.get("status", "unknown"),
-        {k: float(v) for k, v in (status.get("metrics") or {}).items()},
+        {k: float(v) for k, v in (status.get("metrics") or {}).items() if isinstance(v, int | float)},
         status.get("epochs"),
         status.get("wall_time_s"),
-        " ".join(status["error"].split()) if status.get("error") else None,  # one line
+        " ".join(str(status["error"]).split()) if status.get("error") else None,  # one line
     )
 
 

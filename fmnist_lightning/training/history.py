@@ -18,6 +18,9 @@ from typing import Any
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
+from fmnist_lightning.artifacts import read_csv
+from fmnist_lightning.errors import DamagedFileError
+
 #: The history file of a run folder.
 HISTORY_FILE = "history.csv"
 #: Prefixes of the metrics kept in the history.
@@ -30,17 +33,23 @@ def read_history(run_dir: str | Path) -> dict[str, dict[int, float]]:
     Returns:
         ``{metric: {epoch: value}}``, epochs counted from 1 (accuracies are fractions);
         empty when the run has no history yet.
+
+    Raises:
+        DamagedFileError: The file is unreadable or holds something that is not a number.
     """
     path = Path(run_dir) / HISTORY_FILE
     history: dict[str, dict[int, float]] = {}
     if not path.is_file():
         return history
-    with path.open(newline="") as file:
-        for row in csv.DictReader(file):
+    fix = "It is the run's per-epoch record (curves.png): delete it, and a resumed run starts a new one."
+    for line, row in enumerate(read_csv(path, ("epoch",), fix), start=2):
+        try:
             epoch = int(row.pop("epoch"))
             for key, value in row.items():
                 if value:
-                    history.setdefault(key, {})[epoch] = float(value)
+                    history.setdefault(str(key), {})[epoch] = float(value)
+        except (TypeError, ValueError):
+            raise DamagedFileError(path, f"line {line} holds something that is not a number", fix) from None
     return history
 
 

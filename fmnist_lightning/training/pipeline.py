@@ -16,6 +16,7 @@ from fmnist_lightning.evaluation.figures import curves_figure
 from fmnist_lightning.evaluation.runs import NET_WEIGHTS, check_checkpoint_fits
 from fmnist_lightning.evaluation.summaries import hparams_of, log_hparams_session
 from fmnist_lightning.evaluation.test_report import TestReport
+from fmnist_lightning.locks import lock_run_folder, release_run_folder
 from fmnist_lightning.training.build import build_run
 from fmnist_lightning.training.callbacks import RunStatus
 from fmnist_lightning.training.history import EpochHistory, read_history
@@ -79,12 +80,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     Raises:
         ConfigError: The config has bad values (all are listed).
-        RunError: The start checkpoint or the run folder cannot be used.
+        RunError: The start checkpoint or the run folder cannot be used, or another process
+            is training in the folder (it holds the folder's lock, see ``locks``).
         DatasetError: The dataset files are missing or corrupt.
         NonFiniteLossError: The loss became NaN or infinite; the run is marked failed and its
             last end-of-epoch checkpoint kept.
         RunInterrupted: Ctrl-C or SIGTERM; ``checkpoints/last.ckpt`` holds the state.
     """
+    output_dir = Path(cfg.output_dir)
+    if is_child_rank():  # DDP: rank 0 holds the folder's lock for all processes
+        return _train(cfg)
+    lock_run_folder(output_dir)  # before anything is written; already held after resume='s preflight
+    try:
+        return _train(cfg)
+    finally:
+        release_run_folder(output_dir)
+
+
+def _train(cfg: DictConfig) -> dict[str, float]:
+    """``train``'s work, in a folder this process may write."""
     output_dir = Path(cfg.output_dir)
     torch.set_num_threads(cpu_threads(cfg))
     status, report = RunStatus(output_dir), TestReport(output_dir)

@@ -20,6 +20,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from fmnist_lightning.errors import RunError
+from fmnist_lightning.evaluation.runs import load_run_config
+from fmnist_lightning.locks import lock_run_folder, release_run_folder
+from fmnist_lightning.training.history import read_history
 from fmnist_lightning.training.processes import is_child_rank, train_command
 from fmnist_lightning.training.run_dirs import check_can_create, checkpoint_dir, holds_run, is_run_folder
 from fmnist_lightning.training.status import read_status
@@ -66,8 +69,10 @@ def preflight(argv: list[str]) -> list[str]:
 
     Raises:
         RunError: ``resume`` names no run folder or is combined with ``-m``/``-cp``/``-cn``,
-            ``hydra.run.dir`` or a config group; an explicit ``hydra.run.dir``/
-            ``hydra.sweep.dir`` already holds a run; or the run folder cannot be created.
+            ``hydra.run.dir`` or a config group; another process is training in the folder;
+            the run's config, ``metrics.json`` or ``history.csv`` is damaged;
+            an explicit ``hydra.run.dir``/``hydra.sweep.dir`` already holds a run; or the run
+            folder cannot be created.
     """
     args = argv[1:]
     if any(a.startswith("++resume=") for a in args):  # already rewritten: a DDP child's copy
@@ -80,6 +85,8 @@ def preflight(argv: list[str]) -> list[str]:
         run_dir = _value(args, "hydra.run.dir")
         check_can_create(Path((_value(args, "hydra.sweep.dir") if multirun else run_dir) or "outputs"))
         if not multirun and run_dir and holds_run(Path(run_dir)):
+            lock_run_folder(run_dir)  # RunError naming the holder's PID while that run trains
+            release_run_folder(run_dir)
             raise RunError(
                 f"hydra.run.dir={run_dir} already holds a run, and a new run there would overwrite "
                 f"its files. Pick a new folder, or continue that run with resume={run_dir}."
@@ -115,6 +122,14 @@ def preflight(argv: list[str]) -> list[str]:
             "Pass a folder under outputs/runs/ or outputs/multirun/<sweep>/<job>/."
         )
     folder = folder.resolve()
+    lock_run_folder(folder)  # held until this process ends: one writer, refused before Hydra writes
+    try:  # the files a resume reads back, before Hydra reads the config or writes anything
+        load_run_config(folder)
+        read_status(folder)
+        read_history(folder)
+    except RunError:
+        release_run_folder(folder)
+        raise
     attempt = f"{RESUME_SUBDIR_PREFIX}{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
     others = [a for a in args if _value([a], "resume") is None]
     return [

@@ -9,15 +9,36 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fmnist_lightning.artifacts import read_json
+from fmnist_lightning.errors import DamagedFileError
+
 #: The run-status file of a run folder (see fmnist_lightning.training.callbacks.RunStatus).
 STATUS_FILE = "metrics.json"
 
 
+#: What to do about a damaged ``metrics.json``.
+STATUS_FIX = (
+    "It is the run's status: delete it and run the command again (a resume continues from "
+    "checkpoints/last.ckpt and writes it anew; a sweep summary lists the job as not started)."
+)
+#: The fields a reader relies on, and their types.
+STATUS_FIELDS = {"status": str, "epochs": int, "global_step": int, "metrics": dict}
+
+
 def read_status(run_dir: Path) -> dict:
-    """A run folder's ``metrics.json`` (see ``RunStatus``),
-    or ``{}`` when it has none."""
-    path = run_dir / STATUS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """A run folder's ``metrics.json`` (see ``RunStatus``), or ``{}`` when it has none.
+
+    Raises:
+        DamagedFileError: The file is unreadable, or a field has the wrong type.
+    """
+    path = Path(run_dir) / STATUS_FILE
+    if not path.is_file():
+        return {}
+    status = read_json(path, STATUS_FIX)
+    for name, kind in STATUS_FIELDS.items():
+        if status.get(name) is not None and not isinstance(status[name], kind):
+            raise DamagedFileError(path, f"its {name} is {status[name]!r}, not a {kind.__name__}", STATUS_FIX)
+    return status
 
 
 def write_status(

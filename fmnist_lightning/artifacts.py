@@ -1,0 +1,104 @@
+"""Reading back the files of a run folder, refusing damaged ones with one clear error.
+
+Every file a command reads back from a run folder goes through one of these readers:
+``.hydra/config.yaml`` and ``overrides.yaml`` (``read_yaml``), ``metrics.json``
+(``read_json``), ``history.csv`` (``read_csv``), and ``net.pt`` and the checkpoints
+(``load_tensors``). An empty, truncated or garbled file, or one of the wrong kind (JSON of
+another shape, a YAML list where a mapping belongs), raises ``DamagedFileError``: a
+``RunError`` whose message names the file, what is wrong with it and what to do. Files that
+do not exist are the callers' business (a missing ``metrics.json`` is normal before the
+first epoch).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from fmnist_lightning.errors import DamagedFileError
+
+
+def _text(path: Path, fix: str) -> str:
+    """The file's text. Every text file of a run folder ends with a line break, so one that
+    does not was cut short (a full disk, a copy interrupted), even where what is left parses."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise DamagedFileError(path, "it is empty", fix)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DamagedFileError(path, "it is not text (not UTF-8)", fix) from None
+    if not text.endswith("\n"):
+        raise DamagedFileError(
+            path, "it ends in the middle of a line, so it was cut short (if you edited it, end it with a newline)", fix
+        )
+    return text
+
+
+def read_json(path: Path, fix: str) -> dict[str, Any]:
+    """A JSON object (``dict``) from ``path``.
+
+    Raises:
+        DamagedFileError: The file is empty, not JSON, or not a JSON object.
+    """
+    try:
+        value = json.loads(_text(path, fix))
+    except json.JSONDecodeError as err:
+        raise DamagedFileError(path, f"it is not valid JSON ({err.msg} at line {err.lineno})", fix) from None
+    if not isinstance(value, dict):
+        raise DamagedFileError(path, f"it holds a JSON {type(value).__name__}, not an object", fix)
+    return value
+
+
+def read_yaml(path: Path, kind: type, fix: str) -> Any:
+    """A YAML document of type ``kind`` (``dict`` or ``list``) from ``path``.
+
+    Raises:
+        DamagedFileError: The file is empty, not YAML, or its document is not a ``kind``.
+    """
+    import yaml
+
+    try:
+        value = yaml.safe_load(_text(path, fix))
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise DamagedFileError(path, f"it is not valid YAML{line}", fix) from None
+    if not isinstance(value, kind):
+        expected = "a mapping" if kind is dict else "a list"
+        raise DamagedFileError(path, f"it holds {type(value).__name__} where {expected} belongs", fix)
+    return value
+
+
+def read_csv(path: Path, columns: tuple[str, ...], fix: str) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header that has ``columns``.
+
+    Raises:
+        DamagedFileError: The file is empty, not text, or its header lacks a column.
+    """
+    rows = csv.DictReader(io.StringIO(_text(path, fix), newline=""))
+    missing = [c for c in columns if c not in (rows.fieldnames or [])]
+    if missing:
+        raise DamagedFileError(path, f"its header has no {', '.join(missing)} column", fix)
+    return list(rows)
+
+
+def load_tensors(path: Path, fix: str, mmap: bool = False) -> Any:
+    """What ``torch.save`` wrote to ``path`` (a ``state_dict`` or a Lightning checkpoint),
+    loaded on the CPU with ``weights_only=True``.
+
+    Raises:
+        DamagedFileError: The file is empty, truncated, or not something torch saved.
+    """
+    import torch
+
+    if path.stat().st_size == 0:
+        raise DamagedFileError(path, "it is empty", fix)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # EOFError, RuntimeError, UnpicklingError, ...: all mean unreadable
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise DamagedFileError(path, f"torch cannot load it ({first})", fix) from None
