@@ -49,13 +49,18 @@ def lock_run_folder(folder: str | Path) -> None:
     the process; nothing happens if this process holds it already.
 
     Raises:
-        RunError: Another process holds it (the message names the folder and the PID).
+        RunError: Another process holds it (the message names the folder and the PID), or
+            the folder or its lock file cannot be created.
     """
     folder = Path(folder).resolve()
     if folder in _held:
         return
     path = folder / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise RunError(f"cannot create the run folder's lock file {path}: {err.strerror or err}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

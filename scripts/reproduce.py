@@ -36,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+from fmnist_lightning.errors import UserError
 from fmnist_lightning.sweeps.jobs import read_sweep
 from fmnist_lightning.sweeps.reproduction import (
     EXPERIMENTS,
@@ -90,10 +91,10 @@ def run(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     try:
         sweeps = [load_sweep(Path(p)) for p in args.sweeps]
-    except FileNotFoundError as err:
+        text = markdown(sweeps, Path(args.notes) if args.notes else None)
+    except (FileNotFoundError, UserError) as err:
         sys.exit(f"error: {err}")
     doc = Path(args.doc)
-    text = markdown(sweeps, Path(args.notes) if args.notes else None)
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
     archive = doc.parent / "reproduction"

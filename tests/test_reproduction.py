@@ -43,7 +43,7 @@ def make_job(folder: Path, experiment: str, seed: int, test_acc: float, status: 
     targets = torch.arange(10).repeat(100)
     wrong = torch.rand(1000, generator=generator) > test_acc
     preds = torch.where(wrong, (targets + 1) % 10, targets)
-    (folder / "report.json").write_text(json.dumps(classification_report(preds, targets)))
+    (folder / "report.json").write_text(json.dumps(classification_report(preds, targets)) + "\n")
 
 
 def make_sweep(folder: Path, jobs: list[tuple], gpu: str | None = None) -> Path:
@@ -61,7 +61,7 @@ def make_sweep(folder: Path, jobs: list[tuple], gpu: str | None = None) -> Path:
         "finished": "2026-11-22 21:00:00 UTC",
         "hardware": {"cpu": "Test CPU", "cpu_cores": 2, "gpu": gpu},
     }
-    (folder / "reproduction.json").write_text(json.dumps(record))
+    (folder / "reproduction.json").write_text(json.dumps(record) + "\n")
     return folder
 
 

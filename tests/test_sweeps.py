@@ -196,7 +196,7 @@ def fake_job(
             "metrics": metrics,
             "error": error,
         }
-        (sweep / name / "metrics.json").write_text(json.dumps(summary))
+        (sweep / name / "metrics.json").write_text(json.dumps(summary) + "\n")
 
 
 def test_summary_ranks_configurations_over_seeds(tmp_path: Path) -> None:

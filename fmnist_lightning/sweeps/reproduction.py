@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import os
 import platform
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from fmnist_lightning.artifacts import read_json
 from fmnist_lightning.sweeps.jobs import Job, read_sweep
 
 #: The repository: the code and configs a run uses.
@@ -199,11 +199,13 @@ def load_sweep(path: Path) -> Sweep:
 
     Raises:
         FileNotFoundError: The folder has no ``reproduction.json`` or no jobs.
+        DamagedFileError: ``reproduction.json`` or a job's files are damaged.
     """
     record_path = path / RECORD
     if not record_path.is_file():
         raise FileNotFoundError(f"{path} has no {RECORD}; pass folders made by `python scripts/reproduce.py run`")
-    return Sweep(path, json.loads(record_path.read_text()), read_sweep(path))
+    fix = "It records how the sweep was run: run the sweep again with `python scripts/reproduce.py run`."
+    return Sweep(path, read_json(record_path, fix), read_sweep(path))
 
 
 def _with_defaults(section):

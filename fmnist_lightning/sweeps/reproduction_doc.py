@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from fmnist_lightning.artifacts import read_json
 from fmnist_lightning.sweeps.jobs import Job
 from fmnist_lightning.sweeps.reproduction import (
     EXPERIMENTS,
@@ -23,8 +23,13 @@ from fmnist_lightning.sweeps.summary import mean_std, percent
 
 
 def read_report(job: Job) -> dict:
-    """A job's ``report.json``."""
-    return json.loads((job.folder / "report.json").read_text())
+    """A job's ``report.json``.
+
+    Raises:
+        DamagedFileError: The file is damaged.
+    """
+    fix = "It is the job's test report: run the job again, or leave its sweep out of the document."
+    return read_json(job.folder / "report.json", fix)
 
 
 @dataclass
