@@ -125,8 +125,17 @@ class TestReport(Callback):
         if trainer.world_size > 1:
             size = len(trainer.test_dataloaders.dataset)
             logits, targets = _gather_in_order(pl_module, logits, size), _gather_in_order(pl_module, targets, size)
-        if not trainer.is_global_zero:
-            return
+        try:
+            if trainer.is_global_zero:
+                self._write(trainer, logits, targets)
+        finally:
+            # The ranks leave together. Without this, rank 1 of a 2-process ddp_spawn test on
+            # the CPU sometimes died with SIGABRT in gloo (about 1 run in 5 here), presumably
+            # tearing its process group down while rank 0 was still writing the report.
+            trainer.strategy.barrier("test_report")
+
+    def _write(self, trainer: L.Trainer, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Rank 0: the report files and the loggers' summaries, from the gathered logits."""
         self.predictions = Predictions(
             logits.cpu(),
             targets.cpu(),
