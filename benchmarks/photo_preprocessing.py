@@ -37,7 +37,7 @@ from PIL import Image, ImageFilter
 
 from fmnist_lightning.data import load_split
 from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR
-from fmnist_lightning.data.photos import PREPROCESS_MODES, to_fashion_mnist
+from fmnist_lightning.data.photos import PREPROCESS_MODES
 from fmnist_lightning.errors import ImageError
 from fmnist_lightning.evaluation.runs import load_trained
 
@@ -71,15 +71,9 @@ def accuracy(model, images: list[Image.Image], labels: torch.Tensor, preprocess:
     """Percentage of ``images`` classified as ``labels`` after ``preprocess``; ``None`` when
     the mode refuses them."""
     try:
-        converted = [to_fashion_mnist(image, preprocess) for image in images]
+        probs = model.predict_images(images, preprocess)
     except ImageError:
         return None
-    if preprocess == "pad":  # one size per image: the run's preprocessing resizes each
-        probs = torch.cat([model.predict_proba(x) for x in converted])
-    else:
-        probs = torch.cat(
-            [model.predict_proba(torch.cat(converted[i : i + 500])) for i in range(0, len(converted), 500)]
-        )
     return 100 * float((probs.argmax(1).cpu() == labels).float().mean())
 
 

@@ -73,19 +73,23 @@ def corner_colour(rgb: np.ndarray) -> np.ndarray:
     return np.median(corners, axis=0)
 
 
-def trim_box(rgb: np.ndarray, fuzz: float = TRIM_FUZZ) -> tuple[int, int, int, int] | None:
+def trim_box(
+    rgb: np.ndarray, fuzz: float = TRIM_FUZZ, background: np.ndarray | None = None
+) -> tuple[int, int, int, int] | None:
     """Step 1: the bounding box of the pixels farther than ``fuzz`` · 255·√3 (Euclidean, in
     RGB) from the corner colour.
 
     Args:
         rgb: uint8 ``(H, W, 3)``.
         fuzz: A fraction of the largest possible RGB distance.
+        background: The corner colour, if already known (``corner_colour(rgb)``).
 
     Returns:
         ``(left, top, right, bottom)``, right and bottom exclusive (PIL's crop box), or
         ``None`` when every pixel is that close to the corner colour (a blank image).
     """
-    distance = np.linalg.norm(rgb.astype(np.float64) - corner_colour(rgb), axis=-1)
+    background = corner_colour(rgb) if background is None else background
+    distance = np.linalg.norm(rgb.astype(np.float64) - background, axis=-1)
     rows, cols = np.nonzero(distance > fuzz * 255 * np.sqrt(3))
     if rows.size == 0:
         return None
@@ -116,13 +120,14 @@ def photo(rgb_image: Image.Image, invert: bool) -> Image.Image:
         ImageError: The image is blank: nothing differs from the corner colour.
     """
     rgb = np.asarray(rgb_image)
-    box = trim_box(rgb)
+    background = corner_colour(rgb)
+    box = trim_box(rgb, background=background)
     if box is None:
         raise ImageError(
             "the image is blank: every pixel is within 5 % of the corner colour, so there is no "
             "object to crop to (preprocess=pad takes the image as it is)"
         )
-    fill = tuple(int(c + 0.5) for c in corner_colour(rgb))
+    fill = tuple(int(c + 0.5) for c in background)
     small = fit_longest_side(rgb_image.crop(box))
     sharp = small.filter(ImageFilter.UnsharpMask(radius=1.0, percent=100, threshold=0))
     square = centre_on_square(sharp, fill)

@@ -20,7 +20,7 @@ from torch import nn
 from fmnist_lightning.artifacts import load_tensors, read_json, read_yaml
 from fmnist_lightning.data import FashionMNISTDataModule
 from fmnist_lightning.data.idx import CLASS_NAMES
-from fmnist_lightning.data.photos import check_options, to_fashion_mnist
+from fmnist_lightning.data.photos import to_fashion_mnist
 from fmnist_lightning.data.transforms import build_preprocess
 from fmnist_lightning.errors import DamagedFileError, RunError
 from fmnist_lightning.locks import LOCK_FILE, holder_pid
@@ -226,8 +226,10 @@ class TrainedModel:
             ArgumentError: ``preprocess`` or ``invert`` is not one of the choices.
             ImageError: An image cannot be converted (blank, or not 28×28 for ``"none"``).
         """
-        check_options(preprocess, invert)
-        return torch.cat([self.predict_proba(to_fashion_mnist(image, preprocess, invert)) for image in images])
+        converted = [to_fashion_mnist(image, preprocess, invert) for image in images]
+        if len({x.shape for x in converted}) == 1:  # photo and none: all 28×28, one batch
+            return self.predict_proba(torch.cat(converted))
+        return torch.cat([self.predict_proba(x) for x in converted])
 
 
 def load_trained(run_dir: str | Path, weights: str = NET_WEIGHTS, device: str | torch.device = "cpu") -> TrainedModel:

@@ -64,7 +64,7 @@ def read_job(folder: Path) -> Job:
         folder,
         overrides,
         status.get("status", "unknown"),
-        {k: float(v) for k, v in (status.get("metrics") or {}).items() if isinstance(v, int | float)},
+        {k: float(v) for k, v in (status.get("metrics") or {}).items()},
         status.get("epochs"),
         status.get("wall_time_s"),
         " ".join(str(status["error"]).split()) if status.get("error") else None,  # one line

@@ -38,6 +38,9 @@ def read_status(run_dir: Path) -> dict:
     for name, kind in STATUS_FIELDS.items():
         if status.get(name) is not None and not isinstance(status[name], kind):
             raise DamagedFileError(path, f"its {name} is {status[name]!r}, not a {kind.__name__}", STATUS_FIX)
+    for key, value in (status.get("metrics") or {}).items():
+        if not isinstance(value, int | float):
+            raise DamagedFileError(path, f"its metric {key} is {value!r}, not a number", STATUS_FIX)
     return status
 
 
