@@ -53,6 +53,11 @@ class ImageError(UserError, ValueError):
     ``preprocess=photo``, or one that is not 28×28 for ``preprocess=none``."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image file declares more pixels than the limit (a decompression bomb: a small file
+    that would fill the memory when decoded). Raised before the pixels are decoded."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One bad config value: its dotted key, the value, and what would be allowed."""

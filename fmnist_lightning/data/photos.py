@@ -26,11 +26,14 @@ the corner colour, which becomes black when negated.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import BinaryIO
+
 import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
-from fmnist_lightning.errors import ImageError, require
+from fmnist_lightning.errors import ImageError, ImageTooLargeError, require
 
 #: The ways an image is turned into a FashionMNIST-style one (``preprocess=``).
 PREPROCESS_MODES = ("photo", "pad", "none")
@@ -40,6 +43,34 @@ INVERT_CHOICES = ("auto", True, False)
 SIDE = 28
 #: Step 1's closeness to the corner colour: a fraction of the largest RGB distance, 255·√3.
 TRIM_FUZZ = 0.05
+#: The most pixels an image file may declare (40 megapixels, e.g. 8000×5000): larger ones are
+#: refused before decoding. PIL's own guard (``Image.MAX_IMAGE_PIXELS``) warns at 89 MP and
+#: refuses only at 179 MP, which at 4 bytes per pixel is 700 MB.
+MAX_PIXELS = 40_000_000
+
+
+def open_image(source: str | Path | BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Reads an image file fully into memory (a file opened by path is closed again).
+
+    Args:
+        source: A path, or a binary file object such as ``io.BytesIO(data)``.
+        max_pixels: The most pixels (width × height) the image may have.
+
+    Raises:
+        ImageTooLargeError: It has more than ``max_pixels`` pixels (checked from the header,
+            before anything is decoded).
+        PIL.UnidentifiedImageError: It is not an image PIL can read (an ``OSError``).
+        OSError: The file is missing or unreadable, or its data is truncated or damaged.
+    """
+    with Image.open(source) as image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLargeError(
+                f"the image is {width}×{height} = {width * height / 1e6:.1f} megapixels, more than the limit of "
+                f"{max_pixels / 1e6:g}; scale it down first"
+            )
+        image.load()
+        return image
 
 
 def check_options(preprocess: str = "photo", invert: bool | str = "auto") -> None:

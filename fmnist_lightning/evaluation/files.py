@@ -11,23 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from fmnist_lightning.data.photos import check_options, to_fashion_mnist
+from fmnist_lightning.data.photos import check_options, open_image, to_fashion_mnist
 from fmnist_lightning.errors import ImageError
 from fmnist_lightning.evaluation.runs import TrainedModel
-
-
-def open_image(path: str | Path) -> Image.Image:
-    """Reads an image file fully into memory (the file is closed again).
-
-    Raises:
-        OSError: The file is missing, unreadable or not an image PIL can decode.
-        PIL.Image.DecompressionBombError: The image has more than twice PIL's pixel limit.
-    """
-    with Image.open(path) as image:
-        image.load()
-        return image
 
 
 def load_image(path: str | Path, preprocess: str = "photo", invert: bool | str = "auto") -> torch.Tensor:
@@ -43,8 +30,9 @@ def load_image(path: str | Path, preprocess: str = "photo", invert: bool | str =
         uint8 ``(1, 1, 28, 28)`` (``(1, 1, S, S)``, S the longer side, for ``"pad"``).
 
     Raises:
-        OSError, PIL.Image.DecompressionBombError: See ``open_image``.
-        ImageError: The image cannot be converted as asked (blank, or not 28×28 for ``"none"``).
+        OSError: See ``fmnist_lightning.data.photos.open_image``.
+        ImageError: The image has too many pixels (``ImageTooLargeError``), or cannot be
+            converted as asked (blank, or not 28×28 for ``"none"``).
         ArgumentError: ``preprocess`` or ``invert`` is not one of the choices.
     """
     return to_fashion_mnist(open_image(path), preprocess, invert)
@@ -92,9 +80,11 @@ def predict_files(
     for path in paths:
         try:
             image = open_image(path)
-        except (OSError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
-            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-            results.append(FilePrediction(path=str(path), error=f"cannot read image: {reason}"))
+        except OSError as err:  # UnidentifiedImageError is an OSError
+            results.append(FilePrediction(path=str(path), error=f"cannot read image: {err.strerror or err}"))
+            continue
+        except ImageError as err:
+            results.append(FilePrediction(path=str(path), error=str(err)))
             continue
         try:
             probs = model.predict_images([image], preprocess, invert)[0].cpu()

@@ -1,0 +1,29 @@
+"""Export a run: ``fmnist-export run_dir=outputs/runs/<run> [format=onnx|torch_export]``
+(``python export.py ...`` in a clone).
+
+Writes ``model.onnx`` or ``model.pt2`` into the run folder (see conf/export.yaml and
+fmnist_lightning/serving/export.py).
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from fmnist_lightning.cli import require_configs
+from fmnist_lightning.errors import UserError
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+def export(cfg: DictConfig) -> None:
+    from fmnist_lightning.serving.export import export_run  # torch.onnx and onnx load slowly
+
+    try:
+        path = export_run(cfg.run_dir, cfg.format, cfg.weights, cfg.overwrite)
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): uint8 (B, 1, 28, 28) images -> (B, 10) probabilities")
+
+
+def main() -> None:
+    """The command line: ``fmnist-export run_dir=... [format=...] [overwrite=true]``."""
+    require_configs()
+    export()

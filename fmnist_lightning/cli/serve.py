@@ -1,0 +1,43 @@
+"""Serve a run: ``fmnist-serve run_dir=outputs/runs/<run> [backend=torch|onnx] [port=8000]``
+(``python serve.py ...`` in a clone).
+
+Starts a LitServe server (see conf/serve.yaml and fmnist_lightning/serving/server.py) and runs
+until stopped with Ctrl-C.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from fmnist_lightning.cli import require_configs
+from fmnist_lightning.errors import UserError
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="serve")
+def serve(cfg: DictConfig) -> None:
+    from fmnist_lightning.serving.server import ServeOptions, build_server
+
+    options = ServeOptions(
+        run_dir=cfg.run_dir,
+        backend=cfg.backend,
+        weights=cfg.weights,
+        preprocess=cfg.preprocess,
+        invert=cfg.invert,
+        top_k=cfg.top_k,
+        max_batch_size=cfg.max_batch_size,
+        batch_timeout=cfg.batch_timeout,
+        max_body_mb=cfg.max_body_mb,
+        max_pixels=cfg.max_pixels,
+        max_images=cfg.max_images,
+    )
+    try:
+        server = build_server(options, workers=cfg.workers, timeout=cfg.timeout)
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"serving {cfg.run_dir} ({cfg.backend}) on http://{cfg.host}:{cfg.port}/ ; Ctrl-C stops", flush=True)
+    server.run(host=cfg.host, port=cfg.port, generate_client_file=False)
+
+
+def main() -> None:
+    """The command line: ``fmnist-serve run_dir=... [backend=...] [port=...]``."""
+    require_configs()
+    serve()

@@ -1,0 +1,210 @@
+"""Exporting a run's network, with the run's preprocessing, as one graph (docs/serve.md).
+
+The exported graph maps uint8 ``(B, 1, 28, 28)`` FashionMNIST-style images (light object on
+black, values 0-255) to float32 ``(B, 10)`` class probabilities; B is dynamic. Inside it are
+the run's ``Resize`` to ``data.image_size`` and its normalisation (``build_preprocess``), the
+network, and a softmax. Two formats:
+
+- ``onnx``: ``model.onnx``, exported with ``torch.onnx.export(..., dynamo=True)``; the class
+  names, the run's config and its test accuracy travel as ONNX metadata (``metadata_props``).
+- ``torch_export``: ``model.pt2``, a ``torch.export`` program saved with ``torch.export.save``;
+  the same facts travel as its extra files. (TorchScript is deprecated in Lightning 2.7.)
+
+Both are written into the run folder, under the run's lock, and never overwrite an earlier
+export unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from fmnist_lightning.artifacts import read_json
+from fmnist_lightning.data.photos import SIDE
+from fmnist_lightning.errors import ArgumentError, DamagedFileError, RunError, require
+from fmnist_lightning.evaluation.runs import NET_WEIGHTS, TrainedModel, load_trained
+from fmnist_lightning.locks import lock_run_folder, release_run_folder
+
+#: ``format=`` → the file written into the run folder.
+EXPORT_FILES = {"onnx": "model.onnx", "torch_export": "model.pt2"}
+#: The name of the graph's input and output.
+INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
+#: ONNX opset of the export (onnxscript's dynamo exporter supports 18 and up).
+OPSET = 18
+
+
+class ImagesToProbabilities(nn.Module):
+    """A trained network with its preprocessing in front and a softmax behind.
+
+    Maps uint8 ``(B, 1, 28, 28)`` to float32 ``(B, 10)`` probabilities, the same function as
+    ``TrainedModel.predict_proba``.
+    """
+
+    def __init__(self, model: TrainedModel) -> None:
+        super().__init__()
+        self.preprocess = model.preprocess
+        self.net = model.net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(self.preprocess(images)).softmax(dim=1)
+
+
+def run_metadata(model: TrainedModel, run_dir: Path) -> dict[str, str]:
+    """What travels with an exported graph, as strings: ``class_names`` (a JSON list),
+    ``config`` (the run's YAML), ``run`` (the folder's name), ``weights`` (the file name) and,
+    when the run has a test report, ``test_acc`` (a fraction)."""
+    meta = {
+        "class_names": json.dumps(list(model.class_names)),
+        "config": OmegaConf.to_yaml(model.config),
+        "run": run_dir.resolve().name,
+        "weights": model.weights.name,
+    }
+    report = run_dir / "report.json"
+    if report.is_file():
+        meta["test_acc"] = str(read_json(report, "Delete it, or evaluate the run again.")["accuracy"])
+    return meta
+
+
+def _export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str]) -> None:
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(
+        wrapper,
+        (example,),
+        dynamo=True,
+        opset_version=OPSET,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes={INPUT_NAME: {0: batch}},
+        verbose=False,
+    )
+    proto = program.model_proto
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, path)
+
+
+def _export_program(wrapper: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str]) -> None:
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(wrapper, (example,), dynamic_shapes={INPUT_NAME: {0: batch}})
+    torch.export.save(program, path, extra_files=meta)
+
+
+def export_run(run_dir: str | Path, format: str = "onnx", weights: str = NET_WEIGHTS, overwrite: bool = False) -> Path:
+    """Exports a run's network with its preprocessing into the run folder.
+
+    Args:
+        run_dir: A finished run folder.
+        format: ``"onnx"`` (``model.onnx``) or ``"torch_export"`` (``model.pt2``).
+        weights: Which weights; see ``fmnist_lightning.evaluation.runs.resolve_weights``.
+        overwrite: Replace an earlier export of the same format.
+
+    Returns:
+        The written file.
+
+    Raises:
+        ArgumentError: ``format`` is not one of ``EXPORT_FILES``.
+        RunError: The folder is not a finished run, is being trained in (its lock is held),
+            or already has the file and ``overwrite`` is false.
+    """
+    require(format in EXPORT_FILES, "format", format, " or ".join(EXPORT_FILES))
+    run_dir = Path(run_dir)
+    path = run_dir / EXPORT_FILES[format]
+    if path.exists() and not overwrite:
+        raise RunError(
+            f"{path} exists already; pass overwrite=true to replace it, or export elsewhere by copying the run"
+        )
+    model = load_trained(run_dir, weights, "cpu")  # checks the folder before taking its lock
+    lock_run_folder(run_dir)
+    try:
+        wrapper = ImagesToProbabilities(model).eval()
+        example = torch.zeros(2, 1, SIDE, SIDE, dtype=torch.uint8)
+        meta = run_metadata(model, run_dir)
+        # Written beside the target and renamed, so a failed export leaves no half file.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=run_dir)
+        os.close(fd)
+        try:
+            (_export_onnx if format == "onnx" else _export_program)(wrapper, example, Path(tmp), meta)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    finally:
+        release_run_folder(run_dir)
+    return path
+
+
+@dataclass
+class ExportedModel:
+    """An exported graph, loaded for inference on the CPU (onnxruntime or ``torch.export``).
+
+    Attributes:
+        path: The ``.onnx`` or ``.pt2`` file.
+        metadata: What ``run_metadata`` wrote (strings).
+        class_names: Names in label order.
+    """
+
+    path: Path
+    metadata: dict[str, str]
+    class_names: tuple[str, ...]
+    _run: Any
+
+    def predict_proba(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Class probabilities, float32 ``(B, 10)``, of uint8 ``(B, 1, 28, 28)`` images."""
+        return self._run(images)
+
+
+def load_exported(path: str | Path) -> ExportedModel:
+    """Loads ``model.onnx`` (onnxruntime, CPU) or ``model.pt2`` (``torch.export.load``).
+
+    Raises:
+        RunError: The file does not exist (the message says how to export it).
+        DamagedFileError: The file cannot be read as an exported graph of this project.
+    """
+    path = Path(path)
+    fix = f"Export it again: fmnist-export run_dir={path.parent} format=... overwrite=true"
+    if not path.is_file():
+        raise RunError(f"{path} does not exist; export the run first: fmnist-export run_dir={path.parent}")
+    if path.suffix == ".onnx":
+        import onnxruntime
+
+        try:
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception classes
+            raise DamagedFileError(path, f"onnxruntime cannot load it ({str(err).splitlines()[0]})", fix) from None
+        metadata = dict(session.get_modelmeta().custom_metadata_map)
+
+        def run(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+            array = images.numpy() if isinstance(images, torch.Tensor) else images
+            return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
+
+    elif path.suffix == ".pt2":
+        metadata = {"class_names": "", "config": "", "run": "", "weights": "", "test_acc": ""}
+        try:
+            program = torch.export.load(path, extra_files=metadata)
+        except Exception as err:  # a damaged archive raises zipfile, pickle or torch errors
+            raise DamagedFileError(path, f"torch.export.load cannot read it ({err})", fix) from None
+        metadata = {k: v for k, v in metadata.items() if v}
+        module = program.module()
+
+        @torch.inference_mode()
+        def run(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+            return module(torch.as_tensor(images))
+
+    else:
+        raise ArgumentError("path", str(path), "a .onnx or .pt2 file written by fmnist-export")
+    try:
+        names = tuple(json.loads(metadata["class_names"]))
+    except (KeyError, ValueError):
+        raise DamagedFileError(path, "it has no class_names metadata, so fmnist-export did not write it", fix) from None
+    return ExportedModel(path=path, metadata=metadata, class_names=names, _run=run)

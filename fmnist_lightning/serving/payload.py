@@ -1,0 +1,140 @@
+"""What a ``POST /predict`` request may carry, and turning it into FashionMNIST-style images.
+
+A request carries one or more image files of any size and mode, either
+
+- as ``multipart/form-data``, every file field an image (``curl -F file=@shirt.png``), or
+- as JSON: ``{"image": "<base64>"}`` or ``{"images": ["<base64>", ...]}``; a data URL
+  (``data:image/png;base64,...``) is accepted too.
+
+Each image goes through ``fmnist_lightning.data.photos.open_image`` and ``to_fashion_mnist``,
+the same code as ``fmnist-predict``. Every problem is a ``BadRequest`` with the HTTP status
+that names its kind: 400 (malformed or unusable), 413 (too large) or 415 (not an image, or a
+content type other than the two above).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from PIL import UnidentifiedImageError
+
+from fmnist_lightning.data.photos import open_image, to_fashion_mnist
+from fmnist_lightning.errors import ImageError, ImageTooLargeError
+
+#: How to send an image, for the error messages.
+HOW_TO_SEND = (
+    'send images as multipart/form-data file fields (curl -F file=@shirt.png) or as JSON {"image": "<base64>"}'
+)
+
+
+class BadRequest(Exception):
+    """A request that cannot be answered with predictions.
+
+    Args:
+        status: 400, 413 or 415.
+        detail: What was wrong and how to fix it.
+    """
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+@dataclass
+class Decoded:
+    """One request, decoded: its images and their names, or why it cannot be answered.
+
+    Attributes:
+        images: uint8 ``(N, 1, 28, 28)``, one per image of the request.
+        names: The file names (multipart) or ``"image 1"``, ``"image 2"``, ... (JSON).
+        error: Why the request cannot be answered, else ``None``.
+    """
+
+    images: torch.Tensor | None = None
+    names: list[str] | None = None
+    error: BadRequest | None = None
+
+
+def image_files(payload: Mapping) -> list[tuple[str, bytes]]:
+    """The ``(name, bytes)`` of each image in a request's parsed form or JSON.
+
+    Args:
+        payload: A multipart form (its file fields have ``.filename`` and ``.file``), or the
+            JSON object.
+
+    Raises:
+        BadRequest: No image in it (400), or a JSON image that is not base64 (400).
+    """
+    if hasattr(payload, "multi_items"):  # a multipart form
+        files = [(v.filename or key, v.file.read()) for key, v in payload.multi_items() if hasattr(v, "file")]
+        if not files:
+            raise BadRequest(400, f"the form has no file field; {HOW_TO_SEND}")
+        return files
+    if "images" in payload:
+        items = payload["images"]
+    elif "image" in payload:
+        items = [payload["image"]]
+    else:
+        raise BadRequest(400, f'the JSON object has neither "image" nor "images"; {HOW_TO_SEND}')
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+        raise BadRequest(400, f'"images" must be a non-empty list of base64 strings; {HOW_TO_SEND}')
+    files = []
+    for number, item in enumerate(items, start=1):
+        data = item.split(",", 1)[1] if item.startswith("data:") else item
+        try:
+            files.append((f"image {number}", base64.b64decode(data, validate=True)))
+        except (binascii.Error, ValueError):
+            raise BadRequest(400, f"image {number} is not valid base64; {HOW_TO_SEND}") from None
+    return files
+
+
+def decode_image(name: str, data: bytes, preprocess: str, invert: bool | str, max_pixels: int) -> torch.Tensor:
+    """One image file's bytes as a FashionMNIST-style uint8 ``(1, 1, 28, 28)`` image.
+
+    Raises:
+        BadRequest: Empty (400), not an image (415), more than ``max_pixels`` pixels (413),
+            truncated or damaged (400), or not convertible, e.g. blank (400).
+    """
+    if not data:
+        raise BadRequest(400, f"{name} is empty (0 bytes)")
+    try:
+        image = open_image(io.BytesIO(data), max_pixels)
+    except UnidentifiedImageError:
+        raise BadRequest(
+            415, f"{name} is not an image that can be read (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)"
+        ) from None
+    except ImageTooLargeError as err:
+        raise BadRequest(413, f"{name}: {err}") from None
+    except (OSError, ValueError, SyntaxError) as err:  # PIL's decoders raise all three on damaged data
+        raise BadRequest(400, f"{name} is truncated or damaged: {err}") from None
+    try:
+        return to_fashion_mnist(image, preprocess, invert)
+    except ImageError as err:
+        raise BadRequest(400, f"{name}: {err}") from None
+
+
+def decode_payload(payload: Mapping, preprocess: str, invert: bool | str, max_pixels: int, max_images: int) -> Decoded:
+    """A whole request decoded; never raises: a problem is returned as ``Decoded.error``, so
+    that one bad request in a batch does not fail the others.
+
+    Args:
+        payload: The parsed multipart form or JSON object.
+        preprocess, invert: As for ``fmnist-predict`` (``to_fashion_mnist``).
+        max_pixels: The most pixels an image may declare.
+        max_images: The most images one request may carry.
+    """
+    try:
+        if not isinstance(payload, Mapping):
+            raise BadRequest(400, f"the JSON body must be an object; {HOW_TO_SEND}")
+        files = image_files(payload)
+        if len(files) > max_images:
+            raise BadRequest(413, f"{len(files)} images in one request; at most {max_images} are taken")
+        images = [decode_image(name, data, preprocess, invert, max_pixels) for name, data in files]
+    except BadRequest as err:
+        return Decoded(error=err)
+    return Decoded(images=torch.cat(images), names=[name for name, _ in files])

@@ -1,0 +1,261 @@
+"""The prediction server: a LitServe ``LitAPI`` around a run's network (docs/serve.md).
+
+- ``POST /predict``: images (see ``fmnist_lightning.serving.payload``) → JSON with the class,
+  its probability and the top-k per image. Concurrent requests are batched (``max_batch_size``
+  requests, waiting at most ``batch_timeout`` seconds for a batch to fill).
+- ``GET /``: a web page to choose or drop an image and see the top 3 classes.
+- ``GET /health`` (``ok`` once the model is loaded) and ``GET /info`` (the run, its test
+  accuracy, the backend), both LitServe's.
+
+Bad requests get a JSON ``{"detail": ...}`` with status 400, 413 or 415 and never reach the
+model; a bad request batched with good ones fails alone. ``BodyGuard`` refuses what can be
+seen from the body alone (size, emptiness, content type, JSON syntax) in the HTTP process;
+the images are decoded in the inference worker.
+"""
+
+# No ``from __future__ import annotations``: LitServe reads ``decode_request``'s annotation
+# at run time, and only the class ``Request`` itself makes it pass the parsed body.
+import json
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import litserve as ls
+import torch
+from fastapi import Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fmnist_lightning.artifacts import read_json
+from fmnist_lightning.data.photos import MAX_PIXELS, check_options
+from fmnist_lightning.errors import require
+from fmnist_lightning.evaluation.runs import NET_WEIGHTS, load_run_config, load_trained
+from fmnist_lightning.serving.export import EXPORT_FILES, load_exported
+from fmnist_lightning.serving.payload import HOW_TO_SEND, Decoded, decode_payload
+
+#: ``backend=``: the run's PyTorch network, or its ``model.onnx`` in onnxruntime.
+BACKENDS = ("torch", "onnx")
+
+
+@dataclass
+class ServeOptions:
+    """How the server treats requests (conf/serve.yaml documents each).
+
+    Attributes:
+        run_dir: The run folder whose network answers.
+        backend: ``"torch"`` or ``"onnx"``.
+        weights: Which weights, for the torch backend (see ``resolve_weights``).
+        preprocess, invert: As for ``fmnist-predict``.
+        top_k: Classes listed per image.
+        max_batch_size: Requests per batch; 1 turns batching off.
+        batch_timeout: Seconds to wait for a batch to fill.
+        max_body_mb: The largest request body, in megabytes (10⁶ bytes).
+        max_pixels: The most pixels an image may declare.
+        max_images: The most images per request.
+    """
+
+    run_dir: str
+    backend: str = "torch"
+    weights: str = NET_WEIGHTS
+    preprocess: str = "photo"
+    invert: bool | str = "auto"
+    top_k: int = 3
+    max_batch_size: int = 16
+    batch_timeout: float = 0.005
+    max_body_mb: float = 10.0
+    max_pixels: int = MAX_PIXELS
+    max_images: int = 64
+
+    def check(self) -> None:
+        """Raises ``ArgumentError`` naming the first bad option (before anything is loaded)."""
+        require(self.backend in BACKENDS, "backend", self.backend, " or ".join(BACKENDS))
+        check_options(self.preprocess, self.invert)
+        # pad keeps the image's own size; the exported graph takes 28×28 only.
+        require(
+            self.preprocess in ("photo", "none"),
+            "preprocess",
+            self.preprocess,
+            "photo or none (the server batches 28×28 images)",
+        )
+        require(1 <= self.top_k <= 10, "top_k", self.top_k, "1 to 10")
+        require(self.max_batch_size >= 1, "max_batch_size", self.max_batch_size, "1 or more (1: no batching)")
+        require(self.batch_timeout >= 0, "batch_timeout", self.batch_timeout, "seconds >= 0")
+        require(self.max_body_mb > 0, "max_body_mb", self.max_body_mb, "megabytes > 0")
+        require(self.max_pixels >= 784, "max_pixels", self.max_pixels, "at least 28×28 = 784")
+        require(self.max_images >= 1, "max_images", self.max_images, "1 or more")
+
+
+def load_backend(options: ServeOptions, device: str = "cpu") -> Any:
+    """The model that answers: an object with ``class_names`` and ``predict_proba(uint8
+    (B, 1, 28, 28)) → float (B, 10)``.
+
+    Raises:
+        RunError: The run cannot be loaded, or has no ``model.onnx`` for ``backend=onnx``.
+    """
+    if options.backend == "onnx":
+        return load_exported(Path(options.run_dir) / EXPORT_FILES["onnx"])
+    return load_trained(options.run_dir, options.weights, device)
+
+
+class FashionMNISTAPI(ls.LitAPI):
+    """LitServe's view of the model: decode each request, batch, predict, answer."""
+
+    def __init__(self, options: ServeOptions) -> None:
+        super().__init__(max_batch_size=options.max_batch_size, batch_timeout=options.batch_timeout)
+        self.options = options
+
+    def setup(self, device: str) -> None:
+        self.model = load_backend(self.options, "cpu" if self.options.backend == "onnx" else device)
+
+    def decode_request(self, request: Request) -> Decoded:
+        o = self.options
+        return decode_payload(request, o.preprocess, o.invert, o.max_pixels, o.max_images)
+
+    def batch(self, inputs: list[Decoded]) -> list[Decoded]:
+        return inputs  # predict classifies all images of all requests in one call
+
+    def predict(self, x: Decoded | list[Decoded]) -> list[Decoded | tuple[Decoded, torch.Tensor]] | Any:
+        requests = x if isinstance(x, list) else [x]
+        good = [r for r in requests if r.error is None]
+        if good:
+            probs = self.model.predict_proba(torch.cat([r.images for r in good])).float().cpu()
+            answers = iter(probs.split([len(r.images) for r in good]))
+        results = [(r, next(answers)) if r.error is None else (r, None) for r in requests]
+        return results if isinstance(x, list) else results[0]
+
+    def unbatch(self, output: list) -> list:
+        return output
+
+    def encode_response(self, output: tuple[Decoded, torch.Tensor | None]) -> Any:
+        request, probs = output
+        if request.error is not None:
+            return JSONResponse({"detail": request.error.detail}, status_code=request.error.status)
+        names = self.model.class_names
+        predictions = []
+        for name, p in zip(request.names, probs, strict=True):
+            values, labels = p.topk(self.options.top_k)
+            top = [{"class": names[int(i)], "probability": float(v)} for v, i in zip(values, labels, strict=True)]
+            predictions.append(
+                {
+                    "name": name,
+                    "label": int(labels[0]),
+                    "class": top[0]["class"],
+                    "probability": top[0]["probability"],
+                    "top": top,
+                }
+            )
+        return {"predictions": predictions}
+
+
+class BodyGuard:
+    """ASGI middleware for ``POST /predict``: refuses, before the request is queued, a body
+    over ``max_bytes`` (413), an empty one (400), a content type other than multipart or
+    JSON (415), and malformed JSON or multipart (400). Other requests pass untouched."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, path: str = "/predict") -> None:
+        self.app, self.max_bytes, self.path = app, max_bytes, path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        limit = f"the body is larger than the limit of {self.max_bytes / 1e6:g} MB (max_body_mb)"
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await JSONResponse({"detail": limit}, status_code=413)(scope, receive, send)
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                await JSONResponse({"detail": limit}, status_code=413)(scope, receive, send)
+                return
+
+        async def replay() -> Message:
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        problem = await self.problem(scope, replay, bytes(body))
+        if problem is not None:
+            await JSONResponse({"detail": problem[1]}, status_code=problem[0])(scope, receive, send)
+            return
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def problem(scope: Scope, replay: Receive, body: bytes) -> tuple[int, str] | None:
+        """``(status, detail)`` of what is wrong with the body, or ``None``."""
+        content_type = Request(scope).headers.get("content-type", "")
+        if not body:
+            return 400, f"the body is empty; {HOW_TO_SEND}"
+        if content_type.startswith("application/json"):
+            try:
+                json.loads(body)
+            except ValueError as err:
+                return 400, f"the body is not valid JSON ({err}); {HOW_TO_SEND}"
+            return None
+        if content_type.startswith("multipart/form-data"):
+            try:
+                form = await Request(scope, replay).form()
+            except Exception as err:  # starlette and python-multipart raise several kinds
+                return 400, f"the multipart body cannot be parsed ({err}); {HOW_TO_SEND}"
+            await form.close()
+            return None
+        return 415, f"Content-Type {content_type or '(none)'!r} is not taken; {HOW_TO_SEND}"
+
+
+def run_info(options: ServeOptions) -> dict[str, Any]:
+    """What ``GET /info`` says about the model: the run folder's name, its test accuracy
+    (a fraction, from ``report.json``; ``None`` without one), the backend and the classes.
+
+    Raises:
+        RunError, DamagedFileError: The folder is not a readable run.
+    """
+    run_dir = Path(options.run_dir)
+    cfg = load_run_config(run_dir)
+    report = run_dir / "report.json"
+    accuracy = read_json(report, "Evaluate the run again.").get("accuracy") if report.is_file() else None
+    return {
+        "run": run_dir.resolve().name,
+        "run_dir": str(run_dir.resolve()),
+        "model": cfg.model._target_,
+        "test_acc": accuracy,
+        "backend": options.backend,
+    }
+
+
+def web_page() -> str:
+    """The HTML of ``GET /`` (``page.html`` beside this module)."""
+    return files("fmnist_lightning.serving").joinpath("page.html").read_text(encoding="utf-8")
+
+
+def build_server(options: ServeOptions, workers: int = 1, timeout: float = 30) -> ls.LitServer:
+    """The LitServer for ``options``; ``server.run(host=..., port=...)`` starts it.
+
+    Raises:
+        ArgumentError: An option is out of range.
+        RunError, DamagedFileError: The run cannot be served (checked here, in this process,
+            before any worker starts): not a run, no weights, or no ``model.onnx`` for
+            ``backend=onnx``.
+    """
+    options.check()
+    require(workers >= 1, "workers", workers, "1 or more")
+    load_backend(options)  # fails here, with the run's own message, rather than in a worker
+    server = ls.LitServer(
+        FashionMNISTAPI(options),
+        accelerator="cpu" if options.backend == "onnx" else "auto",
+        workers_per_device=workers,
+        timeout=timeout,
+        model_metadata=run_info(options),
+        middlewares=[(BodyGuard, {"max_bytes": int(options.max_body_mb * 1e6)})],
+    )
+    # LitServe answers GET / with "litserve running"; the web page takes its place.
+    server.app.router.routes = [r for r in server.app.router.routes if getattr(r, "path", None) != "/"]
+    page = web_page()
+    server.app.add_api_route("/", lambda: HTMLResponse(page), methods=["GET"], include_in_schema=False)
+    return server
