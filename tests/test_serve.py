@@ -1,0 +1,224 @@
+"""fmnist-serve as a real process on a free localhost port: answers like fmnist-predict,
+bad requests get 4xx JSON and leave it up, concurrent requests are batched, the web page
+works in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_script
+from fmnist_lightning.data import load_split
+from fmnist_lightning.evaluation.files import predict_files
+from fmnist_lightning.evaluation.runs import load_trained
+from fmnist_lightning.serving.export import export_run
+from fmnist_lightning.serving.process import ServerProcess, start_server
+
+
+@pytest.fixture(scope="module")
+def served_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's trained run, with its model.onnx."""
+    run_dir = Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("served") / "run"))
+    export_run(run_dir, "onnx")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def server(served_run: Path) -> Iterator[ServerProcess]:
+    with start_server(served_run) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def photos(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], torch.Tensor]:
+    """The first 16 test images as photo-like PNG files (dark on light, 112 px, RGB), and their labels."""
+    images, labels = load_split(data_root, "test")
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for i in range(16):
+        gray = Image.fromarray(255 - images[i].numpy()).resize((112, 112), Image.Resampling.BICUBIC)
+        paths.append(folder / f"item_{i}.png")
+        gray.convert("RGB").save(paths[-1])
+    return paths, labels[:16]
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def bad_requests() -> dict[str, tuple[int, str, dict]]:
+    """Malformed requests: name → (status, words the detail must hold, httpx arguments)."""
+    truncated = png(Image.new("RGB", (300, 300), "white").resize((300, 300)))
+    bomb = png(Image.new("L", (8000, 6000)))  # 48 megapixels in 47 kB
+    return {
+        "not an image": (415, "is not an image", {"files": {"file": ("notes.png", b"hello, world")}}),
+        "empty body": (400, "the body is empty", {"content": b"", "headers": {"content-type": "application/json"}}),
+        "empty file": (400, "is empty (0 bytes)", {"files": {"file": ("a.png", b"")}}),
+        "truncated png": (400, "truncated or damaged", {"files": {"file": ("t.png", truncated[: len(truncated) // 3])}}),
+        "decompression bomb": (413, "48.0 megapixels, more than the limit of 40", {"files": {"file": ("b.png", bomb)}}),
+        "body over the limit": (413, "larger than the limit of 10 MB", {"files": {"file": ("x.png", b"0" * 10_500_000)}}),
+        "invalid json": (400, "not valid JSON", {"content": b"{image:", "headers": {"content-type": "application/json"}}),
+        "json without image": (400, 'neither "image" nor "images"', {"json": {"picture": "..."}}),
+        "invalid base64": (400, "not valid base64", {"json": {"image": "%%%"}}),
+        "plain text": (415, "Content-Type 'text/plain' is not taken", {"content": b"shirt", "headers": {"content-type": "text/plain"}}),
+        "form without file": (400, "the form has no file field", {"files": {"x": (None, "y")}}),
+        "blank image": (400, "the image is blank", {"files": {"file": ("w.png", png(Image.new("RGB", (64, 64), "white")))}}),
+    }  # fmt: skip
+
+
+def test_answers_like_fmnist_predict(server: ServerProcess, served_run: Path, photos) -> None:
+    paths, _ = photos
+    expected = predict_files(load_trained(served_run), [str(p) for p in paths[:4]])
+    files = [("file", (p.name, p.read_bytes())) for p in paths[:4]]
+    answer = httpx.post(server.url + "/predict", files=files, timeout=30)
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    for got, want in zip(predictions, expected, strict=True):
+        assert got["name"] == Path(want.path).name and got["class"] == want.name and got["label"] == want.label
+        assert got["probability"] == pytest.approx(want.probability, abs=1e-5)
+        assert [t["class"] for t in got["top"]] == [name for name, _ in want.top]
+    as_json = {"images": [base64.b64encode(p.read_bytes()).decode() for p in paths[:2]]}
+    again = httpx.post(server.url + "/predict", json=as_json, timeout=30).json()["predictions"]
+    assert [p["class"] for p in again] == [p["class"] for p in predictions[:2]]
+    assert again[0]["name"] == "image 1"
+    info = httpx.get(server.url + "/info").json()["model"]
+    assert info["run"] == "run" and info["backend"] == "torch" and 0.5 < info["test_acc"] < 1
+    page = httpx.get(server.url + "/")
+    assert page.status_code == 200 and 'id="file"' in page.text and "text/html" in page.headers["content-type"]
+
+
+def test_bad_requests_get_4xx_json_and_the_server_stays_up(server: ServerProcess, photos) -> None:
+    for name, (status, words, request) in bad_requests().items():
+        answer = httpx.post(server.url + "/predict", timeout=30, **request)
+        assert answer.status_code == status, (name, answer.text)
+        assert words in answer.json()["detail"], (name, answer.text)
+    assert httpx.get(server.url + "/health").text == "ok" and server.process.poll() is None
+    paths, _ = photos
+    assert httpx.post(server.url + "/predict", files={"file": paths[0].open("rb")}, timeout=30).status_code == 200
+
+
+def test_bad_options_stop_before_serving(served_run: Path, trained_run: Path, tmp_path: Path) -> None:
+    for args, words in (
+        ([f"run_dir={trained_run}", "backend=onnx"], "does not exist; export the run first"),
+        ([f"run_dir={served_run}", "preprocess=pad"], "preprocess='pad': photo or none"),
+        ([f"run_dir={tmp_path}"], "is not a run folder"),
+    ):
+        result = run_script("serve.py", *args, "port=1")
+        assert result.returncode == 1 and words in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+
+
+def tree_rss(process: psutil.Process) -> int:
+    """Resident memory of a process and all its descendants, in bytes."""
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)] if p.is_running())
+
+
+@pytest.mark.slow
+def test_200_malformed_requests_among_200_valid_ones(served_run: Path, photos) -> None:
+    """Interleaved, from 8 concurrent clients with batching on: every valid request answers
+    correctly, every bad one with its 4xx; the server is up after, and its memory has not
+    grown by more than 50 MB."""
+    paths, _ = photos
+    expected = [p.name for p in predict_files(load_trained(served_run), [str(p) for p in paths])]
+    bad = list(bad_requests().items())
+    with start_server(served_run, max_batch_size=8) as running:
+        process = psutil.Process(running.process.pid)
+        with httpx.Client(base_url=running.url, timeout=60) as client:
+            for path in paths:  # warm up every code path before measuring
+                client.post("/predict", files={"file": path.open("rb")})
+            for _, (_, _, request) in bad:
+                client.post("/predict", **request)
+            before = tree_rss(process)
+
+            def one(i: int) -> tuple[str, int, str]:
+                if i % 2:
+                    name, (status, words, request) = bad[(i // 2) % len(bad)]
+                    answer = client.post("/predict", **request)
+                    return name, answer.status_code - status, words if words in answer.text else answer.text
+                path = paths[(i // 2) % len(paths)]
+                answer = client.post("/predict", files={"file": (path.name, path.read_bytes())})
+                got = answer.json()["predictions"][0]["class"] if answer.status_code == 200 else answer.text
+                return path.name, 0 if got == expected[(i // 2) % len(paths)] else 1, ""
+
+            with ThreadPoolExecutor(8) as pool:
+                outcomes = list(pool.map(one, range(400)))
+            assert [o for o in outcomes if o[1] != 0] == []
+            assert client.get("/health").text == "ok"
+        growth = tree_rss(process) - before
+        assert running.process.poll() is None
+        assert growth < 50e6, f"memory grew by {growth / 1e6:.1f} MB"
+
+
+@pytest.mark.slow
+def test_onnx_backend_and_batching_answer_like_torch(served_run: Path, photos) -> None:
+    paths, _ = photos
+    expected = predict_files(load_trained(served_run), [str(p) for p in paths])
+    with start_server(served_run, backend="onnx", max_batch_size=16, batch_timeout=0.05) as running:
+
+        def one(path: Path) -> dict:
+            answer = httpx.post(running.url + "/predict", files={"file": (path.name, path.read_bytes())}, timeout=60)
+            return answer.json()["predictions"][0]
+
+        with ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(one, paths))
+        assert httpx.get(running.url + "/info").json()["model"]["backend"] == "onnx"
+    for g, want in zip(got, expected, strict=True):  # 16 px: ONNX resizes in float (test_export.py)
+        assert g["class"] == want.name and g["probability"] == pytest.approx(want.probability, abs=1e-2)
+
+
+def chrome_driver():
+    """Headless Debian chromium through selenium, or a skip naming what to install."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("needs Debian's chromium and chromium-driver: bash scripts/setup.sh --dev")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1000,760"):
+        options.add_argument(arg)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+
+
+@pytest.mark.slow
+def test_web_page_in_headless_chromium(server: ServerProcess, served_run: Path, photos, tmp_path: Path) -> None:
+    """Upload a real test image through the page's file input and read the answer off it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    paths, _ = photos
+    expected = predict_files(load_trained(served_run), [str(paths[0])])[0]
+    browser = chrome_driver()
+    try:
+        browser.get(server.url + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda b: "%" in b.find_element(By.ID, "accuracy").text)
+        assert browser.find_element(By.ID, "run").text.startswith("run (")
+        browser.find_element(By.ID, "file").send_keys(str(paths[0]))
+        wait.until(lambda b: b.find_element(By.ID, "result").get_attribute("data-predicted"))
+        rows = browser.find_elements(By.CSS_SELECTOR, "#result .row")
+        assert len(rows) == 3
+        assert rows[0].find_element(By.CLASS_NAME, "name").text == expected.name
+        assert rows[0].find_element(By.CLASS_NAME, "probability").text == f"{100 * expected.probability:.1f} %"
+        browser.save_screenshot(str(tmp_path / "serve_page.png"))
+        assert np.asarray(Image.open(tmp_path / "serve_page.png")).std() > 10  # something was drawn
+
+        bad = tmp_path / "notes.png"
+        bad.write_bytes(b"not an image")
+        browser.find_element(By.ID, "file").send_keys(str(bad))
+        wait.until(lambda b: b.find_element(By.ID, "error").text)
+        assert "is not an image" in browser.find_element(By.ID, "error").text
+    finally:
+        browser.quit()
