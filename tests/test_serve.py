@@ -61,22 +61,30 @@ def png(image: Image.Image) -> bytes:
 
 def bad_requests() -> dict[str, tuple[int, str, dict]]:
     """Malformed requests: name → (status, words the detail must hold, httpx arguments)."""
+
+    def upload(name: str, data: bytes) -> dict:
+        return {"files": {"file": (name, data)}}
+
+    def raw(body: bytes, content_type: str) -> dict:
+        return {"content": body, "headers": {"content-type": content_type}}
+
     truncated = png(Image.new("RGB", (300, 300), "white").resize((300, 300)))
     bomb = png(Image.new("L", (8000, 6000)))  # 48 megapixels in 47 kB
+    blank = png(Image.new("RGB", (64, 64), "white"))
     return {
-        "not an image": (415, "is not an image", {"files": {"file": ("notes.png", b"hello, world")}}),
-        "empty body": (400, "the body is empty", {"content": b"", "headers": {"content-type": "application/json"}}),
-        "empty file": (400, "is empty (0 bytes)", {"files": {"file": ("a.png", b"")}}),
-        "truncated png": (400, "truncated or damaged", {"files": {"file": ("t.png", truncated[: len(truncated) // 3])}}),
-        "decompression bomb": (413, "48.0 megapixels, more than the limit of 40", {"files": {"file": ("b.png", bomb)}}),
-        "body over the limit": (413, "larger than the limit of 10 MB", {"files": {"file": ("x.png", b"0" * 10_500_000)}}),
-        "invalid json": (400, "not valid JSON", {"content": b"{image:", "headers": {"content-type": "application/json"}}),
+        "not an image": (415, "is not an image", upload("notes.png", b"hello, world")),
+        "empty body": (400, "the body is empty", raw(b"", "application/json")),
+        "empty file": (400, "is empty (0 bytes)", upload("a.png", b"")),
+        "truncated png": (400, "truncated or damaged", upload("t.png", truncated[: len(truncated) // 3])),
+        "decompression bomb": (413, "48.0 megapixels, more than the limit of 40", upload("b.png", bomb)),
+        "body over the limit": (413, "larger than the limit of 10 MB", upload("x.png", b"0" * 10_500_000)),
+        "invalid json": (400, "not valid JSON", raw(b"{image:", "application/json")),
         "json without image": (400, 'neither "image" nor "images"', {"json": {"picture": "..."}}),
         "invalid base64": (400, "not valid base64", {"json": {"image": "%%%"}}),
-        "plain text": (415, "Content-Type 'text/plain' is not taken", {"content": b"shirt", "headers": {"content-type": "text/plain"}}),
+        "plain text": (415, "Content-Type 'text/plain' is not taken", raw(b"shirt", "text/plain")),
         "form without file": (400, "the form has no file field", {"files": {"x": (None, "y")}}),
-        "blank image": (400, "the image is blank", {"files": {"file": ("w.png", png(Image.new("RGB", (64, 64), "white")))}}),
-    }  # fmt: skip
+        "blank image": (400, "the image is blank", upload("w.png", blank)),
+    }
 
 
 def test_answers_like_fmnist_predict(server: ServerProcess, served_run: Path, photos) -> None:
