@@ -3,18 +3,32 @@
 #   1. the real FashionMNIST from the distribution's package dataset-fashion-mnist
 #      (skipped when /usr/share/datasets/fashion-mnist already has it);
 #   2. a virtual environment in .venv (Python 3.11: torch 2.14.1 wheels);
-#   3. this project, editable, with its test dependencies.
+#   3. this project, editable, with its test dependencies;
+#   4. with --dev only: Debian's chromium and chromium-driver, for the test that drives the
+#      server's web page in a headless browser (skipped without them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+dev=false
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=true ;;
+    *) echo "setup: unknown option $arg (the only option is --dev)" >&2; exit 2 ;;
+  esac
+done
+
+apt_install() {  # apt_install PACKAGE...: as root, or through sudo
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"
+}
 
 data_dir=/usr/share/datasets/fashion-mnist
 if [ ! -f "$data_dir/t10k-labels-idx1-ubyte.gz" ]; then
   if command -v apt-get >/dev/null 2>&1; then
-    sudo=""
-    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
     echo "setup: installing dataset-fashion-mnist into $data_dir"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist
+    apt_install dataset-fashion-mnist
   else
     echo "setup: no apt-get here; put the four FashionMNIST IDX files in data/fashion-mnist/" \
          "(or pass data.root=...) before training" >&2
@@ -28,4 +42,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "setup: installing fmnist-lightning and its dependencies into .venv"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+if $dev && ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium and chromium-driver (--dev)"
+    apt_install chromium chromium-driver
+  else
+    echo "setup: no apt-get here; install chromium and its chromedriver for the browser test" >&2
+  fi
+fi
 echo "setup: done"

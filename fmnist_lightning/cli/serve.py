@@ -16,21 +16,9 @@ from fmnist_lightning.errors import UserError
 def serve(cfg: DictConfig) -> None:
     from fmnist_lightning.serving.server import ServeOptions, build_server
 
-    options = ServeOptions(
-        run_dir=cfg.run_dir,
-        backend=cfg.backend,
-        weights=cfg.weights,
-        preprocess=cfg.preprocess,
-        invert=cfg.invert,
-        top_k=cfg.top_k,
-        max_batch_size=cfg.max_batch_size,
-        batch_timeout=cfg.batch_timeout,
-        max_body_mb=cfg.max_body_mb,
-        max_pixels=cfg.max_pixels,
-        max_images=cfg.max_images,
-    )
+    settings = {key: value for key, value in cfg.items() if key not in ("host", "port")}
     try:
-        server = build_server(options, workers=cfg.workers, timeout=cfg.timeout)
+        server = build_server(ServeOptions(**settings))
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
     print(f"serving {cfg.run_dir} ({cfg.backend}) on http://{cfg.host}:{cfg.port}/ ; Ctrl-C stops", flush=True)

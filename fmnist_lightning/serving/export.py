@@ -164,8 +164,13 @@ class ExportedModel:
         return self._run(images)
 
 
-def load_exported(path: str | Path) -> ExportedModel:
+def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel:
     """Loads ``model.onnx`` (onnxruntime, CPU) or ``model.pt2`` (``torch.export.load``).
+
+    Args:
+        path: The file.
+        threads: onnxruntime's intra-op threads; ``None`` leaves its default (one per core).
+            The ``.pt2`` program uses torch's setting (``torch.set_num_threads``).
 
     Raises:
         RunError: The file does not exist (the message says how to export it).
@@ -179,7 +184,9 @@ def load_exported(path: str | Path) -> ExportedModel:
         import onnxruntime
 
         try:
-            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            settings = onnxruntime.SessionOptions()
+            settings.intra_op_num_threads = threads or 0  # 0: onnxruntime's default
+            session = onnxruntime.InferenceSession(str(path), settings, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception classes
             raise DamagedFileError(path, f"onnxruntime cannot load it ({str(err).splitlines()[0]})", fix) from None
         metadata = dict(session.get_modelmeta().custom_metadata_map)

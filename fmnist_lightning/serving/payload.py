@@ -124,7 +124,8 @@ def decode_payload(payload: Mapping, preprocess: str, invert: bool | str, max_pi
 
     Args:
         payload: The parsed multipart form or JSON object.
-        preprocess, invert: As for ``fmnist-predict`` (``to_fashion_mnist``).
+        preprocess: As for ``fmnist-predict`` (``to_fashion_mnist``).
+        invert: As for ``fmnist-predict``.
         max_pixels: The most pixels an image may declare.
         max_images: The most images one request may carry.
     """

@@ -46,13 +46,19 @@ class ServeOptions:
         run_dir: The run folder whose network answers.
         backend: ``"torch"`` or ``"onnx"``.
         weights: Which weights, for the torch backend (see ``resolve_weights``).
-        preprocess, invert: As for ``fmnist-predict``.
+        preprocess: As for ``fmnist-predict``: ``photo`` or ``none`` (28×28 images only).
+        invert: As for ``fmnist-predict``.
         top_k: Classes listed per image.
         max_batch_size: Requests per batch; 1 turns batching off.
         batch_timeout: Seconds to wait for a batch to fill.
         max_body_mb: The largest request body, in megabytes (10⁶ bytes).
         max_pixels: The most pixels an image may declare.
         max_images: The most images per request.
+        threads: Intra-op threads of each inference worker (torch or onnxruntime).
+        workers: Inference worker processes.
+        timeout: Seconds a request may wait for its answer before a 504.
+        fast_queue: LitServe's ZeroMQ transport between the HTTP and inference processes,
+            instead of multiprocessing queues.
     """
 
     run_dir: str
@@ -66,6 +72,10 @@ class ServeOptions:
     max_body_mb: float = 10.0
     max_pixels: int = MAX_PIXELS
     max_images: int = 64
+    threads: int = 1
+    workers: int = 1
+    timeout: float = 30
+    fast_queue: bool = True
 
     def check(self) -> None:
         """Raises ``ArgumentError`` naming the first bad option (before anything is loaded)."""
@@ -84,6 +94,9 @@ class ServeOptions:
         require(self.max_body_mb > 0, "max_body_mb", self.max_body_mb, "megabytes > 0")
         require(self.max_pixels >= 784, "max_pixels", self.max_pixels, "at least 28×28 = 784")
         require(self.max_images >= 1, "max_images", self.max_images, "1 or more")
+        require(self.threads >= 1, "threads", self.threads, "1 or more")
+        require(self.workers >= 1, "workers", self.workers, "1 or more")
+        require(self.timeout > 0, "timeout", self.timeout, "seconds > 0")
 
 
 def load_backend(options: ServeOptions, device: str = "cpu") -> Any:
@@ -94,7 +107,7 @@ def load_backend(options: ServeOptions, device: str = "cpu") -> Any:
         RunError: The run cannot be loaded, or has no ``model.onnx`` for ``backend=onnx``.
     """
     if options.backend == "onnx":
-        return load_exported(Path(options.run_dir) / EXPORT_FILES["onnx"])
+        return load_exported(Path(options.run_dir) / EXPORT_FILES["onnx"], options.threads)
     return load_trained(options.run_dir, options.weights, device)
 
 
@@ -106,6 +119,7 @@ class FashionMNISTAPI(ls.LitAPI):
         self.options = options
 
     def setup(self, device: str) -> None:
+        torch.set_num_threads(self.options.threads)
         self.model = load_backend(self.options, "cpu" if self.options.backend == "onnx" else device)
 
     def decode_request(self, request: Request) -> Decoded:
@@ -234,7 +248,7 @@ def web_page() -> str:
     return files("fmnist_lightning.serving").joinpath("page.html").read_text(encoding="utf-8")
 
 
-def build_server(options: ServeOptions, workers: int = 1, timeout: float = 30) -> ls.LitServer:
+def build_server(options: ServeOptions) -> ls.LitServer:
     """The LitServer for ``options``; ``server.run(host=..., port=...)`` starts it.
 
     Raises:
@@ -244,13 +258,13 @@ def build_server(options: ServeOptions, workers: int = 1, timeout: float = 30) -
             ``backend=onnx``.
     """
     options.check()
-    require(workers >= 1, "workers", workers, "1 or more")
     load_backend(options)  # fails here, with the run's own message, rather than in a worker
     server = ls.LitServer(
         FashionMNISTAPI(options),
         accelerator="cpu" if options.backend == "onnx" else "auto",
-        workers_per_device=workers,
-        timeout=timeout,
+        workers_per_device=options.workers,
+        timeout=options.timeout,
+        fast_queue=options.fast_queue,
         model_metadata=run_info(options),
         middlewares=[(BodyGuard, {"max_bytes": int(options.max_body_mb * 1e6)})],
     )
