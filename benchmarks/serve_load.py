@@ -1,16 +1,18 @@
 """Load on ``fmnist-serve``: closed-loop clients on localhost, per backend and batching.
 
     python benchmarks/serve_load.py --run-dir outputs/runs/<three_conv run> [--requests 400]
-        [--time-cap 20] [--rounds 2] [--json out.json]
+        [--time-cap 20] [--rounds 3] [--json out.json]
 
 For each round, each server configuration (backend ``torch`` or ``onnx`` × batching on, with
-conf/serve.yaml's ``max_batch_size`` and ``batch_timeout``, or off, ``max_batch_size=1``) is started as its own process
-(``start_server``), and clients run at concurrency 1, 8 and 32: each of C asyncio clients sends
-one request, waits for its answer, and sends the next, until ``--requests`` requests are
-answered or ``--time-cap`` seconds have passed. Every request is one 112×112 RGB PNG (a test
-image made photo-like: dark on light), as multipart. The configurations run in turn within a
-round (A B C D, A B C D, ...), and the tables give the median over rounds of requests/s and of
-the p50/p95/p99 latency in milliseconds.
+conf/serve.yaml's ``max_batch_size`` and ``batch_timeout``, or off, ``max_batch_size=1``) is
+started as its own process (``start_server``), and clients run at concurrency 1, 8 and 32:
+each of C asyncio clients sends one request, waits for its answer, and sends the next, until
+``--requests`` requests are answered or ``--time-cap`` seconds have passed. Every request is
+one 112×112 RGB PNG (a test image made photo-like: dark on light) as a multipart file field,
+encoded once beforehand. The configurations run in turn within a round (A B C D, A B C D,
+...), and the tables give the median over rounds of requests/s, of the p50/p95/p99 latency in
+milliseconds, and of the CPU milliseconds each request cost the server's HTTP processes, its
+inference worker and the clients (``cpu_seconds``).
 
 To say what bounds the server, it also times the parts of one request in this process: HTTP
 alone (``GET /health`` at concurrency 32 against a running server, requests/s), decoding an
@@ -28,6 +30,7 @@ import io
 import json
 import os
 import platform
+import ssl
 import statistics
 import time
 from pathlib import Path
@@ -47,6 +50,17 @@ from fmnist_lightning.serving.process import start_server
 CONFIGS = [(backend, batching) for backend in ("torch", "onnx") for batching in (True, False)]
 
 
+BOUNDARY = "fmnist-serve-load"
+
+
+def multipart(name: str, data: bytes) -> bytes:
+    """One file field as a ``multipart/form-data`` body with ``BOUNDARY``, encoded once, so
+    that the clients spend their CPU on HTTP rather than on encoding."""
+    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+    head += "Content-Type: image/png\r\n\r\n"
+    return head.encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
 def photo_pngs(count: int = 64) -> list[bytes]:
     """``count`` test images as 112×112 dark-on-light RGB PNG files."""
     images, _ = load_split(DEBIAN_DATASET_DIR, "test")
@@ -60,29 +74,34 @@ def photo_pngs(count: int = 64) -> list[bytes]:
 
 
 async def closed_loop(url: str, bodies: list[bytes], concurrency: int, requests: int, cap: float) -> dict:
-    """``concurrency`` clients, each sending its next request when the last is answered."""
+    """``concurrency`` clients, each sending its next request when the last is answered.
+
+    Each client has an ``httpx.AsyncClient``, and so a keep-alive connection, of its own. They
+    are made before the clock starts and share one SSL context: each ``AsyncClient`` otherwise
+    loads the CA bundle (about 25 ms of CPU, with the event loop blocked), even for plain HTTP."""
     latencies: list[float] = []
     failures = sent_count = 0
+    headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+    tls = ssl.create_default_context()
+    clients = [httpx.AsyncClient(base_url=url, timeout=60, verify=tls) for _ in range(concurrency)]
     start = time.perf_counter()
     deadline = start + cap
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-
-        async def client_loop(k: int) -> None:
-            nonlocal failures, sent_count
-            i = k
+    async def client_loop(k: int) -> None:
+        nonlocal failures, sent_count
+        i = k
+        async with clients[k] as client:
             while sent_count < requests and time.perf_counter() < deadline:
                 sent_count += 1
                 sent = time.perf_counter()
-                answer = await client.post("/predict", files={"file": ("item.png", bodies[i % len(bodies)])})
+                answer = await client.post("/predict", content=bodies[i % len(bodies)], headers=headers)
                 if answer.status_code == 200:
                     latencies.append(time.perf_counter() - sent)
                 else:
                     failures += 1
                 i += concurrency
 
-        await asyncio.gather(*(client_loop(k) for k in range(concurrency)))
+    await asyncio.gather(*(client_loop(k) for k in range(concurrency)))
     elapsed = time.perf_counter() - start
     ms = np.array(latencies) * 1000
     return {
@@ -129,6 +148,25 @@ def part_costs(run_dir: Path, bodies: list[bytes]) -> dict:
     return costs
 
 
+def cpu_seconds(server_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the server's processes, by role: ``worker``, the
+    inference worker(s) LitServe spawns; ``http``, the rest (uvicorn, which parses and queues
+    the requests, and the process that started it); and ``client``, this process, whose
+    asyncio clients send the requests."""
+    import psutil
+
+    out = {"worker": 0.0, "http": 0.0, "client": time.process_time()}
+    main = psutil.Process(server_pid)
+    for process in [main, *main.children(recursive=True)]:
+        try:
+            times, command = process.cpu_times(), " ".join(process.cmdline())
+        except psutil.Error:  # exited meanwhile
+            continue
+        if "resource_tracker" not in command:
+            out["worker" if "multiprocessing.spawn" in command else "http"] += times.user + times.system
+    return out
+
+
 def cpu_description() -> str:
     """The CPU's name, its core count and its SIMD flags, from torch."""
     caps = torch.cpu.get_capabilities()
@@ -142,13 +180,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="per configuration and concurrency")
     parser.add_argument("--time-cap", type=float, default=20.0, help="seconds per configuration and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     if not (args.run_dir / EXPORT_FILES["onnx"]).exists():
         export_run(args.run_dir, "onnx")
-    bodies = photo_pngs()
+    pngs = photo_pngs()
+    bodies = [multipart(f"item_{i}.png", png) for i, png in enumerate(pngs)]
     results: dict[str, list[dict]] = {}
     health_rps = []
     for round_ in range(args.rounds):
@@ -159,22 +198,32 @@ def main() -> None:
                 if round_ == 0 and backend == "torch" and not batching:
                     health_rps.append(asyncio.run(http_only(server.url)))
                 for c in args.concurrency:
+                    before = cpu_seconds(server.process.pid)
                     r = asyncio.run(closed_loop(server.url, bodies, c, args.requests, args.time_cap))
+                    after = cpu_seconds(server.process.pid)
+                    r.update({f"{k}_cpu_ms": (after[k] - before[k]) * 1000 / r["requests"] for k in before})
                     results.setdefault(f"{backend} {'on' if batching else 'off'} {c}", []).append(r)
                     print(f"round {round_ + 1} {backend:5} batching {'on ' if batching else 'off'} c={c:2}: "
                           f"{r['rps']:6.1f} req/s  p50 {r['p50']:6.1f} ms  p99 {r['p99']:6.1f} ms  "
-                          f"({r['requests']} ok, {r['failures']} failed)", flush=True)  # fmt: skip
-    costs = part_costs(args.run_dir, bodies)
+                          f"({r['requests']} ok, {r['failures']} failed); CPU ms per request: "
+                          f"http {r['http_cpu_ms']:.2f} worker {r['worker_cpu_ms']:.2f} "
+                          f"client {r['client_cpu_ms']:.2f}",
+                          flush=True)  # fmt: skip
+    costs = part_costs(args.run_dir, pngs)
 
     print(f"\nCPU: {cpu_description()}; {args.rounds} rounds, medians\n")
-    print("| backend | batching | concurrency | requests/s | p50 ms | p95 ms | p99 ms |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print(
+        "| backend | batching | concurrency | requests/s | p50 ms | p95 ms | p99 ms "
+        "| CPU ms/request: HTTP | worker | client |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     medians = {}
+    columns = ("rps", "p50", "p95", "p99", "http_cpu_ms", "worker_cpu_ms", "client_cpu_ms")
     for key, runs in results.items():
         backend, batching, c = key.split()
-        m = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p95", "p99")}
-        medians[key] = m
-        print(f"| {backend} | {batching} | {c} | {m['rps']:.1f} | {m['p50']:.1f} | {m['p95']:.1f} | {m['p99']:.1f} |")
+        m = medians[key] = {k: statistics.median(r[k] for r in runs) for k in columns}
+        print(f"| {backend} | {batching} | {c} | {m['rps']:.1f} | " + " | ".join(f"{m[k]:.1f}" for k in columns[1:4])
+              + " | " + " | ".join(f"{m[k]:.2f}" for k in columns[4:]) + " |")  # fmt: skip
     print(f"\nHTTP alone (GET /health, concurrency 32): {statistics.median(health_rps):.0f} requests/s")
     print(f"decoding one 112 px PNG (open_image + to_fashion_mnist): {costs['decode_ms']:.2f} ms")
     for name in ("torch", "onnx"):

@@ -54,8 +54,9 @@ def test_wheel_carries_the_configs_and_scripts(wheel: Path):
     assert not any(name.startswith(("conf/", "tests/", "benchmarks/")) for name in names)
     (entry_points,) = (n for n in names if n.endswith(".dist-info/entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for command in ("train", "evaluate", "predict", "summarize"):
+    for command in ("train", "evaluate", "predict", "summarize", "export", "serve"):
         assert f"fmnist-{command} = fmnist_lightning.cli.{command}:main" in scripts
+    assert "fmnist_lightning/serving/page.html" in names  # the server's web page
 
 
 def test_installed_wheel_trains_from_any_folder(wheel: Path, data_root: Path, tmp_path: Path):
@@ -107,7 +108,7 @@ def test_installed_wheel_trains_from_any_folder(wheel: Path, data_root: Path, tm
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "test accuracy" in evaluated.stdout
-    for command, key in (("fmnist-predict", "images"), ("fmnist-summarize", "sweep_dir")):
+    for command, key in (("fmnist-predict", "images"), ("fmnist-summarize", "sweep_dir"), ("fmnist-serve", "backend")):
         shown = subprocess.run(
             [venv / "bin" / command, "--cfg", "job"], cwd=work, env=env, capture_output=True, text=True
         )

@@ -5,8 +5,10 @@ works in headless Chromium."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,14 +19,17 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import run_script
+from conftest import REPO, run_script
 from fmnist_lightning.data import load_split
+from fmnist_lightning.errors import ArgumentError, RunError
 from fmnist_lightning.evaluation.files import predict_files
 from fmnist_lightning.evaluation.runs import load_trained
 from fmnist_lightning.serving.export import export_run
 from fmnist_lightning.serving.process import ServerProcess, start_server
+from fmnist_lightning.serving.server import ServeOptions, build_server
 
 
 @pytest.fixture(scope="module")
@@ -120,14 +125,27 @@ def test_bad_requests_get_4xx_json_and_the_server_stays_up(server: ServerProcess
 
 
 def test_bad_options_stop_before_serving(served_run: Path, trained_run: Path, tmp_path: Path) -> None:
-    for args, words in (
-        ([f"run_dir={trained_run}", "backend=onnx"], "does not exist; export the run first"),
-        ([f"run_dir={served_run}", "preprocess=pad"], "preprocess='pad': photo or none"),
-        ([f"run_dir={tmp_path}"], "is not a run folder"),
+    for options, error, words in (
+        ({"run_dir": str(trained_run), "backend": "onnx"}, RunError, "does not exist; export the run first"),
+        ({"run_dir": str(served_run), "preprocess": "pad"}, ArgumentError, "preprocess='pad': photo or none"),
+        ({"run_dir": str(served_run), "max_batch_size": 0}, ArgumentError, "max_batch_size=0"),
+        ({"run_dir": str(tmp_path)}, RunError, "is not a run folder"),
     ):
-        result = run_script("serve.py", *args, "port=1")
-        assert result.returncode == 1 and words in result.stderr, result.stderr[-2000:]
-        assert "Traceback" not in result.stderr
+        with pytest.raises(error, match=re.escape(words)):
+            build_server(ServeOptions(**options))
+    result = run_script("serve.py", f"run_dir={tmp_path}", "port=1")  # the command: one line, exit 1
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and "is not a run folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_options_are_the_config_keys() -> None:
+    """conf/serve.yaml and ServeOptions name the same settings (host and port are the command's)."""
+    keys = set(OmegaConf.load(REPO / "conf" / "serve.yaml")) - {"defaults", "hydra", "host", "port"}
+    assert keys == {f.name for f in dataclasses.fields(ServeOptions)}
+    defaults = OmegaConf.load(REPO / "conf" / "serve.yaml")
+    for field in dataclasses.fields(ServeOptions):
+        if field.name != "run_dir":
+            assert defaults[field.name] == field.default, field.name
 
 
 def tree_rss(process: psutil.Process) -> int:
