@@ -182,8 +182,14 @@ class FashionMNISTClassifier(L.LightningModule):
         self._log_epoch("val")
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Updates the test metrics; returns the batch's float ``(B, num_classes)`` logits."""
-        return self._shared_step(batch, "test")[1]
+        """Updates the test metrics; returns the batch's float ``(B, num_classes)`` logits.
+
+        The test runs in fp32 whatever ``trainer.precision`` trained the network (a mixed
+        precision's autocast is switched off here), so ``test/acc`` and the report describe
+        the weights as ``fmnist-evaluate``, ``fmnist-predict`` and the exported graphs use
+        them, to the image."""
+        with torch.autocast(self.device.type, enabled=False):
+            return self._shared_step(batch, "test")[1]
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")

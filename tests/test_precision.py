@@ -1,0 +1,124 @@
+"""``trainer.precision=auto``: the choice on faked CPUs and GPUs, and a real run recording it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
+from omegaconf import OmegaConf
+
+from conftest import run_script
+from fmnist_lightning.data import load_split
+from fmnist_lightning.evaluation.runs import load_trained
+from fmnist_lightning.training import precision
+from fmnist_lightning.training.build import build_run
+from fmnist_lightning.training.precision import choose_precision, record_precision, resolve_precision
+
+AVX2_ONLY = {"avx2": True, "avx512_f": False, "avx512_bf16": False, "amx_bf16": False}
+AVX512_BF16 = {**AVX2_ONLY, "avx512_f": True, "avx512_bf16": True}
+AMX = {**AVX2_ONLY, "amx_bf16": True}  # a Sapphire Rapids without avx512_bf16 reported
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "flags", "cuda_bf16", "expected", "words"),
+    [
+        ("cpu", AVX2_ONLY, False, "32-true", "emulated"),
+        ("cpu", AVX512_BF16, False, "bf16-mixed", "avx512_bf16"),
+        ("cpu", AMX, False, "bf16-mixed", "amx_bf16"),
+        ("cuda", AVX2_ONLY, True, "bf16-mixed", "GPU supports bf16"),
+        ("cuda", AVX512_BF16, False, "32-true", "compute capability below 8.0"),  # a V100 or T4
+        ("mps", AVX2_ONLY, False, "32-true", "'mps'"),
+    ],
+)
+def test_choice(accelerator: str, flags: dict, cuda_bf16: bool, expected: str, words: str) -> None:
+    chosen, reason = choose_precision(accelerator, flags, cuda_bf16)
+    assert chosen == expected and words in reason
+
+
+def fake_machine(monkeypatch: pytest.MonkeyPatch, flags: dict, cuda: bool = False, cuda_bf16: bool = False) -> None:
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
+    monkeypatch.setattr(CUDAAccelerator, "is_available", staticmethod(lambda: cuda))
+    monkeypatch.setattr(MPSAccelerator, "is_available", staticmethod(lambda: False))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
+
+
+@pytest.mark.parametrize(
+    ("flags", "cuda", "cuda_bf16", "accelerator", "expected"),
+    [
+        (AVX512_BF16, False, False, "auto", "bf16-mixed"),
+        (AVX2_ONLY, False, False, "auto", "32-true"),
+        (AVX2_ONLY, True, True, "auto", "bf16-mixed"),  # auto picks the GPU
+        (AVX512_BF16, True, False, "auto", "32-true"),  # the GPU decides, not the CPU
+        (AVX2_ONLY, True, True, "cpu", "32-true"),  # trainer=cpu on a GPU machine: the CPU decides
+    ],
+)
+def test_resolved_in_the_config(monkeypatch, make_cfg, flags, cuda, cuda_bf16, accelerator, expected) -> None:
+    fake_machine(monkeypatch, flags, cuda, cuda_bf16)
+    cfg = make_cfg(f"trainer.accelerator={accelerator}")
+    assert cfg.trainer.precision == "auto"  # the default
+    assert resolve_precision(cfg) is not None
+    assert cfg.trainer.precision == expected
+
+
+def test_explicit_precision_is_kept(monkeypatch, make_cfg) -> None:
+    fake_machine(monkeypatch, AVX512_BF16)
+    cfg = make_cfg("trainer.precision=32-true")
+    assert resolve_precision(cfg) is None and cfg.trainer.precision == "32-true"
+
+
+def test_the_trainer_gets_the_choice(monkeypatch, make_cfg) -> None:
+    """bf16 and fp32 as Lightning's Trainer receives them (on the real CPU: Lightning accepts
+    bf16-mixed on any CPU; only the speed differs)."""
+    for flags, plugin_precision in ((AVX512_BF16, "bf16-mixed"), (AVX2_ONLY, "32-true")):
+        fake_machine(monkeypatch, flags)
+        cfg = make_cfg("debug=fdr")
+        resolve_precision(cfg)
+        assert build_run(cfg).trainer.precision == plugin_precision
+
+
+def test_a_run_records_its_choice(trained_run: Path) -> None:
+    """The session's run from train.py (default precision, trainer=cpu) saved this machine's
+    choice, which resume= starts from, and logged why."""
+    saved = OmegaConf.load(trained_run / ".hydra" / "config.yaml").trainer.precision
+    expected, reason = choose_precision("cpu", torch.cpu.get_capabilities(), False)  # the run has trainer=cpu
+    assert saved == expected
+    assert f"trainer.precision=auto: {expected}, because {reason}" in (trained_run / "train.log").read_text()
+
+
+def test_record_replaces_only_auto(tmp_path: Path, monkeypatch) -> None:
+    saved = tmp_path / ".hydra" / "config.yaml"
+    saved.parent.mkdir()
+    config = {"model": {"_target_": "x"}, "data": {"image_size": 28, "mean": "${data.image_size}"}}
+    for before, after in (("auto", "bf16-mixed"), ("16-mixed", "16-mixed")):
+        OmegaConf.save(OmegaConf.create({**config, "trainer": {"max_epochs": 1, "precision": before}}), saved)
+        record_precision(tmp_path, "bf16-mixed", "a test")
+        written = OmegaConf.load(saved)
+        assert written.trainer.precision == after
+        assert OmegaConf.to_container(written)["data"]["mean"] == "${data.image_size}"  # left unresolved
+        assert not list(saved.parent.glob("*.partial"))
+    monkeypatch.setattr(precision, "load_run_config", lambda _: pytest.fail("no config: nothing to read"))
+    record_precision(tmp_path / "elsewhere", "bf16-mixed", "a test")
+
+
+def test_a_bf16_run_reports_its_weights_in_fp32(data_root: Path, tmp_path: Path) -> None:
+    """Trained in bf16-mixed (on any CPU: emulated where there is no native bf16), the run's
+    test report gives its weights' fp32 accuracy and loss, as evaluate, predict and the exports
+    compute them."""
+    run_dir = tmp_path / "run"
+    result = run_script(
+        "train.py", "model=two_conv_5x5", "data.image_size=16", "trainer=cpu", "trainer.precision=bf16-mixed",
+        "trainer.max_epochs=1", "trainer.limit_train_batches=20", "trainer.limit_val_batches=2",
+        f"data.root={data_root}", f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.precision == "bf16-mixed"
+    images, labels = load_split(data_root, "test")
+    probabilities = load_trained(run_dir).predict_proba(images[:, None])
+    report = json.loads((run_dir / "report.json").read_text())
+    assert round(report["accuracy"] * 10_000) == int((probabilities.argmax(1) == labels).sum())
+    fp32_loss = float(-probabilities[torch.arange(len(labels)), labels].log().mean())
+    assert report["loss"] == pytest.approx(fp32_loss, rel=1e-5)  # a bf16 test pass is about 1e-3 off
