@@ -1,13 +1,19 @@
 """``trainer.precision=auto`` (the default): the precision this machine trains fastest in.
 
-bf16 pays only where the hardware computes in it natively; elsewhere it is emulated and
-slower than fp32 (benchmarks/RESULTS.md, "Speed options": about 10× slower on an AVX2 CPU
+bf16 pays only where the hardware computes in it natively and fast; elsewhere it is emulated
+and slower than fp32 (benchmarks/RESULTS.md, "Speed options": about 10× slower on an AVX2 CPU
 without BF16 instructions). So ``auto`` becomes
 
-- ``bf16-mixed`` on a CPU with native bf16 instructions: ``avx512_bf16`` or ``amx_bf16``, as
-  ``torch.cpu.get_capabilities()`` reports them;
 - ``bf16-mixed`` on a CUDA GPU that supports bf16 (``torch.cuda.is_bf16_supported()``: compute
   capability 8.0 and later, Ampere on);
+- ``bf16-mixed`` on a CPU with native bf16 instructions (``avx512_bf16`` or ``amx_bf16``, as
+  ``torch.cpu.get_capabilities()`` reports them) where bf16 also runs at least
+  ``MIN_CPU_SPEEDUP`` times as fast as fp32 in ``cpu_bf16_speedup``'s probe (a convolution
+  and a matrix product of three_conv's sizes, about 0.2 s). The flag alone is not enough: on
+  an Intel Xeon (family 6, model 207) in a VM that reports ``avx512_bf16`` but hides AMX, the
+  probe ran bf16 at 0.6× fp32's speed and recipe 001 trained 1.3× slower in bf16
+  (benchmarks/RESULTS.md, "bf16 against fp32"), while the AMD EPYC of issue 15 ran bf16
+  matrix products 4× as fast;
 - ``32-true`` otherwise (other accelerators too).
 
 It is resolved once per run, before the Trainer is built: the run's ``.hydra/config.yaml``
@@ -19,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -36,7 +43,43 @@ AUTO = "auto"
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def choose_precision(accelerator: str, cpu_flags: Mapping[str, bool], cuda_bf16: bool) -> tuple[str, str]:
+#: The speed of bf16 over fp32 in ``cpu_bf16_speedup``'s probe that makes ``auto`` pick bf16
+#: on a CPU: well above 1, since bf16-mixed adds casts that the probe does not have, and
+#: clear of the probe's noise (on the Xeon above: 0.57-0.61 in 5 runs on the idle machine,
+#: 0.66-1.27 in 8 runs while a training run shared its 2 cores).
+MIN_CPU_SPEEDUP = 1.5
+
+
+def cpu_bf16_speedup(repeats: int = 5) -> float:
+    """How many times as fast as fp32 this CPU runs bf16, as the median over ``repeats``
+    interleaved pairs of a probe: a 3×3 convolution (batch 64, 32 → 64 channels, 14×14,
+    channels-last, three_conv's second block) and a 512×1024 by 1024×512 matrix product.
+    Takes about 0.2 s on 2 idle cores; the result is kept for the rest of the process."""
+    if _speedups:
+        return _speedups[0]
+    import torch.nn.functional as F
+
+    def seconds(dtype: torch.dtype) -> float:
+        x = torch.randn(64, 32, 14, 14).to(dtype).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(64, 32, 3, 3).to(dtype).contiguous(memory_format=torch.channels_last)
+        a, b = torch.randn(512, 1024).to(dtype), torch.randn(1024, 512).to(dtype)
+        F.conv2d(x, w, padding=1), a @ b  # warm-up: oneDNN picks and caches its kernels
+        start = time.perf_counter()
+        for _ in range(2):
+            F.conv2d(x, w, padding=1), a @ b
+        return time.perf_counter() - start
+
+    ratios = sorted(seconds(torch.float32) / seconds(torch.bfloat16) for _ in range(repeats))
+    _speedups.append(ratios[len(ratios) // 2])
+    return _speedups[0]
+
+
+_speedups: list[float] = []  # cpu_bf16_speedup's result in this process
+
+
+def choose_precision(
+    accelerator: str, cpu_flags: Mapping[str, bool], cuda_bf16: bool, bf16_speedup: Callable[[], float]
+) -> tuple[str, str]:
     """The precision for ``accelerator`` and why.
 
     Args:
@@ -44,6 +87,8 @@ def choose_precision(accelerator: str, cpu_flags: Mapping[str, bool], cuda_bf16:
             Lightning's (``"mps"``, ...).
         cpu_flags: The CPU's capabilities, as ``torch.cpu.get_capabilities()`` gives them.
         cuda_bf16: Whether the CUDA device supports bf16.
+        bf16_speedup: Measures bf16's speed over fp32 on the CPU (``cpu_bf16_speedup``);
+            called only for a CPU with native bf16 flags.
 
     Returns:
         ``(precision, reason)``: a Lightning precision (``"bf16-mixed"`` or ``"32-true"``) and
@@ -53,13 +98,17 @@ def choose_precision(accelerator: str, cpu_flags: Mapping[str, bool], cuda_bf16:
         if cuda_bf16:
             return "bf16-mixed", "the GPU supports bf16"
         return "32-true", "the GPU does not support bf16 (compute capability below 8.0)"
-    if accelerator == "cpu":
-        native = [flag for flag in BF16_CPU_FLAGS if cpu_flags.get(flag)]
-        if native:
-            return "bf16-mixed", f"the CPU computes bf16 natively ({', '.join(native)})"
+    if accelerator != "cpu":
+        return "32-true", f"no bf16 rule for accelerator {accelerator!r}"
+    native = [flag for flag in BF16_CPU_FLAGS if cpu_flags.get(flag)]
+    if not native:
         missing = " or ".join(BF16_CPU_FLAGS)
         return "32-true", f"the CPU has no native bf16 ({missing}), so bf16 would be emulated and slower"
-    return "32-true", f"no bf16 rule for accelerator {accelerator!r}"
+    speedup = bf16_speedup()
+    measured = f"the CPU has {', '.join(native)} and ran bf16 at {speedup:.2f}× fp32's speed in a probe"
+    if speedup >= MIN_CPU_SPEEDUP:
+        return "bf16-mixed", measured
+    return "32-true", f"{measured} (bf16 needs {MIN_CPU_SPEEDUP}× to pay)"
 
 
 def run_accelerator(trainer_cfg: DictConfig) -> str:
@@ -88,7 +137,7 @@ def resolve_precision(cfg: DictConfig) -> str | None:
         return None
     accelerator = run_accelerator(trainer)
     cuda_bf16 = accelerator == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    precision, reason = choose_precision(accelerator, torch.cpu.get_capabilities(), cuda_bf16)
+    precision, reason = choose_precision(accelerator, torch.cpu.get_capabilities(), cuda_bf16, cpu_bf16_speedup)
     with open_dict(trainer):
         trainer.precision = precision
     return reason
