@@ -50,10 +50,14 @@ def test_choice(accelerator: str, flags: dict, cuda_bf16: bool, speedup, expecte
     assert chosen == expected and words in reason
 
 
-def test_the_probe_measures_this_cpu() -> None:
-    """A ratio of two timings, kept for the process (whatever it is on this machine)."""
+def test_the_probe_measures_this_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ratio of two timings, kept for the process (whatever it is on this machine), that
+    leaves the global random state alone."""
+    monkeypatch.setattr(precision, "_speedups", [])
+    state = torch.get_rng_state()
     speedup = cpu_bf16_speedup()
     assert 0.01 < speedup < 100 and cpu_bf16_speedup() == speedup
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def fake_machine(monkeypatch: pytest.MonkeyPatch, flags: dict, cuda: bool = False, cuda_bf16: bool = False) -> None:
@@ -91,13 +95,15 @@ def test_explicit_precision_is_kept(monkeypatch, make_cfg) -> None:
 
 
 def test_the_trainer_gets_the_choice(monkeypatch, make_cfg) -> None:
-    """bf16 and fp32 as Lightning's Trainer receives them (on the real CPU: Lightning accepts
+    """build_run resolves auto, and the Trainer gets bf16 or fp32 (Lightning accepts
     bf16-mixed on any CPU; only the speed differs)."""
     for flags, plugin_precision in ((AVX512_BF16, "bf16-mixed"), (AVX2_ONLY, "32-true")):
         fake_machine(monkeypatch, flags)
         cfg = make_cfg("debug=fdr")
-        resolve_precision(cfg)
-        assert build_run(cfg).trainer.precision == plugin_precision
+        run = build_run(cfg)  # resolves trainer.precision=auto itself
+        assert run.trainer.precision == plugin_precision == cfg.trainer.precision
+        assert run.precision_reason is not None
+    assert build_run(make_cfg("trainer.precision=16-mixed")).precision_reason is None
 
 
 def test_a_run_records_its_choice(trained_run: Path) -> None:

@@ -26,6 +26,7 @@ from fmnist_lightning.data import FashionMNISTDataModule
 from fmnist_lightning.errors import ConfigError, Problem
 from fmnist_lightning.models import FashionMNISTClassifier
 from fmnist_lightning.training.config_keys import blame, options, type_problems
+from fmnist_lightning.training.precision import resolve_precision
 from fmnist_lightning.training.processes import launch_strategy
 
 
@@ -36,6 +37,8 @@ class Run:
     datamodule: FashionMNISTDataModule
     model: FashionMNISTClassifier
     trainer: L.Trainer
+    #: Why ``trainer.precision=auto`` became the Trainer's precision; ``None`` when it was set.
+    precision_reason: str | None = None
 
 
 class _Builder:
@@ -102,7 +105,9 @@ def _build_model(b: _Builder) -> FashionMNISTClassifier | None:
 def build_run(cfg: DictConfig, extra_callbacks: list[Callback] = (), extra_loggers: list[Logger] = ()) -> Run:
     """Builds every object of a run from ``cfg``, reading no data and writing no file.
 
-    The seed is set first (``seed``), so the network's initial weights follow it. Nothing is
+    The seed is set first (``seed``), so the network's initial weights follow it.
+    ``trainer.precision=auto`` is replaced in ``cfg`` by this machine's choice
+    (``fmnist_lightning.training.precision``) before the Trainer is built. Nothing is
     logged meanwhile (Lightning's INFO lines included), so a refusal adds no line to a run
     folder's ``train.log``.
 
@@ -167,9 +172,10 @@ def _build_run(cfg: DictConfig, extra_callbacks: list[Callback], extra_loggers: 
             )
         )
     loggers = [*b.group("logger").values(), *extra_loggers]
+    precision_reason = resolve_precision(cfg)  # trainer.precision=auto: this machine's choice, into cfg
     trainer = b.instantiate(
         "trainer", callbacks=[*callbacks.values(), *extra_callbacks], logger=loggers or False, strategy=strategy
     )
     if b.problems:
         raise ConfigError(b.problems)
-    return Run(datamodule, model, trainer)
+    return Run(datamodule, model, trainer, precision_reason)

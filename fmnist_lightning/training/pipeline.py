@@ -20,7 +20,7 @@ from fmnist_lightning.locks import lock_run_folder, release_run_folder
 from fmnist_lightning.training.build import build_run
 from fmnist_lightning.training.callbacks import RunStatus
 from fmnist_lightning.training.history import EpochHistory, read_history
-from fmnist_lightning.training.precision import record_precision, resolve_precision
+from fmnist_lightning.training.precision import record_precision
 from fmnist_lightning.training.processes import cpu_threads, is_child_rank, train_command
 from fmnist_lightning.training.resume import discard_resume_attempt, start_checkpoint
 from fmnist_lightning.training.run_dirs import check_writable, checkpoint_dir
@@ -103,7 +103,6 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.output_dir)
     torch.set_num_threads(cpu_threads(cfg))
     status, report = RunStatus(output_dir), TestReport(output_dir)
-    precision_reason = resolve_precision(cfg)  # trainer.precision=auto: this machine's choice
     try:  # nothing is logged or written before these pass, so a refusal changes no folder
         run = build_run(cfg, extra_callbacks=[status, report], extra_loggers=[EpochHistory(output_dir)])
         start = start_checkpoint(cfg)
@@ -115,8 +114,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         discard_resume_attempt(cfg)
         raise
     datamodule, model, trainer = run.datamodule, run.model, run.trainer
-    if precision_reason is not None and not is_child_rank():
-        record_precision(output_dir, cfg.trainer.precision, precision_reason)
+    if run.precision_reason is not None and not is_child_rank():
+        record_precision(output_dir, cfg.trainer.precision, run.precision_reason)
     log.info(
         "Seed %s; %s with %d device(s), precision %s; %d intra-op CPU threads",
         cfg.get("seed"),
