@@ -103,7 +103,7 @@ def test_the_trainer_gets_the_choice(monkeypatch, make_cfg) -> None:
         run = build_run(cfg)  # resolves trainer.precision=auto itself
         assert run.trainer.precision == plugin_precision == cfg.trainer.precision
         assert run.precision_reason is not None
-    assert build_run(make_cfg("trainer.precision=16-mixed")).precision_reason is None
+    assert build_run(make_cfg("trainer.precision=64-true")).precision_reason is None
 
 
 def test_a_run_records_its_choice(trained_run: Path) -> None:
