@@ -178,3 +178,19 @@ def test_run_then_report_end_to_end(data_root: Path, tmp_path: Path) -> None:
     row = next(line for line in doc.read_text().splitlines() if line.startswith("| `recipe_004`"))
     accs = [json.loads((sweep / str(i) / "metrics.json").read_text())["metrics"]["test/acc"] for i in (0, 1)]
     assert ", ".join(f"{100 * a:.2f}" for a in accs) in row and "| 1, 1 |" in row
+
+
+def test_a_precision_auto_chose_is_no_change(tmp_path: Path) -> None:
+    """Runs save the precision trainer.precision=auto chose (and older runs saved 32-true):
+    against auto now, either is no change; a precision auto never picks is one."""
+    sweep = make_sweep(tmp_path / "s", [("recipe_001", 0, 0.9)])
+    config = sweep / "0" / ".hydra" / "config.yaml"
+    cfg = OmegaConf.load(config)
+    for saved, changes in (
+        ("bf16-mixed", []),
+        ("32-true", []),
+        ("16-mixed", ["trainer.precision: 16-mixed then, auto now"]),
+    ):
+        cfg.trainer.precision = saved
+        OmegaConf.save(cfg, config)
+        assert reproduce.config_changes(reproduce.read_sweep(sweep)[0]) == changes

@@ -261,8 +261,12 @@ def current_config(overrides: tuple[str, ...]) -> dict:
 
 def config_changes(job: Job) -> list[str]:
     """The config keys in which ``job`` differs from its experiment as composed now; empty
-    when it ran the current experiment."""
+    when it ran the current experiment. A precision that ``trainer.precision=auto`` can
+    choose counts as no change from ``auto``: the machine chose it, not the config (and runs
+    saved ``32-true`` before ``auto`` became the default)."""
     from omegaconf import OmegaConf
+
+    from fmnist_lightning.training.precision import AUTO, AUTO_CHOICES
 
     ran = _comparable(OmegaConf.load(job.folder / ".hydra" / "config.yaml"))
     now = current_config(tuple(f"{k}={v}" for k, v in job.overrides.items()))
@@ -272,7 +276,7 @@ def config_changes(job: Job) -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
             for key in sorted(set(a) | set(b), key=str):
                 walk(f"{prefix}.{key}" if prefix else str(key), a.get(key, "<absent>"), b.get(key, "<absent>"))
-        elif a != b:
+        elif a != b and not (prefix == "trainer.precision" and b == AUTO and a in AUTO_CHOICES):
             changes.append(f"{prefix}: {a} then, {b} now")
 
     walk("", ran, now)

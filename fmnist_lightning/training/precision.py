@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 #: The value of ``trainer.precision`` that this module resolves.
 AUTO = "auto"
 
+#: The precisions ``auto`` resolves to: Lightning's bf16 autocast, and plain fp32.
+BF16, FP32 = "bf16-mixed", "32-true"
+AUTO_CHOICES = (BF16, FP32)
+
 #: CPU flags (``torch.cpu.get_capabilities()`` keys) of native bf16 arithmetic.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -101,19 +105,19 @@ def choose_precision(
     """
     if accelerator == "cuda":
         if cuda_bf16:
-            return "bf16-mixed", "the GPU supports bf16"
-        return "32-true", "the GPU does not support bf16 (compute capability below 8.0)"
+            return BF16, "the GPU supports bf16"
+        return FP32, "the GPU does not support bf16 (compute capability below 8.0)"
     if accelerator != "cpu":
-        return "32-true", f"no bf16 rule for accelerator {accelerator!r}"
+        return FP32, f"no bf16 rule for accelerator {accelerator!r}"
     native = [flag for flag in BF16_CPU_FLAGS if cpu_flags.get(flag)]
     if not native:
         missing = " or ".join(BF16_CPU_FLAGS)
-        return "32-true", f"the CPU has no native bf16 ({missing}), so bf16 would be emulated and slower"
+        return FP32, f"the CPU has no native bf16 ({missing}), so bf16 would be emulated and slower"
     speedup = bf16_speedup()
     measured = f"the CPU has {', '.join(native)} and ran bf16 at {speedup:.2f}× fp32's speed in a probe"
     if speedup >= MIN_CPU_SPEEDUP:
-        return "bf16-mixed", measured
-    return "32-true", f"{measured} (bf16 needs {MIN_CPU_SPEEDUP}× to pay)"
+        return BF16, measured
+    return FP32, f"{measured} (bf16 needs {MIN_CPU_SPEEDUP}× to pay)"
 
 
 def run_accelerator(trainer_cfg: DictConfig) -> str:
