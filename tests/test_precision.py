@@ -53,7 +53,7 @@ def test_choice(accelerator: str, flags: dict, cuda_bf16: bool, speedup, expecte
 def test_the_probe_measures_this_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """A ratio of two timings, kept for the process (whatever it is on this machine), that
     leaves the global random state alone."""
-    monkeypatch.setattr(precision, "_speedups", [])
+    cpu_bf16_speedup.cache_clear()
     state = torch.get_rng_state()
     speedup = cpu_bf16_speedup()
     assert 0.01 < speedup < 100 and cpu_bf16_speedup() == speedup
