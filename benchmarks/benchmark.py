@@ -80,6 +80,18 @@ def recipe_transform(image_size: int, normalize: dict | None):
     return T.Compose(steps)
 
 
+def torchvision_root(data_root: str) -> str:
+    """A new temporary folder for ``torchvision.datasets.FashionMNIST(root)``, which reads
+    ``root/FashionMNIST/raw/``: the verified IDX files of ``data_root`` are linked there."""
+    from fmnist_lightning.data.idx import IDX_SPECS
+
+    root = Path(tempfile.mkdtemp())
+    (root / "FashionMNIST" / "raw").mkdir(parents=True)
+    for spec in IDX_SPECS.values():
+        (root / "FashionMNIST" / "raw" / spec.name).symlink_to(Path(data_root).resolve() / spec.name)
+    return str(root)
+
+
 def plain_loop(cfg, variant: str, warmup: int, n_steps: int) -> float:
     """Variants a and b: a recipe-style training loop. Returns seconds for ``n_steps``."""
     import hydra
@@ -88,7 +100,7 @@ def plain_loop(cfg, variant: str, warmup: int, n_steps: int) -> float:
     from torchvision.datasets import FashionMNIST
 
     from fmnist_lightning.data.datamodule import InMemoryBatches, keep_batch
-    from fmnist_lightning.data.idx import IDX_SPECS, load_split
+    from fmnist_lightning.data.idx import load_split
     from fmnist_lightning.data.transforms import build_preprocess
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -97,12 +109,8 @@ def plain_loop(cfg, variant: str, warmup: int, n_steps: int) -> float:
     optimizer = hydra.utils.instantiate(cfg.optimizer)(net.parameters())
     criterion = torch.nn.CrossEntropyLoss()
     if variant == "a":
-        # torchvision reads root/FashionMNIST/raw/; link the verified files there.
-        root = Path(tempfile.mkdtemp())
-        (root / "FashionMNIST" / "raw").mkdir(parents=True)
-        for spec in IDX_SPECS.values():
-            (root / "FashionMNIST" / "raw" / spec.name).symlink_to(Path(cfg.data.root).resolve() / spec.name)
-        dataset = FashionMNIST(str(root), train=True, transform=recipe_transform(cfg.data.image_size, normalize))
+        root = torchvision_root(cfg.data.root)
+        dataset = FashionMNIST(root, train=True, transform=recipe_transform(cfg.data.image_size, normalize))
         loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True)
         prepare = lambda x: x  # noqa: E731
         memory_format = torch.contiguous_format
@@ -206,7 +214,10 @@ def machine() -> str:
 
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
     cores, threads = len(os.sched_getaffinity(0)), torch.get_num_threads()
-    return f"{cpu}, {cores} cores, torch {torch.__version__}, {threads} threads{gpu}"
+    capabilities = torch.cpu.get_capabilities()
+    flags = [flag for flag in ("avx2", "avx512_f", "avx512_bf16", "amx_bf16") if capabilities.get(flag)]
+    flags_text = ", ".join(flags) or "no avx2 or avx512"
+    return f"{cpu}, {cores} cores ({flags_text}), torch {torch.__version__}, {threads} threads{gpu}"
 
 
 def table(results: list[dict]) -> str:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import hydra
+import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -84,6 +85,41 @@ def test_schedulers_change_the_learning_rate(make_cfg, scheduler: str) -> None:
     assert config["optimizer"].param_groups[0]["lr"] < lr0
 
 
+def test_onecycle_steps_after_every_optimizer_step(make_cfg) -> None:
+    """scheduler=onecycle: Lightning steps it after every optimizer step, over the run's own
+    number of steps (its total_steps: null filled in from the Trainer), warming up to
+    optimizer.lr and annealing far below where it started."""
+    run = build_run(
+        make_cfg(
+            "scheduler=onecycle",
+            "optimizer.lr=0.01",
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=5",
+            "trainer.limit_val_batches=1",
+            "logger=none",
+            "callbacks=none",
+        )
+    )
+    lrs = []
+
+    class RecordLR(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    run.trainer.callbacks.append(RecordLR())
+    run.trainer.fit(run.model, datamodule=run.datamodule)
+    config = run.trainer.lr_scheduler_configs[0]
+    assert config.interval == "step" and config.scheduler.total_steps == 10 == config.scheduler.last_epoch
+    assert len(set(lrs)) == 10  # a new rate for every step
+    assert lrs[0] == pytest.approx(0.01 / 25) and max(lrs) == pytest.approx(0.01, rel=0.1)
+    assert lrs[-1] == pytest.approx(0.01 / 25 / 1e4)  # the last step's: max_lr / div_factor / final_div_factor
+
+
+def test_scheduler_interval_is_checked(make_cfg) -> None:
+    with pytest.raises(ConfigError, match=r"interval='hour': use epoch or step"):
+        build_run(make_cfg("scheduler=onecycle", "scheduler.interval=hour"))
+
+
 def test_callbacks_can_be_switched_off(make_cfg) -> None:
     _, _, trainer = build(make_cfg("callbacks.early_stopping=null", "callbacks.lr_monitor=null"))
     names = {type(c).__name__ for c in trainer.callbacks}
@@ -150,7 +186,8 @@ def test_experiments_follow_their_recipes(make_cfg) -> None:
 
 
 def test_own_experiments(make_cfg) -> None:
-    """experiment=best and experiment=fast: the settings docs/REPRODUCTION.md measured."""
+    """experiment=best and experiment=fast: the settings docs/REPRODUCTION.md (best) and
+    benchmarks/RESULTS.md (fast, "Time to accuracy") measured."""
     assert sorted(set(config_names("experiment")) - {f"recipe_00{i}" for i in range(5)}) == ["best", "fast"]
     best = make_cfg("experiment=best")
     assert best.model._target_.endswith("VGGBNNet") and list(best.model.widths) == [32, 64, 128]
@@ -164,5 +201,6 @@ def test_own_experiments(make_cfg) -> None:
     assert augment["erase"]["value"] == best.data.normalize.mean  # 0 after normalisation, as torchvision's
     assert best.callbacks.early_stopping is None
     fast = make_cfg("experiment=fast")
-    assert list(fast.model.widths) == [16, 32, 64] and fast.model.convs_per_stage == 2
-    assert fast.trainer.max_epochs == 3 and fast.optimizer.lr == 3e-3 and fast.callbacks.early_stopping is None
+    assert list(fast.model.widths) == [16, 32, 64] and fast.model.convs_per_stage == 1 and fast.model.dropout == 0
+    assert fast.scheduler._target_.endswith("OneCycleLR") and fast.scheduler.interval == "step"
+    assert fast.trainer.max_epochs == 2 and fast.optimizer.lr == 5e-3 and fast.callbacks.early_stopping is None

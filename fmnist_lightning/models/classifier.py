@@ -68,7 +68,8 @@ class FashionMNISTClassifier(L.LightningModule):
             finished with the network's parameters; ``None`` for a model that is only
             evaluated.
         scheduler: Config of an LR scheduler with ``_partial_: true``, finished with the
-            optimizer and stepped once per epoch; ``None`` for a constant learning rate.
+            optimizer and stepped once per epoch, or per optimizer step with ``interval:
+            step`` (see ``build_scheduler``); ``None`` for a constant learning rate.
         num_classes: Number of classes (10 for FashionMNIST).
         channels_last: Keep the network's weights and its input batches in the
             channels-last memory format, which oneDNN and cuDNN convolutions run faster.
@@ -219,23 +220,43 @@ class FashionMNISTClassifier(L.LightningModule):
     def build_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler | None:
         """The LR scheduler of the optimizer, built once from ``scheduler`` (``None`` if none).
 
+        The config's ``interval`` key (``epoch``, the default, or ``step``) is Lightning's: it
+        says when the scheduler steps and is not passed to the scheduler. A ``total_steps:
+        null`` (``OneCycleLR``'s argument) is filled in with the run's number of optimizer
+        steps, Lightning's ``estimated_stepping_batches``. Before a Trainer is attached
+        (the config check in ``build_run``), such a scheduler is built with one step to check
+        its arguments, and not kept.
+
         Raises:
             TypeError: ``scheduler`` does not build a ``torch.optim.lr_scheduler.LRScheduler``.
+            ValueError: ``interval`` is neither ``epoch`` nor ``step``.
         """
-        if self._scheduler is None and self.hparams.scheduler is not None:
-            scheduler = hydra.utils.instantiate(self.hparams.scheduler)(self.build_optimizer())
-            if not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
-                raise TypeError(f"builds a {type(scheduler).__name__}, not a torch.optim.lr_scheduler.LRScheduler")
+        if self._scheduler is not None or self.hparams.scheduler is None:
+            return self._scheduler
+        config = dict(self.hparams.scheduler)
+        interval = config.pop("interval", "epoch")
+        if interval not in ("epoch", "step"):
+            raise ValueError(f"interval={interval!r}: use epoch or step")
+        keep = True
+        if "total_steps" in config and config["total_steps"] is None:
+            keep = self._trainer is not None
+            config["total_steps"] = int(self.trainer.estimated_stepping_batches) if keep else 1
+        scheduler = hydra.utils.instantiate(config)(self.build_optimizer())
+        if not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
+            raise TypeError(f"builds a {type(scheduler).__name__}, not a torch.optim.lr_scheduler.LRScheduler")
+        if keep:
             self._scheduler = scheduler
-        return self._scheduler
+        return scheduler
 
     def configure_optimizers(self):
-        """The optimizer and the per-epoch scheduler, if any (the same objects every call)."""
+        """The optimizer and the scheduler, if any (the same objects every call), stepped per
+        epoch or per optimizer step as the scheduler config's ``interval`` says."""
         optimizer, scheduler = self.build_optimizer(), self.build_scheduler()
         if scheduler is None:
             return optimizer
         # "monitor" is only read by ReduceLROnPlateau.
+        interval = self.hparams.scheduler.get("interval", "epoch")
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": "val/loss"},
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": "val/loss"},
         }
