@@ -191,7 +191,7 @@ def table(runs: list[dict]) -> str:
         values = [r["whole_s"] if target is None else (reached(r, target) or (0, None))[1] for r in of(variant)]
         return statistics.median(values) if values and None not in values and len(values) == reps else None
 
-    header = "| variant | final test acc per seed (%) | whole process: s (speed-up) |" + "".join(
+    header = "| variant | test acc after the last epoch, per seed (%) | whole process: s (speed-up) |" + "".join(
         f" to {round(100 * t)} %: s (speed-up), epochs |" for t in TARGETS
     )
     lines = [header, "|---|---|---:|" + "---:|" * len(TARGETS)]

@@ -34,3 +34,30 @@ def test_benchmark_runs_all_variants(data_root: Path, tmp_path: Path) -> None:
     assert all(r["images_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in summary["results"])
     assert summary["results"][3]["batch_size"] == 256
     assert "| recipe_004 |" in summary["table"] and "ratio to a" in summary["table"]
+
+
+@pytest.mark.slow  # about 80 s: four processes, each 2 epochs of 20 batches, and their snapshots tested
+def test_time_to_accuracy_runs_every_variant(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "time_to_accuracy.json"
+    result = run_script(
+        "benchmarks/time_to_accuracy.py",
+        *("--reps", "1", "--epochs", "2", "--limit-batches", "20"),
+        *("--data-root", str(data_root), "--workdir", str(tmp_path / "runs"), "--out", str(out)),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    runs = {r["variant"]: r for r in summary["runs"]}
+    assert list(runs) == ["fast", "fast_before", "recipe_001", "plain_001"]
+    for run in runs.values():
+        # One snapshot per epoch, stamped after the launch and before the process ended.
+        assert len(run["stamps"]) == len(run["test_acc"]) == 2
+        assert run["launched"] < run["stamps"][0] < run["stamps"][1] < run["launched"] + run["whole_s"]
+        assert all(0.3 < acc < 0.95 for acc in run["test_acc"])  # 40 batches train well past chance
+    # The snapshot of the epoch a train.py run tested (its best checkpoint, epoch_NNN counted
+    # from 0) scores what the run's own test report says.
+    fast = Path(runs["fast"]["folder"])
+    best = json.loads((fast / "metrics.json").read_text())["best_checkpoint"]
+    report = json.loads((fast / "report.json").read_text())
+    assert runs["fast"]["test_acc"][int(best[-8:-5])] == pytest.approx(report["accuracy"], abs=1e-4)
+    assert "| fast |" in summary["table"] and "fast / fast_before, whole process" in summary["table"]
+    assert "cores (" in summary["machine"]
