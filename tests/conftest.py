@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -127,3 +128,27 @@ def make_cfg(data_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
 def config_names(group: str) -> list[str]:
     """The option names of a config group, e.g. ``config_names("model")``."""
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def chrome_driver(window: str = "1000,760", *args: str):
+    """Headless Debian chromium through selenium (``window``: width,height in pixels; ``args``:
+    more command-line switches), or a skip naming what to install."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        why = "needs Debian's chromium and chromium-driver: bash scripts/setup.sh --dev"
+        if os.environ.get("CI"):  # CI installs them (.ci/run): a skip there would hide the test
+            pytest.fail(why)
+        pytest.skip(why)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", f"--window-size={window}", *args):
+        options.add_argument(arg)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+
+
+def job_folder(sweep: Path, number: int) -> Path:
+    """Job ``number``'s folder in a sweep folder (``<number>_<swept values>``)."""
+    from fmnist_lightning.training.run_dirs import job_number
+
+    return next(p for p in sweep.iterdir() if p.is_dir() and job_number(p) == number)

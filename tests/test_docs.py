@@ -18,7 +18,17 @@ def test_site_builds_strictly(tmp_path: Path):
     )  # fmt: skip
     assert result.returncode == 0 and "WARNING" not in result.stderr, result.stderr
     site = tmp_path / "site"
-    pages = ["configuration", "runs", "sweeps", "evaluate", "models", "performance", "REPRODUCTION", "clusters"]
+    pages = [
+        "configuration",
+        "runs",
+        "sweeps",
+        "tensorboard",
+        "evaluate",
+        "models",
+        "performance",
+        "REPRODUCTION",
+        "clusters",
+    ]
     assert (site / "index.html").is_file() and all((site / page / "index.html").is_file() for page in pages)
     assert "Training throughput" in (site / "performance" / "index.html").read_text()  # RESULTS.md, included
     reference = (site / "reference" / "index.html").read_text()

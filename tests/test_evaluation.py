@@ -81,7 +81,7 @@ def test_load_trained_gives_eval_net_with_preprocessing(trained_run: Path) -> No
 
 
 def test_tensorboard_has_figures_and_hparams(trained_run: Path) -> None:
-    accumulator = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    accumulator = EventAccumulator(str(trained_run), size_guidance={"images": 0, "scalars": 0})
     accumulator.Reload()
     tags = accumulator.Tags()
     assert {"test/confusion_matrix", "test/misclassified"} <= set(tags["images"])
@@ -96,8 +96,8 @@ def test_tensorboard_has_figures_and_hparams(trained_run: Path) -> None:
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert {m.name.tag for m in experiment.metric_infos} == {"val/acc_best", "test/acc", "test/loss"}
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
-    assert session.hparams["optimizer/lr"].number_value == pytest.approx(1e-3)
-    assert session.hparams["model/_target_"].string_value == "fmnist_lightning.models.TwoConv5x5Net"
-    assert session.hparams["data/image_size"].number_value == 16
+    assert session.hparams["LR"].number_value == pytest.approx(1e-3)
+    assert session.hparams["Model"].string_value == "TwoConv5x5Net"
+    assert session.hparams["image_size"].number_value == 16
     # No placeholder metric.
     assert "hp_metric" not in tags["scalars"]

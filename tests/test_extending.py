@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import run_script
+from conftest import job_folder, run_script
 from fmnist_lightning.data import load_split
 from fmnist_lightning.models import FashionMNISTClassifier
 from fmnist_lightning.training.status import read_status
@@ -88,10 +88,11 @@ def sweep(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_network_of_your_own_appears_in_the_sweep_summary(sweep: Path) -> None:
     summary = (sweep / "summary.md").read_text()
     assert "`model.blocks`" in summary
-    for job in ("0", "1"):
-        status = read_status(sweep / job)
+    for number in (0, 1):
+        job = job_folder(sweep, number)
+        status = read_status(job)
         assert status["status"] == "finished" and status["metrics"]["test/acc"] > 0.3, status
-        assert (sweep / job / "report.json").is_file() and (sweep / job / "curves.png").is_file()
+        assert (job / "report.json").is_file() and (job / "curves.png").is_file()
 
 
 def test_a_model_target_override_is_enough(make_cfg, tmp_path: Path) -> None:
@@ -105,7 +106,7 @@ def test_a_model_target_override_is_enough(make_cfg, tmp_path: Path) -> None:
 
 
 def test_it_resumes_evaluates_and_predicts(sweep: Path, tmp_path: Path) -> None:
-    job = sweep / "0"
+    job = job_folder(sweep, 0)
     result = run_script("train.py", f"resume={job}", "trainer.max_epochs=2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_status(job)["epochs"] == 2
@@ -136,7 +137,7 @@ def _data_root(job: Path) -> str:
 
 def test_load_from_checkpoint_needs_only_the_checkpoint(sweep: Path, tmp_path: Path) -> None:
     """Lightning's own convention: every checkpoint the project writes rebuilds its model."""
-    job = sweep / "1"
+    job = job_folder(sweep, 1)
     for name in [read_status(job)["best_checkpoint"], "checkpoints/last.ckpt"]:
         bare = tmp_path / Path(name).name
         bare.write_bytes((job / name).read_bytes())  # no run folder around it

@@ -62,12 +62,12 @@ def test_tensorboard(runs) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir = runs("tensorboard")
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     assert set(events.Tags()["scalars"]) >= SCALARS
     assert set(events.Tags()["images"]) >= FIGURES
     assert events.Scalars("test/acc")[-1].value == pytest.approx(read_status(run_dir)["metrics"]["test/acc"])
-    assert "model" in yaml.safe_load((run_dir / "tensorboard" / "hparams.yaml").read_text())
+    assert "model" in yaml.safe_load((run_dir / "hparams.yaml").read_text())
 
 
 def test_csv(runs) -> None:

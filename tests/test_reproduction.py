@@ -13,7 +13,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import CONF, REPO, run_script
+from conftest import CONF, REPO, job_folder, run_script
 from fmnist_lightning.evaluation.report import classification_report
 from fmnist_lightning.training.status import write_status
 
@@ -176,7 +176,7 @@ def test_run_then_report_end_to_end(data_root: Path, tmp_path: Path) -> None:
     result = run_script("scripts/reproduce.py", "report", str(sweep), "--doc", str(doc))
     assert result.returncode == 0, result.stderr[-3000:]
     row = next(line for line in doc.read_text().splitlines() if line.startswith("| `recipe_004`"))
-    accs = [json.loads((sweep / str(i) / "metrics.json").read_text())["metrics"]["test/acc"] for i in (0, 1)]
+    accs = [json.loads((job_folder(sweep, i) / "metrics.json").read_text())["metrics"]["test/acc"] for i in (0, 1)]
     assert ", ".join(f"{100 * a:.2f}" for a in accs) in row and "| 1, 1 |" in row
 
 

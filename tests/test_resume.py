@@ -20,7 +20,7 @@ from fmnist_lightning.locks import release_run_folder
 from fmnist_lightning.training.history import read_history
 from fmnist_lightning.training.pipeline import train
 from fmnist_lightning.training.resume import preflight
-from fmnist_lightning.training.run_dirs import new_dir
+from fmnist_lightning.training.run_dirs import SWEPT_KEYS_ENV, job_dir, job_number, new_dir, run_label
 from fmnist_lightning.training.status import read_status
 
 # Three short epochs with everything random switched on: dropout (two_conv_bn), random
@@ -58,7 +58,7 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> Non
 def scalars(run_dir: Path, tag: str) -> dict[int, float]:
     """step → value of one TensorBoard scalar over all event files of a run."""
     values: dict[int, list[float]] = defaultdict(list)
-    for events in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+    for events in sorted(run_dir.glob("events.out.tfevents.*")):
         accumulator = EventAccumulator(str(events))
         accumulator.Reload()
         if tag in accumulator.Tags()["scalars"]:
@@ -200,6 +200,24 @@ def test_new_dir_never_hands_out_a_folder_twice(tmp_path: Path) -> None:
     assert [new_dir(base) for _ in range(3)] == [base, f"{base}_1", f"{base}_2"]
 
 
+def test_folder_labels_name_what_a_run_trains(monkeypatch) -> None:
+    """Run folders end in the experiment (else the model) and the other overrides, sweep jobs
+    in their number and swept values; where data and output go is left out."""
+    assert run_label(None, "three_conv", ["model=three_conv", "trainer.max_epochs=10"]) == "three_conv_max_epochs-10"
+    assert (
+        run_label("fast", "vgg_bn", ["experiment=fast", "seed=1", "data.root=/x", "hydra.run.dir=/y"]) == "fast_seed-1"
+    )
+    assert run_label(None, "two_conv", ["data.augment.flip.p=0.5", "+x=a/b c"]) == "two_conv_flip.p-0.5_x-a-b-c"
+    assert len(run_label(None, "m", [f"key{i}=1" for i in range(40)])) == 60
+    monkeypatch.setenv(SWEPT_KEYS_ENV, "optimizer.lr")
+    assert job_dir(3, ["optimizer.lr=0.01", "trainer.max_epochs=1"]) == "3_lr-0.01"
+    monkeypatch.setenv(SWEPT_KEYS_ENV, "")  # a sweep of one job: nothing varies
+    assert job_dir(0, ["trainer.max_epochs=1"]) == "0"
+    monkeypatch.delenv(SWEPT_KEYS_ENV)  # started without the callback: every override but plumbing
+    assert job_dir(2, ["optimizer.lr=0.01", "data.root=/x"]) == "2_lr-0.01"
+    assert job_number(Path("12_lr-0.1")) == 12 and job_number(Path("summary.md")) == -1
+
+
 def test_runs_started_in_the_same_second_get_their_own_folders(data_root: Path, tmp_path: Path) -> None:
     args = ["debug=fdr", "trainer=cpu", "model=two_conv_5x5", "data.image_size=16", f"data.root={data_root}"]
     processes = [start_script("train.py", *args, cwd=tmp_path) for _ in range(2)]
@@ -236,7 +254,7 @@ def test_ddp_on_two_cpu_processes(data_root: Path, tmp_path: Path) -> None:
     done = read_status(run_dir)
     assert done["status"] == "finished" and done["epochs"] == 2
     assert done["global_step"] == 200  # limit_train_batches counts per process
-    writers = {p.name.split(".")[-2] for p in (run_dir / "tensorboard").glob("events.out.tfevents.*")}
+    writers = {p.name.split(".")[-2] for p in run_dir.glob("events.out.tfevents.*")}
     assert len(writers) == 1, "TensorBoard events from more than one process"
     assert sorted(p.name for p in run_dir.glob("checkpoints/*.ckpt")) == ["epoch_001.ckpt", "last.ckpt"]
     assert {p.name for p in run_dir.glob("*.json")} == {"metrics.json", "report.json"}

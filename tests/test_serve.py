@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
-import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import REPO, run_script
+from conftest import REPO, chrome_driver, run_script
 from fmnist_lightning.data import load_split
 from fmnist_lightning.errors import ArgumentError, RunError
 from fmnist_lightning.evaluation.files import predict_files
@@ -204,22 +203,6 @@ def test_onnx_backend_and_batching_answer_like_torch(served_run: Path, photos) -
         assert httpx.get(running.url + "/info").json()["model"]["backend"] == "onnx"
     for g, want in zip(got, expected, strict=True):  # 16 px: ONNX resizes in float (test_export.py)
         assert g["class"] == want.name and g["probability"] == pytest.approx(want.probability, abs=1e-2)
-
-
-def chrome_driver():
-    """Headless Debian chromium through selenium, or a skip naming what to install."""
-    webdriver = pytest.importorskip("selenium.webdriver")
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        why = "needs Debian's chromium and chromium-driver: bash scripts/setup.sh --dev"
-        if os.environ.get("CI"):  # CI installs them (.ci/run): a skip there would hide the test
-            pytest.fail(why)
-        pytest.skip(why)
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1000,760"):
-        options.add_argument(arg)
-    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from conftest import CONF, run_script
+from conftest import CONF, job_folder, run_script
 from fmnist_lightning.sweeps import read_sweep, summarize
 from fmnist_lightning.training.build import build_run
 from fmnist_lightning.training.status import read_status
@@ -42,7 +42,9 @@ def test_grid_sweep_ends_with_a_summary(data_root: Path, tmp_path: Path) -> None
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+    # Each job's folder: its number and swept values.
+    jobs = ["0_optimizer-adam_seed-1", "1_optimizer-adam_seed-2", "2_optimizer-sgd_seed-1", "3_optimizer-sgd_seed-2"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == jobs
     rows = job_rows(sweep)
     assert [(r["optimizer"], r["seed"], r["status"]) for r in rows] == [
         ("adam", "1", "finished"),
@@ -63,8 +65,10 @@ def test_grid_sweep_ends_with_a_summary(data_root: Path, tmp_path: Path) -> None
         assert float(groups[optimizer]["val/acc_best_std"]) == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
     assert (sweep / "summary.png").stat().st_size > 0
     assert "## Configurations" in result.stdout and "4 jobs, 4 finished" in result.stdout
-    # Every job sets its own overrides file, and its folder name is its job number.
-    assert {"optimizer=sgd", "seed=2"} <= set(yaml.safe_load((sweep / "3" / ".hydra" / "overrides.yaml").read_text()))
+    # Every job sets its own overrides file.
+    assert {"optimizer=sgd", "seed=2"} <= set(
+        yaml.safe_load((sweep / jobs[3] / ".hydra" / "overrides.yaml").read_text())
+    )
 
     again = run_script("summarize.py", f"sweep_dir={sweep}", "metric=test/acc")
     assert again.returncode == 0 and "Ranked by the mean of `test/acc`" in again.stdout, again.stderr[-2000:]
@@ -77,14 +81,14 @@ def test_a_failing_job_does_not_stop_the_sweep(data_root: Path, tmp_path: Path) 
     )
 
     assert result.returncode == 1
-    assert "1 of 3 jobs did not finish (jobs 1)" in result.stderr
+    assert "1 of 3 jobs did not finish (jobs 1_lr--1)" in result.stderr
     assert "Traceback" not in result.stderr
     statuses = [(r["job"], r["status"]) for r in job_rows(sweep)]
-    assert statuses == [("0", "finished"), ("1", "failed"), ("2", "finished")]
-    failed = read_status(sweep / "1")
+    assert statuses == [("0_lr-0.001", "finished"), ("1_lr--1", "failed"), ("2_lr-0.003", "finished")]
+    failed = read_status(sweep / "1_lr--1")
     assert failed["status"] == "failed" and "optimizer.lr=-1" in failed["error"]
     summary = (sweep / "summary.md").read_text()
-    assert "## Not finished" in summary and "job 1 (failed): invalid config" in summary
+    assert "## Not finished" in summary and "job 1_lr--1 (failed): invalid config" in summary
 
 
 def test_optuna_search_in_memory(data_root: Path, tmp_path: Path) -> None:
@@ -101,7 +105,7 @@ def test_optuna_search_in_memory(data_root: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    values = [read_status(sweep / str(i))["metrics"]["val/acc_best"] for i in range(3)]
+    values = [read_status(job_folder(sweep, i))["metrics"]["val/acc_best"] for i in range(3)]
     assert best["best_value"] == pytest.approx(max(values))
     assert set(best["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size", "model.dropout"}
     assert len(job_rows(sweep)) == 3
@@ -156,7 +160,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_without_oversubscribing(data_root
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
-    for job in ("0", "1"):
+    for job in ("0_optimizer-adam", "1_optimizer-sgd"):
         assert read_status(sweep / job)["status"] == "finished"
         log = (sweep / job / "train.log").read_text()
         threads = int(log.split(" intra-op CPU threads")[0].split()[-1])

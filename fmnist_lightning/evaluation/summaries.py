@@ -4,52 +4,104 @@ hyperparameters, through Lightning's logger API only, so every logger gets what 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from lightning.pytorch.loggers import Logger
 
 from fmnist_lightning.evaluation.figures import confusion_matrix_figure, figure_to_array, misclassified_figure
+from fmnist_lightning.evaluation.report import report_markdown
 
-#: The metrics an HParams session compares runs by.
-HPARAM_METRICS = ("val/acc_best", "test/acc", "test/loss")
+#: The metrics an HParams session compares runs by, in the table's column order.
+HPARAM_METRICS = ("test/acc", "val/acc_best", "test/loss")
 
 
-def log_test_summaries(
-    loggers: list[Logger],
-    report: dict[str, Any],
-    misclassified: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    step: int,
-) -> None:
-    """Adds the test report to the run's loggers.
+#: TensorBoard's *Custom Scalars* charts: training and validation together, so that
+#: overfitting shows in one chart, and the learning rate (LearningRateMonitor's ``lr-*``).
+CURVES_LAYOUT = {
+    "curves": {
+        "loss: train and validation": ["Multiline", ["^train/loss$", "^val/loss$"]],
+        "accuracy: train and validation": ["Multiline", ["^train/acc$", "^val/acc$"]],
+        "learning rate": ["Multiline", ["^lr-"]],
+    }
+}
+
+
+def code_block(text: str) -> str:
+    """``text`` as a Markdown code block (indented four spaces), shown verbatim."""
+    return "\n".join(f"    {line}" for line in text.splitlines())
+
+
+def sprite(images: torch.Tensor) -> torch.Tensor:
+    """Images as the network saw them (normalised), float ``(N, 1, S, S)``, scaled to [0, 1]
+    each, for the projector's sprite."""
+    low = images.amin(dim=(1, 2, 3), keepdim=True)
+    high = images.amax(dim=(1, 2, 3), keepdim=True)
+    return (images - low) / (high - low).clamp_min(1e-8)
+
+
+def log_run_start(loggers: list[Logger], config_yaml: str, command: str) -> None:
+    """Gives loggers with ``log_markdown`` the run's composed config (``config``) and its
+    command line (``command``), and those with ``log_layout`` the ``CURVES_LAYOUT``."""
+    for logger in loggers:
+        if hasattr(logger, "log_markdown"):
+            logger.log_markdown("config", code_block(config_yaml))
+            logger.log_markdown("command", code_block(command))
+        if hasattr(logger, "log_layout"):
+            logger.log_layout(CURVES_LAYOUT)
+
+
+def log_test_summaries(loggers: list[Logger], report: dict[str, Any], predictions: Any, step: int) -> None:
+    """Adds the test report to the run's loggers, each as far as it can take it.
 
     Args:
         loggers: The trainer's loggers.
         report: From ``classification_report``.
-        misclassified: Misclassified images (``(K, 1, S, S)``), their true and predicted
-            labels (int64 ``(K,)``), for the figure.
+        predictions: The test set's logits and labels, the misclassified images and the
+            projector's features: a ``fmnist_lightning.evaluation.test_report.Predictions``.
         step: The global step the summaries are logged at.
 
     Every logger gets the per-class test metrics as scalars
     (``test/per_class/<metric>/<class>``, fractions). Loggers with ``log_image(key, images,
     step)`` (TensorBoard, MLflow, W&B) also get the confusion-matrix figure
-    (``test/confusion_matrix``) and a grid of misclassified images (``test/misclassified``).
+    (``test/confusion_matrix``) and a grid of misclassified images (``test/misclassified``);
+    those with ``log_markdown`` the report as Markdown (``report``: the per-class table and
+    the most-confused pairs); those with ``log_pr_curves`` (TensorBoard) one precision–recall
+    curve per class (``test/pr``); those with ``log_embedding`` (TensorBoard, when
+    ``predictions`` holds features) the *Projector*'s points with their true and predicted
+    classes and a sprite (``test/features``).
     """
     per_class = {
         f"test/per_class/{metric}/{c['name'].replace('/', '_')}": c[metric]
         for c in report["per_class"]
         for metric in ("precision", "recall", "f1")
     }
-    figures = {
-        "test/confusion_matrix": confusion_matrix_figure(report["confusion_matrix"], report["class_names"]),
-        "test/misclassified": misclassified_figure(*misclassified, report["class_names"]),
-    }
-    images = {key: figure_to_array(figure) for key, figure in figures.items()}
+    p = predictions
+    images = None
+    if any(hasattr(logger, "log_image") for logger in loggers):  # the figures take a second to draw
+        figures = {
+            "test/confusion_matrix": confusion_matrix_figure(report["confusion_matrix"], report["class_names"]),
+            "test/misclassified": misclassified_figure(
+                p.misclassified, p.misclassified_targets, p.misclassified_preds, report["class_names"]
+            ),
+        }
+        images = {key: figure_to_array(figure) for key, figure in figures.items()}
     for logger in loggers:
         logger.log_metrics(per_class, step=step)
-        if hasattr(logger, "log_image"):
+        if images is not None and hasattr(logger, "log_image"):
             for key, image in images.items():
                 logger.log_image(key=key, images=[image], step=step)
+        if hasattr(logger, "log_markdown"):
+            logger.log_markdown("report", report_markdown(report), step)
+        if hasattr(logger, "log_pr_curves"):
+            logger.log_pr_curves("test/pr", p.logits.softmax(dim=1), p.targets, list(report["class_names"]), step)
+        if p.features is not None and hasattr(logger, "log_embedding"):
+            n, names = len(p.features), report["class_names"]
+            labels = [[names[t], names[q]] for t, q in zip(p.targets[:n].tolist(), p.preds[:n].tolist(), strict=True)]
+            logger.log_embedding(
+                "test/features", p.features, labels, ["label", "predicted"], sprite(p.feature_images), step
+            )
         logger.save()
 
 
@@ -63,30 +115,84 @@ def log_hparams_session(loggers: list[Logger], hparams: dict[str, Any], metrics:
             logger.save()
 
 
-def hparams_of(resolved: dict[str, Any]) -> dict[str, Any]:
-    """The run's hyperparameters as flat ``group/key`` → scalar, for the HParams dashboard.
+#: Command-line keys that are plumbing, not hyperparameters: left out of ``hparams_of``.
+NOT_HPARAMS = (
+    "hydra",
+    "data.root",
+    "data.local_copy",
+    "data.download",
+    "output_dir",
+    "resume",
+    "ckpt_path",
+    "callbacks",
+    "logger",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.limit_",
+    "debug",
+    "optimized_metric",
+)
+
+
+def hparams_of(resolved: dict[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The hyperparameters researchers compare runs by, flat name → scalar, for the HParams
+    dashboard (the whole config goes to the *Text* tab as ``config``).
+
+    TensorBoard's HParams table shows the first five hyperparameters by name until others
+    are ticked. The five compared most are capitalised, which sorts them first: ``Batch
+    size``, ``Epochs``, ``LR``, ``Model`` (the network's class) and ``Optimizer``. The others: ``model/<argument>``,
+    ``weight_decay``, ``scheduler``, ``image_size``, ``augment/<name>/<argument>`` (the
+    augmentations that are on), ``precision``, ``seed``, and every other key set on the
+    command line (``overrides``, which holds every key a sweep varies), by its dotted name.
 
     Args:
         resolved: The run's config as a resolved plain dict
             (``OmegaConf.to_container(cfg, resolve=True)``).
-
-    Paths and Hydra plumbing (``_partial_``, folders) are left out.
+        overrides: The run's command-line overrides (``key=value``; Hydra's ``overrides.task``).
     """
-    skip = {"_partial_", "root", "local_copy", "default_root_dir"}
-    container = {
-        k: resolved[k] for k in ("seed", "data", "model", "optimizer", "scheduler", "trainer") if k in resolved
+
+    def short(node: Any) -> str:
+        return node["_target_"].rsplit(".", 1)[-1] if isinstance(node, dict) and "_target_" in node else "none"
+
+    def scalar(value: Any) -> Any:
+        return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+    model, optimizer = resolved.get("model") or {}, resolved.get("optimizer") or {}
+    data, trainer = resolved.get("data") or {}, resolved.get("trainer") or {}
+    hparams: dict[str, Any] = {
+        "Batch size": data.get("batch_size"),
+        "Epochs": trainer.get("max_epochs"),
+        "LR": optimizer.get("lr"),
+        "Model": short(model),
+        "Optimizer": short(optimizer),
     }
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if key not in skip:
-                    walk(f"{prefix}/{key}" if prefix else key, item)
-        elif isinstance(value, (bool, int, float, str)):
-            flat[prefix] = value
-        else:  # None, lists
-            flat[prefix] = str(value)
-
-    walk("", container)
-    return flat
+    hparams |= {f"model/{k}": v for k, v in model.items() if k not in ("_target_", "image_size")}
+    hparams |= {
+        "weight_decay": optimizer.get("weight_decay"),
+        "scheduler": short(resolved.get("scheduler")),
+        "image_size": data.get("image_size"),
+    }
+    for name, augment in (data.get("augment") or {}).items():
+        hparams |= {f"augment/{name}/{k}": v for k, v in (augment or {}).items() if k != "_target_"}
+    hparams |= {"precision": trainer.get("precision"), "seed": resolved.get("seed")}
+    covered = {
+        "data.batch_size",
+        "trainer.max_epochs",
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "data.image_size",
+        "trainer.precision",
+        "seed",
+        "model",
+        "optimizer",
+        "scheduler",
+    }
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in covered or key.startswith(("model.", "data.augment.")) or key.startswith(NOT_HPARAMS):
+            continue
+        value: Any = resolved
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        hparams[key] = value if value is not None or "=" not in override else override.split("=", 1)[1]
+    return {name: scalar(value) for name, value in hparams.items()}

@@ -43,6 +43,11 @@ class Predictions:
     misclassified: torch.Tensor
     misclassified_targets: torch.Tensor
     misclassified_preds: torch.Tensor
+    #: The input of the network's last linear layer (its penultimate features), float32
+    #: ``(M, D)``, for the first M test images (a logger's ``projector_images``); else ``None``.
+    features: torch.Tensor | None = None
+    #: Those M images as the network saw them, float32 ``(M, 1, S, S)``.
+    feature_images: torch.Tensor | None = None
 
     @property
     def preds(self) -> torch.Tensor:
@@ -93,9 +98,35 @@ class TestReport(Callback):
         self._wrong: list[torch.Tensor] = []
         self._wrong_targets: list[torch.Tensor] = []
         self._wrong_preds: list[torch.Tensor] = []
+        self._features: list[torch.Tensor] = []
+        self._feature_images: list[torch.Tensor] = []
+        self._features_wanted = 0
+        self._take_features = False
+        self._hook: torch.utils.hooks.RemovableHandle | None = None
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reset()
+        # A logger with a projector (TensorBoard's projector_images) gets the penultimate
+        # features of the first test images: the input of the network's last linear layer,
+        # caught by a hook in this same pass. Not under DDP, where ranks see interleaved images.
+        # (Lightning's DummyLogger under fast_dev_run answers every attribute with a function.)
+        wanted = max(
+            (n for logger in trainer.loggers if isinstance(n := getattr(logger, "projector_images", 0), int)), default=0
+        )
+        linears = [m for m in pl_module.net.modules() if isinstance(m, torch.nn.Linear)]
+        if wanted > 0 and linears and trainer.world_size == 1:
+            self._features_wanted = wanted
+            self._hook = linears[-1].register_forward_pre_hook(self._keep_features)
+
+    def _keep_features(self, module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if self._take_features:  # once per batch: flip TTA runs the network a second time
+            self._take_features = False
+            self._features.append(args[0].detach().float().flatten(1).cpu())
+
+    def on_test_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._take_features = sum(len(f) for f in self._features) < self._features_wanted
 
     def on_test_batch_end(
         self,
@@ -110,6 +141,9 @@ class TestReport(Callback):
         logits = outputs.detach().float()
         self._logits.append(logits)
         self._targets.append(targets)
+        needed = self._features_wanted - sum(len(x) for x in self._feature_images)
+        if needed > 0:
+            self._feature_images.append(images[:needed].float().cpu())
         kept = sum(len(w) for w in self._wrong)
         if kept < self.max_images:
             preds = logits.argmax(1)
@@ -119,6 +153,8 @@ class TestReport(Callback):
             self._wrong_preds.append(preds[wrong].cpu())
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._hook is not None:
+            self._hook.remove()
         if not self._logits:  # no test batch ran (trainer.limit_test_batches=0)
             return
         logits, targets = torch.cat(self._logits), torch.cat(self._targets)
@@ -142,16 +178,12 @@ class TestReport(Callback):
             torch.cat(self._wrong),
             torch.cat(self._wrong_targets),
             torch.cat(self._wrong_preds),
+            torch.cat(self._features)[: self._features_wanted] if self._features else None,
+            torch.cat(self._feature_images) if self._feature_images else None,
         )
         report = classification_report(self.predictions.preds, self.predictions.targets, loss=self.predictions.loss)
         report.update(self.extra)
         write_report(report, self.folder)
-        p = self.predictions
-        log_test_summaries(
-            trainer.loggers,
-            report,
-            (p.misclassified, p.misclassified_targets, p.misclassified_preds),
-            trainer.global_step,
-        )
+        log_test_summaries(trainer.loggers, report, self.predictions, trainer.global_step)
         log.info("Test report in %s: accuracy %.4f", self.folder, report["accuracy"])
         self.report = report

@@ -15,6 +15,7 @@ from pathlib import Path
 from fmnist_lightning.artifacts import read_yaml
 from fmnist_lightning.errors import DamagedFileError
 from fmnist_lightning.training.resume import split_override
+from fmnist_lightning.training.run_dirs import job_number
 from fmnist_lightning.training.status import read_status
 
 
@@ -86,4 +87,4 @@ def read_sweep(sweep_dir: str | Path) -> list[Job]:
             f"{sweep_dir} holds no sweep jobs (folders with .hydra/overrides.yaml); "
             "pass a folder under outputs/multirun/"
         )
-    return sorted((read_job(p) for p in folders), key=lambda j: (len(j.folder.name), j.folder.name))
+    return sorted((read_job(p) for p in folders), key=lambda j: (job_number(j.folder), j.folder.name))

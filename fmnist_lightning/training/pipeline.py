@@ -14,14 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 from fmnist_lightning.errors import ConfigError, NonFiniteLossError, RunError, RunInterrupted
 from fmnist_lightning.evaluation.figures import curves_figure
 from fmnist_lightning.evaluation.runs import NET_WEIGHTS, check_checkpoint_fits
-from fmnist_lightning.evaluation.summaries import hparams_of, log_hparams_session
+from fmnist_lightning.evaluation.summaries import hparams_of, log_hparams_session, log_run_start
 from fmnist_lightning.evaluation.test_report import TestReport
 from fmnist_lightning.locks import lock_run_folder, release_run_folder
 from fmnist_lightning.training.build import build_run
 from fmnist_lightning.training.callbacks import RunStatus
 from fmnist_lightning.training.history import EpochHistory, read_history
 from fmnist_lightning.training.precision import record_precision
-from fmnist_lightning.training.processes import cpu_threads, is_child_rank, train_command
+from fmnist_lightning.training.processes import command_line, cpu_threads, is_child_rank, train_command
 from fmnist_lightning.training.resume import discard_resume_attempt, start_checkpoint
 from fmnist_lightning.training.run_dirs import check_writable, checkpoint_dir
 from fmnist_lightning.training.status import read_status
@@ -64,8 +64,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     (``epoch_NNN.ckpt`` for the best ``val/acc`` and ``last.ckpt``), ``net.pt`` (the tested
     network's plain state_dict), the test report (``report.json``, ``report.md``,
     ``confusion_matrix.png``), ``history.csv`` and ``curves.png`` (the metrics of every
-    epoch), the logger's files (``tensorboard/`` by
-    default, with the report's figures, per-class metrics and an HParams session) and
+    epoch), the logger's files (TensorBoard's events by default, in the folder itself, with the
+    report's figures and text, PR curves, projector and an HParams session) and
     ``metrics.json`` (the run's status, kept up to date while it trains; see
     ``RunStatus``).
 
@@ -129,6 +129,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for logger in trainer.loggers:
         logger.log_hyperparams(resolved)
+    log_run_start(trainer.loggers, OmegaConf.to_yaml(resolved), command_line())
     if start is not None:
         log.info("Continuing from %s", start)
     status.write(trainer, "running", epochs=read_status(output_dir).get("epochs", 0) if start else 0, metrics={})
@@ -150,7 +151,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
                 model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
             torch.save(model.net.state_dict(), output_dir / NET_WEIGHTS)
             write_curves(output_dir)
-            log_hparams_session(trainer.loggers, hparams_of(resolved), metrics)
+            log_hparams_session(trainer.loggers, hparams_of(resolved, run_overrides()), metrics)
     except NonFiniteLossError as err:
         status.write(trainer, "failed", epochs=completed(), error=str(err))
         raise

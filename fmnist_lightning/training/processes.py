@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,13 @@ def train_command() -> str:
     ``python train.py`` from a clone, ``fmnist-train`` as installed."""
     name = Path(sys.argv[0]).name
     return f"python {name}" if name.endswith(".py") else name
+
+
+def command_line() -> str:
+    """The command that started this run, shell-quoted: ``train_command()`` and the job's own
+    overrides (a sweep job's, not the sweep's ``-m`` line); ``sys.argv`` outside Hydra."""
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else sys.argv[1:]
+    return shlex.join([*train_command().split(" "), *overrides])
 
 
 def is_child_rank() -> bool:

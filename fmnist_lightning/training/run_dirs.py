@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -42,10 +43,71 @@ def new_dir(path: str) -> str:
             candidate = f"{path}_{n}"
 
 
+#: Command-line keys that say where or how a run is kept, not what it trains: left out of
+#: folder names.
+PLUMBING = ("hydra.", "data.root", "output_dir", "resume", "ckpt_path", "callbacks.", "logger", "trainer.accelerator")
+#: Environment variable holding a sweep's swept keys, comma-separated (set by
+#: ``fmnist_lightning.sweeps.callback.SweptKeys`` when a multirun starts).
+SWEPT_KEYS_ENV = "FMNIST_SWEPT_KEYS"
+#: The longest readable part of a folder name, in characters.
+MAX_LABEL = 60
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _short_key(key: str) -> str:
+    """A key's last part (``optimizer.lr`` → ``lr``), or its last two when the last is
+    a single character (``data.augment.flip.p`` → ``flip.p``)."""
+    parts = key.split(".")
+    return ".".join(parts[-2:]) if len(parts[-1]) == 1 else parts[-1]
+
+
+def _label(overrides: list[str]) -> str:
+    """``key-value`` pairs with short keys (``optimizer.lr=0.01`` → ``lr-0.01``), joined by
+    ``_``, with anything but letters, digits and ``._+-`` made ``-``, and cut to ``MAX_LABEL``
+    characters. No ``=`` or ``,``: a folder name must pass unquoted as a Hydra override's value
+    (``resume=<run folder>``, ``run_dir=...``), where ``=`` is an error and ``,`` a sweep."""
+    text = "_".join(f"{_short_key(_key(o))}-{o.split('=', 1)[1]}" for o in overrides if "=" in o)
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text)[:MAX_LABEL].strip("-_")
+
+
+def run_label(experiment: str | None, model: str | None, overrides: list[str]) -> str:
+    """The readable part of a run folder's name: the experiment (else the model) and the
+    other command-line overrides, e.g. ``three_conv_max_epochs-10`` for ``python train.py
+    model=three_conv trainer.max_epochs=10``, ``fast_seed-1`` for ``experiment=fast seed=1``.
+    At most ``MAX_LABEL`` characters. The ``fmnist.run_label`` resolver of
+    ``conf/hydra/default.yaml``."""
+    kept = [o for o in overrides if _key(o) not in ("experiment", "model") and not _key(o).startswith(PLUMBING)]
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "-", str(experiment or model or "run"))
+    return f"{name}_{_label(kept)}"[:MAX_LABEL].strip("-_") if _label(kept) else name[:MAX_LABEL]
+
+
+def job_dir(number: int, overrides: list[str]) -> str:
+    """A sweep job's folder name: its number and its swept values, e.g. ``3_lr-0.01_seed-1``.
+    The swept keys are those of ``SWEPT_KEYS_ENV``; without it (a sweep started otherwise),
+    every override but the plumbing. The ``fmnist.job_dir`` resolver of ``conf/hydra/default.yaml``."""
+    swept = os.environ.get(SWEPT_KEYS_ENV)
+    keys = set(swept.split(",")) if swept is not None else None
+    kept = [o for o in overrides if (_key(o) in keys if keys is not None else not _key(o).startswith(PLUMBING))]
+    return f"{number}_{_label(kept)}" if _label(kept) else str(number)
+
+
+def job_number(folder: Path) -> int:
+    """The job number a sweep job's folder name starts with (``3`` of ``3_lr-0.01``); -1 if none."""
+    head = folder.name.split("_", 1)[0]
+    return int(head) if head.isdigit() else -1
+
+
 def register_resolvers() -> None:
     """Registers the ``fmnist.*`` OmegaConf resolvers used by ``conf/hydra/``."""
     if not OmegaConf.has_resolver("fmnist.new_dir"):
         OmegaConf.register_new_resolver("fmnist.new_dir", new_dir, use_cache=True)
+    if not OmegaConf.has_resolver("fmnist.run_label"):
+        OmegaConf.register_new_resolver("fmnist.run_label", lambda e, m, o: run_label(e, m, list(o)))
+    if not OmegaConf.has_resolver("fmnist.job_dir"):
+        OmegaConf.register_new_resolver("fmnist.job_dir", lambda n, o: job_dir(n, list(o)))
 
 
 def is_run_folder(folder: Path) -> bool:
