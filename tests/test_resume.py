@@ -284,8 +284,8 @@ def test_ddp_in_a_multirun_uses_spawn(data_root: Path, tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert "using ddp_spawn" in output
     assert output.count("Launching 2 jobs") == 1  # the sweep was not started again
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
-    assert all(read_status(sweep / job)["status"] == "finished" for job in ("0", "1"))
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_seed-1", "1_seed-2"]
+    assert all(read_status(sweep / job)["status"] == "finished" for job in ("0_seed-1", "1_seed-2"))
 
 
 def test_preflight_rewrites_resume_once(trained_run: Path) -> None:
