@@ -59,6 +59,7 @@ def test_wheel_carries_the_configs_and_scripts(wheel: Path):
     assert "fmnist_lightning/serving/page.html" in names  # the server's web page
 
 
+@pytest.mark.slow  # about 30 s: a fresh venv, the wheel installed, and two commands run
 def test_installed_wheel_trains_from_any_folder(wheel: Path, data_root: Path, tmp_path: Path):
     """``pip install`` of the wheel into a fresh venv, then ``fmnist-train debug=fdr`` from an
     unrelated folder: the configs come from the installed package, outputs/ from the folder."""
