@@ -5,15 +5,20 @@
 #   2. a virtual environment in .venv (Python 3.11: torch 2.14.1 wheels);
 #   3. this project, editable, with its test dependencies;
 #   4. with --dev only: Debian's chromium and chromium-driver, for the test that drives the
-#      server's web page in a headless browser (skipped without them).
+#      server's web page in a headless browser (skipped without them);
+#   5. with --cluster only: SLURM (slurmctld, slurmd, slurm-client, munge) and PostgreSQL, for
+#      the one-node cluster of scripts/local_cluster.sh and the `cluster` tests, and the
+#      PostgreSQL driver for shared Optuna studies (the extra `cluster`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dev=false
+cluster=false
 for arg in "$@"; do
   case "$arg" in
     --dev) dev=true ;;
-    *) echo "setup: unknown option $arg (the only option is --dev)" >&2; exit 2 ;;
+    --cluster) cluster=true ;;
+    *) echo "setup: unknown option $arg (the options are --dev and --cluster)" >&2; exit 2 ;;
   esac
 done
 
@@ -41,13 +46,24 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 echo "setup: installing fmnist-lightning and its dependencies into .venv"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+extras=dev
+if $cluster; then extras=dev,cluster; fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$extras]"
 if $dev && ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing chromium and chromium-driver (--dev)"
     apt_install chromium chromium-driver
   else
     echo "setup: no apt-get here; install chromium and its chromedriver for the browser test" >&2
+  fi
+fi
+if $cluster && ! { command -v sbatch && PATH="$PATH:/usr/sbin" command -v slurmctld \
+    && ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing SLURM, munge and PostgreSQL (--cluster)"
+    apt_install slurmctld slurmd slurm-client munge postgresql
+  else
+    echo "setup: no apt-get here; install SLURM (slurmctld, slurmd, munge) and PostgreSQL for the cluster tests" >&2
   fi
 fi
 echo "setup: done"

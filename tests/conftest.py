@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, IDX_SPECS, ensure_files, find_file
 from fmnist_lightning.models.nets import TwoConv5x5Net
@@ -152,3 +154,16 @@ def job_folder(sweep: Path, number: int) -> Path:
     from fmnist_lightning.training.run_dirs import job_number
 
     return next(p for p in sweep.iterdir() if p.is_dir() and job_number(p) == number)
+
+
+def scalars(run_dir: Path, tag: str) -> dict[int, float]:
+    """step → value of one TensorBoard scalar over all event files of a run."""
+    values: dict[int, list[float]] = defaultdict(list)
+    for events in sorted(run_dir.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            for event in accumulator.Scalars(tag):
+                values[event.step].append(event.value)
+    assert all(len(v) == 1 for v in values.values()), f"{tag} logged twice at a step: {dict(values)}"
+    return {step: v[0] for step, v in values.items()}

@@ -7,14 +7,12 @@ import csv
 import signal
 import subprocess
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import run_script, start_script
+from conftest import run_script, scalars, start_script
 from fmnist_lightning.errors import NonFiniteLossError, RunError
 from fmnist_lightning.locks import release_run_folder
 from fmnist_lightning.training.history import read_history
@@ -53,19 +51,6 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> Non
             process.kill()
             pytest.fail(f"{path} did not appear within {timeout} s")
         time.sleep(0.02)
-
-
-def scalars(run_dir: Path, tag: str) -> dict[int, float]:
-    """step → value of one TensorBoard scalar over all event files of a run."""
-    values: dict[int, list[float]] = defaultdict(list)
-    for events in sorted(run_dir.glob("events.out.tfevents.*")):
-        accumulator = EventAccumulator(str(events))
-        accumulator.Reload()
-        if tag in accumulator.Tags()["scalars"]:
-            for event in accumulator.Scalars(tag):
-                values[event.step].append(event.value)
-    assert all(len(v) == 1 for v in values.values()), f"{tag} logged twice at a step: {dict(values)}"
-    return {step: v[0] for step, v in values.items()}
 
 
 def csv_rows(run_dir: Path, key: str) -> list[tuple[str, str]]:

@@ -21,6 +21,7 @@ from fmnist_lightning.errors import RunInterrupted, UserError
 from fmnist_lightning.training.processes import in_multirun
 from fmnist_lightning.training.resume import run_command_line
 from fmnist_lightning.training.run_dirs import register_resolvers
+from fmnist_lightning.training.slurm import continue_requeued, in_submitit_job, requeue
 from fmnist_lightning.training.status import record_failure
 
 log = logging.getLogger("train")
@@ -33,10 +34,16 @@ def train_run(cfg: DictConfig) -> float:
     the trial and goes on (a NaN would stop hydra-optuna-sweeper)."""
     from fmnist_lightning.training.pipeline import train  # Lightning: after Hydra's own checks
 
+    continue_requeued(cfg)  # a sweep job that SLURM started again after a requeue
     try:
         metrics = train(cfg)
-    except RunInterrupted as err:  # stops a whole sweep too
-        raise SystemExit(f"stopped: {err}") from None
+    except RunInterrupted as err:
+        if in_submitit_job():  # a sweep job on SLURM, alone in its process
+            if requeue():  # no result yet: the sweep waits for the job's next start
+                raise SystemExit(f"requeued: {err}") from None
+            log.error("stopped: %s", err)
+            return worst_value(cfg)
+        raise SystemExit(f"stopped: {err}") from None  # stops a whole sweep too
     except UserError as err:
         # Expected, user-fixable problems: the message says what and how, no traceback.
         return failed(cfg, f"error: {err}")
@@ -54,6 +61,11 @@ def failed(cfg: DictConfig, message: str) -> float:
         raise SystemExit(message)
     log.error(message)
     record_failure(Path(cfg.output_dir), message.removeprefix("error: "))
+    return worst_value(cfg)
+
+
+def worst_value(cfg: DictConfig) -> float:
+    """The worst value of ``optimized_metric``: +inf for a loss, else -inf."""
     return math.inf if str(cfg.get("optimized_metric", "")).endswith("loss") else -math.inf
 
 

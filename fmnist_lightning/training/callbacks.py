@@ -15,16 +15,19 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from fmnist_lightning.training.slurm import time_limit_signal
 from fmnist_lightning.training.status import write_status
 
 log = logging.getLogger(__name__)
 
 
 class InterruptCheckpoint(Callback):
-    """Saves ``<dirpath>/last.ckpt`` when training is stopped by Ctrl-C or SIGTERM.
+    """Saves ``<dirpath>/last.ckpt`` when training is stopped by Ctrl-C or SIGTERM (or, in a
+    sweep job on SLURM, by submitit's time-limit signal, SIGUSR2: see ``training.slurm``).
 
     Lightning turns SIGTERM into a clean stop after the current batch. This callback makes
-    the first Ctrl-C do the same (a second one stops at once, without a checkpoint), then
+    the first Ctrl-C (and the time-limit signal) do the same (a second Ctrl-C stops at once,
+    without a checkpoint), then
     saves the full training state (weights, optimizer, scheduler, loop position, callbacks,
     random generators) over ``last.ckpt``, so ``resume=<run folder>`` loses no finished
     batch. A checkpoint taken mid-epoch resumes mid-epoch; the rest of that epoch then draws
@@ -40,11 +43,14 @@ class InterruptCheckpoint(Callback):
 
     def __init__(self, dirpath: str | Path) -> None:
         self.dirpath = Path(dirpath)
-        self._previous_sigint: Any = None
+        self._previous: dict[signal.Signals, Any] = {}
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        log.warning("Ctrl-C: stopping after this batch and saving a checkpoint (press Ctrl-C again to stop at once)")
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT:
+            log.warning("Ctrl-C: stopping after this batch and saving a checkpoint (Ctrl-C again stops at once)")
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        else:
+            log.warning("%s: stopping after this batch and saving a checkpoint", signal.Signals(signum).name)
         sigterm_handler = signal.getsignal(signal.SIGTERM)
         if not callable(sigterm_handler):  # Lightning's handler is not installed yet
             raise KeyboardInterrupt
@@ -52,12 +58,13 @@ class InterruptCheckpoint(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and threading.current_thread() is threading.main_thread():
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+            for signum in filter(None, (signal.SIGINT, time_limit_signal())):
+                self._previous[signum] = signal.signal(signum, self._on_stop_signal)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._previous_sigint is not None:
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
+        while self._previous:
+            signum, handler = self._previous.popitem()
+            signal.signal(signum, handler)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):

@@ -124,6 +124,15 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         trainer.precision,
         torch.get_num_threads(),
     )
+    if trainer.world_size > 1:  # which process this is, and who said so (SLURM, torchrun, Lightning)
+        environment = getattr(trainer.strategy, "cluster_environment", None)
+        log.info(
+            "Process rank %d of %d (node %d), from %s",
+            trainer.global_rank,
+            trainer.world_size,
+            trainer.node_rank,
+            type(environment).__name__,
+        )
     datamodule.prepare_data()  # fail on missing or bad files before any training work
 
     resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -26,6 +26,8 @@ def train_command() -> str:
     """How the user started training, for messages that tell them what to run next:
     ``python train.py`` from a clone, ``fmnist-train`` as installed."""
     name = Path(sys.argv[0]).name
+    if name == "_submit.py":  # a sweep job that submitit started on SLURM
+        return "fmnist-train"
     return f"python {name}" if name.endswith(".py") else name
 
 
@@ -52,8 +54,13 @@ def cpu_threads(cfg: DictConfig) -> int:
     """Intra-op threads for this process: the cores it may use (containers and taskset limit
     them), shared out among the jobs a parallel launcher runs at once
     (``hydra.launcher.n_jobs``) and the processes of a multi-process CPU run
-    (``trainer=ddp``), so that they do not oversubscribe the cores."""
+    (``trainer=ddp``), so that they do not oversubscribe the cores. In a SLURM task, the
+    cores are at most the task's ``SLURM_CPUS_PER_TASK`` (a cluster without CPU binding
+    leaves the whole machine in the affinity mask), and one task is one process."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm_cpus.isdigit() and "SLURM_PROCID" in os.environ:
+        return max(1, min(cores, int(slurm_cpus)))
     devices = cfg.trainer.get("devices")
     on_cpu = cfg.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()
     processes = devices if on_cpu and isinstance(devices, int) and devices > 1 else 1

@@ -81,7 +81,7 @@ def preflight(argv: list[str]) -> list[str]:
     resume = _value(args, "resume")
     if resume in (None, "null"):
         if is_child_rank():  # DDP children and SLURM tasks share rank 0's run folder on purpose
-            return argv
+            return _without_hydra_files(argv)
         run_dir = _value(args, "hydra.run.dir")
         check_can_create(Path((_value(args, "hydra.sweep.dir") if multirun else run_dir) or "outputs"))
         if not multirun and run_dir and holds_run(Path(run_dir)):
@@ -122,27 +122,39 @@ def preflight(argv: list[str]) -> list[str]:
             "Pass a folder under outputs/runs/ or outputs/multirun/<sweep>/<job>/."
         )
     folder = folder.resolve()
-    lock_run_folder(folder)  # held until this process ends: one writer, refused before Hydra writes
+    if not is_child_rank():  # rank 0 holds the lock for the other tasks of a SLURM job
+        lock_run_folder(folder)  # held until this process ends: one writer, refused before Hydra writes
     try:  # the files a resume reads back, before Hydra reads the config or writes anything
         load_run_config(folder)
         read_status(folder)
         read_history(folder)
     except RunError:
-        release_run_folder(folder)
+        release_run_folder(folder)  # (a no-op where the lock is not held)
         raise
     attempt = f"{RESUME_SUBDIR_PREFIX}{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
     others = [a for a in args if _value([a], "resume") is None]
-    return [
-        argv[0],
-        "-cp",
-        str(folder / ".hydra"),
-        "-cn",
-        "config",
-        *others,
-        f"++resume={folder}",
-        f"hydra.run.dir={folder}",
-        f"hydra.output_subdir=.hydra/{attempt}",
-    ]
+    return _without_hydra_files(
+        [
+            argv[0],
+            "-cp",
+            str(folder / ".hydra"),
+            "-cn",
+            "config",
+            *others,
+            f"++resume={folder}",
+            f"hydra.run.dir={folder}",
+            f"hydra.output_subdir=.hydra/{attempt}",
+        ]
+    )
+
+
+def _without_hydra_files(argv: list[str]) -> list[str]:
+    """``argv`` for a task of a multi-process SLURM job other than rank 0: Hydra writes no
+    ``.hydra/`` files (``hydra.output_subdir=null``), since rank 0 writes them. Unchanged in
+    rank 0. (Lightning's own DDP children pass ``hydra.output_subdir=null`` themselves.)"""
+    if not is_child_rank():
+        return argv
+    return [a for a in argv if not a.startswith("hydra.output_subdir=")] + ["hydra.output_subdir=null"]
 
 
 def run_command_line() -> None:

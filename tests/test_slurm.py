@@ -1,0 +1,119 @@
+"""The SLURM rules that need no cluster: which signal stops a sweep job, which job is
+requeued and continued, CPU threads in a SLURM task, and the other tasks of an srun job.
+tests/test_cluster.py runs all of it on a real one-node cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+from fmnist_lightning import locks
+from fmnist_lightning.training import slurm
+from fmnist_lightning.training.callbacks import InterruptCheckpoint
+from fmnist_lightning.training.processes import cpu_threads
+from fmnist_lightning.training.resume import preflight
+from fmnist_lightning.training.status import write_status
+
+SLURM_VARIABLES = ("SUBMITIT_EXECUTOR", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")
+
+
+@pytest.fixture
+def submitit_job(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The environment of task 1 of array job 7, started by submitit."""
+    for name, value in zip(SLURM_VARIABLES, ("slurm", "9", "7", "1"), strict=True):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv(slurm.SUBMITIT_SIGNAL_ENV, raising=False)
+    return monkeypatch
+
+
+def test_time_limit_signal_and_job_id(monkeypatch: pytest.MonkeyPatch, submitit_job: pytest.MonkeyPatch) -> None:
+    assert slurm.time_limit_signal() == signal.SIGUSR2
+    assert slurm.job_id() == "7_1"
+    monkeypatch.setenv(slurm.SUBMITIT_SIGNAL_ENV, "TERM")
+    assert slurm.time_limit_signal() == signal.SIGTERM
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID")
+    assert slurm.job_id() == "9"
+    monkeypatch.delenv("SUBMITIT_EXECUTOR")
+    assert slurm.time_limit_signal() is None and not slurm.in_submitit_job()
+
+
+def interrupted_run(folder: Path, status: str = "interrupted", checkpoint: bool = True) -> None:
+    write_status(folder, status, epochs=1, global_step=30)
+    if checkpoint:
+        (folder / "checkpoints").mkdir()
+        (folder / "checkpoints" / "last.ckpt").write_bytes(b"state")
+
+
+@pytest.mark.parametrize(
+    ("status", "checkpoint", "in_job", "continues"),
+    [
+        ("interrupted", True, True, True),
+        ("interrupted", False, True, False),  # nothing to continue from: it starts again
+        ("failed", True, True, False),
+        ("finished", True, True, False),
+        ("interrupted", True, False, False),  # outside SLURM only resume= continues a run
+    ],
+)
+def test_continue_requeued(
+    make_cfg: Callable[..., DictConfig],
+    tmp_path: Path,
+    submitit_job: pytest.MonkeyPatch,
+    status: str,
+    checkpoint: bool,
+    in_job: bool,
+    continues: bool,
+) -> None:
+    """A requeued sweep job continues its interrupted run, and nothing else does."""
+    cfg = make_cfg()
+    interrupted_run(tmp_path, status, checkpoint)
+    submitit_job.setattr(slurm, "in_multirun", lambda: True)
+    if not in_job:
+        submitit_job.delenv("SUBMITIT_EXECUTOR")
+    assert slurm.continue_requeued(cfg) is continues
+    assert cfg.get("resume") == (str(tmp_path.resolve()) if continues else None)
+
+
+def test_time_limit_signal_stops_like_sigterm(submitit_job: pytest.MonkeyPatch) -> None:
+    """In a submitit job, SIGUSR2 during fit goes to the SIGTERM handler (Lightning's, which
+    stops after the batch); teardown puts the earlier handlers back."""
+    received: list[int] = []
+    previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    previous_usr2 = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        callback = InterruptCheckpoint("unused")
+        callback.setup(None, None, "fit")
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert received == [signal.SIGUSR2]
+        callback.teardown(None, None, "fit")
+        assert signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) == sigint
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGUSR2, previous_usr2)
+
+
+def test_cpu_threads_in_a_slurm_task(make_cfg: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SLURM task uses its SLURM_CPUS_PER_TASK, whatever the affinity mask allows."""
+    cfg = make_cfg()
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    monkeypatch.delenv("SLURM_PROCID", raising=False)
+    unbound = cpu_threads(cfg)
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert cpu_threads(cfg) == 1
+    assert unbound == len(os.sched_getaffinity(0))
+
+
+def test_other_srun_tasks_write_no_hydra_files(trained_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Task 1 of an srun job neither takes the run folder's lock (rank 0 holds it for all)
+    nor writes Hydra's files, for a new run and for resume=."""
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert preflight(["train.py", "trainer=ddp"]) == ["train.py", "trainer=ddp", "hydra.output_subdir=null"]
+    argv = preflight(["train.py", f"resume={trained_run}"])
+    assert argv[-1] == "hydra.output_subdir=null" and f"++resume={trained_run.resolve()}" in argv
+    assert trained_run.resolve() not in locks._held
