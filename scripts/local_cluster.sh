@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on this machine, for the cluster tests and for trying the cluster
 # path before a real cluster (docs/clusters.md):
-#   sudo scripts/local_cluster.sh start    # munge, slurmctld and slurmd; prints the export line
-#   eval "$(scripts/local_cluster.sh env)" # SLURM_CONF for sbatch, squeue, sacct, srun
-#   sudo scripts/local_cluster.sh status   # running or not, and sinfo
-#   sudo scripts/local_cluster.sh stop
+#   scripts/local_cluster.sh start         # as root: munge, slurmctld, slurmd; prints the export line
+#   eval "$(scripts/local_cluster.sh env)" # SLURM_CONF for sbatch, squeue, scancel, srun
+#   scripts/local_cluster.sh status        # running or not, and sinfo
+#   scripts/local_cluster.sh stop          # as root
 # The config is generated into $FMNIST_CLUSTER_DIR (default /tmp/fmnist-cluster): one node,
 # this machine, with its CPU count and 90 % of its memory, in one partition named "local".
 # Start and stop are idempotent. SLURM's daemons run as root here, as on a real cluster.
@@ -19,7 +19,8 @@ command=${1:-}
 fail() { echo "local_cluster: $*" >&2; exit 1; }
 
 require_root() {
-  [ "$(id -u)" -eq 0 ] || fail "$command needs root, since slurmctld, slurmd and munged run as root: sudo $0 $command"
+  [ "$(id -u)" -eq 0 ] || fail "$command needs root, since slurmctld, slurmd and munged run as root;" \
+    "run it as root, e.g. sudo $0 $command"
 }
 
 require_packages() {

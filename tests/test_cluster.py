@@ -92,9 +92,9 @@ def wait_for_job(env: dict[str, str], job: str, timeout: float = 300) -> str:
     return job_state(env, job)
 
 
-def test_local_cluster_script(slurm: dict[str, str]) -> None:
-    """Starting again is a no-op; status shows the partition; a non-root user is refused
-    with what to run."""
+def test_local_cluster_script(slurm: dict[str, str], tmp_path: Path) -> None:
+    """Starting again is a no-op; status shows the partition; a non-root user, and a machine
+    without the packages, are refused with what to run."""
     again = subprocess.run(["bash", str(CLUSTER_SCRIPT), "start"], capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
     status = subprocess.run(["bash", str(CLUSTER_SCRIPT), "status"], capture_output=True, text=True, timeout=60)
@@ -102,6 +102,14 @@ def test_local_cluster_script(slurm: dict[str, str]) -> None:
     as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", str(CLUSTER_SCRIPT), "start"]
     refused = subprocess.run(as_nobody, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and "needs root" in refused.stderr and "sudo" in refused.stderr, refused.stderr
+    bare = tmp_path / "bin"  # a PATH with `id` and without SLURM's client commands
+    bare.mkdir()
+    (bare / "id").symlink_to(shutil.which("id"))
+    no_packages = subprocess.run(
+        ["/bin/bash", str(CLUSTER_SCRIPT), "start"], env={"PATH": str(bare)}, capture_output=True, text=True
+    )
+    assert no_packages.returncode == 1, no_packages.stderr
+    assert "missing sbatch sinfo" in no_packages.stderr and "apt-get install -y slurmctld" in no_packages.stderr
 
 
 GRID = ["trainer.max_epochs=1", "optimizer=adam,sgd", "seed=1,2", "logger=csv"]

@@ -290,4 +290,4 @@ def test_preflight_lets_ddp_children_into_their_parents_folder(
     with pytest.raises(RunError, match="already holds a run"):
         preflight(argv)
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert preflight(argv) == argv
+    assert preflight(argv) == [*argv, "hydra.output_subdir=null"]  # rank 0 writes the Hydra files
