@@ -53,6 +53,7 @@ def interrupted_run(folder: Path, status: str = "interrupted", checkpoint: bool 
     ("status", "checkpoint", "in_job", "continues"),
     [
         ("interrupted", True, True, True),
+        ("running", True, True, True),  # the attempt died (a node failure) and SLURM requeued the job
         ("interrupted", False, True, False),  # nothing to continue from: it starts again
         ("failed", True, True, False),
         ("finished", True, True, False),

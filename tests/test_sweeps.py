@@ -167,6 +167,19 @@ def test_joblib_launcher_runs_jobs_in_parallel_without_oversubscribing(data_root
         assert threads == max(1, len(os.sched_getaffinity(0)) // 2)
 
 
+@pytest.mark.parametrize(
+    "storage",
+    ["postgresql://postgres@127.0.0.1:1/optuna", "sqlite:////nonexistent/folder/optuna.db"],
+    ids=["no-server", "no-folder"],
+)
+def test_an_optuna_database_that_cannot_be_opened_is_refused(storage: str, tmp_path: Path) -> None:
+    """One line naming the storage, before any trial (the OptunaStorage callback)."""
+    result = run_script("train.py", "hparams_search=three_conv_tpe", f"hydra.sweeper.storage={storage}", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"error: hydra.sweeper.storage={storage}: cannot open the database" in result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.glob("outputs/multirun/*/*/metrics.json"))
+
+
 def test_slurm_launcher_config_composes() -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(
@@ -182,6 +195,12 @@ def test_slurm_launcher_config_composes() -> None:
         120,
         120,
     )
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        local = compose(
+            "train", overrides=["hydra/launcher=slurm_local", "output_dir=unused"], return_hydra_config=True
+        ).hydra.launcher
+    assert (local.partition, local.gpus_per_node, local.cpus_per_task, list(local.setup)) == ("local", 0, 1, [])
+    assert local.array_parallelism == launcher.array_parallelism  # the rest is slurm.yaml's
 
 
 def fake_job(

@@ -87,9 +87,12 @@ def requeue() -> bool:
 def continue_requeued(cfg: DictConfig) -> bool:
     """Makes a sweep job that SLURM started again continue its interrupted run.
 
-    Applies inside a submitit job of a multirun whose folder holds a run that stopped with
-    ``status: interrupted`` and a ``last.ckpt``: sets ``cfg.resume`` to the folder, as
-    ``resume=<job folder>`` would.
+    Applies inside a submitit job of a multirun whose folder holds a run with a
+    ``last.ckpt`` and ``status: interrupted`` (it stopped on a signal and requeued itself) or
+    ``running`` (the attempt died without a word, e.g. on a failed node, and SLURM requeued
+    the job; it continues from the last end-of-epoch checkpoint): sets ``cfg.resume`` to the
+    folder, as ``resume=<job folder>`` would. A job folder holds a run only when an earlier
+    attempt of the same job wrote it.
 
     Args:
         cfg: The job's composed config; changed in place.
@@ -100,7 +103,8 @@ def continue_requeued(cfg: DictConfig) -> bool:
     if not (in_submitit_job() and in_multirun()) or cfg.get("resume"):
         return False
     output_dir = Path(cfg.output_dir).resolve()
-    if not (checkpoint_dir(cfg) / "last.ckpt").is_file() or read_status(output_dir).get("status") != "interrupted":
+    status = read_status(output_dir).get("status")
+    if status not in ("interrupted", "running") or not (checkpoint_dir(cfg) / "last.ckpt").is_file():
         return False
     with open_dict(cfg):
         cfg.resume = str(output_dir)
