@@ -1,4 +1,5 @@
-"""Reading back the files of a run folder, refusing damaged ones with one clear error.
+"""Reading back the files of a run folder, refusing damaged ones with one clear error; and
+writing the files that are rewritten while a run goes on, so that none is ever half written.
 
 Every file a command reads back from a run folder goes through one of these readers:
 ``.hydra/config.yaml`` and ``overrides.yaml`` (``read_yaml``), ``metrics.json``
@@ -8,6 +9,10 @@ another shape, a YAML list where a mapping belongs), raises ``DamagedFileError``
 ``RunError`` whose message names the file, what is wrong with it and what to do. Files that
 do not exist are the callers' business (a missing ``metrics.json`` is normal before the
 first epoch).
+
+``write_atomically`` replaces a file whole (``metrics.json``, ``history.csv``, the saved
+config, the dataset's decompressed files): a reader, or a process killed mid-write, sees the
+old file or the new one, never a mix.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +109,22 @@ def load_tensors(path: Path, fix: str, mmap: bool = False) -> Any:
     except Exception as err:  # EOFError, RuntimeError, UnpicklingError, ...: all mean unreadable
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise DamagedFileError(path, f"torch cannot load it ({first})", fix) from None
+
+
+def write_atomically(path: Path, data: str | bytes) -> None:
+    """Writes ``data`` (text as UTF-8) to ``path`` through a temporary file beside it, then
+    renames it over ``path``; the temporary file is removed if writing fails. The file gets
+    mode 0644, like a plain write under the usual umask.
+
+    Raises:
+        OSError: The folder is not writable or the disk is full (``path`` is then unchanged).
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

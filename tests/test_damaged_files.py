@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import random
 import shutil
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import torch
 from PIL import Image
 
 from conftest import run_script
+from fmnist_lightning.artifacts import write_atomically
 from fmnist_lightning.errors import RunError
 from fmnist_lightning.evaluation.runs import load_trained
 from fmnist_lightning.models.nets import TwoConvBNNet
@@ -157,3 +159,20 @@ def test_load_trained_refuses_a_damaged_file(trained_run: Path, tmp_path: Path, 
     with pytest.raises(RunError) as refused:
         load_trained(run, WEIGHTS.get(artifact, "net.pt"))
     assert str(file) in str(refused.value)
+
+
+def test_a_failed_write_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """write_atomically (metrics.json, history.csv, the saved config, the dataset's files):
+    when the write fails, e.g. on a full disk, the old file stays whole and no temporary file
+    is left."""
+    path = tmp_path / "metrics.json"
+    write_atomically(path, "old\n")
+    assert path.read_text() == "old\n" and path.stat().st_mode & 0o777 == 0o644
+
+    def full_disk(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_atomically(path, b"new")
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

@@ -12,7 +12,6 @@ import gzip
 import hashlib
 import logging
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmnist_lightning.artifacts import write_atomically
 from fmnist_lightning.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -166,19 +166,6 @@ def read_idx(path: Path, spec: IdxSpec) -> torch.Tensor:
     return torch.from_numpy(array.copy())
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a temporary file, so no half-written file is left."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these files are plain shared data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def ensure_files(root: str | os.PathLike, local_copy: str | os.PathLike | None, download: bool) -> None:
     """Makes sure the four IDX files are in ``root``.
 
@@ -213,7 +200,7 @@ def ensure_files(root: str | os.PathLike, local_copy: str | os.PathLike | None, 
             source = find_file(local_copy, spec)
             log.info("Copying %s to %s", source, root / spec.name)
             try:
-                _write_atomically(root / spec.name, read_idx_bytes(source, spec))
+                write_atomically(root / spec.name, read_idx_bytes(source, spec))
             except OSError as err:  # read-only folder, disk full, ...
                 raise DatasetError(
                     f"Cannot write {root / spec.name} ({err.strerror or err}); "

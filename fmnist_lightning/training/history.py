@@ -10,6 +10,7 @@ resumed run continues it: the epochs it repeats are overwritten with their new v
 from __future__ import annotations
 
 import csv
+import io
 import math
 from argparse import Namespace
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-from fmnist_lightning.artifacts import read_csv
+from fmnist_lightning.artifacts import read_csv, write_atomically
 from fmnist_lightning.errors import DamagedFileError
 
 #: The history file of a run folder.
@@ -93,10 +94,9 @@ class EpochHistory(Logger):
 
     def _write(self) -> None:
         columns = sorted({key for row in self._rows.values() for key in row})
-        partial = self.path.with_suffix(".csv.partial")
-        with partial.open("w", newline="") as file:
-            writer = csv.DictWriter(file, ["epoch", *columns])
-            writer.writeheader()
-            for epoch in sorted(self._rows):
-                writer.writerow({"epoch": epoch, **self._rows[epoch]})
-        partial.replace(self.path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, ["epoch", *columns])
+        writer.writeheader()
+        for epoch in sorted(self._rows):
+            writer.writerow({"epoch": epoch, **self._rows[epoch]})
+        write_atomically(self.path, text.getvalue())

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fmnist_lightning.artifacts import write_atomically
 from fmnist_lightning.evaluation.runs import load_run_config
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,4 @@ def record_precision(run_dir: Path, precision: str, reason: str) -> None:
     config = load_run_config(run_dir)
     if OmegaConf.select(config, "trainer.precision") == AUTO:
         config.trainer.precision = precision
-        partial = saved.with_name(saved.name + ".partial")
-        OmegaConf.save(config, partial)
-        partial.replace(saved)
+        write_atomically(saved, OmegaConf.to_yaml(config))

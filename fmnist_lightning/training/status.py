@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fmnist_lightning.artifacts import read_json
+from fmnist_lightning.artifacts import read_json, write_atomically
 from fmnist_lightning.errors import DamagedFileError
 
 #: The run-status file of a run folder (see fmnist_lightning.training.callbacks.RunStatus).
@@ -66,10 +66,7 @@ def write_status(
         "metrics": metrics or {},
         "error": error,
     }
-    path = output_dir / STATUS_FILE
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(summary, indent=2) + "\n")
-    partial.replace(path)
+    write_atomically(output_dir / STATUS_FILE, json.dumps(summary, indent=2) + "\n")
 
 
 def record_failure(output_dir: Path, error: str) -> None:
