@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SCRIPT_ENV, run_script, scalars
+from fmnist_lightning.serving.process import free_port
 from fmnist_lightning.training.history import read_history
 from fmnist_lightning.training.status import read_status
 
@@ -219,12 +219,6 @@ def test_sweep_jobs_requeued_after_signals(slurm: dict[str, str], data_root: Pat
             assert line in train_log, (job, line)
     assert "SIGUSR2: stopping after this batch" in (jobs[1] / "train.log").read_text()
     assert "2 jobs, 2 finished" in (jobs[0].parent / "summary.md").read_text()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
