@@ -14,8 +14,7 @@ from pathlib import Path
 
 from fmnist_lightning.artifacts import read_yaml
 from fmnist_lightning.errors import DamagedFileError
-from fmnist_lightning.training.resume import split_override
-from fmnist_lightning.training.run_dirs import job_number
+from fmnist_lightning.training.run_dirs import job_number, split_override
 from fmnist_lightning.training.status import read_status
 
 

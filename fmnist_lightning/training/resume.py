@@ -24,7 +24,13 @@ from fmnist_lightning.evaluation.runs import load_run_config
 from fmnist_lightning.locks import lock_run_folder, release_run_folder
 from fmnist_lightning.training.history import read_history
 from fmnist_lightning.training.processes import is_child_rank, train_command
-from fmnist_lightning.training.run_dirs import check_can_create, checkpoint_dir, holds_run, is_run_folder
+from fmnist_lightning.training.run_dirs import (
+    check_can_create,
+    checkpoint_dir,
+    holds_run,
+    is_run_folder,
+    split_override,
+)
 from fmnist_lightning.training.status import read_status
 
 #: The config groups of conf/train.yaml's defaults list.
@@ -37,13 +43,6 @@ RESUME_SUBDIR_PREFIX = "resume_"
 
 #: ``ckpt_path`` values that Lightning looks up in the run's own (here: new) folder.
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
-
-
-def split_override(arg: str) -> tuple[str, str | None]:
-    """``(key, value)`` of a Hydra override such as ``+model.dropout=0.3`` (the ``+``, ``++``
-    and ``~`` prefixes dropped); value ``None`` where there is no ``=``."""
-    key, sep, value = arg.lstrip("+~").partition("=")
-    return key, value if sep else None
 
 
 def _value(args: list[str], key: str) -> str | None:

@@ -53,8 +53,11 @@ SWEPT_KEYS_ENV = "FMNIST_SWEPT_KEYS"
 MAX_LABEL = 60
 
 
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
+def split_override(arg: str) -> tuple[str, str | None]:
+    """``(key, value)`` of a Hydra override such as ``+model.dropout=0.3`` (the ``+``, ``++``
+    and ``~`` prefixes dropped); value ``None`` where there is no ``=``."""
+    key, sep, value = arg.lstrip("+~").partition("=")
+    return key, value if sep else None
 
 
 def _short_key(key: str) -> str:
@@ -69,7 +72,8 @@ def _label(overrides: list[str]) -> str:
     ``_``, with anything but letters, digits and ``._+-`` made ``-``, and cut to ``MAX_LABEL``
     characters. No ``=`` or ``,``: a folder name must pass unquoted as a Hydra override's value
     (``resume=<run folder>``, ``run_dir=...``), where ``=`` is an error and ``,`` a sweep."""
-    text = "_".join(f"{_short_key(_key(o))}-{o.split('=', 1)[1]}" for o in overrides if "=" in o)
+    pairs = [split_override(o) for o in overrides]
+    text = "_".join(f"{_short_key(key)}-{value}" for key, value in pairs if value is not None)
     return re.sub(r"[^A-Za-z0-9._+-]+", "-", text)[:MAX_LABEL].strip("-_")
 
 
@@ -79,7 +83,8 @@ def run_label(experiment: str | None, model: str | None, overrides: list[str]) -
     model=three_conv trainer.max_epochs=10``, ``fast_seed-1`` for ``experiment=fast seed=1``.
     At most ``MAX_LABEL`` characters. The ``fmnist.run_label`` resolver of
     ``conf/hydra/default.yaml``."""
-    kept = [o for o in overrides if _key(o) not in ("experiment", "model") and not _key(o).startswith(PLUMBING)]
+    plain = ("experiment", "model")
+    kept = [o for o in overrides if (k := split_override(o)[0]) not in plain and not k.startswith(PLUMBING)]
     name = re.sub(r"[^A-Za-z0-9._+-]+", "-", str(experiment or model or "run"))
     return f"{name}_{_label(kept)}"[:MAX_LABEL].strip("-_") if _label(kept) else name[:MAX_LABEL]
 
@@ -89,8 +94,11 @@ def job_dir(number: int, overrides: list[str]) -> str:
     The swept keys are those of ``SWEPT_KEYS_ENV``; without it (a sweep started otherwise),
     every override but the plumbing. The ``fmnist.job_dir`` resolver of ``conf/hydra/default.yaml``."""
     swept = os.environ.get(SWEPT_KEYS_ENV)
-    keys = set(swept.split(",")) if swept is not None else None
-    kept = [o for o in overrides if (_key(o) in keys if keys is not None else not _key(o).startswith(PLUMBING))]
+    if swept is not None:
+        keys = set(swept.split(","))
+        kept = [o for o in overrides if split_override(o)[0] in keys]
+    else:
+        kept = [o for o in overrides if not split_override(o)[0].startswith(PLUMBING)]
     return f"{number}_{_label(kept)}" if _label(kept) else str(number)
 
 
