@@ -15,6 +15,8 @@ import torch
 
 from conftest import run_script
 from fmnist_lightning.data.idx import IDX_SPECS
+from fmnist_lightning.errors import ConfigError
+from fmnist_lightning.training.build import build_run
 
 TRAIN_IMAGES = IDX_SPECS[("train", "images")].name
 TRAIN_LABELS = IDX_SPECS[("train", "labels")].name
@@ -119,49 +121,53 @@ def no_checkpoint_run(ctx: Context) -> Path:
     return folder
 
 
-# (id, arguments of train.py, text the error must contain)
-CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [
-    ("lr_negative", lambda c: fresh(c, "optimizer.lr=-1"), "optimizer.lr=-1"),
-    ("lr_not_a_number", lambda c: fresh(c, "optimizer.lr=fast"), "optimizer.lr='fast'"),
-    ("batch_size_negative", lambda c: fresh(c, "data.batch_size=-8"), "data.batch_size=-8"),
-    ("batch_size_float", lambda c: fresh(c, "data.batch_size=1.5"), "data.batch_size=1.5"),
-    ("epochs_negative", lambda c: fresh(c, "trainer.max_epochs=-2"), "trainer.max_epochs=-2"),
-    ("val_fraction_one", lambda c: fresh(c, "data.val_fraction=1.0"), "data.val_fraction=1.0"),
-    (
-        "unknown_optimizer",
-        lambda c: fresh(c, "optimizer._target_=torch.optim.Adamm"),
-        "optimizer._target_='torch.optim.Adamm'",
-    ),
-    (
-        "scheduler_not_a_scheduler",
-        lambda c: fresh(c, "scheduler=cosine", "scheduler._target_=torch.nn.Linear"),
-        "scheduler._target_",
-    ),
-    ("image_size_too_small", lambda c: fresh(c, "data.image_size=4"), "data.image_size=4"),
+# (id, overrides, text the error must contain): values that build_run refuses. Each is
+# checked in-process (quick); through the command line, a few are in the default suite and
+# the rest are slow (each run imports Lightning: about 6 s).
+CONFIG_CASES: list[tuple[str, tuple[str, ...], str]] = [
+    ("lr_negative", ("optimizer.lr=-1",), "optimizer.lr=-1"),
+    ("lr_not_a_number", ("optimizer.lr=fast",), "optimizer.lr='fast'"),
+    ("batch_size_negative", ("data.batch_size=-8",), "data.batch_size=-8"),
+    ("batch_size_float", ("data.batch_size=1.5",), "data.batch_size=1.5"),
+    ("epochs_negative", ("trainer.max_epochs=-2",), "trainer.max_epochs=-2"),
+    ("val_fraction_one", ("data.val_fraction=1.0",), "data.val_fraction=1.0"),
+    ("unknown_optimizer", ("optimizer._target_=torch.optim.Adamm",), "optimizer._target_='torch.optim.Adamm'"),
+    ("scheduler_not_a_scheduler", ("scheduler=cosine", "scheduler._target_=torch.nn.Linear"), "scheduler._target_"),
+    ("image_size_too_small", ("data.image_size=4",), "data.image_size=4"),
     (
         "monitor_never_logged",
-        lambda c: fresh(c, "callbacks.early_stopping.monitor=val/accuracy"),
+        ("callbacks.early_stopping.monitor=val/accuracy",),
         "callbacks.early_stopping.monitor='val/accuracy'",
     ),
     (
         "monitor_test_metric",
-        lambda c: fresh(c, "callbacks.model_checkpoint.monitor=test/acc"),
+        ("callbacks.model_checkpoint.monitor=test/acc",),
         "callbacks.model_checkpoint.monitor='test/acc'",
     ),
-    ("flip_probability", lambda c: fresh(c, "data.augment.flip.p=2"), "data.augment.flip.p=2"),
+    ("flip_probability", ("data.augment.flip.p=2",), "data.augment.flip.p=2"),
     (
         "augmentation_not_a_class",
-        lambda c: fresh(c, "data.augment.flip._target_=torch.nn.Flipp"),
+        ("data.augment.flip._target_=torch.nn.Flipp",),
         "data.augment.flip._target_='torch.nn.Flipp'",
     ),
     (
         "external_net_bad_argument",
-        lambda c: fresh(c, "model=two_conv_5x5", "model._target_=test_extending.ResNet", "+model.blocks=0"),
+        ("model=two_conv_5x5", "model._target_=test_extending.ResNet", "+model.blocks=0"),
         "model.blocks=0",
     ),
-    ("dropout_one", lambda c: fresh(c, "model.dropout=1.0"), "model.dropout=1.0"),
-    ("unknown_precision", lambda c: fresh(c, "trainer.precision=8"), "trainer.precision=8"),
-    ("seed_not_an_integer", lambda c: fresh(c, "seed=abc"), "seed='abc'"),
+    ("dropout_one", ("model.dropout=1.0",), "model.dropout=1.0"),
+    ("unknown_precision", ("trainer.precision=8",), "trainer.precision=8"),
+    ("seed_not_an_integer", ("seed=abc",), "seed='abc'"),
+]
+#: The config cases also run through the command line in the default suite.
+CONFIG_CASES_ON_THE_COMMAND_LINE = ("lr_negative", "unknown_optimizer", "external_net_bad_argument")
+
+# (id, arguments of train.py, text the error must contain)
+CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [
+    *[
+        (case, lambda c, overrides=overrides: fresh(c, *overrides), expected)
+        for case, overrides, expected in CONFIG_CASES
+    ],
     ("gpu_without_gpu", lambda c: fresh(c, "trainer=gpu"), "trainer.accelerator='gpu'"),
     ("ckpt_path_last_in_new_folder", lambda c: fresh(c, "ckpt_path=last"), "ckpt_path=last"),
     ("ckpt_path_missing_file", lambda c: fresh(c, f"ckpt_path={c.tmp / 'nope.ckpt'}"), "nope.ckpt: no such file"),
@@ -204,12 +210,25 @@ CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [
 ]
 
 
-# The data-file cases are also tested in-process, quickly, in test_data.py; here, through
-# the command line, they are slow (each imports Lightning and reads the data).
+def slow_on_the_command_line(case: str) -> bool:
+    """The data-file cases are also tested in-process, quickly, in test_data.py, and the
+    config cases in ``test_a_bad_config_value_is_refused``; through the command line they
+    are slow (each imports Lightning, and the data cases read the data)."""
+    configs = {c[0] for c in CONFIG_CASES}
+    return case.startswith("data_") or (case in configs and case not in CONFIG_CASES_ON_THE_COMMAND_LINE)
+
+
+@pytest.mark.parametrize(("case", "overrides", "expected"), [pytest.param(*case, id=case[0]) for case in CONFIG_CASES])
+def test_a_bad_config_value_is_refused(make_cfg, case: str, overrides: tuple[str, ...], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_run(make_cfg(*overrides))
+    assert expected in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("case", "arguments", "expected"),
     [
-        pytest.param(*case, id=case[0], marks=[pytest.mark.slow] if case[0].startswith("data_") else [])
+        pytest.param(*case, id=case[0], marks=[pytest.mark.slow] if slow_on_the_command_line(case[0]) else [])
         for case in CASES
     ],
 )

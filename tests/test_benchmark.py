@@ -61,3 +61,24 @@ def test_time_to_accuracy_runs_every_variant(data_root: Path, tmp_path: Path) ->
     assert runs["fast"]["test_acc"][int(best[-8:-5])] == pytest.approx(report["accuracy"], abs=1e-4)
     assert "| fast |" in summary["table"] and "fast / fast_before, whole process" in summary["table"]
     assert "cores (" in summary["machine"]
+
+
+@pytest.mark.slow  # about 20 s: two short trainings, one of them profiled
+def test_profile_step_splits_a_step(data_root: Path, tmp_path: Path) -> None:
+    variant = "trainer.precision=32-true optimizer.fused=true"
+    result = run_script(
+        "benchmarks/profile_step.py",
+        *("--batch-size", "32", "--reps", "1", "--steps", "40", "--variant", variant),
+        f"data.root={data_root}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("| variant |"))
+    row = next(line for line in lines if line.startswith(f"| {variant} | 32 |"))
+    kinds = dict(zip(header.strip("| ").split(" | ")[4:], map(float, row.strip("| ").split(" | ")[4:]), strict=True))
+    assert list(kinds) == ["forward", "backward", "step", "casts", "layout", "optimizer", "data", "other"]
+    assert kinds["forward"] > 0 and kinds["backward"] > 0 and kinds["optimizer"] > 0
+    # The network is most of a step, whatever the machine.
+    assert kinds["forward"] + kinds["backward"] > sum(kinds.values()) / 2
+    assert not (tmp_path / "outputs").exists()  # no logger, no checkpoint: nothing written

@@ -36,6 +36,7 @@ def test_every_option_builds(make_cfg, override: str) -> None:
     optimizers = model.configure_optimizers()
     optimizer = optimizers["optimizer"] if isinstance(optimizers, dict) else optimizers
     assert isinstance(optimizer, torch.optim.Optimizer)
+    assert optimizer.defaults["fused"]  # conf/optimizer/*.yaml: one fused kernel per step
 
 
 @pytest.mark.parametrize(
