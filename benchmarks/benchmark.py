@@ -106,7 +106,9 @@ def plain_loop(cfg, variant: str, warmup: int, n_steps: int) -> float:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     normalize = dict(cfg.data.normalize) if cfg.data.normalize else None
     net = hydra.utils.instantiate(cfg.model).to(device)
-    optimizer = hydra.utils.instantiate(cfg.optimizer)(net.parameters())
+    # The recipes' optimizer as they build it: torch's default implementation, not the fused
+    # kernel that conf/optimizer/*.yaml gives train.py.
+    optimizer = hydra.utils.instantiate(cfg.optimizer, fused=None)(net.parameters())
     criterion = torch.nn.CrossEntropyLoss()
     if variant == "a":
         root = torchvision_root(cfg.data.root)
