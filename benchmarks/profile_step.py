@@ -57,10 +57,10 @@ SKIP = 20  # warm-up steps left out of every figure
 KINDS = ("forward", "backward", "step", "casts", "layout", "optimizer", "data", "other")
 #: The methods whose time is labelled, by kind (``kind_of``).
 LABELS = {
-    "forward": "model.forward",
-    "backward": "model.backward",
-    "step": "model.training_step",
-    "data": "datamodule.on_after_batch_transfer",
+    "forward": ("model", "forward"),
+    "backward": ("model", "backward"),
+    "step": ("model", "training_step"),
+    "data": ("datamodule", "on_after_batch_transfer"),
 }
 
 
@@ -94,8 +94,7 @@ def train(overrides: list[str], steps: int, on_step=None) -> list[float]:
     clock = StepClock(on_step)
     run = build_run(cfg, extra_callbacks=[clock])
     if on_step is not None:
-        for kind, path in LABELS.items():
-            owner, method = path.split(".")
+        for kind, (owner, method) in LABELS.items():
             label(getattr(run, owner), method, kind)
     run.trainer.fit(run.model, datamodule=run.datamodule)
     return clock.seconds[SKIP:]
@@ -159,20 +158,19 @@ def main() -> None:
     ]
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
-    runs = [(v, b) for b in args.batch_size for v in variants]
+    runs = {(v, b): [*args.overrides, *v.split(), f"data.batch_size={b}"] for b in args.batch_size for v in variants}
     seconds: dict[tuple[str, int], list[float]] = {run: [] for run in runs}
     for _ in range(args.reps):
-        for variant, batch in runs:
-            times = train([*args.overrides, *variant.split(), f"data.batch_size={batch}"], args.steps)
-            seconds[(variant, batch)].append(statistics.median(times))
+        for run, overrides in runs.items():
+            seconds[run].append(statistics.median(train(overrides, args.steps)))
     capability = torch.backends.cpu.get_cpu_capability()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {capability}")
     print(f"overrides: {' '.join(args.overrides) or '(none)'}; medians of {args.reps} interleaved reps\n")
     print("| variant | batch | ms per step | images/s | " + " | ".join(KINDS) + " |")
     print("|---|---:|---:|---:|" + "---:|" * len(KINDS))
-    for variant, batch in runs:
+    for (variant, batch), overrides in runs.items():
         ms = 1000 * statistics.median(seconds[(variant, batch)])
-        kinds = breakdown([*args.overrides, *variant.split(), f"data.batch_size={batch}"], args.steps)
+        kinds = breakdown(overrides, args.steps)
         cells = " | ".join(f"{kinds[k]:.1f}" for k in KINDS)
         reps = ", ".join(f"{1000 * t:.1f}" for t in seconds[(variant, batch)])
         print(f"| {variant} | {batch} | {ms:.1f} ({reps}) | {batch / ms * 1000:,.0f} | {cells} |")

@@ -86,7 +86,8 @@ def run_label(experiment: str | None, model: str | None, overrides: list[str]) -
     plain = ("experiment", "model")
     kept = [o for o in overrides if (k := split_override(o)[0]) not in plain and not k.startswith(PLUMBING)]
     name = re.sub(r"[^A-Za-z0-9._+-]+", "-", str(experiment or model or "run"))
-    return f"{name}_{_label(kept)}"[:MAX_LABEL].strip("-_") if _label(kept) else name[:MAX_LABEL]
+    label = _label(kept)
+    return f"{name}_{label}"[:MAX_LABEL].strip("-_") if label else name[:MAX_LABEL]
 
 
 def job_dir(number: int, overrides: list[str]) -> str:
@@ -99,7 +100,8 @@ def job_dir(number: int, overrides: list[str]) -> str:
         kept = [o for o in overrides if split_override(o)[0] in keys]
     else:
         kept = [o for o in overrides if not split_override(o)[0].startswith(PLUMBING)]
-    return f"{number}_{_label(kept)}" if _label(kept) else str(number)
+    label = _label(kept)
+    return f"{number}_{label}" if label else str(number)
 
 
 def job_number(folder: Path) -> int:
