@@ -10,9 +10,10 @@ another shape, a YAML list where a mapping belongs), raises ``DamagedFileError``
 do not exist are the callers' business (a missing ``metrics.json`` is normal before the
 first epoch).
 
-``write_atomically`` replaces a file whole (``metrics.json``, ``history.csv``, the saved
-config, the dataset's decompressed files): a reader, or a process killed mid-write, sees the
-old file or the new one, never a mix.
+``write_atomically`` and ``atomic_file`` replace a file whole (``metrics.json``,
+``history.csv``, the saved config, the dataset's decompressed files, the checkpoints,
+``net.pt``): a reader, or a process killed mid-write, sees the old file or the new one, never
+a mix, and a failed write leaves no partial file.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from fmnist_lightning.errors import DamagedFileError
 
@@ -111,20 +114,36 @@ def load_tensors(path: Path, fix: str, mmap: bool = False) -> Any:
         raise DamagedFileError(path, f"torch cannot load it ({first})", fix) from None
 
 
-def write_atomically(path: Path, data: str | bytes) -> None:
-    """Writes ``data`` (text as UTF-8) to ``path`` through a temporary file beside it, then
-    renames it over ``path``; the temporary file is removed if writing fails. The file gets
-    mode 0644, like a plain write under the usual umask.
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file to write ``path``'s new content into: a temporary file beside ``path``,
+    renamed over it when the ``with`` block ends, and removed instead if the block raises. A
+    reader, or a process killed mid-write, sees the old file or the new one, never a mix, and
+    a failed write (a full disk) leaves no partial file. The file gets mode 0644, like a plain
+    write under the usual umask.
 
     Raises:
         OSError: The folder is not writable or the disk is full (``path`` is then unchanged).
     """
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as file:
-            file.write(data.encode() if isinstance(data, str) else data)
+            yield file
         os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:  # a write() failed: name the file
+            err.filename = str(path)
         raise
+
+
+def write_atomically(path: Path, data: str | bytes) -> None:
+    """Writes ``data`` (text as UTF-8) to ``path`` through ``atomic_file``.
+
+    Raises:
+        OSError: The folder is not writable or the disk is full (``path`` is then unchanged).
+    """
+    with atomic_file(path) as file:
+        file.write(data.encode() if isinstance(data, str) else data)

@@ -85,6 +85,11 @@ class RunError(UserError, RuntimeError):
     or wrong."""
 
 
+class FolderInUseError(RunError):
+    """Another process holds the lock of a run or sweep folder (``fmnist_lightning.locks``).
+    Whoever is refused writes nothing into that folder: not even its own failure."""
+
+
 class DamagedFileError(RunError):
     """A file of a run folder that a command reads back is damaged: empty, truncated,
     garbled, or of the wrong kind (``fmnist_lightning.artifacts``).

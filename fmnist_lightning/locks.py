@@ -7,7 +7,9 @@ lock never blocks a later resume, and nothing needs cleaning up. A second proces
 to write there (``resume=`` of the same run, a new run forced into the folder with
 ``hydra.run.dir``) is refused at once, before Hydra writes anything, with the PID of the
 holder (found in ``/proc/locks``). Under DDP only rank 0 holds it. Reading a run folder
-(``evaluate.py``, ``predict.py``) takes no lock.
+(``evaluate.py``, ``predict.py``) takes no lock. A sweep folder has a lock of its own, held
+by the process that runs the sweep, so a second sweep into the same folder is refused before
+any of its jobs starts.
 
 The lock file is created empty by the first run in a folder and never written to, so a
 refused process changes nothing in the folder.
@@ -19,7 +21,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from fmnist_lightning.errors import RunError
+from fmnist_lightning.errors import FolderInUseError, RunError
 
 #: The lock file inside a run folder.
 LOCK_FILE = ".lock"
@@ -44,13 +46,21 @@ def holder_pid(path: Path) -> int | None:
     return None
 
 
-def lock_run_folder(folder: str | Path) -> None:
+#: What the holder of a folder's lock is doing there, by the kind of folder, for the refusal.
+_HOLDERS = {"run": "training in it", "sweep": "running a sweep in it"}
+
+
+def lock_run_folder(folder: str | Path, kind: str = "run") -> None:
     """Takes the folder's lock for this process, until ``release_run_folder`` or the end of
     the process; nothing happens if this process holds it already.
 
+    Args:
+        folder: A run folder, or a sweep folder.
+        kind: ``"run"`` or ``"sweep"``: what the refusal calls the folder.
+
     Raises:
-        RunError: Another process holds it (the message names the folder and the PID), or
-            the folder or its lock file cannot be created.
+        FolderInUseError: Another process holds it (the message names the folder and the PID).
+        RunError: The folder or its lock file cannot be created.
     """
     folder = Path(folder).resolve()
     if folder in _held:
@@ -67,8 +77,8 @@ def lock_run_folder(folder: str | Path) -> None:
         os.close(fd)
         pid = holder_pid(path)
         who = f"process {pid}" if pid is not None else "another process"
-        raise RunError(
-            f"the run folder {folder} is in use: {who} is training in it (it holds {path}). "
+        raise FolderInUseError(
+            f"the {kind} folder {folder} is in use: {who} is {_HOLDERS[kind]} (it holds {path}). "
             "Wait for it to finish or stop it (Ctrl-C, or kill), then continue with resume= if needed."
         ) from None
     _held[folder] = fd

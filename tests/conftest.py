@@ -6,12 +6,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -84,6 +86,19 @@ class NaNAfterNet(TwoConv5x5Net):
             if self.training_batches > self.nan_from:
                 logits = logits * float("nan")
         return logits
+
+
+class SlowTest(Callback):
+    """Sleeps ``seconds`` before each test batch and creates ``marker`` at the first, so that
+    a test can signal a run while it is in its test loop
+    (``+callbacks.slow_test._target_=conftest.SlowTest +callbacks.slow_test.marker=...``)."""
+
+    def __init__(self, marker: str, seconds: float = 0.5) -> None:
+        self.marker, self.seconds = Path(marker), seconds
+
+    def on_test_batch_start(self, *args: object, **kwargs: object) -> None:
+        self.marker.touch()
+        time.sleep(self.seconds)
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,13 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+import os
 import re
 import shutil
+import signal
+import socket
+import struct
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -64,6 +69,30 @@ def png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def chunk(kind: bytes, data: bytes) -> bytes:
+    """A PNG chunk: length, type, data, CRC."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+#: Headers of images that declare far more pixels than PIL's own decompression-bomb limit
+#: (2 × ``Image.MAX_IMAGE_PIXELS``, about 358 MP), which ``Image.open`` enforces itself.
+PIL_BOMBS = {
+    "png 20000x20000": b"\x89PNG\r\n\x1a\n"
+    + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+    + chunk(b"IDAT", zlib.compress(bytes(100)))
+    + chunk(b"IEND", b""),
+    "gif 30000x30000": b"GIF89a"
+    + struct.pack("<HHBBB", 30000, 30000, 0, 0, 0)
+    + b","
+    + struct.pack("<HHHHB", 0, 0, 30000, 30000, 0)
+    + b"\x02\x02\x44\x01\x00;",
+    "bmp 20000x20000": b"BM"
+    + struct.pack("<IHHI", 1078, 0, 0, 1078)
+    + struct.pack("<IiiHHIIiiII", 40, 20000, 20000, 1, 8, 0, 0, 2835, 2835, 0, 0)
+    + bytes(1024),
+}
+
+
 def bad_requests() -> dict[str, tuple[int, str, dict]]:
     """Malformed requests: name → (status, words the detail must hold, httpx arguments)."""
 
@@ -89,6 +118,25 @@ def bad_requests() -> dict[str, tuple[int, str, dict]]:
         "plain text": (415, "Content-Type 'text/plain' is not taken", raw(b"shirt", "text/plain")),
         "form without file": (400, "the form has no file field", {"files": {"x": (None, "y")}}),
         "blank image": (400, "the image is blank", upload("w.png", blank)),
+        **{
+            f"PIL bomb {kind}": (413, "more than twice PIL's limit", upload(f"bomb.{kind[:3]}", data))
+            for kind, data in PIL_BOMBS.items()
+        },
+        "PIL bomb as base64 JSON": (
+            413,
+            "more than twice PIL's limit",
+            {"json": {"image": base64.b64encode(PIL_BOMBS["png 20000x20000"]).decode()}},
+        ),
+        "json nested 100,000 deep (lists)": (
+            400,
+            "nested too deeply",
+            raw(b"[" * 100_000 + b"]" * 100_000, "application/json"),
+        ),
+        "json nested 100,000 deep (objects)": (
+            400,
+            "nested too deeply",
+            raw(b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "application/json"),
+        ),
     }
 
 
@@ -119,6 +167,7 @@ def test_bad_requests_get_4xx_json_and_the_server_stays_up(server: ServerProcess
         assert answer.status_code == status, (name, answer.text)
         assert words in answer.json()["detail"], (name, answer.text)
     assert httpx.get(server.url + "/health").text == "ok" and server.process.poll() is None
+    assert "Traceback" not in server.log.read_text(), server.log.read_text()[-3000:]
     paths, _ = photos
     assert httpx.post(server.url + "/predict", files={"file": paths[0].open("rb")}, timeout=30).status_code == 200
 
@@ -235,3 +284,24 @@ def test_web_page_in_headless_chromium(server: ServerProcess, served_run: Path, 
         assert "is not an image" in browser.find_element(By.ID, "error").text
     finally:
         browser.quit()
+
+
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)], ids=["SIGTERM", "SIGINT"]
+)
+def test_one_signal_to_the_main_process_stops_every_process(served_run: Path, sig: signal.Signals) -> None:
+    """As a service manager, ``docker stop`` or ``scancel`` stops it: one signal to the main
+    process only (not its group). Every worker process ends within seconds and the port is free."""
+    with start_server(served_run) as running:
+        main = psutil.Process(running.process.pid)
+        workers = main.children(recursive=True)
+        assert workers, "LitServe started no worker process"
+        os.kill(main.pid, sig)
+        running.process.wait(timeout=30)
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        assert alive == [], f"left running after {sig.name}: {[p.cmdline() for p in alive]}"
+        port = int(running.url.rsplit(":", 1)[1])
+        with socket.socket() as sock:  # as a restarted server binds: OSError while anything listens there
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+            sock.listen()

@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fmnist_lightning.cli import require_configs
-from fmnist_lightning.errors import RunInterrupted, UserError
+from fmnist_lightning.errors import FolderInUseError, RunInterrupted, UserError
 from fmnist_lightning.training.processes import in_multirun
 from fmnist_lightning.training.resume import run_command_line
 from fmnist_lightning.training.run_dirs import register_resolvers
@@ -46,7 +46,7 @@ def train_run(cfg: DictConfig) -> float:
         raise SystemExit(f"stopped: {err}") from None  # stops a whole sweep too
     except UserError as err:
         # Expected, user-fixable problems: the message says what and how, no traceback.
-        return failed(cfg, f"error: {err}")
+        return failed(cfg, f"error: {err}", record=not isinstance(err, FolderInUseError))
     except Exception as err:
         if not in_multirun():
             raise
@@ -55,12 +55,18 @@ def train_run(cfg: DictConfig) -> float:
     return metrics.get(cfg.get("optimized_metric") or "val/acc_best", math.nan)
 
 
-def failed(cfg: DictConfig, message: str) -> float:
-    """Ends a single run with ``message``; in a sweep, records it and returns the worst value."""
+def failed(cfg: DictConfig, message: str, record: bool = True) -> float:
+    """Ends a single run with ``message``; in a sweep, logs it, records it in the job's
+    ``metrics.json`` unless ``record`` is false (the folder is another process's), and
+    returns the worst value."""
     if not in_multirun():
         raise SystemExit(message)
     log.error(message)
-    record_failure(Path(cfg.output_dir), message.removeprefix("error: "))
+    if record:
+        try:
+            record_failure(Path(cfg.output_dir), message.removeprefix("error: "))
+        except OSError as err:  # a full disk: the job's earlier metrics.json stays as it was
+            log.error("could not record the failure in %s: %s", cfg.output_dir, err.strerror or err)
     return worst_value(cfg)
 
 
@@ -72,6 +78,9 @@ def worst_value(cfg: DictConfig) -> float:
 def main() -> None:
     """The command line: ``fmnist-train [overrides]``."""
     require_configs()
+    # A log line that cannot be written (a full disk) is dropped rather than printed with a
+    # traceback; the run's own error line says what went wrong.
+    logging.raiseExceptions = False
     register_resolvers()
     run_command_line()  # refuses to overwrite an earlier run; rewrites resume=<run folder>
     train_run()

@@ -56,6 +56,11 @@ def keep_batch(batch):
     return batch
 
 
+#: ``data.root``'s default: the project's own copy of the files, under the working directory,
+#: created (and filled from ``data.local_copy``) when it does not exist.
+CACHE_ROOT = "data/fashion-mnist"
+
+
 class FashionMNISTDataModule(L.LightningDataModule):
     """The real FashionMNIST: a seeded train/validation split of the official 60,000
     training images, and the official 10,000 test images as the test set.
@@ -69,7 +74,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
     Args:
         root: Folder for the IDX files (relative paths are relative to the working
             directory). See ``fmnist_lightning.data.idx.ensure_files`` for where files
-            come from when it lacks them.
+            come from when it lacks them. Only the default, ``CACHE_ROOT``, is created when
+            it does not exist; any other folder must exist (a typo would otherwise fill a new
+            folder with 54 MB of copied files).
         local_copy: Folder with an existing copy of the files (Debian's
             ``dataset-fashion-mnist`` by default), or ``None``.
         download: Whether to try torchvision's download as a last resort.
@@ -91,12 +98,13 @@ class FashionMNISTDataModule(L.LightningDataModule):
             ``fmnist_lightning.data.augment``. Hydra builds them from ``data.augment``.
 
     Raises:
-        ArgumentError: An argument is out of range.
+        ArgumentError: An argument is out of range, or ``root`` is not ``CACHE_ROOT`` and
+            does not exist.
     """
 
     def __init__(
         self,
-        root: str = "data/fashion-mnist",
+        root: str = CACHE_ROOT,
         local_copy: str | None = DEBIAN_DATASET_DIR,
         download: bool = True,
         val_fraction: float = 0.1,
@@ -120,6 +128,13 @@ class FashionMNISTDataModule(L.LightningDataModule):
         require(num_workers >= 0, "num_workers", num_workers, "an integer >= 0")
         require(split_seed >= 0, "split_seed", split_seed, "an integer >= 0")
         self.root = Path(root).expanduser()
+        require(
+            self.root.is_dir() or self.root == Path(CACHE_ROOT),
+            "root",
+            root,
+            f"an existing folder (no such folder here); give the folder that holds the IDX files, or leave "
+            f"data.root={CACHE_ROOT}, the default, which is created and filled from data.local_copy",
+        )
         self.local_copy = local_copy
         self.download = download
         self.val_fraction = val_fraction

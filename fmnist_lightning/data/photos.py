@@ -58,11 +58,19 @@ def open_image(source: str | Path | BinaryIO, max_pixels: int = MAX_PIXELS) -> I
 
     Raises:
         ImageTooLargeError: It has more than ``max_pixels`` pixels (checked from the header,
-            before anything is decoded).
+            before anything is decoded), or more than PIL's own decompression-bomb limit
+            (``PIL.Image.DecompressionBombError``, which ``Image.open`` raises itself).
         PIL.UnidentifiedImageError: It is not an image PIL can read (an ``OSError``).
         OSError: The file is missing or unreadable, or its data is truncated or damaged.
     """
-    with Image.open(source) as image:
+    try:
+        opened = Image.open(source)
+    except Image.DecompressionBombError as err:  # PIL's own limit, checked inside open()
+        raise ImageTooLargeError(
+            f"the image declares more than twice PIL's limit of {Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
+            f"({err}), more than the limit of {max_pixels / 1e6:g}; scale it down first"
+        ) from None
+    with opened as image:
         width, height = image.size
         if width * height > max_pixels:
             raise ImageTooLargeError(

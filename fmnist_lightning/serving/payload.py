@@ -98,7 +98,9 @@ def decode_image(name: str, data: bytes, preprocess: str, invert: bool | str, ma
 
     Raises:
         BadRequest: Empty (400), not an image (415), more than ``max_pixels`` pixels (413),
-            truncated or damaged (400), or not convertible, e.g. blank (400).
+            truncated or damaged (400), or not convertible, e.g. blank (400). Every exception
+            raised while decoding or converting becomes one of these: a request can never
+            cause a 500.
     """
     if not data:
         raise BadRequest(400, f"{name} is empty (0 bytes)")
@@ -112,10 +114,14 @@ def decode_image(name: str, data: bytes, preprocess: str, invert: bool | str, ma
         raise BadRequest(413, f"{name}: {err}") from None
     except (OSError, ValueError, SyntaxError) as err:  # PIL's decoders raise all three on damaged data
         raise BadRequest(400, f"{name} is truncated or damaged: {err}") from None
+    except Exception as err:  # any other failure of a decoder is still the request's fault
+        raise BadRequest(400, f"{name} cannot be decoded ({type(err).__name__}: {err})") from None
     try:
         return to_fashion_mnist(image, preprocess, invert)
     except ImageError as err:
         raise BadRequest(400, f"{name}: {err}") from None
+    except Exception as err:  # an image PIL read but cannot convert (an unusual mode, say)
+        raise BadRequest(400, f"{name} cannot be converted ({type(err).__name__}: {err})") from None
 
 
 def decode_payload(payload: Mapping, preprocess: str, invert: bool | str, max_pixels: int, max_images: int) -> Decoded:

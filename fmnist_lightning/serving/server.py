@@ -212,6 +212,8 @@ class BodyGuard:
                 json.loads(body)
             except ValueError as err:
                 return 400, f"the body is not valid JSON ({err}); {HOW_TO_SEND}"
+            except RecursionError:  # e.g. 100,000 nested brackets: deeper than the parser goes
+                return 400, f"the JSON body is nested too deeply to parse; {HOW_TO_SEND}"
             return None
         if content_type.startswith("multipart/form-data"):
             try:

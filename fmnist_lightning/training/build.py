@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from fmnist_lightning.data import FashionMNISTDataModule
 from fmnist_lightning.errors import ConfigError, Problem
 from fmnist_lightning.models import FashionMNISTClassifier
+from fmnist_lightning.training.checkpoint_io import AtomicCheckpointIO
 from fmnist_lightning.training.config_keys import blame, options, type_problems
 from fmnist_lightning.training.precision import resolve_precision
 from fmnist_lightning.training.processes import launch_strategy
@@ -174,7 +175,11 @@ def _build_run(cfg: DictConfig, extra_callbacks: list[Callback], extra_loggers: 
     loggers = [*b.group("logger").values(), *extra_loggers]
     precision_reason = resolve_precision(cfg)  # trainer.precision=auto: this machine's choice, into cfg
     trainer = b.instantiate(
-        "trainer", callbacks=[*callbacks.values(), *extra_callbacks], logger=loggers or False, strategy=strategy
+        "trainer",
+        callbacks=[*callbacks.values(), *extra_callbacks],
+        logger=loggers or False,
+        strategy=strategy,
+        plugins=[AtomicCheckpointIO()],  # no half-written checkpoint under its final name
     )
     if b.problems:
         raise ConfigError(b.problems)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fmnist_lightning.training.slurm import time_limit_signal
@@ -35,7 +37,9 @@ class InterruptCheckpoint(Callback):
     end-of-epoch ``last.ckpt``, e.g. after a crash or SIGKILL, resumes exactly).
 
     Other exceptions (a non-finite loss, a bug) save nothing: the last end-of-epoch
-    checkpoint stays the last good one.
+    checkpoint stays the last good one. Neither does a signal outside fitting (in the test
+    loop, which holds the best checkpoint's weights, not the last epoch's): ``last.ckpt``
+    then stays the end of the last epoch.
 
     Args:
         dirpath: The checkpoint folder (that of ``ModelCheckpoint``).
@@ -67,7 +71,7 @@ class InterruptCheckpoint(Callback):
             signal.signal(signum, handler)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException):
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
             path = self.dirpath / "last.ckpt"
             trainer.save_checkpoint(path)
             log.warning("Stopped at epoch %d, step %d; saved %s", trainer.current_epoch, trainer.global_step, path)
@@ -80,7 +84,9 @@ class RunStatus(Callback):
     loggers after every validation and training epoch, so a crash loses no logged epoch.
 
     The file holds ``status`` (``running``, ``finished``, ``interrupted`` or ``failed``),
-    ``epochs`` (training epochs completed), ``global_step`` (optimizer steps),
+    ``epochs`` (training epochs completed), ``trained`` (training is over: the run was
+    stopped, if at all, in its test or report, so a resume only tests and reports),
+    ``global_step`` (optimizer steps),
     ``best_checkpoint`` (relative to the run folder), ``wall_time_s`` (seconds since this
     process started the run), ``metrics`` (the latest logged values; accuracies are
     fractions) and ``error`` (why the run stopped, or null). Only rank 0 writes.
@@ -92,6 +98,12 @@ class RunStatus(Callback):
     def __init__(self, output_dir: str | Path) -> None:
         self.output_dir = Path(output_dir)
         self.start = time.perf_counter()
+        self._resumed_at: tuple[int, str] | None = None
+
+    def resume_at(self, global_step: int, best_checkpoint: str) -> None:
+        """For a resume that does not fit again (training was over): the step and the best
+        checkpoint to report, which the Trainer, having trained nothing, does not know."""
+        self._resumed_at = (global_step, best_checkpoint)
 
     def write(
         self,
@@ -100,24 +112,49 @@ class RunStatus(Callback):
         epochs: int,
         metrics: dict[str, float] | None = None,
         error: str | None = None,
+        trained: bool | None = None,
     ) -> None:
-        """Writes the file (atomically: a reader never sees half of it)."""
+        """Writes the file (atomically: a reader never sees half of it).
+
+        Args:
+            trained: Whether training is over; ``None``: it is if ``status`` is ``finished``.
+
+        Raises:
+            OSError: The file cannot be written (the earlier one is then left as it was).
+        """
         if not trainer.is_global_zero:
             return
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None else ""
+        global_step = trainer.global_step
+        if self._resumed_at is not None:
+            global_step, best = self._resumed_at
         if metrics is None:
             metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         write_status(
             self.output_dir,
             status,
             epochs,
-            trainer.global_step,
+            global_step,
             os.path.relpath(best, self.output_dir.resolve()) if best else None,
             round(time.perf_counter() - self.start, 2),
             metrics,
             error,
+            trained=status == "finished" if trained is None else trained,
         )
+
+    def write_or_warn(self, trainer: L.Trainer, status: str, epochs: int, **fields: Any) -> None:
+        """``write``, for the end of a run that failed or was stopped: if even this write fails
+        (a full disk), says so on stderr, and the earlier ``metrics.json`` stays as it was."""
+        try:
+            self.write(trainer, status, epochs, **fields)
+        except OSError as err:
+            print(
+                f"warning: could not record the status {status!r} in {self.output_dir / 'metrics.json'} "
+                f"({err.strerror or err}); it still holds the status written before",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Runs before ModelCheckpoint's hook (Lightning calls checkpoint callbacks last), so

@@ -4,13 +4,20 @@ write the run folder."""
 from __future__ import annotations
 
 import logging
+import shlex
+import signal
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from fmnist_lightning.artifacts import atomic_file
 from fmnist_lightning.errors import ConfigError, NonFiniteLossError, RunError, RunInterrupted
 from fmnist_lightning.evaluation.figures import curves_figure
 from fmnist_lightning.evaluation.runs import NET_WEIGHTS, check_checkpoint_fits
@@ -23,7 +30,7 @@ from fmnist_lightning.training.history import EpochHistory, read_history
 from fmnist_lightning.training.precision import record_precision
 from fmnist_lightning.training.processes import command_line, cpu_threads, is_child_rank, train_command
 from fmnist_lightning.training.resume import discard_resume_attempt, start_checkpoint
-from fmnist_lightning.training.run_dirs import check_writable, checkpoint_dir
+from fmnist_lightning.training.run_dirs import check_writable, checkpoint_dir, write_failure
 from fmnist_lightning.training.status import read_status
 
 log = logging.getLogger(__name__)
@@ -136,49 +143,106 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()  # fail on missing or bad files before any training work
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    for logger in trainer.loggers:
-        logger.log_hyperparams(resolved)
-    log_run_start(trainer.loggers, OmegaConf.to_yaml(resolved), command_line())
     if start is not None:
         log.info("Continuing from %s", start)
-    status.write(trainer, "running", epochs=read_status(output_dir).get("epochs", 0) if start else 0, metrics={})
-
-    def completed() -> int:
-        return trainer.fit_loop.epoch_progress.current.completed
-
+    previous = read_status(output_dir) if start is not None else {}
+    # Stopped in its test or report: training is complete, and the resume only tests and reports.
+    trained = bool(previous.get("trained")) and previous.get("status") != "finished"
+    stage = "training"  # what a signal or an error interrupts
+    epochs = previous.get("epochs", 0)
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=start)
-        # trainer.test replaces callback_metrics, so keep the last epoch's train/val values.
-        metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
-        checkpoint = trainer.checkpoint_callback
-        best_path = checkpoint.best_model_path if checkpoint is not None else ""
-        # One pass over the test set: the TestReport callback writes the report from it.
-        trainer.test(model, datamodule=datamodule, ckpt_path="best" if best_path else None)
-        metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
-        if trainer.is_global_zero:
-            if best_path:  # the tested weights, whichever process the test ran in
-                model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
-            torch.save(model.net.state_dict(), output_dir / NET_WEIGHTS)
-            write_curves(output_dir)
-            log_hparams_session(trainer.loggers, hparams_of(resolved, run_overrides()), metrics)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(resolved)
+        log_run_start(trainer.loggers, OmegaConf.to_yaml(resolved), command_line())
+        status.write(trainer, "running", epochs=epochs, metrics={})
+        if trained:
+            log.info("Training finished earlier (%d epochs); testing and reporting again", epochs)
+            metrics = {k: v for k, v in previous.get("metrics", {}).items() if not k.startswith("test/")}
+            best = previous.get("best_checkpoint")
+            best_path = str(output_dir / best) if best else ""
+            test_from = best_path or str(start)
+            status.resume_at(previous.get("global_step", 0), best_path)
+        else:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=start)
+            epochs = trainer.fit_loop.epoch_progress.current.completed
+            # trainer.test replaces callback_metrics, so keep the last epoch's train/val values.
+            metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+            checkpoint = trainer.checkpoint_callback
+            best_path = checkpoint.best_model_path if checkpoint is not None else ""
+            test_from = best_path or None
+        stage = "test"
+        with stop_signals_raise():  # SIGTERM stops the test and the report as Ctrl-C does
+            status.write(trainer, "running", epochs=epochs, metrics=metrics, trained=True)
+            # One pass over the test set: the TestReport callback writes the report from it.
+            trainer.test(model, datamodule=datamodule, ckpt_path=test_from)
+            metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
+            stage = "report"
+            if trainer.is_global_zero:
+                if best_path:  # the tested weights, whichever process the test ran in
+                    model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
+                with atomic_file(output_dir / NET_WEIGHTS) as file:
+                    torch.save(model.net.state_dict(), file)
+                write_curves(output_dir)
+                log_hparams_session(trainer.loggers, hparams_of(resolved, run_overrides()), metrics)
+            status.write(trainer, "finished", epochs=epochs, metrics=metrics)
     except NonFiniteLossError as err:
-        status.write(trainer, "failed", epochs=completed(), error=str(err))
+        status.write_or_warn(trainer, "failed", epochs=_completed(trainer), error=str(err))
         raise
     except (SystemExit, KeyboardInterrupt):  # Lightning's ways out after Ctrl-C and SIGTERM
-        where = f"in epoch {trainer.current_epoch} (step {trainer.global_step})"
-        status.write(trainer, "interrupted", epochs=completed(), error=f"stopped by Ctrl-C or SIGTERM {where}")
         last = checkpoint_dir(cfg) / "last.ckpt"
+        resume = f"{train_command()} {shlex.quote(f'resume={output_dir}')}"
+        if stage != "training":  # last.ckpt is the end of the last epoch: the resume only tests
+            status.write_or_warn(
+                trainer, "interrupted", epochs=epochs, metrics=metrics, trained=True,
+                error=f"stopped by Ctrl-C or SIGTERM during the {stage}, after training finished ({epochs} epochs)",
+            )  # fmt: skip
+            raise RunInterrupted(
+                f"stopped during the {stage}, after training finished ({epochs} epochs, kept in {last}); "
+                f"test and report it with: {resume}"
+            ) from None
+        where = f"in epoch {trainer.current_epoch} (step {trainer.global_step})"
+        status.write_or_warn(
+            trainer, "interrupted", epochs=_completed(trainer), error=f"stopped by Ctrl-C or SIGTERM {where}"
+        )
         if not last.is_file():
             raise RunInterrupted(f"training stopped {where}, before any checkpoint was saved; start it again") from None
-        raise RunInterrupted(
-            f"training stopped {where}; continue it from {last} with: {train_command()} resume={output_dir}"
-        ) from None
+        raise RunInterrupted(f"training stopped {where}; continue it from {last} with: {resume}") from None
+    except OSError as err:  # a full disk, a folder made read-only, a lost mount: any write of the run
+        message = write_failure(err, output_dir)
+        failed_epochs = epochs if stage != "training" else _completed(trainer)
+        status.write_or_warn(trainer, "failed", epochs=failed_epochs, error=message, trained=stage != "training")
+        resume = f"{train_command()} {shlex.quote(f'resume={output_dir}')}"
+        raise RunError(f"{message}; then continue the run with: {resume}") from None
     except Exception as err:
-        status.write(trainer, "failed", epochs=completed(), error=f"{type(err).__name__}: {err}")
+        status.write_or_warn(trainer, "failed", epochs=_completed(trainer), error=f"{type(err).__name__}: {err}")
         raise
-    status.write(trainer, "finished", epochs=completed(), metrics=metrics)
     log.info("Run folder %s: %s", output_dir, {k: round(v, 4) for k, v in metrics.items() if k.startswith("test/")})
     return metrics
+
+
+def _completed(trainer: L.Trainer) -> int:
+    """Training epochs completed so far."""
+    return trainer.fit_loop.epoch_progress.current.completed
+
+
+@contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """Inside the block, SIGTERM raises ``KeyboardInterrupt`` as Ctrl-C does (in the main
+    thread), so that a stop during the test or the report ends in the ``interrupted`` status
+    rather than killing the process between two files. Lightning's own SIGTERM handler, which
+    it installs during ``trainer.test``, calls this one too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_overrides() -> list[str]:

@@ -6,7 +6,9 @@ the run's saved, fully composed config is the primary config (so conf/ edits mad
 not leak in), dotted overrides such as ``trainer.max_epochs=20`` still apply, and this
 attempt's Hydra files go to ``.hydra/resume_<date>_<time>/``, leaving the original ones
 untouched. An explicit ``hydra.run.dir`` (or ``hydra.sweep.dir``) that already holds a run
-is refused, since Hydra would overwrite that run's ``.hydra/`` files.
+is refused (by ``run_dirs.RunFolderGuard``), since Hydra would overwrite that run's files.
+Folder names with spaces or non-ASCII letters work in any spelling: ``resume=/tmp/my run``
+as one shell word, or Hydra's quoting ``'resume="/tmp/my run/ñ"'``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -24,13 +27,7 @@ from fmnist_lightning.evaluation.runs import load_run_config
 from fmnist_lightning.locks import lock_run_folder, release_run_folder
 from fmnist_lightning.training.history import read_history
 from fmnist_lightning.training.processes import is_child_rank, train_command
-from fmnist_lightning.training.run_dirs import (
-    check_can_create,
-    checkpoint_dir,
-    holds_run,
-    is_run_folder,
-    split_override,
-)
+from fmnist_lightning.training.run_dirs import checkpoint_dir, is_run_folder, override_value, quoted, split_override
 from fmnist_lightning.training.status import read_status
 
 #: The config groups of conf/train.yaml's defaults list.
@@ -45,19 +42,23 @@ RESUME_SUBDIR_PREFIX = "resume_"
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 
 
-def _value(args: list[str], key: str) -> str | None:
-    """The value of the last ``key=value`` override in ``args`` (``+``/``++`` prefixes allowed;
-    ``~key`` deletions are not values)."""
+def _value(args: list[str], key: str) -> Any:
+    """The value of the last ``key=value`` override in ``args`` as Hydra reads it (quotes
+    removed, ``null`` as ``None``; ``+``/``++`` prefixes allowed; ``~key`` deletions are not
+    values), or ``None``."""
     found = None
     for arg in args:
         name, value = split_override(arg)
         if value is not None and name == key and not arg.startswith("~"):
-            found = value
+            found = override_value(arg)
     return found
 
 
 def preflight(argv: list[str]) -> list[str]:
     """Checks the command line of ``train.py`` before Hydra runs, and rewrites ``resume=``.
+
+    A new run's folder is checked later, on the folder Hydra resolves, by
+    ``run_dirs.RunFolderGuard``.
 
     Args:
         argv: ``sys.argv``.
@@ -69,34 +70,16 @@ def preflight(argv: list[str]) -> list[str]:
     Raises:
         RunError: ``resume`` names no run folder or is combined with ``-m``/``-cp``/``-cn``,
             ``hydra.run.dir`` or a config group; another process is training in the folder;
-            the run's config, ``metrics.json`` or ``history.csv`` is damaged;
-            an explicit ``hydra.run.dir``/``hydra.sweep.dir`` already holds a run; or the run
-            folder cannot be created.
+            or the run's config, ``metrics.json`` or ``history.csv`` is damaged.
     """
     args = argv[1:]
     if any(a.startswith("++resume=") for a in args):  # already rewritten: a DDP child's copy
         return argv
     multirun = "-m" in args or "--multirun" in args
     resume = _value(args, "resume")
-    if resume in (None, "null"):
-        if is_child_rank():  # DDP children and SLURM tasks share rank 0's run folder on purpose
-            return _without_hydra_files(argv)
-        run_dir = _value(args, "hydra.run.dir")
-        check_can_create(Path((_value(args, "hydra.sweep.dir") if multirun else run_dir) or "outputs"))
-        if not multirun and run_dir and holds_run(Path(run_dir)):
-            lock_run_folder(run_dir)  # RunError naming the holder's PID while that run trains
-            release_run_folder(run_dir)
-            raise RunError(
-                f"hydra.run.dir={run_dir} already holds a run, and a new run there would overwrite "
-                f"its files. Pick a new folder, or continue that run with resume={run_dir}."
-            )
-        sweep_dir = _value(args, "hydra.sweep.dir")
-        if multirun and sweep_dir and Path(sweep_dir).is_dir() and any(map(holds_run, Path(sweep_dir).iterdir())):
-            raise RunError(
-                f"hydra.sweep.dir={sweep_dir} already holds the jobs of a sweep, and new jobs there "
-                "would overwrite them. Pick a new folder."
-            )
-        return argv
+    if resume is None:
+        return _without_hydra_files(argv)  # DDP children and SLURM tasks share rank 0's run folder
+    resume = str(resume)
 
     if multirun:
         raise RunError(
@@ -131,7 +114,7 @@ def preflight(argv: list[str]) -> list[str]:
         release_run_folder(folder)  # (a no-op where the lock is not held)
         raise
     attempt = f"{RESUME_SUBDIR_PREFIX}{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
-    others = [a for a in args if _value([a], "resume") is None]
+    others = [a for a in args if split_override(a)[0] != "resume"]
     return _without_hydra_files(
         [
             argv[0],
@@ -140,8 +123,8 @@ def preflight(argv: list[str]) -> list[str]:
             "-cn",
             "config",
             *others,
-            f"++resume={folder}",
-            f"hydra.run.dir={folder}",
+            f"++resume={quoted(str(folder))}",
+            f"hydra.run.dir={quoted(str(folder))}",
             f"hydra.output_subdir=.hydra/{attempt}",
         ]
     )
@@ -188,7 +171,7 @@ def start_checkpoint(cfg: DictConfig) -> Path | None:
         if not last.is_file():
             raise RunError(
                 f"resume={resume}: the run has no checkpoint {last}, so there is nothing to continue "
-                "(it stopped before its first epoch ended, or ran with callbacks.model_checkpoint=null); "
+                "(it stopped before its first epoch ended, or ran with callbacks.last_checkpoint=null); "
                 "start it again as a new run"
             )
         status = read_status(output_dir)

@@ -5,6 +5,9 @@
   itself with ``os.mkdir`` (atomic) and adds ``_1``, ``_2`` ... when another run started in
   the same second already took the name.
 - A folder that cannot be written, or whose disk is nearly full, is refused before any work.
+- ``RunFolderGuard`` checks the folder Hydra actually resolved, whatever its spelling, before
+  Hydra writes anything into it: a run folder that already holds a run, and a sweep folder
+  that already holds jobs or is in use by another sweep, are refused.
 
 ``resume=<run folder>`` (writing into an earlier run on purpose) is in
 ``fmnist_lightning.training.resume``.
@@ -14,13 +17,17 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_lightning.errors import RunError
+from fmnist_lightning.errors import RunError, UserError
+from fmnist_lightning.locks import lock_run_folder, release_run_folder
 from fmnist_lightning.training.status import STATUS_FILE
 
 
@@ -31,7 +38,11 @@ def new_dir(path: str) -> str:
     ``os.mkdir`` fails when the folder exists, so two processes can never get the same one.
     Registered as the ``fmnist.new_dir`` resolver (cached, so every later read of the same
     config node gives the same folder).
+
+    Raises:
+        RunError: The folder cannot be created (see ``check_can_create``).
     """
+    check_can_create(Path(path))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     candidate, n = path, 0
     while True:
@@ -58,6 +69,27 @@ def split_override(arg: str) -> tuple[str, str | None]:
     and ``~`` prefixes dropped); value ``None`` where there is no ``=``."""
     key, sep, value = arg.lstrip("+~").partition("=")
     return key, value if sep else None
+
+
+def override_value(arg: str) -> Any:
+    """The value of a Hydra override as Hydra reads it: ``'hydra.run.dir="/tmp/my run"'``
+    gives ``/tmp/my run`` (quotes removed), ``x=null`` gives ``None``. A value Hydra's
+    grammar cannot parse (``resume=/tmp/my run/ñ``, unquoted non-ASCII) is taken as typed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return OverridesParser.create().parse_override(arg).value()
+    except HydraException:
+        return split_override(arg)[1]
+
+
+def quoted(value: str) -> str:
+    """``value`` as a quoted Hydra override value, which Hydra reads back unchanged whatever
+    it holds (spaces, non-ASCII letters, quotes, ``=`` or ``,``)."""
+    from hydra.core.override_parser.types import Quote, QuotedString
+
+    return QuotedString(text=value, quote=Quote.single).with_quotes()
 
 
 def _short_key(key: str) -> str:
@@ -132,6 +164,108 @@ def holds_run(folder: Path) -> bool:
     return is_run_folder(folder) and ((folder / STATUS_FILE).is_file() or (folder / "checkpoints").is_dir())
 
 
+def _resolved_folder(config: DictConfig, key: str) -> Path:
+    """The absolute folder that ``config``'s ``key`` (``hydra.run.dir`` or ``hydra.sweep.dir``)
+    names, as Hydra will use it: interpolations resolved (the same folder Hydra then gets, since
+    the resolvers that make folders are cached), ``.``, ``..`` and symlinks followed.
+
+    Raises:
+        SystemExit: ``error: ...`` when the folder cannot be made (a read-only disk, say).
+    """
+    try:
+        folder = str(OmegaConf.select(config, key))
+    except Exception as err:  # OmegaConf wraps a resolver's error; the UserError is its cause
+        cause = err
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise SystemExit(f"error: {cause}") from None
+    return Path(folder).expanduser().resolve()
+
+
+class RunFolderGuard(Callback):
+    """Hydra callback (``conf/hydra/default.yaml``, and ``conf/evaluate.yaml``'s): before
+    Hydra writes into the folder of a run or a sweep, checks the folder it resolved, so that no
+    spelling of ``hydra.run.dir`` or ``hydra.sweep.dir`` (quotes, ``./``, ``..``, a trailing
+    slash, a symlink, an interpolation) can write into an earlier run.
+
+    - A run: the folder must not hold a run (``holds_run``) unless this is ``resume=``, and
+      this process then holds its lock (``fmnist_lightning.locks``) until it ends, so two
+      processes given the same new folder cannot both write there.
+    - A sweep: this process holds the sweep folder's lock until it ends, so a second sweep
+      into the same folder is refused before any of its jobs starts; and the folder must not
+      hold the jobs of an earlier sweep.
+
+    Refusals end the process with one ``error: ...`` line, before Hydra writes anything.
+
+    Args:
+        lock: Take the folder's lock (``False`` for a folder that only this command writes).
+    """
+
+    def __init__(self, lock: bool = True) -> None:
+        self.lock = lock
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from fmnist_lightning.training.processes import is_child_rank
+
+        if config.get("resume") or is_child_rank():  # resume's preflight holds the lock already
+            return
+        folder = _resolved_folder(config, "hydra.run.dir")
+        try:
+            check_can_create(folder)
+            if holds_run(folder):
+                lock_run_folder(folder)  # FolderInUseError naming the holder's PID while that run trains
+                release_run_folder(folder)
+                resume = shlex.quote(f"resume={folder}")
+                raise RunError(
+                    f"the run folder {folder} (hydra.run.dir) already holds a run, and a new run there would "
+                    f"overwrite its files. Pick a new folder, or continue that run with {resume}"
+                )
+            if self.lock:
+                lock_run_folder(folder)
+        except RunError as err:
+            raise SystemExit(f"error: {err}") from None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        folder = _resolved_folder(config, "hydra.sweep.dir")
+        try:
+            check_can_create(folder)
+            if self.lock:
+                lock_run_folder(folder, kind="sweep")
+            if folder.is_dir() and any(holds_run(job) for job in folder.iterdir() if job.is_dir()):
+                release_run_folder(folder)
+                raise RunError(
+                    f"the sweep folder {folder} (hydra.sweep.dir) already holds the jobs of a sweep, and "
+                    "new jobs there would overwrite them. Pick a new folder."
+                )
+        except RunError as err:
+            raise SystemExit(f"error: {err}") from None
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing ancestor (absolute)."""
+    ancestor = path.expanduser().absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    return ancestor
+
+
+def write_failure(err: OSError, output_dir: Path) -> str:
+    """What a failed write of a run means, in one line: the file (``output_dir`` when the
+    error names none), the system's reason, and the free space on that disk, in MiB.
+
+    >>> write_failure(OSError(28, "No space left on device", "/"), Path("/"))  # doctest: +ELLIPSIS
+    'could not write /: No space left on device (... MiB free on its disk); free some space or fix the folder'
+    """
+    path = Path(err.filename) if err.filename else output_dir
+    try:
+        free = f"{shutil.disk_usage(_existing_ancestor(path)).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return f"could not write {path}: {err.strerror or err} ({free} on its disk); free some space or fix the folder"
+
+
 def check_can_create(folder: Path) -> None:
     """Refuses a run folder that cannot be created: tries a probe folder in its nearest
     existing ancestor (permission bits alone do not tell, e.g. for root on a read-only disk).
@@ -139,9 +273,7 @@ def check_can_create(folder: Path) -> None:
     Raises:
         RunError: The probe cannot be created.
     """
-    ancestor = folder.expanduser().absolute()
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
+    ancestor = _existing_ancestor(folder)
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".fmnist_probe_", dir=ancestor))
     except OSError as err:
@@ -177,6 +309,11 @@ def check_writable(output_dir: Path, min_free_bytes: int) -> None:
 
 
 def checkpoint_dir(cfg: DictConfig) -> Path:
-    """The folder ``ModelCheckpoint`` writes to (``callbacks.model_checkpoint.dirpath``)."""
-    dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
-    return Path(dirpath) if dirpath else Path(cfg.output_dir) / "checkpoints"
+    """The folder of ``last.ckpt``: ``callbacks.last_checkpoint.dirpath``, else (a run saved
+    before that callback existed) ``callbacks.model_checkpoint.dirpath``, else
+    ``<output_dir>/checkpoints``."""
+    for key in ("callbacks.last_checkpoint.dirpath", "callbacks.model_checkpoint.dirpath"):
+        dirpath = OmegaConf.select(cfg, key, default=None)
+        if dirpath:
+            return Path(dirpath)
+    return Path(cfg.output_dir) / "checkpoints"

@@ -22,7 +22,7 @@ STATUS_FIX = (
     "checkpoints/last.ckpt and writes it anew; a sweep summary lists the job as not started)."
 )
 #: The fields a reader relies on, and their types.
-STATUS_FIELDS = {"status": str, "epochs": int, "global_step": int, "metrics": dict}
+STATUS_FIELDS = {"status": str, "epochs": int, "trained": bool, "global_step": int, "metrics": dict}
 
 
 def read_status(run_dir: Path) -> dict:
@@ -53,13 +53,19 @@ def write_status(
     wall_time_s: float | None = None,
     metrics: dict[str, float] | None = None,
     error: str | None = None,
+    trained: bool = False,
 ) -> None:
     """Writes a run folder's ``metrics.json`` (the fields are described in
     ``RunStatus``), atomically: a reader never sees half
-    of it."""
+    of it.
+
+    Raises:
+        OSError: The file cannot be written (the earlier one is then left as it was).
+    """
     summary = {
         "status": status,
         "epochs": epochs,
+        "trained": trained,
         "global_step": global_step,
         "best_checkpoint": best_checkpoint,
         "wall_time_s": wall_time_s,
