@@ -139,8 +139,8 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
-def write_atomically(path: Path, data: str | bytes) -> None:
-    """Writes ``data`` (text as UTF-8) to ``path`` through ``atomic_file``.
+def write_atomically(path: Path, data: str | bytes | memoryview) -> None:
+    """Writes ``data`` (text as UTF-8, or bytes) to ``path`` through ``atomic_file``.
 
     Raises:
         OSError: The folder is not writable or the disk is full (``path`` is then unchanged).

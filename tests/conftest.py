@@ -8,13 +8,14 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 from hydra import compose, initialize_config_dir
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -68,6 +69,36 @@ def start_script(script: str, *args: str, cwd: Path = REPO) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def mounted_tmpfs(folder: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``folder`` (read-only or tiny, to get real EROFS/ENOSPC errors)."""
+    folder.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"mounting a tmpfs needs root: {result.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+@contextmanager
+def held_by_another_process(folder: Path, kind: str = "run") -> Iterator[subprocess.Popen]:
+    """Another process holding ``folder``'s lock (``fmnist_lightning.locks``) while the block runs."""
+    code = (
+        "import time; from fmnist_lightning.locks import lock_run_folder; "
+        f"lock_run_folder({str(folder)!r}, kind={kind!r}); print('held', flush=True); time.sleep(120)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 class NaNAfterNet(TwoConv5x5Net):

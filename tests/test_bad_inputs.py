@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import mounted_tmpfs, run_script
 from fmnist_lightning.data.idx import IDX_SPECS
 from fmnist_lightning.errors import ConfigError
 from fmnist_lightning.training.build import build_run
@@ -30,20 +29,6 @@ def snapshot(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-
-
-def mounted_tmpfs(folder: Path, options: str) -> Iterator[Path]:
-    """A tmpfs mounted at ``folder`` (read-only or tiny, to get real EROFS/ENOSPC errors)."""
-    folder.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        pytest.skip(f"mounting a tmpfs needs root: {result.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
 
 
 @pytest.fixture(scope="module")

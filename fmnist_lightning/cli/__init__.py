@@ -4,7 +4,12 @@
 ``fmnist_lightning.conf`` (the repository's ``conf/``) and writes under ``outputs/`` in the
 working directory."""
 
+import sys
 from importlib.util import find_spec
+
+#: Keys whose values are paths: a value Hydra's grammar cannot read as typed (a space next to
+#: a non-ASCII letter, say) is quoted for it by ``quote_paths``.
+PATH_KEYS = ("resume", "run_dir", "sweep_dir", "hydra.run.dir", "hydra.sweep.dir", "data.root", "output", "ckpt_path")
 
 
 def require_configs() -> None:
@@ -20,3 +25,28 @@ def require_configs() -> None:
             "error: the configs (the package fmnist_lightning.conf, conf/ in a clone) are not installed; "
             "in a clone run `bash scripts/setup.sh` (or `pip install -e .`), else `pip install fmnist-lightning`"
         )
+
+
+def quote_paths() -> None:
+    """Lets a path be given as one shell word, whatever it holds: rewrites each
+    ``<path key>=<value>`` of ``sys.argv`` (``PATH_KEYS``) that Hydra's override grammar cannot
+    parse (``run_dir=/tmp/my run/ñ``) into Hydra's quoting (``run_dir='/tmp/my run/ñ'``).
+    Values Hydra reads already, quoted ones included, are left as they are."""
+    from fmnist_lightning.training.run_dirs import quoted, split_override
+
+    for i, arg in enumerate(sys.argv[1:], start=1):
+        key, value = split_override(arg)
+        if key in PATH_KEYS and value is not None and _unparseable(arg):
+            sys.argv[i] = f"{arg[: len(arg) - len(value)]}{quoted(value)}"
+
+
+def _unparseable(arg: str) -> bool:
+    """True if Hydra's override grammar cannot parse ``arg``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        OverridesParser.create().parse_override(arg)
+    except HydraException:
+        return True
+    return False

@@ -9,7 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fmnist_lightning.cli import require_configs
+from fmnist_lightning.cli import quote_paths, require_configs
 from fmnist_lightning.errors import UserError
 from fmnist_lightning.evaluation import evaluate_run
 from fmnist_lightning.training.run_dirs import register_resolvers
@@ -29,5 +29,6 @@ def evaluate(cfg: DictConfig) -> None:
 def main() -> None:
     """The command line: ``fmnist-evaluate run_dir=... [overrides]``."""
     require_configs()
+    quote_paths()
     register_resolvers()
     evaluate()

@@ -9,14 +9,16 @@ could not be classified (the others are still classified). See conf/predict.yaml
 import dataclasses
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, ListConfig
 
-from fmnist_lightning.cli import require_configs
+from fmnist_lightning.artifacts import write_atomically
+from fmnist_lightning.cli import quote_paths, require_configs
 from fmnist_lightning.data.photos import check_options
-from fmnist_lightning.errors import UserError
+from fmnist_lightning.errors import RunError, UserError
 from fmnist_lightning.evaluation.files import predict_files
 from fmnist_lightning.evaluation.runs import load_trained
 
@@ -26,6 +28,8 @@ def predict(cfg: DictConfig) -> None:
     images = list(cfg.images) if isinstance(cfg.images, ListConfig) else [cfg.images]
     try:
         check_options(cfg.preprocess, cfg.invert)
+        if cfg.output:
+            check_output(Path(cfg.output))
         model = load_trained(cfg.run_dir, cfg.weights, cfg.device)
     except (UserError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
@@ -38,12 +42,32 @@ def predict(cfg: DictConfig) -> None:
             others = ", ".join(f"{name} {p:.3f}" for name, p in r.top[1:])
             print(f"{r.path}: {r.name} ({r.probability:.3f}){'; then ' + others if others else ''}")
     if cfg.output:
-        Path(cfg.output).write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=2) + "\n")
+        try:
+            write_atomically(Path(cfg.output), json.dumps([dataclasses.asdict(r) for r in results], indent=2) + "\n")
+        except OSError as err:  # the folder changed since the check, or the disk is full
+            raise SystemExit(f"error: could not write output={cfg.output}: {err.strerror or err}") from None
     if any(r.error for r in results):
         sys.exit(1)
+
+
+def check_output(path: Path) -> None:
+    """Refuses an ``output`` file that could not be written, before any image is classified.
+
+    Raises:
+        RunError: Its folder does not exist or is not writable (a probe file is created there
+            and removed: permission bits alone do not tell, e.g. for root on a read-only disk).
+    """
+    folder = path.expanduser().absolute().parent
+    if not folder.is_dir():
+        raise RunError(f"output={path}: the folder {folder} does not exist; create it, or write elsewhere")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        raise RunError(f"output={path}: cannot write in {folder} ({err.strerror or err}); write elsewhere") from None
 
 
 def main() -> None:
     """The command line: ``fmnist-predict run_dir=... images=... [overrides]``."""
     require_configs()
+    quote_paths()
     predict()

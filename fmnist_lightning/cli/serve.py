@@ -13,7 +13,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from fmnist_lightning.cli import require_configs
+from fmnist_lightning.cli import quote_paths, require_configs
 from fmnist_lightning.errors import UserError
 
 
@@ -51,4 +51,5 @@ def stop_on_sigterm() -> None:
 def main() -> None:
     """The command line: ``fmnist-serve run_dir=... [backend=...] [port=...]``."""
     require_configs()
+    quote_paths()
     serve()

@@ -9,7 +9,7 @@ a job did not finish.
 import hydra
 from omegaconf import DictConfig
 
-from fmnist_lightning.cli import require_configs
+from fmnist_lightning.cli import quote_paths, require_configs
 from fmnist_lightning.errors import UserError
 from fmnist_lightning.sweeps import summarize
 
@@ -28,4 +28,5 @@ def summarize_sweep(cfg: DictConfig) -> None:
 def main() -> None:
     """The command line: ``fmnist-summarize sweep_dir=... [metric=...]``."""
     require_configs()
+    quote_paths()
     summarize_sweep()

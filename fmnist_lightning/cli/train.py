@@ -16,7 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fmnist_lightning.cli import require_configs
+from fmnist_lightning.cli import quote_paths, require_configs
 from fmnist_lightning.errors import FolderInUseError, RunInterrupted, UserError
 from fmnist_lightning.training.processes import in_multirun
 from fmnist_lightning.training.resume import run_command_line
@@ -78,6 +78,7 @@ def worst_value(cfg: DictConfig) -> float:
 def main() -> None:
     """The command line: ``fmnist-train [overrides]``."""
     require_configs()
+    quote_paths()
     # A log line that cannot be written (a full disk) is dropped rather than printed with a
     # traceback; the run's own error line says what went wrong.
     logging.raiseExceptions = False

@@ -3,11 +3,12 @@
 Lightning's ``TorchCheckpointIO`` writes a checkpoint straight to its final name, so a full
 disk or a kill mid-write leaves a truncated ``.ckpt`` that looks like a checkpoint.
 ``AtomicCheckpointIO`` writes it beside its target and renames it into place
-(``fmnist_lightning.artifacts.atomic_file``). ``build_run`` gives it to every Trainer.
+(``fmnist_lightning.artifacts.write_atomically``). ``build_run`` gives it to every Trainer.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from fmnist_lightning.artifacts import atomic_file
+from fmnist_lightning.artifacts import write_atomically
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -31,5 +32,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(path) as file:
-            torch.save(checkpoint, file)
+        # Serialised in memory first, as Lightning's own _atomic_save does: torch.save into a
+        # file that fails mid-write raises a RuntimeError of its zip writer, not the OSError.
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_atomically(path, buffer.getbuffer())

@@ -3,6 +3,7 @@ write the run folder."""
 
 from __future__ import annotations
 
+import io
 import logging
 import shlex
 import signal
@@ -17,7 +18,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_lightning.artifacts import atomic_file
+from fmnist_lightning.artifacts import write_atomically
 from fmnist_lightning.errors import ConfigError, NonFiniteLossError, RunError, RunInterrupted
 from fmnist_lightning.evaluation.figures import curves_figure
 from fmnist_lightning.evaluation.runs import NET_WEIGHTS, check_checkpoint_fits
@@ -180,8 +181,9 @@ def _train(cfg: DictConfig) -> dict[str, float]:
             if trainer.is_global_zero:
                 if best_path:  # the tested weights, whichever process the test ran in
                     model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
-                with atomic_file(output_dir / NET_WEIGHTS) as file:
-                    torch.save(model.net.state_dict(), file)
+                weights = io.BytesIO()  # serialised first: see checkpoint_io.AtomicCheckpointIO
+                torch.save(model.net.state_dict(), weights)
+                write_atomically(output_dir / NET_WEIGHTS, weights.getbuffer())
                 write_curves(output_dir)
                 log_hparams_session(trainer.loggers, hparams_of(resolved, run_overrides()), metrics)
             status.write(trainer, "finished", epochs=epochs, metrics=metrics)

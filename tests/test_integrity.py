@@ -1,0 +1,405 @@
+"""The run-integrity contract of docs/runs.md: no spelling of a folder writes into an earlier
+run; a sweep folder has one writer; ``last.ckpt`` is the end of the last epoch, and a signal
+outside fitting writes no training checkpoint; a failed write (a full disk) ends in one
+``error:`` line, a truthful status and no partial file; folders with spaces and non-ASCII
+letters work with every command; and the last faults that ended in tracebacks."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig
+from PIL import Image
+from test_resume import assert_same_weights, wait_for
+
+from conftest import CONF, held_by_another_process, mounted_tmpfs, run_script, start_script
+from fmnist_lightning.cli import train as train_cli
+from fmnist_lightning.errors import ConfigError
+from fmnist_lightning.locks import release_run_folder
+from fmnist_lightning.training.build import build_run
+from fmnist_lightning.training.callbacks import RunStatus
+from fmnist_lightning.training.checkpoint_io import AtomicCheckpointIO
+from fmnist_lightning.training.history import read_history
+from fmnist_lightning.training.pipeline import train
+from fmnist_lightning.training.resume import preflight
+from fmnist_lightning.training.run_dirs import RunFolderGuard, register_resolvers, write_failure
+from fmnist_lightning.training.status import read_status, write_status
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Relative path → bytes of every file under ``folder``."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def composed(config_name: str, *overrides: str) -> DictConfig:
+    """``config_name`` composed with Hydra's own section, as Hydra hands it to its callbacks."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides), return_hydra_config=True)
+
+
+# 1. No spelling of an earlier run's folder writes into it ---------------------------------
+
+#: Spellings of the folder ``<base>/runs/run``, with the working directory at ``<base>``:
+#: name → hydra.run.dir's value (``{run}``: the absolute path).
+SPELLINGS = {
+    "absolute": "{run}",
+    "double quotes": '"{run}"',
+    "single quotes": "'{run}'",
+    "relative": "runs/run",
+    "dot slash and trailing slash": "./runs/run/",
+    "dot dot": "runs/nothing/../run",
+    "double slash": "runs//run",
+    "symlink": "link",
+    "symlink to the parent": "runs_link/run",
+    "interpolation": "${{oc.env:EARLIER_RUN}}",
+}
+
+
+@pytest.fixture
+def earlier_run(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The session's trained run at ``<tmp>/runs/run`` (a symlink to it), the working
+    directory at ``<tmp>``, with the symlinks and the variable the spellings use."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "run").symlink_to(trained_run)
+    (tmp_path / "link").symlink_to(trained_run)
+    (tmp_path / "runs_link").symlink_to(tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EARLIER_RUN", str(trained_run))
+    return trained_run
+
+
+@pytest.mark.parametrize("spelling", list(SPELLINGS))
+def test_no_spelling_of_an_earlier_run_folder_is_written_into(earlier_run: Path, tmp_path: Path, spelling: str) -> None:
+    before = snapshot(earlier_run)
+    value = SPELLINGS[spelling].format(run=tmp_path / "runs" / "run")
+    config = composed("train", f"hydra.run.dir={value}")
+    with pytest.raises(SystemExit) as refusal:
+        RunFolderGuard().on_run_start(config=config)
+    assert str(refusal.value).startswith(f"error: the run folder {earlier_run} (hydra.run.dir) already holds a run")
+    assert snapshot(earlier_run) == before
+
+
+def test_a_new_folder_in_any_spelling_is_taken_and_locked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = composed("train", "hydra.run.dir='./new run/ñ/'")
+    RunFolderGuard().on_run_start(config=config)
+    folder = tmp_path / "new run" / "ñ"
+    try:  # this process holds its lock now: a second process is refused
+        result = run_script("train.py", "debug=fdr", f"hydra.run.dir={folder}", cwd=tmp_path)
+        assert result.returncode == 1 and f"the run folder {folder} is in use: process {os.getpid()}" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        release_run_folder(folder)
+
+
+def test_evaluate_never_writes_into_a_run_folder(earlier_run: Path) -> None:
+    before = snapshot(earlier_run)
+    config = composed("evaluate", f"run_dir={earlier_run}", f"hydra.run.dir={earlier_run}/")
+    with pytest.raises(SystemExit, match="already holds a run"):
+        RunFolderGuard().on_run_start(config=config)
+    assert snapshot(earlier_run) == before
+
+
+# 4. A sweep folder has one writer ---------------------------------------------------------
+
+
+def test_a_sweep_folder_in_use_is_refused_before_any_job(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    with held_by_another_process(sweep, kind="sweep") as holder:
+        config = composed("train", f"hydra.sweep.dir='{tmp_path}/./sweep/'")
+        with pytest.raises(SystemExit) as refusal:
+            RunFolderGuard().on_multirun_start(config=config)
+    assert f"the sweep folder {sweep} is in use: process {holder.pid} is running a sweep in it" in str(refusal.value)
+    assert sorted(p.name for p in sweep.iterdir()) == [".lock"]
+
+
+def test_a_sweep_folder_with_earlier_jobs_is_refused(trained_run: Path, tmp_path: Path) -> None:
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "0_seed-1").symlink_to(trained_run)
+    config = composed("train", f"hydra.sweep.dir={tmp_path}/sweep")
+    with pytest.raises(SystemExit, match="already holds the jobs of a sweep"):
+        RunFolderGuard().on_multirun_start(config=config)
+
+
+def test_a_job_refused_by_another_process_writes_nothing_there(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(train_cli, "in_multirun", lambda: True)  # as a sweep job: record, go on
+    cfg = make_cfg("debug=fdr")
+    with held_by_another_process(tmp_path):
+        assert train_cli.train_run.__wrapped__(cfg) == float("-inf")
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_together_into_one_folder(data_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m",
+        "seed=1,2",
+        "model=two_conv_5x5",
+        "data.image_size=16",
+        "trainer=cpu",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=100",
+        "trainer.limit_val_batches=5",
+        "callbacks.progress_bar=null",
+        f"data.root={data_root}",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    first, second = start_script("train.py", *args), start_script("train.py", *args)
+    outcomes = sorted((p.wait(timeout=600), p.stderr.read()) for p in (first, second))
+    (ok, _), (refused, message) = outcomes
+    assert ok == 0 and refused == 1, outcomes
+    assert "error: the sweep folder" in message and "is running a sweep in it" in message, message
+    assert "Traceback" not in message
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name for p in jobs] == ["0_seed-1", "1_seed-2"]
+    for job in jobs:
+        assert read_status(job)["status"] == "finished"
+        assert "error" not in (job / "train.log").read_text()
+    assert "2 jobs, 2 finished" in (sweep / "summary.md").read_text()
+
+
+# 2. last.ckpt is the end of the last epoch; a signal outside fitting writes no checkpoint ---
+
+#: Three short epochs; ``mode=min`` makes the *lowest* val/acc the best, so that, with the
+#: accuracy rising, the last epochs never save a top-k checkpoint.
+NOT_IMPROVING = [
+    "model=two_conv_5x5",
+    "data.image_size=16",
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=30",
+    "trainer.limit_val_batches=5",
+    "trainer.deterministic=true",
+    "callbacks.model_checkpoint.mode=min",
+    "callbacks.progress_bar=null",
+]
+
+
+def test_last_ckpt_is_the_last_epoch_when_val_acc_does_not_improve(make_cfg, tmp_path: Path) -> None:
+    train(make_cfg(*NOT_IMPROVING, "logger=none"))
+    status = read_status(tmp_path)
+    assert status["status"] == "finished" and status["epochs"] == 3
+    best = torch.load(tmp_path / status["best_checkpoint"], weights_only=True)
+    assert best["epoch"] < 2, "the setup did not make the last epoch a non-improving one"
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (2, status["global_step"]) == (2, 90)
+    kept = [
+        state["best_model_path"]
+        for key, state in last["callbacks"].items()
+        if key.startswith("ModelCheckpoint{'monitor': 'val/acc'")
+    ]
+    assert kept == [str(tmp_path / status["best_checkpoint"])]  # the resume tests that one
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
+def test_a_signal_during_the_test_resumes_to_the_same_run(data_root: Path, tmp_path: Path, sig: signal.Signals) -> None:
+    args = [*NOT_IMPROVING, "trainer=cpu", "logger=csv", f"data.root={data_root}"]
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    result = run_script("train.py", *args, f"hydra.run.dir={whole}")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    marker = tmp_path / "testing"
+    slow_test = ["+callbacks.slow_test._target_=conftest.SlowTest", f"+callbacks.slow_test.marker={marker}"]
+    process = start_script("train.py", *args, *slow_test, f"hydra.run.dir={stopped}")
+    wait_for(marker, process)
+    last = stopped / "checkpoints" / "last.ckpt"
+    last_bytes = last.read_bytes()
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0 and "Traceback" not in stderr, stderr[-3000:]
+    assert last.read_bytes() == last_bytes, "a signal in the test loop wrote a training checkpoint"
+    status = read_status(stopped)
+    assert status["trained"] and status["epochs"] == 3 and status["global_step"] == 90, status
+    if sig != signal.SIGKILL:
+        assert status["status"] == "interrupted" and "during the test" in status["error"], status
+        assert f"resume={stopped}" in stderr
+
+    result = run_script("train.py", f"resume={stopped}", "callbacks.slow_test.seconds=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "testing and reporting again" in result.stderr
+    assert_same_weights(whole / "net.pt", stopped / "net.pt")
+    a, b = read_status(whole), read_status(stopped)
+    assert b["status"] == "finished"
+    assert (a["epochs"], a["global_step"], a["best_checkpoint"]) == (
+        b["epochs"],
+        b["global_step"],
+        b["best_checkpoint"],
+    )
+    assert {k: v for k, v in a["metrics"].items()} == {k: v for k, v in b["metrics"].items()}
+    assert read_history(whole) == read_history(stopped)
+
+
+# 3. A full disk ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from mounted_tmpfs(tmp_path / "disk", "size=1m")
+
+
+def test_a_checkpoint_that_does_not_fit_leaves_no_partial_file(small_disk: Path) -> None:
+    target = small_disk / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"weights": torch.zeros(1000)}, target)
+    before = target.read_bytes()
+    with pytest.raises(OSError) as failure:
+        io.save_checkpoint({"weights": torch.zeros(1_000_000)}, target)  # 4 MB on a 1 MiB disk
+    assert failure.value.errno == errno.ENOSPC
+    assert target.read_bytes() == before and os.listdir(target.parent) == ["last.ckpt"]
+    line = write_failure(failure.value, small_disk)
+    assert line.startswith(f"could not write {target}: No space left on device (") and " MiB free on its disk" in line
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_during_training(data_root: Path, tmp_path: Path) -> None:
+    """The disk fills after the first epoch: one error line with the path and the free space,
+    no partial file, the earlier metrics.json intact; once space is freed, the resume
+    continues from the last complete epoch and finishes."""
+    with mounted_tmpfs(tmp_path / "disk", "size=60m") as disk:
+        run_dir = disk / "run"
+        args = [
+            "model=two_conv_5x5",
+            "data.image_size=16",
+            "trainer=cpu",
+            "trainer.max_epochs=4",
+            "trainer.limit_train_batches=150",
+            "trainer.limit_val_batches=5",
+            "callbacks.progress_bar=null",
+            f"data.root={data_root}",
+            f"hydra.run.dir={run_dir}",
+        ]
+        process = start_script("train.py", *args)
+        wait_for(run_dir / "checkpoints" / "last.ckpt", process)
+        with (disk / "filler").open("wb") as filler:  # fill the disk to the last byte
+            try:
+                while True:
+                    filler.write(bytes(2**20))
+                    filler.flush()
+            except OSError as err:
+                assert err.errno == errno.ENOSPC
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and f"could not write {run_dir}" in errors[0] and "MiB free" in errors[0], errors
+        assert f"resume={run_dir}" in errors[0]
+        status = read_status(run_dir)  # the failure, or (if even that write failed) the last epoch's
+        assert status["status"] in ("failed", "running") and status["epochs"] >= 1, status
+        assert not list(disk.rglob("*.part")) and not list(disk.rglob(".*.part"))
+        for checkpoint in (run_dir / "checkpoints").glob("*.ckpt"):  # whole, or not there at all
+            torch.load(checkpoint, weights_only=True)
+
+        (disk / "filler").unlink()
+        result = run_script("train.py", f"resume={run_dir}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        done = read_status(run_dir)
+        assert done["status"] == "finished" and done["epochs"] == 4 and done["global_step"] == 600, done
+        assert sorted(read_history(run_dir)["val/acc"]) == [1, 2, 3, 4]
+
+
+# 5. Folders with spaces and non-ASCII letters ---------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["/tmp/my run/ñ", "/tmp/it's a run", '/tmp/say "cheese"/', "C:\\runs\\"])
+def test_resume_rewrites_any_folder_name_so_hydra_reads_it_back(value: str, trained_run: Path, tmp_path: Path) -> None:
+    folder = tmp_path / value.strip("/").replace("\\", "_")
+    shutil.copytree(trained_run / ".hydra", folder / ".hydra")
+    parser = OverridesParser.create()
+    for spelling in (f"resume={folder}", f"resume='{folder}'" if "'" not in str(folder) else f"resume={folder}"):
+        argv = preflight(["train.py", spelling])
+        release_run_folder(folder)
+        parsed = {o.key_or_group: o.value() for o in parser.parse_overrides(argv[5:])}
+        assert parsed["resume"] == parsed["hydra.run.dir"] == str(folder.resolve())
+
+
+@pytest.mark.slow
+def test_a_folder_with_a_space_and_a_non_ascii_letter_works_with_every_command(data_root: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "my run" / "ñ"
+    quoted = f'"{folder}"'  # the spelling docs/runs.md shows
+    short = ["model=two_conv_5x5", "data.image_size=16", "trainer=cpu", "trainer.limit_train_batches=30"]
+    result = run_script(
+        "train.py", *short, "trainer.max_epochs=1", "trainer.limit_val_batches=5", f"data.root={data_root}",
+        f"hydra.run.dir={quoted}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for epochs, spelling in ((2, f"resume={quoted}"), (3, f"resume={folder}")):  # Hydra's quoting, or one shell word
+        result = run_script("train.py", spelling, f"trainer.max_epochs={epochs}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert read_status(folder)["epochs"] == epochs
+    result = run_script("evaluate.py", f"run_dir={quoted}", "device=cpu", cwd=tmp_path)
+    assert result.returncode == 0 and "test accuracy" in result.stdout, result.stderr[-3000:]
+    result = run_script("export.py", f"run_dir={quoted}")
+    assert result.returncode == 0 and (folder / "model.onnx").is_file(), result.stderr[-3000:]
+    image = tmp_path / "shirt ñ.png"
+    Image.new("L", (28, 28)).save(image)
+    Image.new("L", (28, 28)).save(image)
+    result = run_script("predict.py", f"run_dir={quoted}", f'images=["{image}"]', "preprocess=none", "device=cpu")
+    assert result.returncode == 0 and result.stdout.startswith(f"{image}: "), result.stderr[-3000:]
+
+
+# 6. The faults that ended in tracebacks ---------------------------------------------------
+
+
+@pytest.fixture
+def read_only_cwd(tmp_path: Path) -> Iterator[Path]:
+    yield from mounted_tmpfs(tmp_path / "ro", "ro,size=1m")
+
+
+def test_evaluate_in_a_read_only_folder(trained_run: Path, read_only_cwd: Path) -> None:
+    result = run_script("evaluate.py", f"run_dir={trained_run}", "device=cpu", cwd=read_only_cwd)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.startswith("error: cannot create the run folder outputs/evaluations/"), result.stderr
+    assert "Read-only file system" in result.stderr
+
+
+def test_predict_output_in_a_read_only_folder(trained_run: Path, read_only_cwd: Path, tmp_path: Path) -> None:
+    image = tmp_path / "item.png"
+    Image.new("L", (28, 28)).save(image)
+    output = read_only_cwd / "preds.json"
+    result = run_script("predict.py", f"run_dir={trained_run}", f"images=[{image}]", f"output={output}", "device=cpu")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.startswith(f"error: output={output}: cannot write in {read_only_cwd} (Read-only file system)")
+    assert result.stdout == ""  # refused before any image was classified
+
+
+def test_a_data_root_that_does_not_exist_is_refused_and_not_made(make_cfg, tmp_path: Path) -> None:
+    missing = tmp_path / "no such folder"
+    with pytest.raises(ConfigError, match=f"data.root='{missing}': an existing folder"):
+        build_run(make_cfg(f"data.root='{missing}'"))
+    assert not missing.exists()
+
+
+def test_resume_with_a_data_root_that_does_not_exist(trained_run: Path, tmp_path: Path) -> None:
+    before = snapshot(trained_run)
+    missing = tmp_path / "nonexistent"
+    result = run_script("train.py", f"resume={trained_run}", "trainer.max_epochs=3", f"data.root={missing}")
+    assert result.returncode == 1 and f"data.root='{missing}': an existing folder" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not missing.exists() and snapshot(trained_run) == before
+
+
+def test_metrics_json_is_left_whole_when_the_status_cannot_be_written(small_disk: Path, capsys) -> None:
+    write_status(small_disk, "running", epochs=2)
+    before = (small_disk / "metrics.json").read_bytes()
+
+    class Trainer:  # what RunStatus reads of a Trainer
+        is_global_zero, checkpoint_callback, global_step, callback_metrics = True, None, 7, {}
+
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    RunStatus(small_disk).write_or_warn(Trainer(), "failed", epochs=2, error="disk full")
+    assert (small_disk / "metrics.json").read_bytes() == before
+    err = capsys.readouterr().err
+    assert "warning: could not record the status 'failed'" in err and "Read-only file system" in err
