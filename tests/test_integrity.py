@@ -213,7 +213,11 @@ def test_a_signal_during_the_test_resumes_to_the_same_run(data_root: Path, tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
 
     marker = tmp_path / "testing"
-    slow_test = ["+callbacks.slow_test._target_=conftest.SlowTest", f"+callbacks.slow_test.marker={marker}"]
+    slow_test = [
+        "+callbacks.slow_test._target_=conftest.SlowTest",
+        f"+callbacks.slow_test.marker={marker}",
+        "+callbacks.slow_test.seconds=0.5",
+    ]
     process = start_script("train.py", *args, *slow_test, f"hydra.run.dir={stopped}")
     wait_for(marker, process)
     last = stopped / "checkpoints" / "last.ckpt"
@@ -230,7 +234,7 @@ def test_a_signal_during_the_test_resumes_to_the_same_run(data_root: Path, tmp_p
 
     result = run_script("train.py", f"resume={stopped}", "callbacks.slow_test.seconds=0")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "testing and reporting again" in result.stderr
+    assert "testing and reporting again" in result.stdout + result.stderr
     assert_same_weights(whole / "net.pt", stopped / "net.pt")
     a, b = read_status(whole), read_status(stopped)
     assert b["status"] == "finished"
@@ -264,50 +268,54 @@ def test_a_checkpoint_that_does_not_fit_leaves_no_partial_file(small_disk: Path)
     assert line.startswith(f"could not write {target}: No space left on device (") and " MiB free on its disk" in line
 
 
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Path]:
+    """A 60 MiB file system: enough for the checks and a few epochs of a small run."""
+    yield from mounted_tmpfs(tmp_path / "disk", "size=60m")
+
+
 @pytest.mark.slow
-def test_a_disk_that_fills_during_training(data_root: Path, tmp_path: Path) -> None:
+def test_a_disk_that_fills_during_training(data_root: Path, disk: Path) -> None:
     """The disk fills after the first epoch: one error line with the path and the free space,
     no partial file, the earlier metrics.json intact; once space is freed, the resume
     continues from the last complete epoch and finishes."""
-    with mounted_tmpfs(tmp_path / "disk", "size=60m") as disk:
-        run_dir = disk / "run"
-        args = [
-            "model=two_conv_5x5",
-            "data.image_size=16",
-            "trainer=cpu",
-            "trainer.max_epochs=4",
-            "trainer.limit_train_batches=150",
-            "trainer.limit_val_batches=5",
-            "callbacks.progress_bar=null",
-            f"data.root={data_root}",
-            f"hydra.run.dir={run_dir}",
-        ]
-        process = start_script("train.py", *args)
-        wait_for(run_dir / "checkpoints" / "last.ckpt", process)
-        with (disk / "filler").open("wb") as filler:  # fill the disk to the last byte
-            try:
-                while True:
-                    filler.write(bytes(2**20))
-                    filler.flush()
-            except OSError as err:
-                assert err.errno == errno.ENOSPC
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
-        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1 and f"could not write {run_dir}" in errors[0] and "MiB free" in errors[0], errors
-        assert f"resume={run_dir}" in errors[0]
-        status = read_status(run_dir)  # the failure, or (if even that write failed) the last epoch's
-        assert status["status"] in ("failed", "running") and status["epochs"] >= 1, status
-        assert not list(disk.rglob("*.part")) and not list(disk.rglob(".*.part"))
-        for checkpoint in (run_dir / "checkpoints").glob("*.ckpt"):  # whole, or not there at all
-            torch.load(checkpoint, weights_only=True)
+    run_dir = disk / "run"
+    args = [
+        "model=two_conv_5x5",
+        "data.image_size=16",
+        "trainer=cpu",
+        "trainer.max_epochs=4",
+        "trainer.limit_train_batches=150",
+        "trainer.limit_val_batches=5",
+        "callbacks.progress_bar=null",
+        f"data.root={data_root}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    process = start_script("train.py", *args)
+    wait_for(run_dir / "checkpoints" / "last.ckpt", process)
+    with (disk / "filler").open("wb", buffering=0) as filler:  # fill the disk to the last byte
+        try:
+            while True:
+                filler.write(bytes(2**20))
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"could not write {run_dir}" in errors[0] and "MiB free" in errors[0], errors
+    assert f"resume={run_dir}" in errors[0]
+    status = read_status(run_dir)  # the failure, or (if even that write failed) the last epoch's
+    assert status["status"] in ("failed", "running") and status["epochs"] >= 1, status
+    assert not list(disk.rglob("*.part")) and not list(disk.rglob(".*.part"))
+    for checkpoint in (run_dir / "checkpoints").glob("*.ckpt"):  # whole, or not there at all
+        torch.load(checkpoint, weights_only=True)
 
-        (disk / "filler").unlink()
-        result = run_script("train.py", f"resume={run_dir}")
-        assert result.returncode == 0, result.stderr[-3000:]
-        done = read_status(run_dir)
-        assert done["status"] == "finished" and done["epochs"] == 4 and done["global_step"] == 600, done
-        assert sorted(read_history(run_dir)["val/acc"]) == [1, 2, 3, 4]
+    (disk / "filler").unlink()
+    result = run_script("train.py", f"resume={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = read_status(run_dir)
+    assert done["status"] == "finished" and done["epochs"] == 4 and done["global_step"] == 600, done
+    assert sorted(read_history(run_dir)["val/acc"]) == [1, 2, 3, 4]
 
 
 # 5. Folders with spaces and non-ASCII letters ---------------------------------------------
