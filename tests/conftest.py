@@ -173,6 +173,16 @@ def make_cfg(data_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
     return _make
 
 
+def compose_with_hydra(config_name: str, *overrides: str) -> DictConfig:
+    """``conf/<config_name>.yaml`` composed with Hydra's own section (``hydra.run.dir``, ...),
+    as Hydra hands it to its callbacks; the project's resolvers registered."""
+    from fmnist_lightning.training.run_dirs import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides), return_hydra_config=True)
+
+
 def config_names(group: str) -> list[str]:
     """The option names of a config group, e.g. ``config_names("model")``."""
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))

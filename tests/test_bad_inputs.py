@@ -169,6 +169,11 @@ CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [
     ("resume_in_multirun", lambda c: ["-m", f"resume={c.run}"], "cannot be combined with -m"),
     ("run_dir_of_earlier_run", lambda c: [f"hydra.run.dir={c.run}", f"data.root={c.data_root}"], "already holds a run"),
     (
+        "run_dir_of_earlier_run_quoted",
+        lambda c: [f'hydra.run.dir="{c.run}/./"', f"data.root={c.data_root}"],
+        "already holds a run",
+    ),
+    (
         "run_dir_read_only",
         lambda c: [f"hydra.run.dir={c.read_only / 'run'}", f"data.root={c.data_root}"],
         "Read-only file system",
@@ -176,7 +181,7 @@ CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [
     ("run_dir_full", lambda c: [f"hydra.run.dir={c.full / 'run'}", f"data.root={c.data_root}"], "MiB free"),
     (
         "data_root_read_only",
-        lambda c: [f"data.root={c.read_only / 'data'}", "data.download=false", f"hydra.run.dir={c.tmp / 'new_run'}"],
+        lambda c: [f"data.root={c.read_only}", "data.download=false", f"hydra.run.dir={c.tmp / 'new_run'}"],
         "data.root",
     ),
     *[

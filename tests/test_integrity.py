@@ -16,36 +16,29 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
 from PIL import Image
+from test_locks import RUN as FOUR_EPOCHS
 from test_resume import assert_same_weights, wait_for
 
-from conftest import CONF, held_by_another_process, mounted_tmpfs, run_script, start_script
+from conftest import compose_with_hydra, held_by_another_process, mounted_tmpfs, run_script, start_script
 from fmnist_lightning.cli import train as train_cli
 from fmnist_lightning.errors import ConfigError
 from fmnist_lightning.locks import release_run_folder
 from fmnist_lightning.training.build import build_run
 from fmnist_lightning.training.callbacks import RunStatus
 from fmnist_lightning.training.checkpoint_io import AtomicCheckpointIO
+from fmnist_lightning.training.guard import RunFolderGuard
 from fmnist_lightning.training.history import read_history
 from fmnist_lightning.training.pipeline import train
 from fmnist_lightning.training.resume import preflight
-from fmnist_lightning.training.run_dirs import RunFolderGuard, register_resolvers, write_failure
+from fmnist_lightning.training.run_dirs import write_failure
 from fmnist_lightning.training.status import read_status, write_status
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Relative path → bytes of every file under ``folder``."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def composed(config_name: str, *overrides: str) -> DictConfig:
-    """``config_name`` composed with Hydra's own section, as Hydra hands it to its callbacks."""
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name, overrides=list(overrides), return_hydra_config=True)
 
 
 # 1. No spelling of an earlier run's folder writes into it ---------------------------------
@@ -83,7 +76,7 @@ def earlier_run(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_no_spelling_of_an_earlier_run_folder_is_written_into(earlier_run: Path, tmp_path: Path, spelling: str) -> None:
     before = snapshot(earlier_run)
     value = SPELLINGS[spelling].format(run=tmp_path / "runs" / "run")
-    config = composed("train", f"hydra.run.dir={value}")
+    config = compose_with_hydra("train", f"hydra.run.dir={value}")
     with pytest.raises(SystemExit) as refusal:
         RunFolderGuard().on_run_start(config=config)
     assert str(refusal.value).startswith(f"error: the run folder {earlier_run} (hydra.run.dir) already holds a run")
@@ -92,7 +85,7 @@ def test_no_spelling_of_an_earlier_run_folder_is_written_into(earlier_run: Path,
 
 def test_a_new_folder_in_any_spelling_is_taken_and_locked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    config = composed("train", "hydra.run.dir='./new run/ñ/'")
+    config = compose_with_hydra("train", "hydra.run.dir='./new run/ñ/'")
     RunFolderGuard().on_run_start(config=config)
     folder = tmp_path / "new run" / "ñ"
     try:  # this process holds its lock now: a second process is refused
@@ -105,7 +98,7 @@ def test_a_new_folder_in_any_spelling_is_taken_and_locked(tmp_path: Path, monkey
 
 def test_evaluate_never_writes_into_a_run_folder(earlier_run: Path) -> None:
     before = snapshot(earlier_run)
-    config = composed("evaluate", f"run_dir={earlier_run}", f"hydra.run.dir={earlier_run}/")
+    config = compose_with_hydra("evaluate", f"run_dir={earlier_run}", f"hydra.run.dir={earlier_run}/")
     with pytest.raises(SystemExit, match="already holds a run"):
         RunFolderGuard().on_run_start(config=config)
     assert snapshot(earlier_run) == before
@@ -117,7 +110,7 @@ def test_evaluate_never_writes_into_a_run_folder(earlier_run: Path) -> None:
 def test_a_sweep_folder_in_use_is_refused_before_any_job(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     with held_by_another_process(sweep, kind="sweep") as holder:
-        config = composed("train", f"hydra.sweep.dir='{tmp_path}/./sweep/'")
+        config = compose_with_hydra("train", f"hydra.sweep.dir='{tmp_path}/./sweep/'")
         with pytest.raises(SystemExit) as refusal:
             RunFolderGuard().on_multirun_start(config=config)
     assert f"the sweep folder {sweep} is in use: process {holder.pid} is running a sweep in it" in str(refusal.value)
@@ -127,7 +120,7 @@ def test_a_sweep_folder_in_use_is_refused_before_any_job(tmp_path: Path) -> None
 def test_a_sweep_folder_with_earlier_jobs_is_refused(trained_run: Path, tmp_path: Path) -> None:
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "0_seed-1").symlink_to(trained_run)
-    config = composed("train", f"hydra.sweep.dir={tmp_path}/sweep")
+    config = compose_with_hydra("train", f"hydra.sweep.dir={tmp_path}/sweep")
     with pytest.raises(SystemExit, match="already holds the jobs of a sweep"):
         RunFolderGuard().on_multirun_start(config=config)
 
@@ -280,18 +273,7 @@ def test_a_disk_that_fills_during_training(data_root: Path, disk: Path) -> None:
     no partial file, the earlier metrics.json intact; once space is freed, the resume
     continues from the last complete epoch and finishes."""
     run_dir = disk / "run"
-    args = [
-        "model=two_conv_5x5",
-        "data.image_size=16",
-        "trainer=cpu",
-        "trainer.max_epochs=4",
-        "trainer.limit_train_batches=150",
-        "trainer.limit_val_batches=5",
-        "callbacks.progress_bar=null",
-        f"data.root={data_root}",
-        f"hydra.run.dir={run_dir}",
-    ]
-    process = start_script("train.py", *args)
+    process = start_script("train.py", *FOUR_EPOCHS, f"data.root={data_root}", f"hydra.run.dir={run_dir}")
     wait_for(run_dir / "checkpoints" / "last.ckpt", process)
     with (disk / "filler").open("wb", buffering=0) as filler:  # fill the disk to the last byte
         try:

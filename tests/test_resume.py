@@ -12,13 +12,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_script, scalars, start_script
-from fmnist_lightning.errors import NonFiniteLossError, RunError
+from conftest import compose_with_hydra, run_script, scalars, start_script
+from fmnist_lightning.errors import NonFiniteLossError
 from fmnist_lightning.locks import release_run_folder
+from fmnist_lightning.training.guard import RunFolderGuard
 from fmnist_lightning.training.history import read_history
 from fmnist_lightning.training.pipeline import train
 from fmnist_lightning.training.resume import preflight
-from fmnist_lightning.training.run_dirs import SWEPT_KEYS_ENV, job_dir, job_number, new_dir, run_label
+from fmnist_lightning.training.run_dirs import (
+    SWEPT_KEYS_ENV,
+    job_dir,
+    job_number,
+    new_dir,
+    run_label,
+)
 from fmnist_lightning.training.status import read_status
 
 # Three short epochs with everything random switched on: dropout (two_conv_bn), random
@@ -277,7 +284,7 @@ def test_preflight_rewrites_resume_once(trained_run: Path) -> None:
     folder = trained_run.resolve()
     argv = preflight(["train.py", f"resume={trained_run}", "trainer.max_epochs=9"])
     assert argv[:5] == ["train.py", "-cp", str(folder / ".hydra"), "-cn", "config"]
-    assert {"trainer.max_epochs=9", f"++resume={folder}", f"hydra.run.dir={folder}"} <= set(argv)
+    assert {"trainer.max_epochs=9", f"++resume='{folder}'", f"hydra.run.dir='{folder}'"} <= set(argv)
     assert any(a.startswith("hydra.output_subdir=.hydra/resume_") for a in argv)
     assert preflight(argv) == argv  # a DDP child gets the rewritten command line
     release_run_folder(folder)  # preflight took the run's lock for this (test) process
@@ -287,7 +294,10 @@ def test_preflight_lets_ddp_children_into_their_parents_folder(
     trained_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     argv = ["train.py", f"hydra.run.dir={trained_run}"]
-    with pytest.raises(RunError, match="already holds a run"):
-        preflight(argv)
+    assert preflight(argv) == argv  # rank 0: the folder is checked once Hydra resolved it (RunFolderGuard)
+    config = compose_with_hydra("train", f"hydra.run.dir={trained_run}")
+    with pytest.raises(SystemExit, match="already holds a run"):
+        RunFolderGuard().on_run_start(config=config)
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert preflight(argv) == [*argv, "hydra.output_subdir=null"]  # rank 0 writes the Hydra files
+    RunFolderGuard().on_run_start(config=config)  # a DDP child shares rank 0's folder

@@ -5,9 +5,8 @@
   itself with ``os.mkdir`` (atomic) and adds ``_1``, ``_2`` ... when another run started in
   the same second already took the name.
 - A folder that cannot be written, or whose disk is nearly full, is refused before any work.
-- ``RunFolderGuard`` checks the folder Hydra actually resolved, whatever its spelling, before
-  Hydra writes anything into it: a run folder that already holds a run, and a sweep folder
-  that already holds jobs or is in use by another sweep, are refused.
+- ``fmnist_lightning.training.guard.RunFolderGuard`` checks the folder Hydra actually
+  resolved, whatever its spelling, before Hydra writes anything into it.
 
 ``resume=<run folder>`` (writing into an earlier run on purpose) is in
 ``fmnist_lightning.training.resume``.
@@ -17,17 +16,14 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_lightning.errors import RunError, UserError
-from fmnist_lightning.locks import lock_run_folder, release_run_folder
+from fmnist_lightning.errors import RunError
 from fmnist_lightning.training.status import STATUS_FILE
 
 
@@ -162,85 +158,6 @@ def holds_run(folder: Path) -> bool:
     or ``checkpoints/``). A run refused by the checks leaves neither, so its folder can be
     used again once the typo is fixed."""
     return is_run_folder(folder) and ((folder / STATUS_FILE).is_file() or (folder / "checkpoints").is_dir())
-
-
-def _resolved_folder(config: DictConfig, key: str) -> Path:
-    """The absolute folder that ``config``'s ``key`` (``hydra.run.dir`` or ``hydra.sweep.dir``)
-    names, as Hydra will use it: interpolations resolved (the same folder Hydra then gets, since
-    the resolvers that make folders are cached), ``.``, ``..`` and symlinks followed.
-
-    Raises:
-        SystemExit: ``error: ...`` when the folder cannot be made (a read-only disk, say).
-    """
-    try:
-        folder = str(OmegaConf.select(config, key))
-    except Exception as err:  # OmegaConf wraps a resolver's error; the UserError is its cause
-        cause = err
-        while cause is not None and not isinstance(cause, UserError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is None:
-            raise
-        raise SystemExit(f"error: {cause}") from None
-    return Path(folder).expanduser().resolve()
-
-
-class RunFolderGuard(Callback):
-    """Hydra callback (``conf/hydra/default.yaml``, and ``conf/evaluate.yaml``'s): before
-    Hydra writes into the folder of a run or a sweep, checks the folder it resolved, so that no
-    spelling of ``hydra.run.dir`` or ``hydra.sweep.dir`` (quotes, ``./``, ``..``, a trailing
-    slash, a symlink, an interpolation) can write into an earlier run.
-
-    - A run: the folder must not hold a run (``holds_run``) unless this is ``resume=``, and
-      this process then holds its lock (``fmnist_lightning.locks``) until it ends, so two
-      processes given the same new folder cannot both write there.
-    - A sweep: this process holds the sweep folder's lock until it ends, so a second sweep
-      into the same folder is refused before any of its jobs starts; and the folder must not
-      hold the jobs of an earlier sweep.
-
-    Refusals end the process with one ``error: ...`` line, before Hydra writes anything.
-
-    Args:
-        lock: Take the folder's lock (``False`` for a folder that only this command writes).
-    """
-
-    def __init__(self, lock: bool = True) -> None:
-        self.lock = lock
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from fmnist_lightning.training.processes import is_child_rank
-
-        if config.get("resume") or is_child_rank():  # resume's preflight holds the lock already
-            return
-        folder = _resolved_folder(config, "hydra.run.dir")
-        try:
-            check_can_create(folder)
-            if holds_run(folder):
-                lock_run_folder(folder)  # FolderInUseError naming the holder's PID while that run trains
-                release_run_folder(folder)
-                resume = shlex.quote(f"resume={folder}")
-                raise RunError(
-                    f"the run folder {folder} (hydra.run.dir) already holds a run, and a new run there would "
-                    f"overwrite its files. Pick a new folder, or continue that run with {resume}"
-                )
-            if self.lock:
-                lock_run_folder(folder)
-        except RunError as err:
-            raise SystemExit(f"error: {err}") from None
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        folder = _resolved_folder(config, "hydra.sweep.dir")
-        try:
-            check_can_create(folder)
-            if self.lock:
-                lock_run_folder(folder, kind="sweep")
-            if folder.is_dir() and any(holds_run(job) for job in folder.iterdir() if job.is_dir()):
-                release_run_folder(folder)
-                raise RunError(
-                    f"the sweep folder {folder} (hydra.sweep.dir) already holds the jobs of a sweep, and "
-                    "new jobs there would overwrite them. Pick a new folder."
-                )
-        except RunError as err:
-            raise SystemExit(f"error: {err}") from None
 
 
 def _existing_ancestor(path: Path) -> Path:
