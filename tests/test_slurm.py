@@ -116,5 +116,5 @@ def test_other_srun_tasks_write_no_hydra_files(trained_run: Path, monkeypatch: p
     monkeypatch.setenv("SLURM_PROCID", "1")
     assert preflight(["train.py", "trainer=ddp"]) == ["train.py", "trainer=ddp", "hydra.output_subdir=null"]
     argv = preflight(["train.py", f"resume={trained_run}"])
-    assert argv[-1] == "hydra.output_subdir=null" and f"++resume={trained_run.resolve()}" in argv
+    assert argv[-1] == "hydra.output_subdir=null" and f"++resume='{trained_run.resolve()}'" in argv
     assert trained_run.resolve() not in locks._held
