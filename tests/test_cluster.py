@@ -148,8 +148,8 @@ def test_sweep_runs_as_slurm_jobs(slurm: dict[str, str], data_root: Path, tmp_pa
     # submitit keeps a folder per SLURM job: <array job id>_<task>, and SLURM knows them all.
     slurm_jobs = sorted(p.name for p in (sweep / ".submitit").iterdir() if p.is_dir() and "_" in p.name)
     assert [job.rsplit("_", 1)[1] for job in slurm_jobs] == ["0", "1", "2", "3"]
-    for job in slurm_jobs:
-        assert job_state(slurm, job) == "COMPLETED"
+    for job in slurm_jobs:  # SLURM may still say RUNNING for a moment after submitit returns
+        assert wait_for_job(slurm, job, timeout=60) == "COMPLETED"
 
 
 def test_ddp_sbatch_interrupted_and_continued(slurm: dict[str, str], data_root: Path, tmp_path: Path) -> None:

@@ -151,6 +151,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     trained = bool(previous.get("trained")) and previous.get("status") != "finished"
     stage = "training"  # what a signal or an error interrupts
     epochs = previous.get("epochs", 0)
+    resume = f"{train_command()} {shlex.quote(f'resume={output_dir}')}"
     try:
         for logger in trainer.loggers:
             logger.log_hyperparams(resolved)
@@ -192,7 +193,6 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         raise
     except (SystemExit, KeyboardInterrupt):  # Lightning's ways out after Ctrl-C and SIGTERM
         last = checkpoint_dir(cfg) / "last.ckpt"
-        resume = f"{train_command()} {shlex.quote(f'resume={output_dir}')}"
         if stage != "training":  # last.ckpt is the end of the last epoch: the resume only tests
             status.write_or_warn(
                 trainer, "interrupted", epochs=epochs, metrics=metrics, trained=True,
@@ -213,10 +213,11 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         message = write_failure(err, output_dir)
         failed_epochs = epochs if stage != "training" else _completed(trainer)
         status.write_or_warn(trainer, "failed", epochs=failed_epochs, error=message, trained=stage != "training")
-        resume = f"{train_command()} {shlex.quote(f'resume={output_dir}')}"
         raise RunError(f"{message}; then continue the run with: {resume}") from None
     except Exception as err:
-        status.write_or_warn(trainer, "failed", epochs=_completed(trainer), error=f"{type(err).__name__}: {err}")
+        failed_epochs = epochs if stage != "training" else _completed(trainer)
+        error = f"{type(err).__name__}: {err}"
+        status.write_or_warn(trainer, "failed", epochs=failed_epochs, error=error, trained=stage != "training")
         raise
     log.info("Run folder %s: %s", output_dir, {k: round(v, 4) for k, v in metrics.items() if k.startswith("test/")})
     return metrics
