@@ -104,7 +104,7 @@ def test_installed_wheel_trains_from_any_folder(wheel: Path, data_root: Path, tm
     assert (run / "report.json").is_file() and (run / ".hydra" / "config.yaml").is_file()
 
     evaluated = subprocess.run(
-        [venv / "bin" / "fmnist-evaluate", f"run_dir={run}", "weights=last", "device=cpu", f"data_root={data_root}"],
+        [venv / "bin" / "fmnist-evaluate", f"run_dir={run}", "weights=net.pt", "device=cpu", f"data_root={data_root}"],
         cwd=work, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
