@@ -50,13 +50,7 @@ class RunFolderGuard(Callback):
       hold the jobs of an earlier sweep.
 
     Refusals end the process with one ``error: ...`` line, before Hydra writes anything.
-
-    Args:
-        lock: Take the folder's lock (``False`` for a folder that only this command writes).
     """
-
-    def __init__(self, lock: bool = True) -> None:
-        self.lock = lock
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from fmnist_lightning.training.processes import is_child_rank
@@ -74,8 +68,7 @@ class RunFolderGuard(Callback):
                     f"the run folder {folder} (hydra.run.dir) already holds a run, and a new run there would "
                     f"overwrite its files. Pick a new folder, or continue that run with {resume}"
                 )
-            if self.lock:
-                lock_run_folder(folder)
+            lock_run_folder(folder)
         except RunError as err:
             raise SystemExit(f"error: {err}") from None
 
@@ -83,8 +76,7 @@ class RunFolderGuard(Callback):
         folder = _resolved_folder(config, "hydra.sweep.dir")
         try:
             check_can_create(folder)
-            if self.lock:
-                lock_run_folder(folder, kind="sweep")
+            lock_run_folder(folder, kind="sweep")
             if folder.is_dir() and any(holds_run(job) for job in folder.iterdir() if job.is_dir()):
                 release_run_folder(folder)
                 raise RunError(
