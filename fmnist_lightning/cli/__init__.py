@@ -32,21 +32,9 @@ def quote_paths() -> None:
     ``<path key>=<value>`` of ``sys.argv`` (``PATH_KEYS``) that Hydra's override grammar cannot
     parse (``run_dir=/tmp/my run/ñ``) into Hydra's quoting (``run_dir='/tmp/my run/ñ'``).
     Values Hydra reads already, quoted ones included, are left as they are."""
-    from fmnist_lightning.training.run_dirs import quoted, split_override
+    from fmnist_lightning.training.run_dirs import parse_override, quoted, split_override
 
     for i, arg in enumerate(sys.argv[1:], start=1):
         key, value = split_override(arg)
-        if key in PATH_KEYS and value is not None and _unparseable(arg):
+        if key in PATH_KEYS and value is not None and parse_override(arg) is None:
             sys.argv[i] = f"{arg[: len(arg) - len(value)]}{quoted(value)}"
-
-
-def _unparseable(arg: str) -> bool:
-    """True if Hydra's override grammar cannot parse ``arg``."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    try:
-        OverridesParser.create().parse_override(arg)
-    except HydraException:
-        return True
-    return False

@@ -83,5 +83,5 @@ def main() -> None:
     # traceback; the run's own error line says what went wrong.
     logging.raiseExceptions = False
     register_resolvers()
-    run_command_line()  # refuses to overwrite an earlier run; rewrites resume=<run folder>
+    run_command_line()  # checks and rewrites resume=<run folder>; new folders: guard.RunFolderGuard
     train_run()

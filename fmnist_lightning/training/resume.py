@@ -6,7 +6,7 @@ the run's saved, fully composed config is the primary config (so conf/ edits mad
 not leak in), dotted overrides such as ``trainer.max_epochs=20`` still apply, and this
 attempt's Hydra files go to ``.hydra/resume_<date>_<time>/``, leaving the original ones
 untouched. An explicit ``hydra.run.dir`` (or ``hydra.sweep.dir``) that already holds a run
-is refused (by ``run_dirs.RunFolderGuard``), since Hydra would overwrite that run's files.
+is refused (by ``guard.RunFolderGuard``), since Hydra would overwrite that run's files.
 Folder names with spaces or non-ASCII letters work in any spelling: ``resume=/tmp/my run``
 as one shell word, or Hydra's quoting ``'resume="/tmp/my run/ñ"'``.
 """
@@ -58,7 +58,7 @@ def preflight(argv: list[str]) -> list[str]:
     """Checks the command line of ``train.py`` before Hydra runs, and rewrites ``resume=``.
 
     A new run's folder is checked later, on the folder Hydra resolves, by
-    ``run_dirs.RunFolderGuard``.
+    ``guard.RunFolderGuard``.
 
     Args:
         argv: ``sys.argv``.

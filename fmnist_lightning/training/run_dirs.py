@@ -67,17 +67,24 @@ def split_override(arg: str) -> tuple[str, str | None]:
     return key, value if sep else None
 
 
-def override_value(arg: str) -> Any:
-    """The value of a Hydra override as Hydra reads it: ``'hydra.run.dir="/tmp/my run"'``
-    gives ``/tmp/my run`` (quotes removed), ``x=null`` gives ``None``. A value Hydra's
-    grammar cannot parse (``resume=/tmp/my run/ñ``, unquoted non-ASCII) is taken as typed."""
+def parse_override(arg: str) -> Any | None:
+    """Hydra's parsed ``Override`` of ``arg``, or ``None`` where Hydra's grammar cannot parse
+    it as typed (``resume=/tmp/my run/ñ``: unquoted non-ASCII)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     try:
-        return OverridesParser.create().parse_override(arg).value()
+        return OverridesParser.create().parse_override(arg)
     except HydraException:
-        return split_override(arg)[1]
+        return None
+
+
+def override_value(arg: str) -> Any:
+    """The value of a Hydra override as Hydra reads it: ``'hydra.run.dir="/tmp/my run"'``
+    gives ``/tmp/my run`` (quotes removed), ``x=null`` gives ``None``. A value Hydra's
+    grammar cannot parse is taken as typed."""
+    parsed = parse_override(arg)
+    return parsed.value() if parsed is not None else split_override(arg)[1]
 
 
 def quoted(value: str) -> str:
