@@ -77,7 +77,7 @@ class RunFolderGuard(Callback):
         try:
             check_can_create(folder)
             lock_run_folder(folder, kind="sweep")
-            if folder.is_dir() and any(holds_run(job) for job in folder.iterdir() if job.is_dir()):
+            if any(holds_run(job) for job in folder.iterdir() if job.is_dir()):  # locking made the folder
                 release_run_folder(folder)
                 raise RunError(
                     f"the sweep folder {folder} (hydra.sweep.dir) already holds the jobs of a sweep, and "

@@ -6,11 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import shlex
-import signal
-import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -29,7 +25,13 @@ from fmnist_lightning.training.build import build_run
 from fmnist_lightning.training.callbacks import RunStatus
 from fmnist_lightning.training.history import EpochHistory, read_history
 from fmnist_lightning.training.precision import record_precision
-from fmnist_lightning.training.processes import command_line, cpu_threads, is_child_rank, train_command
+from fmnist_lightning.training.processes import (
+    command_line,
+    cpu_threads,
+    is_child_rank,
+    sigterm_as_ctrl_c,
+    train_command,
+)
 from fmnist_lightning.training.resume import discard_resume_attempt, start_checkpoint
 from fmnist_lightning.training.run_dirs import check_writable, checkpoint_dir, write_failure
 from fmnist_lightning.training.status import read_status
@@ -166,14 +168,16 @@ def _train(cfg: DictConfig) -> dict[str, float]:
             status.resume_at(previous.get("global_step", 0), best_path)
         else:
             trainer.fit(model, datamodule=datamodule, ckpt_path=start)
-            epochs = trainer.fit_loop.epoch_progress.current.completed
+            epochs = _completed(trainer)
             # trainer.test replaces callback_metrics, so keep the last epoch's train/val values.
             metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
             checkpoint = trainer.checkpoint_callback
             best_path = checkpoint.best_model_path if checkpoint is not None else ""
             test_from = best_path or None
         stage = "test"
-        with stop_signals_raise():  # SIGTERM stops the test and the report as Ctrl-C does
+        # SIGTERM stops the test and the report as Ctrl-C does (Lightning's own SIGTERM handler,
+        # installed during trainer.test, calls this one too).
+        with sigterm_as_ctrl_c():
             status.write(trainer, "running", epochs=epochs, metrics=metrics, trained=True)
             # One pass over the test set: the TestReport callback writes the report from it.
             trainer.test(model, datamodule=datamodule, ckpt_path=test_from)
@@ -226,26 +230,6 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 def _completed(trainer: L.Trainer) -> int:
     """Training epochs completed so far."""
     return trainer.fit_loop.epoch_progress.current.completed
-
-
-@contextmanager
-def stop_signals_raise() -> Iterator[None]:
-    """Inside the block, SIGTERM raises ``KeyboardInterrupt`` as Ctrl-C does (in the main
-    thread), so that a stop during the test or the report ends in the ``interrupted`` status
-    rather than killing the process between two files. Lightning's own SIGTERM handler, which
-    it installs during ``trainer.test``, calls this one too."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run_overrides() -> list[str]:

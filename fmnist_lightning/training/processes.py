@@ -6,7 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +86,29 @@ def launch_strategy(cfg: DictConfig) -> Any:
         log.info("trainer.strategy=ddp inside a multirun: using ddp_spawn, so the sweep is not re-run")
         return "ddp_spawn"
     return strategy
+
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """Inside the block, SIGTERM to this process raises ``KeyboardInterrupt`` in its main
+    thread, as Ctrl-C does, so that code which cleans up after Ctrl-C (a run's status, a
+    server's worker processes) does so after a ``kill``, a service manager's stop or
+    ``scancel`` too. Processes forked from this one inherit the handler; in them SIGTERM keeps
+    its default meaning. Outside the main thread, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def interrupt(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:  # a forked child: die as SIGTERM would
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
