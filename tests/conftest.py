@@ -1,4 +1,5 @@
-"""Shared fixtures: the real FashionMNIST in a temporary folder, and composed configs."""
+"""Shared fixtures: the real FashionMNIST in a temporary folder, composed configs, one trained
+run for the whole session, and a fresh process state for every test (``in_process``)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,17 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, IDX_SPECS, ensure_files, find_file
 from fmnist_lightning.models.nets import TwoConv5x5Net
+from in_process import clean_state, run_command
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_state() -> Iterator[None]:
+    """Every test starts as in a new interpreter (``in_process.clean_state``)."""
+    with clean_state():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +57,8 @@ SCRIPT_ENV = {
 
 
 def run_script(script: str, *args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Runs ``python <script> <args>`` from the repository (as a user would) and returns it."""
+    """Runs ``python <script> <args>`` as a new process, from the repository (as a user would),
+    and returns it. ``in_process.run_command`` does the same without starting Python again."""
     return subprocess.run(
         [sys.executable, str(REPO / script), *args],
         cwd=cwd,
@@ -134,10 +144,11 @@ class SlowTest(Callback):
 
 @pytest.fixture(scope="session")
 def trained_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real run folder from ``train.py``: TwoConv5x5Net at 16 px, 2 short epochs (about
-    80 % accuracy), tested on the full 10,000 test images."""
+    """A real run folder from ``train.py`` (run in this process, once per session):
+    TwoConv5x5Net at 16 px, 2 short epochs (about 80 % accuracy), tested on the full 10,000
+    test images. Tests read it and never change it (tests/test_bad_inputs.py checks that)."""
     run_dir = tmp_path_factory.mktemp("runs") / "run"
-    result = run_script(
+    result = run_command(
         "train.py",
         "model=two_conv_5x5",
         "data.image_size=16",

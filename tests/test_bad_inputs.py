@@ -1,5 +1,7 @@
-"""Bad input of every kind, through the real command line: each is refused with a non-zero
-exit, a message naming the key or file, no traceback, and no change to earlier runs."""
+"""Bad input of every kind, through the command line (``train.py``'s ``main()`` with its
+arguments, in this process; tests/test_commands.py runs it as a new process): each is refused
+with a non-zero exit, a message naming the key or file, no traceback, and no change to earlier
+runs."""
 
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import mounted_tmpfs, run_script
+from conftest import mounted_tmpfs
 from fmnist_lightning.data.idx import IDX_SPECS
 from fmnist_lightning.errors import ConfigError
 from fmnist_lightning.training.build import build_run
+from in_process import run_command
 
 TRAIN_IMAGES = IDX_SPECS[("train", "images")].name
 TRAIN_LABELS = IDX_SPECS[("train", "labels")].name
@@ -106,9 +109,8 @@ def no_checkpoint_run(ctx: Context) -> Path:
     return folder
 
 
-# (id, overrides, text the error must contain): values that build_run refuses. Each is
-# checked in-process (quick); through the command line, a few are in the default suite and
-# the rest are slow (each run imports Lightning: about 6 s).
+# (id, overrides, text the error must contain): values that build_run refuses, checked both by
+# build_run and through the command line.
 CONFIG_CASES: list[tuple[str, tuple[str, ...], str]] = [
     ("lr_negative", ("optimizer.lr=-1",), "optimizer.lr=-1"),
     ("lr_not_a_number", ("optimizer.lr=fast",), "optimizer.lr='fast'"),
@@ -144,8 +146,6 @@ CONFIG_CASES: list[tuple[str, tuple[str, ...], str]] = [
     ("unknown_precision", ("trainer.precision=8",), "trainer.precision=8"),
     ("seed_not_an_integer", ("seed=abc",), "seed='abc'"),
 ]
-#: The config cases also run through the command line in the default suite.
-CONFIG_CASES_ON_THE_COMMAND_LINE = ("lr_negative", "unknown_optimizer", "external_net_bad_argument")
 
 # (id, arguments of train.py, text the error must contain)
 CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [
@@ -200,14 +200,6 @@ CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [
 ]
 
 
-def slow_on_the_command_line(case: str) -> bool:
-    """The data-file cases are also tested in-process, quickly, in test_data.py, and the
-    config cases in ``test_a_bad_config_value_is_refused``; through the command line they
-    are slow (each imports Lightning, and the data cases read the data)."""
-    configs = {c[0] for c in CONFIG_CASES}
-    return case.startswith("data_") or (case in configs and case not in CONFIG_CASES_ON_THE_COMMAND_LINE)
-
-
 @pytest.mark.parametrize(("case", "overrides", "expected"), [pytest.param(*case, id=case[0]) for case in CONFIG_CASES])
 def test_a_bad_config_value_is_refused(make_cfg, case: str, overrides: tuple[str, ...], expected: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -217,10 +209,7 @@ def test_a_bad_config_value_is_refused(make_cfg, case: str, overrides: tuple[str
 
 @pytest.mark.parametrize(
     ("case", "arguments", "expected"),
-    [
-        pytest.param(*case, id=case[0], marks=[pytest.mark.slow] if slow_on_the_command_line(case[0]) else [])
-        for case in CASES
-    ],
+    [pytest.param(*case, id=case[0]) for case in CASES],
 )
 def test_bad_input_is_refused(
     ctx: Context, case: str, arguments: Callable[[Context], list[str]], expected: str
@@ -230,7 +219,7 @@ def test_bad_input_is_refused(
     before = snapshot(ctx.run)
     shutil.rmtree(ctx.tmp / "new_run", ignore_errors=True)
 
-    result = run_script("train.py", *arguments(ctx), cwd=ctx.tmp)
+    result = run_command("train.py", *arguments(ctx), cwd=ctx.tmp)
 
     assert result.returncode != 0, result.stdout[-2000:]
     assert expected in result.stderr, result.stderr[-3000:]

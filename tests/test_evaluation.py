@@ -12,16 +12,16 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import run_script
 from fmnist_lightning.errors import RunError
 from fmnist_lightning.evaluation.runs import load_trained
+from in_process import run_command
 
 
 def test_evaluate_reproduces_test_acc(trained_run: Path, data_root: Path, tmp_path: Path) -> None:
     metrics = json.loads((trained_run / "metrics.json").read_text())["metrics"]
     for weights in ("best", "net.pt"):
         out = tmp_path / weights
-        result = run_script(
+        result = run_command(
             "evaluate.py", f"run_dir={trained_run}", f"weights={weights}", "device=cpu", f"hydra.run.dir={out}"
         )
         assert result.returncode == 0, result.stderr[-3000:]
@@ -42,7 +42,7 @@ def _partial_copy(run: Path, dst: Path, *keep: str) -> Path:
 
 def test_evaluate_without_checkpoint_is_refused(trained_run: Path, tmp_path: Path) -> None:
     run = _partial_copy(trained_run, tmp_path / "run", ".hydra/config.yaml")
-    result = run_script("evaluate.py", f"run_dir={run}", f"hydra.run.dir={tmp_path / 'out'}")
+    result = run_command("evaluate.py", f"run_dir={run}", f"hydra.run.dir={tmp_path / 'out'}")
     assert result.returncode == 1
     assert f"error: Run {run} has no 'best' weights" in result.stderr
     assert "Traceback" not in result.stderr
@@ -56,7 +56,7 @@ def test_checkpoint_that_does_not_fit_is_refused(trained_run: Path, tmp_path: Pa
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
     with pytest.raises(RunError, match=r"do not fit the run's network .*ThreeConvNet at data\.image_size=16"):
         load_trained(run, "best")
-    result = run_script("evaluate.py", f"run_dir={run}", f"hydra.run.dir={tmp_path / 'out'}")
+    result = run_command("evaluate.py", f"run_dir={run}", f"hydra.run.dir={tmp_path / 'out'}")
     assert result.returncode == 1 and "do not fit" in result.stderr and "Traceback" not in result.stderr
 
 

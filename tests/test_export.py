@@ -13,11 +13,12 @@ import pytest
 import torch
 import yaml
 
-from conftest import config_names, run_script
+from conftest import config_names
 from fmnist_lightning.data import CLASS_NAMES, load_split
 from fmnist_lightning.errors import ArgumentError, DamagedFileError, RunError
 from fmnist_lightning.evaluation.runs import load_trained
 from fmnist_lightning.serving.export import EXPORT_FILES, export_run, load_exported
+from in_process import run_command
 
 
 @pytest.fixture
@@ -108,10 +109,10 @@ def test_damaged_or_missing_exports_are_refused(run_copy: Path) -> None:
 
 
 def test_the_command(run_copy: Path) -> None:
-    result = run_script("export.py", f"run_dir={run_copy}", "format=torch_export")
+    result = run_command("export.py", f"run_dir={run_copy}", "format=torch_export")
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"wrote {run_copy / 'model.pt2'}" in result.stdout
-    again = run_script("export.py", f"run_dir={run_copy}", "format=torch_export")
+    again = run_command("export.py", f"run_dir={run_copy}", "format=torch_export")
     assert again.returncode == 1 and "error: " in again.stderr and "overwrite=true" in again.stderr
     assert "Traceback" not in again.stderr
 
@@ -123,7 +124,7 @@ def test_every_model_exports_with_parity(model: str, data_root: Path, tmp_path: 
     both formats; on the full test set the graphs agree with PyTorch (at 28 px there is no
     resize, so ONNX agrees as closely as the program)."""
     run_dir = tmp_path / model
-    result = run_script(
+    result = run_command(
         "train.py", f"model={model}", "trainer=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=30",
         "trainer.limit_val_batches=2", "callbacks.early_stopping=null", f"data.root={data_root}",
         f"hydra.run.dir={run_dir}",

@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import job_folder, run_script
+from conftest import job_folder
 from fmnist_lightning.data import load_split
 from fmnist_lightning.models import FashionMNISTClassifier
 from fmnist_lightning.training.status import read_status
+from in_process import run_command
 
 
 class ResNet(nn.Module):
@@ -70,7 +71,7 @@ def sweep(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "my_conf" / "model").mkdir(parents=True)
     (root / "my_conf" / "model" / "resnet.yaml").write_text(RESNET_YAML)
     folder = root / "sweep"
-    result = run_script(
+    result = run_command(
         "train.py",
         "-m",
         f"hydra.searchpath=[file://{root / 'my_conf'}]",
@@ -107,18 +108,18 @@ def test_a_model_target_override_is_enough(make_cfg, tmp_path: Path) -> None:
 
 def test_it_resumes_evaluates_and_predicts(sweep: Path, tmp_path: Path) -> None:
     job = job_folder(sweep, 0)
-    result = run_script("train.py", f"resume={job}", "trainer.max_epochs=2")
+    result = run_command("train.py", f"resume={job}", "trainer.max_epochs=2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_status(job)["epochs"] == 2
 
-    result = run_script("evaluate.py", f"run_dir={job}", "device=cpu", f"hydra.run.dir={tmp_path / 'eval'}")
+    result = run_command("evaluate.py", f"run_dir={job}", "device=cpu", f"hydra.run.dir={tmp_path / 'eval'}")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["accuracy"] == pytest.approx(read_status(job)["metrics"]["test/acc"], abs=1e-6)
 
     images, _ = load_split(Path(_data_root(job)), "test")
     Image.fromarray(images[0].numpy()).save(tmp_path / "item.png")
-    result = run_script(
+    result = run_command(
         "predict.py",
         f"run_dir={job}",
         f"images={tmp_path / 'item.png'}",

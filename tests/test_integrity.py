@@ -34,6 +34,7 @@ from fmnist_lightning.training.pipeline import train
 from fmnist_lightning.training.resume import preflight
 from fmnist_lightning.training.run_dirs import write_failure
 from fmnist_lightning.training.status import read_status, write_status
+from in_process import run_command
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -347,7 +348,7 @@ def read_only_cwd(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_evaluate_in_a_read_only_folder(trained_run: Path, read_only_cwd: Path) -> None:
-    result = run_script("evaluate.py", f"run_dir={trained_run}", "device=cpu", cwd=read_only_cwd)
+    result = run_command("evaluate.py", f"run_dir={trained_run}", "device=cpu", cwd=read_only_cwd)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.startswith("error: cannot create the run folder outputs/evaluations/"), result.stderr
     assert "Read-only file system" in result.stderr
@@ -357,7 +358,7 @@ def test_predict_output_in_a_read_only_folder(trained_run: Path, read_only_cwd: 
     image = tmp_path / "item.png"
     Image.new("L", (28, 28)).save(image)
     output = read_only_cwd / "preds.json"
-    result = run_script("predict.py", f"run_dir={trained_run}", f"images=[{image}]", f"output={output}", "device=cpu")
+    result = run_command("predict.py", f"run_dir={trained_run}", f"images=[{image}]", f"output={output}", "device=cpu")
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.startswith(f"error: output={output}: cannot write in {read_only_cwd} (Read-only file system)")
     assert result.stdout == ""  # refused before any image was classified

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import config_names, run_script
+from conftest import config_names
 from fmnist_lightning.training.status import read_status
+from in_process import run_command
 
 SCALARS = {
     "train/loss",
@@ -35,7 +36,7 @@ def runs(data_root: Path, tmp_path_factory: pytest.TempPathFactory):
     def run(logger: str) -> Path:
         run_dir = folder / logger
         if not run_dir.exists():
-            result = run_script(
+            result = run_command(
                 "train.py",
                 f"logger={logger}",
                 "model=two_conv_5x5",

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import nbclient
 import nbformat
+import pytest
 
 from conftest import REPO
 
 
+@pytest.mark.slow  # a Jupyter kernel: a new process that imports the package (about 9 s)
 def test_explore_run_notebook(trained_run: Path, monkeypatch) -> None:
     monkeypatch.setenv("FMNIST_RUN_DIR", str(trained_run))
     notebook = nbformat.read(REPO / "notebooks" / "explore_run.ipynb", as_version=4)

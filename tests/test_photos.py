@@ -107,6 +107,7 @@ def test_blank_image_and_wrong_sizes_are_refused():
         check_options("photo", "maybe")
 
 
+@pytest.mark.slow  # a benchmark script: a new process (about 10 s)
 def test_photo_benchmark_smallest_configuration(trained_run: Path, data_root: Path, tmp_path: Path):
     """On 200 real test images made photo-like, ``photo`` beats ``pad``, and ``none`` refuses
     them (benchmarks/photo_preprocessing.py; RESULTS.md has the 2,000-image run)."""

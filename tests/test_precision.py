@@ -11,7 +11,6 @@ import torch
 from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 from omegaconf import OmegaConf
 
-from conftest import run_script
 from fmnist_lightning.data import load_split
 from fmnist_lightning.evaluation.runs import load_trained
 from fmnist_lightning.training import precision
@@ -23,6 +22,7 @@ from fmnist_lightning.training.precision import (
     record_precision,
     resolve_precision,
 )
+from in_process import run_command
 
 AVX2_ONLY = {"avx2": True, "avx512_f": False, "avx512_bf16": False, "amx_bf16": False}
 AVX512_BF16 = {**AVX2_ONLY, "avx512_f": True, "avx512_bf16": True}
@@ -138,7 +138,7 @@ def test_a_bf16_run_reports_its_weights_in_fp32(data_root: Path, tmp_path: Path)
     test report gives its weights' fp32 accuracy and loss, as evaluate, predict and the exports
     compute them."""
     run_dir = tmp_path / "run"
-    result = run_script(
+    result = run_command(
         "train.py", "model=two_conv_5x5", "data.image_size=16", "trainer=cpu", "trainer.precision=bf16-mixed",
         "trainer.max_epochs=1", "trainer.limit_train_batches=20", "trainer.limit_val_batches=2",
         f"data.root={data_root}", f"hydra.run.dir={run_dir}",

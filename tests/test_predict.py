@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_script
 from fmnist_lightning.data import CLASS_NAMES, load_split
 from fmnist_lightning.evaluation.files import load_image, predict_files
 from fmnist_lightning.evaluation.runs import load_trained
+from in_process import run_command
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_predict_cli_with_bad_files(trained_run: Path, test_images, tmp_path: Pa
     Image.fromarray(np.stack([255 - images[3].numpy()] * 3, -1)).resize((45, 60)).save(tmp_path / "odd.jpg")
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not an image")
     files = [tmp_path / "good.png", tmp_path / "corrupt.png", tmp_path / "missing.png", tmp_path / "odd.jpg"]
-    result = run_script(
+    result = run_command(
         "predict.py",
         f"run_dir={trained_run}",
         f"images=[{','.join(map(str, files))}]",
@@ -86,7 +86,7 @@ def test_predict_cli_with_bad_files(trained_run: Path, test_images, tmp_path: Pa
 
 
 def test_predict_refuses_bad_invert(trained_run: Path, tmp_path: Path) -> None:
-    result = run_script("predict.py", f"run_dir={trained_run}", "images=[x.png]", "invert=maybe")
+    result = run_command("predict.py", f"run_dir={trained_run}", "images=[x.png]", "invert=maybe")
     assert result.returncode == 1 and "invert='maybe': auto, true or false" in result.stderr
 
 
@@ -99,9 +99,9 @@ def test_predict_cli_photo_modes(trained_run: Path, test_images, tmp_path: Path)
     Image.fromarray(photo).save(tmp_path / "photo.jpg", quality=90)
     Image.new("RGB", (200, 100), "white").save(tmp_path / "blank.png")
     files = f"images=[{tmp_path / 'photo.jpg'},{tmp_path / 'blank.png'}]"
-    result = run_script("predict.py", f"run_dir={trained_run}", files, "device=cpu")
+    result = run_command("predict.py", f"run_dir={trained_run}", files, "device=cpu")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stdout.startswith(f"{tmp_path / 'photo.jpg'}: ")
     assert f"{tmp_path / 'blank.png'}: error: the image is blank" in result.stderr
-    bad = run_script("predict.py", f"run_dir={trained_run}", files, "preprocess=crop")
+    bad = run_command("predict.py", f"run_dir={trained_run}", files, "preprocess=crop")
     assert bad.returncode == 1 and "preprocess='crop': photo, pad or none" in bad.stderr and not bad.stdout

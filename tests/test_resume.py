@@ -210,6 +210,7 @@ def test_folder_labels_name_what_a_run_trains(monkeypatch) -> None:
     assert job_number(Path("12_lr-0.1")) == 12 and job_number(Path("summary.md")) == -1
 
 
+@pytest.mark.slow  # two processes at once
 def test_runs_started_in_the_same_second_get_their_own_folders(data_root: Path, tmp_path: Path) -> None:
     args = ["debug=fdr", "trainer=cpu", "model=two_conv_5x5", "data.image_size=16", f"data.root={data_root}"]
     processes = [start_script("train.py", *args, cwd=tmp_path) for _ in range(2)]

@@ -26,7 +26,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import REPO, chrome_driver, run_script
+from conftest import REPO, chrome_driver
 from fmnist_lightning.data import load_split
 from fmnist_lightning.errors import ArgumentError, RunError
 from fmnist_lightning.evaluation.files import predict_files
@@ -34,6 +34,7 @@ from fmnist_lightning.evaluation.runs import load_trained
 from fmnist_lightning.serving.export import export_run
 from fmnist_lightning.serving.process import ServerProcess, start_server
 from fmnist_lightning.serving.server import ServeOptions, build_server
+from in_process import run_command
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +182,7 @@ def test_bad_options_stop_before_serving(served_run: Path, trained_run: Path, tm
     ):
         with pytest.raises(error, match=re.escape(words)):
             build_server(ServeOptions(**options))
-    result = run_script("serve.py", f"run_dir={tmp_path}", "port=1")  # the command: one line, exit 1
+    result = run_command("serve.py", f"run_dir={tmp_path}", "port=1")  # the command: one line, exit 1
     assert result.returncode == 1 and result.stderr.startswith("error: ") and "is not a run folder" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -286,9 +287,8 @@ def test_web_page_in_headless_chromium(server: ServerProcess, served_run: Path, 
         browser.quit()
 
 
-@pytest.mark.parametrize(
-    "sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)], ids=["SIGTERM", "SIGINT"]
-)
+@pytest.mark.slow  # a server of its own for each signal (about 13 s each)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_one_signal_to_the_main_process_stops_every_process(served_run: Path, sig: signal.Signals) -> None:
     """As a service manager, ``docker stop`` or ``scancel`` stops it: one signal to the main
     process only (not its group). Every worker process ends within seconds and the port is free."""

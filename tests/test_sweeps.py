@@ -16,6 +16,7 @@ from conftest import CONF, job_folder, run_script
 from fmnist_lightning.sweeps import read_sweep, summarize
 from fmnist_lightning.training.build import build_run
 from fmnist_lightning.training.status import read_status
+from in_process import run_command
 
 # Jobs of a few seconds: one batch of each stage (fast_dev_run) of the smallest network.
 TINY = ["debug=fdr", "trainer=cpu", "model=two_conv_5x5", "data.image_size=16"]
@@ -37,7 +38,7 @@ def job_rows(sweep: Path) -> list[dict[str, str]]:
 
 def test_grid_sweep_ends_with_a_summary(data_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    result = run_script(
+    result = run_command(
         "train.py", "-m", *TINY, "optimizer=adam,sgd", "seed=1,2", f"data.root={data_root}", f"hydra.sweep.dir={sweep}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -70,13 +71,13 @@ def test_grid_sweep_ends_with_a_summary(data_root: Path, tmp_path: Path) -> None
         yaml.safe_load((sweep / jobs[3] / ".hydra" / "overrides.yaml").read_text())
     )
 
-    again = run_script("summarize.py", f"sweep_dir={sweep}", "metric=test/acc")
+    again = run_command("summarize.py", f"sweep_dir={sweep}", "metric=test/acc")
     assert again.returncode == 0 and "Ranked by the mean of `test/acc`" in again.stdout, again.stderr[-2000:]
 
 
 def test_a_failing_job_does_not_stop_the_sweep(data_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    result = run_script(
+    result = run_command(
         "train.py", "-m", *TINY, "optimizer.lr=1e-3,-1,3e-3", f"data.root={data_root}", f"hydra.sweep.dir={sweep}"
     )
 
@@ -93,7 +94,7 @@ def test_a_failing_job_does_not_stop_the_sweep(data_root: Path, tmp_path: Path) 
 
 def test_optuna_search_in_memory(data_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "search"
-    result = run_script(
+    result = run_command(
         "train.py",
         "hparams_search=three_conv_tpe",
         "model=two_conv",
@@ -146,6 +147,7 @@ def test_optuna_search_with_sqlite_survives_a_failed_trial(data_root: Path, tmp_
     assert len(values) == 4 and values[:2] == [-math.inf, -math.inf] and all(0 < v < 1 for v in values[2:])
 
 
+@pytest.mark.slow  # joblib's worker processes each import the package (about 15 s)
 def test_joblib_launcher_runs_jobs_in_parallel_without_oversubscribing(data_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     result = run_script(
@@ -174,7 +176,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_without_oversubscribing(data_root
 )
 def test_an_optuna_database_that_cannot_be_opened_is_refused(storage: str, tmp_path: Path) -> None:
     """One line naming the storage, before any trial (the OptunaStorage callback)."""
-    result = run_script("train.py", "hparams_search=three_conv_tpe", f"hydra.sweeper.storage={storage}", cwd=tmp_path)
+    result = run_command("train.py", "hparams_search=three_conv_tpe", f"hydra.sweeper.storage={storage}", cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
     assert f"error: hydra.sweeper.storage={storage}: cannot open the database" in result.stderr
     assert "Traceback" not in result.stderr and not list(tmp_path.glob("outputs/multirun/*/*/metrics.json"))
@@ -254,7 +256,7 @@ def test_summary_ranks_configurations_over_seeds(tmp_path: Path) -> None:
 def test_summarize_refuses_a_folder_without_jobs(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="holds no sweep jobs"):
         read_sweep(tmp_path)
-    result = run_script("summarize.py", f"sweep_dir={tmp_path}")
+    result = run_command("summarize.py", f"sweep_dir={tmp_path}")
     assert result.returncode == 1 and "error:" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import run_script
 from fmnist_lightning.data.idx import IDX_SPECS
 from fmnist_lightning.models import FashionMNISTClassifier
 from fmnist_lightning.training.pipeline import train
+from in_process import run_command
 
 EPOCH_KEYS = {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc"}
 
@@ -30,6 +31,7 @@ def scalar_tags(tensorboard_dir: Path) -> set[str]:
     return tags
 
 
+@pytest.mark.slow  # about accuracy: 300 batches at 28 px (about 9 s); the session's run learns in the default suite
 def test_three_conv_learns_on_real_data(make_cfg, tmp_path: Path) -> None:
     """300 real batches of 64 images take ThreeConvNet far above chance (10 %)."""
     metrics = train(make_cfg("model=three_conv", "trainer.max_epochs=1", "trainer.limit_train_batches=300"))
@@ -45,6 +47,13 @@ def test_three_conv_learns_on_real_data(make_cfg, tmp_path: Path) -> None:
     assert scalar_tags(tmp_path) >= EPOCH_KEYS
 
 
+def test_the_session_run_learns(trained_run: Path) -> None:
+    """The shared run (2 short epochs of TwoConv5x5Net at 16 px) is far above chance (10 %)."""
+    summary = json.loads((trained_run / "metrics.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs"] == 2
+    assert summary["metrics"]["test/acc"] > 0.7 and summary["metrics"]["val/acc"] > 0.7, summary["metrics"]
+
+
 def test_run_without_logger(make_cfg, tmp_path: Path) -> None:
     """logger=none: no logger files, the LR monitor is skipped, metrics.json is written."""
     metrics = train(make_cfg("logger=none", "debug=limit", "scheduler=cosine"))
@@ -55,7 +64,7 @@ def test_run_without_logger(make_cfg, tmp_path: Path) -> None:
 
 def test_multirun_makes_one_folder_per_job(data_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    result = run_script(
+    result = run_command(
         "train.py",
         "-m",
         "optimizer=adam,sgd",
@@ -84,7 +93,7 @@ def test_truncated_data_file_gives_a_clear_error(data_root: Path, tmp_path: Path
     bad = bad_root / IDX_SPECS[("train", "images")].name
     bad.write_bytes(bad.read_bytes()[:123_456])
 
-    result = run_script(
+    result = run_command(
         "train.py",
         f"data.root={bad_root}",
         "data.local_copy=null",

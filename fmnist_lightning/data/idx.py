@@ -103,7 +103,9 @@ def read_idx_bytes(path: Path, spec: IdxSpec) -> bytes:
 
     Checks, in this order: the file decompresses, the magic number, the header's shape,
     the file length, for label files that every label is in 0-9, and the MD5 of the
-    decompressed bytes.
+    decompressed bytes. The label range and the MD5 are computed once per process for each
+    file: they are skipped while the file's device, inode, size and modification time are the
+    ones they passed with (any copy or write over it changes them).
 
     Args:
         path: The file, decompressed or ``.gz``.
@@ -120,6 +122,7 @@ def read_idx_bytes(path: Path, spec: IdxSpec) -> bytes:
         return DatasetError(f"FashionMNIST file {path} {problem}. {HOW_TO_FIX}")
 
     try:
+        stat = path.stat()
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
                 data = f.read()
@@ -141,6 +144,9 @@ def read_idx_bytes(path: Path, spec: IdxSpec) -> bytes:
     if len(data) != spec.total_bytes:
         kind = "truncated" if len(data) < spec.total_bytes else "too long"
         raise fail(f"is {kind}: {len(data)} bytes decompressed, expected {spec.total_bytes}")
+    verified = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, spec.md5)
+    if verified in _VERIFIED:
+        return data
     if spec.magic == 2049:
         top = max(data[spec.header_bytes :])
         if top > 9:
@@ -148,7 +154,12 @@ def read_idx_bytes(path: Path, spec: IdxSpec) -> bytes:
     md5 = hashlib.md5(data).hexdigest()
     if md5 != spec.md5:
         raise fail(f"is corrupt: MD5 of its decompressed bytes is {md5}, expected {spec.md5}")
+    _VERIFIED.add(verified)
     return data
+
+
+#: The files ``read_idx_bytes`` verified in this process, by path and state on disk.
+_VERIFIED: set[tuple] = set()
 
 
 def read_idx(path: Path, spec: IdxSpec) -> torch.Tensor:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers.logger import DummyLogger
 
 from fmnist_lightning.evaluation.figures import confusion_matrix_figure, figure_to_array, misclassified_figure
 from fmnist_lightning.evaluation.report import report_markdown
@@ -41,10 +42,17 @@ def sprite(images: torch.Tensor) -> torch.Tensor:
     return (images - low) / (high - low).clamp_min(1e-8)
 
 
+def recording(loggers: list[Logger]) -> list[Logger]:
+    """The loggers that keep what they get: Lightning's ``DummyLogger``, which
+    ``fast_dev_run`` puts in place of the run's loggers, answers every method and keeps
+    nothing, so nothing is drawn or sent for it."""
+    return [logger for logger in loggers if not isinstance(logger, DummyLogger)]
+
+
 def log_run_start(loggers: list[Logger], config_yaml: str, command: str) -> None:
     """Gives loggers with ``log_markdown`` the run's composed config (``config``) and its
     command line (``command``), and those with ``log_layout`` the ``CURVES_LAYOUT``."""
-    for logger in loggers:
+    for logger in recording(loggers):
         if hasattr(logger, "log_markdown"):
             logger.log_markdown("config", code_block(config_yaml))
             logger.log_markdown("command", code_block(command))
@@ -77,7 +85,7 @@ def log_test_summaries(loggers: list[Logger], report: dict[str, Any], prediction
         for c in report["per_class"]
         for metric in ("precision", "recall", "f1")
     }
-    p = predictions
+    p, loggers = predictions, recording(loggers)
     images = None
     if any(hasattr(logger, "log_image") for logger in loggers):  # the figures take a second to draw
         figures = {
@@ -109,7 +117,7 @@ def log_hparams_session(loggers: list[Logger], hparams: dict[str, Any], metrics:
     """Gives loggers whose ``log_hyperparams`` takes ``metrics`` (TensorBoard's *HParams*)
     the run's hyperparameters against ``HPARAM_METRICS``."""
     values = {k: metrics[k] for k in HPARAM_METRICS if k in metrics}
-    for logger in loggers:
+    for logger in recording(loggers):
         if "metrics" in inspect.signature(logger.log_hyperparams).parameters:
             logger.log_hyperparams(hparams, metrics=values)
             logger.save()

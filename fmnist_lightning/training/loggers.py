@@ -21,6 +21,7 @@ from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
@@ -153,3 +154,15 @@ class MLFlowLogger(LightningMLFlowLogger):
     def log_markdown(self, key: str, text: str, step: int | None = None) -> None:
         """Saves ``text`` as the run's artifact ``<key>.md``."""
         self.experiment.log_text(self.run_id, text, artifact_file=f"{key}.md")
+
+
+def end_runs(loggers: list[Any]) -> None:
+    """Ends the logging run each logger's library keeps open for the whole process, so that
+    the next run in the same process (the next job of a sweep, which Hydra's basic launcher
+    runs in this process, or the next ``train(cfg)`` in a notebook) gets a run of its own
+    instead of writing into this one. Only W&B keeps one (``wandb.run``, closed by
+    ``wandb.finish`` or at the process's exit); Lightning's ``WandbLogger.finalize`` leaves it
+    open. A logger that never started its run is left alone."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger._experiment.finish()

@@ -24,6 +24,7 @@ from fmnist_lightning.locks import lock_run_folder, release_run_folder
 from fmnist_lightning.training.build import build_run
 from fmnist_lightning.training.callbacks import RunStatus
 from fmnist_lightning.training.history import EpochHistory, read_history
+from fmnist_lightning.training.loggers import end_runs
 from fmnist_lightning.training.precision import record_precision
 from fmnist_lightning.training.processes import (
     command_line,
@@ -223,6 +224,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         error = f"{type(err).__name__}: {err}"
         status.write_or_warn(trainer, "failed", epochs=failed_epochs, error=error, trained=stage != "training")
         raise
+    finally:
+        end_runs(trainer.loggers)
     log.info("Run folder %s: %s", output_dir, {k: round(v, 4) for k, v in metrics.items() if k.startswith("test/")})
     return metrics
 

@@ -1,0 +1,109 @@
+"""One end-to-end test per command, through ``python <script>`` as a new process, as a user runs
+it: ``train``, ``resume=``, ``evaluate``, ``predict``, ``summarize``, ``export`` and ``serve``.
+
+Each runs the command once as it should work (exit status 0, what it writes) and once with a
+bad input (exit status 1, one ``error:`` line saying what to fix, no traceback). Every other
+command-line test calls the same ``main()`` in the test process (``in_process.run_command``);
+these are the ones that also cover the interpreter's start, the scripts in the clone, the
+exit status the shell sees, and stderr as the terminal shows it. Each command here pays the
+imports again (about 6 s), so they are ``slow``: CI runs them, and so does
+``pytest -m slow``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import job_folder, run_script
+from fmnist_lightning.training.status import read_status
+from in_process import run_command
+
+pytestmark = pytest.mark.slow
+
+TINY = ["debug=fdr", "trainer=cpu", "model=two_conv_5x5", "data.image_size=16"]
+
+
+def refused(result: subprocess.CompletedProcess, words: str) -> None:
+    """Exit status 1, exactly one ``error:`` line, holding ``words``, and no traceback."""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert len(errors) == 1 and words in errors[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+def succeeded(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def run_copy(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's finished run, which these commands may add to."""
+    return Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("commands") / "run"))
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "item.png"
+    Image.new("L", (28, 28)).save(path)
+    return path
+
+
+def test_train(data_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    succeeded(run_script("train.py", *TINY, f"data.root={data_root}", f"hydra.run.dir={run_dir}"))
+    assert read_status(run_dir)["status"] == "finished"
+    refused(
+        run_script("train.py", *TINY, "optimizer.lr=-1", f"data.root={data_root}", f"hydra.run.dir={tmp_path / 'x'}"),
+        "optimizer.lr=-1",
+    )
+
+
+def test_resume(run_copy: Path) -> None:
+    refused(run_script("train.py", f"resume={run_copy}"), "already finished")
+    succeeded(run_script("train.py", f"resume={run_copy}", "trainer.max_epochs=3"))
+    assert read_status(run_copy)["epochs"] == 3
+
+
+def test_evaluate(run_copy: Path, tmp_path: Path) -> None:
+    result = run_script("evaluate.py", f"run_dir={run_copy}", "device=cpu", f"hydra.run.dir={tmp_path / 'eval'}")
+    succeeded(result)
+    assert "test accuracy" in result.stdout
+    refused(run_script("evaluate.py", f"run_dir={tmp_path / 'missing'}", cwd=tmp_path), "missing")
+
+
+def test_predict(run_copy: Path, image: Path) -> None:
+    result = run_script("predict.py", f"run_dir={run_copy}", f"images=[{image}]", "preprocess=none", "device=cpu")
+    succeeded(result)
+    assert result.stdout.startswith(f"{image}: ")
+    refused(run_script("predict.py", f"run_dir={run_copy}", f"images=[{image}]", "invert=maybe"), "invert='maybe'")
+
+
+def test_summarize(data_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    made = run_command("train.py", "-m", *TINY, "seed=1,2", f"data.root={data_root}", f"hydra.sweep.dir={sweep}")
+    assert made.returncode == 0, made.stderr[-3000:]
+    (sweep / "summary.md").unlink()
+    result = run_script("summarize.py", f"sweep_dir={sweep}")
+    succeeded(result)
+    assert "2 jobs, 2 finished" in result.stdout and (sweep / "summary.md").is_file()
+    assert read_status(job_folder(sweep, 0))["status"] == "finished"
+    refused(run_script("summarize.py", f"sweep_dir={tmp_path / 'nothing'}"), "nothing")
+
+
+def test_export(run_copy: Path) -> None:
+    succeeded(run_script("export.py", f"run_dir={run_copy}", "format=onnx"))
+    assert (run_copy / "model.onnx").is_file()
+    refused(run_script("export.py", f"run_dir={run_copy}", "format=tflite"), "format='tflite'")
+
+
+def test_serve(tmp_path: Path) -> None:
+    """The server itself runs as a process in tests/test_serve.py (``start_server``: the
+    ``fmnist-serve`` command, waited on until healthy); here the command refuses a folder that
+    is not a run before it binds a port."""
+    refused(run_script("serve.py", f"run_dir={tmp_path}", "port=1"), "is not a run folder")
