@@ -1,6 +1,7 @@
 """Every file a command reads back from a run folder, damaged four ways, through every command
 that reads it: each case ends with exit 1 and one ``error:`` line naming the file, without a
-traceback, and changes no other file (fmnist_lightning/artifacts.py).
+traceback, and changes no other file (fmnist_lightning/artifacts.py). The commands run in the
+test process (``in_process.run_command``; tests/test_commands.py starts each as a process).
 
 A new artifact is one line in ``ARTIFACTS`` and its pairs in ``READERS``; a new command is one
 entry in ``COMMANDS``.
@@ -21,12 +22,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_script
 from fmnist_lightning.artifacts import write_atomically
 from fmnist_lightning.errors import RunError
 from fmnist_lightning.evaluation.runs import load_trained
 from fmnist_lightning.models.nets import TwoConvBNNet
 from fmnist_lightning.training.status import read_status
+from in_process import run_command
 
 
 def other_network() -> bytes:
@@ -132,7 +133,7 @@ def damaged_copy(trained_run: Path, tmp_path: Path, artifact: str, damage: str) 
     return run, file
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # 68 cases, about 40 s
 @pytest.mark.parametrize("damage", list(DAMAGES))
 @pytest.mark.parametrize(("artifact", "command"), READERS, ids=[f"{a}-{c}" for a, c in READERS])
 def test_damaged_file_is_refused(
@@ -143,7 +144,7 @@ def test_damaged_file_is_refused(
     before = snapshot(run.parent, but=file)
     script, args = COMMANDS[command](run, file, tmp_path, artifact, data_root)
 
-    result = run_script(script, *args)
+    result = run_command(script, *args)
 
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 1 and len(errors) == 1, result.stderr[-3000:]

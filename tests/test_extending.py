@@ -51,7 +51,14 @@ class ResNet(nn.Module):
         return self.head(x)
 
 
-SHORT = ("trainer=cpu", "trainer.limit_train_batches=40", "trainer.limit_val_batches=4", "data.image_size=16")
+# The logger is not what these tests are about: CSV, the cheapest.
+SHORT = (
+    "trainer=cpu",
+    "trainer.limit_train_batches=40",
+    "trainer.limit_val_batches=4",
+    "data.image_size=16",
+    "logger=csv",
+)
 
 
 #: The one YAML a user writes for the network above, in a config folder of their own

@@ -1,6 +1,6 @@
-"""Every logger gets what the run reports, through Lightning's logger API: each runs offline
-here (TensorBoard, CSV, MLflow in a local SQLite store, W&B in offline mode), and what it
-received is read back from its own files."""
+"""Every logger gets what the run reports, through Lightning's logger API: one run logs to all
+of them at once, offline (TensorBoard, CSV, MLflow in a local SQLite store, W&B in offline
+mode), and what each received is read back from its own files."""
 
 from __future__ import annotations
 
@@ -29,40 +29,35 @@ FIGURES = {"test/confusion_matrix", "test/misclassified"}
 
 
 @pytest.fixture(scope="module")
-def runs(data_root: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One short run per logger option, each in its own folder."""
-    folder = tmp_path_factory.mktemp("loggers")
-
-    def run(logger: str) -> Path:
-        run_dir = folder / logger
-        if not run_dir.exists():
-            result = run_command(
-                "train.py",
-                f"logger={logger}",
-                "model=two_conv_5x5",
-                "data.image_size=16",
-                "trainer=cpu",
-                "trainer.max_epochs=2",
-                "trainer.limit_train_batches=20",
-                "trainer.limit_val_batches=2",
-                f"data.root={data_root}",
-                f"hydra.run.dir={run_dir}",
-            )
-            assert result.returncode == 0, result.stderr[-3000:]
-            assert (run_dir / "curves.png").is_file() and (run_dir / "history.csv").is_file()
-        return run_dir
-
-    return run
+def logged_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short run logged by four loggers at once (``logger=[tensorboard,csv,mlflow,wandb]``,
+    as a user combines them): each test reads back what its logger received."""
+    run_dir = tmp_path_factory.mktemp("loggers") / "run"
+    result = run_command(
+        "train.py",
+        "logger=[tensorboard,csv,mlflow,wandb]",
+        "model=two_conv_5x5",
+        "data.image_size=16",
+        "trainer=cpu",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=20",
+        "trainer.limit_val_batches=2",
+        f"data.root={data_root}",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "curves.png").is_file() and (run_dir / "history.csv").is_file()
+    return run_dir
 
 
 def test_every_logger_option_is_tested() -> None:
     assert set(config_names("logger")) == {"tensorboard", "csv", "tensorboard_csv", "mlflow", "wandb", "none"}
 
 
-def test_tensorboard(runs) -> None:
+def test_tensorboard(logged_run: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_dir = runs("tensorboard")
+    run_dir = logged_run
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     assert set(events.Tags()["scalars"]) >= SCALARS
@@ -71,8 +66,8 @@ def test_tensorboard(runs) -> None:
     assert "model" in yaml.safe_load((run_dir / "hparams.yaml").read_text())
 
 
-def test_csv(runs) -> None:
-    run_dir = runs("csv")
+def test_csv(logged_run: Path) -> None:
+    run_dir = logged_run
     with open(run_dir / "csv" / "metrics.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert set(rows[0]) >= SCALARS
@@ -81,11 +76,11 @@ def test_csv(runs) -> None:
     assert "optimizer" in yaml.safe_load((run_dir / "csv" / "hparams.yaml").read_text())
 
 
-def test_mlflow(runs) -> None:
+def test_mlflow(logged_run: Path) -> None:
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    run_dir = runs("mlflow")
+    run_dir = logged_run
     client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("fmnist-lightning")
     (run,) = client.search_runs([experiment.experiment_id])
@@ -123,9 +118,9 @@ def wandb_records(path: Path):
             yield record
 
 
-def test_wandb_offline(runs) -> None:
+def test_wandb_offline(logged_run: Path) -> None:
     pytest.importorskip("wandb")
-    run_dir = runs("wandb")
+    run_dir = logged_run
     (offline,) = (run_dir / "wandb").glob("offline-run-*")  # offline: nothing was sent
     history: dict[str, str] = {}
     config: set[str] = set()

@@ -141,7 +141,7 @@ def test_a_bf16_run_reports_its_weights_in_fp32(data_root: Path, tmp_path: Path)
     result = run_command(
         "train.py", "model=two_conv_5x5", "data.image_size=16", "trainer=cpu", "trainer.precision=bf16-mixed",
         "trainer.max_epochs=1", "trainer.limit_train_batches=20", "trainer.limit_val_batches=2",
-        f"data.root={data_root}", f"hydra.run.dir={run_dir}",
+        "logger=csv", f"data.root={data_root}", f"hydra.run.dir={run_dir}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.precision == "bf16-mixed"

@@ -1,4 +1,5 @@
-"""fmnist-serve as a real process on a free localhost port: answers like fmnist-predict,
+"""The server: its request path in this process (answers like fmnist-predict, bad requests get
+4xx JSON), then (slow) fmnist-serve as a real process on a free localhost port: answers like fmnist-predict,
 bad requests get 4xx JSON and leave it up, concurrent requests are batched, the web page
 works in headless Chromium."""
 
@@ -141,6 +142,56 @@ def bad_requests() -> dict[str, tuple[int, str, dict]]:
     }
 
 
+@pytest.fixture(scope="module")
+def api_app(served_run: Path):
+    """The server's request path in this process: ``BodyGuard`` in front of a route that hands
+    the parsed body to ``FashionMNISTAPI`` (decode, batch, predict, answer) as LitServe's worker
+    does. The real server, with its worker processes, is ``server`` (slow tests)."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from fmnist_lightning.serving.server import BodyGuard, FashionMNISTAPI
+
+    options = ServeOptions(run_dir=str(served_run))
+    api = FashionMNISTAPI(options)
+    api.setup("cpu")
+
+    async def predict(request):
+        form = request.headers.get("content-type", "").startswith("multipart/")
+        payload = await request.form() if form else await request.json()
+        (answer,) = api.unbatch(api.predict(api.batch([api.decode_request(payload)])))
+        encoded = api.encode_response(answer)
+        return encoded if isinstance(encoded, Response) else JSONResponse(encoded)
+
+    guard = Middleware(BodyGuard, max_bytes=int(options.max_body_mb * 1e6))
+    with TestClient(Starlette(routes=[Route("/predict", predict, methods=["POST"])], middleware=[guard])) as client:
+        yield client
+
+
+def test_the_api_answers_like_fmnist_predict(api_app, served_run: Path, photos) -> None:
+    paths, _ = photos
+    expected = predict_files(load_trained(served_run), [str(p) for p in paths[:4]])
+    answer = api_app.post("/predict", files=[("file", (p.name, p.read_bytes())) for p in paths[:4]])
+    assert answer.status_code == 200, answer.text
+    for got, want in zip(answer.json()["predictions"], expected, strict=True):
+        assert got["name"] == Path(want.path).name and got["class"] == want.name and got["label"] == want.label
+        assert got["probability"] == pytest.approx(want.probability, abs=1e-5)
+    as_json = {"images": [base64.b64encode(p.read_bytes()).decode() for p in paths[:2]]}
+    again = api_app.post("/predict", json=as_json).json()["predictions"]
+    assert [p["class"] for p in again] == [w.name for w in expected[:2]] and again[0]["name"] == "image 1"
+
+
+def test_bad_requests_get_4xx_json_in_process(api_app) -> None:
+    for name, (status, words, request) in bad_requests().items():
+        answer = api_app.post("/predict", **request)
+        assert answer.status_code == status, (name, answer.text)
+        assert words in answer.json()["detail"], (name, answer.text)
+
+
+@pytest.mark.slow  # the real server: fmnist-serve and its worker process (about 12 s to start)
 def test_answers_like_fmnist_predict(server: ServerProcess, served_run: Path, photos) -> None:
     paths, _ = photos
     expected = predict_files(load_trained(served_run), [str(p) for p in paths[:4]])
@@ -162,6 +213,7 @@ def test_answers_like_fmnist_predict(server: ServerProcess, served_run: Path, ph
     assert page.status_code == 200 and 'id="file"' in page.text and "text/html" in page.headers["content-type"]
 
 
+@pytest.mark.slow  # the real server
 def test_bad_requests_get_4xx_json_and_the_server_stays_up(server: ServerProcess, photos) -> None:
     for name, (status, words, request) in bad_requests().items():
         answer = httpx.post(server.url + "/predict", timeout=30, **request)

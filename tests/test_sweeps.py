@@ -92,6 +92,7 @@ def test_a_failing_job_does_not_stop_the_sweep(data_root: Path, tmp_path: Path) 
     assert "## Not finished" in summary and "job 1_lr--1 (failed): invalid config" in summary
 
 
+@pytest.mark.slow  # the Optuna search: 3 trials of real training (about 9 s)
 def test_optuna_search_in_memory(data_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "search"
     result = run_command(

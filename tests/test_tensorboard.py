@@ -16,8 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import chrome_driver, run_script
+from conftest import chrome_driver
 from fmnist_lightning.serving.process import free_port
+from in_process import run_command
 
 # About 2 minutes in all: three short runs, a TensorBoard process, and headless Chromium.
 pytestmark = pytest.mark.slow
@@ -30,9 +31,9 @@ def logdir(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``outputs/`` of a working directory in which one run and a 2-job sweep over
     ``optimizer.lr`` were made, as a user makes them."""
     cwd = tmp_path_factory.mktemp("review")
-    run = run_script("train.py", *SHORT, "trainer.max_epochs=2", f"data.root={data_root}", cwd=cwd)
+    run = run_command("train.py", *SHORT, "trainer.max_epochs=2", f"data.root={data_root}", cwd=cwd)
     assert run.returncode == 0, run.stderr[-3000:]
-    sweep = run_script(
+    sweep = run_command(
         "train.py", "-m", *SHORT, "trainer.max_epochs=1", "optimizer.lr=0.001,0.003", f"data.root={data_root}", cwd=cwd
     )
     assert sweep.returncode == 0, sweep.stderr[-3000:]

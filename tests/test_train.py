@@ -56,7 +56,9 @@ def test_the_session_run_learns(trained_run: Path) -> None:
 
 def test_run_without_logger(make_cfg, tmp_path: Path) -> None:
     """logger=none: no logger files, the LR monitor is skipped, metrics.json is written."""
-    metrics = train(make_cfg("logger=none", "debug=limit", "scheduler=cosine"))
+    metrics = train(
+        make_cfg("logger=none", "debug=limit", "scheduler=cosine", "model=two_conv_5x5", "data.image_size=16")
+    )
     assert "test/acc" in metrics
     assert not list(tmp_path.glob("events.out.tfevents.*"))
     assert (tmp_path / "metrics.json").is_file()
@@ -69,6 +71,7 @@ def test_multirun_makes_one_folder_per_job(data_root: Path, tmp_path: Path) -> N
         "-m",
         "optimizer=adam,sgd",
         "debug=limit",
+        "logger.tensorboard.projector_images=0",  # the projector is tested on the session's run
         "trainer=cpu",
         "model=two_conv_5x5",
         "data.image_size=16",

@@ -64,15 +64,19 @@ def misclassified_figure(
     wrong = (preds != targets).nonzero().flatten()[:max_images]
     columns = 8
     rows = max(1, math.ceil(len(wrong) / columns))
-    fig = Figure(figsize=(2 * columns, 2.3 * rows), layout="constrained")
+    height = 2.3 * rows
+    fig = Figure(figsize=(2 * columns, height))
+    # Fixed margins (in inches, for the two-line titles and the heading) instead of a
+    # constrained layout, which measures every title again at each draw.
     axes = fig.subplots(rows, columns, squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1 - 0.8 / height, wspace=0.1, hspace=0.5)
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, i in zip(axes.flat, wrong.tolist(), strict=False):
         scale = {"vmin": 0, "vmax": 255} if images.dtype == torch.uint8 else {}  # floats: scaled per image
         ax.imshow(images[i].reshape(images.shape[-2:]).float().numpy(), cmap="gray", **scale)
         ax.set_title(f"{class_names[targets[i]]}\n→ {class_names[preds[i]]}", fontsize=9)
-    fig.suptitle(f"Misclassified test images: true → predicted (first {len(wrong)})")
+    fig.suptitle(f"Misclassified test images: true → predicted (first {len(wrong)})", y=1 - 0.08 / height, va="top")
     return fig
 
 
