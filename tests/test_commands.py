@@ -29,10 +29,11 @@ TINY = ["debug=fdr", "trainer=cpu", "model=two_conv_5x5", "data.image_size=16"]
 
 
 def refused(result: subprocess.CompletedProcess, words: str) -> None:
-    """Exit status 1, exactly one ``error:`` line, holding ``words``, and no traceback."""
+    """Exit status 1, exactly one ``error:`` line, ``words`` in the message it starts (which
+    may go on over the next lines, one per problem), and no traceback."""
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 1, result.stderr[-3000:]
-    assert len(errors) == 1 and words in errors[0], result.stderr[-3000:]
+    assert len(errors) == 1 and words in result.stderr[result.stderr.index(errors[0]) :], result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
 
 
