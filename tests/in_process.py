@@ -60,8 +60,10 @@ def _restore_logging(state: dict[str, tuple]) -> None:
             if id(handler) not in kept:
                 handler.close()
         level, handlers, propagate, disabled = state.get(name, (logging.NOTSET, [], True, False))
-        logger.setLevel(level)
-        logger.handlers[:] = handlers
+        if logger.level != level:  # setLevel clears every logger's cache: only when needed
+            logger.setLevel(level)
+        if logger.handlers != handlers:
+            logger.handlers[:] = handlers
         logger.propagate, logger.disabled = propagate, disabled
     logging.raiseExceptions = True
 

@@ -109,8 +109,9 @@ def no_checkpoint_run(ctx: Context) -> Path:
     return folder
 
 
-# (id, overrides, text the error must contain): values that build_run refuses, checked both by
-# build_run and through the command line.
+# (id, overrides, text the error must contain): values that build_run refuses. Each is checked
+# by build_run (quick); through the command line, a few are in the default suite and the rest
+# are slow (each composes the app twice, Hydra's way: about 0.3 s).
 CONFIG_CASES: list[tuple[str, tuple[str, ...], str]] = [
     ("lr_negative", ("optimizer.lr=-1",), "optimizer.lr=-1"),
     ("lr_not_a_number", ("optimizer.lr=fast",), "optimizer.lr='fast'"),
@@ -146,6 +147,8 @@ CONFIG_CASES: list[tuple[str, tuple[str, ...], str]] = [
     ("unknown_precision", ("trainer.precision=8",), "trainer.precision=8"),
     ("seed_not_an_integer", ("seed=abc",), "seed='abc'"),
 ]
+#: The config cases also run through the command line in the default suite.
+CONFIG_CASES_ON_THE_COMMAND_LINE = ("lr_negative", "unknown_optimizer", "external_net_bad_argument")
 
 # (id, arguments of train.py, text the error must contain)
 CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [
@@ -200,6 +203,14 @@ CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [
 ]
 
 
+def slow_on_the_command_line(case: str) -> bool:
+    """The data-file cases are also tested in-process, by the DataModule, in test_data.py, and
+    the config cases by build_run in ``test_a_bad_config_value_is_refused``: through the
+    command line, only a few are in the default suite."""
+    configs = {c[0] for c in CONFIG_CASES}
+    return case.startswith("data_") or (case in configs and case not in CONFIG_CASES_ON_THE_COMMAND_LINE)
+
+
 @pytest.mark.parametrize(("case", "overrides", "expected"), [pytest.param(*case, id=case[0]) for case in CONFIG_CASES])
 def test_a_bad_config_value_is_refused(make_cfg, case: str, overrides: tuple[str, ...], expected: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -209,7 +220,10 @@ def test_a_bad_config_value_is_refused(make_cfg, case: str, overrides: tuple[str
 
 @pytest.mark.parametrize(
     ("case", "arguments", "expected"),
-    [pytest.param(*case, id=case[0]) for case in CASES],
+    [
+        pytest.param(*case, id=case[0], marks=[pytest.mark.slow] if slow_on_the_command_line(case[0]) else [])
+        for case in CASES
+    ],
 )
 def test_bad_input_is_refused(
     ctx: Context, case: str, arguments: Callable[[Context], list[str]], expected: str

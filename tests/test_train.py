@@ -64,6 +64,7 @@ def test_run_without_logger(make_cfg, tmp_path: Path) -> None:
     assert (tmp_path / "metrics.json").is_file()
 
 
+@pytest.mark.slow  # a sweep of 2 logged runs; the default suite's grid sweep and loggers cover its parts
 def test_multirun_makes_one_folder_per_job(data_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     result = run_command(
@@ -71,7 +72,7 @@ def test_multirun_makes_one_folder_per_job(data_root: Path, tmp_path: Path) -> N
         "-m",
         "optimizer=adam,sgd",
         "debug=limit",
-        "logger.tensorboard.projector_images=0",  # the projector is tested on the session's run
+        "logger.tensorboard.projector_images=0",  # not what this test is about
         "trainer=cpu",
         "model=two_conv_5x5",
         "data.image_size=16",
