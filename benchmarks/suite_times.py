@@ -1,9 +1,9 @@
 """How long each test suite takes, how many tests there are, and what they cover.
 
-    .venv/bin/python benchmarks/test_suites.py                       # the default suite once
-    .venv/bin/python benchmarks/test_suites.py --suites default --repeat 5   # 5 runs in a row
-    .venv/bin/python benchmarks/test_suites.py --suites default slow cluster --coverage
-    .venv/bin/python benchmarks/test_suites.py --suites slow --workers 2     # pytest-xdist
+    .venv/bin/python benchmarks/suite_times.py                       # the default suite once
+    .venv/bin/python benchmarks/suite_times.py --suites default --repeat 5   # 5 runs in a row
+    .venv/bin/python benchmarks/suite_times.py --suites default slow cluster --workers 2 --coverage --collect
+    .venv/bin/python benchmarks/suite_times.py --suites slow --workers 2     # pytest-xdist
 
 Each suite is run as CI runs it (``python -m pytest -m <marker>``, in this repository, one
 suite at a time) and timed from the launch of pytest to its exit (wall-clock seconds). It
@@ -12,9 +12,10 @@ median per suite; ``--json`` writes the same. ``--collect`` also counts the test
 ``pytest --collect-only -m ''`` collects (every suite). ``--coverage`` measures the line
 coverage of ``fmnist_lightning/`` over the suites run, subprocesses included
 (``[tool.coverage.run]`` in pyproject.toml: coverage's ``patch = ["subprocess"]``), and prints
-the total in percent. ``--workers N`` runs the ``slow`` and ``cluster`` suites with
-pytest-xdist (``-n N``); the default suite always runs in one process, where its session
-fixtures are built once.
+the total in percent. ``--workers N`` runs the ``slow`` suite with pytest-xdist (``-n N``),
+as ``.ci/run`` does. The default suite runs in one process, where its session fixtures are
+built once, and the ``cluster`` suite too: its fixtures start one SLURM controller and one
+PostgreSQL server for the machine, which two workers would each try to start.
 
 Run it on a fresh clone (``git clone``, ``bash scripts/setup.sh --dev --cluster``) with
 nothing else running: the figures in benchmarks/RESULTS.md ("The test suites") came from this.
@@ -45,7 +46,7 @@ def counts(output: str) -> dict[str, int]:
 def run_suite(suite: str, workers: int, coverage: bool) -> dict:
     """Runs one suite; returns its counts, its wall-clock seconds and its exit status."""
     command = [sys.executable, "-m", "pytest", "-m", SUITES[suite], "-q", "-p", "no:cacheprovider"]
-    if workers > 1 and suite != "default":
+    if workers > 1 and suite == "slow":
         command += ["-n", str(workers)]
     if coverage:
         command += ["--cov=fmnist_lightning", "--cov-append", "--cov-report="]
@@ -85,7 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suites", nargs="+", choices=list(SUITES), default=["default"])
     parser.add_argument("--repeat", type=int, default=1, help="runs of each suite, in turn (default 1)")
-    parser.add_argument("--workers", type=int, default=1, help="pytest-xdist workers for slow and cluster")
+    parser.add_argument("--workers", type=int, default=1, help="pytest-xdist workers for the slow suite")
     parser.add_argument("--coverage", action="store_true", help="line coverage of fmnist_lightning/ in percent")
     parser.add_argument("--collect", action="store_true", help="also count the tests of every suite")
     parser.add_argument("--json", type=Path, help="write the figures here")
