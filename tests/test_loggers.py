@@ -119,7 +119,10 @@ def wandb_records(path: Path):
 
 
 def test_wandb_offline(logged_run: Path) -> None:
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
+    # The run's W&B run was ended with the run (loggers.end_runs), so that the next run in this
+    # process, such as the next job of a sweep, gets a W&B run of its own.
+    assert wandb.run is None
     run_dir = logged_run
     (offline,) = (run_dir / "wandb").glob("offline-run-*")  # offline: nothing was sent
     history: dict[str, str] = {}
