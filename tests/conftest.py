@@ -3,6 +3,7 @@ run for the whole session, and a fresh process state for every test (``in_proces
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
@@ -163,23 +164,34 @@ def trained_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return run_dir
 
 
+#: Configs ``make_cfg`` composed, by overrides: Hydra takes about 80 ms a composition, and
+#: tests compose the same overrides more than once (each option is built by two tests).
+_COMPOSED: dict[tuple[str, ...], DictConfig] = {}
+
+
 @pytest.fixture
 def make_cfg(data_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
     """Composes ``conf/train.yaml`` with overrides, writing into ``tmp_path`` and reading the
-    real data from ``data_root``; Lightning runs on the CPU."""
+    real data from ``data_root``; Lightning runs on the CPU. Each call gets its own copy."""
 
     def _make(*overrides: str) -> DictConfig:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(
-                "train",
-                overrides=[
-                    f"output_dir={tmp_path}",
-                    f"data.root={data_root}",
-                    "trainer.accelerator=cpu",
-                    "trainer.devices=1",
-                    *overrides,
-                ],
-            )
+        key = (str(data_root), *overrides)
+        if key not in _COMPOSED:
+            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+                _COMPOSED[key] = compose(
+                    "train",
+                    overrides=[
+                        "output_dir=unset",
+                        f"data.root={data_root}",
+                        "trainer.accelerator=cpu",
+                        "trainer.devices=1",
+                        *overrides,
+                    ],
+                )
+        cfg = copy.deepcopy(_COMPOSED[key])
+        if not any(o.startswith("output_dir=") for o in overrides):
+            cfg.output_dir = str(tmp_path)
+        return cfg
 
     return _make
 

@@ -82,18 +82,23 @@ class Context:
     run: Path
     tmp: Path
     data_root: Path
-    bad_roots: dict[str, Path]
     read_only: Path
     full: Path
+
+    def bad_root(self, kind: str) -> Path:
+        """A data folder with one file damaged as ``DATA_CORRUPTIONS[kind]`` says, made on first use."""
+        folder = self.tmp / kind
+        if not folder.exists():
+            name, edit, _ = DATA_CORRUPTIONS[kind]
+            corrupt(self.data_root, folder, name, edit)
+        return folder
 
 
 @pytest.fixture(scope="module")
 def ctx(
     trained_run: Path, data_root: Path, tmp_path_factory: pytest.TempPathFactory, read_only_dir: Path, full_dir: Path
 ) -> Context:
-    tmp = tmp_path_factory.mktemp("bad_inputs")
-    bad_roots = {kind: corrupt(data_root, tmp / kind, name, edit) for kind, (name, edit, _) in DATA_CORRUPTIONS.items()}
-    return Context(trained_run, tmp, data_root, bad_roots, read_only_dir, full_dir)
+    return Context(trained_run, tmp_path_factory.mktemp("bad_inputs"), data_root, read_only_dir, full_dir)
 
 
 def fresh(ctx: Context, *args: str) -> list[str]:
@@ -191,7 +196,7 @@ CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [
         (
             f"data_{kind}",
             lambda c, kind=kind: [
-                f"data.root={c.bad_roots[kind]}",
+                f"data.root={c.bad_root(kind)}",
                 "data.local_copy=null",
                 "data.download=false",
                 f"hydra.run.dir={c.tmp / 'new_run'}",

@@ -178,7 +178,7 @@ def test_deterministic_cpu_runs_are_identical(make_cfg, tmp_path: Path) -> None:
         "trainer.deterministic=true",
         "trainer.precision=32-true",
         "trainer.max_epochs=2",
-        "trainer.limit_train_batches=30",
+        "trainer.limit_train_batches=15",
         "trainer.limit_val_batches=3",
         "trainer.limit_test_batches=2",
         "data.augment.flip.p=0.5",

@@ -24,10 +24,13 @@ def confusion_matrix_figure(
         class_names: Names in label order.
     """
     counts = np.asarray(confusion_matrix)
-    fig = Figure(figsize=(8, 7), layout="constrained")
+    # Fixed margins (room for the rotated class names) instead of a constrained layout, which
+    # measures every label again at each draw.
+    fig = Figure(figsize=(8, 7))
+    fig.subplots_adjust(left=0.17, right=0.97, bottom=0.17, top=0.94)
     ax = fig.add_subplot()
     image = ax.imshow(counts, cmap="Blues")
-    fig.colorbar(image, ax=ax, shrink=0.8, label="images")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="images", pad=0.03)
     ticks = range(len(class_names))
     ax.set_xticks(ticks, class_names, rotation=45, ha="right")
     ax.set_yticks(ticks, class_names)
@@ -87,7 +90,8 @@ def curves_figure(history: dict[str, dict[int, float]]) -> Figure:
         history: ``{metric: {epoch: value}}``, from
             ``fmnist_lightning.training.history.read_history``.
     """
-    fig = Figure(figsize=(11, 4), layout="constrained")
+    fig = Figure(figsize=(11, 4))
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.88, wspace=0.22)  # fixed margins, as above
     for ax, metric, label in zip(fig.subplots(1, 2), ("loss", "acc"), ("cross-entropy loss", "accuracy"), strict=True):
         for stage, style in (("train", "o-"), ("val", "s-")):
             series = history.get(f"{stage}/{metric}", {})
