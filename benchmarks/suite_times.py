@@ -55,6 +55,9 @@ def run_suite(suite: str, workers: int, coverage: bool) -> dict:
     seconds = time.perf_counter() - start
     if result.returncode not in (0, 1):
         print(result.stdout[-3000:], result.stderr[-3000:], file=sys.stderr)
+    for line in result.stdout.splitlines():  # pytest's short summary (-ra): what failed, and why
+        if line.startswith(("FAILED", "ERROR")):
+            print(f"{suite}: {line[:300]}", file=sys.stderr, flush=True)
     return {"suite": suite, "seconds": round(seconds, 1), "exit": result.returncode, **counts(result.stdout)}
 
 
