@@ -54,7 +54,7 @@ class ResNet(nn.Module):
 # The logger is not what these tests are about: CSV, the cheapest.
 SHORT = (
     "trainer=cpu",
-    "trainer.limit_train_batches=25",
+    "trainer.limit_train_batches=40",
     "trainer.limit_val_batches=4",
     "data.image_size=16",
     "logger=csv",
