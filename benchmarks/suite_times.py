@@ -58,7 +58,22 @@ def run_suite(suite: str, workers: int, coverage: bool) -> dict:
     for line in result.stdout.splitlines():  # pytest's short summary (-ra): what failed, and why
         if line.startswith(("FAILED", "ERROR")):
             print(f"{suite}: {line[:300]}", file=sys.stderr, flush=True)
-    return {"suite": suite, "seconds": round(seconds, 1), "exit": result.returncode, **counts(result.stdout)}
+    return {
+        "suite": suite,
+        "seconds": round(seconds, 1),
+        "exit": result.returncode,
+        **counts(result.stdout),
+        "slowest": slowest(result.stdout),
+    }
+
+
+def slowest(output: str) -> list[str]:
+    """The lines of pytest's ``--durations`` summary (pyproject.toml asks for the 10 slowest)."""
+    lines = output.splitlines()
+    start = next((i for i, line in enumerate(lines) if "slowest" in line and "durations" in line), None)
+    if start is None:
+        return []
+    return [line for line in lines[start + 1 :] if re.match(r"\d+\.\d+s (call|setup|teardown) ", line)]
 
 
 def collected() -> int:
@@ -113,6 +128,8 @@ def main() -> None:
         seconds = [r["seconds"] for r in runs if r["suite"] == suite]
         figures[f"{suite}_median_s"] = statistics.median(seconds)
         print(f"{suite:8s} median of {len(seconds)}: {statistics.median(seconds):.1f} s")
+        last = [r for r in runs if r["suite"] == suite][-1]
+        print(f"{suite:8s} slowest tests of its last run:", *last["slowest"], sep="\n  ")
     if args.collect:
         figures["collected"] = collected()
         print(f"collected (-m ''): {figures['collected']} tests")
