@@ -157,11 +157,38 @@ def trained_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
         "trainer.max_epochs=2",
         "trainer.limit_train_batches=150",
         "trainer.limit_val_batches=20",
+        "logger.tensorboard.projector_images=200",  # of 2,000: the Projector's file is slow to write
         f"data.root={data_root}",
         f"hydra.run.dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def unlogged_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
+    """A short run with ``logger=none`` (``debug=limit``: 2 epochs of 20 batches), trained once
+    for the tests of what a run writes without any logger: its folder and its metrics."""
+    from fmnist_lightning.training.pipeline import train
+    from fmnist_lightning.training.run_dirs import register_resolvers
+
+    register_resolvers()
+    run_dir = tmp_path_factory.mktemp("unlogged")
+    with clean_state(), initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"output_dir={run_dir}",
+                f"data.root={data_root}",
+                "trainer=cpu",
+                "logger=none",
+                "debug=limit",
+                "scheduler=cosine",
+                "model=two_conv_5x5",
+                "data.image_size=16",
+            ],
+        )
+        return run_dir, train(cfg)
 
 
 #: Configs ``make_cfg`` composed, by overrides: Hydra takes about 80 ms a composition, and

@@ -42,6 +42,8 @@ def logged_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         "trainer.max_epochs=2",
         "trainer.limit_train_batches=20",
         "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
+        "logger.tensorboard.projector_images=0",  # the projector: tests/test_tensorboard.py
         f"data.root={data_root}",
         f"hydra.run.dir={run_dir}",
     )

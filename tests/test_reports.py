@@ -79,11 +79,9 @@ def test_markdown_has_names_and_tables(tmp_path: Path) -> None:
     assert (tmp_path / "r" / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_history_without_any_logger(make_cfg, tmp_path: Path) -> None:
+def test_history_without_any_logger(unlogged_run) -> None:
     """history.csv and curves.png are the run's own: they need no logger's files."""
-    from fmnist_lightning.training.pipeline import train
-
-    metrics = train(make_cfg("debug=limit", "logger=none", "model=two_conv_5x5", "data.image_size=16"))
+    tmp_path, metrics = unlogged_run
     history = read_history(tmp_path)
     assert sorted(history["train/loss"]) == [1, 2] and sorted(history["val/acc"]) == [1, 2]
     assert history["val/acc_best"][2] == pytest.approx(metrics["val/acc_best"])

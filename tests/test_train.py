@@ -54,14 +54,12 @@ def test_the_session_run_learns(trained_run: Path) -> None:
     assert summary["metrics"]["test/acc"] > 0.7 and summary["metrics"]["val/acc"] > 0.7, summary["metrics"]
 
 
-def test_run_without_logger(make_cfg, tmp_path: Path) -> None:
+def test_run_without_logger(unlogged_run) -> None:
     """logger=none: no logger files, the LR monitor is skipped, metrics.json is written."""
-    metrics = train(
-        make_cfg("logger=none", "debug=limit", "scheduler=cosine", "model=two_conv_5x5", "data.image_size=16")
-    )
+    run_dir, metrics = unlogged_run
     assert "test/acc" in metrics
-    assert not list(tmp_path.glob("events.out.tfevents.*"))
-    assert (tmp_path / "metrics.json").is_file()
+    assert not list(run_dir.glob("events.out.tfevents.*")) and not (run_dir / "csv").exists()
+    assert (run_dir / "metrics.json").is_file()
 
 
 @pytest.mark.slow  # a sweep of 2 logged runs; the default suite's grid sweep and loggers cover its parts
