@@ -165,57 +165,50 @@ def trained_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return run_dir
 
 
+#: Configs ``compose_train`` composed, by overrides: Hydra takes about 80 ms a composition,
+#: and tests compose the same overrides more than once (each option is built by two tests).
+_COMPOSED: dict[tuple[str, ...], DictConfig] = {}
+
+
+def compose_train(data_root: Path, *overrides: str) -> DictConfig:
+    """``conf/train.yaml`` composed with ``overrides``, reading the real data from
+    ``data_root``, Lightning on the CPU; a copy of its own for each call. ``output_dir`` is
+    ``unset`` unless an override sets it."""
+    key = (str(data_root), *overrides)
+    if key not in _COMPOSED:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            _COMPOSED[key] = compose(
+                "train",
+                overrides=[
+                    "output_dir=unset",
+                    f"data.root={data_root}",
+                    "trainer.accelerator=cpu",
+                    "trainer.devices=1",
+                    *overrides,
+                ],
+            )
+    return copy.deepcopy(_COMPOSED[key])
+
+
 @pytest.fixture(scope="session")
 def unlogged_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
     """A short run with ``logger=none`` (``debug=limit``: 2 epochs of 20 batches), trained once
     for the tests of what a run writes without any logger: its folder and its metrics."""
     from fmnist_lightning.training.pipeline import train
-    from fmnist_lightning.training.run_dirs import register_resolvers
 
-    register_resolvers()
     run_dir = tmp_path_factory.mktemp("unlogged")
-    with clean_state(), initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"output_dir={run_dir}",
-                f"data.root={data_root}",
-                "trainer=cpu",
-                "logger=none",
-                "debug=limit",
-                "scheduler=cosine",
-                "model=two_conv_5x5",
-                "data.image_size=16",
-            ],
-        )
-        return run_dir, train(cfg)
-
-
-#: Configs ``make_cfg`` composed, by overrides: Hydra takes about 80 ms a composition, and
-#: tests compose the same overrides more than once (each option is built by two tests).
-_COMPOSED: dict[tuple[str, ...], DictConfig] = {}
+    overrides = ["logger=none", "debug=limit", "scheduler=cosine", "model=two_conv_5x5", "data.image_size=16"]
+    with clean_state():
+        return run_dir, train(compose_train(data_root, f"output_dir={run_dir}", *overrides))
 
 
 @pytest.fixture
 def make_cfg(data_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
-    """Composes ``conf/train.yaml`` with overrides, writing into ``tmp_path`` and reading the
-    real data from ``data_root``; Lightning runs on the CPU. Each call gets its own copy."""
+    """``compose_train`` as a fixture: the run writes into ``tmp_path`` unless an override
+    names another ``output_dir``."""
 
     def _make(*overrides: str) -> DictConfig:
-        key = (str(data_root), *overrides)
-        if key not in _COMPOSED:
-            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-                _COMPOSED[key] = compose(
-                    "train",
-                    overrides=[
-                        "output_dir=unset",
-                        f"data.root={data_root}",
-                        "trainer.accelerator=cpu",
-                        "trainer.devices=1",
-                        *overrides,
-                    ],
-                )
-        cfg = copy.deepcopy(_COMPOSED[key])
+        cfg = compose_train(data_root, *overrides)
         if not any(o.startswith("output_dir=") for o in overrides):
             cfg.output_dir = str(tmp_path)
         return cfg

@@ -65,7 +65,6 @@ def _restore_logging(state: dict[str, tuple]) -> None:
         if logger.handlers != handlers:
             logger.handlers[:] = handlers
         logger.propagate, logger.disabled = propagate, disabled
-    logging.raiseExceptions = True
 
 
 def _clear_hydra() -> None:
@@ -82,14 +81,17 @@ def clean_state(seed: int = 0) -> Iterator[None]:
     environ, cwd, argv = dict(os.environ), os.getcwd(), list(sys.argv)
     handlers = {signum: signal.getsignal(signum) for signum in SIGNALS}
     deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    log_state = _logging_state()
+    log_state, raise_exceptions = _logging_state(), logging.raiseExceptions
     _clear_hydra()
-    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     try:
         yield
     finally:
         _clear_hydra()
         _restore_logging(log_state)
+        logging.raiseExceptions = raise_exceptions  # train's main() turns it off
         os.chdir(cwd)
         sys.argv[:] = argv
         os.environ.clear()
