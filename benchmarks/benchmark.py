@@ -83,11 +83,11 @@ def recipe_transform(image_size: int, normalize: dict | None):
 def torchvision_root(data_root: str) -> str:
     """A new temporary folder for ``torchvision.datasets.FashionMNIST(root)``, which reads
     ``root/FashionMNIST/raw/``: the verified IDX files of ``data_root`` are linked there."""
-    from fmnist_lightning.data.idx import IDX_SPECS
+    from fmnist_lightning.data.datasets import load_dataset
 
     root = Path(tempfile.mkdtemp())
     (root / "FashionMNIST" / "raw").mkdir(parents=True)
-    for spec in IDX_SPECS.values():
+    for spec in load_dataset().specs.values():
         (root / "FashionMNIST" / "raw" / spec.name).symlink_to(Path(data_root).resolve() / spec.name)
     return str(root)
 

@@ -5,17 +5,26 @@ Checks out ``--before`` (a commit) into a temporary git worktree and runs
 it and from this checkout in turn, A B A B ..., each in a fresh process with its own run
 folder. Prints, per run, the wall time of the whole process and of ``train()``
 (``metrics.json``'s ``wall_time_s``: from building the objects to the end of the test
-report) in seconds, and the test accuracy; then the medians per side and their ratio
-(after / before: < 1 is faster). Issue 12 used it to show that the restructuring costs no
-training speed (benchmarks/RESULTS.md).
+report) in seconds, the test accuracy and the SHA-256 of the trained ``net.pt``; then the
+medians per side and their ratio (after / before: < 1 is faster), and whether every pair
+trained bit-identical weights (meaningful with ``trainer.precision=32-true``, which the
+default ``auto`` may not pick on both sides). Issue 12 used it to show that the
+restructuring costs no training speed, issue 29 that the default config trains the same
+weights (benchmarks/RESULTS.md).
+
+The worktree of ``--before`` composes its own ``conf/``: an editable install of this
+checkout would otherwise hand it this checkout's configs.
 
 Usage:
     python benchmarks/redesign_ab.py --before 6ffe27f --pairs 3
+    python benchmarks/redesign_ab.py --before 97bf8f4 --pairs 2 --args seed=42 trainer.max_epochs=2 \
+        trainer.precision=32-true logger=csv
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import statistics
@@ -54,11 +63,16 @@ def main() -> int:
         check=True,
         capture_output=True,
     )
+    (work / "data").mkdir()  # filled from data.local_copy by the first run
+    package_conf = work / "before" / "fmnist_lightning" / "conf"
+    if not package_conf.exists():
+        package_conf.symlink_to(work / "before" / "conf")
     sides = {"before": work / "before", "after": REPO}
-    results: dict[str, list[tuple[float, float, float]]] = {side: [] for side in sides}
+    results: dict[str, list[tuple[float, float, float, str]]] = {side: [] for side in sides}
     print(f"CPU: {cpu_description()}, {len(__import__('os').sched_getaffinity(0))} cores")
     print(f"command: python train.py {' '.join(args.args)}\n")
-    print("| run | side | process (s) | train() (s) | test accuracy (%) |\n|---:|---|---:|---:|---:|")
+    print("| run | side | process (s) | train() (s) | test accuracy (%) | net.pt SHA-256 |")
+    print("|---:|---|---:|---:|---:|---|")
     try:
         for i in range(args.pairs):
             for side, checkout in sides.items():
@@ -80,9 +94,10 @@ def main() -> int:
                 if result.returncode != 0:
                     sys.exit(f"error: the {side} run failed:\n{result.stderr[-3000:]}")
                 status = json.loads((run_dir / "metrics.json").read_text())
-                row = (process_s, status["wall_time_s"], 100 * status["metrics"]["test/acc"])
+                digest = hashlib.sha256((run_dir / "net.pt").read_bytes()).hexdigest()[:16]
+                row = (process_s, status["wall_time_s"], 100 * status["metrics"]["test/acc"], digest)
                 results[side].append(row)
-                print(f"| {i + 1} | {side} | {row[0]:.1f} | {row[1]:.1f} | {row[2]:.2f} |", flush=True)
+                print(f"| {i + 1} | {side} | {row[0]:.1f} | {row[1]:.1f} | {row[2]:.2f} | {digest} |", flush=True)
     finally:
         subprocess.run(
             ["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "before")], capture_output=True
@@ -93,6 +108,8 @@ def main() -> int:
         print(f"| {side} | {process_s:.1f} | {train_s:.1f} |")
     ratio = [medians["after"][k] / medians["before"][k] for k in range(2)]
     print(f"| after / before | {ratio[0]:.3f} | {ratio[1]:.3f} |")
+    same = all(a[3] == b[3] for a, b in zip(results["before"], results["after"], strict=True))
+    print(f"\nnet.pt bit-identical before and after in every pair: {same}")
     return 0
 
 

@@ -80,6 +80,20 @@ class ConfigError(UserError, ValueError):
         super().__init__(f"invalid config ({len(problems)} problem{plural}), nothing was run:\n{lines}")
 
 
+class PartError(Exception):
+    """A part of an object, built from its own config, failed to build (a LightningModule's
+    ``loss``, ``mix`` or ``metrics.<name>``). ``argument`` names the part; the cause is
+    chained, and whoever built the object from a config reports it at that part's key.
+
+    Args:
+        argument: The part, e.g. ``"loss"`` or ``"metrics.f1"``.
+    """
+
+    def __init__(self, argument: str) -> None:
+        self.argument = argument
+        super().__init__(f"{argument} cannot be built")
+
+
 class RunError(UserError, RuntimeError):
     """A run folder or checkpoint cannot be used as asked; the message says what is missing
     or wrong."""
@@ -106,7 +120,8 @@ class DamagedFileError(RunError):
 
 
 class DatasetError(UserError, RuntimeError):
-    """A FashionMNIST file is missing, truncated or corrupt; the message names the file."""
+    """A dataset file is missing, truncated or corrupt; the message names the file and where
+    to get a good copy."""
 
 
 class NonFiniteLossError(UserError, FloatingPointError):

@@ -21,7 +21,8 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, IDX_SPECS, ensure_files, find_file
+from fmnist_lightning.data.datasets import load_dataset
+from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, ensure_files, find_file
 from fmnist_lightning.models.nets import TwoConv5x5Net
 from in_process import clean_state, run_command
 
@@ -39,7 +40,7 @@ def fresh_process_state() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding the four verified, decompressed IDX files of the real dataset."""
-    if not all(find_file(DEBIAN_DATASET_DIR, spec) for spec in IDX_SPECS.values()):
+    if not all(find_file(DEBIAN_DATASET_DIR, spec) for spec in load_dataset().specs.values()):
         pytest.fail(
             f"The tests need the real FashionMNIST in {DEBIAN_DATASET_DIR}: "
             "run `apt-get install dataset-fashion-mnist` as root (or `bash scripts/setup.sh`)."

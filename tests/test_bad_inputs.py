@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from conftest import mounted_tmpfs
-from fmnist_lightning.data.idx import IDX_SPECS
+from fmnist_lightning.data.datasets import load_dataset
 from fmnist_lightning.errors import ConfigError
 from fmnist_lightning.training.build import build_run
 from in_process import run_command
 
-TRAIN_IMAGES = IDX_SPECS[("train", "images")].name
-TRAIN_LABELS = IDX_SPECS[("train", "labels")].name
-TEST_IMAGES = IDX_SPECS[("test", "images")].name
+TRAIN_IMAGES = load_dataset().specs[("train", "images")].name
+TRAIN_LABELS = load_dataset().specs[("train", "labels")].name
+TEST_IMAGES = load_dataset().specs[("test", "images")].name
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -48,7 +48,7 @@ def full_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def corrupt(data_root: Path, folder: Path, name: str, edit: Callable[[bytearray], bytes]) -> Path:
     """A data folder whose ``name`` file is ``edit``ed; the other files link to good ones."""
     folder.mkdir()
-    for spec in IDX_SPECS.values():
+    for spec in load_dataset().specs.values():
         if spec.name != name:
             (folder / spec.name).symlink_to(data_root / spec.name)
     (folder / name).write_bytes(edit(bytearray((data_root / name).read_bytes())))
@@ -151,6 +151,21 @@ CONFIG_CASES: list[tuple[str, tuple[str, ...], str]] = [
     ("dropout_one", ("model.dropout=1.0",), "model.dropout=1.0"),
     ("unknown_precision", ("trainer.precision=8",), "trainer.precision=8"),
     ("seed_not_an_integer", ("seed=abc",), "seed='abc'"),
+    # The LightningModule's parts and the dataset description (issue 29).
+    ("focal_gamma_negative", ("loss=focal", "loss.gamma=-1"), "loss.gamma=-1"),
+    ("label_smoothing_above_one", ("loss.label_smoothing=1.5",), "loss.label_smoothing=1.5"),
+    ("mixup_alpha_zero", ("mix=mixup", "mix.alpha=0"), "mix.alpha=0"),
+    ("metric_bad_argument", ("metrics=[accuracy,top2]", "metrics.top2.top_k=two"), "metrics.top2.top_k='two'"),
+    ("metric_not_a_class", ("+metrics.f1={_target_:torchmetrics.F1Scor}",), "metrics.f1._target_"),
+    (
+        "monitor_metric_not_chosen",
+        ("callbacks.early_stopping.monitor=val/f1_macro",),
+        "callbacks.early_stopping.monitor='val/f1_macro'",
+    ),
+    ("optimized_metric_not_chosen", ("optimized_metric=val/ece",), "optimized_metric='val/ece'"),
+    ("module_not_a_lightning_module", ("module._target_=torch.nn.Linear",), "module._target_='torch.nn.Linear'"),
+    ("class_names_count", ("data.num_classes=9",), "data.class_names="),
+    ("dataset_md5_not_hex", ("data.files.train_images.md5=xyz",), "data.files.train_images.md5='xyz'"),
 ]
 #: The config cases also run through the command line in the default suite.
 CONFIG_CASES_ON_THE_COMMAND_LINE = ("lr_negative", "unknown_optimizer", "external_net_bad_argument")

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmnist_lightning.data import DatasetError, FashionMNISTDataModule, idx, load_split
+from fmnist_lightning.data import DatasetError, IdxDataModule, idx, load_split
 from fmnist_lightning.data.augment import BatchRandomCrop, BatchRandomErasing, BatchRandomHorizontalFlip
-from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, IDX_SPECS, ensure_files
+from fmnist_lightning.data.datasets import dataset_config, load_dataset
+from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, ensure_files
 from fmnist_lightning.errors import ArgumentError, ConfigError
 
-TRAIN_IMAGES = IDX_SPECS[("train", "images")]
-TRAIN_LABELS = IDX_SPECS[("train", "labels")]
+TRAIN_IMAGES = load_dataset().specs[("train", "images")]
+TRAIN_LABELS = load_dataset().specs[("train", "labels")]
 
 
 def test_real_splits_load(data_root: Path) -> None:
@@ -36,7 +37,7 @@ def test_gz_files_are_read_directly() -> None:
 
 def _copy_all(src: Path, dst: Path) -> Path:
     dst.mkdir()
-    for spec in IDX_SPECS.values():
+    for spec in load_dataset().specs.values():
         shutil.copy(src / spec.name, dst / spec.name)
     return dst
 
@@ -61,7 +62,7 @@ def test_truncated_file(data_root: Path, tmp_path: Path) -> None:
 def test_truncated_gz_file(tmp_path: Path) -> None:
     root = tmp_path / "d"
     root.mkdir()
-    for spec in IDX_SPECS.values():
+    for spec in load_dataset().specs.values():
         shutil.copy(Path(DEBIAN_DATASET_DIR) / f"{spec.name}.gz", root)
     bad = root / f"{TRAIN_IMAGES.name}.gz"
     bad.write_bytes(bad.read_bytes()[:500_000])
@@ -105,7 +106,7 @@ def test_missing_file(data_root: Path, tmp_path: Path) -> None:
 def test_ensure_files_copies_local_copy(tmp_path: Path) -> None:
     root = tmp_path / "new" / "fashion-mnist"
     ensure_files(root, DEBIAN_DATASET_DIR, download=False)
-    for spec in IDX_SPECS.values():
+    for spec in load_dataset().specs.values():
         assert (root / spec.name).stat().st_size == spec.total_bytes
     assert not list(root.glob(".*part"))
 
@@ -146,8 +147,12 @@ def test_files_in_torchvision_layout_are_found(data_root: Path, tmp_path: Path) 
     assert load_split(tmp_path, "test")[0].shape == (10000, 28, 28)
 
 
-def _datamodule(data_root: Path, **kwargs) -> FashionMNISTDataModule:
-    dm = FashionMNISTDataModule(root=str(data_root), local_copy=None, download=False, **kwargs)
+#: The dataset keys of conf/data/fashion_mnist.yaml: what a DataModule of FashionMNIST is given.
+FASHION_MNIST = dataset_config("fashion_mnist")
+
+
+def _datamodule(data_root: Path, **kwargs) -> IdxDataModule:
+    dm = IdxDataModule(**FASHION_MNIST, root=str(data_root), local_copy=None, download=False, **kwargs)
     dm.prepare_data()
     dm.setup()
     return dm
@@ -205,7 +210,7 @@ def test_normalization_off_keeps_unit_range(data_root: Path) -> None:
 )
 def test_bad_arguments_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ArgumentError, match=message):
-        FashionMNISTDataModule(**kwargs)
+        IdxDataModule(**{**FASHION_MNIST, "root": "data/fashion-mnist", **kwargs})
 
 
 def test_batches_are_one_indexing_operation(data_root: Path) -> None:
@@ -308,3 +313,54 @@ def test_an_augmentation_of_your_own_is_one_config_entry(make_cfg) -> None:
     assert 0.0 <= metrics["test/acc"] <= 1.0
     with pytest.raises(ConfigError, match=r"data.augment.noise.std=-1.0: a standard deviation >= 0"):
         train(make_cfg("+data.augment.noise._target_=test_data.AddNoise", "+data.augment.noise.std=-1.0"))
+
+
+@pytest.mark.parametrize("name", ["mnist", "kmnist"])
+def test_a_dataset_without_its_files_says_where_to_get_them(name: str, tmp_path: Path) -> None:
+    """MNIST and KMNIST are described in conf/data/ but not installable here."""
+    dataset = load_dataset(name)
+    assert dataset.class_names[0] in ("0", "o") and len(dataset.class_names) == 10
+    with pytest.raises(DatasetError, match=f"{dataset.name} files .* data.download is false. This machine has no"):
+        ensure_files(tmp_path, None, download=False, dataset=dataset)
+
+
+def test_the_command_line_says_where_to_get_mnist(tmp_path: Path) -> None:
+    from in_process import run_command
+
+    result = run_command("train.py", "data=mnist", f"data.root={tmp_path}", "data.download=false", "logger=csv",
+                         f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "error: MNIST files" in result.stderr and "point data.root at it" in result.stderr
+
+
+def test_only_the_gz_md5_is_published(tmp_path: Path) -> None:
+    """KMNIST's case: the .gz files are checked against their MD5s and kept compressed; a
+    decompressed copy cannot be checked, and is refused."""
+    import gzip
+    import hashlib
+
+    from digits import write_digits
+
+    from fmnist_lightning.data.datasets import FILE_KEYS, IdxDataset
+
+    plain = write_digits(tmp_path / "plain")
+    local = tmp_path / "local"
+    local.mkdir()
+    files = {}
+    for (split, kind), key in FILE_KEYS.items():
+        name = f"{'train' if split == 'train' else 't10k'}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
+        packed = gzip.compress((plain / name).read_bytes(), mtime=0)
+        (local / f"{name}.gz").write_bytes(packed)
+        shape = [1500 if split == "train" else 297, *([28, 28] if kind == "images" else [])]
+        files[key] = {"name": name, "shape": shape, "md5": None, "gz_md5": hashlib.md5(packed).hexdigest()}
+    digits = IdxDataset.from_config("digits", [str(d) for d in range(10)], 10, files, "write them again")
+    ensure_files(tmp_path / "root", local, download=False, dataset=digits)
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == sorted(p.name for p in local.iterdir())
+    assert load_split(tmp_path / "root", "test", digits)[0].shape == (297, 28, 28)
+    with pytest.raises(DatasetError, match=r"cannot be checked: only its \.gz file's MD5 is published"):
+        load_split(plain, "test", digits)
+    # The same bytes compressed otherwise: only the published .gz passes.
+    labels = (plain / "t10k-labels-idx1-ubyte").read_bytes()
+    (local / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels, compresslevel=1, mtime=0))
+    with pytest.raises(DatasetError, match=r"is corrupt: MD5 of its \.gz file"):
+        load_split(local, "test", digits)

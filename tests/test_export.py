@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from conftest import config_names
-from fmnist_lightning.data import CLASS_NAMES, load_split
+from fmnist_lightning.data import load_dataset, load_split
 from fmnist_lightning.errors import ArgumentError, DamagedFileError, RunError
 from fmnist_lightning.evaluation.runs import load_trained
 from fmnist_lightning.serving.export import EXPORT_FILES, export_run, load_exported
@@ -60,7 +60,7 @@ def test_both_formats_carry_the_run_and_classify_like_it(run_copy: Path, test_se
         path = export_run(run_copy, format)
         assert path == run_copy / EXPORT_FILES[format]
         model = load_exported(path)
-        assert model.class_names == CLASS_NAMES
+        assert model.class_names == load_dataset().class_names
         assert yaml.safe_load(model.metadata["config"])["data"]["image_size"] == 16
         assert model.metadata["run"] == "run" and model.metadata["weights"] == "net.pt"
         assert float(model.metadata["test_acc"]) == json.loads((run_copy / "report.json").read_text())["accuracy"]

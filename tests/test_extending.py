@@ -1,6 +1,10 @@
-"""A researcher's change costs one or two files: a network of their own, defined here and not
-in the package, trains, resumes, evaluates, predicts and appears in a sweep summary with only
-a ``model._target_=`` override; ``load_from_checkpoint`` needs nothing but the checkpoint."""
+"""A researcher's change costs one class and at most one YAML or override, with no file of the
+package edited: a network, a loss, a batch mixing, a metric and a LightningModule subclass
+defined in this module, and a dataset of one's own (scikit-learn's digits,
+``tests/digits.py``). The YAMLs are in ``tests/conf/``, a config folder of one's own on
+``hydra.searchpath``. Together they train, resume, evaluate, predict, export and appear in a
+sweep summary; the digits are named as digits everywhere downstream; and
+``load_from_checkpoint`` needs nothing but the checkpoint."""
 
 from __future__ import annotations
 
@@ -9,14 +13,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from digits import CONF, write_digits
 from PIL import Image
 from torch import nn
+from torch.nn import functional as F
+from torchmetrics import Metric
 
 from conftest import job_folder
 from fmnist_lightning.data import load_split
+from fmnist_lightning.data.datasets import IdxDataset
+from fmnist_lightning.evaluation.runs import load_run_config, load_trained
 from fmnist_lightning.models import FashionMNISTClassifier
 from fmnist_lightning.training.status import read_status
 from in_process import run_command
+
+DIGITS = tuple(str(d) for d in range(10))
 
 
 class ResNet(nn.Module):
@@ -24,7 +35,8 @@ class ResNet(nn.Module):
     checking its own argument with a plain ValueError.
 
     Float ``(B, 1, S, S)`` → ``(B, 10)`` logits: a 3×3 stem to ``width`` channels, ``blocks``
-    residual blocks (two 3×3 convs with batch norm), global average pooling, a linear layer.
+    residual blocks (two 3×3 convs with batch norm), average pooling to 4×4 (which keeps where
+    strokes are), a linear layer.
     """
 
     def __init__(self, image_size: int = 28, blocks: int = 2, width: int = 16, num_classes: int = 10) -> None:
@@ -42,7 +54,7 @@ class ResNet(nn.Module):
             )
             for _ in range(blocks)
         )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16 * width, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -51,58 +63,189 @@ class ResNet(nn.Module):
         return self.head(x)
 
 
-# The logger is not what these tests are about: CSV, the cheapest.
-SHORT = (
-    "trainer=cpu",
-    "trainer.limit_train_batches=40",
-    "trainer.limit_val_batches=4",
-    "data.image_size=16",
-    "logger=csv",
+class PolyLoss(nn.Module):
+    """Poly-1 loss (Leng et al., 2022, arXiv:2204.12511, eq. 3): cross-entropy plus
+    ``epsilon * (1 - p_t)``, where ``p_t`` is the probability given to the target; for soft
+    targets, ``p_t = sum_c t_c p_c``. Float ``(B, C)`` logits, int64 ``(B,)`` labels or float
+    ``(B, C)`` targets → the mean loss."""
+
+    def __init__(self, epsilon: float = 1.0) -> None:
+        super().__init__()
+        self.epsilon = epsilon
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.dim() == 1:
+            target = F.one_hot(target, logits.shape[1]).to(logits.dtype)
+        p_t = (target * logits.float().softmax(dim=1)).sum(dim=1)
+        return F.cross_entropy(logits, target) + self.epsilon * (1 - p_t).mean()
+
+
+class HalfAndHalf(nn.Module):
+    """A batch mixing of one's own: the right half of each image comes from the next image of
+    the batch, and the targets are mixed half and half. Float ``(B, 1, H, W)`` images and
+    ``(B, C)`` one-hot targets → the same shapes."""
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.clone()
+        half = images.shape[-1] // 2
+        images[..., half:] = images.roll(1, dims=0)[..., half:]
+        return images, (targets + targets.roll(1, dims=0)) / 2
+
+
+class MeanConfidence(Metric):
+    """The mean of the highest softmax probability, a fraction: a metric of one's own."""
+
+    higher_is_better = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.total += logits.float().softmax(dim=1).amax(dim=1).sum()
+        self.count += len(labels)
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count
+
+
+class LogitPenaltyClassifier(FashionMNISTClassifier):
+    """A LightningModule subclass: its own ``training_step`` adds ``penalty`` times the mean
+    squared logit to the loss (logit regularisation) and logs the mean logit norm as
+    ``train/logit_norm``, which it adds to ``logged_keys``."""
+
+    def __init__(self, *args, penalty: float = 0.01, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.penalty = penalty
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, target = batch
+        if self.mix is not None:
+            images, target = self.mix(images, F.one_hot(target, self.hparams.num_classes).to(images.dtype))
+        logits = self(images)
+        loss = self.train_criterion(logits, target) + self.penalty * logits.float().pow(2).mean()
+        self.update_metrics("train", loss, logits, target)
+        self.log("train/logit_norm", logits.detach().float().norm(dim=1).mean(), on_step=False, on_epoch=True)
+        return loss
+
+    def logged_keys(self, stage: str) -> list[str]:
+        return super().logged_keys(stage) + (["train/logit_norm"] if stage == "train" else [])
+
+
+#: What each change costs: one class each, and one YAML (loss, mix, dataset) or override.
+CHANGES = (
+    f"hydra.searchpath=[file://{CONF}]",
+    "model=resnet",
+    "data=digits",
+    "mix=halves",
+    "+metrics.confidence={_target_:test_extending.MeanConfidence}",
+    "module._target_=test_extending.LogitPenaltyClassifier",
 )
-
-
-#: The one YAML a user writes for the network above, in a config folder of their own
-#: (``hydra.searchpath``), or in ``conf/model/`` of their clone.
-RESNET_YAML = """\
-_target_: test_extending.ResNet
-image_size: ${data.image_size}
-blocks: 2
-width: 16
-"""
+#: Any logged key can be monitored and optimised: the user's metric is.
+MONITORED = ("callbacks.model_checkpoint.monitor=val/confidence", "optimized_metric=val/acc")
+SHORT = ("trainer=cpu", "trainer.max_epochs=1", "trainer.precision=32-true", "logger=csv")
 
 
 @pytest.fixture(scope="module")
-def sweep(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-job sweep of the network above: ``model=resnet model.blocks=1,2``."""
-    root = tmp_path_factory.mktemp("extending")
-    (root / "my_conf" / "model").mkdir(parents=True)
-    (root / "my_conf" / "model" / "resnet.yaml").write_text(RESNET_YAML)
-    folder = root / "sweep"
+def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_digits(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="module")
+def sweep(digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two jobs on the digits, every part of one's own: ``loss=poly,cross_entropy``."""
+    folder = tmp_path_factory.mktemp("seams") / "sweep"
     result = run_command(
         "train.py",
         "-m",
-        f"hydra.searchpath=[file://{root / 'my_conf'}]",
-        "model=resnet",
-        "model.blocks=1,2",
-        "trainer.max_epochs=1",
+        *CHANGES,
+        *MONITORED,
+        "loss=poly,cross_entropy",
         *SHORT,
-        f"data.root={data_root}",
+        f"data.root={digits_root}",
         f"hydra.sweep.dir={folder}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return folder
 
 
-def test_a_network_of_your_own_appears_in_the_sweep_summary(sweep: Path) -> None:
+def test_every_change_of_your_own_trains_and_appears_in_the_sweep_summary(sweep: Path) -> None:
     summary = (sweep / "summary.md").read_text()
-    assert "`model.blocks`" in summary
+    assert "| `loss` |" in summary and "| poly |" in summary and "| cross_entropy |" in summary, summary
     for number in (0, 1):
         job = job_folder(sweep, number)
         status = read_status(job)
-        assert status["status"] == "finished" and status["metrics"]["test/acc"] > 0.3, status
-        assert (job / "report.json").is_file() and (job / "curves.png").is_file()
+        assert status["status"] == "finished", status
+        metrics = status["metrics"]
+        assert metrics["test/acc"] > 0.5, metrics  # ten digits after one epoch of 43 batches
+        assert 0 < metrics["val/confidence"] <= 1 and metrics["train/logit_norm"] > 0, metrics
+        report = json.loads((job / "report.json").read_text())
+        assert report["class_names"] == list(DIGITS) and report["num_samples"] == 297
+        assert "| 7 |" in (job / "report.md").read_text()  # the classes are digits, not clothes
+    cfg = load_run_config(job_folder(sweep, 0))
+    assert (
+        cfg.model._target_ == "test_extending.ResNet"
+        and cfg.loss._target_ == "test_extending.PolyLoss"
+        and cfg.mix._target_ == "test_extending.HalfAndHalf"
+    )
 
 
+def test_it_resumes_evaluates_predicts_and_exports(sweep: Path, digits_root: Path, tmp_path: Path) -> None:
+    job = job_folder(sweep, 0)
+    result = run_command("train.py", f"resume={job}", "trainer.max_epochs=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_status(job)["epochs"] == 2 and read_status(job)["status"] == "finished"
+
+    result = run_command("evaluate.py", f"run_dir={job}", "device=cpu", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["class_names"] == list(DIGITS)
+    assert report["accuracy"] == pytest.approx(read_status(job)["metrics"]["test/acc"], abs=1e-6)
+
+    model = load_trained(job)
+    assert isinstance(model.module, LogitPenaltyClassifier) and model.class_names == DIGITS
+    images, _ = load_split(digits_root, "test", IdxDataset.from_config(**_dataset_keys(job)))
+    Image.fromarray(images[0].numpy()).save(tmp_path / "digit.png")
+    result = run_command(
+        "predict.py", f"run_dir={job}", f"images={tmp_path / 'digit.png'}", "preprocess=none", "device=cpu",
+        f"hydra.run.dir={tmp_path / 'p'}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    named = result.stdout.split("digit.png: ", 1)[1].split(" (")[0]
+    assert named in DIGITS, result.stdout  # a digit's name, never a garment's
+
+    result = run_command("export.py", f"run_dir={job}", "format=torch_export")
+    assert result.returncode == 0, result.stderr[-3000:]
+    from fmnist_lightning.serving.export import load_exported
+
+    exported = load_exported(next(job.glob("*.pt2")))
+    assert exported.class_names == DIGITS
+
+
+def _dataset_keys(job: Path) -> dict:
+    data = load_run_config(job).data
+    return {k: data[k] for k in ("name", "class_names", "num_classes", "files", "how_to_get", "torchvision_dataset")}
+
+
+def test_load_from_checkpoint_needs_only_the_checkpoint(sweep: Path, tmp_path: Path) -> None:
+    """Lightning's own convention: every checkpoint the project writes rebuilds its model, of
+    the user's class with the user's parts."""
+    job = job_folder(sweep, 1)
+    for name in [read_status(job)["best_checkpoint"], "checkpoints/last.ckpt"]:
+        bare = tmp_path / Path(name).name
+        bare.write_bytes((job / name).read_bytes())  # no run folder around it
+        model = LogitPenaltyClassifier.load_from_checkpoint(bare, map_location="cpu").eval()
+        assert isinstance(model.net, ResNet) and isinstance(model.mix, HalfAndHalf)
+        assert "val/confidence" in model.logged_keys("val")
+        with torch.inference_mode():
+            assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    saved = torch.load(job / "net.pt", weights_only=True)
+    best = LogitPenaltyClassifier.load_from_checkpoint(job / read_status(job)["best_checkpoint"], map_location="cpu")
+    assert all(torch.equal(saved[k], v) for k, v in best.net.state_dict().items())
+
+
+@pytest.mark.slow  # a training run: the sweep above already takes a module and a metric by override alone
 def test_a_model_target_override_is_enough(make_cfg, tmp_path: Path) -> None:
     from fmnist_lightning.training.pipeline import train
 
@@ -111,49 +254,3 @@ def test_a_model_target_override_is_enough(make_cfg, tmp_path: Path) -> None:
     )
     assert 0.0 <= metrics["test/acc"] <= 1.0
     assert (tmp_path / "report.json").is_file()
-
-
-def test_it_resumes_evaluates_and_predicts(sweep: Path, tmp_path: Path) -> None:
-    job = job_folder(sweep, 0)
-    result = run_command("train.py", f"resume={job}", "trainer.max_epochs=2")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert read_status(job)["epochs"] == 2
-
-    result = run_command("evaluate.py", f"run_dir={job}", "device=cpu", f"hydra.run.dir={tmp_path / 'eval'}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "eval" / "report.json").read_text())
-    assert report["accuracy"] == pytest.approx(read_status(job)["metrics"]["test/acc"], abs=1e-6)
-
-    images, _ = load_split(Path(_data_root(job)), "test")
-    Image.fromarray(images[0].numpy()).save(tmp_path / "item.png")
-    result = run_command(
-        "predict.py",
-        f"run_dir={job}",
-        f"images={tmp_path / 'item.png'}",
-        "device=cpu",
-        f"hydra.run.dir={tmp_path / 'p'}",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "item.png:" in result.stdout
-
-
-def _data_root(job: Path) -> str:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.load(job / ".hydra" / "config.yaml").data.root
-
-
-def test_load_from_checkpoint_needs_only_the_checkpoint(sweep: Path, tmp_path: Path) -> None:
-    """Lightning's own convention: every checkpoint the project writes rebuilds its model."""
-    job = job_folder(sweep, 1)
-    for name in [read_status(job)["best_checkpoint"], "checkpoints/last.ckpt"]:
-        bare = tmp_path / Path(name).name
-        bare.write_bytes((job / name).read_bytes())  # no run folder around it
-        model = FashionMNISTClassifier.load_from_checkpoint(bare, map_location="cpu").eval()
-        assert isinstance(model.net, ResNet) and len(model.net.blocks) == 2
-        with torch.inference_mode():
-            logits = model(torch.rand(3, 1, 16, 16))
-        assert logits.shape == (3, 10)
-    saved = torch.load(job / "net.pt", weights_only=True)
-    best = FashionMNISTClassifier.load_from_checkpoint(job / read_status(job)["best_checkpoint"], map_location="cpu")
-    assert all(torch.equal(saved[k], v) for k, v in best.net.state_dict().items())

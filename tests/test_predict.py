@@ -10,10 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from fmnist_lightning.data import CLASS_NAMES, load_split
+from fmnist_lightning.data import load_dataset, load_split
 from fmnist_lightning.evaluation.files import load_image, predict_files
 from fmnist_lightning.evaluation.runs import load_trained
 from in_process import run_command
+
+CLASS_NAMES = load_dataset().class_names
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,12 @@ import torch
 from sklearn.metrics import classification_report as sk_report
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from fmnist_lightning.data import CLASS_NAMES
+from fmnist_lightning.data import load_dataset
 from fmnist_lightning.evaluation.report import classification_report, report_markdown, write_report
 from fmnist_lightning.evaluation.runs import build_datamodule, load_trained
 from fmnist_lightning.training.history import read_history
+
+CLASS_NAMES = load_dataset().class_names
 
 
 def assert_matches_sklearn(report: dict, preds: torch.Tensor, targets: torch.Tensor) -> None:
@@ -53,7 +55,7 @@ def test_report_of_a_real_run_matches_sklearn(trained_run: Path, data_root: Path
 def test_class_never_predicted_and_most_confused() -> None:
     targets = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
     preds = torch.tensor([0, 1, 1, 1, 1, 0, 0, 0, 2, 1])  # class 3 is never predicted right
-    report = classification_report(preds, targets, top_k=3)
+    report = classification_report(preds, targets, CLASS_NAMES, top_k=3)
     assert_matches_sklearn(report, preds, targets)
     assert [(p["true"], p["predicted"], p["count"]) for p in report["most_confused"]] == [
         (2, 0, 3),
@@ -68,7 +70,7 @@ def test_markdown_has_names_and_tables(tmp_path: Path) -> None:
     targets = torch.arange(10).repeat(3)
     preds = targets.clone()
     preds[:4] = 6
-    report = classification_report(preds, targets, loss=0.5)
+    report = classification_report(preds, targets, CLASS_NAMES, loss=0.5)
     text = report_markdown(report)
     for name in CLASS_NAMES:
         assert f"| {name} |" in text

@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import CONF, REPO, job_folder, run_script
+from fmnist_lightning.data import load_dataset
 from fmnist_lightning.evaluation.report import classification_report
 from fmnist_lightning.training.status import write_status
 
@@ -43,7 +44,9 @@ def make_job(folder: Path, experiment: str, seed: int, test_acc: float, status: 
     targets = torch.arange(10).repeat(100)
     wrong = torch.rand(1000, generator=generator) > test_acc
     preds = torch.where(wrong, (targets + 1) % 10, targets)
-    (folder / "report.json").write_text(json.dumps(classification_report(preds, targets)) + "\n")
+    (folder / "report.json").write_text(
+        json.dumps(classification_report(preds, targets, load_dataset().class_names)) + "\n"
+    )
 
 
 def make_sweep(folder: Path, jobs: list[tuple], gpu: str | None = None) -> Path:

@@ -1,10 +1,12 @@
-"""The FashionMNIST LightningDataModule and its in-memory datasets."""
+"""The LightningDataModule of IDX datasets (FashionMNIST and those like it) and its in-memory
+splits."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -12,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, ensure_files, load_split, verify_files
+from fmnist_lightning.data.datasets import IdxDataset
+from fmnist_lightning.data.idx import ensure_files, load_split, verify_files
 from fmnist_lightning.data.transforms import build_preprocess
 from fmnist_lightning.errors import require
 
@@ -56,32 +59,40 @@ def keep_batch(batch):
     return batch
 
 
-#: ``data.root``'s default: the project's own copy of the files, under the working directory,
-#: created (and filled from ``data.local_copy``) when it does not exist.
-CACHE_ROOT = "data/fashion-mnist"
+#: The project's own data folder: a ``data.root`` inside it (relative to the working directory)
+#: is created, and filled from ``data.local_copy``, when it does not exist.
+CACHE_DIR = Path("data")
 
 
-class FashionMNISTDataModule(L.LightningDataModule):
-    """The real FashionMNIST: a seeded train/validation split of the official 60,000
-    training images, and the official 10,000 test images as the test set.
+class IdxDataModule(L.LightningDataModule):
+    """A dataset of four IDX files, as ``conf/data/<dataset>.yaml`` describes it (FashionMNIST
+    by default): a seeded train/validation split of the official training images, and the
+    official test images as the test set.
 
     Each split is one uint8 tensor, kept on the training device when that is a GPU; a batch
     is one indexing operation, and resizing, scaling to [0, 1], augmentation (training
     batches only) and normalisation run on the whole batch on its device
     (``on_after_batch_transfer``). The network receives ``torch.float32``
-    ``(B, 1, image_size, image_size)`` and labels ``torch.int64`` ``(B,)``.
+    ``(B, 1, image_size, image_size)`` and labels ``torch.int64`` ``(B,)``. Everything
+    downstream (reports, figures, TensorBoard, predictions, exports, the server) takes the
+    class names from ``class_names``.
 
     Args:
+        name: The dataset's name in messages, e.g. ``"FashionMNIST"``.
+        class_names: Its class names in label order.
+        num_classes: Their number (checked against ``class_names``).
+        files: What its four IDX files hold; see ``IdxDataset.from_config``.
+        how_to_get: Where to get good copies of the files, for the messages.
+        torchvision_dataset: The ``torchvision.datasets`` class that downloads it, or ``None``.
         root: Folder for the IDX files (relative paths are relative to the working
             directory). See ``fmnist_lightning.data.idx.ensure_files`` for where files
-            come from when it lacks them. Only the default, ``CACHE_ROOT``, is created when
+            come from when it lacks them. Only a folder inside ``CACHE_DIR`` is created when
             it does not exist; any other folder must exist (a typo would otherwise fill a new
             folder with 54 MB of copied files).
         local_copy: Folder with an existing copy of the files (Debian's
-            ``dataset-fashion-mnist`` by default), or ``None``.
+            ``dataset-fashion-mnist`` for FashionMNIST), or ``None``.
         download: Whether to try torchvision's download as a last resort.
-        val_fraction: Fraction of the 60,000 training images held out for validation,
-            in (0, 1).
+        val_fraction: Fraction of the training images held out for validation, in (0, 1).
         split_seed: Seed of the train/validation split. It is separate from the training
             seed so that runs with different seeds are validated on the same images.
         image_size: Side of the images the network sees, in pixels (28, or 16 for
@@ -98,14 +109,20 @@ class FashionMNISTDataModule(L.LightningDataModule):
             ``fmnist_lightning.data.augment``. Hydra builds them from ``data.augment``.
 
     Raises:
-        ArgumentError: An argument is out of range, or ``root`` is not ``CACHE_ROOT`` and
-            does not exist.
+        ArgumentError: An argument is out of range, the dataset's description is
+            inconsistent, or ``root`` is outside ``CACHE_DIR`` and does not exist.
     """
 
     def __init__(
         self,
-        root: str = CACHE_ROOT,
-        local_copy: str | None = DEBIAN_DATASET_DIR,
+        name: str,
+        class_names: Sequence[str],
+        num_classes: int,
+        files: Mapping[str, Mapping[str, Any]],
+        how_to_get: str,
+        root: str,
+        torchvision_dataset: str | None = None,
+        local_copy: str | None = None,
         download: bool = True,
         val_fraction: float = 0.1,
         split_seed: int = 0,
@@ -117,6 +134,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
         augment: Mapping[str, nn.Module | None] | None = None,
     ) -> None:
         super().__init__()
+        #: What the dataset's files hold, and its class names.
+        self.dataset = IdxDataset.from_config(name, class_names, num_classes, files, how_to_get, torchvision_dataset)
         require(0 < val_fraction < 1, "val_fraction", val_fraction, "a fraction in (0, 1)")
         require(batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
         require(
@@ -129,11 +148,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
         require(split_seed >= 0, "split_seed", split_seed, "an integer >= 0")
         self.root = Path(root).expanduser()
         require(
-            self.root.is_dir() or self.root == Path(CACHE_ROOT),
+            self.root.is_dir() or (not self.root.is_absolute() and self.root.parts[:1] == CACHE_DIR.parts),
             "root",
             root,
-            f"an existing folder (no such folder here); give the folder that holds the IDX files, or leave "
-            f"data.root={CACHE_ROOT}, the default, which is created and filled from data.local_copy",
+            f"an existing folder (no such folder here); give the folder that holds the IDX files, or a folder "
+            f"under {CACHE_DIR}/ (relative to the working directory), which is created and filled from "
+            "data.local_copy",
         )
         self.local_copy = local_copy
         self.download = download
@@ -153,16 +173,21 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.data_val: InMemoryBatches | None = None
         self.data_test: InMemoryBatches | None = None
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The class names in label order."""
+        return self.dataset.class_names
+
     def prepare_data(self) -> None:
         """Puts the four IDX files into ``root`` if they are not there yet, and checks all of
         them (a fraction of a second), so a bad test file is found before training."""
-        ensure_files(self.root, self.local_copy, self.download)
-        verify_files(self.root)
+        ensure_files(self.root, self.local_copy, self.download, self.dataset)
+        verify_files(self.root, self.dataset)
 
     def setup(self, stage: str | None = None) -> None:
         """Loads and verifies the splits that ``stage`` needs (all when ``None``)."""
         if stage in (None, "fit", "validate") and self.data_train is None:
-            images, labels = load_split(self.root, "train")
+            images, labels = load_split(self.root, "train", self.dataset)
             images = images.unsqueeze(1)
             n_val = round(len(images) * self.val_fraction)
             generator = torch.Generator().manual_seed(self.split_seed)
@@ -171,9 +196,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
             device = self._device()
             self.data_train = InMemoryBatches(images[train_idx], labels[train_idx]).to(device)
             self.data_val = InMemoryBatches(images[val_idx], labels[val_idx]).to(device)
-            log.info("FashionMNIST split: %d train, %d validation images on %s", len(train_idx), n_val, device)
+            log.info("%s split: %d train, %d validation images on %s", self.dataset.name, len(train_idx), n_val, device)
         if stage in (None, "test", "predict") and self.data_test is None:
-            images, labels = load_split(self.root, "test")
+            images, labels = load_split(self.root, "test", self.dataset)
             self.data_test = InMemoryBatches(images.unsqueeze(1), labels).to(self._device())
 
     def _device(self) -> torch.device:
@@ -187,7 +212,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: InMemoryBatches | None, train: bool) -> DataLoader:
         if dataset is None:
-            raise RuntimeError("FashionMNISTDataModule.setup() must run before asking for a loader")
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a loader")
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -206,7 +231,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return self._loader(self.data_val, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        """The official 10,000 test images in file order."""
+        """The official test images in file order."""
         return self._loader(self.data_test, train=False)
 
     def predict_dataloader(self) -> DataLoader:

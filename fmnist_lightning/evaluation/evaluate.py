@@ -7,15 +7,13 @@ from typing import Any
 
 import lightning as L
 
-from fmnist_lightning.data import FashionMNISTDataModule
 from fmnist_lightning.evaluation.runs import build_datamodule, load_trained
 from fmnist_lightning.evaluation.test_report import TestReport
-from fmnist_lightning.models import FashionMNISTClassifier
 
 
 def run_test_report(
-    module: FashionMNISTClassifier,
-    datamodule: FashionMNISTDataModule,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
     folder: str | Path,
     accelerator: str = "cpu",
     extra: dict[str, Any] | None = None,
@@ -24,7 +22,8 @@ def run_test_report(
 
     Args:
         module: The model to test, as it is (in eval mode for the test).
-        datamodule: Its data (``prepare_data`` is run first, so bad files are refused).
+        datamodule: Its data (``prepare_data`` is run first, so bad files are refused), with
+            the ``class_names`` the report uses.
         folder: Where ``report.json``, ``report.md`` and ``confusion_matrix.png`` go.
         accelerator: Lightning's accelerator: ``"cpu"``, ``"cuda"``, ...
         extra: Entries added to the report.

@@ -11,12 +11,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fmnist_lightning.data.idx import CLASS_NAMES
 
-
-def confusion_matrix_figure(
-    confusion_matrix: Sequence[Sequence[int]], class_names: Sequence[str] = CLASS_NAMES
-) -> Figure:
+def confusion_matrix_figure(confusion_matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> Figure:
     """A confusion-matrix heat map with counts in the cells and class names on the axes.
 
     Args:
@@ -51,7 +47,7 @@ def misclassified_figure(
     images: torch.Tensor,
     targets: torch.Tensor,
     preds: torch.Tensor,
-    class_names: Sequence[str] = CLASS_NAMES,
+    class_names: Sequence[str],
     max_images: int = 32,
 ) -> Figure:
     """A grid of misclassified images, each titled "true → predicted".

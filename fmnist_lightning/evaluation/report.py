@@ -22,14 +22,13 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from fmnist_lightning.data.idx import CLASS_NAMES
 from fmnist_lightning.evaluation.figures import confusion_matrix_figure
 
 
 def classification_report(
     preds: torch.Tensor,
     targets: torch.Tensor,
-    class_names: Sequence[str] = CLASS_NAMES,
+    class_names: Sequence[str],
     loss: float | None = None,
     top_k: int = 5,
 ) -> dict[str, Any]:
@@ -38,7 +37,7 @@ def classification_report(
     Args:
         preds: Predicted labels, int64 ``(N,)``.
         targets: True labels, int64 ``(N,)``.
-        class_names: Names in label order.
+        class_names: Names in label order (the DataModule's ``class_names``).
         loss: Mean cross-entropy over the same images, recorded as given.
         top_k: How many of the most confused (true, predicted) pairs to list.
 

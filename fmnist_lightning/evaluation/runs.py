@@ -12,19 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
 
 from fmnist_lightning.artifacts import load_tensors, read_json, read_yaml
-from fmnist_lightning.data import FashionMNISTDataModule
-from fmnist_lightning.data.idx import CLASS_NAMES
+from fmnist_lightning.data import IdxDataModule
 from fmnist_lightning.data.photos import to_fashion_mnist
 from fmnist_lightning.data.transforms import build_preprocess
 from fmnist_lightning.errors import DamagedFileError, RunError
+from fmnist_lightning.evaluation.upgrade import upgrade_config
 from fmnist_lightning.locks import LOCK_FILE, holder_pid
-from fmnist_lightning.models import FashionMNISTClassifier
+from fmnist_lightning.models.compose import module_arguments, module_class
 
 #: File name of the network's plain ``state_dict`` in a run folder.
 NET_WEIGHTS = "net.pt"
@@ -48,7 +49,7 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     for section, key in (("model", "_target_"), ("data", "image_size"), ("trainer", "max_epochs")):
         if not isinstance(saved.get(section), dict) or key not in saved[section]:
             raise DamagedFileError(path, f"it has no {section}.{key}, so it is not a run's config", fix)
-    return OmegaConf.load(path)
+    return upgrade_config(OmegaConf.load(path))
 
 
 def resolve_weights(run_dir: str | Path, weights: str = NET_WEIGHTS) -> Path:
@@ -100,7 +101,7 @@ def resolve_weights(run_dir: str | Path, weights: str = NET_WEIGHTS) -> Path:
 
 def net_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
     """The network's ``state_dict`` inside a loaded Lightning checkpoint of
-    FashionMNISTClassifier (its ``net.*`` tensors, without the prefix)."""
+    FashionMNISTClassifier or a subclass (its ``net.*`` tensors, without the prefix)."""
     return {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
 
 
@@ -155,22 +156,25 @@ def check_checkpoint_fits(net: nn.Module, path: Path, overrides: list[str]) -> N
         )
 
 
-def build_module(cfg: DictConfig) -> FashionMNISTClassifier:
-    """The untrained LightningModule of a run config, for evaluation (no optimizer).
+def build_module(cfg: DictConfig) -> L.LightningModule:
+    """The untrained LightningModule of a run config, of the run's class
+    (``module._target_``) with its network, loss, mix and metrics, for evaluation (no
+    optimizer).
 
     Raises:
-        RunError: The network of ``cfg.model`` cannot be built (e.g. its class has moved).
+        RunError: The module cannot be built (e.g. its class, or its network's, has moved).
     """
     try:
-        return FashionMNISTClassifier(net=OmegaConf.to_container(cfg.model, resolve=True))
+        return module_class(cfg)(**module_arguments(cfg, training=False))
     except Exception as err:
         cause = err.__cause__ or err
         raise RunError(
-            f"cannot build the run's network model._target_={cfg.model.get('_target_')!r}: {cause}"
+            f"cannot build the run's model (module._target_={cfg.module.get('_target_')!r}, "
+            f"model._target_={cfg.model.get('_target_')!r}): {cause}"
         ) from None
 
 
-def build_datamodule(cfg: DictConfig, data_root: str | None = None) -> FashionMNISTDataModule:
+def build_datamodule(cfg: DictConfig, data_root: str | None = None) -> IdxDataModule:
     """Instantiates the DataModule of a run config (``cfg.data``), optionally with another
     ``data.root``; relative roots are relative to the working directory."""
     return hydra.utils.instantiate(cfg.data, **({"root": data_root} if data_root else {}))
@@ -186,18 +190,21 @@ class TrainedModel:
             normalisation (``data.image_size``, ``data.normalize``).
         config: The run's config.
         weights: The file the weights came from.
-        class_names: Names in label order.
     """
 
-    module: FashionMNISTClassifier
+    module: L.LightningModule
     preprocess: nn.Module
     config: DictConfig
     weights: Path
-    class_names: tuple[str, ...] = CLASS_NAMES
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The dataset's class names in label order (``data.class_names`` of the run)."""
+        return tuple(self.config.data.class_names)
 
     @property
     def net(self) -> nn.Module:
-        """The network, mapping float ``(B, 1, S, S)`` to ``(B, 10)`` logits (``module.net``)."""
+        """The network, mapping float ``(B, 1, S, S)`` to ``(B, num_classes)`` logits (``module.net``)."""
         return self.module.net
 
     @property
@@ -207,7 +214,7 @@ class TrainedModel:
 
     @torch.inference_mode()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities, float ``(B, 10)``, of uint8 ``(B, 1, H, W)`` images.
+        """Class probabilities, float ``(B, num_classes)``, of uint8 ``(B, 1, H, W)`` images.
 
         Images must look like FashionMNIST: a light object on a black background.
         """
@@ -217,7 +224,7 @@ class TrainedModel:
     def predict_images(
         self, images: Sequence[Image.Image], preprocess: str = "photo", invert: bool | str = "auto"
     ) -> torch.Tensor:
-        """Class probabilities, float ``(B, 10)``, of images of any size and mode (PIL).
+        """Class probabilities, float ``(B, num_classes)``, of images of any size and mode (PIL).
 
         Each image is first made FashionMNIST-style by ``to_fashion_mnist(image, preprocess,
         invert)`` (``preprocess="photo"``: the dataset's published conversion of product photos).

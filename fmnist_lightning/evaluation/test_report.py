@@ -30,7 +30,7 @@ class Predictions:
     """A network's outputs on the test set, in the test set's order.
 
     Attributes:
-        logits: float32 ``(N, 10)``, on the CPU.
+        logits: float32 ``(N, num_classes)``, on the CPU.
         targets: int64 ``(N,)``.
         misclassified: The first misclassified images as the network saw them, float32
             ``(K, 1, S, S)`` (K ≤ ``max_images`` of ``TestReport``).
@@ -181,7 +181,9 @@ class TestReport(Callback):
             torch.cat(self._features)[: self._features_wanted] if self._features else None,
             torch.cat(self._feature_images) if self._feature_images else None,
         )
-        report = classification_report(self.predictions.preds, self.predictions.targets, loss=self.predictions.loss)
+        # A DataModule of one's own without class names gets its labels' numbers, never clothes.
+        names = getattr(trainer.datamodule, "class_names", None) or [str(i) for i in range(logits.shape[1])]
+        report = classification_report(self.predictions.preds, self.predictions.targets, names, self.predictions.loss)
         report.update(self.extra)
         write_report(report, self.folder)
         log_test_summaries(trainer.loggers, report, self.predictions, trainer.global_step)

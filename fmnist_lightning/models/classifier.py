@@ -1,121 +1,122 @@
-"""FashionMNISTClassifier: the one LightningModule, wrapping any plain network."""
+"""FashionMNISTClassifier: the LightningModule, composed from a network, a loss, a batch mixing,
+metrics, an optimizer and a scheduler, each given as a config."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 from typing import Any
 
 import hydra
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torch.nn import functional as F
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 
-from fmnist_lightning.errors import NonFiniteLossError, require
-
-
-def rng_states() -> dict[str, Any]:
-    """The states of torch's, CUDA's, numpy's and Python's global random generators, as
-    tensors and plain Python values only (checkpoints load with ``weights_only=True``)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
-        "python": random.getstate(),
-    }
+from fmnist_lightning.errors import NonFiniteLossError, PartError
+from fmnist_lightning.models.rng import rng_states, set_rng_states
 
 
-def set_rng_states(states: dict[str, Any]) -> None:
-    """Restores what ``rng_states`` returned."""
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    kind, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(states["python"])
+def build_part(argument: str, config: Mapping[str, Any]) -> Any:
+    """Hydra-instantiates one seam of the LightningModule.
+
+    Raises:
+        PartError: It cannot be built; names ``argument`` and chains the cause.
+    """
+    try:
+        return hydra.utils.instantiate(config)
+    except Exception as err:
+        raise PartError(argument) from err
 
 
 class FashionMNISTClassifier(L.LightningModule):
-    """Trains a network with cross-entropy and logs per-epoch loss and accuracy.
+    """Trains a network with a loss of the config's choosing, optional batch mixing, and a
+    collection of metrics logged per epoch. The seams are composed from configs (plain dicts
+    with Hydra's ``_target_``, saved as hyperparameters): ``net`` (``conf/model/``),
+    ``loss`` (``conf/loss/``), ``mix`` (``conf/mix/``), ``metrics`` (``conf/metrics/``),
+    ``optimizer`` and ``scheduler``. Checkpoints hold no pickled objects, and
+    ``FashionMNISTClassifier.load_from_checkpoint(path)`` (or a subclass's) rebuilds the
+    model from any checkpoint a run writes, without its run folder.
 
-    Logged keys (all per epoch; accuracy is a fraction in [0, 1], loss is the mean
-    cross-entropy per image in nats): ``train/loss``, ``train/acc``, ``val/loss``,
-    ``val/acc``, ``val/acc_best`` (highest ``val/acc`` so far this fit), ``test/loss``,
-    ``test/acc``.
+    Logged keys, all per epoch (``logged_keys`` lists them): ``{stage}/loss`` and
+    ``{stage}/<name>`` for each metric of ``metrics``, for the stages ``train``, ``val`` and
+    ``test``; and ``val/acc_best`` (the highest ``val/acc`` so far this fit) when a metric is
+    named ``acc``. ``train/loss`` is the training loss (``loss``, on mixed batches when
+    ``mix`` is set); ``val/loss`` and ``test/loss`` are always plain cross-entropy (mean
+    nats per image), so runs trained with different losses stay comparable. On a mixed
+    batch, the training metrics compare the predictions with the dominant label (the
+    ``argmax`` of the mixed target).
 
     Checkpoints also hold the random number generators' states (torch, CUDA, numpy, Python),
-    so a run resumed from an end-of-epoch checkpoint draws the same batches, dropout masks
-    and augmentations as one that was never stopped.
+    so a run resumed from an end-of-epoch checkpoint draws the same batches, dropout masks,
+    augmentations and mixes as one that was never stopped.
 
-    The network, optimizer and scheduler are given as configs (plain dicts with Hydra's
-    ``_target_``) and saved as hyperparameters, so checkpoints hold no pickled objects and
-    ``FashionMNISTClassifier.load_from_checkpoint(path)`` rebuilds the model from any
-    checkpoint a run writes, without its run folder.
+    For callbacks, ``validation_step`` and ``test_step`` return the batch's float
+    ``(B, num_classes)`` logits: a callback's ``on_validation_batch_end`` and
+    ``on_test_batch_end`` receive them as ``outputs``, with the labels in ``batch[1]``.
 
-    The test loop's ``test_step`` returns each batch's logits, so callbacks (the report's
-    ``TestReport``) collect predictions
-    from the one pass over the test set.
+    A subclass may override ``training_step`` (calling ``update_metrics`` for the logged
+    values) or log values of its own; it then extends ``logged_keys`` so that callbacks
+    can monitor them.
 
     Args:
-        net: Config of the network (``conf/model/``), e.g. ``{"_target_":
+        net: Config of the network, e.g. ``{"_target_":
             "fmnist_lightning.models.ThreeConvNet", "image_size": 28, "dropout": 0.5}``: an
             ``nn.Module`` mapping float ``(B, 1, H, W)`` images to ``(B, num_classes)`` logits.
+        loss: Config of the training loss, called as ``loss(logits, target)`` with float
+            ``(B, num_classes)`` logits and int64 ``(B,)`` labels, or float
+            ``(B, num_classes)`` target probabilities when ``mix`` is set; returns the mean
+            loss. ``None``: plain cross-entropy.
+        mix: Config of a batch mixing (``fmnist_lightning.data.mix``), called on each
+            training batch as ``mix(images, one_hot_targets)`` on the batch's device, or
+            ``None`` for none.
+        metrics: ``{name: config}`` of torchmetrics metrics, called as ``metric(logits,
+            labels)``, collected in a ``torchmetrics.MetricCollection`` per stage;
+            ``None`` entries are off. ``None``: only the losses are logged.
         optimizer: Config of the optimizer with ``_partial_: true`` (``conf/optimizer/``),
             finished with the network's parameters; ``None`` for a model that is only
             evaluated.
         scheduler: Config of an LR scheduler with ``_partial_: true``, finished with the
             optimizer and stepped once per epoch, or per optimizer step with ``interval:
             step`` (see ``build_scheduler``); ``None`` for a constant learning rate.
-        num_classes: Number of classes (10 for FashionMNIST).
+        num_classes: Number of classes (the dataset's ``data.num_classes``).
         channels_last: Keep the network's weights and its input batches in the
             channels-last memory format, which oneDNN and cuDNN convolutions run faster.
-        label_smoothing: Label smoothing of the training loss (Szegedy et al., 2016), a
-            fraction in [0, 1): the target puts ``1 - label_smoothing`` on the true class
-            plus an equal share of ``label_smoothing`` on every class. ``train/loss`` is that
-            smoothed loss; ``val/loss`` and ``test/loss`` are always plain cross-entropy.
         compile: Compile the network with ``torch.compile`` (in place, so ``state_dict``
             keys stay those of the plain network).
 
     Raises:
-        ArgumentError: ``label_smoothing`` outside [0, 1).
-        hydra.errors.InstantiationException: The network cannot be built from ``net``.
+        PartError: A seam cannot be built from its config; it names the argument
+            (``net``, ``loss``, ``mix`` or ``metrics.<name>``) and chains the cause.
     """
-
-    #: The metrics logged while fitting, which callbacks may monitor.
-    FIT_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
-    #: The metrics logged by the test.
-    TEST_METRICS = ("test/loss", "test/acc")
 
     def __init__(
         self,
         net: Mapping[str, Any],
+        loss: Mapping[str, Any] | None = None,
+        mix: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Mapping[str, Any] | None] | None = None,
         optimizer: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,
         num_classes: int = 10,
         channels_last: bool = False,
-        label_smoothing: float = 0.0,
         compile: bool = False,
     ) -> None:
         super().__init__()
-        require(0.0 <= label_smoothing < 1.0, "label_smoothing", label_smoothing, "a fraction in [0, 1)")
         # Lightning saves these in every checkpoint; the run's loggers get the whole config.
         self.save_hyperparameters(logger=False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.net: nn.Module = hydra.utils.instantiate(net).to(memory_format=self.memory_format)
+        self.net: nn.Module = build_part("net", net).to(memory_format=self.memory_format)
         if compile:
             self.net.compile()
-        self.criterion = nn.CrossEntropyLoss()
-        self.train_criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        # Inputs come from our own DataModule, so torchmetrics' per-batch argument checks
-        # (which sync with the device) are skipped.
-        accuracy = dict(num_classes=num_classes, average="micro", validate_args=False)
-        self.train_acc = MulticlassAccuracy(**accuracy)
-        self.val_acc = MulticlassAccuracy(**accuracy)
-        self.test_acc = MulticlassAccuracy(**accuracy)
+        self.train_criterion = build_part("loss", loss) if loss is not None else nn.CrossEntropyLoss()
+        self.mix = build_part("mix", mix) if mix is not None else None
+        collection = MetricCollection(
+            {name: build_part(f"metrics.{name}", config) for name, config in (metrics or {}).items() if config}
+        )
+        self.train_metrics = collection.clone(prefix="train/")
+        self.val_metrics = collection.clone(prefix="val/")
+        self.test_metrics = collection.clone(prefix="test/")
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
@@ -125,47 +126,70 @@ class FashionMNISTClassifier(L.LightningModule):
         self._optimizer: torch.optim.Optimizer | None = None
         self._scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
+    def logged_keys(self, stage: str) -> list[str]:
+        """The keys this module logs in ``stage`` (``train``, ``val`` or ``test``), which
+        callbacks may monitor and sweeps optimise. A subclass that logs more adds them."""
+        keys = [f"{stage}/loss", *(f"{stage}/{name}" for name in self.train_metrics.keys(keep_base=True))]
+        if stage == "val" and "val/acc" in keys:
+            keys.append("val/acc_best")
+        return keys
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Float ``(B, 1, H, W)`` images → float ``(B, num_classes)`` logits."""
         return self.net(x.contiguous(memory_format=self.memory_format))
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Updates the stage's loss and accuracy; returns the batch's mean loss and its
+    def update_metrics(self, stage: str, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """Adds a batch to ``stage``'s loss and metrics (computed and logged once per epoch).
+
+        Args:
+            stage: ``train``, ``val`` or ``test``.
+            loss: The batch's mean loss, a float scalar.
+            logits: Float ``(B, num_classes)``.
+            target: Int64 ``(B,)`` labels, or float ``(B, num_classes)`` mixed targets,
+                compared through their dominant label.
+        """
+        labels = target.argmax(dim=1) if target.dim() == 2 else target
+        # Weighted by batch size, so the epoch value is the exact mean over images even when
+        # the last batch is smaller.
+        getattr(self, f"{stage}_loss").update(loss.detach(), weight=labels.numel())
+        getattr(self, f"{stage}_metrics").update(logits.detach(), labels)
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        """Updates ``stage``'s plain cross-entropy and metrics; returns the float
         ``(B, num_classes)`` logits."""
         images, labels = batch
         logits = self(images)
-        loss = (self.train_criterion if stage == "train" else self.criterion)(logits, labels)
-        # Only update() per step: the values are computed and logged once per epoch
-        # (_log_epoch), so a step costs no per-batch metric values, state copies or log calls.
-        # The loss is weighted by batch size, so the epoch value is the exact mean over
-        # images even when the last batch is smaller.
-        getattr(self, f"{stage}_loss").update(loss.detach(), weight=labels.numel())
-        getattr(self, f"{stage}_acc").update(logits.detach(), labels)
-        return loss, logits
+        self.update_metrics(stage, F.cross_entropy(logits, labels), logits, labels)
+        return logits
 
     def _log_epoch(self, stage: str) -> None:
         loss_metric: MeanMetric = getattr(self, f"{stage}_loss")
-        acc_metric: MulticlassAccuracy = getattr(self, f"{stage}_acc")
-        acc = acc_metric.compute()
+        metrics: MetricCollection = getattr(self, f"{stage}_metrics")
         # The metrics are already reduced over processes by compute(); sync_dist only
         # tells Lightning so (it averages equal values) instead of warning under DDP.
         self.log(f"{stage}/loss", loss_metric.compute(), prog_bar=stage != "test", sync_dist=True)
-        self.log(f"{stage}/acc", acc, prog_bar=stage != "train", sync_dist=True)
+        values = metrics.compute() if len(metrics) else {}
+        self.log_dict(values, prog_bar=stage == "val", sync_dist=True)
         # The sanity check before training must not count towards the best.
-        if stage == "val" and not self.trainer.sanity_checking:
-            self.val_acc_best.update(acc)
+        if stage == "val" and "val/acc" in values and not self.trainer.sanity_checking:
+            self.val_acc_best.update(values["val/acc"])
             self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
         loss_metric.reset()
-        acc_metric.reset()
+        metrics.reset()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Returns the batch's mean loss.
+        """Mixes the batch (when ``mix`` is set) and returns its mean training loss.
 
         Raises:
             NonFiniteLossError: The loss is NaN or infinite (checked every step, before the
                 optimizer step; on a GPU this waits for the step's forward pass).
         """
-        loss, _ = self._shared_step(batch, "train")
+        images, target = batch
+        if self.mix is not None:
+            images, target = self.mix(images, F.one_hot(target, self.hparams.num_classes).to(images.dtype))
+        logits = self(images)
+        loss = self.train_criterion(logits, target)
+        self.update_metrics("train", loss, logits, target)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the training loss became {loss.item()} at step {self.global_step} (epoch "
@@ -176,8 +200,9 @@ class FashionMNISTClassifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Updates the validation metrics; returns the batch's float ``(B, num_classes)`` logits."""
+        return self._eval_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
@@ -190,7 +215,7 @@ class FashionMNISTClassifier(L.LightningModule):
         the weights as ``fmnist-evaluate``, ``fmnist-predict`` and the exported graphs use
         them, to the image."""
         with torch.autocast(self.device.type, enabled=False):
-            return self._shared_step(batch, "test")[1]
+            return self._eval_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")

@@ -163,7 +163,9 @@ COMPARED = (
     "data",
     "trainer",
     "callbacks",
-    "label_smoothing",
+    "module",
+    "loss",
+    "mix",
     "channels_last",
     "compile",
 )

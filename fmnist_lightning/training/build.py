@@ -17,26 +17,27 @@ from typing import Any
 
 import hydra
 import lightning as L
-from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_lightning.data import FashionMNISTDataModule
-from fmnist_lightning.errors import ConfigError, Problem
-from fmnist_lightning.models import FashionMNISTClassifier
+from fmnist_lightning.errors import ConfigError, PartError, Problem
+from fmnist_lightning.models.compose import PART_KEYS, SPEED_KEYS, check_parts, module_arguments, module_class
 from fmnist_lightning.training.checkpoint_io import AtomicCheckpointIO
 from fmnist_lightning.training.config_keys import blame, options, type_problems
 from fmnist_lightning.training.precision import resolve_precision
 from fmnist_lightning.training.processes import launch_strategy
+
+#: The stages whose logged keys callbacks and sweeps may use.
+STAGES = ("train", "val", "test")
 
 
 @dataclass
 class Run:
     """The objects of one run, built from its config."""
 
-    datamodule: FashionMNISTDataModule
-    model: FashionMNISTClassifier
+    datamodule: L.LightningDataModule
+    model: L.LightningModule
     trainer: L.Trainer
     #: Why ``trainer.precision=auto`` became the Trainer's precision; ``None`` when it was set.
     precision_reason: str | None = None
@@ -79,28 +80,59 @@ class _Builder:
         return {k: v for k, v in built.items() if v is not None}
 
 
-def _build_model(b: _Builder) -> FashionMNISTClassifier | None:
-    """The LightningModule, which builds the network of ``model``; its own arguments are the
-    top-level keys ``channels_last``, ``label_smoothing`` and ``compile``."""
+def _build_model(b: _Builder) -> L.LightningModule | None:
+    """The LightningModule of class ``module._target_``, which builds its parts from their
+    groups (``model``, ``loss``, ``mix``, ``metrics``, ``optimizer``, ``scheduler``; see
+    ``fmnist_lightning.models.compose``) and tries its loss and mix on a blank batch. Its
+    other arguments are the top-level keys ``channels_last`` and ``compile`` and the extra
+    keys of ``module``."""
     cfg = b.cfg
     if "_target_" not in cfg.model:
         return b.instantiate("model")
-    module_args = OmegaConf.create({k: cfg.get(k) for k in ("channels_last", "label_smoothing", "compile") if k in cfg})
-    try:
-        model = FashionMNISTClassifier(
-            net=OmegaConf.to_container(cfg.model, resolve=True),
-            optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True) if cfg.get("optimizer") else None,
-            scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None,
-            **OmegaConf.to_container(module_args),
-        )
-    except InstantiationException as err:  # the network's own constructor failed
-        b.problems.append(blame("model", cfg.model, err))
-        model = None
-    except Exception as err:
-        b.problems.append(blame("", module_args, err, FashionMNISTClassifier))
+    if not isinstance(cfg.data.get("num_classes"), int):  # reported by the DataModule's own check
         return None
-    b.problems += type_problems("model", cfg.model) + type_problems("", module_args, FashionMNISTClassifier)
+    try:
+        cls = module_class(cfg)
+    except Exception as err:
+        b.problems.append(blame("module", cfg.module, err))
+        return None
+    arguments = module_arguments(cfg)
+    own = OmegaConf.create({k: cfg.get(k) for k in SPEED_KEYS if k in cfg} | dict(cfg.module))
+    try:
+        model = cls(**arguments)
+        check_parts(model)
+    except PartError as err:  # a part's own constructor (or call) failed: blamed at its key
+        first, _, rest = err.argument.partition(".")
+        key = ".".join(filter(None, (PART_KEYS.get(first, first), rest)))
+        b.problems.append(blame(key, OmegaConf.select(cfg, key), err.__cause__ or err))
+        return None
+    except Exception as err:
+        b.problems.append(blame("", own, err, cls))
+        return None
+    parts = [("model", cfg.model), ("loss", cfg.get("loss")), ("mix", cfg.get("mix"))]
+    parts += [(f"metrics.{k}", v) for k, v in (cfg.get("metrics") or {}).items()]
+    for key, node in parts:
+        if isinstance(node, DictConfig) and "_target_" in node:
+            b.problems += type_problems(key, node)
+    b.problems += type_problems("", OmegaConf.create({k: v for k, v in own.items() if k != "_target_"}), cls)
     return model
+
+
+def _unlogged_keys(cfg: DictConfig, callbacks: dict[str, Callback], logged: dict[str, list[str]]) -> list[Problem]:
+    """The callbacks' ``monitor`` keys and the ``optimized_metric`` that the module never logs
+    (while fitting, resp. at all)."""
+    fitting = [*logged["train"], *logged["val"]]
+    problems = [
+        Problem(
+            f"callbacks.{name}.monitor", monitor, f"is never logged while training; use one of {', '.join(fitting)}"
+        )
+        for name, callback in callbacks.items()
+        if (monitor := getattr(callback, "monitor", None)) is not None and monitor not in fitting
+    ]
+    metric = cfg.get("optimized_metric")
+    if metric is not None and metric not in (*fitting, *logged["test"]):
+        problems.append(Problem("optimized_metric", metric, f"use one of {', '.join((*fitting, *logged['test']))}"))
+    return problems
 
 
 def build_run(cfg: DictConfig, extra_callbacks: list[Callback] = (), extra_loggers: list[Logger] = ()) -> Run:
@@ -154,24 +186,8 @@ def _build_run(cfg: DictConfig, extra_callbacks: list[Callback], extra_loggers: 
             if isinstance(cfg.get(key), DictConfig) and "_target_" in cfg[key]:
                 b.problems += type_problems(key, cfg[key])
     callbacks = b.group("callbacks")
-    fit_metrics = FashionMNISTClassifier.FIT_METRICS
-    for name, callback in callbacks.items():
-        monitor = getattr(callback, "monitor", None)
-        if monitor is not None and monitor not in fit_metrics:
-            b.problems.append(
-                Problem(
-                    f"callbacks.{name}.monitor",
-                    monitor,
-                    f"is never logged while training; use one of {', '.join(fit_metrics)}",
-                )
-            )
-    metric = cfg.get("optimized_metric")
-    if metric is not None and metric not in (*fit_metrics, *FashionMNISTClassifier.TEST_METRICS):
-        b.problems.append(
-            Problem(
-                "optimized_metric", metric, f"use one of {', '.join(fit_metrics + FashionMNISTClassifier.TEST_METRICS)}"
-            )
-        )
+    if hasattr(model, "logged_keys"):  # unknown when the module failed, or has no such method
+        b.problems += _unlogged_keys(cfg, callbacks, {stage: model.logged_keys(stage) for stage in STAGES})
     loggers = [*b.group("logger").values(), *extra_loggers]
     precision_reason = resolve_precision(cfg)  # trainer.precision=auto: this machine's choice, into cfg
     trainer = b.instantiate(

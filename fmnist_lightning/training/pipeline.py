@@ -20,6 +20,7 @@ from fmnist_lightning.evaluation.figures import curves_figure
 from fmnist_lightning.evaluation.runs import NET_WEIGHTS, check_checkpoint_fits
 from fmnist_lightning.evaluation.summaries import hparams_of, log_hparams_session, log_run_start
 from fmnist_lightning.evaluation.test_report import TestReport
+from fmnist_lightning.evaluation.upgrade import upgrade_config
 from fmnist_lightning.locks import lock_run_folder, release_run_folder
 from fmnist_lightning.training.build import build_run
 from fmnist_lightning.training.callbacks import RunStatus
@@ -99,6 +100,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             last end-of-epoch checkpoint kept.
         RunInterrupted: Ctrl-C or SIGTERM; ``checkpoints/last.ckpt`` holds the state.
     """
+    if cfg.get("resume"):  # the run's own config, which an older version may have written
+        upgrade_config(cfg)
     output_dir = Path(cfg.output_dir)
     if is_child_rank():  # DDP: rank 0 holds the folder's lock for all processes
         return _train(cfg)

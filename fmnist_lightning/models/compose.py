@@ -1,0 +1,91 @@
+"""The LightningModule of a run config: its class (``module._target_``) and its arguments, each
+built from its own config group. The one place that maps config keys to the module's
+arguments, for training (``training.build``) and for using a finished run
+(``evaluation.runs``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+#: The LightningModule's arguments that are configs of their own, and their config keys.
+PART_KEYS = {
+    "net": "model",
+    "loss": "loss",
+    "mix": "mix",
+    "metrics": "metrics",
+    "optimizer": "optimizer",
+    "scheduler": "scheduler",
+}
+#: Top-level config keys that are arguments of the LightningModule for training only (speed).
+SPEED_KEYS = ("channels_last", "compile")
+
+
+def module_class(cfg: DictConfig) -> type[L.LightningModule]:
+    """The class ``module._target_`` names (``FashionMNISTClassifier`` or a subclass).
+
+    Raises:
+        ImportError, ValueError: It cannot be imported (Hydra's ``get_class``).
+        TypeError: It is not a LightningModule.
+    """
+    cls = hydra.utils.get_class(cfg.module._target_)
+    if not issubclass(cls, L.LightningModule):
+        raise TypeError(f"{cfg.module._target_} is not a LightningModule")
+    return cls
+
+
+def module_arguments(cfg: DictConfig, training: bool = True) -> dict[str, Any]:
+    """The keyword arguments of ``module_class(cfg)``, as plain values and dicts.
+
+    Args:
+        cfg: A composed ``conf/train.yaml``, or a run's saved config.
+        training: ``False`` for a module that is only evaluated: no optimizer, no scheduler,
+            and the default memory format and no compilation.
+    """
+
+    def plain(key: str) -> Any:
+        node = cfg.get(key)
+        return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) and node else None
+
+    arguments = {argument: plain(key) for argument, key in PART_KEYS.items()}
+    arguments["num_classes"] = cfg.data.num_classes
+    if training:
+        arguments.update({key: cfg[key] for key in SPEED_KEYS if key in cfg})
+    else:
+        arguments.update(optimizer=None, scheduler=None)
+    own = OmegaConf.to_container(cfg.module, resolve=True)
+    arguments.update({k: v for k, v in own.items() if k != "_target_"})
+    return arguments
+
+
+def check_parts(module: Any) -> None:
+    """Calls the module's training loss, and its mix if any, once on a batch of two blank
+    images, so that an argument their constructors accept but their calls refuse
+    (``CrossEntropyLoss(label_smoothing=1.5)``) is found before any data is read. The global
+    random generators are left as they were.
+
+    Raises:
+        PartError: ``loss`` or ``mix`` failed; the cause is chained.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    from fmnist_lightning.errors import PartError
+
+    classes = int(module.hparams.num_classes)
+    labels = torch.arange(2) % classes
+    targets = F.one_hot(labels, classes).float()
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        if module.mix is not None:
+            try:
+                _, targets = module.mix(torch.zeros(2, 1, 8, 8), targets)
+            except Exception as err:
+                raise PartError("mix") from err
+        try:
+            for target in (labels, targets) if module.mix is not None else (labels,):
+                module.train_criterion(torch.zeros(2, classes), target)
+        except Exception as err:
+            raise PartError("loss") from err
