@@ -23,6 +23,14 @@ def build(cfg):
     return run.datamodule, run.model, run.trainer
 
 
+#: Each group's default option in conf/train.yaml (a list for metrics).
+DEFAULTS = {
+    group: choice if isinstance(choice, list) else [choice]
+    for entry in OmegaConf.to_container(OmegaConf.load(CONF / "train.yaml").defaults)
+    if isinstance(entry, dict)
+    for group, choice in entry.items()
+    if choice is not None
+}
 GROUPS = [
     "data",
     "model",
@@ -43,10 +51,13 @@ GROUPS = [
     [
         # A metric is chosen beside accuracy, which the default callbacks monitor.
         f"{group}=[accuracy,{name}]" if group == "metrics" else f"{group}={name}"
-        for group in [*GROUPS, "experiment"]
+        for group in GROUPS
         for name in config_names(group)
-        if (group, name) != ("trainer", "gpu")
-    ],
+        # The defaults are built by every case (and the default config by test_train.py).
+        if (group, name) != ("trainer", "gpu") and name not in DEFAULTS.get(group, ())
+    ]
+    # The other experiments train in test_experiment_fast_dev_run, in the default suite.
+    + ["experiment=best"],
 )
 def test_every_option_builds_and_passes_the_checks(make_cfg, override: str) -> None:
     datamodule, model, trainer = build(make_cfg(override))

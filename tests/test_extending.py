@@ -8,6 +8,7 @@ sweep summary; the digits are named as digits everywhere downstream; and
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -191,7 +192,7 @@ def test_every_change_of_your_own_trains_and_appears_in_the_sweep_summary(sweep:
     )
 
 
-def test_it_resumes_evaluates_predicts_and_exports(sweep: Path, digits_root: Path, tmp_path: Path) -> None:
+def test_it_resumes_evaluates_predicts_serves_and_exports(sweep: Path, digits_root: Path, tmp_path: Path) -> None:
     job = job_folder(sweep, 0)
     result = run_command("train.py", f"resume={job}", "trainer.max_epochs=2")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -214,6 +215,14 @@ def test_it_resumes_evaluates_predicts_and_exports(sweep: Path, digits_root: Pat
     assert result.returncode == 0, result.stderr[-3000:]
     named = result.stdout.split("digit.png: ", 1)[1].split(" (")[0]
     assert named in DIGITS, result.stdout  # a digit's name, never a garment's
+
+    from fmnist_lightning.serving.server import FashionMNISTAPI, ServeOptions
+
+    api = FashionMNISTAPI(ServeOptions(run_dir=str(job), preprocess="none"))  # the server's request path
+    api.setup("cpu")
+    payload = {"images": [base64.b64encode((tmp_path / "digit.png").read_bytes()).decode()]}
+    (answer,) = api.encode_response(api.predict(api.decode_request(payload)))["predictions"]
+    assert answer["class"] in DIGITS and all(top["class"] in DIGITS for top in answer["top"]), answer
 
     result = run_command("export.py", f"run_dir={job}", "format=torch_export")
     assert result.returncode == 0, result.stderr[-3000:]

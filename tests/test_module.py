@@ -26,9 +26,25 @@ def test_logged_keys_and_exact_epoch_means(tmp_path) -> None:
     # Batches of 32, 32 and 6: the epoch values must be means over images, not batches.
     loader = DataLoader(TensorDataset(images, labels), batch_size=32)
     model = FashionMNISTClassifier(NET, metrics=ACC, optimizer=SGD_LR0)
+
+    class SeesLogits(L.Callback):
+        """Whatever a callback computes from the validation and test steps' logits."""
+
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, tuple, tuple]] = []
+
+        def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+            self.seen.append(("val", tuple(outputs.shape), tuple(batch[1].shape)))
+
+        def on_test_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+            self.seen.append(("test", tuple(outputs.shape), tuple(batch[1].shape)))
+
+    sees = SeesLogits()
     trainer = L.Trainer(
         max_epochs=1,
         accelerator="cpu",
+        callbacks=[sees],
+        num_sanity_val_steps=0,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -40,6 +56,8 @@ def test_logged_keys_and_exact_epoch_means(tmp_path) -> None:
     trainer.test(model, loader)
     assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"} <= set(fit_metrics)
     assert {"test/loss", "test/acc"} <= set(trainer.callback_metrics)
+    sizes = [((32, 10), (32,)), ((32, 10), (32,)), ((6, 10), (6,))]
+    assert sees.seen == [("val", *s) for s in sizes] + [("test", *s) for s in sizes]
 
     with torch.no_grad():
         logits = model.net.eval()(images)

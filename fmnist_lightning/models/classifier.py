@@ -111,12 +111,12 @@ class FashionMNISTClassifier(L.LightningModule):
             self.net.compile()
         self.train_criterion = build_part("loss", loss) if loss is not None else nn.CrossEntropyLoss()
         self.mix = build_part("mix", mix) if mix is not None else None
-        collection = MetricCollection(
-            {name: build_part(f"metrics.{name}", config) for name, config in (metrics or {}).items() if config}
+        chosen = {name: config for name, config in (metrics or {}).items() if config}
+        # One collection per stage, each built from the configs (cheaper than deep copies).
+        self.train_metrics, self.val_metrics, self.test_metrics = (
+            MetricCollection({name: build_part(f"metrics.{name}", c) for name, c in chosen.items()}, prefix=f"{stage}/")
+            for stage in ("train", "val", "test")
         )
-        self.train_metrics = collection.clone(prefix="train/")
-        self.val_metrics = collection.clone(prefix="val/")
-        self.test_metrics = collection.clone(prefix="test/")
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
