@@ -163,6 +163,11 @@ CONFIG_CASES: list[tuple[str, tuple[str, ...], str]] = [
         "callbacks.early_stopping.monitor='val/f1_macro'",
     ),
     ("optimized_metric_not_chosen", ("optimized_metric=val/ece",), "optimized_metric='val/ece'"),
+    (
+        "module_own_bad_argument",
+        ("module._target_=test_extending.LogitPenaltyClassifier", "+module.penalty=-1"),
+        "module.penalty=-1",
+    ),
     ("module_not_a_lightning_module", ("module._target_=torch.nn.Linear",), "module._target_='torch.nn.Linear'"),
     ("class_names_count", ("data.num_classes=9",), "data.class_names="),
     ("dataset_md5_not_hex", ("data.files.train_images.md5=xyz",), "data.files.train_images.md5='xyz'"),

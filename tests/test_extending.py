@@ -22,7 +22,7 @@ from torchmetrics import Metric
 
 from conftest import job_folder
 from fmnist_lightning.data import load_split
-from fmnist_lightning.data.datasets import IdxDataset
+from fmnist_lightning.data.datasets import DATASET_KEYS, IdxDataset
 from fmnist_lightning.evaluation.runs import load_run_config, load_trained
 from fmnist_lightning.models import FashionMNISTClassifier
 from fmnist_lightning.training.status import read_status
@@ -118,6 +118,8 @@ class LogitPenaltyClassifier(FashionMNISTClassifier):
 
     def __init__(self, *args, penalty: float = 0.01, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if penalty < 0:
+            raise ValueError(f"penalty must be >= 0, got {penalty}")
         self.penalty = penalty
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -234,7 +236,7 @@ def test_it_resumes_evaluates_predicts_serves_and_exports(sweep: Path, digits_ro
 
 def _dataset_keys(job: Path) -> dict:
     data = load_run_config(job).data
-    return {k: data[k] for k in ("name", "class_names", "num_classes", "files", "how_to_get", "torchvision_dataset")}
+    return {k: data[k] for k in DATASET_KEYS}
 
 
 def test_load_from_checkpoint_needs_only_the_checkpoint(sweep: Path, tmp_path: Path) -> None:

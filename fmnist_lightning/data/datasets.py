@@ -124,13 +124,18 @@ class IdxDataset:
         return self.torchvision_dataset or self.name
 
 
+#: The keys of a data config that describe its dataset (``IdxDataset.from_config``'s arguments).
+DATASET_KEYS = ("name", "class_names", "num_classes", "files", "how_to_get", "torchvision_dataset")
+
+
 def dataset_config(name: str) -> dict[str, Any]:
-    """The dataset keys of ``conf/data/<name>.yaml`` (those ``IdxDataset.from_config`` takes)."""
+    """The dataset keys of ``conf/data/<name>.yaml`` (``DATASET_KEYS``), as plain values."""
     from omegaconf import OmegaConf
 
-    config = OmegaConf.load(str(resources.files("fmnist_lightning.conf") / "data" / f"{name}.yaml"))
-    keys = ("name", "class_names", "num_classes", "files", "how_to_get", "torchvision_dataset")
-    return {k: OmegaConf.to_container(config)[k] for k in keys}
+    config = OmegaConf.to_container(
+        OmegaConf.load(str(resources.files("fmnist_lightning.conf") / "data" / f"{name}.yaml"))
+    )
+    return {k: config[k] for k in DATASET_KEYS}
 
 
 @cache

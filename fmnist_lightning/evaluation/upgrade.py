@@ -6,6 +6,8 @@ from importlib import resources
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fmnist_lightning.data.datasets import DATASET_KEYS
+
 #: The DataModule's name in run configs written before datasets became configs.
 OLD_DATAMODULE = "fmnist_lightning.data.FashionMNISTDataModule"
 
@@ -32,14 +34,13 @@ def upgrade_config(cfg: DictConfig) -> DictConfig:
     with open_dict(cfg):
         if cfg.data.get("_target_") == OLD_DATAMODULE:
             dataset = default("data/fashion_mnist.yaml")
-            keys = ("name", "class_names", "num_classes", "files", "how_to_get", "torchvision_dataset")
-            described = OmegaConf.create({k: dataset[k] for k in keys} | {"_target_": dataset._target_})
+            described = OmegaConf.create({k: dataset[k] for k in DATASET_KEYS} | {"_target_": dataset._target_})
             cfg.data = OmegaConf.merge(cfg.data, described)
         if "loss" not in cfg:
             cfg.loss = default("loss/cross_entropy.yaml")
             cfg.loss.label_smoothing = cfg.pop("label_smoothing", 0.0)
         if "mix" not in cfg:
-            cfg.mix = None
+            cfg.mix = {}  # as conf/mix/none.yaml composes
         if "metrics" not in cfg:
             cfg.metrics = default("metrics/accuracy.yaml")
         if "module" not in cfg:

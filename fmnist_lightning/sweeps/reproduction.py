@@ -268,9 +268,10 @@ def config_changes(job: Job) -> list[str]:
     saved ``32-true`` before ``auto`` became the default)."""
     from omegaconf import OmegaConf
 
+    from fmnist_lightning.evaluation.upgrade import upgrade_config
     from fmnist_lightning.training.precision import AUTO, AUTO_CHOICES
 
-    ran = _comparable(OmegaConf.load(job.folder / ".hydra" / "config.yaml"))
+    ran = _comparable(upgrade_config(OmegaConf.load(job.folder / ".hydra" / "config.yaml")))
     now = current_config(tuple(f"{k}={v}" for k, v in job.overrides.items()))
     changes: list[str] = []
 

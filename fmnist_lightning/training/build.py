@@ -94,27 +94,27 @@ def _build_model(b: _Builder) -> L.LightningModule | None:
     try:
         cls = module_class(cfg)
     except Exception as err:
-        b.problems.append(blame("module", cfg.module, err))
+        b.problems.append(blame("module", cfg.get("module"), err))
         return None
-    arguments = module_arguments(cfg)
-    own = OmegaConf.create({k: cfg.get(k) for k in SPEED_KEYS if k in cfg} | dict(cfg.module))
+    speed = OmegaConf.create({k: cfg.get(k) for k in SPEED_KEYS if k in cfg})
     try:
-        model = cls(**arguments)
+        model = cls(**module_arguments(cfg))
         check_parts(model)
     except PartError as err:  # a part's own constructor (or call) failed: blamed at its key
         first, _, rest = err.argument.partition(".")
         key = ".".join(filter(None, (PART_KEYS.get(first, first), rest)))
         b.problems.append(blame(key, OmegaConf.select(cfg, key), err.__cause__ or err))
         return None
-    except Exception as err:
-        b.problems.append(blame("", own, err, cls))
+    except Exception as err:  # the module's own arguments: those of module, else the speed keys
+        problem = blame("module", cfg.module, err, cls)
+        b.problems.append(problem if not problem.key.endswith("_target_") else blame("", speed, err, cls))
         return None
     parts = [("model", cfg.model), ("loss", cfg.get("loss")), ("mix", cfg.get("mix"))]
     parts += [(f"metrics.{k}", v) for k, v in (cfg.get("metrics") or {}).items()]
     for key, node in parts:
         if isinstance(node, DictConfig) and "_target_" in node:
             b.problems += type_problems(key, node)
-    b.problems += type_problems("", OmegaConf.create({k: v for k, v in own.items() if k != "_target_"}), cls)
+    b.problems += type_problems("module", cfg.module, cls) + type_problems("", speed, cls)
     return model
 
 
