@@ -146,7 +146,7 @@ CHANGES = (
     "module._target_=test_extending.LogitPenaltyClassifier",
 )
 #: Any logged key can be monitored and optimised: the user's metric is.
-MONITORED = ("callbacks.model_checkpoint.monitor=val/confidence", "optimized_metric=val/acc")
+MONITORED = ("callbacks.model_checkpoint.monitor=val/confidence", "optimized_metric=val/confidence")
 SHORT = ("trainer=cpu", "trainer.max_epochs=1", "trainer.precision=32-true", "logger=csv")
 
 
@@ -176,6 +176,7 @@ def sweep(digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_every_change_of_your_own_trains_and_appears_in_the_sweep_summary(sweep: Path) -> None:
     summary = (sweep / "summary.md").read_text()
     assert "| `loss` |" in summary and "| poly |" in summary and "| cross_entropy |" in summary, summary
+    assert "Ranked by the mean of `val/confidence`" in summary, summary
     for number in (0, 1):
         job = job_folder(sweep, number)
         status = read_status(job)
