@@ -123,9 +123,7 @@ class LogitPenaltyClassifier(FashionMNISTClassifier):
         self.penalty = penalty
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        images, target = batch
-        if self.mix is not None:
-            images, target = self.mix(images, F.one_hot(target, self.hparams.num_classes).to(images.dtype))
+        images, target = self.mix_batch(*batch)
         logits = self(images)
         loss = self.train_criterion(logits, target) + self.penalty * logits.float().pow(2).mean()
         self.update_metrics("train", loss, logits, target)

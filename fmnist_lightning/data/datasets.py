@@ -141,6 +141,6 @@ def dataset_config(name: str) -> dict[str, Any]:
 @cache
 def load_dataset(name: str = "fashion_mnist") -> IdxDataset:
     """The dataset described by ``conf/data/<name>.yaml``, for scripts and tests that read its
-    files without a DataModule. The functions below use ``load_dataset()``, FashionMNIST,
-    when given no dataset."""
+    files without a DataModule. The functions of ``fmnist_lightning.data.idx`` use
+    ``load_dataset()``, FashionMNIST, when given no dataset."""
     return IdxDataset.from_config(**dataset_config(name))

@@ -50,9 +50,10 @@ def read_idx_bytes(path: Path, spec: IdxSpec, dataset: IdxDataset | None = None)
 
     Checks, in this order: the file decompresses, the magic number, the header's shape,
     the file length, for label files that every label is a class of ``dataset``, and the MD5
-    of the decompressed bytes. The label range and the MD5 are computed once per process for
-    each file: they are skipped while the file's device, inode, size and modification time are
-    the ones they passed with (any copy or write over it changes them).
+    of the decompressed bytes (and of the ``.gz`` file, where the spec has one). The label
+    range and the MD5s are computed once per process for each file, spec and class count: they
+    are skipped while the file's device, inode, size and modification time are the ones they
+    passed with (any copy or write over it changes them).
 
     Args:
         path: The file, decompressed or ``.gz``.
@@ -95,17 +96,17 @@ def read_idx_bytes(path: Path, spec: IdxSpec, dataset: IdxDataset | None = None)
     if len(data) != spec.total_bytes:
         kind = "truncated" if len(data) < spec.total_bytes else "too long"
         raise fail(f"is {kind}: {len(data)} bytes decompressed, expected {spec.total_bytes}")
-    verified = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, spec.md5)
+    classes = len(dataset.class_names)
+    verified = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, spec, classes)
     if verified in _VERIFIED:
         return data
-    classes = len(dataset.class_names)
     if spec.magic == 2049:
         top = max(data[spec.header_bytes :])
         if top >= classes:
             raise fail(f"holds label {top}, outside 0-{classes - 1}")
-    for expected, content, what in ((spec.md5, data, "decompressed bytes"), (spec.gz_md5, compressed, ".gz file")):
-        md5 = hashlib.md5(content).hexdigest() if expected and content else expected
-        if md5 != expected:
+    checks = [(spec.md5, data, "decompressed bytes")] + [(spec.gz_md5, compressed, ".gz file")] * bool(compressed)
+    for expected, content, what in checks:
+        if expected is not None and (md5 := hashlib.md5(content).hexdigest()) != expected:
             raise fail(f"is corrupt: MD5 of its {what} is {md5}, expected {expected}")
     if spec.md5 is None and not compressed:
         raise fail(f"cannot be checked: only its .gz file's MD5 is published; use the original {spec.name}.gz")

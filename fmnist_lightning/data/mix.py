@@ -41,43 +41,40 @@ class RandomMix(nn.Module):
         return self.mix(images, targets)
 
 
-def _check_alpha(alpha: float) -> None:
-    require(alpha > 0, "alpha", alpha, "a number > 0 (the Beta(alpha, alpha) distribution's parameter)")
+class BetaMix(RandomMix):
+    """A torchvision mixing whose weight is drawn from ``Beta(alpha, alpha)`` once per batch,
+    mixed with probability ``p``: ``MixUp`` and ``CutMix`` differ only in ``transform``.
+
+    Args:
+        alpha: The Beta distribution's parameter, > 0; 1.0 is torchvision's default (and
+            the papers').
+        p: Probability that a batch is mixed.
+
+    Raises:
+        ArgumentError: ``alpha <= 0`` or ``p`` outside [0, 1].
+    """
+
+    #: The torchvision batch transform, built as ``transform(alpha=alpha)``.
+    transform: type[nn.Module]
+
+    def __init__(self, alpha: float = 1.0, p: float = 1.0) -> None:
+        require(alpha > 0, "alpha", alpha, "a number > 0 (the Beta(alpha, alpha) distribution's parameter)")
+        super().__init__(self.transform(alpha=alpha), p)
 
 
-class MixUp(RandomMix):
+class MixUp(BetaMix):
     """MixUp (Zhang et al., 2018, arXiv:1710.09412): each image and its target become a
     convex combination with another image of the batch, with a weight drawn from
-    ``Beta(alpha, alpha)`` once per batch (torchvision's ``v2.MixUp``).
+    ``Beta(alpha, alpha)`` (torchvision's ``v2.MixUp``; 1.0, uniform weights, by default).
+    Arguments as for ``BetaMix``."""
 
-    Args:
-        alpha: The Beta distribution's parameter, > 0; 1.0 (uniform weights) is
-            torchvision's default.
-        p: Probability that a batch is mixed.
-
-    Raises:
-        ArgumentError: ``alpha <= 0`` or ``p`` outside [0, 1].
-    """
-
-    def __init__(self, alpha: float = 1.0, p: float = 1.0) -> None:
-        _check_alpha(alpha)
-        super().__init__(v2.MixUp(alpha=alpha), p)
+    transform = v2.MixUp
 
 
-class CutMix(RandomMix):
+class CutMix(BetaMix):
     """CutMix (Yun et al., 2019, arXiv:1905.04899): a rectangle of each image is replaced by
-    the same rectangle of another image of the batch, and the targets are mixed by the area
-    (torchvision's ``v2.CutMix``; the area fraction is drawn from ``Beta(alpha, alpha)``).
+    the same rectangle of another image of the batch, and the targets are mixed by the area,
+    whose fraction is drawn from ``Beta(alpha, alpha)`` (torchvision's ``v2.CutMix``).
+    Arguments as for ``BetaMix``."""
 
-    Args:
-        alpha: The Beta distribution's parameter, > 0; 1.0 is the paper's and
-            torchvision's default.
-        p: Probability that a batch is mixed.
-
-    Raises:
-        ArgumentError: ``alpha <= 0`` or ``p`` outside [0, 1].
-    """
-
-    def __init__(self, alpha: float = 1.0, p: float = 1.0) -> None:
-        _check_alpha(alpha)
-        super().__init__(v2.CutMix(alpha=alpha), p)
+    transform = v2.CutMix

@@ -55,9 +55,9 @@ class FashionMNISTClassifier(L.LightningModule):
     ``(B, num_classes)`` logits: a callback's ``on_validation_batch_end`` and
     ``on_test_batch_end`` receive them as ``outputs``, with the labels in ``batch[1]``.
 
-    A subclass may override ``training_step`` (calling ``update_metrics`` for the logged
-    values) or log values of its own; it then extends ``logged_keys`` so that callbacks
-    can monitor them.
+    A subclass may override ``training_step`` (calling ``mix_batch`` and ``update_metrics``
+    to keep the run's mixing and logged values) or log values of its own; it then extends
+    ``logged_keys`` so that callbacks can monitor them.
 
     Args:
         net: Config of the network, e.g. ``{"_target_":
@@ -154,6 +154,15 @@ class FashionMNISTClassifier(L.LightningModule):
         getattr(self, f"{stage}_loss").update(loss.detach(), weight=labels.numel())
         getattr(self, f"{stage}_metrics").update(logits.detach(), labels)
 
+    def mix_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch as the loss sees it: with ``mix``, float ``(B, 1, H, W)`` images and
+        int64 ``(B,)`` labels become mixed images and float ``(B, num_classes)`` soft targets
+        (the labels one-hot encoded, then mixed); without, the batch as it is. A subclass that
+        overrides ``training_step`` calls it to keep the run's mixing."""
+        if self.mix is None:
+            return images, labels
+        return self.mix(images, F.one_hot(labels, self.hparams.num_classes).to(images.dtype))
+
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         """Updates ``stage``'s plain cross-entropy and metrics; returns the float
         ``(B, num_classes)`` logits."""
@@ -184,9 +193,7 @@ class FashionMNISTClassifier(L.LightningModule):
             NonFiniteLossError: The loss is NaN or infinite (checked every step, before the
                 optimizer step; on a GPU this waits for the step's forward pass).
         """
-        images, target = batch
-        if self.mix is not None:
-            images, target = self.mix(images, F.one_hot(target, self.hparams.num_classes).to(images.dtype))
+        images, target = self.mix_batch(*batch)
         logits = self(images)
         loss = self.train_criterion(logits, target)
         self.update_metrics("train", loss, logits, target)

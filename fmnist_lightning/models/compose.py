@@ -9,7 +9,10 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
+
+from fmnist_lightning.errors import PartError
 
 #: The LightningModule's arguments that are configs of their own, and their config keys.
 PART_KEYS = {
@@ -62,30 +65,22 @@ def module_arguments(cfg: DictConfig, training: bool = True) -> dict[str, Any]:
 
 
 def check_parts(module: Any) -> None:
-    """Calls the module's training loss, and its mix if any, once on a batch of two blank
-    images, so that an argument their constructors accept but their calls refuse
+    """Calls the module's training loss, and its mix if any (through ``mix_batch``), once on a
+    batch of two blank images, so that an argument their constructors accept but their calls refuse
     (``CrossEntropyLoss(label_smoothing=1.5)``) is found before any data is read. The global
     random generators are left as they were.
 
     Raises:
         PartError: ``loss`` or ``mix`` failed; the cause is chained.
     """
-    import torch
-    from torch.nn import functional as F
-
-    from fmnist_lightning.errors import PartError
-
-    classes = int(module.hparams.num_classes)
-    labels = torch.arange(2) % classes
-    targets = F.one_hot(labels, classes).float()
+    labels = torch.arange(2) % int(module.hparams.num_classes)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        if module.mix is not None:
-            try:
-                _, targets = module.mix(torch.zeros(2, 1, 8, 8), targets)
-            except Exception as err:
-                raise PartError("mix") from err
         try:
-            for target in (labels, targets) if module.mix is not None else (labels,):
-                module.train_criterion(torch.zeros(2, classes), target)
+            _, mixed = module.mix_batch(torch.zeros(2, 1, 8, 8), labels)
+        except Exception as err:
+            raise PartError("mix") from err
+        try:
+            for target in (labels,) if mixed is labels else (labels, mixed):
+                module.train_criterion(torch.zeros(2, int(module.hparams.num_classes)), target)
         except Exception as err:
             raise PartError("loss") from err
