@@ -16,6 +16,7 @@ import yaml
 from conftest import config_names
 from fmnist_lightning.data import load_dataset, load_split
 from fmnist_lightning.errors import ArgumentError, DamagedFileError, RunError
+from fmnist_lightning.evaluation.calibration import read_temperature
 from fmnist_lightning.evaluation.runs import load_trained
 from fmnist_lightning.serving.export import EXPORT_FILES, export_run, load_exported
 from in_process import run_command
@@ -64,6 +65,9 @@ def test_both_formats_carry_the_run_and_classify_like_it(run_copy: Path, test_se
         assert yaml.safe_load(model.metadata["config"])["data"]["image_size"] == 16
         assert model.metadata["run"] == "run" and model.metadata["weights"] == "net.pt"
         assert float(model.metadata["test_acc"]) == json.loads((run_copy / "report.json").read_text())["accuracy"]
+        # The graph divides by the run's temperature, as load_trained's predict_proba (compared below) does.
+        assert model.metadata["calibrated"] == "true"
+        assert float(model.metadata["temperature"]) == read_temperature(run_copy)
         result = compare(run_copy, path, images, labels)
         assert result["same_class"] >= same_class and result["max_diff"] <= max_diff, result
         assert abs(result["correct"] - report_correct(run_copy)) <= 10_000 - same_class, result

@@ -74,7 +74,7 @@ def test_markdown_has_names_and_tables(tmp_path: Path) -> None:
     text = report_markdown(report)
     for name in CLASS_NAMES:
         assert f"| {name} |" in text
-    assert "accuracy **86.67 %**, loss 0.5000" in text
+    assert "accuracy **86.67 %** (95 % Wilson interval 70.32–94.69 %), loss 0.5000" in text  # scipy: binomtest(26, 30)
     assert "| 1 | T-shirt/top (0) | Shirt (6) | 1 |" in text
     write_report(report, tmp_path / "r")
     assert json.loads((tmp_path / "r" / "report.json").read_text())["accuracy"] == pytest.approx(26 / 30)

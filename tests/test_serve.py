@@ -30,6 +30,7 @@ from PIL import Image
 from conftest import REPO, chrome_driver
 from fmnist_lightning.data import load_split
 from fmnist_lightning.errors import ArgumentError, RunError
+from fmnist_lightning.evaluation.calibration import read_temperature
 from fmnist_lightning.evaluation.files import predict_files
 from fmnist_lightning.evaluation.runs import load_trained
 from fmnist_lightning.serving.export import export_run
@@ -207,6 +208,7 @@ def test_answers_like_fmnist_predict(server: ServerProcess, served_run: Path, ph
     assert again[0]["name"] == "image 1"
     info = httpx.get(server.url + "/info").json()["model"]
     assert info["run"] == "run" and info["backend"] == "torch" and 0.5 < info["test_acc"] < 1
+    assert info["calibrated"] and info["temperature"] == read_temperature(served_run)
     page = httpx.get(server.url + "/")
     assert page.status_code == 200 and 'id="file"' in page.text and "text/html" in page.headers["content-type"]
 

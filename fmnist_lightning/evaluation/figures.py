@@ -103,9 +103,82 @@ def curves_figure(history: dict[str, dict[int, float]]) -> Figure:
     return fig
 
 
+def reliability_figure(bins: Sequence[dict], calibrated_bins: Sequence[dict] | None = None) -> Figure:
+    """A reliability diagram (Guo et al., 2017, Fig. 1): the accuracy of each confidence bin
+    against its mean confidence, with the diagonal of perfect calibration; below, how many
+    images each bin holds.
+
+    Args:
+        bins: One dict per equal-width confidence bin, in order (``reliability_bins``):
+            ``lower``, ``upper``, ``count``, ``confidence`` and ``accuracy`` (fractions;
+            ``None`` for an empty bin).
+        calibrated_bins: The same after temperature scaling, drawn beside it, or ``None``.
+    """
+    panels = [("before temperature scaling" if calibrated_bins else "", bins)]
+    if calibrated_bins:
+        panels.append(("after temperature scaling", calibrated_bins))
+    fig = Figure(figsize=(5 * len(panels), 6))
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.09, top=0.9, wspace=0.25, hspace=0.08)
+    axes = fig.subplots(2, len(panels), squeeze=False, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    for column, (title, panel) in enumerate(panels):
+        top, bottom = axes[0, column], axes[1, column]
+        lower = [b["lower"] for b in panel]
+        width = [b["upper"] - b["lower"] for b in panel]
+        accuracy = [b["accuracy"] or 0 for b in panel]
+        confidence = [b["confidence"] or 0 for b in panel]
+        top.bar(lower, accuracy, width=width, align="edge", edgecolor="black", color="C0", label="accuracy")
+        gap = [c - a if b["count"] else 0 for a, c, b in zip(accuracy, confidence, panel, strict=True)]
+        style = {"width": width, "align": "edge", "color": "C3", "alpha": 0.35}
+        top.bar(lower, gap, bottom=accuracy, label="gap to confidence", **style)
+        top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+        top.set_xlim(0, 1)
+        top.set_ylim(0, 1)
+        top.set_ylabel("accuracy")
+        top.set_title(title, fontsize=10)
+        top.legend(loc="upper left", fontsize=8)
+        bottom.bar(lower, [b["count"] for b in panel], width=width, align="edge", edgecolor="black", color="C7")
+        bottom.set_yscale("symlog")
+        bottom.set_xlabel("confidence (largest probability)")
+        bottom.set_ylabel("images")
+    fig.suptitle("Reliability diagram (test set)")
+    return fig
+
+
 def figure_to_array(figure: Figure) -> np.ndarray:
     """Renders a matplotlib figure to uint8 RGB ``(H, W, 3)``, the image format every
     logger's ``log_image`` takes."""
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def corruption_heatmap_figure(
+    accuracy: dict[str, dict[int, float]], clean_accuracy: float, mean_corruption_accuracy: float
+) -> Figure:
+    """Accuracy under each corruption (rows) and severity (columns) as a heat map, in percent
+    in the cells (``fmnist_lightning.evaluation.robustness``).
+
+    Args:
+        accuracy: ``{corruption: {severity: accuracy}}``, fractions in [0, 1].
+        clean_accuracy: The accuracy on the clean test images, a fraction.
+        mean_corruption_accuracy: The mean over every corruption and severity, a fraction.
+    """
+    names = list(accuracy)
+    severities = sorted({s for row in accuracy.values() for s in row})
+    percent = np.array([[100 * accuracy[name].get(s, np.nan) for s in severities] for name in names])
+    fig = Figure(figsize=(1.1 * len(severities) + 3.2, 0.42 * len(names) + 1.6))
+    fig.subplots_adjust(left=0.3, right=0.95, bottom=0.8 / fig.get_figheight(), top=1 - 0.7 / fig.get_figheight())
+    ax = fig.add_subplot()
+    image = ax.imshow(percent, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    fig.colorbar(image, ax=ax, label="accuracy (%)", pad=0.03)
+    ax.set_xticks(range(len(severities)), [str(s) for s in severities])
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("severity")
+    for i in range(len(names)):
+        for j in range(len(severities)):
+            value = percent[i, j]
+            color = "black" if value > 60 else "white"
+            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=8, color=color)
+    clean, mean = 100 * clean_accuracy, 100 * mean_corruption_accuracy
+    ax.set_title(f"Test accuracy under corruptions: clean {clean:.1f} %, mean {mean:.1f} %", fontsize=10)
+    return fig

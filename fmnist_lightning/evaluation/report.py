@@ -22,7 +22,8 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from fmnist_lightning.evaluation.figures import confusion_matrix_figure
+from fmnist_lightning.evaluation.figures import confusion_matrix_figure, reliability_figure
+from fmnist_lightning.evaluation.statistics import wilson_interval
 
 
 def classification_report(
@@ -42,7 +43,8 @@ def classification_report(
         top_k: How many of the most confused (true, predicted) pairs to list.
 
     Returns:
-        A JSON-ready dict: ``num_samples``; ``accuracy`` (fraction) and ``loss``;
+        A JSON-ready dict: ``num_samples``; ``accuracy`` (fraction) with
+        ``accuracy_ci95``, its 95 % Wilson interval ``[low, high]``, and ``loss``;
         ``per_class``, one entry per class with ``precision``, ``recall``, ``f1``,
         ``support``, ``accuracy`` (the fraction of that class's images classified correctly,
         equal to its recall, as recipe 002 reports it) and ``errors`` (its misclassified
@@ -104,6 +106,7 @@ def classification_report(
     return {
         "num_samples": int(targets.numel()),
         "accuracy": float(multiclass_accuracy(preds, targets, average="micro", **args)),
+        "accuracy_ci95": list(wilson_interval(int(correct.sum()), int(targets.numel()))),
         "loss": loss,
         "class_names": list(class_names),
         "per_class": per_class,
@@ -114,13 +117,46 @@ def classification_report(
     }
 
 
+def calibration_markdown(calibration: dict[str, Any]) -> list[str]:
+    """The report's calibration section (``calibration_report``'s dict) as Markdown lines."""
+    temperature = calibration["temperature"]
+    rows = [("network's probabilities (T = 1)", calibration["before"])]
+    if temperature is not None:
+        rows.append((f"temperature-scaled (T = {temperature:.4f})", calibration["after"]))
+        fitted = (
+            f"T fitted on {calibration['fitted_on']:,} validation images by minimising their NLL (Guo et al., 2017)."
+        )
+    else:
+        fitted = "No temperature was fitted: the DataModule has no validation split."
+    lines = [
+        "",
+        "## Calibration",
+        "",
+        f"NLL in nats; Brier score in [0, 2]; ECE and MCE over {calibration['n_bins']} equal-width confidence bins, "
+        f"in %. {fitted} Accuracy is the same either way. See reliability.png.",
+        "",
+        "| probabilities | NLL | Brier | ECE (%) | MCE (%) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {name} | {m['nll']:.4f} | {m['brier']:.4f} | {100 * m['ece']:.2f} | {100 * m['mce']:.2f} |"
+        for name, m in rows
+    ]
+    return lines
+
+
 def report_markdown(report: dict[str, Any], title: str = "Test report") -> str:
-    """Renders ``classification_report``'s dict as Markdown tables with class names."""
+    """Renders ``classification_report``'s dict (with its ``calibration`` section, when it
+    has one) as Markdown tables with class names."""
     loss = f", loss {report['loss']:.4f}" if report.get("loss") is not None else ""
+    interval = ""
+    if report.get("accuracy_ci95"):
+        low, high = report["accuracy_ci95"]
+        interval = f" (95 % Wilson interval {100 * low:.2f}–{100 * high:.2f} %)"
     lines = [
         f"# {title}",
         "",
-        f"{report['num_samples']:,} images: accuracy **{100 * report['accuracy']:.2f} %**{loss}.",
+        f"{report['num_samples']:,} images: accuracy **{100 * report['accuracy']:.2f} %**{interval}{loss}.",
         "",
         "## Per class",
         "",
@@ -136,6 +172,8 @@ def report_markdown(report: dict[str, Any], title: str = "Test report") -> str:
         a = report[f"{average}_avg"]
         lines.append(f"| | *{average} avg* | {a['precision']:.4f} | {a['recall']:.4f} | {a['f1']:.4f} | | | |")
     names = report["class_names"]
+    if report.get("calibration"):
+        lines += calibration_markdown(report["calibration"])
     lines += [
         "",
         "## Most confused pairs",
@@ -162,7 +200,8 @@ def report_markdown(report: dict[str, Any], title: str = "Test report") -> str:
 
 
 def write_report(report: dict[str, Any], folder: str | Path, title: str = "Test report") -> None:
-    """Writes ``report.json``, ``report.md`` and ``confusion_matrix.png`` into ``folder``."""
+    """Writes ``report.json``, ``report.md``, ``confusion_matrix.png`` and, when the report
+    has a calibration section, ``reliability.png`` into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -170,3 +209,8 @@ def write_report(report: dict[str, Any], folder: str | Path, title: str = "Test 
     confusion_matrix_figure(report["confusion_matrix"], report["class_names"]).savefig(
         folder / "confusion_matrix.png", dpi=110
     )
+    if report.get("calibration"):
+        calibration = report["calibration"]
+        reliability_figure(calibration["bins_before"], calibration["bins_after"]).savefig(
+            folder / "reliability.png", dpi=110
+        )

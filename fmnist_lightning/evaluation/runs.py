@@ -23,6 +23,7 @@ from fmnist_lightning.data import IdxDataModule
 from fmnist_lightning.data.photos import to_fashion_mnist
 from fmnist_lightning.data.transforms import build_preprocess
 from fmnist_lightning.errors import DamagedFileError, RunError
+from fmnist_lightning.evaluation.calibration import read_temperature
 from fmnist_lightning.evaluation.upgrade import upgrade_config
 from fmnist_lightning.locks import LOCK_FILE, holder_pid
 from fmnist_lightning.models.compose import module_arguments, module_class
@@ -190,12 +191,21 @@ class TrainedModel:
             normalisation (``data.image_size``, ``data.normalize``).
         config: The run's config.
         weights: The file the weights came from.
+        temperature: The run's fitted temperature (``temperature.json``), by which
+            ``predict_proba`` divides the logits; ``None`` for a run without one (its
+            probabilities are the network's own).
     """
 
     module: L.LightningModule
     preprocess: nn.Module
     config: DictConfig
     weights: Path
+    temperature: float | None = None
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the probabilities are temperature-scaled."""
+        return self.temperature is not None
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -214,12 +224,13 @@ class TrainedModel:
 
     @torch.inference_mode()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities, float ``(B, num_classes)``, of uint8 ``(B, 1, H, W)`` images.
+        """Class probabilities, float ``(B, num_classes)``, of uint8 ``(B, 1, H, W)`` images:
+        ``softmax(logits / temperature)``, the calibrated ones when the run has a temperature.
 
         Images must look like FashionMNIST: a light object on a black background.
         """
         x = self.preprocess(images.to(self.device))
-        return self.net(x).softmax(dim=1)
+        return (self.net(x) / (self.temperature or 1.0)).softmax(dim=1)
 
     def predict_images(
         self, images: Sequence[Image.Image], preprocess: str = "photo", invert: bool | str = "auto"
@@ -239,6 +250,17 @@ class TrainedModel:
         return torch.cat([self.predict_proba(x) for x in converted])
 
 
+def run_temperature(run_dir: str | Path, weights: str = NET_WEIGHTS) -> float | None:
+    """The temperature that goes with a run's weights: its ``temperature.json`` (see
+    ``fmnist_lightning.evaluation.calibration``), fitted for the tested weights, so only for
+    ``net.pt`` and ``best``; ``None`` for other weights and for runs without one.
+
+    Raises:
+        DamagedFileError: Its ``temperature.json`` is damaged.
+    """
+    return read_temperature(run_dir) if weights in (NET_WEIGHTS, "best") else None
+
+
 def load_trained(run_dir: str | Path, weights: str = NET_WEIGHTS, device: str | torch.device = "cpu") -> TrainedModel:
     """Loads a run's trained network, in eval mode, with its preprocessing: one call.
 
@@ -252,9 +274,12 @@ def load_trained(run_dir: str | Path, weights: str = NET_WEIGHTS, device: str | 
         device: Where to put the network: ``"auto"`` (CUDA if available, else the CPU),
             ``"cpu"``, ``"cuda"``, ...
 
+    The probabilities are divided by ``run_temperature(run_dir, weights)``.
+
     Raises:
         RunError: The folder is not a run, lacks the weights, or the weights do not fit
             the network in its config.
+        DamagedFileError: Its ``temperature.json`` is damaged.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -272,4 +297,4 @@ def load_trained(run_dir: str | Path, weights: str = NET_WEIGHTS, device: str | 
     normalize = cfg.data.normalize
     preprocess = build_preprocess(cfg.data.image_size, OmegaConf.to_container(normalize) if normalize else None)
     module.eval().to(device)
-    return TrainedModel(module=module, preprocess=preprocess, config=cfg, weights=path)
+    return TrainedModel(module, preprocess, cfg, path, run_temperature(run_dir, weights))

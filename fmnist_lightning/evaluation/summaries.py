@@ -11,7 +11,12 @@ import torch
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.loggers.logger import DummyLogger
 
-from fmnist_lightning.evaluation.figures import confusion_matrix_figure, figure_to_array, misclassified_figure
+from fmnist_lightning.evaluation.figures import (
+    confusion_matrix_figure,
+    figure_to_array,
+    misclassified_figure,
+    reliability_figure,
+)
 from fmnist_lightning.evaluation.report import report_markdown
 
 #: The metrics an HParams session compares runs by, in the table's column order.
@@ -71,20 +76,25 @@ def log_test_summaries(loggers: list[Logger], report: dict[str, Any], prediction
         step: The global step the summaries are logged at.
 
     Every logger gets the per-class test metrics as scalars
-    (``test/per_class/<metric>/<class>``, fractions). Loggers with ``log_image(key, images,
-    step)`` (TensorBoard, MLflow, W&B) also get the confusion-matrix figure
-    (``test/confusion_matrix``) and a grid of misclassified images (``test/misclassified``);
+    (``test/per_class/<metric>/<class>``, fractions), the accuracy's Wilson interval
+    (``test/acc_ci95_low``, ``test/acc_ci95_high``) and the calibration
+    (``test/calibration/<nll|brier|ece|mce>``, and with ``_scaled`` after temperature scaling,
+    and ``test/calibration/temperature``). Loggers with ``log_image(key, images, step)``
+    (TensorBoard, MLflow, W&B) also get the confusion-matrix figure
+    (``test/confusion_matrix``), the reliability diagram (``test/reliability``) and a grid of
+    misclassified images (``test/misclassified``);
     those with ``log_markdown`` the report as Markdown (``report``: the per-class table and
     the most-confused pairs); those with ``log_pr_curves`` (TensorBoard) one precision–recall
     curve per class (``test/pr``); those with ``log_embedding`` (TensorBoard, when
     ``predictions`` holds features) the *Projector*'s points with their true and predicted
     classes and a sprite (``test/features``).
     """
-    per_class = {
+    scalars = {
         f"test/per_class/{metric}/{c['name'].replace('/', '_')}": c[metric]
         for c in report["per_class"]
         for metric in ("precision", "recall", "f1")
     }
+    scalars |= report_scalars(report)
     p, loggers = predictions, recording(loggers)
     images = None
     if any(hasattr(logger, "log_image") for logger in loggers):  # the figures take a second to draw
@@ -94,9 +104,12 @@ def log_test_summaries(loggers: list[Logger], report: dict[str, Any], prediction
                 p.misclassified, p.misclassified_targets, p.misclassified_preds, report["class_names"]
             ),
         }
+        if report.get("calibration"):
+            calibration = report["calibration"]
+            figures["test/reliability"] = reliability_figure(calibration["bins_before"], calibration["bins_after"])
         images = {key: figure_to_array(figure) for key, figure in figures.items()}
     for logger in loggers:
-        logger.log_metrics(per_class, step=step)
+        logger.log_metrics(scalars, step=step)
         if images is not None and hasattr(logger, "log_image"):
             for key, image in images.items():
                 logger.log_image(key=key, images=[image], step=step)
@@ -111,6 +124,20 @@ def log_test_summaries(loggers: list[Logger], report: dict[str, Any], prediction
                 "test/features", p.features, labels, ["label", "predicted"], sprite(p.feature_images), step
             )
         logger.save()
+
+
+def report_scalars(report: dict[str, Any]) -> dict[str, float]:
+    """The report's interval and calibration as logger scalars (see ``log_test_summaries``)."""
+    scalars: dict[str, float] = {}
+    if report.get("accuracy_ci95"):
+        scalars["test/acc_ci95_low"], scalars["test/acc_ci95_high"] = report["accuracy_ci95"]
+    calibration = report.get("calibration")
+    if calibration:
+        scalars |= {f"test/calibration/{k}": v for k, v in calibration["before"].items()}
+        if calibration["after"] is not None:
+            scalars |= {f"test/calibration/{k}_scaled": v for k, v in calibration["after"].items()}
+            scalars["test/calibration/temperature"] = calibration["temperature"]
+    return scalars
 
 
 def log_hparams_session(loggers: list[Logger], hparams: dict[str, Any], metrics: dict[str, float]) -> None:

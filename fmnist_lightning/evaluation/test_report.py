@@ -9,7 +9,9 @@ the same way from the same loop that computes ``test/acc``.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.nn import functional as F
 
+from fmnist_lightning.evaluation.calibration import (
+    TEMPERATURE_FILE,
+    calibration_report,
+    fit_temperature,
+    write_temperature,
+)
+from fmnist_lightning.evaluation.predictions import write_predictions
 from fmnist_lightning.evaluation.report import classification_report, write_report
 from fmnist_lightning.evaluation.summaries import log_test_summaries
 
@@ -60,6 +69,34 @@ class Predictions:
         return F.cross_entropy(self.logits, self.targets).item()
 
 
+def validation_logits(trainer: L.Trainer, module: L.LightningModule) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The module's fp32 logits on its DataModule's validation split, for temperature scaling.
+
+    The split's batches go through the DataModule's own transfer hooks (``strategy.
+    batch_to_device``, so they are preprocessed as test batches are) and the module's
+    ``forward`` in fp32, as ``test_step`` runs it; ``trainer.limit_val_batches`` and
+    ``fast_dev_run`` are obeyed.
+
+    Returns:
+        Float32 ``(N, C)`` logits and int64 ``(N,)`` labels on the CPU, or ``None`` when the
+        DataModule has no validation split (or the trainer validates no batch).
+    """
+    datamodule = trainer.datamodule
+    if datamodule is None or not callable(getattr(datamodule, "val_dataloader", None)):
+        return None
+    datamodule.setup("validate")
+    loader = datamodule.val_dataloader()
+    limit = trainer.limit_val_batches
+    batches = limit if isinstance(limit, int) else math.ceil(len(loader) * limit)
+    logits, labels = [], []
+    with torch.no_grad(), torch.autocast(module.device.type, enabled=False):
+        for batch in itertools.islice(loader, batches):
+            images, targets = trainer.strategy.batch_to_device(batch)
+            logits.append(module(images).float().cpu())
+            labels.append(targets.cpu())
+    return (torch.cat(logits), torch.cat(labels)) if logits else None
+
+
 def _gather_in_order(module: L.LightningModule, tensor: torch.Tensor, size: int) -> torch.Tensor:
     """Concatenates each process's ``tensor`` in the test set's order (Lightning's
     DistributedSampler deals sample ``i`` to process ``i % world_size`` and pads the last
@@ -69,9 +106,15 @@ def _gather_in_order(module: L.LightningModule, tensor: torch.Tensor, size: int)
 
 
 class TestReport(Callback):
-    """Writes ``report.json``, ``report.md`` and ``confusion_matrix.png`` into ``folder`` when
-    ``trainer.test`` ends, and logs the report to the trainer's loggers (see
-    ``log_test_summaries``). Only rank 0 writes.
+    """Writes the test report into ``folder`` when ``trainer.test`` ends, and logs it to the
+    trainer's loggers (see ``log_test_summaries``). Only rank 0 writes.
+
+    The report (``report.json``, ``report.md``, ``confusion_matrix.png``, ``reliability.png``)
+    has the accuracy with its 95 % Wilson interval and the calibration before and after
+    temperature scaling; ``predictions.npz`` holds every test image's prediction
+    (``fmnist_lightning.evaluation.predictions``). The temperature is fitted on the
+    DataModule's validation split with the tested weights (``fit_temperature``) and written
+    to ``temperature.json``; a DataModule without a validation split gets none.
 
     Args:
         folder: Where the report files go.
@@ -163,15 +206,18 @@ class TestReport(Callback):
             logits, targets = _gather_in_order(pl_module, logits, size), _gather_in_order(pl_module, targets, size)
         try:
             if trainer.is_global_zero:
-                self._write(trainer, logits, targets)
+                self._write(trainer, pl_module, logits, targets)
         finally:
             # The ranks leave together. Without this, rank 1 of a 2-process ddp_spawn test on
             # the CPU sometimes died with SIGABRT in gloo (about 1 run in 5 here), presumably
             # tearing its process group down while rank 0 was still writing the report.
             trainer.strategy.barrier("test_report")
 
-    def _write(self, trainer: L.Trainer, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        """Rank 0: the report files and the loggers' summaries, from the gathered logits."""
+    def _write(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, logits: torch.Tensor, targets: torch.Tensor
+    ) -> None:
+        """Rank 0: the temperature, the report files and the loggers' summaries, from the
+        gathered logits."""
         self.predictions = Predictions(
             logits.cpu(),
             targets.cpu(),
@@ -184,7 +230,19 @@ class TestReport(Callback):
         # A DataModule of one's own without class names gets its labels' numbers, never clothes.
         names = getattr(trainer.datamodule, "class_names", None) or [str(i) for i in range(logits.shape[1])]
         report = classification_report(self.predictions.preds, self.predictions.targets, names, self.predictions.loss)
+        validation = validation_logits(trainer, pl_module)
+        temperature = fit_temperature(*validation) if validation is not None else None
+        fitted_on = len(validation[0]) if validation is not None else 0
+        report["calibration"] = calibration_report(
+            self.predictions.logits, self.predictions.targets, temperature, fitted_on
+        )
         report.update(self.extra)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if temperature is not None:
+            write_temperature(self.folder, temperature, fitted_on)
+        else:  # an earlier report's temperature would no longer describe these weights
+            (self.folder / TEMPERATURE_FILE).unlink(missing_ok=True)
+        write_predictions(self.folder, self.predictions.logits, self.predictions.targets, temperature, names)
         write_report(report, self.folder)
         log_test_summaries(trainer.loggers, report, self.predictions, trainer.global_step)
         log.info("Test report in %s: accuracy %.4f", self.folder, report["accuracy"])

@@ -3,7 +3,8 @@
 The exported graph maps uint8 ``(B, 1, 28, 28)`` FashionMNIST-style images (light object on
 black, values 0-255) to float32 ``(B, 10)`` class probabilities; B is dynamic. Inside it are
 the run's ``Resize`` to ``data.image_size`` and its normalisation (``build_preprocess``), the
-network, and a softmax. Two formats:
+network, the division by the run's fitted temperature (``temperature.json``; the metadata's
+``temperature`` and ``calibrated`` say which), and a softmax. Two formats:
 
 - ``onnx``: ``model.onnx``, exported with ``torch.onnx.export(..., dynamo=True)``; the class
   names, the run's config and its test accuracy travel as ONNX metadata (``metadata_props``).
@@ -38,12 +39,15 @@ from fmnist_lightning.locks import lock_run_folder, release_run_folder
 EXPORT_FILES = {"onnx": "model.onnx", "torch_export": "model.pt2"}
 #: The name of the graph's input and output.
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
+#: What ``run_metadata`` writes (``test_acc`` only for a run with a test report).
+METADATA_KEYS = ("class_names", "config", "run", "weights", "calibrated", "temperature", "test_acc")
 #: ONNX opset of the export (onnxscript's dynamo exporter supports 18 and up).
 OPSET = 18
 
 
 class ImagesToProbabilities(nn.Module):
-    """A trained network with its preprocessing in front and a softmax behind.
+    """A trained network with its preprocessing in front and the temperature and a softmax
+    behind.
 
     Maps uint8 ``(B, 1, 28, 28)`` to float32 ``(B, 10)`` probabilities, the same function as
     ``TrainedModel.predict_proba``.
@@ -53,20 +57,25 @@ class ImagesToProbabilities(nn.Module):
         super().__init__()
         self.preprocess = model.preprocess
         self.net = model.net
+        self.temperature = model.temperature or 1.0
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(self.preprocess(images)).softmax(dim=1)
+        return (self.net(self.preprocess(images)) / self.temperature).softmax(dim=1)
 
 
 def run_metadata(model: TrainedModel, run_dir: Path) -> dict[str, str]:
     """What travels with an exported graph, as strings: ``class_names`` (a JSON list),
-    ``config`` (the run's YAML), ``run`` (the folder's name), ``weights`` (the file name) and,
-    when the run has a test report, ``test_acc`` (a fraction)."""
+    ``config`` (the run's YAML), ``run`` (the folder's name), ``weights`` (the file name),
+    ``calibrated`` (``"true"`` when the probabilities are temperature-scaled) with
+    ``temperature`` (``"1.0"`` when not) and, when the run has a test report, ``test_acc`` (a
+    fraction)."""
     meta = {
         "class_names": json.dumps(list(model.class_names)),
         "config": OmegaConf.to_yaml(model.config),
         "run": run_dir.resolve().name,
         "weights": model.weights.name,
+        "calibrated": str(model.calibrated).lower(),
+        "temperature": str(model.temperature or 1.0),
     }
     report = run_dir / "report.json"
     if report.is_file():
@@ -196,7 +205,9 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel
             return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
 
     elif path.suffix == ".pt2":
-        metadata = {"class_names": "", "config": "", "run": "", "weights": "", "test_acc": ""}
+        metadata = dict.fromkeys(
+            ("class_names", "config", "run", "weights", "calibrated", "temperature", "test_acc"), ""
+        )
         try:
             program = torch.export.load(path, extra_files=metadata)
         except Exception as err:  # a damaged archive raises zipfile, pickle or torch errors

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fmnist_lightning.artifacts import read_json
 from fmnist_lightning.data.photos import MAX_PIXELS, check_options
 from fmnist_lightning.errors import require
-from fmnist_lightning.evaluation.runs import NET_WEIGHTS, load_run_config, load_trained
+from fmnist_lightning.evaluation.runs import NET_WEIGHTS, load_run_config, load_trained, run_temperature
 from fmnist_lightning.serving.export import EXPORT_FILES, load_exported
 from fmnist_lightning.serving.payload import HOW_TO_SEND, Decoded, decode_payload
 
@@ -227,7 +227,8 @@ class BodyGuard:
 
 def run_info(options: ServeOptions) -> dict[str, Any]:
     """What ``GET /info`` says about the model: the run folder's name, its test accuracy
-    (a fraction, from ``report.json``; ``None`` without one), the backend and the classes.
+    (a fraction, from ``report.json``; ``None`` without one), the backend, the classes, and
+    whether the probabilities are temperature-scaled (``calibrated``, ``temperature``).
 
     Raises:
         RunError, DamagedFileError: The folder is not a readable run.
@@ -236,12 +237,21 @@ def run_info(options: ServeOptions) -> dict[str, Any]:
     cfg = load_run_config(run_dir)
     report = run_dir / "report.json"
     accuracy = read_json(report, "Evaluate the run again.").get("accuracy") if report.is_file() else None
+    if options.backend == "onnx":  # the temperature the graph was exported with
+        import onnx
+
+        meta = {p.key: p.value for p in onnx.load(run_dir / EXPORT_FILES["onnx"]).metadata_props}
+        temperature = float(meta["temperature"]) if meta.get("calibrated") == "true" else None
+    else:
+        temperature = run_temperature(run_dir, options.weights)
     return {
         "run": run_dir.resolve().name,
         "run_dir": str(run_dir.resolve()),
         "model": cfg.model._target_,
         "test_acc": accuracy,
         "backend": options.backend,
+        "calibrated": temperature is not None,
+        "temperature": temperature,
     }
 
 
