@@ -6,11 +6,13 @@ import csv
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from scipy import stats
 
 from conftest import CONF, job_folder, run_script
 from fmnist_lightning.sweeps import read_sweep, summarize
@@ -226,9 +228,11 @@ def fake_job(
 
 
 def test_summary_ranks_configurations_over_seeds(tmp_path: Path) -> None:
-    for i, (model, seed, acc) in enumerate(
-        [("a", 1, 0.80), ("a", 2, 0.84), ("b", 1, 0.90), ("b", 2, 0.86), ("c", 1, None)]
-    ):
+    """Means with their t intervals and the paired t-test against the best, checked against
+    scipy on the same values."""
+    table = {"a": [0.80, 0.77, 0.79], "b": [0.90, 0.86, 0.88], "d": [0.89, 0.87, 0.87]}
+    jobs = [(model, seed, acc) for model, accs in table.items() for seed, acc in enumerate(accs, 1)]
+    for i, (model, seed, acc) in enumerate([*jobs, ("c", 1, None)]):
         fake_job(
             tmp_path,
             str(i),
@@ -237,19 +241,27 @@ def test_summary_ranks_configurations_over_seeds(tmp_path: Path) -> None:
             acc,
             None if acc else "the training loss became nan\n at step 3",
         )
-    fake_job(tmp_path, "5", ["model=c", "seed=2", "trainer.max_epochs=3"], None)  # never wrote metrics.json
+    fake_job(tmp_path, "10", ["model=c", "seed=2", "trainer.max_epochs=3"], None)  # never wrote metrics.json
 
     markdown, jobs = summarize(tmp_path)
 
-    assert [j.status for j in jobs] == ["finished"] * 4 + ["failed", "not started"]
-    lines = markdown.splitlines()
-    ranked = [
-        line for line in lines if line.startswith("| 1 |") or line.startswith("| 2 |") or line.startswith("| 3 |")
-    ]
-    assert ranked[0].startswith("| 1 | b | 2/2 | 88.00 ± 2.83") and ranked[1].startswith("| 2 | a | 2/2 | 82.00 ± 2.83")
-    assert ranked[2] == "| 3 | c | 0/2 | failed | failed |"
-    assert "- job 4 (failed): the training loss became nan at step 3" in markdown
-    assert "- job 5 (not started)" in markdown
+    assert [j.status for j in jobs] == ["finished"] * 9 + ["failed", "not started"]
+    ranked = [line for line in markdown.splitlines() if re.match(r"\| [1-4] \|", line)]
+    low, high = stats.t.interval(0.95, 2, loc=0.88, scale=stats.sem(table["b"]))
+    assert ranked[0].startswith(f"| 1 | b | 3/3 | 88.00 ± 2.00 [{100 * low:.2f}, {100 * high:.2f}]")
+    assert ranked[0].endswith("| best |")
+    p_d = stats.ttest_rel(table["d"], table["b"]).pvalue
+    assert ranked[1].startswith("| 2 | d | 3/3 | 87.67") and ranked[1].endswith(f"| ≈ best (p = {p_d:.2g}, 3 seeds) |")
+    p_a = stats.ttest_rel(table["a"], table["b"]).pvalue
+    assert p_a < 0.05 and ranked[2].endswith(f"| worse (p = {p_a:.2g}, 3 seeds) |")
+    assert ranked[3] == "| 4 | c | 0/2 | failed | failed | – |"
+    with (tmp_path / "summary.csv").open() as file:
+        rows = {row["model"]: row for row in csv.DictReader(file)}
+    assert float(rows["b"]["val/acc_best_ci95_low"]) == pytest.approx(low)
+    assert float(rows["a"]["p_vs_best"]) == pytest.approx(p_a) and rows["a"]["differs_from_best"] == "True"
+    assert rows["d"]["differs_from_best"] == "False" and rows["b"]["p_vs_best"] == ""
+    assert "- job 9 (failed): the training loss became nan at step 3" in markdown
+    assert "- job 10 (not started)" in markdown
     assert "`trainer.max_epochs`" not in markdown  # the same in every job: not a swept key
     assert (tmp_path / "summary.png").is_file()
 

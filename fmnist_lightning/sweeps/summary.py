@@ -8,11 +8,14 @@ failed or not.
 - ``summary_jobs.csv``: one row per job: its folder, swept values, status, ``val/acc_best``,
   ``test/acc``, epochs, wall time (s) and error line;
 - ``summary.csv``: one row per configuration (the swept values other than ``seed``), with
-  the number of finished seeds and the mean and standard deviation of each metric, best
-  first by the optimised metric;
-- ``summary.md``: both tables and the failed jobs with their error lines;
-- ``summary.png``: the optimised metric per configuration, mean with ± one standard
-  deviation (and each seed as a dot).
+  the number of finished seeds, the mean, standard deviation and 95 % t interval of each
+  metric (``fmnist_lightning.evaluation.statistics.t_interval``), best first by the
+  optimised metric, and the paired t-test of each against the best on the seeds both
+  finished (``p_vs_best``, ``differs_from_best``);
+- ``summary.md``: both tables (configurations not significantly different from the best
+  marked ≈) and the failed jobs with their error lines;
+- ``summary.png``: the optimised metric per configuration, mean with its 95 % t interval
+  (and each seed as a dot).
 
 Accuracies are fractions in the files and percentages in ``summary.md`` and the plot.
 """
@@ -22,59 +25,26 @@ from __future__ import annotations
 import csv
 import math
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from fmnist_lightning.evaluation.statistics import Difference, MeanInterval
+from fmnist_lightning.sweeps.configurations import SEED_KEYS, Group, compare_to_best, group_jobs, swept_keys
 from fmnist_lightning.sweeps.jobs import Job, read_sweep
 
 #: Metrics summarised per job and per configuration.
 METRICS = ("val/acc_best", "test/acc")
-#: Keys that vary between jobs but are not part of a configuration.
-SEED_KEYS = ("seed",)
 
 
-def swept_keys(jobs: list[Job]) -> list[str]:
-    """The override keys whose values differ between jobs, in command-line order."""
-    keys: list[str] = []
-    for job in jobs:
-        keys += [k for k in job.overrides if k not in keys]
-    return [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
-
-
-@dataclass
-class Group:
-    """The jobs of one configuration (the same swept values except the seed)."""
-
-    values: dict[str, str]
-    jobs: list[Job]
-
-    def finished(self) -> list[Job]:
-        return [j for j in self.jobs if j.status == "finished"]
-
-    def mean(self, metric: str) -> float:
-        values = [j.metrics[metric] for j in self.finished() if metric in j.metrics]
-        return statistics.fmean(values) if values else math.nan
-
-    def std(self, metric: str) -> float:
-        """Sample standard deviation over seeds (NaN for fewer than two)."""
-        values = [j.metrics[metric] for j in self.finished() if metric in j.metrics]
-        return statistics.stdev(values) if len(values) > 1 else math.nan
-
-
-def group_jobs(jobs: list[Job], keys: list[str], metric: str) -> list[Group]:
-    """Groups jobs by their swept values other than the seed, best mean ``metric`` first
-    (configurations without a finished job last)."""
-    config_keys = [k for k in keys if k not in SEED_KEYS]
-    groups: dict[tuple, Group] = {}
-    for job in jobs:
-        values = {k: job.overrides.get(k, "") for k in config_keys}
-        groups.setdefault(tuple(values.values()), Group(values, [])).jobs.append(job)
-    return sorted(
-        groups.values(),
-        key=lambda g: (math.isnan(g.mean(metric)), -g.mean(metric) if not math.isnan(g.mean(metric)) else 0),
-    )
+def versus_best(rank: int, difference: Difference | None) -> str:
+    """The table's cell for a configuration's paired test against the best."""
+    if rank == 1:
+        return "best"
+    if difference is None:
+        return "–"
+    mark = "worse" if difference.significant else "≈ best"
+    return f"{mark} (p = {difference.p_value:.2g}, {difference.n} seeds)"
 
 
 def percent(value: float | None) -> str:
@@ -102,8 +72,11 @@ def _short(value: str) -> str:
     return value if value.isdigit() else f"{number:.4g}"
 
 
-def _mean_std(mean: float, std: float) -> str:
-    return percent(mean) if math.isnan(std) else f"{percent(mean)} ± {percent(std)}"
+def _mean_std(interval: MeanInterval) -> str:
+    """``mean ± std [low, high]`` in percent (the 95 % t interval in brackets)."""
+    if math.isnan(interval.std):
+        return percent(interval.mean)
+    return f"{percent(interval.mean)} ± {percent(interval.std)} [{percent(interval.low)}, {percent(interval.high)}]"
 
 
 def summary_markdown(sweep_dir: Path, jobs: list[Job], keys: list[str], groups: list[Group], metric: str) -> str:
@@ -114,7 +87,10 @@ def summary_markdown(sweep_dir: Path, jobs: list[Job], keys: list[str], groups: 
         f"# Sweep {sweep_dir.name}",
         "",
         f"{len(jobs)} jobs, {len(jobs) - n_failed} finished, {n_failed} not finished. "
-        f"Ranked by the mean of `{metric}` over seeds; accuracies in %, mean ± standard deviation.",
+        f"Ranked by the mean of `{metric}` over seeds; accuracies in %, mean ± standard deviation "
+        "[95 % t interval of the mean]. *vs best*: Student's paired t-test of "
+        f"`{metric}` against the best configuration on the seeds both finished (p < 0.05: worse; "
+        "else ≈ best, not significantly different); see docs/comparing.md.",
         "",
         "## Configurations",
         "",
@@ -122,31 +98,18 @@ def summary_markdown(sweep_dir: Path, jobs: list[Job], keys: list[str], groups: 
         + " | ".join(f"`{k}`" for k in config_keys)
         + " | seeds | "
         + " | ".join(f"`{m}`" for m in METRICS)
-        + " |",
-        "|---:|" + "---|" * len(config_keys) + "---:|" + "---:|" * len(METRICS),
+        + " | vs best |",
+        "|---:|" + "---|" * len(config_keys) + "---:|" + "---:|" * len(METRICS) + "---|",
     ]
-    for rank, group in enumerate(groups, 1):
-        cells = [_mean_std(group.mean(m), group.std(m)) if group.finished() else "failed" for m in METRICS]
+    for rank, (group, difference) in enumerate(zip(groups, compare_to_best(groups, metric), strict=True), 1):
+        cells = [_mean_std(group.interval(m)) if group.finished() else "failed" for m in METRICS]
         lines.append(
             f"| {rank} | "
             + " | ".join(map(_short, group.values.values()))
             + f" | {len(group.finished())}/{len(group.jobs)} | "
             + " | ".join(cells)
-            + " |"
+            + f" | {versus_best(rank, difference) if group.finished() else '–'} |"
         )
-    if len(groups) > 1 and len(groups[0].finished()) > 1 and len(groups[1].finished()) > 1:
-        gap = groups[0].mean(metric) - groups[1].mean(metric)
-        spread = max(groups[0].std(metric), groups[1].std(metric))
-        verdict = (
-            "a lead within the spread over seeds: more seeds are needed to tell the two apart"
-            if gap < spread
-            else "a lead larger than the spread over seeds"
-        )
-        lines += [
-            "",
-            f"The best configuration leads the second by {100 * gap:.2f} points of `{metric}`; "
-            f"the larger of their standard deviations over seeds is {100 * spread:.2f} points ({verdict}).",
-        ]
     lines += [
         "",
         "## Jobs",
@@ -177,21 +140,22 @@ def summary_markdown(sweep_dir: Path, jobs: list[Job], keys: list[str], groups: 
 
 
 def summary_figure(groups: list[Group], metric: str) -> Figure:
-    """Mean ± standard deviation of ``metric`` (in %) per configuration, seeds as dots."""
+    """The mean of ``metric`` (in %) per configuration with its 95 % t interval, seeds as dots."""
     shown = [g for g in groups if g.finished()]
     fig = Figure(figsize=(max(5.0, 0.9 * len(shown) + 2), 4.0), layout="constrained")
     ax = fig.add_subplot()
     for x, group in enumerate(shown):
-        std = group.std(metric)
-        ax.errorbar(
-            x, 100 * group.mean(metric), yerr=0 if math.isnan(std) else 100 * std, fmt="o", capsize=4, color="C0"
+        interval = group.interval(metric)
+        low, high = (
+            (0, 0) if math.isnan(interval.low) else (interval.mean - interval.low, interval.high - interval.mean)
         )
+        ax.errorbar(x, 100 * interval.mean, yerr=[[100 * low], [100 * high]], fmt="o", capsize=4, color="C0")
         ax.scatter(
             [x] * len(group.finished()), [100 * j.metrics[metric] for j in group.finished()], s=10, color="C1", zorder=3
         )
     ax.set_xticks(range(len(shown)), ["\n".join(map(_short, g.values.values())) or "all" for g in shown], fontsize=8)
     ax.set_ylabel(f"{metric} (%)")
-    ax.set_title(f"{metric}: mean ± std over seeds (dots: single seeds)")
+    ax.set_title(f"{metric}: mean over seeds, 95 % t interval (dots: single seeds)")
     ax.grid(axis="y", alpha=0.3)
     return fig
 
@@ -231,14 +195,27 @@ def summarize(sweep_dir: str | Path, metric: str = "val/acc_best") -> tuple[str,
     config_keys = [k for k in keys if k not in SEED_KEYS]
     with (sweep_dir / "summary.csv").open("w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow([*config_keys, "finished", "jobs", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std"))])
-        for group in groups:
+        stats = ("mean", "std", "ci95_low", "ci95_high")
+        writer.writerow(
+            [
+                *config_keys,
+                "finished",
+                "jobs",
+                *(f"{m}_{s}" for m in METRICS for s in stats),
+                "p_vs_best",
+                "differs_from_best",
+            ]
+        )
+        for group, difference in zip(groups, compare_to_best(groups, metric), strict=True):
+            intervals = [group.interval(m) for m in METRICS]
             writer.writerow(
                 [
                     *group.values.values(),
                     len(group.finished()),
                     len(group.jobs),
-                    *(v for m in METRICS for v in (group.mean(m), group.std(m))),
+                    *(v for i in intervals for v in (i.mean, i.std, i.low, i.high)),
+                    "" if difference is None else difference.p_value,
+                    "" if difference is None else difference.significant,
                 ]
             )
     markdown = summary_markdown(sweep_dir, jobs, keys, groups, metric)

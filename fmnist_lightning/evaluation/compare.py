@@ -1,0 +1,197 @@
+"""Is run B better than run A? Both runs' predictions on the same test images, compared.
+
+``compare_runs`` reads each folder's ``predictions.npz`` (a run folder, or an ``fmnist-evaluate``
+folder, which old runs get one from) and gives:
+
+- the accuracy difference ``B − A`` with the 95 % paired-bootstrap interval over test images
+  (``statistics.paired_bootstrap``);
+- McNemar's exact test on the images exactly one of them gets right (``statistics.mcnemar_exact``);
+- the per-class accuracy differences, each with its own exact McNemar p-value (ten tests:
+  expect one p below 0.05 in twenty classes by chance alone);
+- a verdict in words, significant when McNemar's p is below 0.05.
+
+Runs whose test sets differ (another dataset, image size, or test images) are refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from fmnist_lightning.artifacts import read_yaml
+from fmnist_lightning.errors import RunError
+from fmnist_lightning.evaluation.predictions import SavedPredictions, read_predictions
+from fmnist_lightning.evaluation.runs import load_run_config
+from fmnist_lightning.evaluation.statistics import ALPHA, mcnemar_exact, paired_bootstrap, wilson_interval
+
+
+def run_config_of(folder: str | Path) -> DictConfig:
+    """The config of the run a folder's predictions come from: a run folder's own, or for an
+    ``fmnist-evaluate`` folder (whose config names ``run_dir``) the evaluated run's.
+
+    Raises:
+        RunError: The folder is neither.
+    """
+    folder = Path(folder)
+    saved = folder / ".hydra" / "config.yaml"
+    if saved.is_file():
+        config = read_yaml(saved, dict, "Evaluate the run again into a new folder.")
+        if isinstance(config.get("run_dir"), str) and "model" not in config:  # an evaluation's folder
+            return load_run_config(config["run_dir"])
+    return load_run_config(folder)
+
+
+def describe_test_set(config: DictConfig) -> dict[str, Any]:
+    """What must match for two runs' test accuracies to be compared image by image: the
+    dataset (its name and test files' MD5s) and ``data.image_size``."""
+    data = config.data
+    files = data.get("files") or {}
+    return {
+        "dataset": data.get("name", "FashionMNIST"),
+        "test_files": {k: files[k].get("md5") or files[k].get("gz_md5") for k in files if k.startswith("test")},
+        "image_size": data.image_size,
+    }
+
+
+def check_same_test_set(a: DictConfig, b: DictConfig, names: tuple[str, str]) -> None:
+    """Refuses two runs whose test sets differ.
+
+    Raises:
+        RunError: Their dataset, test files or image size differ; the message names which.
+    """
+    described = describe_test_set(a), describe_test_set(b)
+    differ = [key for key in described[0] if described[0][key] != described[1][key]]
+    if differ:
+        details = "; ".join(
+            f"{key}: {described[0][key]!r} in {names[0]}, {described[1][key]!r} in {names[1]}" for key in differ
+        )
+        raise RunError(
+            f"{names[0]} and {names[1]} were not tested on the same test set ({details}); "
+            "compare runs of the same dataset at the same data.image_size"
+        )
+
+
+def _check_same_images(a: SavedPredictions, b: SavedPredictions) -> None:
+    if len(a.label) != len(b.label) or not np.array_equal(a.label, b.label):
+        raise RunError(
+            f"{a.path} and {b.path} hold predictions on different test images ({len(a.label):,} and "
+            f"{len(b.label):,} images, or the labels differ in order: was one tested with "
+            "trainer.limit_test_batches?); "
+            "evaluate both on the whole test set with python evaluate.py run_dir=<run>"
+        )
+
+
+def verdict(difference: float, low: float, high: float, p_value: float, test: str = "McNemar") -> str:
+    """The comparison in words: "B is better than A by 0.80 points, 95 % CI [0.40, 1.20],
+    McNemar p = 0.001", or that no difference was found. Differences are fractions."""
+    numbers = f"95 % CI [{100 * low:+.2f}, {100 * high:+.2f}] points, {test} p = {p_value:.2g}"
+    if p_value < ALPHA:
+        better, worse = ("B", "A") if difference > 0 else ("A", "B")
+        return f"{better} is better than {worse} by {100 * abs(difference):.2f} points ({numbers})."
+    return (
+        f"No significant difference: B − A = {100 * difference:+.2f} points ({numbers}); "
+        "more seeds or test images are needed to tell them apart."
+    )
+
+
+def compare_runs(folder_a: str | Path, folder_b: str | Path, seed: int = 0) -> dict[str, Any]:
+    """Compares two runs' test predictions image by image.
+
+    Args:
+        folder_a, folder_b: Run folders or ``fmnist-evaluate`` folders, each with a
+            ``predictions.npz``.
+        seed: The bootstrap's seed.
+
+    Returns:
+        A JSON-ready dict: ``a`` and ``b`` (folder, accuracy, its Wilson interval), ``images``,
+        ``difference`` (``acc_b − acc_a``, a fraction) with ``ci95`` (paired bootstrap),
+        ``mcnemar_p`` with ``only_a`` and ``only_b`` (images only that run gets right),
+        ``per_class`` and ``verdict``.
+
+    Raises:
+        RunError: A folder has no predictions, or the test sets differ.
+        DamagedFileError: A predictions file is damaged.
+    """
+    names = (str(folder_a), str(folder_b))
+    check_same_test_set(run_config_of(folder_a), run_config_of(folder_b), names)
+    a, b = read_predictions(folder_a), read_predictions(folder_b)
+    _check_same_images(a, b)
+    correct_a, correct_b = a.correct, b.correct
+    low, high = paired_bootstrap(correct_a, correct_b, seed)
+    p_value, only_a, only_b = mcnemar_exact(correct_a, correct_b)
+    difference = float(correct_b.mean() - correct_a.mean())
+    per_class = []
+    for label, name in enumerate(a.class_names):
+        members = a.label == label
+        class_p, class_a, class_b = mcnemar_exact(correct_a[members], correct_b[members])
+        per_class.append(
+            {
+                "label": label,
+                "name": name,
+                "images": int(members.sum()),
+                "acc_a": float(correct_a[members].mean()),
+                "acc_b": float(correct_b[members].mean()),
+                "difference": float(correct_b[members].mean() - correct_a[members].mean()),
+                "only_a": class_a,
+                "only_b": class_b,
+                "mcnemar_p": class_p,
+            }
+        )
+    side = {
+        key: {
+            "folder": name,
+            "accuracy": float(correct.mean()),
+            "ci95": list(wilson_interval(int(correct.sum()), len(correct))),
+        }
+        for key, name, correct in (("a", names[0], correct_a), ("b", names[1], correct_b))
+    }
+    return {
+        **side,
+        "images": len(a.label),
+        "difference": difference,
+        "ci95": [low, high],
+        "bootstrap": f"paired percentile bootstrap over test images, {seed=}",
+        "mcnemar_p": p_value,
+        "only_a": only_a,
+        "only_b": only_b,
+        "per_class": per_class,
+        "verdict": verdict(difference, low, high, p_value),
+    }
+
+
+def comparison_markdown(result: dict[str, Any]) -> str:
+    """``compare_runs``'s result as Markdown: the verdict, both runs, the per-class table."""
+    a, b = result["a"], result["b"]
+    lines = [
+        "# A against B",
+        "",
+        f"**{result['verdict']}**",
+        "",
+        "| run | folder | test accuracy (%) | 95 % Wilson interval (%) |",
+        "|---|---|---:|---|",
+    ]
+    lines += [
+        f"| {key.upper()} | {run['folder']} | {100 * run['accuracy']:.2f} "
+        f"| {100 * run['ci95'][0]:.2f}–{100 * run['ci95'][1]:.2f} |"
+        for key, run in (("a", a), ("b", b))
+    ]
+    lines += [
+        "",
+        f"On the same {result['images']:,} test images: B − A = {100 * result['difference']:+.2f} points, 95 % CI "
+        f"[{100 * result['ci95'][0]:+.2f}, {100 * result['ci95'][1]:+.2f}] ({result['bootstrap']}). Only A is right on "
+        f"{result['only_a']} images, only B on {result['only_b']}: McNemar's exact p = {result['mcnemar_p']:.2g}.",
+        "",
+        "## Per class",
+        "",
+        "| label | class | A (%) | B (%) | B − A (points) | only A | only B | McNemar p |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {c['label']} | {c['name']} | {100 * c['acc_a']:.2f} | {100 * c['acc_b']:.2f} "
+        f"| {100 * c['difference']:+.2f} | {c['only_a']} | {c['only_b']} | {c['mcnemar_p']:.2g} |"
+        for c in result["per_class"]
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,141 @@
+"""``fmnist-compare`` of two sweeps: each configuration of one against the same configuration of
+the other, over seeds.
+
+Configurations are matched by their swept values (``fmnist_lightning.sweeps.configurations``);
+two sweeps of one configuration each (seeds only) are compared with each other whatever they
+set. Per configuration, the test accuracies over seeds are compared with Student's paired
+t-test on the seeds both sweeps finished (``statistics.paired_t_test``), or Welch's t-test
+when fewer than two seeds are shared (``statistics.welch_t_test``), each with the 95 %
+interval of the difference ``B − A`` and a verdict in words.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fmnist_lightning.errors import RunError
+from fmnist_lightning.evaluation.compare import check_same_test_set, verdict
+from fmnist_lightning.evaluation.runs import load_run_config
+from fmnist_lightning.evaluation.statistics import paired_t_test, welch_t_test
+from fmnist_lightning.sweeps.configurations import Group, group_jobs, swept_keys
+from fmnist_lightning.sweeps.jobs import read_sweep
+
+#: The metric two sweeps are compared by: what the test set says, not what chose the models.
+METRIC = "test/acc"
+
+
+def is_sweep(folder: str | Path) -> bool:
+    """Whether a folder holds sweep jobs (folders with ``.hydra/overrides.yaml``) rather than
+    being a run."""
+    folder = Path(folder)
+    return folder.is_dir() and any((p / ".hydra" / "overrides.yaml").is_file() for p in folder.iterdir())
+
+
+def _configurations(sweep_dir: Path) -> list[Group]:
+    jobs = read_sweep(sweep_dir)
+    return group_jobs(jobs, swept_keys(jobs), METRIC)
+
+
+def _pairs(groups_a: list[Group], groups_b: list[Group]) -> tuple[list[tuple[Group, Group]], list[Group]]:
+    """Configurations of A and B with the same swept values (or the only one of each), and
+    those of either without a match."""
+    if len(groups_a) == 1 and len(groups_b) == 1:
+        return [(groups_a[0], groups_b[0])], []
+    by_values = {tuple(sorted(g.values.items())): g for g in groups_b}
+    pairs = [(g, by_values[key]) for g in groups_a if (key := tuple(sorted(g.values.items()))) in by_values]
+    matched = {id(g) for pair in pairs for g in pair}
+    return pairs, [g for g in groups_a + groups_b if id(g) not in matched]
+
+
+def compare_sweeps(sweep_a: str | Path, sweep_b: str | Path) -> dict[str, Any]:
+    """Compares two sweeps configuration by configuration (see the module docstring).
+
+    Returns:
+        A JSON-ready dict: ``a``, ``b`` (the folders), ``metric``, ``configurations`` (one
+        entry per matched configuration: ``values_a``, ``values_b``, ``seeds_a``, ``seeds_b``,
+        ``mean_a``, ``mean_b``, ``difference``, ``ci95``, ``p_value``, ``test``, ``verdict``),
+        and ``unmatched`` (the swept values of configurations in only one sweep).
+
+    Raises:
+        FileNotFoundError: A folder holds no sweep jobs.
+        RunError: No job of a sweep finished, no configuration matches, or the test sets differ.
+    """
+    sweep_a, sweep_b = Path(sweep_a), Path(sweep_b)
+    groups = _configurations(sweep_a), _configurations(sweep_b)
+    finished = [[j for g in gs for j in g.finished()] for gs in groups]
+    for folder, jobs in zip((sweep_a, sweep_b), finished, strict=True):
+        if not jobs:
+            raise RunError(f"no job of the sweep {folder} finished; there is nothing to compare")
+    check_same_test_set(
+        load_run_config(finished[0][0].folder), load_run_config(finished[1][0].folder), (str(sweep_a), str(sweep_b))
+    )
+    pairs, unmatched = _pairs(*groups)
+    if not pairs:
+        raise RunError(
+            f"no configuration of {sweep_a} matches one of {sweep_b} by its swept values; "
+            "compare sweeps over the same grid, or two sweeps of one configuration each"
+        )
+    configurations = []
+    for a, b in pairs:
+        seeds_a, seeds_b = a.by_seed(METRIC), b.by_seed(METRIC)
+        shared = sorted(set(seeds_a) & set(seeds_b))
+        if len(shared) > 1:
+            result = paired_t_test([seeds_a[s] for s in shared], [seeds_b[s] for s in shared])
+        else:
+            result = welch_t_test(a.scores(METRIC), b.scores(METRIC))
+        configurations.append(
+            {
+                "values_a": a.values,
+                "values_b": b.values,
+                "seeds_a": len(a.scores(METRIC)),
+                "seeds_b": len(b.scores(METRIC)),
+                "shared_seeds": len(shared),
+                "mean_a": a.mean(METRIC),
+                "mean_b": b.mean(METRIC),
+                "difference": result.difference,
+                "ci95": [result.low, result.high],
+                "p_value": result.p_value,
+                "test": result.test,
+                "verdict": verdict(result.difference, result.low, result.high, result.p_value, result.test)
+                if result.p_value == result.p_value  # not NaN
+                else f"Too few seeds for a test (A: {len(a.scores(METRIC))}, B: {len(b.scores(METRIC))}); "
+                "run at least two seeds of each.",
+            }
+        )
+    return {
+        "a": str(sweep_a),
+        "b": str(sweep_b),
+        "metric": METRIC,
+        "configurations": configurations,
+        "unmatched": [g.values for g in unmatched],
+    }
+
+
+def sweep_comparison_markdown(result: dict[str, Any]) -> str:
+    """``compare_sweeps``'s result as Markdown: one verdict and one table row per configuration."""
+
+    def label(values: dict[str, str]) -> str:
+        return ", ".join(f"{k}={v}" for k, v in values.items()) or "(one configuration)"
+
+    lines = [
+        "# Sweep A against sweep B",
+        "",
+        f"A: {result['a']}; B: {result['b']}. `{result['metric']}` in %, mean over seeds; B − A in points "
+        "with its 95 % interval (paired t-test on shared seeds, else Welch's t-test).",
+        "",
+        "| configuration | seeds A | seeds B | A | B | B − A | 95 % CI | p | test |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for c in result["configurations"]:
+        low, high = c["ci95"]
+        lines.append(
+            f"| {label(c['values_a'])} | {c['seeds_a']} | {c['seeds_b']} | {100 * c['mean_a']:.2f} | "
+            f"{100 * c['mean_b']:.2f} | {100 * c['difference']:+.2f} | [{100 * low:+.2f}, {100 * high:+.2f}] | "
+            f"{c['p_value']:.2g} | {c['test']} |"
+        )
+    lines += ["", "## Verdicts", ""]
+    lines += [f"- {label(c['values_a'])}: {c['verdict']}" for c in result["configurations"]]
+    if result["unmatched"]:
+        lines += ["", "In one sweep only (not compared): " + "; ".join(label(v) for v in result["unmatched"]) + "."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,89 @@
+"""A sweep's configurations: its jobs grouped by their swept values other than the seed, with
+the mean of a metric over seeds, its 95 % t interval, and the paired t-test of each
+configuration against the best (``fmnist_lightning.evaluation.statistics``). The sweep summary
+and ``fmnist-compare`` read sweeps through them."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from fmnist_lightning.evaluation.statistics import Difference, MeanInterval, paired_t_test, t_interval
+from fmnist_lightning.sweeps.jobs import Job
+
+#: Keys that vary between jobs but are not part of a configuration.
+SEED_KEYS = ("seed",)
+
+
+def swept_keys(jobs: list[Job]) -> list[str]:
+    """The override keys whose values differ between jobs, in command-line order."""
+    keys: list[str] = []
+    for job in jobs:
+        keys += [k for k in job.overrides if k not in keys]
+    return [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
+
+
+@dataclass
+class Group:
+    """The jobs of one configuration (the same swept values except the seed)."""
+
+    values: dict[str, str]
+    jobs: list[Job]
+
+    def finished(self) -> list[Job]:
+        return [j for j in self.jobs if j.status == "finished"]
+
+    def scores(self, metric: str) -> list[float]:
+        """``metric`` of each finished job."""
+        return [j.metrics[metric] for j in self.finished() if metric in j.metrics]
+
+    def mean(self, metric: str) -> float:
+        values = self.scores(metric)
+        return statistics.fmean(values) if values else math.nan
+
+    def std(self, metric: str) -> float:
+        """Sample standard deviation over seeds (NaN for fewer than two)."""
+        values = self.scores(metric)
+        return statistics.stdev(values) if len(values) > 1 else math.nan
+
+    def interval(self, metric: str) -> MeanInterval:
+        """The mean over seeds with its 95 % t interval."""
+        return t_interval(self.scores(metric))
+
+    def by_seed(self, metric: str) -> dict[str, float]:
+        """``seed → metric`` of the finished jobs that set a seed."""
+        return {
+            j.overrides["seed"]: j.metrics[metric]
+            for j in self.finished()
+            if "seed" in j.overrides and metric in j.metrics
+        }
+
+
+def compare_to_best(groups: list[Group], metric: str) -> list[Difference | None]:
+    """Each configuration against the best (``groups[0]``): Student's paired t-test of
+    ``metric`` on the seeds both finished (``paired_t_test``); ``None`` for the best itself
+    and for configurations that share fewer than two seeds with it."""
+    best = groups[0].by_seed(metric) if groups else {}
+    differences: list[Difference | None] = [None]
+    for group in groups[1:]:
+        mine = group.by_seed(metric)
+        shared = sorted(set(best) & set(mine))
+        differences.append(
+            paired_t_test([best[s] for s in shared], [mine[s] for s in shared]) if len(shared) > 1 else None
+        )
+    return differences[: len(groups)]
+
+
+def group_jobs(jobs: list[Job], keys: list[str], metric: str) -> list[Group]:
+    """Groups jobs by their swept values other than the seed, best mean ``metric`` first
+    (configurations without a finished job last)."""
+    config_keys = [k for k in keys if k not in SEED_KEYS]
+    groups: dict[tuple, Group] = {}
+    for job in jobs:
+        values = {k: job.overrides.get(k, "") for k in config_keys}
+        groups.setdefault(tuple(values.values()), Group(values, [])).jobs.append(job)
+    return sorted(
+        groups.values(),
+        key=lambda g: (math.isnan(g.mean(metric)), -g.mean(metric) if not math.isnan(g.mean(metric)) else 0),
+    )

@@ -1,0 +1,116 @@
+"""fmnist-compare: two runs image by image (checked against statsmodels and scipy on the same
+predictions), two sweeps over seeds, and the refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+from statsmodels.stats.contingency_tables import mcnemar
+
+from fmnist_lightning.errors import RunError
+from fmnist_lightning.evaluation.compare import compare_runs
+from fmnist_lightning.evaluation.predictions import read_predictions
+from fmnist_lightning.sweeps.compare import compare_sweeps
+from in_process import run_command
+
+
+@pytest.fixture(scope="module")
+def other_run(
+    trained_run: Path, unlogged_run: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """An fmnist-evaluate folder of another run of the same network at the same image size,
+    on the whole test set: the session's run-without-loggers (trained in-process, so it has no
+    .hydra/; it tested 5 batches only) with the session's run's config, which builds the same
+    network; and that run folder."""
+    run = tmp_path_factory.mktemp("runs") / "other"
+    shutil.copytree(unlogged_run[0], run)
+    shutil.copytree(trained_run / ".hydra", run / ".hydra")
+    folder = tmp_path_factory.mktemp("evaluations") / "other"
+    result = run_command("evaluate.py", f"run_dir={run}", f"hydra.run.dir={folder}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return folder, run
+
+
+def test_two_runs_against_statsmodels_and_scipy(
+    trained_run: Path, other_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    evaluation = other_run[0]
+    result = run_command("compare.py", str(trained_run), str(evaluation), "--output", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert result.stdout == (tmp_path / "comparison.md").read_text()
+    a, b = read_predictions(trained_run), read_predictions(evaluation)
+    correct_a, correct_b = a.pred == a.label, b.pred == b.label
+    assert saved["difference"] == pytest.approx(correct_b.mean() - correct_a.mean())
+    table = [[np.sum(correct_a & correct_b), np.sum(correct_a & ~correct_b)],
+             [np.sum(~correct_a & correct_b), np.sum(~correct_a & ~correct_b)]]  # fmt: skip
+    assert saved["mcnemar_p"] == pytest.approx(mcnemar(table, exact=True).pvalue)
+    interval = stats.bootstrap(
+        (correct_a.astype(float), correct_b.astype(float)),
+        lambda x, y, axis: y.mean(axis=axis) - x.mean(axis=axis),
+        paired=True, vectorized=True, method="percentile", rng=np.random.default_rng(0),
+    ).confidence_interval  # fmt: skip
+    assert saved["ci95"] == pytest.approx([interval.low, interval.high])
+    assert saved["ci95"][0] <= saved["difference"] <= saved["ci95"][1]
+    shirt = saved["per_class"][6]
+    assert shirt["name"] == "Shirt" and shirt["images"] == 1000
+    assert shirt["difference"] == pytest.approx(correct_b[a.label == 6].mean() - correct_a[a.label == 6].mean())
+    # The verdict in words, with the interval and the p-value.
+    p = saved["mcnemar_p"]
+    assert saved["verdict"].endswith(f"McNemar p = {p:.2g}).")
+    assert saved["verdict"].startswith("No significant difference" if p >= 0.05 else ("B is better", "A is better"))
+    assert f"**{saved['verdict']}**" in result.stdout
+
+
+def test_different_test_sets_are_refused(trained_run: Path, other_run: tuple[Path, Path], tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    (other / ".hydra").mkdir(parents=True)
+    shutil.copy(trained_run / "predictions.npz", other)
+    config = yaml.safe_load((trained_run / ".hydra" / "config.yaml").read_text())
+    config["data"]["image_size"] = 28
+    (other / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(RunError, match="not tested on the same test set \\(image_size: 16"):
+        compare_runs(trained_run, other)
+    with pytest.raises(RunError, match="different test images \\(10,000 and 5,000"):  # debug=limit: 5 test batches
+        compare_runs(trained_run, other_run[1])
+    result = run_command("compare.py", str(trained_run), str(tmp_path))
+    assert result.returncode == 1 and "compare a run with a run" in result.stderr
+
+
+def fake_sweep(folder: Path, config: Path, accuracies: dict[str, list[float]]) -> None:
+    """A sweep folder as train.py -m leaves it: one job per (optimizer, seed)."""
+    for i, (optimizer, seed, acc) in enumerate(
+        (optimizer, seed, acc) for optimizer, accs in accuracies.items() for seed, acc in enumerate(accs)
+    ):
+        job = folder / str(i)
+        (job / ".hydra").mkdir(parents=True)
+        shutil.copy(config, job / ".hydra" / "config.yaml")
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"optimizer={optimizer}", f"seed={seed}"]))
+        status = {"status": "finished", "epochs": 1, "metrics": {"val/acc_best": acc, "test/acc": acc}}
+        (job / "metrics.json").write_text(json.dumps(status) + "\n")
+
+
+def test_two_sweeps_per_configuration_over_seeds(trained_run: Path, tmp_path: Path) -> None:
+    config = trained_run / ".hydra" / "config.yaml"
+    a = {"adam": [0.90, 0.91, 0.905], "sgd": [0.88, 0.87, 0.875], "rmsprop": [0.8, 0.81]}
+    b = {"adam": [0.92, 0.93, 0.921], "sgd": [0.881, 0.869, 0.876]}
+    fake_sweep(tmp_path / "a", config, a)
+    fake_sweep(tmp_path / "b", config, b)
+    result = compare_sweeps(tmp_path / "a", tmp_path / "b")
+    rows = {c["values_a"]["optimizer"]: c for c in result["configurations"]}
+    for optimizer in ("adam", "sgd"):
+        expected = stats.ttest_rel(b[optimizer], a[optimizer])
+        assert rows[optimizer]["p_value"] == pytest.approx(expected.pvalue)
+        assert rows[optimizer]["ci95"] == pytest.approx(list(expected.confidence_interval()))
+    assert rows["adam"]["verdict"].startswith("B is better than A by 1.87 points")
+    assert rows["sgd"]["verdict"].startswith("No significant difference")
+    assert result["unmatched"] == [{"optimizer": "rmsprop"}]
+    markdown = run_command("compare.py", str(tmp_path / "a"), str(tmp_path / "b")).stdout
+    assert "| optimizer=adam | 3 | 3 | 90.50 | 92.37 | +1.87 |" in markdown
+    assert "In one sweep only (not compared): optimizer=rmsprop." in markdown
