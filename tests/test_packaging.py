@@ -54,7 +54,7 @@ def test_wheel_carries_the_configs_and_scripts(wheel: Path):
     assert not any(name.startswith(("conf/", "tests/", "benchmarks/")) for name in names)
     (entry_points,) = (n for n in names if n.endswith(".dist-info/entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for command in ("train", "evaluate", "predict", "summarize", "export", "serve"):
+    for command in ("train", "evaluate", "predict", "summarize", "export", "serve", "compare", "robustness"):
         assert f"fmnist-{command} = fmnist_lightning.cli.{command}:main" in scripts
     assert "fmnist_lightning/serving/page.html" in names  # the server's web page
 
@@ -114,3 +114,7 @@ def test_installed_wheel_trains_from_any_folder(wheel: Path, data_root: Path, tm
             [venv / "bin" / command, "--cfg", "job"], cwd=work, env=env, capture_output=True, text=True
         )
         assert shown.returncode == 0 and f"{key}:" in shown.stdout, shown.stderr
+    compared = subprocess.run(
+        [venv / "bin" / "fmnist-compare", str(run), str(run)], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert compared.returncode == 0 and "No significant difference" in compared.stdout, compared.stderr[-3000:]

@@ -101,8 +101,9 @@ def compare_runs(folder_a: str | Path, folder_b: str | Path, seed: int = 0) -> d
     """Compares two runs' test predictions image by image.
 
     Args:
-        folder_a, folder_b: Run folders or ``fmnist-evaluate`` folders, each with a
+        folder_a: Run A: a run folder or an ``fmnist-evaluate`` folder, with a
             ``predictions.npz``.
+        folder_b: Run B, the same.
         seed: The bootstrap's seed.
 
     Returns:

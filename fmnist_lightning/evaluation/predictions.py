@@ -67,7 +67,8 @@ class SavedPredictions:
 
     Attributes:
         path: The file.
-        label, pred: Int64 ``(N,)``.
+        label: Int64 ``(N,)``, the true classes.
+        pred: Int64 ``(N,)``, the predicted classes.
         logits: Float32 ``(N, C)``.
         temperature: The fitted temperature, or ``None``.
         class_names: The names in label order.

@@ -49,7 +49,8 @@ class MeanInterval:
     Attributes:
         mean: The sample mean.
         std: The sample standard deviation (NaN for fewer than two values).
-        low, high: The interval (NaN for fewer than two values).
+        low: The interval's lower bound (NaN for fewer than two values).
+        high: Its upper bound.
         n: How many values.
     """
 
@@ -80,7 +81,8 @@ class Difference:
 
     Attributes:
         difference: The point estimate (a fraction).
-        low, high: Its interval.
+        low: Its interval's lower bound.
+        high: Its upper bound.
         p_value: The test's two-sided p-value (NaN when it cannot be computed).
         test: The test's name, as the reports print it.
         n: Pairs compared (images or seeds).
@@ -136,7 +138,8 @@ def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, seed: int = 0
     test images in pairs (``RESAMPLES`` times, seeded, so the interval is reproducible).
 
     Args:
-        correct_a, correct_b: Bool ``(N,)``: whether each run classified each image correctly.
+        correct_a: Bool ``(N,)``: whether run A classified each image correctly.
+        correct_b: The same for run B, on the same images in the same order.
         seed: The resampling's seed.
 
     Returns:
@@ -161,7 +164,8 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, 
     """McNemar's exact test on two runs' disagreements (statsmodels).
 
     Args:
-        correct_a, correct_b: Bool ``(N,)``: whether each run classified each image correctly.
+        correct_a: Bool ``(N,)``: whether run A classified each image correctly.
+        correct_b: The same for run B, on the same images in the same order.
 
     Returns:
         ``(p_value, only_a, only_b)``: the two-sided exact p-value, and the images only ``a``

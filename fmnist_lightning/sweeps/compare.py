@@ -52,7 +52,7 @@ def compare_sweeps(sweep_a: str | Path, sweep_b: str | Path) -> dict[str, Any]:
     """Compares two sweeps configuration by configuration (see the module docstring).
 
     Returns:
-        A JSON-ready dict: ``a``, ``b`` (the folders), ``metric``, ``configurations`` (one
+        A JSON-ready dict: ``a`` and ``b`` (the folders), ``metric``, ``configurations`` (one
         entry per matched configuration: ``values_a``, ``values_b``, ``seeds_a``, ``seeds_b``,
         ``mean_a``, ``mean_b``, ``difference``, ``ci95``, ``p_value``, ``test``, ``verdict``),
         and ``unmatched`` (the swept values of configurations in only one sweep).

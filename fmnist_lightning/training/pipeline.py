@@ -75,7 +75,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     The run folder then holds ``.hydra/`` (written by Hydra), ``checkpoints/``
     (``epoch_NNN.ckpt`` for the best ``val/acc`` and ``last.ckpt``), ``net.pt`` (the tested
     network's plain state_dict), the test report (``report.json``, ``report.md``,
-    ``confusion_matrix.png``), ``history.csv`` and ``curves.png`` (the metrics of every
+    ``confusion_matrix.png``, ``reliability.png``, ``predictions.npz``, and
+    ``temperature.json``, fitted on the validation split), ``history.csv`` and ``curves.png`` (the metrics of every
     epoch), the logger's files (TensorBoard's events by default, in the folder itself, with the
     report's figures and text, PR curves, projector and an HParams session) and
     ``metrics.json`` (the run's status, kept up to date while it trains; see
