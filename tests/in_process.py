@@ -35,7 +35,16 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 #: The commands, by the script a clone runs them with (``python train.py`` → ``cli.train``).
-COMMANDS = ("train.py", "evaluate.py", "predict.py", "summarize.py", "export.py", "serve.py", "compare.py")
+COMMANDS = (
+    "train.py",
+    "evaluate.py",
+    "predict.py",
+    "summarize.py",
+    "export.py",
+    "serve.py",
+    "compare.py",
+    "robustness.py",
+)
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 

@@ -54,7 +54,7 @@ def test_two_runs_against_statsmodels_and_scipy(
     interval = stats.bootstrap(
         (correct_a.astype(float), correct_b.astype(float)),
         lambda x, y, axis: y.mean(axis=axis) - x.mean(axis=axis),
-        paired=True, vectorized=True, method="percentile", rng=np.random.default_rng(0),
+        paired=True, vectorized=True, method="percentile", batch=500, rng=np.random.default_rng(0),
     ).confidence_interval  # fmt: skip
     assert saved["ci95"] == pytest.approx([interval.low, interval.high])
     assert saved["ci95"][0] <= saved["difference"] <= saved["ci95"][1]
@@ -79,7 +79,8 @@ def test_different_test_sets_are_refused(trained_run: Path, other_run: tuple[Pat
         compare_runs(trained_run, other)
     with pytest.raises(RunError, match="different test images \\(10,000 and 5,000"):  # debug=limit: 5 test batches
         compare_runs(trained_run, other_run[1])
-    result = run_command("compare.py", str(trained_run), str(tmp_path))
+    fake_sweep(tmp_path / "sweep", trained_run / ".hydra" / "config.yaml", {"adam": [0.9]})
+    result = run_command("compare.py", str(trained_run), str(tmp_path / "sweep"))
     assert result.returncode == 1 and "compare a run with a run" in result.stderr
 
 

@@ -25,7 +25,7 @@ SCALARS = {
     "test/acc",
     "test/per_class/f1/Shirt",
 }
-FIGURES = {"test/confusion_matrix", "test/misclassified"}
+FIGURES = {"test/confusion_matrix", "test/reliability", "test/misclassified"}
 
 
 @pytest.fixture(scope="module")

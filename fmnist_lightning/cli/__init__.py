@@ -9,7 +9,19 @@ from importlib.util import find_spec
 
 #: Keys whose values are paths: a value Hydra's grammar cannot read as typed (a space next to
 #: a non-ASCII letter, say) is quoted for it by ``quote_paths``.
-PATH_KEYS = ("resume", "run_dir", "sweep_dir", "hydra.run.dir", "hydra.sweep.dir", "data.root", "output", "ckpt_path")
+PATH_KEYS = (
+    "resume",
+    "run_dir",
+    "sweep_dir",
+    "hydra.run.dir",
+    "hydra.sweep.dir",
+    "data.root",
+    "data_root",
+    "output",
+    "ckpt_path",
+    "reference",
+    "cache_dir",
+)
 
 
 def require_configs() -> None:

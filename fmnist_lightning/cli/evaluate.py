@@ -2,7 +2,8 @@
 (``python evaluate.py ...`` in a clone).
 
 Writes report.json, report.md and confusion_matrix.png into
-``outputs/evaluations/<date>_<time>/`` (see conf/evaluate.yaml).
+``outputs/evaluations/<date>_<time>/`` (see conf/evaluate.yaml); with ``robustness=true`` also
+robustness.json, robustness.md and robustness.png (``fmnist-robustness``'s, with its defaults).
 """
 
 import hydra
@@ -10,7 +11,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from fmnist_lightning.cli import quote_paths, require_configs
-from fmnist_lightning.errors import UserError
+from fmnist_lightning.cli.robustness import run_robustness
+from fmnist_lightning.errors import UserError, require
 from fmnist_lightning.evaluation import evaluate_run
 from fmnist_lightning.training.run_dirs import register_resolvers
 
@@ -19,11 +21,24 @@ from fmnist_lightning.training.run_dirs import register_resolvers
 def evaluate(cfg: DictConfig) -> None:
     output_dir = HydraConfig.get().runtime.output_dir
     try:
+        require(isinstance(cfg.robustness, bool), "robustness", cfg.robustness, "true or false")
         report = evaluate_run(cfg.run_dir, output_dir, cfg.weights, cfg.data_root, cfg.device)
+        low, high = report["accuracy_ci95"]
+        print(
+            f"test accuracy {report['accuracy']:.4f} (95 % Wilson interval {low:.4f}-{high:.4f}), "
+            f"loss {report['loss']:.4f} ({report['weights']})"
+        )
+        temperature = report["calibration"]["temperature"]
+        if temperature is not None:
+            before, after = report["calibration"]["before"], report["calibration"]["after"]
+            print(f"temperature {temperature:.4f}: ECE {100 * before['ece']:.2f} % -> {100 * after['ece']:.2f} %")
+        print(f"report: {output_dir}/report.md")
+        if cfg.robustness:
+            run_robustness(
+                output_dir, run_dir=cfg.run_dir, weights=cfg.weights, data_root=cfg.data_root, device=cfg.device
+            )
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
-    print(f"test accuracy {report['accuracy']:.4f}, loss {report['loss']:.4f} ({report['weights']})")
-    print(f"report: {output_dir}/report.md")
 
 
 def main() -> None:

@@ -167,7 +167,7 @@ def corruption_heatmap_figure(
     severities = sorted({s for row in accuracy.values() for s in row})
     percent = np.array([[100 * accuracy[name].get(s, np.nan) for s in severities] for name in names])
     fig = Figure(figsize=(1.1 * len(severities) + 3.2, 0.42 * len(names) + 1.6))
-    fig.subplots_adjust(left=0.3, right=0.95, bottom=0.8 / fig.get_figheight(), top=1 - 0.7 / fig.get_figheight())
+    fig.subplots_adjust(left=0.24, right=0.98, bottom=0.8 / fig.get_figheight(), top=1 - 0.7 / fig.get_figheight())
     ax = fig.add_subplot()
     image = ax.imshow(percent, cmap="viridis", vmin=0, vmax=100, aspect="auto")
     fig.colorbar(image, ax=ax, label="accuracy (%)", pad=0.03)

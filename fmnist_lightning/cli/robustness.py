@@ -1,0 +1,54 @@
+"""A finished run's accuracy under corruptions: ``fmnist-robustness run_dir=outputs/runs/<run>``
+(``python robustness.py ...`` in a clone).
+
+Writes robustness.json, robustness.md, robustness.png and TensorBoard events into
+``outputs/robustness/<date>_<time>/`` (see conf/robustness.yaml and docs/robustness.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist_lightning.cli import quote_paths, require_configs
+from fmnist_lightning.errors import UserError
+from fmnist_lightning.evaluation.robustness import MARKDOWN, evaluate_robustness
+from fmnist_lightning.training.loggers import TensorBoardLogger
+from fmnist_lightning.training.run_dirs import register_resolvers
+
+
+def run_robustness(output_dir: str | Path, **options: Any) -> dict[str, Any]:
+    """``evaluate_robustness`` into ``output_dir``, with a TensorBoard logger there, and its
+    summary printed. ``options`` are ``evaluate_robustness``'s keyword arguments."""
+    logger = TensorBoardLogger(save_dir=str(output_dir), name="", version="", default_hp_metric=False)
+    result = evaluate_robustness(options.pop("run_dir"), output_dir, loggers=[logger], **options)
+    logger.finalize("success")
+    reference = result["reference"]
+    mce = f", mCE {100 * reference['mce']:.1f} %" if reference and reference["mce"] is not None else ""
+    print(
+        f"clean accuracy {result['clean_accuracy']:.4f}, mean corruption accuracy "
+        f"{result['mean_corruption_accuracy']:.4f}{mce} ({result['weights']})"
+    )
+    print(f"robustness: {output_dir}/{MARKDOWN}")
+    return result
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="robustness")
+def robustness(cfg: DictConfig) -> None:
+    options = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        run_robustness(HydraConfig.get().runtime.output_dir, **options)
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def main() -> None:
+    """The command line: ``fmnist-robustness run_dir=... [overrides]``."""
+    require_configs()
+    quote_paths()
+    register_resolvers()
+    robustness()
