@@ -109,6 +109,25 @@ def test_bad_selection_is_refused(names, severities, words: str) -> None:
         select_corruptions(names, severities)
 
 
+def test_command_writes_its_results(trained_run: Path, tmp_path: Path) -> None:
+    """The command in the test process, one corruption at one severity: its three files, its
+    scalars, and a reference made with another seed refused before any image is made."""
+    common = [f"run_dir={trained_run}", "device=cpu", "corruptions=[rotate]", "severities=[5]"]
+    result = run_command("robustness.py", *common, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'a'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((tmp_path / "a" / "robustness.json").read_text())
+    assert saved["accuracy"]["rotate"]["5"] == saved["mean_corruption_accuracy"] < saved["clean_accuracy"]
+    assert (tmp_path / "a" / "robustness.md").is_file() and (tmp_path / "a" / "robustness.png").is_file()
+    assert scalars(tmp_path / "a", "robustness/rotate/5") == {0: pytest.approx(saved["accuracy"]["rotate"]["5"])}
+    refused = run_command(
+        "robustness.py", *common, "seed=1", f"reference={tmp_path / 'a'}", f"cache_dir={tmp_path / 'c2'}",
+        f"hydra.run.dir={tmp_path / 'refused'}",
+    )  # fmt: skip
+    assert refused.returncode == 1 and "not comparable: it was made with another seed" in refused.stderr
+    assert not (tmp_path / "c2").exists() and not (tmp_path / "refused" / "robustness.json").exists()
+
+
+@pytest.mark.slow  # two corruptions' test sets made and evaluated, six refusals through the command
 def test_command_reference_and_refusals(trained_run: Path, data_root: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     common = [f"run_dir={trained_run}", "device=cpu", "corruptions=[rotate]", "severities=[1,5]"]

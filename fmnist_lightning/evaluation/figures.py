@@ -105,8 +105,9 @@ def curves_figure(history: dict[str, dict[int, float]]) -> Figure:
 
 def reliability_figure(bins: Sequence[dict], calibrated_bins: Sequence[dict] | None = None) -> Figure:
     """A reliability diagram (Guo et al., 2017, Fig. 1): the accuracy of each confidence bin
-    against its mean confidence, with the diagonal of perfect calibration; below, how many
-    images each bin holds.
+    against its mean confidence, with the diagonal of perfect calibration and, in grey, the
+    fraction of the images in each bin; one panel before temperature scaling and, when given,
+    one after.
 
     Args:
         bins: One dict per equal-width confidence bin, in order (``reliability_bins``):
@@ -117,29 +118,22 @@ def reliability_figure(bins: Sequence[dict], calibrated_bins: Sequence[dict] | N
     panels = [("before temperature scaling" if calibrated_bins else "", bins)]
     if calibrated_bins:
         panels.append(("after temperature scaling", calibrated_bins))
-    fig = Figure(figsize=(5 * len(panels), 6))
-    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.09, top=0.9, wspace=0.25, hspace=0.08)
-    axes = fig.subplots(2, len(panels), squeeze=False, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    for column, (title, panel) in enumerate(panels):
-        top, bottom = axes[0, column], axes[1, column]
+    # Fixed margins and one axes a panel: the figure is drawn for every test report.
+    fig = Figure(figsize=(5 * len(panels), 4.6))
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.12, top=0.86, wspace=0.22)
+    for ax, (title, panel) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
         lower = [b["lower"] for b in panel]
         width = [b["upper"] - b["lower"] for b in panel]
         accuracy = [b["accuracy"] or 0 for b in panel]
-        confidence = [b["confidence"] or 0 for b in panel]
-        top.bar(lower, accuracy, width=width, align="edge", edgecolor="black", color="C0", label="accuracy")
-        gap = [c - a if b["count"] else 0 for a, c, b in zip(accuracy, confidence, panel, strict=True)]
-        style = {"width": width, "align": "edge", "color": "C3", "alpha": 0.35}
-        top.bar(lower, gap, bottom=accuracy, label="gap to confidence", **style)
-        top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-        top.set_xlim(0, 1)
-        top.set_ylim(0, 1)
-        top.set_ylabel("accuracy")
-        top.set_title(title, fontsize=10)
-        top.legend(loc="upper left", fontsize=8)
-        bottom.bar(lower, [b["count"] for b in panel], width=width, align="edge", edgecolor="black", color="C7")
-        bottom.set_yscale("symlog")
-        bottom.set_xlabel("confidence (largest probability)")
-        bottom.set_ylabel("images")
+        gap = [(b["confidence"] or 0) - a if b["count"] else 0 for a, b in zip(accuracy, panel, strict=True)]
+        total = sum(b["count"] for b in panel) or 1
+        style = {"width": width, "align": "edge"}
+        ax.bar(lower, accuracy, edgecolor="black", color="C0", label="accuracy", **style)
+        ax.bar(lower, gap, bottom=accuracy, color="C3", alpha=0.35, label="gap to confidence", **style)
+        ax.bar(lower, [b["count"] / total for b in panel], color="0.4", alpha=0.5, label="fraction of images", **style)
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (largest probability)", ylabel="accuracy", title=title)
+        ax.legend(loc="upper left", fontsize=8)
     fig.suptitle("Reliability diagram (test set)")
     return fig
 

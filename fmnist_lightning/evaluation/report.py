@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torchmetrics.functional.classification import (
     multiclass_accuracy,
     multiclass_confusion_matrix,
@@ -22,8 +24,11 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from fmnist_lightning.evaluation.figures import confusion_matrix_figure, reliability_figure
+from fmnist_lightning.evaluation.figures import confusion_matrix_figure, figure_to_array, reliability_figure
 from fmnist_lightning.evaluation.statistics import wilson_interval
+
+#: Resolution of the report's figures, in dots per inch.
+FIGURE_DPI = 110
 
 
 def classification_report(
@@ -199,18 +204,34 @@ def report_markdown(report: dict[str, Any], title: str = "Test report") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], folder: str | Path, title: str = "Test report") -> None:
+def report_images(report: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The report's figures, each drawn once, as uint8 RGB ``(H, W, 3)`` arrays (what
+    ``write_report`` saves and the loggers get): ``confusion_matrix`` and, when the report has
+    a calibration section, ``reliability``."""
+    figures = {"confusion_matrix": confusion_matrix_figure(report["confusion_matrix"], report["class_names"])}
+    if report.get("calibration"):
+        calibration = report["calibration"]
+        figures["reliability"] = reliability_figure(calibration["bins_before"], calibration["bins_after"])
+    for figure in figures.values():
+        figure.set_dpi(FIGURE_DPI)
+    return {name: figure_to_array(figure) for name, figure in figures.items()}
+
+
+def write_report(
+    report: dict[str, Any], folder: str | Path, title: str = "Test report", images: dict[str, np.ndarray] | None = None
+) -> None:
     """Writes ``report.json``, ``report.md``, ``confusion_matrix.png`` and, when the report
-    has a calibration section, ``reliability.png`` into ``folder``."""
+    has a calibration section, ``reliability.png`` into ``folder``.
+
+    Args:
+        report: From ``classification_report``.
+        folder: Created if missing.
+        title: The Markdown's heading.
+        images: ``report_images(report)`` when already drawn (for the loggers too); else drawn here.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (folder / "report.md").write_text(report_markdown(report, title))
-    confusion_matrix_figure(report["confusion_matrix"], report["class_names"]).savefig(
-        folder / "confusion_matrix.png", dpi=110
-    )
-    if report.get("calibration"):
-        calibration = report["calibration"]
-        reliability_figure(calibration["bins_before"], calibration["bins_after"]).savefig(
-            folder / "reliability.png", dpi=110
-        )
+    for name, image in (images if images is not None else report_images(report)).items():
+        Image.fromarray(image).save(folder / f"{name}.png")

@@ -7,17 +7,13 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.loggers.logger import DummyLogger
 
-from fmnist_lightning.evaluation.figures import (
-    confusion_matrix_figure,
-    figure_to_array,
-    misclassified_figure,
-    reliability_figure,
-)
-from fmnist_lightning.evaluation.report import report_markdown
+from fmnist_lightning.evaluation.figures import figure_to_array, misclassified_figure
+from fmnist_lightning.evaluation.report import report_images, report_markdown
 
 #: The metrics an HParams session compares runs by, in the table's column order.
 HPARAM_METRICS = ("test/acc", "val/acc_best", "test/loss")
@@ -65,7 +61,13 @@ def log_run_start(loggers: list[Logger], config_yaml: str, command: str) -> None
             logger.log_layout(CURVES_LAYOUT)
 
 
-def log_test_summaries(loggers: list[Logger], report: dict[str, Any], predictions: Any, step: int) -> None:
+def log_test_summaries(
+    loggers: list[Logger],
+    report: dict[str, Any],
+    predictions: Any,
+    step: int,
+    images: dict[str, np.ndarray] | None = None,
+) -> None:
     """Adds the test report to the run's loggers, each as far as it can take it.
 
     Args:
@@ -74,6 +76,7 @@ def log_test_summaries(loggers: list[Logger], report: dict[str, Any], prediction
         predictions: The test set's logits and labels, the misclassified images and the
             projector's features: a ``fmnist_lightning.evaluation.test_report.Predictions``.
         step: The global step the summaries are logged at.
+        images: The report's figures as ``report_images`` drew them (drawn here when ``None``).
 
     Every logger gets the per-class test metrics as scalars
     (``test/per_class/<metric>/<class>``, fractions), the accuracy's Wilson interval
@@ -96,22 +99,18 @@ def log_test_summaries(loggers: list[Logger], report: dict[str, Any], prediction
     }
     scalars |= report_scalars(report)
     p, loggers = predictions, recording(loggers)
-    images = None
+    logged = None
     if any(hasattr(logger, "log_image") for logger in loggers):  # the figures take a second to draw
-        figures = {
-            "test/confusion_matrix": confusion_matrix_figure(report["confusion_matrix"], report["class_names"]),
-            "test/misclassified": misclassified_figure(
-                p.misclassified, p.misclassified_targets, p.misclassified_preds, report["class_names"]
-            ),
-        }
-        if report.get("calibration"):
-            calibration = report["calibration"]
-            figures["test/reliability"] = reliability_figure(calibration["bins_before"], calibration["bins_after"])
-        images = {key: figure_to_array(figure) for key, figure in figures.items()}
+        drawn = images if images is not None else report_images(report)
+        misclassified = misclassified_figure(
+            p.misclassified, p.misclassified_targets, p.misclassified_preds, report["class_names"]
+        )
+        logged = {f"test/{name}": image for name, image in drawn.items()}
+        logged["test/misclassified"] = figure_to_array(misclassified)
     for logger in loggers:
         logger.log_metrics(scalars, step=step)
-        if images is not None and hasattr(logger, "log_image"):
-            for key, image in images.items():
+        if logged is not None and hasattr(logger, "log_image"):
+            for key, image in logged.items():
                 logger.log_image(key=key, images=[image], step=step)
         if hasattr(logger, "log_markdown"):
             logger.log_markdown("report", report_markdown(report), step)

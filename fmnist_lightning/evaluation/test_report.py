@@ -28,7 +28,7 @@ from fmnist_lightning.evaluation.calibration import (
     write_temperature,
 )
 from fmnist_lightning.evaluation.predictions import write_predictions
-from fmnist_lightning.evaluation.report import classification_report, write_report
+from fmnist_lightning.evaluation.report import classification_report, report_images, write_report
 from fmnist_lightning.evaluation.summaries import log_test_summaries
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,8 @@ class TestReport(Callback):
         else:  # an earlier report's temperature would no longer describe these weights
             (self.folder / TEMPERATURE_FILE).unlink(missing_ok=True)
         write_predictions(self.folder, self.predictions.logits, self.predictions.targets, temperature, names)
-        write_report(report, self.folder)
-        log_test_summaries(trainer.loggers, report, self.predictions, trainer.global_step)
+        images = report_images(report)  # each figure drawn once, for the files and the loggers
+        write_report(report, self.folder, images=images)
+        log_test_summaries(trainer.loggers, report, self.predictions, trainer.global_step, images)
         log.info("Test report in %s: accuracy %.4f", self.folder, report["accuracy"])
         self.report = report
