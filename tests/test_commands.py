@@ -1,5 +1,6 @@
 """One end-to-end test per command, through ``python <script>`` as a new process, as a user runs
-it: ``train``, ``resume=``, ``evaluate``, ``predict``, ``summarize``, ``export`` and ``serve``.
+it: ``train``, ``resume=``, ``evaluate``, ``predict``, ``summarize``, ``export``, ``serve`` and
+``compare`` (``robustness`` runs as a process in tests/test_robustness.py).
 
 Each runs the command once as it should work (exit status 0, what it writes) and once with a
 bad input (exit status 1, one ``error:`` line saying what to fix, no traceback). Every other
@@ -108,3 +109,10 @@ def test_serve(tmp_path: Path) -> None:
     ``fmnist-serve`` command, waited on until healthy); here the command refuses a folder that
     is not a run before it binds a port."""
     refused(run_script("serve.py", f"run_dir={tmp_path}", "port=1"), "is not a run folder")
+
+
+def test_compare(run_copy: Path, tmp_path: Path) -> None:
+    result = run_script("compare.py", str(run_copy), str(run_copy))
+    succeeded(result)
+    assert "No significant difference: B − A = +0.00 points" in result.stdout
+    refused(run_script("compare.py", str(run_copy), str(tmp_path / "missing")), "is not a folder")
