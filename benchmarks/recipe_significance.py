@@ -7,7 +7,7 @@ the comparison is over seeds, not image by image) and prints Markdown:
 
 1. each experiment's mean test accuracy with its 95 % t interval;
 2. each experiment against the next better one: the paired t-test on the seeds both ran
-   (Student's, scipy's ``ttest_rel``; the seeds share the data split and initialisation seed);
+   (Student's, scipy's ``ttest_rel``; a seed gives both runs the same batch order);
 3. how many seeds a difference of 0.3 points needs to be found with 80 % power at α = 0.05,
    given the seed-to-seed standard deviation measured here (statsmodels' ``TTestIndPower``
    for two independent sets of seeds, ``TTestPower`` for paired seeds), and the test set's

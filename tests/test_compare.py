@@ -154,3 +154,8 @@ def test_two_sweeps_per_configuration_over_seeds(trained_run: Path, tmp_path: Pa
     markdown = run_command("compare.py", str(tmp_path / "a"), str(tmp_path / "b")).stdout
     assert "| optimizer=adam | 3 | 3 | 90.50 | 92.37 | +1.87 |" in markdown
     assert "In one sweep only (not compared): optimizer=rmsprop." in markdown
+    # A sweep against itself: every difference is 0, no t statistic; the JSON says null, not NaN.
+    itself = run_command("compare.py", str(tmp_path / "a"), str(tmp_path / "a"), "--json")
+    same = json.loads(itself.stdout)["configurations"]
+    assert {c["p_value"] for c in same} == {None}
+    assert same[0]["verdict"] == "B − A is +0.00 points on every shared seed: no spread, no test."

@@ -102,11 +102,14 @@ def test_corruption_errors_by_hand() -> None:
         ("all", [6], "severities"),
         ("all", [], "severities"),
         ("all", [True], "severities"),
+        ("all", None, "severities"),
+        ("all", "3", "severities"),
     ],
 )
 def test_bad_selection_is_refused(names, severities, words: str) -> None:
     with pytest.raises(ArgumentError, match=words):
         select_corruptions(names, severities)
+    assert select_corruptions(["rotate"], 3)[1] == [3]  # one severity alone, as severities=3 gives it
 
 
 def test_command_writes_its_results(trained_run: Path, tmp_path: Path) -> None:

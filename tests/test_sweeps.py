@@ -15,7 +15,9 @@ from hydra import compose, initialize_config_dir
 from scipy import stats
 
 from conftest import CONF, job_folder, run_script
+from fmnist_lightning.evaluation.statistics import paired_t_test
 from fmnist_lightning.sweeps import read_sweep, summarize
+from fmnist_lightning.sweeps.summary import versus_best
 from fmnist_lightning.training.build import build_run
 from fmnist_lightning.training.status import read_status
 from in_process import run_command
@@ -264,6 +266,16 @@ def test_summary_ranks_configurations_over_seeds(tmp_path: Path) -> None:
     assert "- job 10 (not started)" in markdown
     assert "`trainer.max_epochs`" not in markdown  # the same in every job: not a swept key
     assert (tmp_path / "summary.png").is_file()
+
+
+def test_a_configuration_better_on_the_shared_seeds_is_not_called_worse() -> None:
+    """The best is ranked over all its seeds; on the seeds it shares with another, the other
+    can be significantly better, and is marked so."""
+    assert versus_best(2, paired_t_test([0.90, 0.91, 0.92], [0.95, 0.961, 0.972])).startswith(
+        "better on the shared seeds (p = "
+    )
+    assert versus_best(2, paired_t_test([0.95, 0.961, 0.972], [0.90, 0.91, 0.92])).startswith("worse (p = ")
+    assert versus_best(1, None) == "best" and versus_best(3, None) == "–"
 
 
 def test_summarize_refuses_a_folder_without_jobs(tmp_path: Path) -> None:

@@ -10,11 +10,24 @@ docs/comparing.md.
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+from typing import Any
 
 from fmnist_lightning.artifacts import write_atomically
 from fmnist_lightning.errors import UserError
+
+
+def without_nan(value: Any) -> Any:
+    """``value`` with every NaN float replaced by ``None`` (JSON's null): strict JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: without_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nan(v) for v in value]
+    return value
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -57,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             markdown = comparison_markdown(result)
     except (UserError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
-    text = json.dumps(result, indent=2) + "\n"
+    text = json.dumps(without_nan(result), indent=2, allow_nan=False) + "\n"
     if args.output is not None:
         args.output.mkdir(parents=True, exist_ok=True)
         write_atomically(args.output / "comparison.md", markdown)

@@ -6,6 +6,8 @@ Writes report.json, report.md and confusion_matrix.png into
 robustness.json, robustness.md and robustness.png (``fmnist-robustness``'s, with its defaults).
 """
 
+from pathlib import Path
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -14,7 +16,7 @@ from fmnist_lightning.cli import quote_paths, require_configs
 from fmnist_lightning.cli.robustness import run_robustness
 from fmnist_lightning.errors import UserError, require
 from fmnist_lightning.evaluation import evaluate_run
-from fmnist_lightning.training.run_dirs import register_resolvers
+from fmnist_lightning.training.run_dirs import register_resolvers, write_failure
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
@@ -39,6 +41,8 @@ def evaluate(cfg: DictConfig) -> None:
             )
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
+    except OSError as err:  # the output folder or the corrupted images' cache: read-only, or a full disk
+        raise SystemExit(f"error: {write_failure(err, Path(HydraConfig.get().runtime.output_dir))}") from None
 
 
 def main() -> None:

@@ -34,6 +34,8 @@ def predict(cfg: DictConfig) -> None:
     except (UserError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
 
+    if model.calibrated:  # on stderr: stdout keeps one line per file
+        print(f"probabilities temperature-scaled by the run's T = {model.temperature:.4f}", file=sys.stderr)
     results = predict_files(model, [str(p) for p in images], cfg.preprocess, cfg.invert, cfg.top_k)
     for r in results:
         if r.error:

@@ -18,7 +18,7 @@ from fmnist_lightning.cli import quote_paths, require_configs
 from fmnist_lightning.errors import UserError
 from fmnist_lightning.evaluation.robustness import MARKDOWN, evaluate_robustness
 from fmnist_lightning.training.loggers import TensorBoardLogger
-from fmnist_lightning.training.run_dirs import register_resolvers
+from fmnist_lightning.training.run_dirs import register_resolvers, write_failure
 
 
 def run_robustness(output_dir: str | Path, **options: Any) -> dict[str, Any]:
@@ -44,6 +44,8 @@ def robustness(cfg: DictConfig) -> None:
         run_robustness(HydraConfig.get().runtime.output_dir, **options)
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
+    except OSError as err:  # the output folder or the corrupted images' cache: read-only, or a full disk
+        raise SystemExit(f"error: {write_failure(err, Path(HydraConfig.get().runtime.output_dir))}") from None
 
 
 def main() -> None:

@@ -159,12 +159,14 @@ CORRUPTIONS: tuple[Corruption, ...] = (
 BY_NAME = {c.name: c for c in CORRUPTIONS}
 
 
-def select_corruptions(names: str | Sequence[str], severities: Sequence[int]) -> tuple[list[Corruption], list[int]]:
+def select_corruptions(
+    names: str | Sequence[str], severities: int | Sequence[int]
+) -> tuple[list[Corruption], list[int]]:
     """The corruptions and severities a config asks for, checked.
 
     Args:
         names: ``"all"`` or a list of names from ``CORRUPTIONS``.
-        severities: Severities, each in 1–5.
+        severities: Severities, each in 1–5 (one severity may be given alone).
 
     Returns:
         The corruptions in ``CORRUPTIONS`` order, and the severities sorted.
@@ -175,8 +177,12 @@ def select_corruptions(names: str | Sequence[str], severities: Sequence[int]) ->
     wanted = [c.name for c in CORRUPTIONS] if names == "all" else ([names] if isinstance(names, str) else list(names))
     unknown = [n for n in wanted if n not in BY_NAME]
     require(bool(wanted) and not unknown, "corruptions", names, f"'all' or a list of {', '.join(BY_NAME)}")
-    levels = list(severities)
-    ok = bool(levels) and all(isinstance(s, int) and not isinstance(s, bool) and s in SEVERITIES for s in levels)
+    levels = [severities] if isinstance(severities, int) else severities
+    ok = (
+        isinstance(levels, (list, tuple))
+        and bool(levels)
+        and all(isinstance(s, int) and not isinstance(s, bool) and s in SEVERITIES for s in levels)
+    )
     require(ok, "severities", levels, "a non-empty list of integers from 1 to 5")
     return [c for c in CORRUPTIONS if c.name in wanted], sorted(set(levels))
 

@@ -3,10 +3,14 @@
 - NLL: the mean negative log-likelihood of the true class (cross-entropy), in nats.
 - Brier score: the mean over images of Σ_k (p_k − y_k)² with y one-hot (Brier, 1950), in
   [0, 2]; torchmetrics has no multiclass Brier score, so it is computed here.
-- ECE and MCE: torchmetrics' ``multiclass_calibration_error`` over ``N_BINS`` equal-width
-  bins of the top-1 confidence (Naeini et al., 2015; Guo et al., 2017, eq. 3 and 5): the
-  image-weighted mean (``norm="l1"``) and the largest (``norm="max"``) gap between a bin's
-  accuracy and its mean confidence, as fractions.
+- ECE and MCE over ``N_BINS`` equal-width bins of the top-1 confidence (Naeini et al.,
+  2015; Guo et al., 2017, eq. 3 and 5): the image-weighted mean and the largest gap between
+  a bin's accuracy and its mean confidence, as fractions, from ``reliability_bins``.
+  torchmetrics' ``multiclass_calibration_error`` computes the same for confidences below 1,
+  but it casts them to float32 and gives a confidence of exactly 1 (a margin of about 17 in
+  the logits, common for a well-trained network) a 16th bin of its own, so the report's
+  figures would not match its own reliability diagram; the bins are computed here in float64
+  with bin 15 holding 1.
 - Temperature scaling (Guo et al., 2017, §4.2): one scalar T > 0 divides the logits,
   ``softmax(z / T)``; it is fitted by minimising the NLL on the validation split with L-BFGS,
   as the paper does. The predicted class, hence accuracy, does not change.
@@ -24,7 +28,6 @@ from typing import Any
 
 import torch
 from torch.nn import functional as F
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 from fmnist_lightning.artifacts import read_json, write_atomically
 from fmnist_lightning.errors import DamagedFileError
@@ -49,18 +52,19 @@ def calibration_metrics(logits: torch.Tensor, targets: torch.Tensor, temperature
     scaled = logits.double() / temperature
     probs = scaled.softmax(dim=1)
     one_hot = F.one_hot(targets, logits.shape[1]).double()
-    args = dict(num_classes=logits.shape[1], n_bins=N_BINS)
+    bins = [b for b in reliability_bins(logits, targets, temperature) if b["count"]]
+    gaps = [abs(b["accuracy"] - b["confidence"]) for b in bins]
     return {
         "nll": F.cross_entropy(scaled, targets).item(),
         "brier": (probs - one_hot).pow(2).sum(dim=1).mean().item(),
-        "ece": multiclass_calibration_error(probs, targets, norm="l1", **args).item(),
-        "mce": multiclass_calibration_error(probs, targets, norm="max", **args).item(),
+        "ece": sum(b["count"] * gap for b, gap in zip(bins, gaps, strict=True)) / len(targets),
+        "mce": max(gaps),
     }
 
 
 def reliability_bins(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> list[dict[str, Any]]:
-    """The ``N_BINS`` equal-width bins of top-1 confidence that ECE is computed over, with
-    torchmetrics' edges: bin i holds confidences in [i/n, (i+1)/n), the last one includes 1.
+    """The ``N_BINS`` equal-width bins of top-1 confidence that ECE and MCE are computed over:
+    bin i holds confidences in [i/n, (i+1)/n), the last one includes 1 (float64 throughout).
 
     Args:
         logits: Float ``(N, C)``.

@@ -85,12 +85,16 @@ def _check_same_images(a: SavedPredictions, b: SavedPredictions) -> None:
 
 
 def verdict(difference: float, low: float, high: float, p_value: float, test: str = "McNemar") -> str:
-    """The comparison in words: "B is better than A by 0.80 points, 95 % CI [0.40, 1.20],
-    McNemar p = 0.001", or that no difference was found. Differences are fractions."""
-    numbers = f"95 % CI [{100 * low:+.2f}, {100 * high:+.2f}] points, {test} p = {p_value:.2g}"
+    """The comparison in words: "B is better than A by 0.80 points (B − A 95 % CI [+0.40,
+    +1.20] points, McNemar p = 0.001)", or that no difference was found. The verdict follows the
+    test (significant below ``ALPHA``); an interval that includes 0 next to a significant test
+    is called borderline. Differences are fractions."""
+    numbers = f"B − A 95 % CI [{100 * low:+.2f}, {100 * high:+.2f}] points, {test} p = {p_value:.2g}"
     if p_value < ALPHA:
         better, worse = ("B", "A") if difference > 0 else ("A", "B")
-        return f"{better} is better than {worse} by {100 * abs(difference):.2f} points ({numbers})."
+        # The test and the interval are computed differently and can disagree at the margin.
+        caution = "; the interval includes 0, so the difference is borderline" if low <= 0 <= high else ""
+        return f"{better} is better than {worse} by {100 * abs(difference):.2f} points ({numbers}{caution})."
     return (
         f"No significant difference: B − A = {100 * difference:+.2f} points ({numbers}); "
         "more seeds or test images are needed to tell them apart."

@@ -24,6 +24,7 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
+from fmnist_lightning.artifacts import atomic_file, write_atomically
 from fmnist_lightning.evaluation.figures import confusion_matrix_figure, figure_to_array, reliability_figure
 from fmnist_lightning.evaluation.statistics import wilson_interval
 
@@ -231,7 +232,9 @@ def write_report(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / "report.md").write_text(report_markdown(report, title))
+    # Each file replaced whole (see atomic_file): the export and the server read report.json.
+    write_atomically(folder / "report.json", json.dumps(report, indent=2) + "\n")
+    write_atomically(folder / "report.md", report_markdown(report, title))
     for name, image in (images if images is not None else report_images(report)).items():
-        Image.fromarray(image).save(folder / f"{name}.png")
+        with atomic_file(folder / f"{name}.png") as file:
+            Image.fromarray(image).save(file, format="png")

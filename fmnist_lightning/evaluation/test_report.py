@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,7 +86,7 @@ def validation_logits(trainer: L.Trainer, module: L.LightningModule) -> tuple[to
     datamodule.setup("validate")
     loader = datamodule.val_dataloader()
     limit = trainer.limit_val_batches
-    batches = limit if isinstance(limit, int) else math.ceil(len(loader) * limit)
+    batches = limit if isinstance(limit, int) else int(len(loader) * limit)  # as Lightning rounds a fraction
     logits, labels = [], []
     with torch.no_grad(), torch.autocast(module.device.type, enabled=False):
         for batch in itertools.islice(loader, batches):
@@ -114,7 +113,8 @@ class TestReport(Callback):
     temperature scaling; ``predictions.npz`` holds every test image's prediction
     (``fmnist_lightning.evaluation.predictions``). The temperature is fitted on the
     DataModule's validation split with the tested weights (``fit_temperature``) and written
-    to ``temperature.json``; a DataModule without a validation split gets none.
+    to ``temperature.json``; a DataModule without a validation split, or a network whose
+    validation logits are not finite, gets none.
 
     Args:
         folder: Where the report files go.
@@ -231,8 +231,11 @@ class TestReport(Callback):
         names = getattr(trainer.datamodule, "class_names", None) or [str(i) for i in range(logits.shape[1])]
         report = classification_report(self.predictions.preds, self.predictions.targets, names, self.predictions.loss)
         validation = validation_logits(trainer, pl_module)
-        temperature = fit_temperature(*validation) if validation is not None else None
-        fitted_on = len(validation[0]) if validation is not None else 0
+        temperature, fitted_on = None, 0
+        if validation is not None and torch.isfinite(validation[0]).all():
+            temperature, fitted_on = fit_temperature(*validation), len(validation[0])
+        elif validation is not None:
+            log.warning("No temperature fitted: the network gives NaN or infinite logits on the validation split")
         report["calibration"] = calibration_report(
             self.predictions.logits, self.predictions.targets, temperature, fitted_on
         )

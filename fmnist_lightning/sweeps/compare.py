@@ -11,6 +11,8 @@ interval of the difference ``B − A`` and a verdict in words.
 
 from __future__ import annotations
 
+import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +54,11 @@ def compare_sweeps(sweep_a: str | Path, sweep_b: str | Path) -> dict[str, Any]:
     """Compares two sweeps configuration by configuration (see the module docstring).
 
     Returns:
-        A JSON-ready dict: ``a`` and ``b`` (the folders), ``metric``, ``configurations`` (one
-        entry per matched configuration: ``values_a``, ``values_b``, ``seeds_a``, ``seeds_b``,
-        ``mean_a``, ``mean_b``, ``difference``, ``ci95``, ``p_value``, ``test``, ``verdict``),
+        A dict: ``a`` and ``b`` (the folders), ``metric``, ``configurations`` (one entry per
+        matched configuration: ``values_a``, ``values_b``; ``seeds_a``, ``seeds_b`` and
+        ``mean_a``, ``mean_b`` over the seeds compared, the shared ones when at least two are
+        shared, else all; ``shared_seeds``, ``difference``, ``ci95``, ``p_value`` (NaN where no
+        test is possible), ``test``, ``verdict``),
         and ``unmatched`` (the swept values of configurations in only one sweep).
 
     Raises:
@@ -80,27 +84,30 @@ def compare_sweeps(sweep_a: str | Path, sweep_b: str | Path) -> dict[str, Any]:
     for a, b in pairs:
         seeds_a, seeds_b = a.by_seed(METRIC), b.by_seed(METRIC)
         shared = sorted(set(seeds_a) & set(seeds_b))
-        if len(shared) > 1:
-            result = paired_t_test([seeds_a[s] for s in shared], [seeds_b[s] for s in shared])
+        # Paired on the shared seeds (their means are then of those seeds), else all seeds.
+        values_a = [seeds_a[s] for s in shared] if len(shared) > 1 else a.scores(METRIC)
+        values_b = [seeds_b[s] for s in shared] if len(shared) > 1 else b.scores(METRIC)
+        result = (paired_t_test if len(shared) > 1 else welch_t_test)(values_a, values_b)
+        if not math.isnan(result.p_value):
+            words = verdict(result.difference, result.low, result.high, result.p_value, result.test)
+        elif len(shared) > 1:
+            words = f"B − A is {100 * result.difference:+.2f} points on every shared seed: no spread, no test."
         else:
-            result = welch_t_test(a.scores(METRIC), b.scores(METRIC))
+            words = f"Too few seeds for a test (A: {len(values_a)}, B: {len(values_b)}); run at least two of each."
         configurations.append(
             {
                 "values_a": a.values,
                 "values_b": b.values,
-                "seeds_a": len(a.scores(METRIC)),
-                "seeds_b": len(b.scores(METRIC)),
+                "seeds_a": len(values_a),
+                "seeds_b": len(values_b),
                 "shared_seeds": len(shared),
-                "mean_a": a.mean(METRIC),
-                "mean_b": b.mean(METRIC),
+                "mean_a": statistics.fmean(values_a) if values_a else math.nan,
+                "mean_b": statistics.fmean(values_b) if values_b else math.nan,
                 "difference": result.difference,
                 "ci95": [result.low, result.high],
                 "p_value": result.p_value,
                 "test": result.test,
-                "verdict": verdict(result.difference, result.low, result.high, result.p_value, result.test)
-                if result.p_value == result.p_value  # not NaN
-                else f"Too few seeds for a test (A: {len(a.scores(METRIC))}, B: {len(b.scores(METRIC))}); "
-                "run at least two seeds of each.",
+                "verdict": words,
             }
         )
     return {
@@ -121,18 +128,19 @@ def sweep_comparison_markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Sweep A against sweep B",
         "",
-        f"A: {result['a']}; B: {result['b']}. `{result['metric']}` in %, mean over seeds; B − A in points "
-        "with its 95 % interval (paired t-test on shared seeds, else Welch's t-test).",
+        f"A: {result['a']}; B: {result['b']}. `{result['metric']}` in %, mean over the seeds compared (the "
+        "shared ones when at least two are shared, else all); B − A in points with its 95 % interval "
+        "(paired t-test on the shared seeds, else Welch's t-test).",
         "",
-        "| configuration | seeds A | seeds B | A | B | B − A | 95 % CI | p | test |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---|",
+        "| configuration | seeds A | seeds B | shared | A | B | B − A | 95 % CI | p | test |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for c in result["configurations"]:
         low, high = c["ci95"]
         lines.append(
-            f"| {label(c['values_a'])} | {c['seeds_a']} | {c['seeds_b']} | {100 * c['mean_a']:.2f} | "
-            f"{100 * c['mean_b']:.2f} | {100 * c['difference']:+.2f} | [{100 * low:+.2f}, {100 * high:+.2f}] | "
-            f"{c['p_value']:.2g} | {c['test']} |"
+            f"| {label(c['values_a'])} | {c['seeds_a']} | {c['seeds_b']} | {c['shared_seeds']} "
+            f"| {100 * c['mean_a']:.2f} | {100 * c['mean_b']:.2f} | {100 * c['difference']:+.2f} "
+            f"| [{100 * low:+.2f}, {100 * high:+.2f}] | {c['p_value']:.2g} | {c['test']} |"
         )
     lines += ["", "## Verdicts", ""]
     lines += [f"- {label(c['values_a'])}: {c['verdict']}" for c in result["configurations"]]

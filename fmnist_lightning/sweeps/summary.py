@@ -43,7 +43,10 @@ def versus_best(rank: int, difference: Difference | None) -> str:
         return "best"
     if difference is None:
         return "–"
-    mark = "worse" if difference.significant else "≈ best"
+    if not difference.significant:
+        mark = "≈ best"
+    else:  # on the shared seeds only; the ranking is over all of each one's seeds
+        mark = "worse" if difference.difference < 0 else "better on the shared seeds"
     return f"{mark} (p = {difference.p_value:.2g}, {difference.n} seeds)"
 
 
@@ -90,7 +93,8 @@ def summary_markdown(sweep_dir: Path, jobs: list[Job], keys: list[str], groups: 
         f"Ranked by the mean of `{metric}` over seeds; accuracies in %, mean ± standard deviation "
         "[95 % t interval of the mean]. *vs best*: Student's paired t-test of "
         f"`{metric}` against the best configuration on the seeds both finished (p < 0.05: worse; "
-        "else ≈ best, not significantly different); see docs/comparing.md.",
+        "else ≈ best, not significantly different; each test at 5 %, without a correction for "
+        "testing several configurations); see docs/comparing.md.",
         "",
         "## Configurations",
         "",
