@@ -77,7 +77,7 @@ def test_two_runs_against_statsmodels_and_scipy(trained_run: Path, tmp_path: Pat
     assert result.stdout == (tmp_path / "out" / "comparison.md").read_text()
     check_against_statsmodels(saved, read_predictions(trained_run), read_predictions(other))
     assert (saved["only_a"], saved["only_b"]) == (20, 60)
-    assert saved["verdict"].startswith("B is better than A by 0.40 points (95 % CI [+0.")
+    assert saved["verdict"].startswith("B is better than A by 0.40 points (B − A 95 % CI [+0.")
     coat, dress = saved["per_class"][4], saved["per_class"][3]
     assert (coat["only_b"], coat["difference"], dress["only_a"]) == (60, pytest.approx(0.06), 20)
     assert f"**{saved['verdict']}**" in result.stdout
@@ -152,7 +152,7 @@ def test_two_sweeps_per_configuration_over_seeds(trained_run: Path, tmp_path: Pa
     assert rows["sgd"]["verdict"].startswith("No significant difference")
     assert result["unmatched"] == [{"optimizer": "rmsprop"}]
     markdown = run_command("compare.py", str(tmp_path / "a"), str(tmp_path / "b")).stdout
-    assert "| optimizer=adam | 3 | 3 | 90.50 | 92.37 | +1.87 |" in markdown
+    assert "| optimizer=adam | 3 | 3 | 3 | 90.50 | 92.37 | +1.87 |" in markdown
     assert "In one sweep only (not compared): optimizer=rmsprop." in markdown
     # A sweep against itself: every difference is 0, no t statistic; the JSON says null, not NaN.
     itself = run_command("compare.py", str(tmp_path / "a"), str(tmp_path / "a"), "--json")
