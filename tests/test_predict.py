@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from fmnist_lightning.data import load_dataset, load_split
+from fmnist_lightning.evaluation.calibration import read_temperature
 from fmnist_lightning.evaluation.files import load_image, predict_files
 from fmnist_lightning.evaluation.runs import load_trained
 from in_process import run_command
@@ -84,6 +85,9 @@ def test_predict_cli_with_bad_files(trained_run: Path, test_images, tmp_path: Pa
     preds = json.loads((tmp_path / "preds.json").read_text())
     assert [p["error"] is None for p in preds] == [True, False, False, True]
     assert preds[0]["name"] in CLASS_NAMES and len(preds[0]["top"]) == 3
+    # Temperature-scaled probabilities, and both outputs say so.
+    assert preds[0]["temperature"] == read_temperature(trained_run) and preds[1]["temperature"] is None
+    assert f"temperature-scaled by the run's T = {preds[0]['temperature']:.4f}" in result.stderr
     assert not list(tmp_path.glob("*.log")) and not (tmp_path / ".hydra").exists()
 
 

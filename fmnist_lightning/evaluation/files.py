@@ -49,6 +49,8 @@ class FilePrediction:
         probability: Softmax probability of the predicted class, a fraction.
         top: The ``top_k`` most probable ``(name, probability)`` pairs.
         error: The reason the file could not be classified, else ``None``.
+        temperature: The run's temperature the probabilities are scaled by (see
+            ``TrainedModel.predict_proba``), or ``None`` for the network's own probabilities.
     """
 
     path: str
@@ -57,6 +59,7 @@ class FilePrediction:
     probability: float | None = None
     top: list[tuple[str, float]] | None = None
     error: str | None = None
+    temperature: float | None = None
 
 
 def predict_files(
@@ -94,6 +97,6 @@ def predict_files(
         values, labels = probs.topk(top_k)
         top = [(model.class_names[int(i)], float(p)) for p, i in zip(values, labels, strict=True)]
         results.append(
-            FilePrediction(path=str(path), label=int(labels[0]), name=top[0][0], probability=top[0][1], top=top)
+            FilePrediction(str(path), int(labels[0]), top[0][0], top[0][1], top, temperature=model.temperature)
         )
     return results
