@@ -5,7 +5,10 @@
 working directory."""
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.util import find_spec
+from pathlib import Path
 
 #: Keys whose values are paths: a value Hydra's grammar cannot read as typed (a space next to
 #: a non-ASCII letter, say) is quoted for it by ``quote_paths``.
@@ -50,3 +53,23 @@ def quote_paths() -> None:
         key, value = split_override(arg)
         if key in PATH_KEYS and value is not None and parse_override(arg) is None:
             sys.argv[i] = f"{arg[: len(arg) - len(value)]}{quoted(value)}"
+
+
+@contextmanager
+def errors_as_lines(output_dir: str | Path) -> Iterator[None]:
+    """Ends a command that writes into ``output_dir`` with one ``error:`` line (exit status 1)
+    instead of a traceback: for a refusal (``UserError``), and for a write that failed (an
+    ``OSError``: a read-only folder, a full disk; said by ``write_failure``).
+
+    Raises:
+        SystemExit: In place of either.
+    """
+    from fmnist_lightning.errors import UserError
+    from fmnist_lightning.training.run_dirs import write_failure
+
+    try:
+        yield
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
+    except OSError as err:
+        raise SystemExit(f"error: {write_failure(err, Path(output_dir))}") from None

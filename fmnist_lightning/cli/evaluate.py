@@ -6,23 +6,21 @@ Writes report.json, report.md and confusion_matrix.png into
 robustness.json, robustness.md and robustness.png (``fmnist-robustness``'s, with its defaults).
 """
 
-from pathlib import Path
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fmnist_lightning.cli import quote_paths, require_configs
+from fmnist_lightning.cli import errors_as_lines, quote_paths, require_configs
 from fmnist_lightning.cli.robustness import run_robustness
-from fmnist_lightning.errors import UserError, require
+from fmnist_lightning.errors import require
 from fmnist_lightning.evaluation import evaluate_run
-from fmnist_lightning.training.run_dirs import register_resolvers, write_failure
+from fmnist_lightning.training.run_dirs import register_resolvers
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def evaluate(cfg: DictConfig) -> None:
     output_dir = HydraConfig.get().runtime.output_dir
-    try:
+    with errors_as_lines(output_dir):
         require(isinstance(cfg.robustness, bool), "robustness", cfg.robustness, "true or false")
         report = evaluate_run(cfg.run_dir, output_dir, cfg.weights, cfg.data_root, cfg.device)
         low, high = report["accuracy_ci95"]
@@ -39,10 +37,6 @@ def evaluate(cfg: DictConfig) -> None:
             run_robustness(
                 output_dir, run_dir=cfg.run_dir, weights=cfg.weights, data_root=cfg.data_root, device=cfg.device
             )
-    except UserError as err:
-        raise SystemExit(f"error: {err}") from None
-    except OSError as err:  # the output folder or the corrupted images' cache: read-only, or a full disk
-        raise SystemExit(f"error: {write_failure(err, Path(HydraConfig.get().runtime.output_dir))}") from None
 
 
 def main() -> None:

@@ -14,11 +14,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_lightning.cli import quote_paths, require_configs
-from fmnist_lightning.errors import UserError
+from fmnist_lightning.cli import errors_as_lines, quote_paths, require_configs
 from fmnist_lightning.evaluation.robustness import MARKDOWN, evaluate_robustness
 from fmnist_lightning.training.loggers import TensorBoardLogger
-from fmnist_lightning.training.run_dirs import register_resolvers, write_failure
+from fmnist_lightning.training.run_dirs import register_resolvers
 
 
 def run_robustness(output_dir: str | Path, **options: Any) -> dict[str, Any]:
@@ -40,12 +39,9 @@ def run_robustness(output_dir: str | Path, **options: Any) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="robustness")
 def robustness(cfg: DictConfig) -> None:
     options = OmegaConf.to_container(cfg, resolve=True)
-    try:
-        run_robustness(HydraConfig.get().runtime.output_dir, **options)
-    except UserError as err:
-        raise SystemExit(f"error: {err}") from None
-    except OSError as err:  # the output folder or the corrupted images' cache: read-only, or a full disk
-        raise SystemExit(f"error: {write_failure(err, Path(HydraConfig.get().runtime.output_dir))}") from None
+    output_dir = HydraConfig.get().runtime.output_dir
+    with errors_as_lines(output_dir):  # the output folder or the corrupted images' cache may fail to write
+        run_robustness(output_dir, **options)
 
 
 def main() -> None:

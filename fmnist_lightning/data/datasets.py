@@ -119,6 +119,16 @@ class IdxDataset:
         return cls(name, tuple(class_names), specs, how_to_get, torchvision_dataset)
 
     @property
+    def test_checksums(self) -> dict[str, str]:
+        """What identifies the test files: ``{"test_images": ..., "test_labels": ...}``, each
+        file's published MD5 (of the decompressed bytes, or of the ``.gz`` where only that is
+        published). Two runs with the same were tested on the same images."""
+        return {
+            f"test_{kind}": self.specs["test", kind].md5 or self.specs["test", kind].gz_md5
+            for kind in ("images", "labels")
+        }
+
+    @property
     def raw_dir(self) -> str:
         """torchvision's folder name for the dataset."""
         return self.torchvision_dataset or self.name

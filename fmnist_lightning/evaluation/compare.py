@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fmnist_lightning.artifacts import read_yaml
+from fmnist_lightning.data.datasets import DATASET_KEYS, IdxDataset
 from fmnist_lightning.errors import RunError
 from fmnist_lightning.evaluation.predictions import SavedPredictions, read_predictions
 from fmnist_lightning.evaluation.runs import load_run_config
@@ -47,13 +48,9 @@ def run_config_of(folder: str | Path) -> DictConfig:
 def describe_test_set(config: DictConfig) -> dict[str, Any]:
     """What must match for two runs' test accuracies to be compared image by image: the
     dataset (its name and test files' MD5s) and ``data.image_size``."""
-    data = config.data
-    files = data.get("files") or {}
-    return {
-        "dataset": data.get("name", "FashionMNIST"),
-        "test_files": {k: files[k].get("md5") or files[k].get("gz_md5") for k in files if k.startswith("test")},
-        "image_size": data.image_size,
-    }
+    data = OmegaConf.to_container(config.data, resolve=True)
+    dataset = IdxDataset.from_config(**{k: data.get(k) for k in DATASET_KEYS})
+    return {"dataset": dataset.name, "test_files": dataset.test_checksums, "image_size": data["image_size"]}
 
 
 def check_same_test_set(a: DictConfig, b: DictConfig, names: tuple[str, str]) -> None:

@@ -172,8 +172,7 @@ def evaluate_robustness(
     require(isinstance(seed, int) and seed >= 0, "seed", seed, "an integer >= 0")
     model = load_trained(run_dir, weights, device)
     datamodule = build_datamodule(model.config, data_root)
-    specs = datamodule.dataset.specs
-    md5s = {f"test_{kind}": specs["test", kind].md5 or specs["test", kind].gz_md5 for kind in ("images", "labels")}
+    md5s = datamodule.dataset.test_checksums
     identity = table_identity(chosen, seed, md5s)
     saved_reference = read_reference(reference, identity, levels) if reference is not None else None
     datamodule.prepare_data()

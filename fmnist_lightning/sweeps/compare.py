@@ -21,17 +21,15 @@ from fmnist_lightning.evaluation.compare import check_same_test_set, verdict
 from fmnist_lightning.evaluation.runs import load_run_config
 from fmnist_lightning.evaluation.statistics import paired_t_test, welch_t_test
 from fmnist_lightning.sweeps.configurations import Group, group_jobs, swept_keys
-from fmnist_lightning.sweeps.jobs import read_sweep
+from fmnist_lightning.sweeps.jobs import job_folders, read_sweep
 
 #: The metric two sweeps are compared by: what the test set says, not what chose the models.
 METRIC = "test/acc"
 
 
 def is_sweep(folder: str | Path) -> bool:
-    """Whether a folder holds sweep jobs (folders with ``.hydra/overrides.yaml``) rather than
-    being a run."""
-    folder = Path(folder)
-    return folder.is_dir() and any((p / ".hydra" / "overrides.yaml").is_file() for p in folder.iterdir())
+    """Whether a folder holds sweep jobs (``jobs.job_folders``) rather than being a run."""
+    return bool(job_folders(Path(folder)))
 
 
 def _configurations(sweep_dir: Path) -> list[Group]:

@@ -71,6 +71,14 @@ def read_job(folder: Path) -> Job:
     )
 
 
+def job_folders(sweep_dir: Path) -> list[Path]:
+    """The job folders of a sweep folder: its subfolders with ``.hydra/overrides.yaml``
+    (none when it is not a folder, or holds no job, as a run folder does not)."""
+    if not sweep_dir.is_dir():
+        return []
+    return [p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()]
+
+
 def read_sweep(sweep_dir: str | Path) -> list[Job]:
     """All jobs of a sweep folder, in job-number order.
 
@@ -78,9 +86,7 @@ def read_sweep(sweep_dir: str | Path) -> list[Job]:
         FileNotFoundError: ``sweep_dir`` holds no job folders.
     """
     sweep_dir = Path(sweep_dir)
-    folders = (
-        [p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()] if sweep_dir.is_dir() else []
-    )
+    folders = job_folders(sweep_dir)
     if not folders:
         raise FileNotFoundError(
             f"{sweep_dir} holds no sweep jobs (folders with .hydra/overrides.yaml); "
