@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fmnist_lightning.data.datasets import load_dataset
 from fmnist_lightning.training.pipeline import train
+from fmnist_lightning.training.processes import seconds_since_launch
 from in_process import run_command
 
 EPOCH_KEYS = {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc"}
@@ -37,7 +38,9 @@ def scalar_tags(tensorboard_dir: Path) -> set[str]:
 @pytest.mark.slow  # about accuracy: 300 batches at 28 px (about 9 s); the session's run learns in the default suite
 def test_three_conv_learns_on_real_data(make_cfg, tmp_path: Path) -> None:
     """300 real batches of 64 images take ThreeConvNet far above chance (10 %)."""
+    before = seconds_since_launch()
     metrics = train(make_cfg("model=three_conv", "trainer.max_epochs=1", "trainer.limit_train_batches=300"))
+    after = seconds_since_launch()
     assert metrics["val/acc"] > 0.75, metrics
     assert metrics["test/acc"] > 0.75, metrics
     assert set(metrics) >= EPOCH_KEYS
@@ -45,6 +48,8 @@ def test_three_conv_learns_on_real_data(make_cfg, tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "metrics.json").read_text())
     assert summary["status"] == "finished" and summary["epochs"] == 1 and summary["global_step"] == 300
     assert summary["best_checkpoint"] == "checkpoints/epoch_000.ckpt"
+    # The start-up: from this (pytest's) process's launch to the run's first training step.
+    assert before < summary["first_step_s"] < after
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert summary["metrics"]["test/acc"] == metrics["test/acc"]
     assert scalar_tags(tmp_path) >= EPOCH_KEYS

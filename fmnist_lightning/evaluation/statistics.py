@@ -24,8 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
-from statsmodels.stats.contingency_tables import mcnemar
-from statsmodels.stats.proportion import proportion_confint
 
 #: The confidence level of every interval.
 LEVEL = 0.95
@@ -38,6 +36,10 @@ RESAMPLES = 9999
 def wilson_interval(correct: int, total: int) -> tuple[float, float]:
     """The 95 % Wilson score interval of an accuracy of ``correct`` out of ``total`` images,
     as fractions ``(low, high)``."""
+    # statsmodels (and the pandas it loads) is imported here, not at the top: a training run
+    # imports this module, and these 0.2 s belong to its report, not to its start-up.
+    from statsmodels.stats.proportion import proportion_confint
+
     low, high = proportion_confint(correct, total, alpha=ALPHA, method="wilson")
     return float(low), float(high)
 
@@ -175,5 +177,7 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, 
     only_b = int((~correct_a & correct_b).sum())
     both = int((correct_a & correct_b).sum())
     neither = int((~correct_a & ~correct_b).sum())
+    from statsmodels.stats.contingency_tables import mcnemar  # see wilson_interval
+
     result = mcnemar([[both, only_a], [only_b, neither]], exact=True)
     return float(result.pvalue), only_a, only_b

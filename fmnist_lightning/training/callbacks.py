@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from fmnist_lightning.training.processes import seconds_since_launch
 from fmnist_lightning.training.slurm import time_limit_signal
 from fmnist_lightning.training.status import write_status
 
@@ -88,8 +89,11 @@ class RunStatus(Callback):
     stopped, if at all, in its test or report, so a resume only tests and reports),
     ``global_step`` (optimizer steps),
     ``best_checkpoint`` (relative to the run folder), ``wall_time_s`` (seconds since this
-    process started the run), ``metrics`` (the latest logged values; accuracies are
-    fractions) and ``error`` (why the run stopped, or null). Only rank 0 writes.
+    process started the run), ``first_step_s`` (seconds from the process's launch to this
+    run's first training step: the start-up, which in a sweep also holds the earlier jobs
+    of the process; null until then, when the run trains nothing, and off Linux),
+    ``metrics`` (the latest logged values; accuracies are fractions) and ``error`` (why the
+    run stopped, or null). Only rank 0 writes.
 
     Args:
         output_dir: The run folder.
@@ -98,6 +102,7 @@ class RunStatus(Callback):
     def __init__(self, output_dir: str | Path) -> None:
         self.output_dir = Path(output_dir)
         self.start = time.perf_counter()
+        self.first_step_s: float | None = None
         self._resumed_at: tuple[int, str] | None = None
 
     def resume_at(self, global_step: int, best_checkpoint: str) -> None:
@@ -141,6 +146,7 @@ class RunStatus(Callback):
             metrics,
             error,
             trained=status == "finished" if trained is None else trained,
+            first_step_s=self.first_step_s,
         )
 
     def write_or_warn(self, trainer: L.Trainer, status: str, epochs: int, **fields: Any) -> None:
@@ -155,6 +161,12 @@ class RunStatus(Callback):
                 file=sys.stderr,
                 flush=True,
             )
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.first_step_s is None and (since_launch := seconds_since_launch()) is not None:
+            self.first_step_s = round(since_launch, 2)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Runs before ModelCheckpoint's hook (Lightning calls checkpoint callbacks last), so

@@ -54,6 +54,7 @@ def write_status(
     metrics: dict[str, float] | None = None,
     error: str | None = None,
     trained: bool = False,
+    first_step_s: float | None = None,
 ) -> None:
     """Writes a run folder's ``metrics.json`` (the fields are described in
     ``RunStatus``), atomically: a reader never sees half
@@ -69,6 +70,7 @@ def write_status(
         "global_step": global_step,
         "best_checkpoint": best_checkpoint,
         "wall_time_s": wall_time_s,
+        "first_step_s": first_step_s,
         "metrics": metrics or {},
         "error": error,
     }

@@ -1,0 +1,213 @@
+"""The speedrun: the least whole-process time to 91, 93 and 94 % FashionMNIST test accuracy
+(docs/performance.md, "Speedrun").
+
+    python benchmarks/speedrun.py                          # every target, 5 seeds (about 1 h on 2 cores)
+    python benchmarks/speedrun.py --targets 91 --ablations # 91 % and its ablation rows
+    python benchmarks/speedrun.py --targets 91 --plain 1   # and the plain recipe-001 loop beside it
+
+Each run is ``python train.py experiment=speedrun_<target> seed=<s>``, a process of its own,
+timed from its launch to its exit: start-up, training, validation, the test, the report and
+its files. ``--ablations`` adds, per target, one row for each technique the recipe keeps: the
+same command with that technique taken out (``ABLATIONS``), on the same seeds. ``--plain N``
+also runs recipe 001 written the recipes' way in plain PyTorch (``time_to_accuracy.py``'s
+``plain_001``, 10 epochs, about 5 min) on the first N seeds, and its time to 91 % (from
+launch to the end of the first epoch whose weights score 91 % on the test set) is set against
+the 91 % recipe's whole process.
+
+Runs are interleaved (every row of seed 0, then every row of seed 1, ...), so that all rows
+see the same machine. A row reports the mean test accuracy over seeds with its 95 % Student's t
+interval (``fmnist_lightning.evaluation.statistics.t_interval``), whether the target is
+reached (the mean is at or above it), the median whole-process seconds, the median start-up
+(``metrics.json``'s ``first_step_s``: launch to the first training step) and the mean
+``val/acc_best`` (recipes are chosen by validation; the test set only scores). Everything,
+every run included, goes to ``--out`` (JSON), and the table is printed as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = ("91", "93", "94")
+#: Per target, each technique its recipe keeps and the overrides that take it out.
+ABLATIONS: dict[str, dict[str, list[str]]] = {
+    "91": {
+        "TensorBoard instead of CSV": ["logger=tensorboard"],
+    },
+    "93": {},
+    "94": {},
+}
+
+
+def command(target: str, seed: int, folder: Path, extra: list[str]) -> list[str]:
+    """``train.py``'s command line for one run of ``target``'s recipe."""
+    return [
+        sys.executable,
+        "train.py",
+        f"experiment=speedrun_{target}",
+        f"seed={seed}",
+        f"hydra.run.dir={folder}",
+        "callbacks.progress_bar=null",
+        *extra,
+    ]
+
+
+def run_once(cmd: list[str], folder: Path) -> dict:
+    """Runs ``cmd`` from the repository and reads its ``metrics.json``.
+
+    Raises:
+        SystemExit: The run failed; its last lines of stderr say why.
+    """
+    launched = time.time()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    whole = time.time() - launched
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    status = json.loads((folder / "metrics.json").read_text())
+    return {
+        "folder": str(folder),
+        "whole_s": round(whole, 2),
+        "first_step_s": status.get("first_step_s"),
+        "epochs": status["epochs"],
+        "test_acc": status["metrics"]["test/acc"],
+        "val_acc_best": status["metrics"].get("val/acc_best"),
+    }
+
+
+def plain_time_to(
+    folder: Path, seed: int, data_root: str, target: float, epochs: int | None = None, limit_batches: int | None = None
+) -> dict:
+    """``time_to_accuracy.py``'s plain recipe-001 loop: seconds from launch to the end of the
+    first epoch whose weights reach ``target`` (a fraction) on the test set, or ``None``;
+    ``epochs`` and ``limit_batches`` (``None``: 10 epochs of every batch) shorten it."""
+    import time_to_accuracy as tta
+
+    launched = time.time()
+    cmd = tta.command(tta.BASELINE, folder, seed, data_root, epochs, limit_batches)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    whole = time.time() - launched
+    if proc.returncode != 0:
+        sys.exit(f"the plain loop failed:\n{proc.stderr[-3000:]}")
+    stamps = [json.loads(line)["time"] for line in (folder / tta.STAMPS).read_text().splitlines()]
+    run = {"variant": tta.BASELINE, "folder": str(folder), "launched": launched, "stamps": stamps}
+    run["test_acc"] = tta.test_accuracies(run, data_root)
+    hit = tta.reached(run, target)
+    return {
+        "folder": str(folder),
+        "whole_s": round(whole, 2),
+        "test_acc": run["test_acc"],
+        "epochs_to_target": hit[0] if hit else None,
+        "seconds_to_target": round(hit[1], 2) if hit else None,
+    }
+
+
+def row(name: str, target: str, runs: list[dict]) -> dict:
+    """One table row: the runs' statistics (accuracies as percentages)."""
+    from fmnist_lightning.evaluation.statistics import t_interval
+
+    accuracy = t_interval([100 * r["test_acc"] for r in runs])
+    starts = [r["first_step_s"] for r in runs if r["first_step_s"] is not None]
+    return {
+        "row": name,
+        "target": target,
+        "seeds": len(runs),
+        "test_acc": [round(100 * r["test_acc"], 2) for r in runs],
+        "mean": accuracy.mean,
+        "ci95": [accuracy.low, accuracy.high],
+        "reached": accuracy.mean >= float(target),
+        "val_acc_best_mean": statistics.mean(100 * r["val_acc_best"] for r in runs),
+        "whole_s_median": statistics.median(r["whole_s"] for r in runs),
+        "first_step_s_median": statistics.median(starts) if starts else None,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    """The rows as a Markdown table."""
+    lines = [
+        "| row | seeds | test acc: mean [95 % CI] (%) | reached | whole process, median (s) "
+        "| start-up, median (s) | val/acc_best, mean (%) |",
+        "|---|---:|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        low, high = r["ci95"]
+        start = "" if r["first_step_s_median"] is None else f"{r['first_step_s_median']:.1f}"
+        lines.append(
+            f"| {r['row']} | {r['seeds']} | {r['mean']:.2f} [{low:.2f}, {high:.2f}] | "
+            f"{'yes' if r['reached'] else 'no'} | {r['whole_s_median']:.1f} | {start} | {r['val_acc_best_mean']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1 (default 5)")
+    parser.add_argument("--ablations", action="store_true", help="add each target's ablation rows")
+    parser.add_argument("--plain", type=int, default=0, metavar="N", help="plain recipe-001 loop on N seeds")
+    parser.add_argument("--data-root", default="data/fashion-mnist")
+    parser.add_argument("--workdir", default=None, help="where the runs go (default: a new folder in /tmp)")
+    parser.add_argument("--out", default="benchmarks/speedrun.json")
+    parser.add_argument("--override", nargs="+", default=[], help="added to every train.py run; for a quick check")
+    parser.add_argument("--plain-epochs", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--plain-limit-batches", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from benchmark import machine
+
+    from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, ensure_files
+
+    ensure_files(args.data_root, DEBIAN_DATASET_DIR, download=False)
+    data_root = str(Path(args.data_root).resolve())
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="speedrun."))
+    common = [f"data.root={data_root}", *args.override]
+    variants = [(f"speedrun_{t}", t, common) for t in args.targets]
+    if args.ablations:
+        for t in args.targets:
+            variants += [(f"speedrun_{t} without: {name}", t, [*common, *o]) for name, o in ABLATIONS[t].items()]
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
+    plain: list[dict] = []
+    for seed in range(args.seeds):
+        for index, (name, target, extra) in enumerate(variants):
+            folder = workdir / f"{index:02d}_seed{seed}"
+            result = run_once(command(target, seed, folder, extra), folder)
+            runs[name].append({"seed": seed, **result})
+            print(
+                f"seed {seed} {name}: {100 * result['test_acc']:.2f} %, {result['whole_s']:.1f} s "
+                f"(start-up {result['first_step_s']} s)",
+                flush=True,
+            )
+        if seed < args.plain:
+            result = plain_time_to(
+                workdir / f"plain_seed{seed}", seed, data_root, 0.91, args.plain_epochs, args.plain_limit_batches
+            )
+            plain.append({"seed": seed, **result})
+            print(f"seed {seed} plain_001: 91 % after {result['seconds_to_target']} s", flush=True)
+    rows = [row(name, target, runs[name]) for name, target, _ in variants]
+    text = table(rows)
+    if plain and "91" in args.targets:
+        times = [p["seconds_to_target"] for p in plain]
+        fast = rows[[name for name, _, _ in variants].index("speedrun_91")]["whole_s_median"]
+        if None in times:
+            missed = f"{times.count(None)} of {len(times)} seeds"
+            text += f"\n\nThe plain recipe-001 loop did not reach 91 % on {missed}."
+        else:
+            median = statistics.median(times)
+            text += (
+                f"\n\nThe plain recipe-001 loop reached 91 % after {median:.0f} s (median over {len(times)} seeds): "
+                f"speedrun_91's whole process is {median / fast:.1f}× faster."
+            )
+    summary = {"machine": machine(), "seeds": args.seeds, "table": text, "rows": rows, "runs": runs, "plain": plain}
+    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\n{summary['machine']}\n\n{text}")
+
+
+if __name__ == "__main__":
+    main()
