@@ -82,3 +82,42 @@ def test_profile_step_splits_a_step(data_root: Path, tmp_path: Path) -> None:
     # The network is most of a step, whatever the machine.
     assert kinds["forward"] + kinds["backward"] > sum(kinds.values()) / 2
     assert not (tmp_path / "outputs").exists()  # no logger, no checkpoint: nothing written
+
+
+@pytest.mark.slow  # about 90 s: 2 seeds × 4 rows of one 10-batch epoch, and a 20-batch plain loop
+def test_speedrun_reports_each_row_with_its_ablations(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "speedrun.json"
+    quick = ["trainer.max_epochs=1", "trainer.limit_train_batches=10", "trainer.limit_val_batches=1"]
+    result = run_script(
+        "benchmarks/speedrun.py",
+        *("--targets", "91", "--seeds", "2", "--ablations", "--plain", "1"),
+        *("--plain-epochs", "1", "--plain-limit-batches", "20", "--override", *quick),
+        *("--data-root", str(data_root), "--workdir", str(tmp_path / "runs"), "--out", str(out)),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    rows = {r["row"]: r for r in summary["rows"]}
+    assert list(rows) == [
+        "speedrun_91",
+        "speedrun_91 without: CSV logging (TensorBoard instead)",
+        "speedrun_91 without: bf16-mixed (fp32 instead)",
+        "speedrun_91 without: one-cycle schedule (a constant lr instead)",
+    ]
+    recipe = rows["speedrun_91"]
+    runs = summary["runs"]["speedrun_91"]
+    assert [r["seed"] for r in runs] == [0, 1] and recipe["seeds"] == 2
+    assert recipe["test_acc"] == [round(100 * r["test_acc"], 2) for r in runs]
+    assert recipe["ci95"][0] <= recipe["mean"] <= recipe["ci95"][1]
+    assert not recipe["reached"] and 10 < recipe["mean"] < 91  # 10 batches train past chance, not to 91 %
+    # Every run says when its first training step came, after its launch and before its end.
+    assert all(0 < r["first_step_s"] < r["whole_s"] for rs in summary["runs"].values() for r in rs)
+    assert "against" not in recipe
+    # Another logger trains the same weights; fp32 and a constant lr train others.
+    assert rows["speedrun_91 without: CSV logging (TensorBoard instead)"]["against"]["identical"]
+    for name in list(rows)[2:]:
+        against = rows[name]["against"]
+        assert against["time_ratio"] > 0 and against["ci95"][0] <= against["difference"] <= against["ci95"][1]
+    tensorboard = Path(summary["runs"]["speedrun_91 without: CSV logging (TensorBoard instead)"][0]["folder"])
+    assert list(tensorboard.glob("events.out.tfevents.*")) and not (tensorboard / "csv").exists()
+    assert [p["seed"] for p in summary["plain"]] == [0] and summary["plain"][0]["seconds_to_target"] is None
+    assert "did not reach 91 % on 1 of 1 seeds" in summary["table"]

@@ -169,11 +169,14 @@ def test_a_healthy_run_builds_its_network_once(make_cfg, monkeypatch) -> None:
     assert len(built) == 1
 
 
+#: Experiments whose test report (10,000 images, twice with flip TTA, through the two-convolution
+#: network) takes ~40 s on 2 CPU cores.
+SLOW_TEST_PASS = ("best", "speedrun_94")
+
+
 @pytest.mark.parametrize(
     "experiment",
-    # best's test report (10,000 images, twice with flip TTA, through its largest network)
-    # takes ~40 s on 2 CPU cores.
-    [pytest.param(n, marks=pytest.mark.slow) if n == "best" else n for n in config_names("experiment")],
+    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TEST_PASS else n for n in config_names("experiment")],
 )
 def test_experiment_fast_dev_run(make_cfg, experiment: str, tmp_path: Path) -> None:
     cfg = make_cfg(f"experiment={experiment}", "debug=fdr")
@@ -212,8 +215,15 @@ def test_experiments_follow_their_recipes(make_cfg) -> None:
 
 def test_own_experiments(make_cfg) -> None:
     """experiment=best and experiment=fast: the settings docs/REPRODUCTION.md (best) and
-    benchmarks/RESULTS.md (fast, "Time to accuracy") measured."""
-    assert sorted(set(config_names("experiment")) - {f"recipe_00{i}" for i in range(5)}) == ["best", "fast"]
+    benchmarks/RESULTS.md (fast, "Time to accuracy") measured; the speedrun's recipes
+    (docs/performance.md, "Speedrun")."""
+    assert sorted(set(config_names("experiment")) - {f"recipe_00{i}" for i in range(5)}) == [
+        "best",
+        "fast",
+        "speedrun_91",
+        "speedrun_93",
+        "speedrun_94",
+    ]
     best = make_cfg("experiment=best")
     assert best.model._target_.endswith("VGGBNNet") and list(best.model.widths) == [32, 64, 128]
     assert best.model.flip_tta and best.loss.label_smoothing == 0.1
@@ -229,3 +239,15 @@ def test_own_experiments(make_cfg) -> None:
     assert list(fast.model.widths) == [16, 32, 64] and fast.model.convs_per_stage == 1 and fast.model.dropout == 0
     assert fast.scheduler._target_.endswith("OneCycleLR") and fast.scheduler.interval == "step"
     assert fast.trainer.max_epochs == 2 and fast.optimizer.lr == 5e-3 and fast.callbacks.early_stopping is None
+    # speedrun_91 is fast with CSV logging; each next recipe builds on the one before.
+    composed = {n: OmegaConf.to_container(make_cfg(f"experiment={n}"), resolve=True) for n in ("fast", "speedrun_91")}
+    assert list(composed["speedrun_91"].pop("logger")) == ["csv"] and list(composed["fast"].pop("logger")) == [
+        "tensorboard"
+    ]
+    assert composed["speedrun_91"] == composed["fast"]
+    sr93, sr94 = make_cfg("experiment=speedrun_93"), make_cfg("experiment=speedrun_94")
+    assert list(sr93.model.widths) == [32, 64, 128] and sr93.model.convs_per_stage == 1 and sr93.model.flip_tta
+    assert sr93.data.augment.flip.p == 0.5 and sr93.loss.label_smoothing == 0.1 and sr93.trainer.max_epochs == 5
+    assert sr93.scheduler._target_.endswith("OneCycleLR") and sr93.optimizer.lr == 5e-3 and list(sr93.logger) == ["csv"]
+    assert sr94.model.convs_per_stage == 2 and sr94.model.dropout == 0 and sr94.trainer.max_epochs == 12
+    assert list(sr94.model.widths) == [32, 64, 128] and sr94.model.flip_tta and sr94.data.augment.flip.p == 0.5
