@@ -173,11 +173,11 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, 
         ``(p_value, only_a, only_b)``: the two-sided exact p-value, and the images only ``a``
         and only ``b`` got right.
     """
+    from statsmodels.stats.contingency_tables import mcnemar  # imported here: see wilson_interval
+
     only_a = int((correct_a & ~correct_b).sum())
     only_b = int((~correct_a & correct_b).sum())
     both = int((correct_a & correct_b).sum())
     neither = int((~correct_a & ~correct_b).sum())
-    from statsmodels.stats.contingency_tables import mcnemar  # see wilson_interval
-
     result = mcnemar([[both, only_a], [only_b, neither]], exact=True)
     return float(result.pvalue), only_a, only_b
