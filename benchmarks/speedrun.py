@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -144,23 +145,24 @@ def against(base: dict, ablated: dict) -> dict:
     from fmnist_lightning.evaluation.statistics import paired_t_test
 
     seeds = min(base["seeds"], ablated["seeds"])
-    a, b = base["test_acc"][:seeds], ablated["test_acc"][:seeds]
-    ratio = ablated["whole_s_median"] / base["whole_s_median"]
-    if a == b:  # the same training (e.g. another logger): no spread for a t-test
-        return {"difference": 0.0, "ci95": [0.0, 0.0], "p_value": None, "identical": True, "time_ratio": ratio}
-    difference = paired_t_test(a, b)
-    return {
+    difference = paired_t_test(base["test_acc"][:seeds], ablated["test_acc"][:seeds])
+    result = {
         "difference": difference.difference,
         "ci95": [difference.low, difference.high],
         "p_value": difference.p_value,
-        "time_ratio": ratio,
+        "time_ratio": ablated["whole_s_median"] / base["whole_s_median"],
     }
+    if math.isnan(difference.p_value) and difference.difference == 0:
+        result["identical"] = True  # the same training on every seed (another logger, say)
+    return result
 
 
 def difference_text(d: dict) -> str:
     """An ``against`` result's accuracy difference, as the table prints it."""
     if d.get("identical"):
         return "identical on every seed"
+    if math.isnan(d["p_value"]):  # paired_t_test: the same difference on every seed, or one seed
+        return f"{d['difference']:+.2f} on every seed (no spread, no test)"
     return f"{d['difference']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] (p = {d['p_value']:.2g})"
 
 
@@ -199,6 +201,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from benchmark import machine
 
+    from fmnist_lightning.cli.compare import without_nan
     from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, ensure_files
 
     ensure_files(args.data_root, DEBIAN_DATASET_DIR, download=False)
@@ -246,7 +249,7 @@ def main() -> None:
                 f"speedrun_91's whole process is {median / fast:.1f}× faster."
             )
     summary = {"machine": machine(), "seeds": args.seeds, "table": text, "rows": rows, "runs": runs, "plain": plain}
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps(without_nan(summary), indent=2, allow_nan=False) + "\n")
     print(f"\n{summary['machine']}\n\n{text}")
 
 

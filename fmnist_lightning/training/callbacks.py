@@ -103,6 +103,7 @@ class RunStatus(Callback):
         self.output_dir = Path(output_dir)
         self.start = time.perf_counter()
         self.first_step_s: float | None = None
+        self._step_timed = False  # first_step_s is taken once, also where it stays None (not Linux)
         self._resumed_at: tuple[int, str] | None = None
 
     def resume_at(self, global_step: int, best_checkpoint: str) -> None:
@@ -165,8 +166,10 @@ class RunStatus(Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self.first_step_s is None and (since_launch := seconds_since_launch()) is not None:
-            self.first_step_s = round(since_launch, 2)
+        if not self._step_timed:
+            self._step_timed = True
+            since_launch = seconds_since_launch()
+            self.first_step_s = None if since_launch is None else round(since_launch, 2)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Runs before ModelCheckpoint's hook (Lightning calls checkpoint callbacks last), so
