@@ -134,3 +134,9 @@ class NonFiniteLossError(UserError, FloatingPointError):
 
 class RunInterrupted(UserError, RuntimeError):
     """Training was stopped by Ctrl-C or SIGTERM; the message says how to resume."""
+
+
+class TrialPruned(Exception):
+    """An Optuna search pruned this sweep job's trial while it trained
+    (``fmnist_lightning.sweeps.pruning.OptunaPruning``): not an error, a result. The run stops,
+    its ``metrics.json`` says ``pruned``, and the search goes on; the message says when and why."""

@@ -13,7 +13,7 @@ import pytest
 from omegaconf import DictConfig
 
 from fmnist_lightning import locks
-from fmnist_lightning.training import slurm
+from fmnist_lightning.training import resume, slurm
 from fmnist_lightning.training.callbacks import InterruptCheckpoint
 from fmnist_lightning.training.processes import cpu_threads
 from fmnist_lightning.training.resume import preflight
@@ -57,10 +57,10 @@ def interrupted_run(folder: Path, status: str = "interrupted", checkpoint: bool 
         ("interrupted", False, True, False),  # nothing to continue from: it starts again
         ("failed", True, True, False),
         ("finished", True, True, False),
-        ("interrupted", True, False, False),  # outside SLURM only resume= continues a run
+        ("interrupted", True, False, True),  # a job of a sweep continued in its folder
     ],
 )
-def test_continue_requeued(
+def test_continue_job(
     make_cfg: Callable[..., DictConfig],
     tmp_path: Path,
     submitit_job: pytest.MonkeyPatch,
@@ -69,13 +69,14 @@ def test_continue_requeued(
     in_job: bool,
     continues: bool,
 ) -> None:
-    """A requeued sweep job continues its interrupted run, and nothing else does."""
+    """A requeued sweep job, or one of a sweep continued in its folder, continues its
+    interrupted run, and nothing else does."""
     cfg = make_cfg()
     interrupted_run(tmp_path, status, checkpoint)
-    submitit_job.setattr(slurm, "in_multirun", lambda: True)
+    submitit_job.setattr(resume, "in_multirun", lambda: True)
     if not in_job:
         submitit_job.delenv("SUBMITIT_EXECUTOR")
-    assert slurm.continue_requeued(cfg) is continues
+    assert resume.continue_job(cfg) is continues
     assert cfg.get("resume") == (str(tmp_path.resolve()) if continues else None)
 
 

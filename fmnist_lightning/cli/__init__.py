@@ -42,6 +42,20 @@ def require_configs() -> None:
         )
 
 
+def find_sweepers() -> None:
+    """Lets Hydra find this project's sweepers (``hydra/sweeper=grid``, ``optuna``) in an
+    editable install too. Hydra looks for plugins by walking the ``hydra_plugins`` namespace
+    package's folders; a wheel installs ``hydra_plugins/fmnist_lightning_sweepers`` into
+    site-packages, but setuptools' editable install adds the clone's folder to that namespace
+    only through an import hook that such a walk does not see. The clone's ``hydra_plugins``
+    folder is then added to the namespace's path here."""
+    import hydra_plugins
+
+    folder = Path(__file__).resolve().parents[2] / "hydra_plugins"
+    if (folder / "fmnist_lightning_sweepers").is_dir() and str(folder) not in list(hydra_plugins.__path__):
+        hydra_plugins.__path__.append(str(folder))
+
+
 def quote_paths() -> None:
     """Lets a path be given as one shell word, whatever it holds: rewrites each
     ``<path key>=<value>`` of ``sys.argv`` (``PATH_KEYS``) that Hydra's override grammar cannot

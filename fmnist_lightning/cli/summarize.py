@@ -21,7 +21,7 @@ def summarize_sweep(cfg: DictConfig) -> None:
     except (FileNotFoundError, UserError) as err:  # no jobs, or a job's files damaged
         raise SystemExit(f"error: {err}") from None
     print(markdown)
-    if any(j.status != "finished" for j in jobs):
+    if any(not j.ended for j in jobs):
         raise SystemExit(1)
 
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fmnist_lightning.cli import quote_paths, require_configs
-from fmnist_lightning.errors import FolderInUseError, RunInterrupted, UserError
+from fmnist_lightning.cli import find_sweepers, quote_paths, require_configs
+from fmnist_lightning.errors import FolderInUseError, RunInterrupted, TrialPruned, UserError
 from fmnist_lightning.training.processes import in_multirun
-from fmnist_lightning.training.resume import run_command_line
 from fmnist_lightning.training.run_dirs import register_resolvers
-from fmnist_lightning.training.slurm import continue_requeued, in_submitit_job, requeue
+from fmnist_lightning.training.resume import continue_job, run_command_line
+from fmnist_lightning.training.slurm import in_submitit_job, requeue
 from fmnist_lightning.training.status import record_failure
 
 log = logging.getLogger("train")
@@ -31,12 +31,12 @@ log = logging.getLogger("train")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def train_run(cfg: DictConfig) -> float:
-    """Returns the optimised metric (``optimized_metric``, for sweepers such as Optuna); for
-    a failed sweep job, the worst value (-inf, or +inf for a loss), so that a search records
-    the trial and goes on (a NaN would stop hydra-optuna-sweeper)."""
+    """Returns the optimised metric (``optimized_metric``); for a failed or pruned sweep job,
+    the worst value (-inf, or +inf for a loss). The Optuna sweeper reads each job's outcome
+    from its ``metrics.json`` (``fmnist_lightning.sweeps.optuna_search``)."""
     from fmnist_lightning.training.pipeline import train  # Lightning: after Hydra's own checks
 
-    continue_requeued(cfg)  # a sweep job that SLURM started again after a requeue
+    continue_job(cfg)  # a sweep job started again: SLURM requeued it, or its sweep is continued
     try:
         metrics = train(cfg)
     except RunInterrupted as err:
@@ -46,6 +46,9 @@ def train_run(cfg: DictConfig) -> float:
             log.error("stopped: %s", err)
             return worst_value(cfg)
         raise SystemExit(f"stopped: {err}") from None  # stops a whole sweep too
+    except TrialPruned as err:  # a result of the search, recorded in metrics.json
+        log.info("Trial pruned: %s", err)
+        return worst_value(cfg)
     except UserError as err:
         # Expected, user-fixable problems: the message says what and how, no traceback.
         return failed(cfg, f"error: {err}", record=not isinstance(err, FolderInUseError))
@@ -80,6 +83,7 @@ def worst_value(cfg: DictConfig) -> float:
 def main() -> None:
     """The command line: ``fmnist-train [overrides]``."""
     require_configs()
+    find_sweepers()
     quote_paths()
     # A log line that cannot be written (a full disk) is dropped rather than printed with a
     # traceback; the run's own error line says what went wrong.

@@ -95,6 +95,11 @@ class IdxDataModule(L.LightningDataModule):
         val_fraction: Fraction of the training images held out for validation, in (0, 1).
         split_seed: Seed of the train/validation split. It is separate from the training
             seed so that runs with different seeds are validated on the same images.
+        folds: ``None`` for the ``val_fraction`` split; ``K >= 2`` for K-fold
+            cross-validation: the training images are split into K stratified folds
+            (scikit-learn's ``StratifiedKFold``, shuffled with ``split_seed``), and fold
+            ``fold`` is the validation split (``val_fraction`` is then unused).
+        fold: The validation fold, in ``[0, folds)``; sweep it with ``-m data.fold=range(K)``.
         image_size: Side of the images the network sees, in pixels (28, or 16 for
             recipes 003 and 004).
         normalize: ``{"mean": m, "std": s}`` applied after scaling pixels to [0, 1], or
@@ -126,6 +131,8 @@ class IdxDataModule(L.LightningDataModule):
         download: bool = True,
         val_fraction: float = 0.1,
         split_seed: int = 0,
+        folds: int | None = None,
+        fold: int = 0,
         image_size: int = 28,
         normalize: Mapping[str, float] | None = None,
         batch_size: int = 64,
@@ -146,6 +153,13 @@ class IdxDataModule(L.LightningDataModule):
         )
         require(num_workers >= 0, "num_workers", num_workers, "an integer >= 0")
         require(split_seed >= 0, "split_seed", split_seed, "an integer >= 0")
+        require(folds is None or folds >= 2, "folds", folds, "null (the val_fraction split) or an integer >= 2")
+        require(
+            folds is None or 0 <= fold < folds,
+            "fold",
+            fold,
+            f"a fold number in [0, {folds}) for data.folds={folds}, e.g. -m data.fold='range({folds})'",
+        )
         self.root = Path(root).expanduser()
         require(
             self.root.is_dir() or (not self.root.is_absolute() and self.root.parts[:1] == CACHE_DIR.parts),
@@ -159,6 +173,8 @@ class IdxDataModule(L.LightningDataModule):
         self.download = download
         self.val_fraction = val_fraction
         self.split_seed = split_seed
+        self.folds = folds
+        self.fold = fold
         self.image_size = image_size
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -189,17 +205,55 @@ class IdxDataModule(L.LightningDataModule):
         if stage in (None, "fit", "validate") and self.data_train is None:
             images, labels = load_split(self.root, "train", self.dataset)
             images = images.unsqueeze(1)
-            n_val = round(len(images) * self.val_fraction)
-            generator = torch.Generator().manual_seed(self.split_seed)
-            order = torch.randperm(len(images), generator=generator)
-            val_idx, train_idx = order[:n_val], order[n_val:]
+            train_idx, val_idx = self.split_indices(labels)
             device = self._device()
             self.data_train = InMemoryBatches(images[train_idx], labels[train_idx]).to(device)
             self.data_val = InMemoryBatches(images[val_idx], labels[val_idx]).to(device)
-            log.info("%s split: %d train, %d validation images on %s", self.dataset.name, len(train_idx), n_val, device)
+            which = f" (fold {self.fold} of {self.folds})" if self.folds else ""
+            log.info(
+                "%s split%s: %d train, %d validation images on %s",
+                self.dataset.name,
+                which,
+                len(train_idx),
+                len(val_idx),
+                device,
+            )
         if stage in (None, "test", "predict") and self.data_test is None:
             images, labels = load_split(self.root, "test", self.dataset)
             self.data_test = InMemoryBatches(images.unsqueeze(1), labels).to(self._device())
+
+    def split_indices(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training and validation indices into the training images.
+
+        Args:
+            labels: (N,) int64, the labels of the training images.
+
+        Returns:
+            ``(train, val)``: int64 index tensors that together hold each of ``0 .. N-1``
+            once. Without ``folds``: a random ``val_fraction`` of them is the validation
+            split (``torch.randperm`` seeded with ``split_seed``). With ``folds=K``: fold
+            ``fold`` of scikit-learn's ``StratifiedKFold(K, shuffle=True,
+            random_state=split_seed)``, so every fold has the class proportions of the whole.
+
+        Raises:
+            ArgumentError: A class has fewer than ``folds`` images.
+        """
+        if self.folds is None:
+            n_val = round(len(labels) * self.val_fraction)
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
+            return order[n_val:], order[:n_val]
+        from sklearn.model_selection import StratifiedKFold  # only here: 0.5 s to import
+
+        smallest = int(torch.bincount(labels).min())
+        require(
+            smallest >= self.folds,
+            "folds",
+            self.folds,
+            f"at most {smallest}, the number of images of the rarest class",
+        )
+        splitter = StratifiedKFold(n_splits=self.folds, shuffle=True, random_state=self.split_seed)
+        train, val = list(splitter.split(labels.numpy(), labels.numpy()))[self.fold]
+        return torch.from_numpy(train), torch.from_numpy(val)
 
     def _device(self) -> torch.device:
         """Where the data is kept: the training device if the trainer

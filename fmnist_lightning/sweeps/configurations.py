@@ -1,5 +1,5 @@
-"""A sweep's configurations: its jobs grouped by their swept values other than the seed, with
-the mean of a metric over seeds, its 95 % t interval, and the paired t-test of each
+"""A sweep's configurations: its jobs grouped by their swept values other than the seed and
+the cross-validation fold, with the mean of a metric over seeds and folds, its 95 % t interval, and the paired t-test of each
 configuration against the best (``fmnist_lightning.evaluation.statistics``). The sweep summary
 and ``fmnist-compare`` read sweeps through them."""
 
@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from fmnist_lightning.evaluation.statistics import Difference, MeanInterval, paired_t_test, t_interval
 from fmnist_lightning.sweeps.jobs import Job
 
-#: Keys that vary between jobs but are not part of a configuration.
-SEED_KEYS = ("seed",)
+#: Keys that vary between the jobs of one configuration: its replicates (seeds, and the folds
+#: of a K-fold cross-validation, ``data.fold``), over which a configuration is averaged.
+SEED_KEYS = ("seed", "data.fold")
 
 
 def swept_keys(jobs: list[Job]) -> list[str]:
@@ -26,7 +27,7 @@ def swept_keys(jobs: list[Job]) -> list[str]:
 
 @dataclass
 class Group:
-    """The jobs of one configuration (the same swept values except the seed)."""
+    """The jobs of one configuration (the same swept values except the seed and the fold)."""
 
     values: dict[str, str]
     jobs: list[Job]
@@ -43,20 +44,21 @@ class Group:
         return statistics.fmean(values) if values else math.nan
 
     def std(self, metric: str) -> float:
-        """Sample standard deviation over seeds (NaN for fewer than two)."""
+        """Sample standard deviation over seeds and folds (NaN for fewer than two)."""
         values = self.scores(metric)
         return statistics.stdev(values) if len(values) > 1 else math.nan
 
     def interval(self, metric: str) -> MeanInterval:
-        """The mean over seeds with its 95 % t interval."""
+        """The mean over seeds and folds with its 95 % t interval."""
         return t_interval(self.scores(metric))
 
-    def by_seed(self, metric: str) -> dict[str, float]:
-        """``seed → metric`` of the finished jobs that set a seed."""
+    def by_seed(self, metric: str) -> dict[tuple[str, ...], float]:
+        """``(seed, fold) → metric`` of the finished jobs that set a seed or a fold (the
+        pairs of a paired test: the same seed, validated on the same fold)."""
         return {
-            j.overrides["seed"]: j.metrics[metric]
+            tuple(j.overrides.get(k, "") for k in SEED_KEYS): j.metrics[metric]
             for j in self.finished()
-            if "seed" in j.overrides and metric in j.metrics
+            if any(k in j.overrides for k in SEED_KEYS) and metric in j.metrics
         }
 
 
@@ -76,7 +78,7 @@ def compare_to_best(groups: list[Group], metric: str) -> list[Difference | None]
 
 
 def group_jobs(jobs: list[Job], keys: list[str], metric: str) -> list[Group]:
-    """Groups jobs by their swept values other than the seed, best mean ``metric`` first
+    """Groups jobs by their swept values other than the seed and the fold, best mean ``metric`` first
     (configurations without a finished job last)."""
     config_keys = [k for k in keys if k not in SEED_KEYS]
     groups: dict[tuple, Group] = {}

@@ -25,8 +25,8 @@ class Job:
     Attributes:
         folder: The job's folder.
         overrides: ``key → value`` from its ``.hydra/overrides.yaml`` (values as written).
-        status: ``finished``, ``failed``, ``interrupted``, ``running`` (or crashed), or
-            ``not started`` (no ``metrics.json``).
+        status: ``finished``, ``pruned`` (by an Optuna search), ``failed``, ``interrupted``,
+            ``running`` (or crashed), or ``not started`` (no ``metrics.json``).
         metrics: Its final metrics (accuracies as fractions).
         epochs: Training epochs completed.
         wall_time_s: Seconds the job ran.
@@ -40,6 +40,15 @@ class Job:
     epochs: int | None = None
     wall_time_s: float | None = None
     error: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        """Whether the job ended as asked: it finished, or its search pruned it."""
+        return self.status in ENDED
+
+
+#: The states of a job that ended as asked.
+ENDED = ("finished", "pruned")
 
 
 def read_job(folder: Path) -> Job:

@@ -1,4 +1,5 @@
-"""The answer of a sweep: one table of every job, the configurations ranked over seeds, a plot.
+"""The answer of a sweep: one table of every job, the configurations ranked over seeds (and
+the folds of a K-fold cross-validation), a plot.
 
 The jobs are read by ``fmnist_lightning.sweeps.jobs``; every job appears in the summary,
 failed or not.
@@ -7,8 +8,8 @@ failed or not.
 
 - ``summary_jobs.csv``: one row per job: its folder, swept values, status, ``val/acc_best``,
   ``test/acc``, epochs, wall time (s) and error line;
-- ``summary.csv``: one row per configuration (the swept values other than ``seed``), with
-  the number of finished seeds, the mean, standard deviation and 95 % t interval of each
+- ``summary.csv``: one row per configuration (the swept values other than ``seed`` and
+  ``data.fold``), with the number of finished seeds and folds, the mean, standard deviation and 95 % t interval of each
   metric (``fmnist_lightning.evaluation.statistics.t_interval``), best first by the
   optimised metric, and the paired t-test of each against the best on the seeds both
   finished (``p_vs_best``, ``differs_from_best``);
@@ -37,8 +38,9 @@ from fmnist_lightning.sweeps.jobs import Job, read_sweep
 METRICS = ("val/acc_best", "test/acc")
 
 
-def versus_best(rank: int, difference: Difference | None) -> str:
-    """The table's cell for a configuration's paired test against the best."""
+def versus_best(rank: int, difference: Difference | None, unit: str = "seeds") -> str:
+    """The table's cell for a configuration's paired test against the best, on ``difference.n``
+    pairs of ``unit`` (seeds, or runs of seeds and folds)."""
     if rank == 1:
         return "best"
     if difference is None:
@@ -47,7 +49,7 @@ def versus_best(rank: int, difference: Difference | None) -> str:
         mark = "≈ best"
     else:  # on the shared seeds only; the ranking is over all of each one's seeds
         mark = "worse" if difference.difference < 0 else "better on the shared seeds"
-    return f"{mark} (p = {difference.p_value:.2g}, {difference.n} seeds)"
+    return f"{mark} (p = {difference.p_value:.2g}, {difference.n} {unit})"
 
 
 def percent(value: float | None) -> str:
@@ -85,14 +87,19 @@ def _mean_std(interval: MeanInterval) -> str:
 def summary_markdown(sweep_dir: Path, jobs: list[Job], keys: list[str], groups: list[Group], metric: str) -> str:
     """The Markdown summary: configurations ranked, every job, the failures."""
     config_keys = [k for k in keys if k not in SEED_KEYS]
-    n_failed = sum(j.status != "finished" for j in jobs)
+    pruned = [j for j in jobs if j.status == "pruned"]
+    unfinished = [j for j in jobs if not j.ended]
+    over = "seeds and folds" if "data.fold" in keys else "seeds"
+    unit = "runs" if "data.fold" in keys else "seeds"
     lines = [
         f"# Sweep {sweep_dir.name}",
         "",
-        f"{len(jobs)} jobs, {len(jobs) - n_failed} finished, {n_failed} not finished. "
-        f"Ranked by the mean of `{metric}` over seeds; accuracies in %, mean ± standard deviation "
+        f"{len(jobs)} jobs, {len(jobs) - len(pruned) - len(unfinished)} finished, "
+        + (f"{len(pruned)} pruned, " if pruned else "")
+        + f"{len(unfinished)} not finished. "
+        f"Ranked by the mean of `{metric}` over {over}; accuracies in %, mean ± standard deviation "
         "[95 % t interval of the mean]. *vs best*: Student's paired t-test of "
-        f"`{metric}` against the best configuration on the seeds both finished (p < 0.05: worse; "
+        f"`{metric}` against the best configuration on the {over} both finished (p < 0.05: worse; "
         "else ≈ best, not significantly different; each test at 5 %, without a correction for "
         "testing several configurations); see docs/comparing.md.",
         "",
@@ -100,19 +107,20 @@ def summary_markdown(sweep_dir: Path, jobs: list[Job], keys: list[str], groups: 
         "",
         "| rank | "
         + " | ".join(f"`{k}`" for k in config_keys)
-        + " | seeds | "
+        + f" | {unit} | "
         + " | ".join(f"`{m}`" for m in METRICS)
         + " | vs best |",
         "|---:|" + "---|" * len(config_keys) + "---:|" + "---:|" * len(METRICS) + "---|",
     ]
     for rank, (group, difference) in enumerate(zip(groups, compare_to_best(groups, metric), strict=True), 1):
-        cells = [_mean_std(group.interval(m)) if group.finished() else "failed" for m in METRICS]
+        ended = "pruned" if all(j.status == "pruned" for j in group.jobs) else "failed"
+        cells = [_mean_std(group.interval(m)) if group.finished() else ended for m in METRICS]
         lines.append(
             f"| {rank} | "
             + " | ".join(map(_short, group.values.values()))
             + f" | {len(group.finished())}/{len(group.jobs)} | "
             + " | ".join(cells)
-            + f" | {versus_best(rank, difference) if group.finished() else '–'} |"
+            + f" | {versus_best(rank, difference, unit) if group.finished() else '–'} |"
         )
     lines += [
         "",
@@ -133,12 +141,14 @@ def summary_markdown(sweep_dir: Path, jobs: list[Job], keys: list[str], groups: 
             + " | ".join(percent(job.metrics.get(m)) for m in METRICS)
             + f" | {'' if job.epochs is None else job.epochs} | {'' if job.wall_time_s is None else job.wall_time_s} |"
         )
-    failed = [j for j in jobs if j.status != "finished"]
-    if failed:
+    if pruned:
+        lines += ["", "## Pruned", ""]
+        lines += [f"- job {j.folder.name}, after {j.epochs} epochs: {j.error}" for j in pruned]
+    if unfinished:
         lines += ["", "## Not finished", ""]
         lines += [
             f"- job {j.folder.name} ({j.status}): {j.error or 'no error recorded (still running, or killed)'}"
-            for j in failed
+            for j in unfinished
         ]
     return "\n".join(lines) + "\n"
 
@@ -159,7 +169,7 @@ def summary_figure(groups: list[Group], metric: str) -> Figure:
         )
     ax.set_xticks(range(len(shown)), ["\n".join(map(_short, g.values.values())) or "all" for g in shown], fontsize=8)
     ax.set_ylabel(f"{metric} (%)")
-    ax.set_title(f"{metric}: mean over seeds, 95 % t interval (dots: single seeds)")
+    ax.set_title(f"{metric}: mean over seeds (and folds), 95 % t interval (dots: single runs)")
     ax.grid(axis="y", alpha=0.3)
     return fig
 

@@ -84,7 +84,8 @@ class RunStatus(Callback):
     the end of the run, so the file always says how far the run got. Also flushes the
     loggers after every validation and training epoch, so a crash loses no logged epoch.
 
-    The file holds ``status`` (``running``, ``finished``, ``interrupted`` or ``failed``),
+    The file holds ``status`` (``running``, ``finished``, ``interrupted``, ``failed``, or
+    ``pruned`` for a trial an Optuna search stopped),
     ``epochs`` (training epochs completed), ``trained`` (training is over: the run was
     stopped, if at all, in its test or report, so a resume only tests and reports),
     ``global_step`` (optimizer steps),

@@ -36,6 +36,10 @@ def _resolved_folder(config: DictConfig, key: str) -> Path:
     return Path(folder).expanduser().resolve()
 
 
+#: The module of the sweepers that continue a sweep in its folder (``conf/hydra/sweeper/``).
+CONTINUABLE = "hydra_plugins.fmnist_lightning_sweepers."
+
+
 class RunFolderGuard(Callback):
     """Hydra callback (``conf/hydra/default.yaml``, and ``conf/evaluate.yaml``'s): before
     Hydra writes into the folder of a run or a sweep, checks the folder it resolved, so that no
@@ -46,8 +50,10 @@ class RunFolderGuard(Callback):
       this process then holds its lock (``fmnist_lightning.locks``) until it ends, so two
       processes given the same new folder cannot both write there.
     - A sweep: this process holds the sweep folder's lock until it ends, so a second sweep
-      into the same folder is refused before any of its jobs starts; and the folder must not
-      hold the jobs of an earlier sweep.
+      into the same folder is refused before any of its jobs starts. A folder that holds the
+      jobs of an earlier sweep is continued by this project's sweepers (``CONTINUABLE``),
+      which check that the command makes the same jobs (``fmnist_lightning.sweeps.continuing``);
+      under any other sweeper it is refused.
 
     Refusals end the process with one ``error: ...`` line, before Hydra writes anything.
     """
@@ -77,11 +83,13 @@ class RunFolderGuard(Callback):
         try:
             check_can_create(folder)
             lock_run_folder(folder, kind="sweep")
-            if any(holds_run(job) for job in folder.iterdir() if job.is_dir()):  # locking made the folder
+            continuable = str(config.hydra.sweeper.get("_target_", "")).startswith(CONTINUABLE)
+            if not continuable and any(holds_run(job) for job in folder.iterdir() if job.is_dir()):
                 release_run_folder(folder)
                 raise RunError(
                     f"the sweep folder {folder} (hydra.sweep.dir) already holds the jobs of a sweep, and "
-                    "new jobs there would overwrite them. Pick a new folder."
+                    "new jobs there would overwrite them. Pick a new folder, or continue that sweep with "
+                    "this project's sweepers (hydra/sweeper=grid or optuna)."
                 )
         except RunError as err:
             raise SystemExit(f"error: {err}") from None

@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_lightning.artifacts import write_atomically
-from fmnist_lightning.errors import ConfigError, NonFiniteLossError, RunError, RunInterrupted
+from fmnist_lightning.errors import ConfigError, NonFiniteLossError, RunError, RunInterrupted, TrialPruned
 from fmnist_lightning.evaluation.figures import curves_figure
 from fmnist_lightning.evaluation.runs import NET_WEIGHTS, check_checkpoint_fits
 from fmnist_lightning.evaluation.summaries import hparams_of, log_hparams_session, log_run_start
@@ -100,6 +100,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         NonFiniteLossError: The loss became NaN or infinite; the run is marked failed and its
             last end-of-epoch checkpoint kept.
         RunInterrupted: Ctrl-C or SIGTERM; ``checkpoints/last.ckpt`` holds the state.
+        TrialPruned: An Optuna search pruned the run (``metrics.json``: ``status: pruned``).
     """
     if cfg.get("resume"):  # the run's own config, which an older version may have written
         upgrade_config(cfg)
@@ -199,6 +200,10 @@ def _train(cfg: DictConfig) -> dict[str, float]:
             status.write(trainer, "finished", epochs=epochs, metrics=metrics)
     except NonFiniteLossError as err:
         status.write_or_warn(trainer, "failed", epochs=_completed(trainer), error=str(err))
+        raise
+    except TrialPruned as err:  # after an epoch's validation: that epoch is done, nothing is tested
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        status.write_or_warn(trainer, "pruned", epochs=trainer.current_epoch + 1, metrics=metrics, error=str(err))
         raise
     except (SystemExit, KeyboardInterrupt):  # Lightning's ways out after Ctrl-C and SIGTERM
         last = checkpoint_dir(cfg) / "last.ckpt"

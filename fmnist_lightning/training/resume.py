@@ -13,6 +13,8 @@ as one shell word, or Hydra's quoting ``'resume="/tmp/my run/ñ"'``.
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import sys
 from datetime import datetime
@@ -20,15 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
+from fmnist_lightning.artifacts import read_yaml
 from fmnist_lightning.errors import RunError
 from fmnist_lightning.evaluation.runs import load_run_config
 from fmnist_lightning.locks import lock_run_folder, release_run_folder
 from fmnist_lightning.training.history import read_history
-from fmnist_lightning.training.processes import is_child_rank, train_command
+from fmnist_lightning.training.precision import AUTO
+from fmnist_lightning.training.processes import in_multirun, is_child_rank, train_command
 from fmnist_lightning.training.run_dirs import checkpoint_dir, is_run_folder, override_value, quoted, split_override
 from fmnist_lightning.training.status import read_status
+
+log = logging.getLogger(__name__)
 
 #: The config groups of conf/train.yaml's defaults list.
 CONFIG_GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "experiment", "debug")
@@ -64,8 +70,9 @@ def preflight(argv: list[str]) -> list[str]:
         argv: ``sys.argv``.
 
     Returns:
-        The command line Hydra should parse: ``argv`` itself, or for ``resume=<run folder>``
-        the rewritten one described in the module docstring.
+        The command line Hydra should parse: ``argv`` itself; for ``resume=<run folder>``
+        the rewritten one described in the module docstring; for ``resume=<sweep folder>``
+        the sweep's own command (``continue_sweep``).
 
     Raises:
         RunError: ``resume`` names no run folder or is combined with ``-m``/``-cp``/``-cn``,
@@ -81,10 +88,13 @@ def preflight(argv: list[str]) -> list[str]:
         return _without_hydra_files(argv)  # DDP children and SLURM tasks share rank 0's run folder
     resume = str(resume)
 
+    if is_sweep_folder(Path(resume).expanduser()):
+        return continue_sweep(argv, Path(resume).expanduser())
     if multirun:
         raise RunError(
             "resume=<run folder> continues one run and cannot be combined with -m/--multirun; "
-            f"resume the jobs of a sweep one at a time: {train_command()} resume=<sweep>/<job>"
+            f"continue a whole sweep with {train_command()} resume=<sweep folder>, one of its jobs with "
+            f"{train_command()} resume=<sweep>/<job>"
         )
     clashing = [a for a in args if a.split("=")[0] in ("-cp", "-cn", "--config-path", "--config-name", "hydra.run.dir")]
     if clashing:
@@ -113,7 +123,7 @@ def preflight(argv: list[str]) -> list[str]:
     except RunError:
         release_run_folder(folder)  # (a no-op where the lock is not held)
         raise
-    attempt = f"{RESUME_SUBDIR_PREFIX}{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
+    attempt = resume_subdir()
     others = [a for a in args if split_override(a)[0] != "resume"]
     return _without_hydra_files(
         [
@@ -128,6 +138,40 @@ def preflight(argv: list[str]) -> list[str]:
             f"hydra.output_subdir=.hydra/{attempt}",
         ]
     )
+
+
+#: The file in which Hydra keeps a sweep's composed config, overrides included.
+SWEEP_CONFIG = "multirun.yaml"
+
+
+def is_sweep_folder(folder: Path) -> bool:
+    """True if ``folder`` is a sweep's folder (Hydra wrote its ``multirun.yaml`` there)."""
+    return (folder / SWEEP_CONFIG).is_file()
+
+
+def continue_sweep(argv: list[str], folder: Path) -> list[str]:
+    """The command line of ``train.py resume=<sweep folder> [overrides]``: the sweep's own
+    command (its overrides from ``multirun.yaml``), into its folder, with ``-m``. The
+    sweepers then continue it (``fmnist_lightning.sweeps.continuing``). Further overrides
+    apply after the sweep's own: ``hydra.launcher.n_jobs=4``, say; one that changes a job is
+    refused by the sweeper.
+
+    Raises:
+        RunError: ``multirun.yaml`` is damaged, or ``hydra.sweep.dir`` is given too.
+    """
+    args = [a for a in argv[1:] if a not in ("-m", "--multirun") and split_override(a)[0] != "resume"]
+    if any(split_override(a)[0] == "hydra.sweep.dir" for a in args):
+        raise RunError(f"resume={folder} continues the sweep in its own folder; drop hydra.sweep.dir")
+    fix = "It is the sweep's config, which Hydra wrote when the sweep started; without it, run the sweep's command again."
+    overrides = read_yaml(folder / SWEEP_CONFIG, dict, fix).get("hydra", {}).get("overrides", {})
+    own = [o for o in overrides.get("hydra", []) if split_override(o)[0] not in ("hydra.sweep.dir", "hydra.mode")]
+    task = list(overrides.get("task", []))
+    return [argv[0], "-m", *own, *task, *args, f"hydra.sweep.dir={quoted(str(folder.resolve()))}"]
+
+
+def resume_subdir() -> str:
+    """The name of a new resume attempt's folder inside a run's ``.hydra/``."""
+    return f"{RESUME_SUBDIR_PREFIX}{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
 
 
 def _without_hydra_files(argv: list[str]) -> list[str]:
@@ -206,3 +250,40 @@ def discard_resume_attempt(cfg: DictConfig) -> None:
     subdir = HydraConfig.get().output_subdir
     if subdir and Path(subdir).name.startswith(RESUME_SUBDIR_PREFIX):
         shutil.rmtree(Path(cfg.output_dir) / subdir, ignore_errors=True)
+
+
+def continue_job(cfg: DictConfig) -> bool:
+    """Makes a sweep job continue the run an earlier attempt of it left in its folder.
+
+    Applies to a job of a multirun whose folder holds a run with a ``last.ckpt`` and
+    ``status: interrupted`` (stopped by a signal: a SLURM job that requeued itself) or
+    ``running`` (the attempt died without a word: a killed sweep, a failed node): sets
+    ``cfg.resume`` to the folder, as ``resume=<job folder>`` would, so the run continues from
+    its last end-of-epoch checkpoint, and ``trainer.precision=auto`` to the precision the run
+    chose (written into its saved config), so the continued run computes as the first did. A job folder holds a run only when an earlier attempt
+    of the same job wrote it: SLURM starting a requeued job again, or a sweep continued in
+    its folder (``fmnist_lightning.sweeps.continuing``).
+
+    Args:
+        cfg: The job's composed config; changed in place.
+
+    Returns:
+        Whether the job continues an earlier attempt.
+    """
+    if not in_multirun() or cfg.get("resume"):
+        return False
+    output_dir = Path(cfg.output_dir).resolve()
+    status = read_status(output_dir).get("status")
+    if status not in ("interrupted", "running") or not (checkpoint_dir(cfg) / "last.ckpt").is_file():
+        return False
+    with open_dict(cfg):
+        cfg.resume = str(output_dir)
+        if cfg.trainer.get("precision") == AUTO:  # continue in the precision auto chose then
+            cfg.trainer.precision = load_run_config(output_dir).trainer.precision
+    restart = os.environ.get("SLURM_RESTART_COUNT")
+    log.info(
+        "Continuing the interrupted job in %s from its last.ckpt%s",
+        output_dir,
+        f" (SLURM restart {restart})" if restart else "",
+    )
+    return True

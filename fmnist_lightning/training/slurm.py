@@ -6,7 +6,7 @@ signal (SIGUSR2, ``hydra.launcher.signal_delay_s`` before the limit) stops after
 batch and saves ``last.ckpt`` (``callbacks.InterruptCheckpoint``). The job then puts itself
 back in the queue (``scontrol requeue``, as submitit does) and exits without a result, so the
 sweep keeps waiting for it. When SLURM starts it again, submitit runs the same job in the same
-folder, and ``continue_requeued`` turns it into ``resume=<job folder>``: no finished batch is
+folder, and ``training.resume.continue_job`` turns it into ``resume=<job folder>``: no finished batch is
 lost and none is trained twice. A job that was cancelled (``scancel`` without ``--signal``)
 is not requeued.
 
@@ -22,11 +22,6 @@ import signal
 import subprocess
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
-
-from fmnist_lightning.training.processes import in_multirun
-from fmnist_lightning.training.run_dirs import checkpoint_dir
-from fmnist_lightning.training.status import read_status
 
 log = logging.getLogger(__name__)
 
@@ -81,37 +76,4 @@ def requeue() -> bool:
         log.warning("scontrol requeue %s failed: %s", job, result.stderr.strip())
         return False
     log.warning("Requeued SLURM job %s: when it starts again, it continues from last.ckpt", job)
-    return True
-
-
-def continue_requeued(cfg: DictConfig) -> bool:
-    """Makes a sweep job that SLURM started again continue its interrupted run.
-
-    Applies inside a submitit job of a multirun whose folder holds a run with a
-    ``last.ckpt`` and ``status: interrupted`` (it stopped on a signal and requeued itself) or
-    ``running`` (the attempt died without a word, e.g. on a failed node, and SLURM requeued
-    the job; it continues from the last end-of-epoch checkpoint): sets ``cfg.resume`` to the
-    folder, as ``resume=<job folder>`` would. A job folder holds a run only when an earlier
-    attempt of the same job wrote it.
-
-    Args:
-        cfg: The job's composed config; changed in place.
-
-    Returns:
-        Whether the job continues an earlier attempt.
-    """
-    if not (in_submitit_job() and in_multirun()) or cfg.get("resume"):
-        return False
-    output_dir = Path(cfg.output_dir).resolve()
-    status = read_status(output_dir).get("status")
-    if status not in ("interrupted", "running") or not (checkpoint_dir(cfg) / "last.ckpt").is_file():
-        return False
-    with open_dict(cfg):
-        cfg.resume = str(output_dir)
-    log.info(
-        "SLURM job %s started again (restart %s): continuing the interrupted run in %s",
-        job_id(),
-        os.environ.get("SLURM_RESTART_COUNT", "?"),
-        output_dir,
-    )
     return True

@@ -1,0 +1,226 @@
+"""A sweep continued in its own folder: what each job numbered there still needs, and the
+launches that do just that.
+
+Running a sweep command again into the folder of an earlier, interrupted sweep (the same
+``hydra.sweep.dir``, or ``python train.py resume=<sweep folder>``) continues it. The
+sweepers (``sweeps.grid.GridSweeper``, ``sweeps.optuna_search.OptunaSweeper``) list the
+jobs the command makes, by number, and ``plan`` compares them with the job folders already
+there:
+
+- a job folder that ``finished``, ``failed`` or was ``pruned`` is a result: it is skipped
+  and not touched (its files stay byte for byte as they were);
+- a job ``interrupted``, or ``running`` when its sweep was killed, that has a
+  ``last.ckpt`` is continued from it, in its folder (the job itself then resumes,
+  ``training.resume.continue_job``); this attempt's Hydra files go to
+  ``.hydra/resume_<date>_<time>/``, as with ``resume=<run folder>``;
+- such a job without a ``last.ckpt`` (killed in its first epoch) is moved to
+  ``<sweep>/.abandoned/`` and run again from the start;
+- a job with no folder is run.
+
+A job folder whose overrides differ from the job of the same number, or whose saved config
+differs from the one the command composes now (a config file edited in between), would mix
+two sweeps' results: ``plan`` refuses the whole continuation before any job runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist_lightning.artifacts import read_yaml
+from fmnist_lightning.errors import FolderInUseError, RunError
+from fmnist_lightning.locks import lock_run_folder, release_run_folder
+from fmnist_lightning.sweeps.jobs import job_folders, read_job
+from fmnist_lightning.training.precision import AUTO
+from fmnist_lightning.training.resume import resume_subdir
+from fmnist_lightning.training.run_dirs import job_number, split_override
+from fmnist_lightning.training.status import STATUS_FILE
+
+log = logging.getLogger(__name__)
+
+#: Job states that are a result, kept as they are when a sweep is continued.
+DONE = ("finished", "failed", "pruned")
+#: Where a job killed before its first checkpoint is moved, inside the sweep folder.
+ABANDONED = ".abandoned"
+#: Config keys that say where a run is kept rather than what it trains.
+PLUMBING_KEYS = ("resume", "output_dir", "ckpt_path")
+#: The precision key, which a run with ``auto`` rewrites in its saved config.
+PRECISION = "trainer.precision"
+
+
+@dataclass
+class Plan:
+    """What a continued sweep does with its jobs.
+
+    Attributes:
+        done: Numbers of the jobs that are results already, with their folders.
+        run: ``number → overrides`` of the jobs to launch, in number order; a continued job's
+            overrides end with the ``hydra.output_subdir`` of its resume attempt.
+        continued: Numbers of the jobs continued from their ``last.ckpt``.
+    """
+
+    done: dict[int, Path]
+    run: dict[int, list[str]]
+    continued: list[int]
+
+
+def existing_jobs(sweep_dir: Path) -> dict[int, Path]:
+    """The job folders of ``sweep_dir`` by job number.
+
+    Raises:
+        RunError: Two folders have the same number (the folder holds two sweeps).
+    """
+    found: dict[int, Path] = {}
+    for folder in job_folders(sweep_dir):
+        number = job_number(folder)
+        if number in found:
+            raise RunError(
+                f"the sweep folder {sweep_dir} holds two jobs numbered {number} ({found[number].name}, "
+                f"{folder.name}); it is not one sweep, so it cannot be continued. Pick a new folder."
+            )
+        found[number] = folder
+    return found
+
+
+def _flat(config: object, prefix: str = "") -> dict[str, object]:
+    """``dotted key → value`` of a nested container."""
+    if isinstance(config, dict):
+        items: dict[str, object] = {}
+        for key, value in config.items():
+            items.update(_flat(value, f"{prefix}{key}."))
+        return items or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): config}
+
+
+def config_changes(saved: Path, composed: DictConfig) -> list[str]:
+    """The keys whose values differ between a job's saved ``.hydra/config.yaml`` and the
+    config the command composes for it now (interpolations compared as written; the keys
+    of ``PLUMBING_KEYS`` left out, and ``trainer.precision=auto``, which a run replaces by
+    its choice), as ``key: saved → now``."""
+    before = _flat(read_yaml(saved, dict, "It is the job's config: restore it, or move the job out of the sweep."))
+    now = _flat(OmegaConf.to_container(composed, resolve=False))
+    keys = sorted(k for k in set(before) | set(now) if k.split(".")[0] not in PLUMBING_KEYS)
+    if now.get(PRECISION) == AUTO:  # the run wrote the precision auto chose (training.precision)
+        keys.remove(PRECISION)
+    return [f"{k}: {before.get(k, '(none)')} → {now.get(k, '(none)')}" for k in keys if before.get(k) != now.get(k)]
+
+
+def _refuse(sweep_dir: Path, why: str) -> RunError:
+    return RunError(
+        f"the sweep folder {sweep_dir} holds an earlier sweep that this command cannot continue: {why}. "
+        "Continue it with the command that started it (python train.py resume=<sweep folder> repeats it), "
+        "or pick a new folder."
+    )
+
+
+def plan(
+    sweep_dir: Path, jobs: dict[int, Sequence[str]], compose: Callable[[list[str]], DictConfig], complete: bool = True
+) -> Plan:
+    """Compares the jobs a sweep command makes with the job folders in ``sweep_dir``.
+
+    Args:
+        sweep_dir: The sweep folder.
+        jobs: ``job number → overrides`` of every job the command makes (for a search,
+            those of its trials so far).
+        compose: Composes a job's config (without its ``hydra`` node) from its overrides.
+        complete: Whether ``jobs`` are all the sweep's jobs, so that a folder of another
+            number is a stray; ``False`` for the next trials of a search.
+
+    Returns:
+        The plan (see ``Plan``); every job of an empty folder is run.
+
+    Raises:
+        RunError: A job folder's overrides or config differ from this command's job of the
+            same number, the folder holds a job this command does not make, or a job
+            folder is in use by another process.
+    """
+    found = existing_jobs(sweep_dir)
+    strays = sorted(set(found) - set(jobs))
+    if complete and strays:
+        raise _refuse(sweep_dir, f"it has job {found[strays[0]].name}, which this command does not make")
+    done: dict[int, Path] = {}
+    run: dict[int, list[str]] = {}
+    continued: list[int] = []
+    for number in sorted(jobs):
+        overrides = list(jobs[number])
+        folder = found.get(number)
+        if folder is None:
+            run[number] = overrides
+            continue
+        job = read_job(folder)
+        own = [split_override(o) for o in overrides if not o.startswith(("hydra.", "hydra/"))]
+        if list(job.overrides.items()) != [(k, v or "") for k, v in own]:
+            written = " ".join(f"{k}={v}" for k, v in job.overrides.items())
+            raise _refuse(
+                sweep_dir, f"its job {folder.name} ran {written}, and this command's job {number} runs {' '.join(overrides)}"
+            )
+        changes = config_changes(folder / ".hydra" / "config.yaml", compose(overrides))
+        if changes:
+            raise _refuse(sweep_dir, f"the config of its job {folder.name} has changed since it ran ({'; '.join(changes[:3])})")
+        if job.status in DONE:
+            done[number] = folder
+            continue
+        _check_idle(folder)
+        if (folder / "checkpoints" / "last.ckpt").is_file():
+            run[number] = [*overrides, f"hydra.output_subdir=.hydra/{resume_subdir()}"]
+            continued.append(number)
+        else:
+            if (folder / STATUS_FILE).is_file():  # killed before its first checkpoint: nothing to keep
+                abandon(sweep_dir, folder)
+            run[number] = overrides
+    return Plan(done, run, continued)
+
+
+def _check_idle(folder: Path) -> None:
+    """Refuses a job folder that a process still writes in (a job of the killed sweep that
+    outlived it, e.g. on SLURM).
+
+    Raises:
+        FolderInUseError: Its lock is held.
+    """
+    try:
+        lock_run_folder(folder)
+    except FolderInUseError as err:
+        raise RunError(f"{err} The sweep is continued once that job has ended.") from None
+    release_run_folder(folder)
+
+
+def abandon(sweep_dir: Path, folder: Path) -> Path:
+    """Moves a job killed before its first checkpoint into ``<sweep>/.abandoned/`` (its
+    log says how far it got), so that it can run again in a clean folder."""
+    target = sweep_dir / ABANDONED / f"{folder.name}_{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
+    target.parent.mkdir(exist_ok=True)
+    shutil.move(folder, target)
+    log.info("Job %s was killed before its first checkpoint; moved to %s and run again", folder.name, target)
+    return target
+
+
+def runs_of(numbers: Iterable[int], size: int | None) -> list[list[int]]:
+    """``numbers`` (sorted) cut into runs of consecutive numbers of at most ``size`` each
+    (``None``: no limit): a launcher numbers the jobs of one launch consecutively."""
+    runs: list[list[int]] = []
+    for number in sorted(numbers):
+        if runs and number == runs[-1][-1] + 1 and (size is None or len(runs[-1]) < size):
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return runs
+
+
+def report(plan: Plan, total: int) -> None:
+    """Logs what a continued sweep skips and continues."""
+    if plan.done or plan.continued:
+        log.info(
+            "Continuing the sweep: %d of %d jobs done and kept, %d continued from last.ckpt (%s), %d to run",
+            len(plan.done),
+            total,
+            len(plan.continued),
+            ", ".join(map(str, plan.continued)) or "none",
+            len(plan.run) - len(plan.continued),
+        )

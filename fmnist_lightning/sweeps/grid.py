@@ -1,0 +1,96 @@
+"""The grid sweeper of ``python train.py -m a=1,2 b=x,y``: Hydra's basic sweeper, made
+continuable (``conf/hydra/sweeper/grid.yaml``).
+
+It makes the same jobs, with the same numbers, as Hydra's ``BasicSweeper``; run again into
+the folder of an interrupted sweep it launches only what is missing
+(``fmnist_lightning.sweeps.continuing``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from fmnist_lightning.errors import RunError
+from fmnist_lightning.sweeps import continuing
+
+log = logging.getLogger(__name__)
+
+
+def composer(sweeper: Any) -> Any:
+    """A function composing a job's config (its ``hydra`` node dropped) from its overrides,
+    as the sweeper's launcher will."""
+
+    def compose(overrides: list[str]) -> DictConfig:
+        config = sweeper.hydra_context.config_loader.load_sweep_config(sweeper.config, overrides)
+        with open_dict(config):
+            config.pop("hydra")
+        return config
+
+    return compose
+
+
+def launch(
+    sweeper: Any, jobs: dict[int, list[str]], batch_size: int | None = None, complete: bool = True
+) -> continuing.Plan:
+    """Launches the jobs of ``jobs`` that the sweep folder still needs (``continuing.plan``;
+    ``complete`` as there), in runs of consecutive job numbers of at most ``batch_size``,
+    through the sweeper's launcher.
+
+    Returns:
+        The plan that was carried out.
+
+    Raises:
+        SystemExit: ``error: ...`` when the folder holds a sweep this command cannot continue
+            (nothing is launched).
+    """
+    sweep_dir = Path(sweeper.config.hydra.sweep.dir)
+    try:
+        plan = continuing.plan(sweep_dir, jobs, composer(sweeper), complete)
+    except RunError as err:
+        raise SystemExit(f"error: {err}") from None
+    continuing.report(plan, len(jobs))
+    for numbers in continuing.runs_of(plan.run, batch_size):
+        batch = [plan.run[n] for n in numbers]
+        sweeper.validate_batch_is_legal(batch)
+        for result in sweeper.launcher.launch(batch, initial_job_idx=numbers[0]):
+            _ = result.return_value  # re-raises what stopped a job (Ctrl-C stops the sweep)
+    return plan
+
+
+def save_sweep_config(config: DictConfig) -> None:
+    """Writes ``multirun.yaml`` into the sweep folder, as Hydra's sweepers do, unless a
+    sweep being continued there wrote it already (``resume=<sweep folder>`` reads it)."""
+    sweep_dir = Path(config.hydra.sweep.dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if not (sweep_dir / "multirun.yaml").is_file():
+        OmegaConf.save(config, sweep_dir / "multirun.yaml")
+
+
+class GridSweeper(BasicSweeper):
+    """Hydra's ``BasicSweeper``, continuable: jobs whose folders hold a result are not run
+    again, interrupted ones continue from their ``last.ckpt``.
+
+    Args:
+        max_batch_size: At most this many jobs per launch (``None``: all).
+        params: Swept keys and their values, as on the command line (Hydra's ``params``).
+
+    Raises:
+        SystemExit: From ``sweep``: the sweep folder holds jobs another command made.
+    """
+
+    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        params = self._parse_config() + list(arguments)
+        parsed = OverridesParser.create(config_loader=self.hydra_context.config_loader).parse_overrides(params)
+        batches = self.split_arguments(parsed, None)
+        jobs = {number: list(job) for number, job in enumerate(job for batch in batches for job in batch)}
+        save_sweep_config(self.config)
+        return launch(self, jobs, self.max_batch_size)

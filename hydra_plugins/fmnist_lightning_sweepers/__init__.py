@@ -1,0 +1,14 @@
+"""fmnist-lightning's Hydra sweepers, where Hydra looks for plugins (the ``hydra_plugins``
+namespace package): the continuable grid (``hydra/sweeper=grid``, the default of
+``conf/train.yaml``) and the Optuna search (``hydra/sweeper=optuna``). Their code is in
+``fmnist_lightning.sweeps``; Hydra accepts a sweeper only from a class defined here."""
+
+from fmnist_lightning.sweeps import grid, optuna_search
+
+
+class GridSweeper(grid.GridSweeper):
+    """``fmnist_lightning.sweeps.grid.GridSweeper``."""
+
+
+class OptunaSweeper(optuna_search.OptunaSweeper):
+    """``fmnist_lightning.sweeps.optuna_search.OptunaSweeper``."""
