@@ -176,6 +176,34 @@ def test_split_is_seeded_and_disjoint(data_root: Path) -> None:
     assert torch.equal(keys(parts), keys(full))
 
 
+def test_k_fold_splits_are_stratified_seeded_and_cover_every_image() -> None:
+    """data.folds=5: the validation folds partition the training images, each with the class
+    proportions of the whole, and each fold's training split is the rest."""
+    labels = torch.arange(1000) % 10
+    labels = labels[torch.randperm(1000, generator=torch.Generator().manual_seed(0))]
+
+    def five_fold(fold: int, seed: int = 0) -> IdxDataModule:
+        return IdxDataModule(**{**FASHION_MNIST, "root": "data/fashion-mnist", "folds": 5, "fold": fold, "split_seed": seed})
+
+    def split(fold: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        return five_fold(fold, seed).split_indices(labels)
+
+    folds = [split(i) for i in range(5)]
+    val = torch.cat([v for _, v in folds])
+    assert torch.equal(val.sort().values, torch.arange(1000))  # each image validates exactly once
+    for train, fold_val in folds:
+        assert torch.equal(torch.cat([train, fold_val]).sort().values, torch.arange(1000))
+        assert torch.equal(torch.bincount(labels[fold_val]), torch.full((10,), 20))  # stratified
+    assert torch.equal(split(2)[1], folds[2][1]) and not torch.equal(split(2, seed=1)[1], folds[2][1])
+    # Without folds: the val_fraction split, as before.
+    dm = IdxDataModule(**{**FASHION_MNIST, "root": "data/fashion-mnist", "val_fraction": 0.1})
+    train, val = dm.split_indices(labels)
+    order = torch.randperm(1000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(val, order[:100]) and torch.equal(train, order[100:])
+    with pytest.raises(ArgumentError, match="folds=5: at most 3, the number of images of the rarest class"):
+        five_fold(0).split_indices(torch.tensor([0, 0, 0, 1, 1, 1, 1, 1]))
+
+
 @pytest.mark.parametrize("image_size", [28, 16])
 def test_batches_are_preprocessed(data_root: Path, image_size: int) -> None:
     dm = _datamodule(data_root, image_size=image_size, normalize={"mean": 0.5, "std": 0.5}, batch_size=32)
@@ -206,6 +234,8 @@ def test_normalization_off_keeps_unit_range(data_root: Path) -> None:
         ({"normalize": {"mean": 0.5}}, "normalize=.*null or exactly the keys mean and std"),
         ({"normalize": {"mean": 0.5, "std": 0.0}}, "std must be > 0"),
         ({"eval_batch_size": 0}, "eval_batch_size=0"),
+        ({"folds": 1}, "folds=1: null .the val_fraction split. or an integer >= 2"),
+        ({"folds": 5, "fold": 5}, r"fold=5: a fold number in \[0, 5\) for data.folds=5, e.g. -m data.fold='range\(5\)'"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs: dict, message: str) -> None:

@@ -116,12 +116,19 @@ def test_a_sweep_folder_in_use_is_refused_before_any_job(tmp_path: Path) -> None
     assert sorted(p.name for p in sweep.iterdir()) == [".lock"]
 
 
-def test_a_sweep_folder_with_earlier_jobs_is_refused(trained_run: Path, tmp_path: Path) -> None:
+def test_a_sweep_folder_with_earlier_jobs_is_refused_unless_the_sweeper_continues_it(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """Hydra's own sweeper would overwrite the jobs; this project's sweepers continue the
+    sweep, checking that it is the same (tests/test_sweep_continuation.py)."""
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "0_seed-1").symlink_to(trained_run)
-    config = compose_with_hydra("train", f"hydra.sweep.dir={tmp_path}/sweep")
+    config = compose_with_hydra("train", f"hydra.sweep.dir={tmp_path}/sweep", "hydra/sweeper=basic")
     with pytest.raises(SystemExit, match="already holds the jobs of a sweep"):
         RunFolderGuard().on_multirun_start(config=config)
+    release_run_folder(tmp_path / "sweep")
+    RunFolderGuard().on_multirun_start(config=compose_with_hydra("train", f"hydra.sweep.dir={tmp_path}/sweep"))
+    release_run_folder(tmp_path / "sweep")
 
 
 def test_a_job_refused_by_another_process_writes_nothing_there(

@@ -120,8 +120,8 @@ def test_optuna_search_in_memory(data_root: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_optuna_search_with_sqlite_survives_a_failed_trial(data_root: Path, tmp_path: Path) -> None:
     """A grid of 4 trials, one with an invalid learning rate, stored in SQLite: the search
-    finishes, the study in the database has 3 complete trials with values and the failed
-    one with the worst value, and a second search continues the same study."""
+    finishes, and the study in the database has 2 complete trials with values and the 2
+    failed ones marked FAIL."""
     conf = tmp_path / "conf" / "hparams_search"
     conf.mkdir(parents=True)
     (conf / "grid_with_bad_lr.yaml").write_text(
@@ -147,9 +147,80 @@ def test_optuna_search_with_sqlite_survives_a_failed_trial(data_root: Path, tmp_
 
     import optuna
 
-    study = optuna.load_study(study_name="grid", storage=storage)
-    values = sorted(t.value for t in study.trials)
-    assert len(values) == 4 and values[:2] == [-math.inf, -math.inf] and all(0 < v < 1 for v in values[2:])
+    trials = optuna.load_study(study_name="grid", storage=storage).trials
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(failed) == 2 and all(t.params["optimizer.lr"] == -1 and t.value is None for t in failed)
+    assert len(complete) == 2 and all(0 < t.value < 1 for t in complete)
+
+
+@pytest.mark.slow  # 6 short trials in 2 joblib worker processes (about 25 s)
+def test_optuna_prunes_trials_of_jobs_in_other_processes(data_root: Path, tmp_path: Path) -> None:
+    """Successive halving prunes the trials that trail at an epoch: their jobs, run by joblib's
+    worker processes, report through the study's journal file and stop; each says so in its
+    metrics.json, the study marks it PRUNED, the summary lists it, and the sweep succeeds."""
+    import optuna
+
+    sweep = tmp_path / "search"
+    result = run_script(
+        "train.py",
+        "hparams_search=three_conv_tpe",
+        "model=two_conv",
+        "hydra/sweeper/pruner=successive_halving",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        *SHORT,
+        "trainer.max_epochs=3",
+        "trainer.precision=32-true",
+        f"data.root={data_root}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    backend = optuna.storages.journal.JournalFileBackend(str(sweep / "optuna.journal"))
+    trials = optuna.load_study(study_name="search", storage=optuna.storages.JournalStorage(backend)).trials
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(trials) == 6 and pruned and all(len(t.intermediate_values) < 3 for t in pruned)
+    summary = (sweep / "summary.md").read_text()
+    for trial in pruned:
+        (number,) = trial.user_attrs["jobs"]
+        status = read_status(job_folder(sweep, number))
+        assert status["status"] == "pruned" and "test/acc" not in status["metrics"]
+        assert status["epochs"] == len(trial.intermediate_values) and "pruned by the study's pruner" in status["error"]
+        assert f"- job {job_folder(sweep, number).name}, after {status['epochs']} epochs: pruned" in summary
+    assert f"{len(pruned)} pruned, 0 not finished" in summary
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert all(t.value == read_status(job_folder(sweep, t.user_attrs["jobs"][0]))["metrics"]["val/acc_best"] for t in complete)
+
+
+@pytest.mark.slow  # 2 trials of 2 folds each, fast_dev_run jobs (about 10 s)
+def test_an_optuna_trial_can_be_a_k_fold_cross_validation(data_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "search"
+    result = run_command(
+        "train.py",
+        "hparams_search=three_conv_tpe",
+        "hydra.sweeper.folds=2",
+        "hydra.sweeper.n_trials=2",
+        *TINY,
+        f"data.root={data_root}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    import optuna
+
+    backend = optuna.storages.journal.JournalFileBackend(str(sweep / "optuna.journal"))
+    trials = optuna.load_study(study_name="search", storage=optuna.storages.JournalStorage(backend)).trials
+    assert [t.user_attrs["jobs"] for t in trials] == [[0, 1], [2, 3]]
+    for trial in trials:
+        folds = [job_folder(sweep, n) for n in trial.user_attrs["jobs"]]
+        assert [f.name.split("_fold-")[-1] for f in folds] == ["0", "1"]
+        values = [read_status(f)["metrics"]["val/acc_best"] for f in folds]
+        assert trial.value == pytest.approx(sum(values) / 2)
+    with (sweep / "summary.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 2 and all(r["finished"] == "2" for r in rows)  # one configuration per trial, over its folds
 
 
 @pytest.mark.slow  # joblib's worker processes each import the package (about 15 s)
@@ -180,7 +251,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_without_oversubscribing(data_root
     ids=["no-server", "no-folder"],
 )
 def test_an_optuna_database_that_cannot_be_opened_is_refused(storage: str, tmp_path: Path) -> None:
-    """One line naming the storage, before any trial (the OptunaStorage callback)."""
+    """One line naming the storage, before any trial (``sweeps.optuna_storage.open_storage``)."""
     result = run_command("train.py", "hparams_search=three_conv_tpe", f"hydra.sweeper.storage={storage}", cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
     assert f"error: hydra.sweeper.storage={storage}: cannot open the database" in result.stderr
@@ -266,6 +337,25 @@ def test_summary_ranks_configurations_over_seeds(tmp_path: Path) -> None:
     assert "- job 10 (not started)" in markdown
     assert "`trainer.max_epochs`" not in markdown  # the same in every job: not a swept key
     assert (tmp_path / "summary.png").is_file()
+
+
+def test_summary_averages_over_folds(tmp_path: Path) -> None:
+    """A 5-fold sweep of two configurations: one row each, the mean over its folds, and the
+    paired test on the same folds."""
+    table = {"adam": [0.90, 0.88, 0.91, 0.89, 0.90], "sgd": [0.86, 0.85, 0.88, 0.86, 0.87]}
+    jobs = [(opt, fold, acc) for opt, accs in table.items() for fold, acc in enumerate(accs)]
+    for i, (opt, fold, acc) in enumerate(jobs):
+        fake_job(tmp_path, f"{i}_fold-{fold}", [f"optimizer={opt}", "data.folds=5", f"data.fold={fold}"], "finished", acc)
+    markdown, _ = summarize(tmp_path)
+    with (tmp_path / "summary.csv").open() as file:
+        rows = {r["optimizer"]: r for r in csv.DictReader(file)}
+    assert set(rows) == {"adam", "sgd"} and "data.fold" not in rows["adam"]
+    for optimizer, accs in table.items():
+        assert rows[optimizer]["finished"] == "5"
+        assert float(rows[optimizer]["val/acc_best_mean"]) == pytest.approx(sum(accs) / 5)
+    p = stats.ttest_rel(table["sgd"], table["adam"]).pvalue
+    assert float(rows["sgd"]["p_vs_best"]) == pytest.approx(p)
+    assert "over seeds and folds" in markdown and f"worse (p = {p:.2g}, 5 runs)" in markdown
 
 
 def test_a_configuration_better_on_the_shared_seeds_is_not_called_worse() -> None:

@@ -112,9 +112,11 @@ def trial_overrides(number: int, spec: str, study_name: str) -> list[str]:
 
 def current_trial() -> Any:
     """The Optuna trial this sweep job is (an ``optuna.trial.Trial`` in the study's storage,
-    so reports reach the sweeper whatever process runs the job), or ``None`` outside the
-    jobs of ``hydra/sweeper=optuna``."""
+    so reports reach the sweeper whatever process runs the job, judged by the sweep's pruner,
+    ``hydra.sweeper.pruner``, which Optuna does not store), or ``None`` outside the jobs of
+    ``hydra/sweeper=optuna``."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
 
     if not HydraConfig.initialized():
         return None
@@ -123,6 +125,7 @@ def current_trial() -> Any:
         return None
     import optuna
 
-    study = optuna.load_study(study_name=sweeper.study_name, storage=open_storage(sweeper.storage))
+    pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else optuna.pruners.NopPruner()
+    study = optuna.load_study(study_name=sweeper.study_name, storage=open_storage(sweeper.storage), pruner=pruner)
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, int(sweeper.trial))
     return optuna.trial.Trial(study, trial_id)

@@ -278,7 +278,7 @@ def continue_job(cfg: DictConfig) -> bool:
         return False
     with open_dict(cfg):
         cfg.resume = str(output_dir)
-        if cfg.trainer.get("precision") == AUTO:  # continue in the precision auto chose then
+        if cfg.trainer.get("precision") == AUTO and is_run_folder(output_dir):  # the precision auto chose then
             cfg.trainer.precision = load_run_config(output_dir).trainer.precision
     restart = os.environ.get("SLURM_RESTART_COUNT")
     log.info(
