@@ -204,6 +204,7 @@ def test_an_optuna_trial_can_be_a_k_fold_cross_validation(data_root: Path, tmp_p
         "hydra.sweeper.folds=2",
         "hydra.sweeper.n_trials=2",
         *TINY,
+        "model=two_conv",  # which has the dropout the search sets
         f"data.root={data_root}",
         f"hydra.sweep.dir={sweep}",
     )
@@ -215,12 +216,51 @@ def test_an_optuna_trial_can_be_a_k_fold_cross_validation(data_root: Path, tmp_p
     assert [t.user_attrs["jobs"] for t in trials] == [[0, 1], [2, 3]]
     for trial in trials:
         folds = [job_folder(sweep, n) for n in trial.user_attrs["jobs"]]
-        assert [f.name.split("_fold-")[-1] for f in folds] == ["0", "1"]
+        assert [f.name.split("_")[1] for f in folds] == ["fold-0", "fold-1"]
         values = [read_status(f)["metrics"]["val/acc_best"] for f in folds]
         assert trial.value == pytest.approx(sum(values) / 2)
     with (sweep / "summary.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert len(rows) == 2 and all(r["finished"] == "2" for r in rows)  # one configuration per trial, over its folds
+
+
+@pytest.mark.slow  # one fast_dev_run trial (about 5 s)
+def test_a_dead_workers_trial_is_failed_and_run_again(data_root: Path, tmp_path: Path) -> None:
+    """A worker asked for a trial, recorded one heartbeat and died. The next worker's search
+    marks that trial FAIL once its grace period is over, and runs it again with the same
+    values (Optuna's RetryHeartbeatStaleTrialCallback)."""
+    import time
+
+    import optuna
+
+    from fmnist_lightning.sweeps.optuna_search import search_space
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    dead = optuna.storages.RDBStorage(storage, heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(study_name="shared", storage=dead, direction="maximize")
+    params = yaml.safe_load((CONF / "hparams_search" / "three_conv_tpe.yaml").read_text())["hydra"]["sweeper"]["params"]
+    lost = study.ask(search_space(params, [])[1])
+    dead.record_heartbeat(lost._trial_id)
+    time.sleep(2.5)
+
+    result = run_command(
+        "train.py",
+        "hparams_search=three_conv_tpe",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=shared",
+        "hydra.sweeper.heartbeat_interval=1",
+        "hydra.sweeper.grace_period=1",
+        "hydra.sweeper.n_trials=1",
+        *TINY,
+        "model=two_conv",
+        f"data.root={data_root}",
+        f"hydra.sweep.dir={tmp_path / 'search'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    failed, retried = optuna.load_study(study_name="shared", storage=storage).trials
+    assert failed.state == optuna.trial.TrialState.FAIL
+    assert retried.state == optuna.trial.TrialState.COMPLETE and retried.params == lost.params
+    assert retried.system_attrs["failed_trial"] == failed.number
 
 
 @pytest.mark.slow  # joblib's worker processes each import the package (about 15 s)

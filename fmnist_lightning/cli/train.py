@@ -21,8 +21,8 @@ from omegaconf import DictConfig
 from fmnist_lightning.cli import find_sweepers, quote_paths, require_configs
 from fmnist_lightning.errors import FolderInUseError, RunInterrupted, TrialPruned, UserError
 from fmnist_lightning.training.processes import in_multirun
-from fmnist_lightning.training.run_dirs import register_resolvers
 from fmnist_lightning.training.resume import continue_job, run_command_line
+from fmnist_lightning.training.run_dirs import register_resolvers
 from fmnist_lightning.training.slurm import in_submitit_job, requeue
 from fmnist_lightning.training.status import record_failure
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import statistics
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,9 +86,10 @@ def search_space(params: dict[str, str] | None, arguments: list[str]) -> tuple[l
 
 
 def job_overrides(fixed: list[str], params: dict[str, Any], fold: int | None, folds: int | None) -> list[str]:
-    """A trial's job's own overrides: the fixed ones, the trial's values, its fold."""
-    overrides = fixed + [f"{key}={value}" for key, value in params.items()]
-    return overrides + ([f"data.folds={folds}", f"data.fold={fold}"] if folds else [])
+    """A trial's job's own overrides: the fixed ones, its fold (first, so that the folder's
+    name shows it), the trial's values."""
+    fold_overrides = [f"data.folds={folds}", f"data.fold={fold}"] if folds else []
+    return fixed + fold_overrides + [f"{key}={value}" for key, value in params.items()]
 
 
 def outcome(folders: list[Path | None], metric: str) -> tuple[Any, float | None]:
@@ -167,6 +169,7 @@ class OptunaSweeper(Sweeper):
         name = self.study_name or sweep_dir.name
         interval, grace, retry = self.heartbeat
         storage = open_storage(spec, interval if not spec.startswith("journal:") else None, grace, retry)
+        self.storage_backend = storage  # the heartbeats go here (optuna's study wraps it in a cache)
         pruner = instantiate(self.pruner_config) if self.pruner_config else None
         study = optuna.create_study(
             study_name=name,
@@ -176,6 +179,9 @@ class OptunaSweeper(Sweeper):
             direction=self.direction,
             load_if_exists=True,
         )
+        # The search ends after n_trials. Study.stop, which GridSampler calls once the grid is
+        # exhausted, works only inside study.optimize and would fail the trial's tell here.
+        study.stop = lambda: None
         return study, spec, name
 
     def _sampler(self, space: dict[str, Any], trials: int) -> Any:
@@ -213,7 +219,9 @@ class OptunaSweeper(Sweeper):
             trials, jobs = [], {}
             for _ in range(min(self.n_jobs, self.n_trials - done)):
                 study.sampler = self._sampler(space, len(study.get_trials(deepcopy=False)))
-                trial = study.ask(space)
+                with warnings.catch_warnings():  # the heartbeats are this sweeper's, not study.optimize's
+                    warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+                    trial = study.ask(space)
                 numbers = list(range(next_job, next_job + (self.folds or 1)))
                 next_job += len(numbers)
                 trial.set_user_attr("sweep_dir", str(sweep_dir))
@@ -246,8 +254,8 @@ class OptunaSweeper(Sweeper):
     def _heartbeats(self, study: Any, trials: list[Any]) -> Iterator[None]:
         """Records the trials' heartbeats every ``heartbeat_interval`` seconds while their
         jobs run (database storage only), so that other workers see them alive."""
-        storage, interval = study._storage, self.heartbeat[0]
-        if not interval or not storage.is_heartbeat_enabled():
+        storage, interval = self.storage_backend, self.heartbeat[0]
+        if not interval or not getattr(storage, "is_heartbeat_enabled", lambda: False)():
             yield
             return
         stop = threading.Event()

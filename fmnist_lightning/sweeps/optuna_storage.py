@@ -13,7 +13,7 @@ job is.
 
 Only a database records heartbeats (Optuna's ``RDBStorage``): with
 ``hydra.sweeper.heartbeat_interval`` set, a trial whose worker died is marked FAIL after the
-grace period, and run again (``RetryFailedTrialCallback``).
+grace period, and run again (``RetryHeartbeatStaleTrialCallback``).
 """
 
 from __future__ import annotations
@@ -80,11 +80,11 @@ def open_storage(
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
         except OSError as err:
             raise SystemExit(f"error: hydra.sweeper.storage={spec}: cannot write {path} ({err.strerror or err})") from None
-    retry = optuna.storages.RetryFailedTrialCallback(max_retry=max_retry) if heartbeat_interval else None
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval else None
     for attempt in range(1, attempts + 1):
         try:
             return optuna.storages.RDBStorage(
-                spec, heartbeat_interval=heartbeat_interval, grace_period=grace_period, failed_trial_callback=retry
+                spec, heartbeat_interval=heartbeat_interval, grace_period=grace_period, heartbeat_stale_trial_callback=retry
             )
         except (IntegrityError, ProgrammingError):  # another worker is creating the tables
             if attempt == attempts:

@@ -20,8 +20,6 @@ import logging
 import os
 import signal
 import subprocess
-from pathlib import Path
-
 
 log = logging.getLogger(__name__)
 
