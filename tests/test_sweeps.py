@@ -192,7 +192,8 @@ def test_optuna_prunes_trials_of_jobs_in_other_processes(data_root: Path, tmp_pa
         assert f"- job {job_folder(sweep, number).name}, after {status['epochs']} epochs: pruned" in summary
     assert f"{len(pruned)} pruned, 0 not finished" in summary
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert all(t.value == read_status(job_folder(sweep, t.user_attrs["jobs"][0]))["metrics"]["val/acc_best"] for t in complete)
+    for trial in complete:
+        assert trial.value == read_status(job_folder(sweep, trial.user_attrs["jobs"][0]))["metrics"]["val/acc_best"]
 
 
 @pytest.mark.slow  # 2 trials of 2 folds each, fast_dev_run jobs (about 10 s)
@@ -385,7 +386,8 @@ def test_summary_averages_over_folds(tmp_path: Path) -> None:
     table = {"adam": [0.90, 0.88, 0.91, 0.89, 0.90], "sgd": [0.86, 0.85, 0.88, 0.86, 0.87]}
     jobs = [(opt, fold, acc) for opt, accs in table.items() for fold, acc in enumerate(accs)]
     for i, (opt, fold, acc) in enumerate(jobs):
-        fake_job(tmp_path, f"{i}_fold-{fold}", [f"optimizer={opt}", "data.folds=5", f"data.fold={fold}"], "finished", acc)
+        overrides = [f"optimizer={opt}", "data.folds=5", f"data.fold={fold}"]
+        fake_job(tmp_path, f"{i}_fold-{fold}", overrides, "finished", acc)
     markdown, _ = summarize(tmp_path)
     with (tmp_path / "summary.csv").open() as file:
         rows = {r["optimizer"]: r for r in csv.DictReader(file)}

@@ -1,7 +1,8 @@
 """A sweep's configurations: its jobs grouped by their swept values other than the seed and
-the cross-validation fold, with the mean of a metric over seeds and folds, its 95 % t interval, and the paired t-test of each
-configuration against the best (``fmnist_lightning.evaluation.statistics``). The sweep summary
-and ``fmnist-compare`` read sweeps through them."""
+the cross-validation fold, with the mean of a metric over seeds and folds, its 95 % t
+interval, and the paired t-test of each configuration against the best
+(``fmnist_lightning.evaluation.statistics``). The sweep summary and ``fmnist-compare`` read
+sweeps through them."""
 
 from __future__ import annotations
 

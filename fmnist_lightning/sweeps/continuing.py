@@ -157,12 +157,12 @@ def plan(
         own = [split_override(o) for o in overrides if not o.startswith(("hydra.", "hydra/"))]
         if list(job.overrides.items()) != [(k, v or "") for k, v in own]:
             written = " ".join(f"{k}={v}" for k, v in job.overrides.items())
-            raise _refuse(
-                sweep_dir, f"its job {folder.name} ran {written}, and this command's job {number} runs {' '.join(overrides)}"
-            )
+            mine = " ".join(overrides)
+            raise _refuse(sweep_dir, f"its job {folder.name} ran {written}, and this command's job {number} does {mine}")
         changes = config_changes(folder / ".hydra" / "config.yaml", compose(overrides))
         if changes:
-            raise _refuse(sweep_dir, f"the config of its job {folder.name} has changed since it ran ({'; '.join(changes[:3])})")
+            listed = "; ".join(changes[:3])
+            raise _refuse(sweep_dir, f"the config of its job {folder.name} has changed since it ran ({listed})")
         if job.status in DONE:
             done[number] = folder
             continue

@@ -237,9 +237,10 @@ class OptunaSweeper(Sweeper):
         self, number: int, params: dict[str, Any], jobs: list[int], spec: str, name: str, fixed: list[str]
     ) -> dict[int, list[str]]:
         """``job number → overrides`` of a trial's jobs."""
-        folds = range(len(jobs)) if self.folds else [None]
+        folds: list[int | None] = list(range(len(jobs))) if self.folds else [None]
         plumbing = trial_overrides(number, spec, name)
-        return {job: job_overrides(fixed, params, fold, self.folds) + plumbing for job, fold in zip(jobs, folds)}
+        pairs = zip(jobs, folds, strict=True)
+        return {job: job_overrides(fixed, params, fold, self.folds) + plumbing for job, fold in pairs}
 
     def _tell(self, study: Any, trials: list[Any], sweep_dir: Path, metric: str) -> None:
         """Tells each trial its outcome from its jobs' folders (unfinished ones stay RUNNING)."""
@@ -248,7 +249,8 @@ class OptunaSweeper(Sweeper):
             state, value = outcome([folders.get(n) for n in trial.user_attrs["jobs"]], metric)
             if state is not None:
                 study.tell(trial.number, value, state=state, skip_if_finished=True)
-                log.info("Trial %d: %s%s", trial.number, state.name, "" if value is None else f", {metric} = {value:.4f}")
+                told = "" if value is None else f", {metric} = {value:.4f}"
+                log.info("Trial %d: %s%s", trial.number, state.name, told)
 
     @contextmanager
     def _heartbeats(self, study: Any, trials: list[Any]) -> Iterator[None]:

@@ -79,12 +79,16 @@ def open_storage(
             path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
         except OSError as err:
-            raise SystemExit(f"error: hydra.sweeper.storage={spec}: cannot write {path} ({err.strerror or err})") from None
+            why = err.strerror or err
+            raise SystemExit(f"error: hydra.sweeper.storage={spec}: cannot write {path} ({why})") from None
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval else None
     for attempt in range(1, attempts + 1):
         try:
             return optuna.storages.RDBStorage(
-                spec, heartbeat_interval=heartbeat_interval, grace_period=grace_period, heartbeat_stale_trial_callback=retry
+                spec,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=retry,
             )
         except (IntegrityError, ProgrammingError):  # another worker is creating the tables
             if attempt == attempts:

@@ -162,7 +162,7 @@ def continue_sweep(argv: list[str], folder: Path) -> list[str]:
     args = [a for a in argv[1:] if a not in ("-m", "--multirun") and split_override(a)[0] != "resume"]
     if any(split_override(a)[0] == "hydra.sweep.dir" for a in args):
         raise RunError(f"resume={folder} continues the sweep in its own folder; drop hydra.sweep.dir")
-    fix = "It is the sweep's config, which Hydra wrote when the sweep started; without it, run the sweep's command again."
+    fix = "It is the sweep's config, written when the sweep started; without it, run the sweep's command again."
     overrides = read_yaml(folder / SWEEP_CONFIG, dict, fix).get("hydra", {}).get("overrides", {})
     own = [o for o in overrides.get("hydra", []) if split_override(o)[0] not in ("hydra.sweep.dir", "hydra.mode")]
     task = list(overrides.get("task", []))
@@ -260,9 +260,10 @@ def continue_job(cfg: DictConfig) -> bool:
     ``running`` (the attempt died without a word: a killed sweep, a failed node): sets
     ``cfg.resume`` to the folder, as ``resume=<job folder>`` would, so the run continues from
     its last end-of-epoch checkpoint, and ``trainer.precision=auto`` to the precision the run
-    chose (written into its saved config), so the continued run computes as the first did. A job folder holds a run only when an earlier attempt
-    of the same job wrote it: SLURM starting a requeued job again, or a sweep continued in
-    its folder (``fmnist_lightning.sweeps.continuing``).
+    chose (written into its saved config), so the continued run computes as the first did.
+    A job folder holds a run only when an earlier attempt of the same job wrote it: SLURM
+    starting a requeued job again, or a sweep continued in its folder
+    (``fmnist_lightning.sweeps.continuing``).
 
     Args:
         cfg: The job's composed config; changed in place.
