@@ -158,7 +158,8 @@ def plan(
         if list(job.overrides.items()) != [(k, v or "") for k, v in own]:
             written = " ".join(f"{k}={v}" for k, v in job.overrides.items())
             mine = " ".join(overrides)
-            raise _refuse(sweep_dir, f"its job {folder.name} ran {written}, and this command's job {number} does {mine}")
+            why = f"its job {folder.name} ran {written}, and this command's job {number} does {mine}"
+            raise _refuse(sweep_dir, why)
         changes = config_changes(folder / ".hydra" / "config.yaml", compose(overrides))
         if changes:
             listed = "; ".join(changes[:3])
