@@ -27,9 +27,8 @@ def test_every_package_is_listed_for_the_wheel():
     """pyproject.toml lists the packages by name (conf/ is mapped into the package, which
     setuptools' package discovery cannot express): a new subpackage must be added there."""
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "fmnist_lightning").rglob("__init__.py")} | {
-        "fmnist_lightning.conf"
-    }
+    inits = [*(REPO / "fmnist_lightning").rglob("__init__.py"), *(REPO / "hydra_plugins").rglob("__init__.py")]
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in inits} | {"fmnist_lightning.conf"}
     assert listed == found
 
 
@@ -57,6 +56,7 @@ def test_wheel_carries_the_configs_and_scripts(wheel: Path):
     for command in ("train", "evaluate", "predict", "summarize", "export", "serve", "compare", "robustness"):
         assert f"fmnist-{command} = fmnist_lightning.cli.{command}:main" in scripts
     assert "fmnist_lightning/serving/page.html" in names  # the server's web page
+    assert "hydra_plugins/fmnist_lightning_sweepers/__init__.py" in names  # where Hydra finds the sweepers
 
 
 @pytest.mark.slow  # about 30 s: a fresh venv, the wheel installed, and two commands run
@@ -102,6 +102,11 @@ def test_installed_wheel_trains_from_any_folder(wheel: Path, data_root: Path, tm
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = (work / "outputs" / "runs").iterdir()
     assert (run / "report.json").is_file() and (run / ".hydra" / "config.yaml").is_file()
+    sweep = subprocess.run(  # the sweepers, found by Hydra in the installed hydra_plugins
+        [venv / "bin" / "fmnist-train", "-m", "debug=fdr", "seed=1,2", f"data.root={data_root}"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert sweep.returncode == 0 and "2 jobs, 2 finished" in sweep.stdout, sweep.stderr[-3000:]
 
     evaluated = subprocess.run(
         [venv / "bin" / "fmnist-evaluate", f"run_dir={run}", "weights=net.pt", "device=cpu", f"data_root={data_root}"],

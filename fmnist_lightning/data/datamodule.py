@@ -16,6 +16,7 @@ from torchvision.transforms import v2
 
 from fmnist_lightning.data.datasets import IdxDataset
 from fmnist_lightning.data.idx import ensure_files, load_split, verify_files
+from fmnist_lightning.data.splits import random_split, stratified_fold
 from fmnist_lightning.data.transforms import build_preprocess
 from fmnist_lightning.errors import require
 
@@ -223,37 +224,15 @@ class IdxDataModule(L.LightningDataModule):
             self.data_test = InMemoryBatches(images.unsqueeze(1), labels).to(self._device())
 
     def split_indices(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training and validation indices into the training images.
-
-        Args:
-            labels: (N,) int64, the labels of the training images.
-
-        Returns:
-            ``(train, val)``: int64 index tensors that together hold each of ``0 .. N-1``
-            once. Without ``folds``: a random ``val_fraction`` of them is the validation
-            split (``torch.randperm`` seeded with ``split_seed``). With ``folds=K``: fold
-            ``fold`` of scikit-learn's ``StratifiedKFold(K, shuffle=True,
-            random_state=split_seed)``, so every fold has the class proportions of the whole.
+        """``(train, val)`` indices into the training images of ``labels`` ((N,) int64): the
+        ``val_fraction`` split, or fold ``fold`` of ``folds`` (``fmnist_lightning.data.splits``).
 
         Raises:
             ArgumentError: A class has fewer than ``folds`` images.
         """
         if self.folds is None:
-            n_val = round(len(labels) * self.val_fraction)
-            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
-            return order[n_val:], order[:n_val]
-        from sklearn.model_selection import StratifiedKFold  # only here: 0.5 s to import
-
-        smallest = int(torch.bincount(labels).min())
-        require(
-            smallest >= self.folds,
-            "folds",
-            self.folds,
-            f"at most {smallest}, the number of images of the rarest class",
-        )
-        splitter = StratifiedKFold(n_splits=self.folds, shuffle=True, random_state=self.split_seed)
-        train, val = list(splitter.split(labels.numpy(), labels.numpy()))[self.fold]
-        return torch.from_numpy(train), torch.from_numpy(val)
+            return random_split(len(labels), self.val_fraction, self.split_seed)
+        return stratified_fold(labels, self.folds, self.fold, self.split_seed)
 
     def _device(self) -> torch.device:
         """Where the data is kept: the training device if the trainer
