@@ -51,8 +51,8 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
         f"hydra.sweeper.n_trials={args.trials}",
         f"trainer.precision={args.precision}",
         "callbacks.progress_bar=null",
-        *VARIANTS[name],
         *args.override,
+        *VARIANTS[name],
         f"hydra.sweep.dir={sweep}",
     ]
     start = time.perf_counter()

@@ -125,3 +125,24 @@ def test_speedrun_reports_each_row_with_its_ablations(data_root: Path, tmp_path:
     assert list(tensorboard.glob("events.out.tfevents.*")) and not (tensorboard / "csv").exists()
     assert [p["seed"] for p in summary["plain"]] == [0] and summary["plain"][0]["seconds_to_target"] is None
     assert "did not reach 91 % on 1 of 1 seeds" in summary["table"]
+
+
+@pytest.mark.slow  # about 40 s: two searches of 3 short trials
+def test_pruning_benchmark_runs_both_searches(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pruning.json"
+    quick = ["model=two_conv", "data.image_size=16", "trainer.max_epochs=2", "trainer.limit_train_batches=10"]
+    quick += ["trainer.limit_val_batches=2", f"data.root={data_root}"]
+    result = run_script(
+        "benchmarks/pruning.py",
+        *("--trials", "3", "--precision", "32-true", "--override", *quick),
+        *("--folder", str(tmp_path / "searches"), "--out", str(out)),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = {r["variant"]: r for r in json.loads(out.read_text())["runs"]}
+    assert list(runs) == ["median", "none"]
+    for run in runs.values():
+        assert run["trials"] == 3 and run["complete"] + run["pruned"] == 3 and run["wall_time_s"] > 0
+        assert run["best_val_acc"] == max(v for v in run["values"] if v is not None)
+    # The same seeded sampler and no pruning yet (the median rule waits for 5 trials): the same search.
+    assert runs["median"]["values"] == runs["none"]["values"] and runs["none"]["epochs_trained"] == 6
+    assert "| none |" in result.stdout and "Wall time ratio none / median" in result.stdout

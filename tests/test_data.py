@@ -236,6 +236,7 @@ def test_normalization_off_keeps_unit_range(data_root: Path) -> None:
         ({"normalize": {"mean": 0.5, "std": 0.0}}, "std must be > 0"),
         ({"eval_batch_size": 0}, "eval_batch_size=0"),
         ({"folds": 1}, "folds=1: null .the val_fraction split. or an integer >= 2"),
+        ({"fold": 2}, "fold=2: 0 without data.folds"),
         ({"folds": 5, "fold": 5}, r"fold=5: a fold number in \[0, 5\) for data.folds=5, e.g. -m data.fold="),
     ],
 )

@@ -65,6 +65,16 @@ def test_plan_keeps_results_continues_the_interrupted_and_runs_the_rest(tmp_path
     assert continuing.runs_of([1, 2, 4, 5, 6], 2) == [[1, 2], [4, 5], [6]]
 
 
+def test_plan_runs_only_the_wanted_jobs(tmp_path: Path) -> None:
+    """A search continues only the jobs of its trials still RUNNING: a job of a trial that
+    another worker failed (its heartbeat lost) and retried is checked, and left alone."""
+    fake_job(tmp_path, "2_seed-2", ["seed=2"], "running", checkpoint=True)
+    fake_job(tmp_path, "3_seed-3", ["seed=3"], "running")
+    plan = continuing.plan(tmp_path, {n: JOBS[n] for n in (2, 3, 4)}, compose, wanted={4})
+    assert sorted(plan.done) == [2, 3] and list(plan.run) == [4] and plan.continued == []
+    assert (tmp_path / "3_seed-3").is_dir() and not (tmp_path / ".abandoned").exists()
+
+
 @pytest.mark.parametrize(
     ("job", "why"),
     [

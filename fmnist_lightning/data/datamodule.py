@@ -156,6 +156,12 @@ class IdxDataModule(L.LightningDataModule):
         require(split_seed >= 0, "split_seed", split_seed, "an integer >= 0")
         require(folds is None or folds >= 2, "folds", folds, "null (the val_fraction split) or an integer >= 2")
         require(
+            folds is not None or fold == 0,
+            "fold",
+            fold,
+            "0 without data.folds (the val_fraction split has one validation set); set data.folds=K for K folds",
+        )
+        require(
             folds is None or 0 <= fold < folds,
             "fold",
             fold,

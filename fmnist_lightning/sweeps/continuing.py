@@ -120,7 +120,11 @@ def _refuse(sweep_dir: Path, why: str) -> RunError:
 
 
 def plan(
-    sweep_dir: Path, jobs: dict[int, Sequence[str]], compose: Callable[[list[str]], DictConfig], complete: bool = True
+    sweep_dir: Path,
+    jobs: dict[int, Sequence[str]],
+    compose: Callable[[list[str]], DictConfig],
+    complete: bool = True,
+    wanted: set[int] | None = None,
 ) -> Plan:
     """Compares the jobs a sweep command makes with the job folders in ``sweep_dir``.
 
@@ -131,6 +135,8 @@ def plan(
         compose: Composes a job's config (without its ``hydra`` node) from its overrides.
         complete: Whether ``jobs`` are all the sweep's jobs, so that a folder of another
             number is a stray; ``False`` for the next trials of a search.
+        wanted: The jobs that may run (``None``: all); the others are only checked (the jobs
+            of a search's trials that another worker has failed and retried already).
 
     Returns:
         The plan (see ``Plan``); every job of an empty folder is run.
@@ -151,7 +157,8 @@ def plan(
         overrides = list(jobs[number])
         folder = found.get(number)
         if folder is None:
-            run[number] = overrides
+            if wanted is None or number in wanted:
+                run[number] = overrides
             continue
         job = read_job(folder)
         own = [split_override(o) for o in overrides if not o.startswith(("hydra.", "hydra/"))]
@@ -164,7 +171,7 @@ def plan(
         if changes:
             listed = "; ".join(changes[:3])
             raise _refuse(sweep_dir, f"the config of its job {folder.name} has changed since it ran ({listed})")
-        if job.status in DONE:
+        if job.status in DONE or (wanted is not None and number not in wanted):
             done[number] = folder
             continue
         _check_idle(folder)

@@ -36,11 +36,15 @@ def composer(sweeper: Any) -> Any:
 
 
 def launch(
-    sweeper: Any, jobs: dict[int, list[str]], batch_size: int | None = None, complete: bool = True
+    sweeper: Any,
+    jobs: dict[int, list[str]],
+    batch_size: int | None = None,
+    complete: bool = True,
+    wanted: set[int] | None = None,
 ) -> continuing.Plan:
     """Launches the jobs of ``jobs`` that the sweep folder still needs (``continuing.plan``;
-    ``complete`` as there), in runs of consecutive job numbers of at most ``batch_size``,
-    through the sweeper's launcher.
+    ``complete`` and ``wanted`` as there), in runs of consecutive job numbers of at most
+    ``batch_size``, through the sweeper's launcher.
 
     Returns:
         The plan that was carried out.
@@ -51,7 +55,7 @@ def launch(
     """
     sweep_dir = Path(sweeper.config.hydra.sweep.dir)
     try:
-        plan = continuing.plan(sweep_dir, jobs, composer(sweeper), complete)
+        plan = continuing.plan(sweep_dir, jobs, composer(sweeper), complete, wanted)
     except RunError as err:
         raise SystemExit(f"error: {err}") from None
     continuing.report(plan, len(jobs))

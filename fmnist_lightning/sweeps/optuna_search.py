@@ -205,12 +205,14 @@ class OptunaSweeper(Sweeper):
         grid.save_sweep_config(self.config)
         metric = self.config.get("optimized_metric") or "val/acc_best"
         mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("sweep_dir") == str(sweep_dir)]
-        # The trials this folder ran before: their jobs are kept, continued or run again.
+        # The trials this folder ran before: their jobs are checked, and those of trials still
+        # RUNNING (the sweep was stopped) are continued or run again, then told.
         jobs: dict[int, list[str]] = {}
         for trial in mine:
             jobs.update(self._jobs_of(trial.number, trial.params, trial.user_attrs["jobs"], spec, name, fixed))
-        grid.launch(self, jobs, None)
         running = [t for t in mine if t.state == optuna.trial.TrialState.RUNNING]
+        with self._heartbeats(study, running):
+            grid.launch(self, jobs, None, wanted={n for t in running for n in t.user_attrs["jobs"]})
         self._tell(study, running, sweep_dir, metric)
         next_job = max(jobs, default=-1) + 1
         for done in range(len(mine), self.n_trials, self.n_jobs):
