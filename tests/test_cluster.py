@@ -310,3 +310,49 @@ def test_parallel_optuna_workers_share_a_postgres_study(postgres: str, data_root
     failing_sweep = sorted((tmp_path / "outputs" / "multirun").iterdir())[-1]
     (job,) = (p.parent for p in failing_sweep.glob("*/metrics.json"))
     assert read_status(job)["status"] == "failed" and "image_size" in read_status(job)["error"]
+
+
+def test_optuna_trials_as_slurm_jobs_report_for_pruning(slurm: dict[str, str], data_root: Path, tmp_path: Path) -> None:
+    """An Optuna search whose trials run as SLURM jobs (hydra/launcher=slurm_local, 2 at a
+    time): each job reports its epochs to the study in the sweep folder, which the sweeper
+    process reads back; pruned trials' jobs say so, the others finished."""
+    import optuna
+
+    sweep = tmp_path / "search"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "hparams_search=three_conv_tpe",
+            "hydra/launcher=slurm_local",
+            "hydra/sweeper/pruner=successive_halving",
+            "hydra.sweeper.n_trials=4",
+            "hydra.sweeper.n_jobs=2",
+            "hydra.sweeper.sampler.n_startup_trials=2",
+            "model=two_conv",
+            "data.image_size=16",
+            "trainer.max_epochs=3",
+            "+trainer.limit_train_batches=10",
+            "+trainer.limit_val_batches=2",
+            "+trainer.limit_test_batches=2",
+            "callbacks.progress_bar=null",
+            "logger=csv",
+            f"data.root={data_root}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        env=slurm,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    backend = optuna.storages.journal.JournalFileBackend(str(sweep / "optuna.journal"))
+    trials = optuna.load_study(study_name="search", storage=optuna.storages.JournalStorage(backend)).trials
+    assert len(trials) == 4 and all(t.intermediate_values for t in trials)  # reported from the SLURM jobs
+    for trial in trials:
+        (number,) = trial.user_attrs["jobs"]
+        (job,) = sweep.glob(f"{number}_*")
+        expected = {"COMPLETE": "finished", "PRUNED": "pruned"}[trial.state.name]
+        assert read_status(job)["status"] == expected
+    assert len(list((sweep / ".submitit").glob("*_*"))) == 4  # four SLURM jobs

@@ -1,4 +1,5 @@
-"""Sweep summaries: every job of a Hydra multirun in one table, ranked over seeds, with a plot."""
+"""Sweeps: the continuable grid and Optuna sweepers, pruning, and the summary of every job of a
+Hydra multirun, ranked over seeds and folds, with a plot."""
 
 from fmnist_lightning.sweeps.callback import SweepSummary
 from fmnist_lightning.sweeps.jobs import read_sweep

@@ -164,7 +164,7 @@ def plan(
         own = [split_override(o) for o in overrides if not o.startswith(("hydra.", "hydra/"))]
         if list(job.overrides.items()) != [(k, v or "") for k, v in own]:
             written = " ".join(f"{k}={v}" for k, v in job.overrides.items())
-            mine = " ".join(overrides)
+            mine = " ".join(f"{k}={v}" for k, v in own)  # not the hydra.* ones: a database URL has a password
             why = f"its job {folder.name} ran {written}, and this command's job {number} does {mine}"
             raise _refuse(sweep_dir, why)
         changes = config_changes(folder / ".hydra" / "config.yaml", compose(overrides))
