@@ -97,7 +97,7 @@ def test_a_failing_job_does_not_stop_the_sweep(data_root: Path, tmp_path: Path) 
 
 
 @pytest.mark.slow  # the Optuna search: 3 trials of real training (about 9 s)
-def test_optuna_search_in_memory(data_root: Path, tmp_path: Path) -> None:
+def test_optuna_search_keeps_its_study_in_the_sweep_folder(data_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "search"
     result = run_command(
         "train.py",
@@ -114,7 +114,7 @@ def test_optuna_search_in_memory(data_root: Path, tmp_path: Path) -> None:
     values = [read_status(job_folder(sweep, i))["metrics"]["val/acc_best"] for i in range(3)]
     assert best["best_value"] == pytest.approx(max(values))
     assert set(best["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size", "model.dropout"}
-    assert len(job_rows(sweep)) == 3
+    assert len(job_rows(sweep)) == 3 and (sweep / "optuna.journal").is_file()
 
 
 @pytest.mark.slow
