@@ -26,21 +26,14 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
-
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"median": [], "none": ["hydra/sweeper/pruner=none"]}
-
-
-def study_of(sweep: Path) -> optuna.Study:
-    """The study a search kept in its sweep folder."""
-    backend = optuna.storages.journal.JournalFileBackend(str(sweep / "optuna.journal"))
-    return optuna.load_study(study_name=sweep.name, storage=optuna.storages.JournalStorage(backend))
 
 
 def run_variant(name: str, args: argparse.Namespace) -> dict:
     """Runs one search; returns its figures."""
     from fmnist_lightning.sweeps.continuing import existing_jobs
+    from fmnist_lightning.sweeps.optuna_storage import sweep_study
     from fmnist_lightning.training.status import read_status
 
     sweep = args.folder / name
@@ -60,7 +53,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"{name}: the search failed:\n{result.stderr[-3000:]}")
-    study = study_of(sweep)
+    study = sweep_study(sweep)
     states = [t.state.name for t in study.trials]
     folders = existing_jobs(sweep)
     statuses = {n: read_status(f) for n, f in folders.items()}

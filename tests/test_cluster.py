@@ -19,6 +19,7 @@ import pytest
 
 from conftest import REPO, SCRIPT_ENV, run_script, scalars
 from fmnist_lightning.serving.process import free_port
+from fmnist_lightning.sweeps.optuna_storage import sweep_study
 from fmnist_lightning.training.history import read_history
 from fmnist_lightning.training.status import read_status
 
@@ -316,7 +317,6 @@ def test_optuna_trials_as_slurm_jobs_report_for_pruning(slurm: dict[str, str], d
     """An Optuna search whose trials run as SLURM jobs (hydra/launcher=slurm_local, 2 at a
     time): each job reports its epochs to the study in the sweep folder, which the sweeper
     process reads back; pruned trials' jobs say so, the others finished."""
-    import optuna
 
     sweep = tmp_path / "search"
     result = subprocess.run(
@@ -347,8 +347,7 @@ def test_optuna_trials_as_slurm_jobs_report_for_pruning(slurm: dict[str, str], d
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    backend = optuna.storages.journal.JournalFileBackend(str(sweep / "optuna.journal"))
-    trials = optuna.load_study(study_name="search", storage=optuna.storages.JournalStorage(backend)).trials
+    trials = sweep_study(sweep).trials
     assert len(trials) == 4 and all(t.intermediate_values for t in trials)  # reported from the SLURM jobs
     for trial in trials:
         (number,) = trial.user_attrs["jobs"]

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from conftest import REPO, SCRIPT_ENV, job_folder, run_script
 from fmnist_lightning.errors import RunError
 from fmnist_lightning.sweeps import continuing
+from fmnist_lightning.sweeps.optuna_storage import sweep_study
 from fmnist_lightning.training.resume import preflight
 from fmnist_lightning.training.status import read_status, write_status
 
@@ -202,7 +203,6 @@ def test_a_killed_grid_sweep_continues_where_it_stopped(data_root: Path, tmp_pat
 
 @pytest.mark.slow  # three searches of 4 short trials (about 70 s)
 def test_a_killed_optuna_search_continues_its_study(data_root: Path, tmp_path: Path) -> None:
-    import optuna
 
     args = [
         "hparams_search=three_conv_tpe",
@@ -223,11 +223,7 @@ def test_a_killed_optuna_search_continues_its_study(data_root: Path, tmp_path: P
     assert again.returncode == 0, again.stderr[-3000:]
     check_continued(reference, sweep, 2, before)
 
-    def study_of(folder: Path) -> optuna.Study:
-        backend = optuna.storages.journal.JournalFileBackend(str(folder / "optuna.journal"))
-        return optuna.load_study(study_name=folder.name, storage=optuna.storages.JournalStorage(backend))
-
     # The study was continued, not duplicated: 4 trials, the same values asked and told.
-    continued, uninterrupted = study_of(sweep).trials, study_of(reference).trials
+    continued, uninterrupted = sweep_study(sweep).trials, sweep_study(reference).trials
     assert [t.number for t in continued] == [0, 1, 2, 3]
     assert [(t.state, t.params, t.value) for t in continued] == [(t.state, t.params, t.value) for t in uninterrupted]

@@ -31,16 +31,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmnist_lightning.artifacts import read_yaml
 from fmnist_lightning.errors import FolderInUseError, RunError
 from fmnist_lightning.locks import lock_run_folder, release_run_folder
 from fmnist_lightning.sweeps.jobs import job_folders, read_job
 from fmnist_lightning.training.precision import AUTO
-from fmnist_lightning.training.resume import resume_subdir
+from fmnist_lightning.training.resume import left_unfinished, resume_subdir
 from fmnist_lightning.training.run_dirs import job_number, split_override
-from fmnist_lightning.training.status import STATUS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +166,8 @@ def plan(
             mine = " ".join(f"{k}={v}" for k, v in own)  # not the hydra.* ones: a database URL has a password
             why = f"its job {folder.name} ran {written}, and this command's job {number} does {mine}"
             raise _refuse(sweep_dir, why)
-        changes = config_changes(folder / ".hydra" / "config.yaml", compose(overrides))
+        config = compose(overrides)
+        changes = config_changes(folder / ".hydra" / "config.yaml", config)
         if changes:
             listed = "; ".join(changes[:3])
             raise _refuse(sweep_dir, f"the config of its job {folder.name} has changed since it ran ({listed})")
@@ -175,11 +175,13 @@ def plan(
             done[number] = folder
             continue
         _check_idle(folder)
-        if (folder / "checkpoints" / "last.ckpt").is_file():
+        with open_dict(config):
+            config.output_dir = str(folder)  # where the job's checkpoint_dir is
+        if left_unfinished(config):  # the job will continue itself (training.resume.continue_job)
             run[number] = [*overrides, f"hydra.output_subdir=.hydra/{resume_subdir()}"]
             continued.append(number)
         else:
-            if (folder / STATUS_FILE).is_file():  # killed before its first checkpoint: nothing to keep
+            if job.status != "not started":  # killed before its first checkpoint: nothing to keep
                 abandon(sweep_dir, folder)
             run[number] = overrides
     return Plan(done, run, continued)

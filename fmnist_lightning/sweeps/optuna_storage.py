@@ -104,6 +104,20 @@ def open_storage(
     raise AssertionError("unreachable")
 
 
+def sweep_study(sweep_dir: str | Path) -> Any:
+    """The ``optuna.Study`` a search kept in its sweep folder (the default storage, a journal
+    file named ``optuna.journal``, and study name, the folder's name), to read from Python.
+
+    Raises:
+        SystemExit: ``error: ...`` when the journal file cannot be opened.
+        KeyError: The folder's journal holds no such study.
+    """
+    import optuna
+
+    sweep_dir = Path(sweep_dir)
+    return optuna.load_study(study_name=sweep_dir.name, storage=open_storage(storage_spec(None, sweep_dir)))
+
+
 def trial_overrides(number: int, spec: str, study_name: str) -> list[str]:
     """The Hydra overrides that tell a sweep job which trial it is (read back by
     ``current_trial``); ``hydra.*`` overrides, so they are not among the job's own."""

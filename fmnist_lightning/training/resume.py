@@ -252,6 +252,16 @@ def discard_resume_attempt(cfg: DictConfig) -> None:
         shutil.rmtree(Path(cfg.output_dir) / subdir, ignore_errors=True)
 
 
+def left_unfinished(cfg: DictConfig) -> bool:
+    """Whether ``cfg.output_dir`` holds a run that an earlier attempt left unfinished and that
+    can be continued: ``status: interrupted`` (stopped by a signal) or ``running`` (the
+    attempt died without a word), with a ``last.ckpt`` in the run's ``checkpoint_dir``. The
+    one rule for ``continue_job`` and for a sweep continued in its folder
+    (``fmnist_lightning.sweeps.continuing``)."""
+    status = read_status(Path(cfg.output_dir)).get("status")
+    return status in ("interrupted", "running") and (checkpoint_dir(cfg) / "last.ckpt").is_file()
+
+
 def continue_job(cfg: DictConfig) -> bool:
     """Makes a sweep job continue the run an earlier attempt of it left in its folder.
 
@@ -271,12 +281,9 @@ def continue_job(cfg: DictConfig) -> bool:
     Returns:
         Whether the job continues an earlier attempt.
     """
-    if not in_multirun() or cfg.get("resume"):
+    if not in_multirun() or cfg.get("resume") or not left_unfinished(cfg):
         return False
     output_dir = Path(cfg.output_dir).resolve()
-    status = read_status(output_dir).get("status")
-    if status not in ("interrupted", "running") or not (checkpoint_dir(cfg) / "last.ckpt").is_file():
-        return False
     with open_dict(cfg):
         cfg.resume = str(output_dir)
         if cfg.trainer.get("precision") == AUTO and is_run_folder(output_dir):  # the precision auto chose then
