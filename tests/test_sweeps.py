@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from scipy import stats
 from conftest import CONF, job_folder, run_script
 from fmnist_lightning.evaluation.statistics import paired_t_test
 from fmnist_lightning.sweeps import read_sweep, summarize
+from fmnist_lightning.sweeps.optuna_storage import sweep_study
 from fmnist_lightning.sweeps.summary import versus_best
 from fmnist_lightning.training.build import build_run
 from fmnist_lightning.training.status import read_status
@@ -179,8 +181,7 @@ def test_optuna_prunes_trials_of_jobs_in_other_processes(data_root: Path, tmp_pa
         f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    backend = optuna.storages.journal.JournalFileBackend(str(sweep / "optuna.journal"))
-    trials = optuna.load_study(study_name="search", storage=optuna.storages.JournalStorage(backend)).trials
+    trials = sweep_study(sweep).trials
     pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
     assert len(trials) == 6 and pruned and all(len(t.intermediate_values) < 3 for t in pruned)
     summary = (sweep / "summary.md").read_text()
@@ -210,10 +211,8 @@ def test_an_optuna_trial_can_be_a_k_fold_cross_validation(data_root: Path, tmp_p
         f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    import optuna
 
-    backend = optuna.storages.journal.JournalFileBackend(str(sweep / "optuna.journal"))
-    trials = optuna.load_study(study_name="search", storage=optuna.storages.JournalStorage(backend)).trials
+    trials = sweep_study(sweep).trials
     assert [t.user_attrs["jobs"] for t in trials] == [[0, 1], [2, 3]]
     for trial in trials:
         folds = [job_folder(sweep, n) for n in trial.user_attrs["jobs"]]
@@ -262,6 +261,10 @@ def test_a_dead_workers_trial_is_failed_and_run_again(data_root: Path, tmp_path:
     assert failed.state == optuna.trial.TrialState.FAIL
     assert retried.state == optuna.trial.TrialState.COMPLETE and retried.params == lost.params
     assert retried.system_attrs["failed_trial"] == failed.number
+    # The sweeper recorded the retried trial's own heartbeats while its job ran.
+    with sqlite3.connect(tmp_path / "optuna.db") as db:
+        beating = {row[0] for row in db.execute("SELECT trial_id FROM trial_heartbeats")}
+    assert retried._trial_id in beating
 
 
 @pytest.mark.slow  # joblib's worker processes each import the package (about 15 s)

@@ -168,8 +168,11 @@ class OptunaSweeper(Sweeper):
         spec = storage_spec(self.storage, sweep_dir)
         name = self.study_name or sweep_dir.name
         interval, grace, retry = self.heartbeat
-        storage = open_storage(spec, interval if not spec.startswith("journal:") else None, grace, retry)
+        storage = open_storage(spec, interval, grace, retry)  # a journal file ignores the heartbeat settings
         self.storage_backend = storage  # the heartbeats go here (optuna's study wraps it in a cache)
+        #: Whether running trials' heartbeats are recorded: a database storage with an interval
+        #: (the rule of Optuna's own, private, ``is_heartbeat_enabled``).
+        self.beating = getattr(storage, "get_heartbeat_interval", lambda: None)() is not None
         pruner = instantiate(self.pruner_config) if self.pruner_config else None
         study = optuna.create_study(
             study_name=name,
@@ -216,7 +219,7 @@ class OptunaSweeper(Sweeper):
         self._tell(study, running, sweep_dir, metric)
         next_job = max(jobs, default=-1) + 1
         for done in range(len(mine), self.n_trials, self.n_jobs):
-            if self.heartbeat[0] and not spec.startswith("journal:"):
+            if self.beating:
                 optuna.storages.fail_stale_trials(study)
             trials, jobs = [], {}
             for _ in range(min(self.n_jobs, self.n_trials - done)):
@@ -259,7 +262,7 @@ class OptunaSweeper(Sweeper):
         """Records the trials' heartbeats every ``heartbeat_interval`` seconds while their
         jobs run (database storage only), so that other workers see them alive."""
         storage, interval = self.storage_backend, self.heartbeat[0]
-        if not interval or not getattr(storage, "is_heartbeat_enabled", lambda: False)():
+        if not self.beating:
             yield
             return
         stop = threading.Event()
