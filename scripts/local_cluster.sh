@@ -7,7 +7,9 @@
 #   scripts/local_cluster.sh stop          # as root
 # The config is generated into $FMNIST_CLUSTER_DIR (default /tmp/fmnist-cluster): one node,
 # this machine, with its CPU count and 90 % of its memory, in one partition named "local".
-# Start and stop are idempotent. SLURM's daemons run as root here, as on a real cluster.
+# Start and stop are idempotent. A start with the daemons stopped begins an empty cluster: jobs
+# that an earlier one left queued or running (a killed test, a reboot) are dropped with its state,
+# since their processes are gone. SLURM's daemons run as root here, as on a real cluster.
 # Packages (Debian/Ubuntu): slurmctld slurmd slurm-client munge (scripts/setup.sh --cluster).
 set -euo pipefail
 
@@ -84,6 +86,7 @@ start() {
     echo "local_cluster: already running ($conf)"
   else
     stop_daemons
+    rm -rf "$dir/state" "$dir/spool"
     write_config
     slurmctld -f "$conf"
     slurmd -f "$conf"

@@ -94,8 +94,15 @@ def wait_for_job(env: dict[str, str], job: str, timeout: float = 300) -> str:
 
 
 def test_local_cluster_script(slurm: dict[str, str], tmp_path: Path) -> None:
-    """Starting again is a no-op; status shows the partition; a non-root user, and a machine
-    without the packages, are refused with what to run."""
+    """Starting again is a no-op; status shows the partition; a start after a stop begins an
+    empty cluster (an earlier cluster's queued jobs are dropped, so the node is idle); a
+    non-root user, and a machine without the packages, are refused with what to run."""
+    left = slurm_command(slurm, "sbatch", "--parsable", "--begin=now+1hour", "--wrap=sleep 1", cwd=tmp_path)
+    assert job_state(slurm, left) == "PENDING"
+    subprocess.run(["bash", str(CLUSTER_SCRIPT), "stop"], check=True, capture_output=True, timeout=60)
+    restarted = subprocess.run(["bash", str(CLUSTER_SCRIPT), "start"], capture_output=True, text=True, timeout=120)
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert slurm_command(slurm, "squeue", "--states=all", "--noheader") == ""
     again = subprocess.run(["bash", str(CLUSTER_SCRIPT), "start"], capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
     status = subprocess.run(["bash", str(CLUSTER_SCRIPT), "status"], capture_output=True, text=True, timeout=60)
