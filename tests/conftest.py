@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -71,8 +73,10 @@ def run_script(script: str, *args: str, cwd: Path = REPO, env: dict | None = Non
     )
 
 
-def start_script(script: str, *args: str, cwd: Path = REPO) -> subprocess.Popen:
-    """Starts ``python <script> <args>`` in the background (output discarded)."""
+def start_script(script: str, *args: str, cwd: Path = REPO, new_session: bool = False) -> subprocess.Popen:
+    """Starts ``python <script> <args>`` in the background (output discarded); with
+    ``new_session``, in a process group of its own (``os.killpg(process.pid, ...)`` then
+    signals it and the processes it starts, as a terminal's Ctrl-C or ``srun`` does)."""
     return subprocess.Popen(
         [sys.executable, str(REPO / script), *args],
         cwd=cwd,
@@ -80,6 +84,7 @@ def start_script(script: str, *args: str, cwd: Path = REPO) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=new_session,
     )
 
 
@@ -142,6 +147,19 @@ class SlowTest(Callback):
     def on_test_batch_start(self, *args: object, **kwargs: object) -> None:
         self.marker.touch()
         time.sleep(self.seconds)
+
+
+class SignalAt(Callback):
+    """Sends ``signum`` to this process at the start of training batch ``step`` (counted over
+    epochs from 0), as Ctrl-C or a scheduler would, to test where a run stops
+    (``+callbacks.signal_at._target_=conftest.SignalAt +callbacks.signal_at.step=...``)."""
+
+    def __init__(self, step: int, signum: int = signal.SIGTERM) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
 
 
 @pytest.fixture(scope="session")

@@ -69,7 +69,15 @@ def slurm() -> Iterator[dict[str, str]]:
     started = subprocess.run(["bash", str(CLUSTER_SCRIPT), "start"], capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stdout + started.stderr
     conf = started.stdout.rsplit("SLURM_CONF=", 1)[-1].strip()
-    yield {**SCRIPT_ENV, "SLURM_CONF": conf, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**SCRIPT_ENV, "SLURM_CONF": conf, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    yield env
+    # A sweep can return once its last job has written its result, before SLURM sees that job
+    # end: give the queue 60 s to empty, then cancel what a failed test left, so that no job
+    # runs on into the stop.
+    deadline = time.monotonic() + 60
+    while slurm_command(env, "squeue", "--noheader") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--user=root"], env=env, capture_output=True, timeout=60)
     if not was_running:
         subprocess.run(["bash", str(CLUSTER_SCRIPT), "stop"], capture_output=True, timeout=60)
 

@@ -4,6 +4,7 @@ bit-for-bit reproducibility, run folders, and several processes."""
 from __future__ import annotations
 
 import csv
+import os
 import signal
 import subprocess
 import time
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from conftest import compose_with_hydra, run_script, scalars, start_script
-from fmnist_lightning.errors import NonFiniteLossError
+from fmnist_lightning.errors import NonFiniteLossError, RunInterrupted
 from fmnist_lightning.locks import release_run_folder
 from fmnist_lightning.training.guard import RunFolderGuard
 from fmnist_lightning.training.history import read_history
@@ -147,6 +148,32 @@ def test_signal_mid_epoch_leaves_a_resumable_run(data_root: Path, tmp_path: Path
     assert done["metrics"]["test/acc"] > 0.7
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_after_its_batch(make_cfg, tmp_path: Path, sig: signal.Signals) -> None:
+    """A signal in training batch 25 (epoch 1) stops the run after that batch, with that
+    step's full state in last.ckpt and the run marked interrupted; the handlers are the
+    earlier ones again afterwards."""
+    cfg = make_cfg(
+        "model=two_conv_5x5",
+        "data.image_size=16",
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=20",
+        "trainer.limit_val_batches=2",
+        "logger=none",
+        "+callbacks.signal_at._target_=conftest.SignalAt",
+        "+callbacks.signal_at.step=25",
+        f"+callbacks.signal_at.signum={int(sig)}",
+    )
+    sigterm = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RunInterrupted, match="training stopped in epoch 1 \\(step 26\\)"):
+        train(cfg)
+    assert signal.getsignal(signal.SIGTERM) == sigterm
+    stopped = read_status(tmp_path)
+    assert (stopped["status"], stopped["epochs"], stopped["global_step"]) == ("interrupted", 1, 26), stopped
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (1, 26)
+
+
 def test_non_finite_loss_stops_the_run(make_cfg, tmp_path: Path) -> None:
     """The loss becomes NaN in epoch 1: the run stops at that step, is marked failed, and
     keeps epoch 0's checkpoint with finite weights."""
@@ -258,6 +285,37 @@ def test_ddp_on_two_cpu_processes(data_root: Path, tmp_path: Path) -> None:
     assert {p.name for p in run_dir.glob("*.json")} == {"metrics.json", "report.json", "temperature.json"}
     assert sorted(p.name for p in run_dir.glob(".*")) == [".hydra", ".lock"]  # rank 0 holds the lock
     assert abs(done["metrics"]["test/acc"] - read_status(tmp_path / "single")["metrics"]["test/acc"]) < 0.05
+
+
+@pytest.mark.slow
+def test_ddp_processes_signalled_together_stop_together(data_root: Path, tmp_path: Path) -> None:
+    """SIGTERM to both DDP processes at once mid-epoch (as srun, or Ctrl-C in a terminal,
+    signals every task): they stop after the same batch and save last.ckpt, and the resumed
+    run ends with every step trained once. (Lightning 2.6's own handler deadlocked here.)"""
+    run_dir = tmp_path / "ddp"
+    args = [
+        *("model=two_conv_5x5", "data.image_size=16", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"),
+        *("trainer.max_epochs=3", "trainer.limit_train_batches=400", "trainer.limit_val_batches=10"),
+        "callbacks.progress_bar=null",
+    ]
+    process = start_script("train.py", *args, f"data.root={data_root}", f"hydra.run.dir={run_dir}", new_session=True)
+    wait_for(run_dir / "checkpoints" / "last.ckpt", process)  # the end of epoch 0
+    time.sleep(0.5)  # into epoch 1
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("the DDP processes did not stop within 120 s of SIGTERM")
+    assert f"resume={run_dir}" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    stopped = read_status(run_dir)
+    assert stopped["status"] == "interrupted" and 400 < stopped["global_step"] < 1200, stopped
+
+    result = run_script("train.py", f"resume={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = read_status(run_dir)
+    assert (done["status"], done["epochs"], done["global_step"]) == ("finished", 3, 1200), done
+    assert sorted(read_history(run_dir)["val/acc"]) == [1, 2, 3]
 
 
 @pytest.mark.slow

@@ -8,8 +8,12 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from fmnist_lightning import locks
@@ -81,22 +85,27 @@ def test_continue_job(
 
 
 def test_time_limit_signal_stops_like_sigterm(submitit_job: pytest.MonkeyPatch) -> None:
-    """In a submitit job, SIGUSR2 during fit goes to the SIGTERM handler (Lightning's, which
-    stops after the batch); teardown puts the earlier handlers back."""
-    received: list[int] = []
-    previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    """In a submitit job, SIGUSR2 is a stop signal like SIGTERM: in the set-up it stops at
+    once; while training it asks for a stop after the batch (Lightning's SIGTERMException at
+    the batch's end); teardown puts the earlier handlers back."""
     previous_usr2 = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-    sigint = signal.getsignal(signal.SIGINT)
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
+    trainer = SimpleNamespace(strategy=SingleDeviceStrategy(torch.device("cpu")))
+    callback = InterruptCheckpoint("unused")
     try:
-        callback = InterruptCheckpoint("unused")
-        callback.setup(None, None, "fit")
+        callback.setup(trainer, None, "fit")
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGUSR2)
+        callback.on_train_start(trainer, None)
+        callback.on_train_batch_end(trainer, None)  # nothing asked: training goes on
         os.kill(os.getpid(), signal.SIGUSR2)
-        assert received == [signal.SIGUSR2]
-        callback.teardown(None, None, "fit")
-        assert signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN
-        assert signal.getsignal(signal.SIGINT) == sigint
+        with pytest.raises(SIGTERMException):
+            callback.on_train_batch_end(trainer, None)
+        callback.teardown(trainer, None, "fit")
+        assert {signum: signal.getsignal(signum) for signum in before} == before
     finally:
-        signal.signal(signal.SIGTERM, previous_term)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
         signal.signal(signal.SIGUSR2, previous_usr2)
 
 
