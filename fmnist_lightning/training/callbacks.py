@@ -34,8 +34,9 @@ class InterruptCheckpoint(Callback):
     and if so all stop after that same batch: they raise Lightning's ``SIGTERMException``
     together and this callback saves the full training state (weights, optimizer, scheduler,
     loop position, callbacks, random generators) over ``last.ckpt``, so ``resume=<run
-    folder>`` loses no finished batch. A signal during the epoch's validation stops after it,
-    at the next batch. A second Ctrl-C stops at once, without a checkpoint.
+    folder>`` loses no finished batch. A signal during the epoch's validation stops after it
+    (after the next batch, or at the end of training). A second Ctrl-C stops at once, without
+    a checkpoint.
 
     Lightning's own SIGTERM handler is replaced while training, because under DDP it
     broadcasts from inside the signal handler, at a different point of each process's
