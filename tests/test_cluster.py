@@ -136,21 +136,15 @@ GRID = ["trainer.max_epochs=1", "optimizer=adam,sgd", "seed=1,2", "logger=csv"]
 def test_sweep_runs_as_slurm_jobs(slurm: dict[str, str], data_root: Path, tmp_path: Path) -> None:
     """A 2x2 grid through hydra/launcher=slurm_local: four SLURM jobs (one array), all
     finished, and the sweep summary written."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "train.py"),
-            "-m",
-            "hydra/launcher=slurm_local",
-            "debug=limit",
-            *GRID,
-            f"data.root={data_root}",
-        ],
+    result = run_script(
+        "train.py",
+        "-m",
+        "hydra/launcher=slurm_local",
+        "debug=limit",
+        *GRID,
+        f"data.root={data_root}",
         cwd=tmp_path,
         env=slurm,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
@@ -336,32 +330,26 @@ def test_optuna_trials_as_slurm_jobs_report_for_pruning(slurm: dict[str, str], d
     process reads back; pruned trials' jobs say so, the others finished."""
 
     sweep = tmp_path / "search"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "train.py"),
-            "hparams_search=three_conv_tpe",
-            "hydra/launcher=slurm_local",
-            "hydra/sweeper/pruner=successive_halving",
-            "hydra.sweeper.n_trials=4",
-            "hydra.sweeper.n_jobs=2",
-            "hydra.sweeper.sampler.n_startup_trials=2",
-            "model=two_conv",
-            "data.image_size=16",
-            "trainer.max_epochs=3",
-            "+trainer.limit_train_batches=10",
-            "+trainer.limit_val_batches=2",
-            "+trainer.limit_test_batches=2",
-            "callbacks.progress_bar=null",
-            "logger=csv",
-            f"data.root={data_root}",
-            f"hydra.sweep.dir={sweep}",
-        ],
+    result = run_script(
+        "train.py",
+        "hparams_search=three_conv_tpe",
+        "hydra/launcher=slurm_local",
+        "hydra/sweeper/pruner=successive_halving",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        "model=two_conv",
+        "data.image_size=16",
+        "trainer.max_epochs=3",
+        "+trainer.limit_train_batches=10",
+        "+trainer.limit_val_batches=2",
+        "+trainer.limit_test_batches=2",
+        "callbacks.progress_bar=null",
+        "logger=csv",
+        f"data.root={data_root}",
+        f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
         env=slurm,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     trials = sweep_study(sweep).trials
