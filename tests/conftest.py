@@ -122,8 +122,8 @@ class NaNAfterNet(TwoConv5x5Net):
     """TwoConv5x5Net whose logits become NaN from its ``nan_from``-th training batch on,
     to test how a diverging run stops (``model._target_=conftest.NaNAfterNet``)."""
 
-    def __init__(self, image_size: int = 16, nan_from: int = 30) -> None:
-        super().__init__(image_size)
+    def __init__(self, image_size: int = 16, nan_from: int = 30, num_classes: int = 10) -> None:
+        super().__init__(image_size, num_classes=num_classes)
         self.nan_from = nan_from
         self.training_batches = 0
 
@@ -134,6 +134,22 @@ class NaNAfterNet(TwoConv5x5Net):
             if self.training_batches > self.nan_from:
                 logits = logits * float("nan")
         return logits
+
+
+class FiveLogitsNet(TwoConv5x5Net):
+    """TwoConv5x5Net that takes ``num_classes`` but ignores it: always 5 logits, the mistake
+    ``model.num_classes`` checks catch (``model._target_=conftest.FiveLogitsNet``)."""
+
+    def __init__(self, image_size: int = 16, num_classes: int = 10) -> None:
+        super().__init__(image_size, num_classes=5)
+
+
+class NoClassCountNet(TwoConv5x5Net):
+    """TwoConv5x5Net without a ``num_classes`` argument (10 logits, fixed): a network of one's
+    own that the class count cannot reach (``model._target_=conftest.NoClassCountNet``)."""
+
+    def __init__(self, image_size: int = 16) -> None:
+        super().__init__(image_size)
 
 
 class SlowTest(Callback):

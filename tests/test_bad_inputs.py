@@ -170,10 +170,26 @@ CONFIG_CASES: list[tuple[str, tuple[str, ...], str]] = [
     ),
     ("module_not_a_lightning_module", ("module._target_=torch.nn.Linear",), "module._target_='torch.nn.Linear'"),
     ("class_names_count", ("data.num_classes=9",), "data.class_names="),
+    # The class count reaches the network, or the network is refused (issue 40).
+    (
+        "net_width_differs",
+        ("model=two_conv_5x5", "model._target_=conftest.FiveLogitsNet"),
+        "model.num_classes=5: the network outputs 5 logits per image, but data.num_classes=10",
+    ),
+    (
+        "net_without_num_classes",
+        ("model=two_conv_5x5", "model._target_=conftest.NoClassCountNet"),
+        "model._target_='conftest.NoClassCountNet': takes no num_classes argument",
+    ),
+    (
+        "model_num_classes_differs",
+        ("+model.num_classes=7",),
+        "model.num_classes=7: the network's class count comes from data.num_classes (10)",
+    ),
     ("dataset_md5_not_hex", ("data.files.train_images.md5=xyz",), "data.files.train_images.md5='xyz'"),
 ]
 #: The config cases also run through the command line in the default suite.
-CONFIG_CASES_ON_THE_COMMAND_LINE = ("lr_negative", "unknown_optimizer", "external_net_bad_argument")
+CONFIG_CASES_ON_THE_COMMAND_LINE = ("lr_negative", "unknown_optimizer", "external_net_bad_argument", "net_width_differs")
 
 # (id, arguments of train.py, text the error must contain)
 CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [

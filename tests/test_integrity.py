@@ -23,7 +23,7 @@ from test_resume import assert_same_weights, wait_for
 
 from conftest import compose_with_hydra, held_by_another_process, mounted_tmpfs, run_script, start_script
 from fmnist_lightning.cli import train as train_cli
-from fmnist_lightning.errors import ConfigError
+from fmnist_lightning.errors import ConfigError, RunError
 from fmnist_lightning.locks import LOCK_FILE, holder_pid, release_run_folder
 from fmnist_lightning.training.build import build_run
 from fmnist_lightning.training.callbacks import RunStatus
@@ -403,3 +403,109 @@ def test_metrics_json_is_left_whole_when_the_status_cannot_be_written(small_disk
     assert (small_disk / "metrics.json").read_bytes() == before
     err = capsys.readouterr().err
     assert "warning: could not record the status 'failed'" in err and "Read-only file system" in err
+
+
+def test_train_in_a_read_only_folder(data_root: Path, read_only_cwd: Path) -> None:
+    """The default run folder (``${fmnist.new_dir:outputs/runs/...}``, which reads
+    ``${hydra:...}``) cannot be made: one error line, no traceback, as with ``-m``."""
+    result = run_command("train.py", "model=two_conv_5x5", f"data.root={data_root}", cwd=read_only_cwd)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.startswith("error: cannot create the run folder outputs/runs/"), result.stderr
+    assert "Read-only file system" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# 7. A result stays as it is ---------------------------------------------------------------
+
+#: A short run at 16 px, in fp32 on the CPU, so that its stops are the same on every machine.
+SHORT = (
+    "model=two_conv_5x5",
+    "data.image_size=16",
+    "trainer=cpu",
+    "trainer.precision=32-true",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "logger=csv",
+    "callbacks.progress_bar=null",
+)
+
+
+@pytest.mark.slow
+def test_a_run_ended_by_early_stopping_trains_further_only_on_request(data_root: Path, tmp_path: Path) -> None:
+    """Early stopping ends a run at epoch 2 of 1,000 (no improvement of 1.0 is possible, patience
+    1). A plain ``resume=`` is refused and changes nothing; one that sets a new limit trains
+    on until early stopping's restored state stops it again, after one more epoch."""
+    run_dir = tmp_path / "run"
+    stops = ("trainer.max_epochs=1000", "trainer.limit_train_batches=5", "callbacks.early_stopping.patience=1")
+    result = run_command(
+        "train.py", *SHORT, *stops, "callbacks.early_stopping.min_delta=1.0", f"data.root={data_root}",
+        f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    status = read_status(run_dir)
+    assert (status["status"], status["epochs"], status["stopped_by"]) == ("finished", 2, "early_stopping"), status
+    before = snapshot(run_dir)
+
+    result = run_command("train.py", f"resume={run_dir}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.startswith(
+        f"error: resume={run_dir}: the run already finished (early stopping ended it after 2 epochs)"
+    ), result.stderr
+    assert f"resume={run_dir} trainer.max_epochs=12" in result.stderr
+    assert snapshot(run_dir) == before, "the refused resume changed the run folder"
+
+    result = run_command("train.py", f"resume={run_dir}", "trainer.max_epochs=12")
+    assert result.returncode == 0, result.stderr[-3000:]
+    status = read_status(run_dir)
+    assert (status["status"], status["epochs"], status["stopped_by"]) == ("finished", 3, "early_stopping"), status
+
+
+@pytest.mark.slow
+def test_a_time_limited_run_keeps_its_epoch_count_when_a_resume_trains_nothing(data_root: Path, tmp_path: Path) -> None:
+    """``trainer.max_time`` stops a run after a second; a resume with a new epoch limit but
+    the time already spent trains nothing, tests again, and still counts every epoch."""
+    run_dir = tmp_path / "run"
+    result = run_command(
+        "train.py", *SHORT, "+trainer.max_time=00:00:00:01", f"data.root={data_root}", f"hydra.run.dir={run_dir}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = read_status(run_dir)
+    assert first["epochs"] >= 1 and first["stopped_by"] == "max_time", first
+
+    result = run_command("train.py", f"resume={run_dir}")
+    assert result.returncode == 1 and "trainer.max_time=00:00:00:01 ended it" in result.stderr, result.stderr
+    assert "trainer.max_time=00:00:00:02" in result.stderr
+
+    result = run_command("train.py", f"resume={run_dir}", "trainer.max_epochs=100")
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = read_status(run_dir)
+    assert (again["epochs"], again["global_step"], again["status"]) == (
+        first["epochs"],
+        first["global_step"],
+        "finished",
+    ), again
+    assert len(read_history(run_dir)["val/acc"]) == first["epochs"]
+
+
+def test_a_best_checkpoint_whose_write_failed_is_not_recorded(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills while the second epoch's best checkpoint is written: the run is
+    ``failed``, and ``best_checkpoint`` names no file that is not there."""
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def full_disk_at_epoch_1(self, checkpoint, path, storage_options=None) -> None:
+        if Path(path).name == "epoch_001.ckpt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", full_disk_at_epoch_1)
+    cfg = make_cfg(
+        *SHORT, "trainer.max_epochs=2", "trainer.limit_train_batches=3", "callbacks.model_checkpoint.monitor=null"
+    )
+    with pytest.raises(RunError, match="No space left on device"):
+        train(cfg)
+    status = read_status(tmp_path)
+    assert status["status"] == "failed", status
+    assert status["best_checkpoint"] in (None, "checkpoints/epoch_000.ckpt"), status
+    assert status["best_checkpoint"] is None or (tmp_path / status["best_checkpoint"]).is_file()
+    assert not (tmp_path / "checkpoints" / "epoch_001.ckpt").exists()

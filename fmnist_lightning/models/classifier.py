@@ -13,20 +13,9 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 
-from fmnist_lightning.errors import NonFiniteLossError, PartError
+from fmnist_lightning.errors import NonFiniteLossError
+from fmnist_lightning.models.parts import build_net, build_part
 from fmnist_lightning.models.rng import rng_states, set_rng_states
-
-
-def build_part(argument: str, config: Mapping[str, Any]) -> Any:
-    """Hydra-instantiates one seam of the LightningModule.
-
-    Raises:
-        PartError: It cannot be built; names ``argument`` and chains the cause.
-    """
-    try:
-        return hydra.utils.instantiate(config)
-    except Exception as err:
-        raise PartError(argument) from err
 
 
 class FashionMNISTClassifier(L.LightningModule):
@@ -63,6 +52,7 @@ class FashionMNISTClassifier(L.LightningModule):
         net: Config of the network, e.g. ``{"_target_":
             "fmnist_lightning.models.ThreeConvNet", "image_size": 28, "dropout": 0.5}``: an
             ``nn.Module`` mapping float ``(B, 1, H, W)`` images to ``(B, num_classes)`` logits.
+            It gets ``num_classes`` as its own ``num_classes`` argument (``build_net``).
         loss: Config of the training loss, called as ``loss(logits, target)`` with float
             ``(B, num_classes)`` logits and int64 ``(B,)`` labels, or float
             ``(B, num_classes)`` target probabilities when ``mix`` is set; returns the mean
@@ -79,7 +69,8 @@ class FashionMNISTClassifier(L.LightningModule):
         scheduler: Config of an LR scheduler with ``_partial_: true``, finished with the
             optimizer and stepped once per epoch, or per optimizer step with ``interval:
             step`` (see ``build_scheduler``); ``None`` for a constant learning rate.
-        num_classes: Number of classes (the dataset's ``data.num_classes``).
+        num_classes: Number of classes (the dataset's ``data.num_classes``): the network's
+            output width (given to the network, see ``net``) and the width of mixed targets.
         channels_last: Keep the network's weights and its input batches in the
             channels-last memory format, which oneDNN and cuDNN convolutions run faster.
         compile: Compile the network with ``torch.compile`` (in place, so ``state_dict``
@@ -87,7 +78,8 @@ class FashionMNISTClassifier(L.LightningModule):
 
     Raises:
         PartError: A seam cannot be built from its config; it names the argument
-            (``net``, ``loss``, ``mix`` or ``metrics.<name>``) and chains the cause.
+            (``net``, ``loss``, ``mix`` or ``metrics.<name>``) and chains the cause; for
+            ``net``, also a ``num_classes`` in its config that differs from ``num_classes``.
     """
 
     def __init__(
@@ -106,7 +98,7 @@ class FashionMNISTClassifier(L.LightningModule):
         # Lightning saves these in every checkpoint; the run's loggers get the whole config.
         self.save_hyperparameters(logger=False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.net: nn.Module = build_part("net", net).to(memory_format=self.memory_format)
+        self.net: nn.Module = build_net(net, num_classes).to(memory_format=self.memory_format)
         if compile:
             self.net.compile()
         self.train_criterion = build_part("loss", loss) if loss is not None else nn.CrossEntropyLoss()

@@ -12,7 +12,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_lightning.errors import PartError
+from fmnist_lightning.errors import ArgumentError, PartError
+from fmnist_lightning.models.parts import accepts
 
 #: The LightningModule's arguments that are configs of their own, and their config keys.
 PART_KEYS = {
@@ -62,6 +63,52 @@ def module_arguments(cfg: DictConfig, training: bool = True) -> dict[str, Any]:
     own = OmegaConf.to_container(cfg.module, resolve=True)
     arguments.update({k: v for k, v in own.items() if k != "_target_"})
     return arguments
+
+
+def check_net(module: Any, image_size: int) -> None:
+    """Checks that the network takes the class count and outputs that many logits: that its
+    class (``net._target_``) has a ``num_classes`` argument, and that a forward pass of two
+    blank float32 ``(2, 1, image_size, image_size)`` images gives ``(2, num_classes)``
+    logits. A network of one's own that ignores ``num_classes`` is found here, before any
+    data is read, instead of training a softmax over classes the dataset does not have.
+
+    The pass runs in eval mode, under ``no_grad``, ``torch.random.fork_rng`` and eager
+    execution (a ``compile: true`` network is not compiled by it), and the module's mode is
+    restored after: BatchNorm statistics, the weights and every random generator are left
+    as they were, so the run trains as it would without the check.
+
+    Raises:
+        PartError: ``net``, chaining an ``ArgumentError`` at ``_target_`` (no
+            ``num_classes`` argument) or ``num_classes`` (the output width differs), or the
+            forward pass's own error.
+    """
+    num_classes = int(module.hparams.num_classes)
+    target = module.hparams.net["_target_"]
+    try:
+        if not accepts(hydra.utils.get_object(target), "num_classes"):
+            raise ArgumentError(
+                "_target_",
+                target,
+                "takes no num_classes argument; give its __init__ one (num_classes: int) and size its last "
+                "layer with it: the class count comes from data.num_classes (docs/configuration.md, A network)",
+            )
+        training = module.training
+        module.eval()
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad(), torch.compiler.set_stance("force_eager"):
+                logits = module(torch.zeros(2, 1, image_size, image_size))
+        finally:
+            module.train(training)
+        if tuple(logits.shape) != (2, num_classes):
+            width = logits.shape[-1] if logits.dim() == 2 else tuple(logits.shape[1:])
+            raise ArgumentError(
+                "num_classes",
+                width,
+                f"the network outputs {width} logits per image, but data.num_classes={num_classes}; its last "
+                "layer must have num_classes outputs (the num_classes argument it is given)",
+            )
+    except Exception as err:
+        raise PartError("net") from err
 
 
 def check_parts(module: Any) -> None:

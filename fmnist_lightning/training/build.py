@@ -22,7 +22,14 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_lightning.errors import ConfigError, PartError, Problem
-from fmnist_lightning.models.compose import PART_KEYS, SPEED_KEYS, check_parts, module_arguments, module_class
+from fmnist_lightning.models.compose import (
+    PART_KEYS,
+    SPEED_KEYS,
+    check_net,
+    check_parts,
+    module_arguments,
+    module_class,
+)
 from fmnist_lightning.training.checkpoint_io import AtomicCheckpointIO
 from fmnist_lightning.training.config_keys import blame, options, type_problems
 from fmnist_lightning.training.precision import resolve_precision
@@ -83,7 +90,8 @@ class _Builder:
 def _build_model(b: _Builder) -> L.LightningModule | None:
     """The LightningModule of class ``module._target_``, which builds its parts from their
     groups (``model``, ``loss``, ``mix``, ``metrics``, ``optimizer``, ``scheduler``; see
-    ``fmnist_lightning.models.compose``) and tries its loss and mix on a blank batch. Its
+    ``fmnist_lightning.models.compose``), checks that the network outputs ``data.num_classes``
+    logits, and tries its loss and mix on a blank batch (``check_net``, ``check_parts``). Its
     other arguments are the top-level keys ``channels_last`` and ``compile`` and the extra
     keys of ``module``."""
     cfg = b.cfg
@@ -99,6 +107,7 @@ def _build_model(b: _Builder) -> L.LightningModule | None:
     speed = OmegaConf.create({k: cfg.get(k) for k in SPEED_KEYS if k in cfg})
     try:
         model = cls(**module_arguments(cfg))
+        check_net(model, cfg.data.image_size)
         check_parts(model)
     except PartError as err:  # a part's own constructor (or call) failed: blamed at its key
         first, _, rest = err.argument.partition(".")

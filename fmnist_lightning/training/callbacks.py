@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EarlyStopping, Timer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -136,8 +136,12 @@ class RunStatus(Callback):
     process started the run), ``first_step_s`` (seconds from the process's launch to this
     run's first training step: the start-up, which in a sweep also holds the earlier jobs
     of the process; null until then, when the run trains nothing, and off Linux),
-    ``metrics`` (the latest logged values; accuracies are fractions) and ``error`` (why the
-    run stopped, or null). Only rank 0 writes.
+    ``metrics`` (the latest logged values; accuracies are fractions), ``error`` (why the
+    run stopped, or null) and ``stopped_by`` (what ended the training of a finished run:
+    ``max_epochs``, ``max_steps``, ``max_time`` or ``early_stopping``, see ``stop_reason``;
+    null otherwise, and in runs of older versions). ``best_checkpoint`` names only a file
+    that exists: a best checkpoint whose write failed (a full disk) is left out. Only rank 0
+    writes.
 
     Args:
         output_dir: The run folder.
@@ -163,11 +167,13 @@ class RunStatus(Callback):
         metrics: dict[str, float] | None = None,
         error: str | None = None,
         trained: bool | None = None,
+        stopped_by: str | None = None,
     ) -> None:
         """Writes the file (atomically: a reader never sees half of it).
 
         Args:
             trained: Whether training is over; ``None``: it is if ``status`` is ``finished``.
+            stopped_by: What ended training (``stop_reason``), for a finished run.
 
         Raises:
             OSError: The file cannot be written (the earlier one is then left as it was).
@@ -181,6 +187,8 @@ class RunStatus(Callback):
             global_step, best = self._resumed_at
         if metrics is None:
             metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        if best and not Path(best).is_file():  # its write failed: the status must not point at it
+            best = ""
         write_status(
             self.output_dir,
             status,
@@ -192,6 +200,7 @@ class RunStatus(Callback):
             error,
             trained=status == "finished" if trained is None else trained,
             first_step_s=self.first_step_s,
+            stopped_by=stopped_by,
         )
 
     def write_or_warn(self, trainer: L.Trainer, status: str, epochs: int, **fields: Any) -> None:
@@ -227,3 +236,20 @@ class RunStatus(Callback):
         for logger in trainer.loggers:
             logger.save()
         self.write(trainer, "running", epochs=trainer.current_epoch + 1)
+
+
+def stop_reason(trainer: L.Trainer) -> str | None:
+    """What ended ``trainer``'s last fit: ``max_steps``, ``max_epochs`` (the Trainer's
+    limits, as its fit loop checks them), ``early_stopping`` (an ``EarlyStopping`` callback
+    stopped it) or ``max_time`` (the ``Timer`` of ``trainer.max_time`` ran out); ``None``
+    when none of them did (an interrupted or failed fit)."""
+    loop = trainer.fit_loop
+    if loop.max_steps not in (None, -1) and loop.epoch_loop.global_step >= loop.max_steps:
+        return "max_steps"
+    if loop.max_epochs not in (None, -1) and loop.epoch_progress.current.processed >= loop.max_epochs:
+        return "max_epochs"
+    if any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in trainer.callbacks):
+        return "early_stopping"
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    remaining = timer.time_remaining() if timer is not None else None
+    return "max_time" if remaining is not None and remaining <= 0 else None

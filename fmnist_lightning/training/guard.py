@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,9 +22,14 @@ def _resolved_folder(config: DictConfig, key: str) -> Path:
     names, as Hydra will use it: interpolations resolved (the same folder Hydra then gets, since
     the resolvers that make folders are cached), ``.``, ``..`` and symlinks followed.
 
+    Hydra sets its ``HydraConfig`` (which ``${hydra:...}`` in a folder name reads) only after
+    ``on_run_start``; it is set here from the same config, as Hydra then sets it again.
+
     Raises:
         SystemExit: ``error: ...`` when the folder cannot be made (a read-only disk, say).
     """
+    if not HydraConfig.initialized():
+        HydraConfig.instance().set_config(config)
     try:
         folder = str(OmegaConf.select(config, key))
     except Exception as err:  # OmegaConf wraps a resolver's error; the UserError is its cause

@@ -1,4 +1,5 @@
-"""``python train.py resume=<run folder>``, and the checkpoint a run starts from.
+"""``python train.py resume=<run folder>``: the command line rewritten, and sweep jobs
+continued. The checkpoint the run then starts from is ``training.starting``'s.
 
 ``python train.py resume=<run folder> [overrides]`` is rewritten by ``preflight`` into
 ``-cp <run folder>/.hydra -cn config ++resume=<run folder> hydra.run.dir=<run folder> ...``:
@@ -42,10 +43,6 @@ CONFIG_GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "callback
 
 #: The folder of a resume attempt's Hydra files, inside the run's ``.hydra/``.
 RESUME_SUBDIR_PREFIX = "resume_"
-
-
-#: ``ckpt_path`` values that Lightning looks up in the run's own (here: new) folder.
-LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 
 
 def _value(args: list[str], key: str) -> Any:
@@ -189,57 +186,6 @@ def run_command_line() -> None:
         sys.argv = preflight(sys.argv)
     except RunError as err:
         raise SystemExit(f"error: {err}") from None
-
-
-def start_checkpoint(cfg: DictConfig) -> Path | None:
-    """The checkpoint a run starts from: ``last.ckpt`` of ``resume``, the file
-    ``ckpt_path``, or ``None`` for a fresh start.
-
-    Raises:
-        RunError: ``resume`` is not this run's folder or has no ``last.ckpt``, the run it
-            names finished and ``trainer.max_epochs`` is not larger, ``ckpt_path`` is one of
-            Lightning's names (``last``...) that would look in this new folder and silently
-            start from scratch, or ``ckpt_path`` is not a file.
-    """
-    output_dir = Path(cfg.output_dir).resolve()
-    resume, ckpt_path = cfg.get("resume"), cfg.get("ckpt_path")
-    if resume and ckpt_path:
-        raise RunError(f"resume={resume} and ckpt_path={ckpt_path} both say where to start; give one of them")
-    if resume:
-        if Path(resume).resolve() != output_dir:
-            raise RunError(
-                f"resume={resume}, but this run writes to {output_dir}; start it as "
-                f"`{train_command()} resume={resume}`, which continues the run in its own folder"
-            )
-        last = checkpoint_dir(cfg) / "last.ckpt"
-        if not last.is_file():
-            raise RunError(
-                f"resume={resume}: the run has no checkpoint {last}, so there is nothing to continue "
-                "(it stopped before its first epoch ended, or ran with callbacks.last_checkpoint=null); "
-                "start it again as a new run"
-            )
-        status = read_status(output_dir)
-        done = status.get("epochs", 0)
-        if status.get("status") == "finished" and cfg.trainer.max_epochs <= done:
-            raise RunError(
-                f"resume={resume}: the run already finished ({done} epochs, trainer.max_epochs="
-                f"{cfg.trainer.max_epochs}); to train it further, raise the limit, e.g. "
-                f"resume={resume} trainer.max_epochs={done + 5}"
-            )
-        return last
-    if ckpt_path is None:
-        return None
-    if str(ckpt_path) in LIGHTNING_CKPT_NAMES or str(ckpt_path).startswith("registry:"):
-        raise RunError(
-            f"ckpt_path={ckpt_path} would look for a checkpoint in this new run folder {output_dir}, "
-            "find none, and train from scratch. To continue an earlier run use resume=<run folder>; "
-            "to start from a checkpoint file, give its path, e.g. ckpt_path=outputs/runs/<run>/checkpoints/last.ckpt"
-        )
-    if not Path(ckpt_path).is_file():
-        raise RunError(
-            f"ckpt_path={ckpt_path}: no such file; give the path of a .ckpt file from a run's checkpoints/ folder"
-        )
-    return Path(ckpt_path)
 
 
 def discard_resume_attempt(cfg: DictConfig) -> None:

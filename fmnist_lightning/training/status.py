@@ -22,7 +22,14 @@ STATUS_FIX = (
     "checkpoints/last.ckpt and writes it anew; a sweep summary lists the job as not started)."
 )
 #: The fields a reader relies on, and their types.
-STATUS_FIELDS = {"status": str, "epochs": int, "trained": bool, "global_step": int, "metrics": dict}
+STATUS_FIELDS = {
+    "status": str,
+    "epochs": int,
+    "trained": bool,
+    "global_step": int,
+    "metrics": dict,
+    "stopped_by": str,
+}
 
 
 def read_status(run_dir: Path) -> dict:
@@ -55,6 +62,7 @@ def write_status(
     error: str | None = None,
     trained: bool = False,
     first_step_s: float | None = None,
+    stopped_by: str | None = None,
 ) -> None:
     """Writes a run folder's ``metrics.json`` (the fields are described in
     ``RunStatus``), atomically: a reader never sees half
@@ -73,6 +81,7 @@ def write_status(
         "first_step_s": first_step_s,
         "metrics": metrics or {},
         "error": error,
+        "stopped_by": stopped_by,
     }
     write_atomically(output_dir / STATUS_FILE, json.dumps(summary, indent=2) + "\n")
 

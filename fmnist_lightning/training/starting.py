@@ -1,0 +1,118 @@
+"""The checkpoint a run starts from: ``last.ckpt`` of ``resume=<run folder>`` (refused for a
+finished run unless the command asks for more training), a checkpoint file of
+``ckpt_path=``, or none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from fmnist_lightning.errors import RunError
+from fmnist_lightning.evaluation.runs import load_run_config
+from fmnist_lightning.training.processes import train_command
+from fmnist_lightning.training.run_dirs import checkpoint_dir
+from fmnist_lightning.training.status import read_status
+
+#: ``ckpt_path`` values that Lightning looks up in the run's own (here: new) folder.
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+
+
+def start_checkpoint(cfg: DictConfig) -> Path | None:
+    """The checkpoint a run starts from: ``last.ckpt`` of ``resume``, the file
+    ``ckpt_path``, or ``None`` for a fresh start.
+
+    Raises:
+        RunError: ``resume`` is not this run's folder or has no ``last.ckpt``, the run it
+            names finished and this command sets no new limit (``check_trains_further``),
+            ``ckpt_path`` is one of
+            Lightning's names (``last``...) that would look in this new folder and silently
+            start from scratch, or ``ckpt_path`` is not a file.
+    """
+    output_dir = Path(cfg.output_dir).resolve()
+    resume, ckpt_path = cfg.get("resume"), cfg.get("ckpt_path")
+    if resume and ckpt_path:
+        raise RunError(f"resume={resume} and ckpt_path={ckpt_path} both say where to start; give one of them")
+    if resume:
+        if Path(resume).resolve() != output_dir:
+            raise RunError(
+                f"resume={resume}, but this run writes to {output_dir}; start it as "
+                f"`{train_command()} resume={resume}`, which continues the run in its own folder"
+            )
+        last = checkpoint_dir(cfg) / "last.ckpt"
+        if not last.is_file():
+            raise RunError(
+                f"resume={resume}: the run has no checkpoint {last}, so there is nothing to continue "
+                "(it stopped before its first epoch ended, or ran with callbacks.last_checkpoint=null); "
+                "start it again as a new run"
+            )
+        status = read_status(output_dir)
+        if status.get("status") == "finished":
+            check_trains_further(cfg, resume, status)
+        return last
+    if ckpt_path is None:
+        return None
+    if str(ckpt_path) in LIGHTNING_CKPT_NAMES or str(ckpt_path).startswith("registry:"):
+        raise RunError(
+            f"ckpt_path={ckpt_path} would look for a checkpoint in this new run folder {output_dir}, "
+            "find none, and train from scratch. To continue an earlier run use resume=<run folder>; "
+            "to start from a checkpoint file, give its path, e.g. ckpt_path=outputs/runs/<run>/checkpoints/last.ckpt"
+        )
+    if not Path(ckpt_path).is_file():
+        raise RunError(
+            f"ckpt_path={ckpt_path}: no such file; give the path of a .ckpt file from a run's checkpoints/ folder"
+        )
+    return Path(ckpt_path)
+
+
+#: The Trainer's limits on training; a finished run trains further only when its resume sets one anew.
+STOP_LIMITS = ("max_epochs", "max_steps", "max_time")
+
+
+def check_trains_further(cfg: DictConfig, resume: str, status: dict) -> None:
+    """Refuses to continue a finished run, a result, unless this command asks for more
+    training: it sets one of ``STOP_LIMITS`` to another value than the run's saved config
+    (and ``trainer.max_epochs``, if set, above the epochs done). What then stops it again
+    is the Trainer's and the callbacks' restored state: the new limit, or early stopping,
+    whose counters continue from the checkpoint.
+
+    Raises:
+        RunError: No limit is set anew, or ``trainer.max_epochs`` is not above the epochs
+            done; the message names what ended the run (``stopped_by`` of ``metrics.json``)
+            and the limit to set.
+    """
+    done, trainer = status.get("epochs", 0), cfg.trainer
+    saved = load_run_config(Path(cfg.output_dir)).trainer
+    changed = [key for key in STOP_LIMITS if trainer.get(key) != saved.get(key)]
+    max_epochs = trainer.get("max_epochs")
+    if changed and (max_epochs in (None, -1) or max_epochs > done):
+        return
+    reasons = {
+        "max_epochs": (f"trainer.max_epochs={saved.get('max_epochs')} ended it", f"trainer.max_epochs={done + 5}"),
+        "max_steps": (
+            f"trainer.max_steps={saved.get('max_steps')} ended it",
+            f"trainer.max_steps={status.get('global_step', 0) * 2}",
+        ),
+        "max_time": (f"trainer.max_time={saved.get('max_time')} ended it", _longer_time(saved.get("max_time"))),
+        "early_stopping": ("early stopping ended it", f"trainer.max_epochs={done + 10}"),
+    }
+    ended, raise_ = reasons.get(status.get("stopped_by"), ("it ended", f"trainer.max_epochs={done + 5}"))
+    if changed:  # max_epochs set anew, but not above the epochs done
+        ended, raise_ = f"trainer.max_epochs={max_epochs} is not above them", f"trainer.max_epochs={done + 5}"
+    raise RunError(
+        f"resume={resume}: the run already finished ({ended} after {done} epoch{'s' * (done != 1)}), and its result stays as it "
+        f"is unless this command sets a new limit; to train it further, give e.g. resume={resume} {raise_} "
+        "(docs/runs.md, Continuing a finished run)"
+    )
+
+
+def _longer_time(max_time: object) -> str:
+    """``trainer.max_time=<twice max_time>`` for Lightning's ``DD:HH:MM:SS`` spelling
+    (``00:00:10:00`` → ``00:00:20:00``); a hint in words for its other spellings."""
+    parts = str(max_time).split(":")
+    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        return "a longer trainer.max_time"
+    days, hours, minutes, seconds = (int(p) for p in parts)
+    total = 2 * (((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+    days, rest = divmod(total, 86400)
+    return f"trainer.max_time={days:02d}:{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
