@@ -189,7 +189,12 @@ CONFIG_CASES: list[tuple[str, tuple[str, ...], str]] = [
     ("dataset_md5_not_hex", ("data.files.train_images.md5=xyz",), "data.files.train_images.md5='xyz'"),
 ]
 #: The config cases also run through the command line in the default suite.
-CONFIG_CASES_ON_THE_COMMAND_LINE = ("lr_negative", "unknown_optimizer", "external_net_bad_argument", "net_width_differs")
+CONFIG_CASES_ON_THE_COMMAND_LINE = (
+    "lr_negative",
+    "unknown_optimizer",
+    "external_net_bad_argument",
+    "net_width_differs",
+)
 
 # (id, arguments of train.py, text the error must contain)
 CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [

@@ -209,6 +209,7 @@ def test_answers_like_fmnist_predict(server: ServerProcess, served_run: Path, ph
     info = httpx.get(server.url + "/info").json()["model"]
     assert info["run"] == "run" and info["backend"] == "torch" and 0.5 < info["test_acc"] < 1
     assert info["calibrated"] and info["temperature"] == read_temperature(served_run)
+    assert (info["dataset"], info["num_classes"], info["class_names"][0]) == ("FashionMNIST", 10, "T-shirt/top")
     page = httpx.get(server.url + "/")
     assert page.status_code == 200 and 'id="file"' in page.text and "text/html" in page.headers["content-type"]
 
@@ -323,6 +324,7 @@ def test_web_page_in_headless_chromium(server: ServerProcess, served_run: Path, 
         wait = WebDriverWait(browser, 30)
         wait.until(lambda b: "%" in b.find_element(By.ID, "accuracy").text)
         assert browser.find_element(By.ID, "run").text.startswith("run (")
+        assert browser.find_element(By.ID, "dataset").text.startswith("FashionMNIST, 10: T-shirt/top, Trouser")
         browser.find_element(By.ID, "file").send_keys(str(paths[0]))
         wait.until(lambda b: b.find_element(By.ID, "result").get_attribute("data-predicted"))
         rows = browser.find_elements(By.CSS_SELECTOR, "#result .row")

@@ -6,8 +6,8 @@ folder, which old runs get one from) and gives:
 - the accuracy difference ``B − A`` with the 95 % paired-bootstrap interval over test images
   (``statistics.paired_bootstrap``);
 - McNemar's exact test on the images exactly one of them gets right (``statistics.mcnemar_exact``);
-- the per-class accuracy differences, each with its own exact McNemar p-value (ten tests:
-  expect one p below 0.05 in twenty classes by chance alone);
+- the per-class accuracy differences, each with its own exact McNemar p-value (one test per
+  class of ``class_names``: expect one p below 0.05 in twenty classes by chance alone);
 - a verdict in words, significant when McNemar's p is below 0.05.
 
 Runs whose test sets differ (another dataset, image size, or test images) are refused.

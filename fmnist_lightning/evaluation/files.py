@@ -94,7 +94,7 @@ def predict_files(
         except ImageError as err:
             results.append(FilePrediction(path=str(path), error=str(err)))
             continue
-        values, labels = probs.topk(top_k)
+        values, labels = probs.topk(min(top_k, len(model.class_names)))
         top = [(model.class_names[int(i)], float(p)) for p, i in zip(values, labels, strict=True)]
         results.append(
             FilePrediction(str(path), int(labels[0]), top[0][0], top[0][1], top, temperature=model.temperature)

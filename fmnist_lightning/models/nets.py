@@ -2,16 +2,16 @@
 (docs/models.md), and this project's own ``VGGBNNet``.
 
 Every network maps ``torch.float32`` ``(B, 1, H, W)`` images with ``H = W = image_size`` to
-``(B, 10)`` logits. The first linear layer is sized from ``image_size`` (28 and 16 are the
-documented sizes); a size too small for a network's pooling stages raises
-``ImageTooSmallError``. Each network checks its own arguments
-and raises ``ArgumentError`` naming the argument, so a bad
-``model.<argument>`` is reported before any data is read. Nothing here knows about
-Lightning, Hydra or files.
+``(B, num_classes)`` logits, ``num_classes`` being the dataset's ``data.num_classes`` (given
+by the LightningModule, ``fmnist_lightning.models.parts.build_net``). The first linear layer
+is sized from ``image_size`` (28 and 16 are the documented sizes); a size too small for a
+network's pooling stages raises ``ImageTooSmallError``. Each network checks its own
+arguments and raises ``ArgumentError`` naming the argument, so a bad ``model.<argument>`` is
+reported before any data is read. Nothing here knows about Lightning, Hydra or files.
 
-A network of your own needs no change here: any ``nn.Module`` with this input and output,
-importable from anywhere, is trained with ``model._target_=my_module.MyNet`` (or a YAML in
-``conf/model/``).
+A network of your own needs no change here: any ``nn.Module`` with this input and output and
+a ``num_classes`` argument, importable from anywhere, is trained with
+``model._target_=my_module.MyNet`` (or a YAML in ``conf/model/``).
 """
 
 from __future__ import annotations

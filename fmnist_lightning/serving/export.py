@@ -1,7 +1,9 @@
 """Exporting a run's network, with the run's preprocessing, as one graph (docs/serve.md).
 
 The exported graph maps uint8 ``(B, 1, 28, 28)`` FashionMNIST-style images (light object on
-black, values 0-255) to float32 ``(B, 10)`` class probabilities; B is dynamic. Inside it are
+black, values 0-255; 28×28 is the IDX format's size, whatever ``data.image_size`` the run
+trained at) to float32 ``(B, num_classes)`` class probabilities, ``num_classes`` being the
+run's ``data.num_classes``; B is dynamic. Inside it are
 the run's ``Resize`` to ``data.image_size`` and its normalisation (``build_preprocess``), the
 network, the division by the run's fitted temperature (``temperature.json``; the metadata's
 ``temperature`` and ``calibrated`` say which), and a softmax. Two formats:
@@ -49,7 +51,7 @@ class ImagesToProbabilities(nn.Module):
     """A trained network with its preprocessing in front and the temperature and a softmax
     behind.
 
-    Maps uint8 ``(B, 1, 28, 28)`` to float32 ``(B, 10)`` probabilities, the same function as
+    Maps uint8 ``(B, 1, 28, 28)`` to float32 ``(B, num_classes)`` probabilities, the same function as
     ``TrainedModel.predict_proba``.
     """
 
@@ -169,7 +171,7 @@ class ExportedModel:
     _run: Any
 
     def predict_proba(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Class probabilities, float32 ``(B, 10)``, of uint8 ``(B, 1, 28, 28)`` images."""
+        """Class probabilities, float32 ``(B, num_classes)``, of uint8 ``(B, 1, 28, 28)`` images."""
         return self._run(images)
 
 

@@ -48,7 +48,7 @@ class ServeOptions:
         weights: Which weights, for the torch backend (see ``resolve_weights``).
         preprocess: As for ``fmnist-predict``: ``photo`` or ``none`` (28×28 images only).
         invert: As for ``fmnist-predict``.
-        top_k: Classes listed per image.
+        top_k: Classes listed per image (all of them, for a dataset with fewer).
         max_batch_size: Requests per batch; 1 turns batching off.
         batch_timeout: Seconds to wait for a batch to fill.
         max_body_mb: The largest request body, in megabytes (10⁶ bytes).
@@ -101,7 +101,8 @@ class ServeOptions:
 
 def load_backend(options: ServeOptions, device: str = "cpu") -> Any:
     """The model that answers: an object with ``class_names`` and ``predict_proba(uint8
-    (B, 1, 28, 28)) → float (B, 10)``.
+    (B, 1, 28, 28)) → float (B, num_classes)`` (28×28: the IDX images' size, which every
+    request is brought to).
 
     Raises:
         RunError: The run cannot be loaded, or has no ``model.onnx`` for ``backend=onnx``.
@@ -148,7 +149,7 @@ class FashionMNISTAPI(ls.LitAPI):
         names = self.model.class_names
         predictions = []
         for name, p in zip(request.names, probs, strict=True):
-            values, labels = p.topk(self.options.top_k)
+            values, labels = p.topk(min(self.options.top_k, len(names)))
             top = [{"class": names[int(i)], "probability": float(v)} for v, i in zip(values, labels, strict=True)]
             predictions.append(
                 {
@@ -227,8 +228,10 @@ class BodyGuard:
 
 def run_info(options: ServeOptions) -> dict[str, Any]:
     """What ``GET /info`` says about the model: the run folder's name, its test accuracy
-    (a fraction, from ``report.json``; ``None`` without one), the backend, the classes, and
-    whether the probabilities are temperature-scaled (``calibrated``, ``temperature``).
+    (a fraction, from ``report.json``; ``None`` without one), the backend, the dataset
+    (``dataset``, ``num_classes`` and ``class_names`` in label order, as the run trained
+    on them), and whether the probabilities are temperature-scaled (``calibrated``,
+    ``temperature``).
 
     Raises:
         RunError, DamagedFileError: The folder is not a readable run.
@@ -248,6 +251,9 @@ def run_info(options: ServeOptions) -> dict[str, Any]:
         "run": run_dir.resolve().name,
         "run_dir": str(run_dir.resolve()),
         "model": cfg.model._target_,
+        "dataset": cfg.data.name,
+        "num_classes": len(cfg.data.class_names),
+        "class_names": list(cfg.data.class_names),
         "test_acc": accuracy,
         "backend": options.backend,
         "calibrated": temperature is not None,

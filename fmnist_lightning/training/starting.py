@@ -99,8 +99,9 @@ def check_trains_further(cfg: DictConfig, resume: str, status: dict) -> None:
     ended, raise_ = reasons.get(status.get("stopped_by"), ("it ended", f"trainer.max_epochs={done + 5}"))
     if changed:  # max_epochs set anew, but not above the epochs done
         ended, raise_ = f"trainer.max_epochs={max_epochs} is not above them", f"trainer.max_epochs={done + 5}"
+    epochs = f"{done} epoch{'s' * (done != 1)}"
     raise RunError(
-        f"resume={resume}: the run already finished ({ended} after {done} epoch{'s' * (done != 1)}), and its result stays as it "
+        f"resume={resume}: the run already finished ({ended} after {epochs}), and its result stays as it "
         f"is unless this command sets a new limit; to train it further, give e.g. resume={resume} {raise_} "
         "(docs/runs.md, Continuing a finished run)"
     )
