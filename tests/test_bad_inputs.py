@@ -194,6 +194,8 @@ CONFIG_CASES_ON_THE_COMMAND_LINE = (
     "unknown_optimizer",
     "external_net_bad_argument",
     "net_width_differs",
+    "net_without_num_classes",
+    "model_num_classes_differs",
 )
 
 # (id, arguments of train.py, text the error must contain)
