@@ -72,7 +72,7 @@ def test_the_network_and_every_run_artifact_have_the_dataset_s_classes(run5: Pat
         tags |= set(accumulator.Tags()["tensors"])
     assert {t for t in tags if t.startswith("test/pr/")} == {f"test/pr/{name}" for name in NAMES}
     (metadata,) = run5.rglob("metadata.tsv")
-    assert {line.split("\t")[0] for line in metadata.read_text().splitlines()[1:]} <= set(NAMES)
+    assert {line.split("\t")[0] for line in metadata.read_text().splitlines()[1:]} == set(NAMES)
 
 
 def test_predict_and_the_server_answer_with_the_dataset_s_classes(run5: Path, tmp_path: Path) -> None:

@@ -146,6 +146,10 @@ CHANGES = (
 #: Any logged key can be monitored and optimised: the user's metric is.
 MONITORED = ("callbacks.model_checkpoint.monitor=val/confidence", "optimized_metric=val/confidence")
 SHORT = ("trainer=cpu", "trainer.max_epochs=1", "trainer.precision=32-true", "logger=csv")
+#: A run folder read back names this module's classes: trusted on each command that reads it
+#: (docs/runs.md, Sharing runs safely); training a new run needs no trust.
+TRUSTED = ["test_extending"]
+TRUST = "trusted_modules=[test_extending]"
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +189,7 @@ def test_every_change_of_your_own_trains_and_appears_in_the_sweep_summary(sweep:
         report = json.loads((job / "report.json").read_text())
         assert report["class_names"] == list(DIGITS) and report["num_samples"] == 297
         assert "| 7 |" in (job / "report.md").read_text()  # the classes are digits, not clothes
-    cfg = load_run_config(job_folder(sweep, 0))
+    cfg = load_run_config(job_folder(sweep, 0), TRUSTED)
     assert (
         cfg.model._target_ == "test_extending.ResNet"
         and cfg.loss._target_ == "test_extending.PolyLoss"
@@ -195,22 +199,22 @@ def test_every_change_of_your_own_trains_and_appears_in_the_sweep_summary(sweep:
 
 def test_it_resumes_evaluates_predicts_serves_and_exports(sweep: Path, digits_root: Path, tmp_path: Path) -> None:
     job = job_folder(sweep, 0)
-    result = run_command("train.py", f"resume={job}", "trainer.max_epochs=2")
+    result = run_command("train.py", f"resume={job}", "trainer.max_epochs=2", TRUST)
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_status(job)["epochs"] == 2 and read_status(job)["status"] == "finished"
 
-    result = run_command("evaluate.py", f"run_dir={job}", "device=cpu", f"hydra.run.dir={tmp_path / 'eval'}")
+    result = run_command("evaluate.py", f"run_dir={job}", "device=cpu", TRUST, f"hydra.run.dir={tmp_path / 'eval'}")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["class_names"] == list(DIGITS)
     assert report["accuracy"] == pytest.approx(read_status(job)["metrics"]["test/acc"], abs=1e-6)
 
-    model = load_trained(job)
+    model = load_trained(job, trusted_modules=["test_extending"])
     assert isinstance(model.module, LogitPenaltyClassifier) and model.class_names == DIGITS
     images, _ = load_split(digits_root, "test", IdxDataset.from_config(**_dataset_keys(job)))
     Image.fromarray(images[0].numpy()).save(tmp_path / "digit.png")
     result = run_command(
-        "predict.py", f"run_dir={job}", f"images={tmp_path / 'digit.png'}", "preprocess=none", "device=cpu",
+        "predict.py", f"run_dir={job}", f"images={tmp_path / 'digit.png'}", "preprocess=none", "device=cpu", TRUST,
         f"hydra.run.dir={tmp_path / 'p'}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -219,13 +223,14 @@ def test_it_resumes_evaluates_predicts_serves_and_exports(sweep: Path, digits_ro
 
     from fmnist_lightning.serving.server import FashionMNISTAPI, ServeOptions
 
-    api = FashionMNISTAPI(ServeOptions(run_dir=str(job), preprocess="none"))  # the server's request path
+    options = ServeOptions(run_dir=str(job), preprocess="none", trusted_modules=["test_extending"])
+    api = FashionMNISTAPI(options)  # the server's request path
     api.setup("cpu")
     payload = {"images": [base64.b64encode((tmp_path / "digit.png").read_bytes()).decode()]}
     (answer,) = api.encode_response(api.predict(api.decode_request(payload)))["predictions"]
     assert answer["class"] in DIGITS and all(top["class"] in DIGITS for top in answer["top"]), answer
 
-    result = run_command("export.py", f"run_dir={job}", "format=torch_export")
+    result = run_command("export.py", f"run_dir={job}", "format=torch_export", TRUST)
     assert result.returncode == 0, result.stderr[-3000:]
     from fmnist_lightning.serving.export import load_exported
 
@@ -234,7 +239,7 @@ def test_it_resumes_evaluates_predicts_serves_and_exports(sweep: Path, digits_ro
 
 
 def _dataset_keys(job: Path) -> dict:
-    data = load_run_config(job).data
+    data = load_run_config(job, TRUSTED).data
     return {k: data[k] for k in DATASET_KEYS}
 
 
@@ -245,13 +250,15 @@ def test_load_from_checkpoint_needs_only_the_checkpoint(sweep: Path, tmp_path: P
     for name in [read_status(job)["best_checkpoint"], "checkpoints/last.ckpt"]:
         bare = tmp_path / Path(name).name
         bare.write_bytes((job / name).read_bytes())  # no run folder around it
-        model = LogitPenaltyClassifier.load_from_checkpoint(bare, map_location="cpu").eval()
+        model = LogitPenaltyClassifier.load_from_checkpoint(bare, map_location="cpu", trusted_modules=TRUSTED).eval()
         assert isinstance(model.net, ResNet) and isinstance(model.mix, HalfAndHalf)
         assert "val/confidence" in model.logged_keys("val")
         with torch.inference_mode():
             assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
     saved = torch.load(job / "net.pt", weights_only=True)
-    best = LogitPenaltyClassifier.load_from_checkpoint(job / read_status(job)["best_checkpoint"], map_location="cpu")
+    best = LogitPenaltyClassifier.load_from_checkpoint(
+        job / read_status(job)["best_checkpoint"], map_location="cpu", trusted_modules=TRUSTED
+    )
     assert all(torch.equal(saved[k], v) for k, v in best.net.state_dict().items())
 
 

@@ -33,6 +33,7 @@ from fmnist_lightning.training.history import read_history
 from fmnist_lightning.training.pipeline import train
 from fmnist_lightning.training.resume import preflight
 from fmnist_lightning.training.run_dirs import write_failure
+from fmnist_lightning.training.starting import check_trains_further
 from fmnist_lightning.training.status import read_status, write_status
 from in_process import run_command
 
@@ -414,7 +415,7 @@ def test_train_in_a_read_only_folder(data_root: Path, read_only_cwd: Path) -> No
     assert "Read-only file system" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-# 7. A result stays as it is ---------------------------------------------------------------
+# 8. A finished run is a result -------------------------------------------------------------
 
 #: A short run at 16 px, in fp32 on the CPU, so that its stops are the same on every machine.
 SHORT = (
@@ -427,6 +428,47 @@ SHORT = (
     "logger=csv",
     "callbacks.progress_bar=null",
 )
+
+
+#: A run that early stopping ended after 45 of 1,000 epochs, and its last fit's limits.
+EARLY_STOPPED = {
+    "status": "finished",
+    "epochs": 45,
+    "global_step": 4500,
+    "stopped_by": "early_stopping",
+    "limits": {"max_epochs": 1000, "max_steps": -1, "max_time": None},
+}
+
+
+@pytest.mark.parametrize(
+    ("limits", "overrides", "trains"),
+    [
+        ({}, ("trainer.max_epochs=1000",), False),  # a plain resume=
+        ({}, ("trainer.max_epochs=50",), True),
+        ({}, ("trainer.max_epochs=40",), False),  # not beyond the epochs done
+        ({}, ("trainer.max_epochs=null",), True),  # no limit
+        ({"max_epochs": 55}, ("trainer.max_epochs=55",), False),  # the last continuation's command again
+        ({"max_time": "00:00:10:00"}, ("trainer.max_epochs=1000", "+trainer.max_time=00:00:20:00"), True),
+        ({"max_time": "00:00:10:00"}, ("trainer.max_epochs=1000", "+trainer.max_time=00:00:05:00"), False),
+        ({"max_time": "00:00:10:00"}, ("trainer.max_epochs=1000", "+trainer.max_time={minutes:10}"), False),
+        ({"max_steps": 4500}, ("trainer.max_epochs=1000", "+trainer.max_steps=4500"), False),
+        ({"max_steps": 4500}, ("trainer.max_epochs=1000", "+trainer.max_steps=9000"), True),
+    ],
+)
+def test_a_finished_run_is_refused_unless_a_limit_asks_for_more(
+    make_cfg, limits: dict, overrides: tuple[str, ...], trains: bool
+) -> None:
+    status = {**EARLY_STOPPED, "limits": {**EARLY_STOPPED["limits"], **limits}}
+    cfg = make_cfg(*overrides)
+    if trains:
+        check_trains_further(cfg, "outputs/runs/run", status)
+        return
+    with pytest.raises(RunError) as refused:
+        check_trains_further(cfg, "outputs/runs/run", status)
+    assert str(refused.value).startswith(
+        "resume=outputs/runs/run: the run already finished (early stopping ended it after 45 epochs)"
+    )
+    assert "give e.g. resume=outputs/runs/run trainer.max_epochs=50" in str(refused.value)
 
 
 @pytest.mark.slow
@@ -450,7 +492,8 @@ def test_a_run_ended_by_early_stopping_trains_further_only_on_request(data_root:
     assert result.stderr.startswith(
         f"error: resume={run_dir}: the run already finished (early stopping ended it after 2 epochs)"
     ), result.stderr
-    assert f"resume={run_dir} trainer.max_epochs=12" in result.stderr
+    assert f"resume={run_dir} trainer.max_epochs=7" in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
     assert snapshot(run_dir) == before, "the refused resume changed the run folder"
 
     result = run_command("train.py", f"resume={run_dir}", "trainer.max_epochs=12")

@@ -129,7 +129,7 @@ def test_record_replaces_only_auto(tmp_path: Path, monkeypatch) -> None:
         assert written.trainer.precision == after
         assert OmegaConf.to_container(written)["data"]["mean"] == "${data.image_size}"  # left unresolved
         assert not list(saved.parent.glob(".*.part"))  # the temporary file is gone
-    monkeypatch.setattr(precision, "load_run_config", lambda _: pytest.fail("no config: nothing to read"))
+    monkeypatch.setattr(precision, "read_run_config", lambda _: pytest.fail("no config: nothing to read"))
     record_precision(tmp_path / "elsewhere", "bf16-mixed", "a test")
 
 

@@ -41,6 +41,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     parser.add_argument("--output", type=Path, help="also write comparison.md and comparison.json into this folder")
     parser.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (runs; default 0)")
+    parser.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module of your own that the runs' configs may name (repeatable; docs/runs.md, Sharing runs safely)",
+    )
     return parser.parse_args(argv)
 
 
@@ -63,10 +70,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.output is not None and args.output.exists() and not args.output.is_dir():
             raise UserError(f"--output {args.output} is a file; give a folder")
         if sweeps[0]:
-            result = compare_sweeps(args.a, args.b)
+            result = compare_sweeps(args.a, args.b, args.trust)
             markdown = sweep_comparison_markdown(result)
         else:
-            result = compare_runs(args.a, args.b, args.seed)
+            result = compare_runs(args.a, args.b, args.seed, args.trust)
             markdown = comparison_markdown(result)
     except (UserError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None

@@ -22,7 +22,8 @@ def evaluate(cfg: DictConfig) -> None:
     output_dir = HydraConfig.get().runtime.output_dir
     with errors_as_lines(output_dir):
         require(isinstance(cfg.robustness, bool), "robustness", cfg.robustness, "true or false")
-        report = evaluate_run(cfg.run_dir, output_dir, cfg.weights, cfg.data_root, cfg.device)
+        trusted = list(cfg.trusted_modules)
+        report = evaluate_run(cfg.run_dir, output_dir, cfg.weights, cfg.data_root, cfg.device, trusted)
         low, high = report["accuracy_ci95"]
         print(
             f"test accuracy {report['accuracy']:.4f} (95 % Wilson interval {low:.4f}-{high:.4f}), "
@@ -35,7 +36,12 @@ def evaluate(cfg: DictConfig) -> None:
         print(f"report: {output_dir}/report.md")
         if cfg.robustness:
             run_robustness(
-                output_dir, run_dir=cfg.run_dir, weights=cfg.weights, data_root=cfg.data_root, device=cfg.device
+                output_dir,
+                run_dir=cfg.run_dir,
+                weights=cfg.weights,
+                data_root=cfg.data_root,
+                device=cfg.device,
+                trusted_modules=trusted,
             )
 
 

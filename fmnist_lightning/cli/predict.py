@@ -30,7 +30,7 @@ def predict(cfg: DictConfig) -> None:
         check_options(cfg.preprocess, cfg.invert)
         if cfg.output:
             check_output(Path(cfg.output))
-        model = load_trained(cfg.run_dir, cfg.weights, cfg.device)
+        model = load_trained(cfg.run_dir, cfg.weights, cfg.device, list(cfg.trusted_modules))
     except (UserError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
 

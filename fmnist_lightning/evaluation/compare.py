@@ -15,6 +15,7 @@ Runs whose test sets differ (another dataset, image size, or test images) are re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,14 @@ from fmnist_lightning.artifacts import read_yaml
 from fmnist_lightning.data.datasets import DATASET_KEYS, IdxDataset
 from fmnist_lightning.errors import RunError
 from fmnist_lightning.evaluation.predictions import SavedPredictions, read_predictions
-from fmnist_lightning.evaluation.runs import load_run_config
+from fmnist_lightning.evaluation.run_config import load_run_config
 from fmnist_lightning.evaluation.statistics import ALPHA, mcnemar_exact, paired_bootstrap, wilson_interval
 
 
-def run_config_of(folder: str | Path) -> DictConfig:
+def run_config_of(folder: str | Path, trusted_modules: Sequence[str] = ()) -> DictConfig:
     """The config of the run a folder's predictions come from: a run folder's own, or for an
-    ``fmnist-evaluate`` folder (whose config names ``run_dir``) the evaluated run's.
+    ``fmnist-evaluate`` folder (whose config names ``run_dir``) the evaluated run's; checked
+    with ``trusted_modules`` (``load_run_config``).
 
     Raises:
         RunError: The folder is neither.
@@ -41,8 +43,8 @@ def run_config_of(folder: str | Path) -> DictConfig:
     if saved.is_file():
         config = read_yaml(saved, dict, "Evaluate the run again into a new folder.")
         if isinstance(config.get("run_dir"), str) and "model" not in config:  # an evaluation's folder
-            return load_run_config(config["run_dir"])
-    return load_run_config(folder)
+            return load_run_config(config["run_dir"], trusted_modules)
+    return load_run_config(folder, trusted_modules)
 
 
 def describe_test_set(config: DictConfig) -> dict[str, Any]:
@@ -98,7 +100,9 @@ def verdict(difference: float, low: float, high: float, p_value: float, test: st
     )
 
 
-def compare_runs(folder_a: str | Path, folder_b: str | Path, seed: int = 0) -> dict[str, Any]:
+def compare_runs(
+    folder_a: str | Path, folder_b: str | Path, seed: int = 0, trusted_modules: Sequence[str] = ()
+) -> dict[str, Any]:
     """Compares two runs' test predictions image by image.
 
     Args:
@@ -106,6 +110,7 @@ def compare_runs(folder_a: str | Path, folder_b: str | Path, seed: int = 0) -> d
             ``predictions.npz``.
         folder_b: Run B, the same.
         seed: The bootstrap's seed.
+        trusted_modules: Modules of one's own the runs' configs may name (``fmnist_lightning.trust``).
 
     Returns:
         A JSON-ready dict: ``a`` and ``b`` (folder, accuracy, its Wilson interval), ``images``,
@@ -118,7 +123,7 @@ def compare_runs(folder_a: str | Path, folder_b: str | Path, seed: int = 0) -> d
         DamagedFileError: A predictions file is damaged.
     """
     names = (str(folder_a), str(folder_b))
-    check_same_test_set(run_config_of(folder_a), run_config_of(folder_b), names)
+    check_same_test_set(run_config_of(folder_a, trusted_modules), run_config_of(folder_b, trusted_modules), names)
     a, b = read_predictions(folder_a), read_predictions(folder_b)
     _check_same_images(a, b)
     correct_a, correct_b = a.correct, b.correct

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ def evaluate_run(
     weights: str = "best",
     data_root: str | None = None,
     device: str = "auto",
+    trusted_modules: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Re-evaluates a finished run on the test set; the report goes into ``output_dir``.
 
@@ -69,6 +71,7 @@ def evaluate_run(
             ``fmnist_lightning.evaluation.runs.resolve_weights``.
         data_root: Overrides the run's ``data.root``.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ...
+        trusted_modules: Modules of one's own the run's config may name.
 
     Returns:
         The report, with ``weights`` (the file used) added; accuracy and loss are those
@@ -78,7 +81,7 @@ def evaluate_run(
         fmnist_lightning.errors.RunError: No such run or weights, or weights that do not fit.
         fmnist_lightning.errors.DatasetError: The test files are missing or corrupt.
     """
-    model = load_trained(run_dir, weights, device)
+    model = load_trained(run_dir, weights, device, trusted_modules)
     datamodule = build_datamodule(model.config, data_root)
     return run_test_report(
         model.module, datamodule, output_dir, model.device.type, {"weights": str(model.weights)}

@@ -131,6 +131,7 @@ def evaluate_robustness(
     reference: str | Path | None = None,
     cache_dir: str | Path | None = None,
     loggers: Sequence[Logger] = (),
+    trusted_modules: Sequence[str] = (),
 ) -> dict[str, Any]:
     """A run's test accuracy, clean and under each corruption and severity; the results go into
     ``output_dir`` (robustness.json, robustness.md, robustness.png) and to ``loggers``.
@@ -153,6 +154,7 @@ def evaluate_robustness(
             ``robustness/clean_acc``, ``robustness/mean_corruption_acc`` (and ``robustness/mce``
             with a reference) through ``log_metrics``; the heat map through ``log_image`` where
             a logger has it.
+        trusted_modules: Modules of one's own the run's config may name.
 
     Returns:
         The contents of robustness.json: accuracies as fractions (``accuracy[c][str(s)]``),
@@ -170,7 +172,7 @@ def evaluate_robustness(
     chosen, levels = select_corruptions(corruptions, severities)
     require(isinstance(batch_size, int) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
     require(isinstance(seed, int) and seed >= 0, "seed", seed, "an integer >= 0")
-    model = load_trained(run_dir, weights, device)
+    model = load_trained(run_dir, weights, device, trusted_modules)
     datamodule = build_datamodule(model.config, data_root)
     md5s = datamodule.dataset.test_checksums
     identity = table_identity(chosen, seed, md5s)

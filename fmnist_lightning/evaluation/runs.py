@@ -18,39 +18,18 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
 
-from fmnist_lightning.artifacts import load_tensors, read_json, read_yaml
+from fmnist_lightning.artifacts import load_tensors, read_json
 from fmnist_lightning.data import IdxDataModule
 from fmnist_lightning.data.photos import to_fashion_mnist
 from fmnist_lightning.data.transforms import build_preprocess
 from fmnist_lightning.errors import DamagedFileError, RunError
 from fmnist_lightning.evaluation.calibration import read_temperature
-from fmnist_lightning.evaluation.upgrade import upgrade_config
+from fmnist_lightning.evaluation.run_config import load_run_config
 from fmnist_lightning.locks import LOCK_FILE, holder_pid
 from fmnist_lightning.models.compose import module_arguments, module_class
 
 #: File name of the network's plain ``state_dict`` in a run folder.
 NET_WEIGHTS = "net.pt"
-
-
-def load_run_config(run_dir: str | Path) -> DictConfig:
-    """Reads the config a run was made with (``run_dir/.hydra/config.yaml``).
-
-    Raises:
-        RunError: ``run_dir`` is not a run folder.
-        DamagedFileError: The config file is damaged or not a run's config.
-    """
-    path = Path(run_dir) / ".hydra" / "config.yaml"
-    if not path.is_file():
-        raise RunError(
-            f"{run_dir} is not a run folder: it has no .hydra/config.yaml. "
-            "Pass a folder under outputs/runs/ or outputs/multirun/<sweep>/<job>/."
-        )
-    fix = "It is the run's config, which every use of the run needs: restore it from a copy, or train the run again."
-    saved = read_yaml(path, dict, fix)
-    for section, key in (("model", "_target_"), ("data", "image_size"), ("trainer", "max_epochs")):
-        if not isinstance(saved.get(section), dict) or key not in saved[section]:
-            raise DamagedFileError(path, f"it has no {section}.{key}, so it is not a run's config", fix)
-    return upgrade_config(OmegaConf.load(path))
 
 
 def resolve_weights(run_dir: str | Path, weights: str = NET_WEIGHTS) -> Path:
@@ -261,7 +240,12 @@ def run_temperature(run_dir: str | Path, weights: str = NET_WEIGHTS) -> float | 
     return read_temperature(run_dir) if weights in (NET_WEIGHTS, "best") else None
 
 
-def load_trained(run_dir: str | Path, weights: str = NET_WEIGHTS, device: str | torch.device = "cpu") -> TrainedModel:
+def load_trained(
+    run_dir: str | Path,
+    weights: str = NET_WEIGHTS,
+    device: str | torch.device = "cpu",
+    trusted_modules: Sequence[str] = (),
+) -> TrainedModel:
     """Loads a run's trained network, in eval mode, with its preprocessing: one call.
 
     >>> model = load_trained("outputs/runs/2026-11-22_16-40-00")  # doctest: +SKIP
@@ -273,17 +257,19 @@ def load_trained(run_dir: str | Path, weights: str = NET_WEIGHTS, device: str | 
             on the CPU.
         device: Where to put the network: ``"auto"`` (CUDA if available, else the CPU),
             ``"cpu"``, ``"cuda"``, ...
+        trusted_modules: Modules of one's own the run's config may name (``load_run_config``).
 
     The probabilities are divided by ``run_temperature(run_dir, weights)``.
 
     Raises:
         RunError: The folder is not a run, lacks the weights, or the weights do not fit
-            the network in its config.
+            the network in its config; ``UntrustedConfigError``, its config names a callable
+            this machine does not trust.
         DamagedFileError: Its ``temperature.json`` is damaged.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = load_run_config(run_dir)
+    cfg = load_run_config(run_dir, trusted_modules)
     path = resolve_weights(run_dir, weights)
     module = build_module(cfg)
     try:

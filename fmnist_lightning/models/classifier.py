@@ -16,6 +16,7 @@ from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from fmnist_lightning.errors import NonFiniteLossError
 from fmnist_lightning.models.parts import build_net, build_part
 from fmnist_lightning.models.rng import rng_states, set_rng_states
+from fmnist_lightning.trust import check_checkpoint
 
 
 class FashionMNISTClassifier(L.LightningModule):
@@ -218,6 +219,19 @@ class FashionMNISTClassifier(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, trusted_modules: Any = (), **kwargs: Any) -> Any:
+        """Lightning's ``load_from_checkpoint``, once the checkpoint's hyperparameters (its
+        ``net``, ``loss``, ``mix``, ``metrics``, ``optimizer`` and ``scheduler`` configs) pass
+        the rule for configs read back from disk (``fmnist_lightning.trust.check_checkpoint``;
+        ``trusted_modules``: modules of one's own to trust).
+
+        Raises:
+            UntrustedConfigError: They name a callable that is not trusted.
+        """
+        check_checkpoint(checkpoint_path, trusted_modules)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rng_states"] = rng_states()

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_lightning.errors import ArgumentError, PartError
-from fmnist_lightning.models.parts import accepts
+from fmnist_lightning.models.parts import takes_num_classes
 
 #: The LightningModule's arguments that are configs of their own, and their config keys.
 PART_KEYS = {
@@ -85,7 +85,7 @@ def check_net(module: Any, image_size: int) -> None:
     num_classes = int(module.hparams.num_classes)
     target = module.hparams.net["_target_"]
     try:
-        if not accepts(hydra.utils.get_object(target), "num_classes"):
+        if not takes_num_classes(target):
             raise ArgumentError(
                 "_target_",
                 target,
@@ -99,8 +99,10 @@ def check_net(module: Any, image_size: int) -> None:
                 logits = module(torch.zeros(2, 1, image_size, image_size))
         finally:
             module.train(training)
-        if tuple(logits.shape) != (2, num_classes):
-            width = logits.shape[-1] if logits.dim() == 2 else tuple(logits.shape[1:])
+        if logits.dim() != 2 or logits.shape[0] != 2:
+            raise TypeError(f"returns logits of shape {tuple(logits.shape)} for 2 images; (2, num_classes) expected")
+        if logits.shape[1] != num_classes:
+            width = logits.shape[1]
             raise ArgumentError(
                 "num_classes",
                 width,

@@ -4,7 +4,8 @@
 Every network maps ``torch.float32`` ``(B, 1, H, W)`` images with ``H = W = image_size`` to
 ``(B, num_classes)`` logits, ``num_classes`` being the dataset's ``data.num_classes`` (given
 by the LightningModule, ``fmnist_lightning.models.parts.build_net``). The first linear layer
-is sized from ``image_size`` (28 and 16 are the documented sizes); a size too small for a
+is sized from ``image_size`` (28 and 16 are the documented sizes; the parameter counts below
+are at 10 classes); a size too small for a
 network's pooling stages raises ``ImageTooSmallError``. Each network checks its own
 arguments and raises ``ArgumentError`` naming the argument, so a bad ``model.<argument>`` is
 reported before any data is read. Nothing here knows about Lightning, Hydra or files.
@@ -74,7 +75,7 @@ class TwoConvBNNet(ConvClassifier):
     """Recipe 000 (``000_49e6956bb08f0e59.txt``): two conv+BatchNorm blocks, three linear layers.
 
     conv(1→32)+BN+ReLU+pool, conv(32→64)+BN+ReLU+pool, FC→256+ReLU+Dropout,
-    FC 256→128+ReLU+Dropout, FC 128→10. The recipe does not give the kernel size; its
+    FC 256→128+ReLU+Dropout, FC 128→num_classes. The recipe does not give the kernel size; its
     FC input of 3136 = 64·7·7 at 28 px implies size-preserving convolutions, so 3×3 with
     padding 1 is used. 856,266 parameters at 28 px.
 
@@ -104,7 +105,7 @@ class TwoConvBNNet(ConvClassifier):
 class ThreeConvNet(ConvClassifier):
     """Recipe 001 (``001_84f283de40ea0c52.txt``): three 3×3 conv blocks (32, 64, 128).
 
-    Each conv+ReLU+2×2 max-pool, 28→14→7→3 px; FC 1152→256+ReLU, Dropout, FC 256→10.
+    Each conv+ReLU+2×2 max-pool, 28→14→7→3 px; FC 1152→256+ReLU, Dropout, FC 256→num_classes.
     The recipe's 3×3 maps after three pools at 28 px imply padding 1. The recipe does not
     name the hidden activation; ReLU, as in its conv layers. 390,410 parameters at 28 px.
 
@@ -133,7 +134,7 @@ class TwoConvNet(ConvClassifier):
     16 px): two conv layers (32, 64) and two linear layers with dropout between them.
 
     The default layout, ``pool_every_conv=True``: conv(1→32)+ReLU+pool,
-    conv(32→64)+ReLU+pool, FC→hidden+ReLU, Dropout, FC hidden→10. Neither recipe gives the
+    conv(32→64)+ReLU+pool, FC→hidden+ReLU, Dropout, FC hidden→num_classes. Neither recipe gives the
     kernel size or the hidden width: 3×3 convolutions with padding 1 and ``hidden=128`` are
     chosen here (421,642 parameters at 28 px, 151,306 at 16 px).
 
@@ -201,7 +202,7 @@ class TwoConvNet(ConvClassifier):
 class TwoConv5x5Net(ConvClassifier):
     """Recipe 004 (``004_89eea2e3671ba8f9.txt``): two 5×5 conv blocks (16, 32), one linear layer.
 
-    conv5×5(1→16, pad 2)+ReLU+pool, conv5×5(16→32, pad 2)+ReLU+pool, FC 512→10 at 16 px
+    conv5×5(1→16, pad 2)+ReLU+pool, conv5×5(16→32, pad 2)+ReLU+pool, FC 512→num_classes at 16 px
     (16→8→4 px). The recipe does not name the activation; ReLU is used. 18,378 parameters
     at 16 px.
 
@@ -223,7 +224,7 @@ class VGGBNNet(ConvClassifier):
     A small VGG-style network (Simonyan & Zisserman, 2015) with batch normalisation: one
     stage per entry of ``widths``, each ``convs_per_stage`` × (conv3×3 + BatchNorm + ReLU)
     followed by a 2×2 max-pool (28→14→7→3 px with three stages), then
-    Flatten → FC→``hidden`` + BatchNorm + ReLU → Dropout → FC→10 (or Dropout → FC→10
+    Flatten → FC→``hidden`` + BatchNorm + ReLU → Dropout → FC→num_classes (or Dropout → FC→num_classes
     when ``hidden`` is 0). With the defaults, 28 px: 584,874 parameters.
 
     With ``flip_tta``, the network in eval mode (validation, test, ``evaluate.py``,

@@ -37,6 +37,15 @@ def accepts(target: Any, argument: str) -> bool:
     return argument in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
+def takes_num_classes(target: str) -> bool:
+    """Whether the network class ``target`` (a ``_target_``) has a ``num_classes`` argument.
+
+    Raises:
+        ImportError: ``target`` cannot be imported (Hydra's ``get_object``).
+    """
+    return accepts(hydra.utils.get_object(target), "num_classes")
+
+
 def build_net(config: Mapping[str, Any], num_classes: int) -> nn.Module:
     """The network of ``config`` with ``num_classes`` outputs, passed as its ``num_classes``
     argument: the one way the dataset's class count (``data.num_classes``) reaches a network,
@@ -47,8 +56,9 @@ def build_net(config: Mapping[str, Any], num_classes: int) -> nn.Module:
     (``fmnist_lightning.models.compose.check_net``).
 
     Raises:
-        PartError: ``net``, chaining the cause: the network cannot be built, or its config
-            sets a ``num_classes`` other than ``num_classes`` (``ArgumentError``).
+        PartError: ``net``, chaining the cause: the network cannot be built, is not an
+            ``nn.Module`` (a ``_partial_`` config, say), or its config sets a ``num_classes``
+            other than ``num_classes`` (``ArgumentError``).
     """
     try:
         own = config.get("num_classes")
@@ -58,7 +68,10 @@ def build_net(config: Mapping[str, Any], num_classes: int) -> nn.Module:
                 own,
                 f"the network's class count comes from data.num_classes ({num_classes}); drop model.num_classes",
             )
-        takes = accepts(hydra.utils.get_object(config["_target_"]), "num_classes")
-        return hydra.utils.instantiate(config, **({"num_classes": num_classes} if takes else {}))
+        takes = takes_num_classes(config["_target_"])
+        net = hydra.utils.instantiate(config, **({"num_classes": num_classes} if takes else {}))
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"builds a {type(net).__name__}, not an nn.Module")
+        return net
     except Exception as err:
         raise PartError("net") from err

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,13 @@ def _export_program(wrapper: nn.Module, example: torch.Tensor, path: Path, meta:
     torch.export.save(program, path, extra_files=meta)
 
 
-def export_run(run_dir: str | Path, format: str = "onnx", weights: str = NET_WEIGHTS, overwrite: bool = False) -> Path:
+def export_run(
+    run_dir: str | Path,
+    format: str = "onnx",
+    weights: str = NET_WEIGHTS,
+    overwrite: bool = False,
+    trusted_modules: Sequence[str] = (),
+) -> Path:
     """Exports a run's network with its preprocessing into the run folder.
 
     Args:
@@ -120,6 +127,7 @@ def export_run(run_dir: str | Path, format: str = "onnx", weights: str = NET_WEI
         format: ``"onnx"`` (``model.onnx``) or ``"torch_export"`` (``model.pt2``).
         weights: Which weights; see ``fmnist_lightning.evaluation.runs.resolve_weights``.
         overwrite: Replace an earlier export of the same format.
+        trusted_modules: Modules of one's own the run's config may name.
 
     Returns:
         The written file.
@@ -136,7 +144,7 @@ def export_run(run_dir: str | Path, format: str = "onnx", weights: str = NET_WEI
         raise RunError(
             f"{path} exists already; pass overwrite=true to replace it, or export elsewhere by copying the run"
         )
-    model = load_trained(run_dir, weights, "cpu")  # checks the folder before taking its lock
+    model = load_trained(run_dir, weights, "cpu", trusted_modules)  # checks the folder before taking its lock
     lock_run_folder(run_dir)
     try:
         wrapper = ImagesToProbabilities(model).eval()

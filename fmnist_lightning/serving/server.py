@@ -16,6 +16,7 @@ the images are decoded in the inference worker.
 # No ``from __future__ import annotations``: LitServe reads ``decode_request``'s annotation
 # at run time, and only the class ``Request`` itself makes it pass the parsed body.
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -30,7 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fmnist_lightning.artifacts import read_json
 from fmnist_lightning.data.photos import MAX_PIXELS, check_options
 from fmnist_lightning.errors import require
-from fmnist_lightning.evaluation.runs import NET_WEIGHTS, load_run_config, load_trained, run_temperature
+from fmnist_lightning.evaluation.run_config import load_run_config
+from fmnist_lightning.evaluation.runs import NET_WEIGHTS, load_trained, run_temperature
 from fmnist_lightning.serving.export import EXPORT_FILES, load_exported
 from fmnist_lightning.serving.payload import HOW_TO_SEND, Decoded, decode_payload
 
@@ -59,6 +61,8 @@ class ServeOptions:
         timeout: Seconds a request may wait for its answer before a 504.
         fast_queue: LitServe's ZeroMQ transport between the HTTP and inference processes,
             instead of multiprocessing queues.
+        trusted_modules: Modules of one's own the run's config may name
+            (``fmnist_lightning.trust``).
     """
 
     run_dir: str
@@ -76,6 +80,7 @@ class ServeOptions:
     workers: int = 1
     timeout: float = 30
     fast_queue: bool = True
+    trusted_modules: Sequence[str] = ()
 
     def check(self) -> None:
         """Raises ``ArgumentError`` naming the first bad option (before anything is loaded)."""
@@ -88,7 +93,7 @@ class ServeOptions:
             self.preprocess,
             "photo or none (the server batches 28×28 images)",
         )
-        require(1 <= self.top_k <= 10, "top_k", self.top_k, "1 to 10")
+        require(self.top_k >= 1, "top_k", self.top_k, "1 or more (at most the classes there are are listed)")
         require(self.max_batch_size >= 1, "max_batch_size", self.max_batch_size, "1 or more (1: no batching)")
         require(self.batch_timeout >= 0, "batch_timeout", self.batch_timeout, "seconds >= 0")
         require(self.max_body_mb > 0, "max_body_mb", self.max_body_mb, "megabytes > 0")
@@ -109,7 +114,7 @@ def load_backend(options: ServeOptions, device: str = "cpu") -> Any:
     """
     if options.backend == "onnx":
         return load_exported(Path(options.run_dir) / EXPORT_FILES["onnx"], options.threads)
-    return load_trained(options.run_dir, options.weights, device)
+    return load_trained(options.run_dir, options.weights, device, list(options.trusted_modules))
 
 
 class FashionMNISTAPI(ls.LitAPI):
@@ -237,7 +242,7 @@ def run_info(options: ServeOptions) -> dict[str, Any]:
         RunError, DamagedFileError: The folder is not a readable run.
     """
     run_dir = Path(options.run_dir)
-    cfg = load_run_config(run_dir)
+    cfg = load_run_config(run_dir, list(options.trusted_modules))
     report = run_dir / "report.json"
     accuracy = read_json(report, "Evaluate the run again.").get("accuracy") if report.is_file() else None
     if options.backend == "onnx":  # the temperature the graph was exported with

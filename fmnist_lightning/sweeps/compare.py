@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fmnist_lightning.errors import RunError
 from fmnist_lightning.evaluation.compare import check_same_test_set, verdict
-from fmnist_lightning.evaluation.runs import load_run_config
+from fmnist_lightning.evaluation.run_config import load_run_config
 from fmnist_lightning.evaluation.statistics import paired_t_test, welch_t_test
 from fmnist_lightning.sweeps.configurations import Group, group_jobs, swept_keys
 from fmnist_lightning.sweeps.jobs import job_folders, read_sweep
@@ -48,8 +49,10 @@ def _pairs(groups_a: list[Group], groups_b: list[Group]) -> tuple[list[tuple[Gro
     return pairs, [g for g in groups_a + groups_b if id(g) not in matched]
 
 
-def compare_sweeps(sweep_a: str | Path, sweep_b: str | Path) -> dict[str, Any]:
+def compare_sweeps(sweep_a: str | Path, sweep_b: str | Path, trusted_modules: Sequence[str] = ()) -> dict[str, Any]:
     """Compares two sweeps configuration by configuration (see the module docstring).
+    ``trusted_modules``: modules of one's own the jobs' configs may name
+    (``fmnist_lightning.trust``).
 
     Returns:
         A dict: ``a`` and ``b`` (the folders), ``metric``, ``configurations`` (one entry per
@@ -70,7 +73,9 @@ def compare_sweeps(sweep_a: str | Path, sweep_b: str | Path) -> dict[str, Any]:
         if not jobs:
             raise RunError(f"no job of the sweep {folder} finished; there is nothing to compare")
     check_same_test_set(
-        load_run_config(finished[0][0].folder), load_run_config(finished[1][0].folder), (str(sweep_a), str(sweep_b))
+        load_run_config(finished[0][0].folder, trusted_modules),
+        load_run_config(finished[1][0].folder, trusted_modules),
+        (str(sweep_a), str(sweep_b)),
     )
     pairs, unmatched = _pairs(*groups)
     if not pairs:

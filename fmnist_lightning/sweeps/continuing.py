@@ -48,7 +48,9 @@ DONE = ("finished", "failed", "pruned")
 #: Where a job killed before its first checkpoint is moved, inside the sweep folder.
 ABANDONED = ".abandoned"
 #: Config keys that say where a run is kept rather than what it trains.
-PLUMBING_KEYS = ("resume", "output_dir", "ckpt_path")
+PLUMBING_KEYS = ("resume", "output_dir", "ckpt_path", "trusted_modules")
+#: The key of the modules a command trusts (``fmnist_lightning.trust``): the command's own.
+TRUST = "trusted_modules"
 #: The precision key, which a run with ``auto`` rewrites in its saved config.
 PRECISION = "trainer.precision"
 
@@ -161,8 +163,10 @@ def plan(
             continue
         job = read_job(folder)
         own = [split_override(o) for o in overrides if not o.startswith(("hydra.", "hydra/"))]
-        if list(job.overrides.items()) != [(k, v or "") for k, v in own]:
-            written = " ".join(f"{k}={v}" for k, v in job.overrides.items())
+        own = [(k, v) for k, v in own if k != TRUST]  # this command's trust, not the job's
+        ran = {k: v for k, v in job.overrides.items() if k != TRUST}
+        if list(ran.items()) != [(k, v or "") for k, v in own]:
+            written = " ".join(f"{k}={v}" for k, v in ran.items())
             mine = " ".join(f"{k}={v}" for k, v in own)  # not the hydra.* ones: a database URL has a password
             why = f"its job {folder.name} ran {written}, and this command's job {number} does {mine}"
             raise _refuse(sweep_dir, why)

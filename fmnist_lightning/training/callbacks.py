@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, EarlyStopping, Timer
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -137,9 +138,10 @@ class RunStatus(Callback):
     run's first training step: the start-up, which in a sweep also holds the earlier jobs
     of the process; null until then, when the run trains nothing, and off Linux),
     ``metrics`` (the latest logged values; accuracies are fractions), ``error`` (why the
-    run stopped, or null) and ``stopped_by`` (what ended the training of a finished run:
-    ``max_epochs``, ``max_steps``, ``max_time`` or ``early_stopping``, see ``stop_reason``;
-    null otherwise, and in runs of older versions). ``best_checkpoint`` names only a file
+    run stopped, or null), and once training has ended ``stopped_by`` (what ended it:
+    ``max_epochs``, ``max_steps``, ``max_time`` or ``early_stopping``, see ``stop_reason``)
+    and ``limits`` (the Trainer's limits that fit ran with, ``training.starting.stop_limits``);
+    both null before, and in runs of older versions. ``best_checkpoint`` names only a file
     that exists: a best checkpoint whose write failed (a full disk) is left out. Only rank 0
     writes.
 
@@ -153,11 +155,17 @@ class RunStatus(Callback):
         self.first_step_s: float | None = None
         self._step_timed = False  # first_step_s is taken once, also where it stays None (not Linux)
         self._resumed_at: tuple[int, str] | None = None
+        self._ended: tuple[str | None, dict | None] = (None, None)
 
     def resume_at(self, global_step: int, best_checkpoint: str) -> None:
         """For a resume that does not fit again (training was over): the step and the best
         checkpoint to report, which the Trainer, having trained nothing, does not know."""
         self._resumed_at = (global_step, best_checkpoint)
+
+    def training_ended(self, stopped_by: str | None, limits: dict | None) -> None:
+        """Training is over: what ended it (``stop_reason``) and the limits it ran with, which
+        every later write records."""
+        self._ended = (stopped_by, limits)
 
     def write(
         self,
@@ -167,13 +175,11 @@ class RunStatus(Callback):
         metrics: dict[str, float] | None = None,
         error: str | None = None,
         trained: bool | None = None,
-        stopped_by: str | None = None,
     ) -> None:
         """Writes the file (atomically: a reader never sees half of it).
 
         Args:
             trained: Whether training is over; ``None``: it is if ``status`` is ``finished``.
-            stopped_by: What ended training (``stop_reason``), for a finished run.
 
         Raises:
             OSError: The file cannot be written (the earlier one is then left as it was).
@@ -200,7 +206,8 @@ class RunStatus(Callback):
             error,
             trained=status == "finished" if trained is None else trained,
             first_step_s=self.first_step_s,
-            stopped_by=stopped_by,
+            stopped_by=self._ended[0],
+            limits=self._ended[1],
         )
 
     def write_or_warn(self, trainer: L.Trainer, status: str, epochs: int, **fields: Any) -> None:
@@ -240,16 +247,23 @@ class RunStatus(Callback):
 
 def stop_reason(trainer: L.Trainer) -> str | None:
     """What ended ``trainer``'s last fit: ``max_steps``, ``max_epochs`` (the Trainer's
-    limits, as its fit loop checks them), ``early_stopping`` (an ``EarlyStopping`` callback
-    stopped it) or ``max_time`` (the ``Timer`` of ``trainer.max_time`` ran out); ``None``
-    when none of them did (an interrupted or failed fit)."""
+    limits, as its fit loop checks them), ``max_time`` (the ``Timer`` of
+    ``trainer.max_time`` ran out) or ``early_stopping`` (an ``EarlyStopping`` callback
+    stopped it after its last epoch; the callback's state from an earlier fit does not
+    count); ``None`` when none of them did (an interrupted or failed fit)."""
     loop = trainer.fit_loop
+    last_epoch = loop.epoch_progress.current.processed - 1
     if loop.max_steps not in (None, -1) and loop.epoch_loop.global_step >= loop.max_steps:
         return "max_steps"
-    if loop.max_epochs not in (None, -1) and loop.epoch_progress.current.processed >= loop.max_epochs:
+    if loop.max_epochs not in (None, -1) and last_epoch + 1 >= loop.max_epochs:
         return "max_epochs"
-    if any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in trainer.callbacks):
-        return "early_stopping"
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     remaining = timer.time_remaining() if timer is not None else None
-    return "max_time" if remaining is not None and remaining <= 0 else None
+    if remaining is not None and remaining <= 0:
+        return "max_time"
+    stopped = (
+        isinstance(c, EarlyStopping) and c.stopping_reason is not EarlyStoppingReason.NOT_STOPPED
+        and c.stopped_epoch == last_epoch
+        for c in trainer.callbacks
+    )  # fmt: skip
+    return "early_stopping" if any(stopped) else None

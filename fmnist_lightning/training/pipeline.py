@@ -36,7 +36,7 @@ from fmnist_lightning.training.processes import (
 )
 from fmnist_lightning.training.resume import discard_resume_attempt
 from fmnist_lightning.training.run_dirs import check_writable, checkpoint_dir, write_failure
-from fmnist_lightning.training.starting import start_checkpoint
+from fmnist_lightning.training.starting import start_checkpoint, stop_limits
 from fmnist_lightning.training.status import read_status
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,6 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     # Stopped in its test or report: training is complete, and the resume only tests and reports.
     trained = bool(previous.get("trained")) and previous.get("status") != "finished"
     stage = "training"  # what a signal or an error interrupts
-    stopped_by = None  # what ended training, once it has ended (callbacks.stop_reason)
     epochs = previous.get("epochs", 0)
     resume = f"{train_command()} {shlex.quote(f'resume={output_dir}')}"
     try:
@@ -174,10 +173,11 @@ def _train(cfg: DictConfig) -> dict[str, float]:
             best_path = str(output_dir / best) if best else ""
             test_from = best_path or str(start)
             status.resume_at(previous.get("global_step", 0), best_path)
-            stopped_by = previous.get("stopped_by")
+            status.training_ended(previous.get("stopped_by"), previous.get("limits"))
         else:
             trainer.fit(model, datamodule=datamodule, ckpt_path=start)
-            epochs, stopped_by = _trained(trainer), stop_reason(trainer)
+            epochs = _trained(trainer)
+            status.training_ended(stop_reason(trainer), stop_limits(cfg))
             # trainer.test replaces callback_metrics, so keep the last epoch's train/val values.
             metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
             checkpoint = trainer.checkpoint_callback
@@ -187,7 +187,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         # SIGTERM stops the test and the report as Ctrl-C does (Lightning's own SIGTERM handler,
         # installed during trainer.test, calls this one too).
         with sigterm_as_ctrl_c():
-            status.write(trainer, "running", epochs=epochs, metrics=metrics, trained=True, stopped_by=stopped_by)
+            status.write(trainer, "running", epochs=epochs, metrics=metrics, trained=True)
             # One pass over the test set: the TestReport callback writes the report from it.
             trainer.test(model, datamodule=datamodule, ckpt_path=test_from)
             metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
@@ -200,7 +200,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
                 write_atomically(output_dir / NET_WEIGHTS, weights.getbuffer())
                 write_curves(output_dir)
                 log_hparams_session(trainer.loggers, hparams_of(resolved, run_overrides()), metrics)
-            status.write(trainer, "finished", epochs=epochs, metrics=metrics, stopped_by=stopped_by)
+            status.write(trainer, "finished", epochs=epochs, metrics=metrics)
     except NonFiniteLossError as err:
         status.write_or_warn(trainer, "failed", epochs=_completed(trainer), error=str(err))
         raise
@@ -212,7 +212,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         last = checkpoint_dir(cfg) / "last.ckpt"
         if stage != "training":  # last.ckpt is the end of the last epoch: the resume only tests
             status.write_or_warn(
-                trainer, "interrupted", epochs=epochs, metrics=metrics, trained=True, stopped_by=stopped_by,
+                trainer, "interrupted", epochs=epochs, metrics=metrics, trained=True,
                 error=f"stopped by Ctrl-C or SIGTERM during the {stage}, after training finished ({epochs} epochs)",
             )  # fmt: skip
             raise RunInterrupted(
@@ -229,16 +229,12 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     except OSError as err:  # a full disk, a folder made read-only, a lost mount: any write of the run
         message = write_failure(err, output_dir)
         failed_epochs = epochs if stage != "training" else _completed(trainer)
-        status.write_or_warn(
-            trainer, "failed", epochs=failed_epochs, error=message, trained=stage != "training", stopped_by=stopped_by
-        )
+        status.write_or_warn(trainer, "failed", epochs=failed_epochs, error=message, trained=stage != "training")
         raise RunError(f"{message}; then continue the run with: {resume}") from None
     except Exception as err:
         failed_epochs = epochs if stage != "training" else _completed(trainer)
         error = f"{type(err).__name__}: {err}"
-        status.write_or_warn(
-            trainer, "failed", epochs=failed_epochs, error=error, trained=stage != "training", stopped_by=stopped_by
-        )
+        status.write_or_warn(trainer, "failed", epochs=failed_epochs, error=error, trained=stage != "training")
         raise
     finally:
         end_runs(trainer.loggers)

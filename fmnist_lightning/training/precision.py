@@ -33,7 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmnist_lightning.artifacts import write_atomically
-from fmnist_lightning.evaluation.runs import load_run_config
+from fmnist_lightning.evaluation.run_config import read_run_config
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def record_precision(run_dir: Path, precision: str, reason: str) -> None:
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.is_file():  # train() called outside Hydra, or hydra.output_subdir=null
         return
-    config = load_run_config(run_dir)
+    config = read_run_config(run_dir)  # this run's own config, just written by Hydra
     if OmegaConf.select(config, "trainer.precision") == AUTO:
         config.trainer.precision = precision
         write_atomically(saved, OmegaConf.to_yaml(config))

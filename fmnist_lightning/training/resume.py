@@ -27,13 +27,14 @@ from omegaconf import DictConfig, open_dict
 
 from fmnist_lightning.artifacts import read_yaml
 from fmnist_lightning.errors import RunError
-from fmnist_lightning.evaluation.runs import load_run_config
+from fmnist_lightning.evaluation.run_config import load_run_config
 from fmnist_lightning.locks import lock_run_folder, release_run_folder
 from fmnist_lightning.training.history import read_history
 from fmnist_lightning.training.precision import AUTO
 from fmnist_lightning.training.processes import in_multirun, is_child_rank, train_command
 from fmnist_lightning.training.run_dirs import checkpoint_dir, is_run_folder, override_value, quoted, split_override
 from fmnist_lightning.training.status import read_status
+from fmnist_lightning.trust import TARGET, check_overrides
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,29 @@ def _value(args: list[str], key: str) -> Any:
         if value is not None and name == key and not arg.startswith("~"):
             found = override_value(arg)
     return found
+
+
+def trusted_on_command(args: list[str]) -> list[str]:
+    """The modules this command trusts: its ``trusted_modules=[...]`` override (one name is
+    taken as a list of one).
+
+    Raises:
+        RunError: A name is not a dotted Python module name.
+    """
+    value = _value(args, "trusted_modules") or []
+    names = [str(v) for v in (value if isinstance(value, list) else [value])]
+    bad = [n for n in names if not TARGET.fullmatch(n)]
+    if bad:
+        raise RunError(
+            f"trusted_modules={value}: {bad[0]!r} is not a module name; give e.g. trusted_modules=[my_module]"
+        )
+    return names
+
+
+def trusted_override(trusted: list[str]) -> str:
+    """The override that sets ``trusted_modules`` to ``trusted``, replacing whatever a saved
+    config holds (``++``: also in a config that has no such key)."""
+    return f"++trusted_modules=[{','.join(trusted)}]"
 
 
 def preflight(argv: list[str]) -> list[str]:
@@ -111,17 +135,18 @@ def preflight(argv: list[str]) -> list[str]:
             "Pass a folder under outputs/runs/ or outputs/multirun/<sweep>/<job>/."
         )
     folder = folder.resolve()
+    trusted = trusted_on_command(args)
     if not is_child_rank():  # rank 0 holds the lock for the other tasks of a SLURM job
         lock_run_folder(folder)  # held until this process ends: one writer, refused before Hydra writes
     try:  # the files a resume reads back, before Hydra reads the config or writes anything
-        load_run_config(folder)
+        load_run_config(folder, trusted)  # nothing it names is imported before it is trusted
         read_status(folder)
         read_history(folder)
     except RunError:
         release_run_folder(folder)  # (a no-op where the lock is not held)
         raise
     attempt = resume_subdir()
-    others = [a for a in args if split_override(a)[0] != "resume"]
+    others = [a for a in args if split_override(a)[0] not in ("resume", "trusted_modules")]
     return _without_hydra_files(
         [
             argv[0],
@@ -130,6 +155,7 @@ def preflight(argv: list[str]) -> list[str]:
             "-cn",
             "config",
             *others,
+            trusted_override(trusted),  # this command's trust, never the saved config's
             f"++resume={quoted(str(folder))}",
             f"hydra.run.dir={quoted(str(folder))}",
             f"hydra.output_subdir=.hydra/{attempt}",
@@ -153,17 +179,32 @@ def continue_sweep(argv: list[str], folder: Path) -> list[str]:
     apply after the sweep's own: ``hydra.launcher.n_jobs=4``, say; one that changes a job is
     refused by the sweeper.
 
+    The overrides read from ``multirun.yaml`` may come from someone else: they are checked
+    (``fmnist_lightning.trust.check_overrides``) with this command's ``trusted_modules``, and
+    a ``trusted_modules`` among them is dropped.
+
     Raises:
-        RunError: ``multirun.yaml`` is damaged, or ``hydra.sweep.dir`` is given too.
+        RunError: ``multirun.yaml`` is damaged, or ``hydra.sweep.dir`` is given too;
+            ``UntrustedConfigError``, an override of the sweep names something not trusted.
     """
-    args = [a for a in argv[1:] if a not in ("-m", "--multirun") and split_override(a)[0] != "resume"]
+    trusted = trusted_on_command(argv[1:])
+    args = [
+        a
+        for a in argv[1:]
+        if a not in ("-m", "--multirun") and split_override(a)[0] not in ("resume", "trusted_modules")
+    ]
     if any(split_override(a)[0] == "hydra.sweep.dir" for a in args):
         raise RunError(f"resume={folder} continues the sweep in its own folder; drop hydra.sweep.dir")
     fix = "It is the sweep's config, written when the sweep started; without it, run the sweep's command again."
     overrides = read_yaml(folder / SWEEP_CONFIG, dict, fix).get("hydra", {}).get("overrides", {})
-    own = [o for o in overrides.get("hydra", []) if split_override(o)[0] not in ("hydra.sweep.dir", "hydra.mode")]
-    task = list(overrides.get("task", []))
-    return [argv[0], "-m", *own, *task, *args, f"hydra.sweep.dir={quoted(str(folder.resolve()))}"]
+    given = {split_override(a)[0] for a in args}  # this command's own settings replace the sweep's
+    dropped = ("hydra.sweep.dir", "hydra.mode", *given)
+    own = [o for o in overrides.get("hydra", []) if split_override(o)[0] not in dropped]
+    task = [o for o in overrides.get("task", []) if split_override(o)[0] != "trusted_modules"]
+    check_overrides([*own, *task], trusted, f"the sweep folder {folder}")
+    sweep_dir = f"hydra.sweep.dir={quoted(str(folder.resolve()))}"
+    trust = [trusted_override(trusted)] if trusted else []
+    return [argv[0], "-m", *own, *task, *args, *trust, sweep_dir]
 
 
 def resume_subdir() -> str:
@@ -233,7 +274,8 @@ def continue_job(cfg: DictConfig) -> bool:
     with open_dict(cfg):
         cfg.resume = str(output_dir)
         if cfg.trainer.get("precision") == AUTO and is_run_folder(output_dir):  # the precision auto chose then
-            cfg.trainer.precision = load_run_config(output_dir).trainer.precision
+            saved = load_run_config(output_dir, list(cfg.get("trusted_modules") or ()))
+            cfg.trainer.precision = saved.trainer.precision
     restart = os.environ.get("SLURM_RESTART_COUNT")
     log.info(
         "Continuing the interrupted job in %s from its last.ckpt%s",

@@ -52,7 +52,17 @@ def new_dir(path: str) -> str:
 
 #: Command-line keys that say where or how a run is kept, not what it trains: left out of
 #: folder names.
-PLUMBING = ("hydra.", "data.root", "output_dir", "resume", "ckpt_path", "callbacks.", "logger", "trainer.accelerator")
+PLUMBING = (
+    "hydra.",
+    "data.root",
+    "output_dir",
+    "resume",
+    "ckpt_path",
+    "trusted_modules",
+    "callbacks.",
+    "logger",
+    "trainer.accelerator",
+)
 #: Environment variable holding a sweep's swept keys, comma-separated (set by
 #: ``fmnist_lightning.sweeps.callback.SweptKeys`` when a multirun starts).
 SWEPT_KEYS_ENV = "FMNIST_SWEPT_KEYS"

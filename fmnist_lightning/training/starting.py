@@ -5,11 +5,12 @@ finished run unless the command asks for more training), a checkpoint file of
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fmnist_lightning.errors import RunError
-from fmnist_lightning.evaluation.runs import load_run_config
+from fmnist_lightning.evaluation.run_config import load_run_config
 from fmnist_lightning.training.processes import train_command
 from fmnist_lightning.training.run_dirs import checkpoint_dir
 from fmnist_lightning.training.status import read_status
@@ -69,40 +70,63 @@ def start_checkpoint(cfg: DictConfig) -> Path | None:
 STOP_LIMITS = ("max_epochs", "max_steps", "max_time")
 
 
+def stop_limits(cfg: DictConfig) -> dict[str, Any]:
+    """The Trainer's limits on training (``STOP_LIMITS``) in ``cfg``, as plain values: what a
+    finished run's ``metrics.json`` records as ``limits``."""
+    return {
+        key: OmegaConf.to_container(v) if isinstance(v := cfg.trainer.get(key), DictConfig) else v
+        for key in STOP_LIMITS
+    }
+
+
+def _seconds(max_time: Any) -> float | None:
+    """``trainer.max_time`` in seconds, as Lightning's ``Timer`` reads it; ``None``: no limit."""
+    from lightning.pytorch.callbacks import Timer
+
+    return None if max_time is None else Timer(duration=max_time)._duration
+
+
+def _asks_for_more(key: str, value: Any, before: Any, status: dict) -> bool:
+    """Whether setting limit ``key`` to ``value`` (from ``before``) lets a finished run train
+    further: a limit beyond what it has done, or none (``null``, or -1 for the counts)."""
+    if value == before:
+        return False
+    if key == "max_time":
+        now, then = _seconds(value), _seconds(before)
+        return now is None or (then is not None and now > then)
+    done = status.get("epochs", 0) if key == "max_epochs" else status.get("global_step", 0)
+    return value in (None, -1) or value > done
+
+
 def check_trains_further(cfg: DictConfig, resume: str, status: dict) -> None:
     """Refuses to continue a finished run, a result, unless this command asks for more
-    training: it sets one of ``STOP_LIMITS`` to another value than the run's saved config
-    (and ``trainer.max_epochs``, if set, above the epochs done). What then stops it again
-    is the Trainer's and the callbacks' restored state: the new limit, or early stopping,
-    whose counters continue from the checkpoint.
+    training: it sets one of ``STOP_LIMITS`` beyond the value that run's last fit had
+    (``limits`` of ``metrics.json``; the saved config for a run of an older version) and
+    beyond what the run has done (epochs, steps). What then stops it again is the Trainer's
+    and the callbacks' restored state: the new limit, or early stopping, whose counters
+    continue from the checkpoint.
 
     Raises:
-        RunError: No limit is set anew, or ``trainer.max_epochs`` is not above the epochs
-            done; the message names what ended the run (``stopped_by`` of ``metrics.json``)
-            and the limit to set.
+        RunError: No limit asks for more; the message names what ended the run
+            (``stopped_by`` of ``metrics.json``) and a limit to set.
     """
-    done, trainer = status.get("epochs", 0), cfg.trainer
-    saved = load_run_config(Path(cfg.output_dir)).trainer
-    changed = [key for key in STOP_LIMITS if trainer.get(key) != saved.get(key)]
-    max_epochs = trainer.get("max_epochs")
-    if changed and (max_epochs in (None, -1) or max_epochs > done):
+    before = status.get("limits") or stop_limits(load_run_config(Path(cfg.output_dir), cfg.get("trusted_modules")))
+    now = stop_limits(cfg)
+    if any(_asks_for_more(key, now[key], before.get(key), status) for key in STOP_LIMITS):
         return
+    done, steps = status.get("epochs", 0), status.get("global_step", 0)
+    more_epochs = f"trainer.max_epochs={done + 5}"
     reasons = {
-        "max_epochs": (f"trainer.max_epochs={saved.get('max_epochs')} ended it", f"trainer.max_epochs={done + 5}"),
-        "max_steps": (
-            f"trainer.max_steps={saved.get('max_steps')} ended it",
-            f"trainer.max_steps={status.get('global_step', 0) * 2}",
-        ),
-        "max_time": (f"trainer.max_time={saved.get('max_time')} ended it", _longer_time(saved.get("max_time"))),
-        "early_stopping": ("early stopping ended it", f"trainer.max_epochs={done + 10}"),
+        "max_epochs": (f"trainer.max_epochs={before.get('max_epochs')} ended it", more_epochs),
+        "max_steps": (f"trainer.max_steps={before.get('max_steps')} ended it", f"trainer.max_steps={2 * steps}"),
+        "max_time": (f"trainer.max_time={before.get('max_time')} ended it", _longer_time(before.get("max_time"))),
+        "early_stopping": ("early stopping ended it", more_epochs),
     }
-    ended, raise_ = reasons.get(status.get("stopped_by"), ("it ended", f"trainer.max_epochs={done + 5}"))
-    if changed:  # max_epochs set anew, but not above the epochs done
-        ended, raise_ = f"trainer.max_epochs={max_epochs} is not above them", f"trainer.max_epochs={done + 5}"
+    ended, hint = reasons.get(status.get("stopped_by"), ("a limit or early stopping ended it", more_epochs))
     epochs = f"{done} epoch{'s' * (done != 1)}"
     raise RunError(
-        f"resume={resume}: the run already finished ({ended} after {epochs}), and its result stays as it "
-        f"is unless this command sets a new limit; to train it further, give e.g. resume={resume} {raise_} "
+        f"resume={resume}: the run already finished ({ended} after {epochs}), and its result stays as it is "
+        f"unless this command sets a limit beyond it; to train it further, give e.g. resume={resume} {hint} "
         "(docs/runs.md, Continuing a finished run)"
     )
 

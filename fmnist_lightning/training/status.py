@@ -29,6 +29,7 @@ STATUS_FIELDS = {
     "global_step": int,
     "metrics": dict,
     "stopped_by": str,
+    "limits": dict,
 }
 
 
@@ -63,6 +64,7 @@ def write_status(
     trained: bool = False,
     first_step_s: float | None = None,
     stopped_by: str | None = None,
+    limits: dict | None = None,
 ) -> None:
     """Writes a run folder's ``metrics.json`` (the fields are described in
     ``RunStatus``), atomically: a reader never sees half
@@ -82,6 +84,7 @@ def write_status(
         "metrics": metrics or {},
         "error": error,
         "stopped_by": stopped_by,
+        "limits": limits,
     }
     write_atomically(output_dir / STATUS_FILE, json.dumps(summary, indent=2) + "\n")
 
