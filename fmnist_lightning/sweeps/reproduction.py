@@ -266,12 +266,10 @@ def config_changes(job: Job) -> list[str]:
     when it ran the current experiment. A precision that ``trainer.precision=auto`` can
     choose counts as no change from ``auto``: the machine chose it, not the config (and runs
     saved ``32-true`` before ``auto`` became the default)."""
-    from omegaconf import OmegaConf
-
-    from fmnist_lightning.evaluation.upgrade import upgrade_config
+    from fmnist_lightning.evaluation.run_config import load_run_config
     from fmnist_lightning.training.precision import AUTO, AUTO_CHOICES
 
-    ran = _comparable(upgrade_config(OmegaConf.load(job.folder / ".hydra" / "config.yaml")))
+    ran = _comparable(load_run_config(job.folder))  # checked before _comparable imports its targets
     now = current_config(tuple(f"{k}={v}" for k, v in job.overrides.items()))
     changes: list[str] = []
 

@@ -89,6 +89,8 @@ def _seconds(max_time: Any) -> float | None:
 def _asks_for_more(key: str, value: Any, before: Any, status: dict) -> bool:
     """Whether setting limit ``key`` to ``value`` (from ``before``) lets a finished run train
     further: a limit beyond what it has done, or none (``null``, or -1 for the counts)."""
+    if key != "max_time":  # -1 and null both mean no limit
+        value, before = (None if v == -1 else v for v in (value, before))
     if value == before:
         return False
     if key == "max_time":
