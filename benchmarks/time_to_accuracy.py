@@ -148,7 +148,8 @@ def test_accuracies(run: dict, data_root: str) -> list[float]:
     """Test accuracy (fraction) of each epoch's snapshot of one run, in epoch order."""
     from fmnist_lightning.data.idx import load_split
     from fmnist_lightning.data.transforms import build_preprocess
-    from fmnist_lightning.evaluation.runs import build_module, load_run_config
+    from fmnist_lightning.evaluation.run_config import read_run_config
+    from fmnist_lightning.evaluation.runs import build_module
 
     images, labels = load_split(data_root, "test")
     images = images.unsqueeze(1)
@@ -158,7 +159,7 @@ def test_accuracies(run: dict, data_root: str) -> list[float]:
 
         cfg = compose("recipe_001", data_root, str(folder))
     else:
-        cfg = load_run_config(folder)
+        cfg = read_run_config(folder)  # a run this script made itself (its callback is this module's)
     net = build_module(cfg).net.eval()
     preprocess = build_preprocess(cfg.data.image_size, dict(cfg.data.normalize) if cfg.data.normalize else None)
     accuracies = []

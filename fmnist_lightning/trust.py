@@ -34,8 +34,6 @@ from typing import Any
 
 from fmnist_lightning.errors import RunError
 
-#: The config groups' folders (``conf/<group>/``), packaged as ``fmnist_lightning.conf``.
-CONF_DIR = resources.files("fmnist_lightning.conf")
 #: Where the rule is explained, for the messages.
 DOCS = "docs/runs.md, Sharing runs safely"
 #: This project's own modules: their classes are trusted wherever a config names them.
@@ -227,6 +225,8 @@ def check_overrides(overrides: Sequence[str], trusted: Sequence[str] = (), what:
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    conf = resources.files("fmnist_lightning.conf")  # the config groups' folders, conf/<group>/
+
     try:
         for override in OverridesParser.create().parse_overrides(list(overrides)):
             key = override.key_or_group
@@ -238,7 +238,7 @@ def check_overrides(overrides: Sequence[str], trusted: Sequence[str] = (), what:
                 values = list(override.sweep_iterator())
             else:
                 values = [] if override.is_sweep_override() else [override.value()]
-            group = ("/" not in key and (CONF_DIR / key).is_dir()) or key.startswith("hydra/")
+            group = ("/" not in key and (conf / key).is_dir()) or key.startswith("hydra/")
             for value in values:
                 _check_override_value(key, value, group, trusted)
     except UntrustedConfigError as err:

@@ -324,7 +324,7 @@ def test_web_page_in_headless_chromium(server: ServerProcess, served_run: Path, 
         wait = WebDriverWait(browser, 30)
         wait.until(lambda b: "%" in b.find_element(By.ID, "accuracy").text)
         assert browser.find_element(By.ID, "run").text.startswith("run (")
-        assert browser.find_element(By.ID, "dataset").text.startswith("FashionMNIST, 10: T-shirt/top, Trouser")
+        assert browser.find_element(By.ID, "dataset").text.startswith("FashionMNIST (10): T-shirt/top, Trouser")
         browser.find_element(By.ID, "file").send_keys(str(paths[0]))
         wait.until(lambda b: b.find_element(By.ID, "result").get_attribute("data-predicted"))
         rows = browser.find_elements(By.CSS_SELECTOR, "#result .row")

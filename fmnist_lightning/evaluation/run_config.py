@@ -35,8 +35,9 @@ def load_run_config(run_dir: str | Path, trusted_modules: Sequence[str] = ()) ->
 
 
 def read_run_config(run_dir: str | Path) -> DictConfig:
-    """Reads the config of the run that this process is writing itself, unchecked (see
-    ``load_run_config`` for any other).
+    """Reads, unchecked, the config of a run this process (or the script that started it)
+    made itself: what Hydra just saved for this run, or a benchmark's own runs. Any other run
+    is read with ``load_run_config``.
 
     Raises:
         RunError: ``run_dir`` is not a run folder.
