@@ -248,6 +248,18 @@ def check_overrides(overrides: Sequence[str], trusted: Sequence[str] = (), what:
 def _check_override_value(key: str, value: Any, group: bool, trusted: Sequence[str]) -> None:
     """One value of an override at ``key``: option names for a config group, else the
     targets and interpolations it sets."""
+    if key.startswith("hydra.launcher."):  # a launcher's settings: no commands (submitit's setup), no paths
+        plain = (
+            value is None
+            or isinstance(value, bool | int | float)
+            or (isinstance(value, str) and OPTION.fullmatch(value))
+        )
+        if not plain:
+            raise UntrustedConfigError(
+                f"{key}={value!r}: a launcher setting read back from disk may only be a number or a plain name; "
+                f"give it on this command again if you mean it ({DOCS})"
+            )
+        return
     options = value if isinstance(value, list) else [value]
     if group and all(isinstance(option, str) for option in options):
         for option in options:

@@ -210,7 +210,12 @@ def test_a_crafted_sweep_is_refused_before_it_is_continued(tmp_path: Path, paylo
 
 @pytest.mark.parametrize(
     "hydra_override",
-    ["hydra.searchpath=[file:///tmp]", "hydra.callbacks.evil._target_=os.system", "hydra/job_logging=none"],
+    [
+        "hydra.searchpath=[file:///tmp]",
+        "hydra.callbacks.evil._target_=os.system",
+        "hydra/job_logging=none",
+        "hydra.launcher.setup=['touch /tmp/x']",
+    ],
 )
 def test_a_sweep_may_not_steer_hydra_itself(tmp_path: Path, hydra_override: str) -> None:
     sweep = tmp_path / "sweep"
@@ -218,7 +223,18 @@ def test_a_sweep_may_not_steer_hydra_itself(tmp_path: Path, hydra_override: str)
     overrides = {"hydra": [hydra_override], "task": ["optimizer.lr=0.001,0.01"]}
     (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": overrides}}))
     result = run_command("train.py", f"resume={sweep}")
-    assert result.returncode == 1 and "sets Hydra itself" in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 1 and "give it on this command again" in result.stderr, result.stderr[-2000:]
+
+
+def test_a_run_folder_may_not_carry_configs_for_hydra_itself(trained_run: Path, tmp_path: Path) -> None:
+    """``resume=`` composes from the run's ``.hydra/``; a ``hydra/`` folder there would be
+    searched for Hydra's own configs (its logging, launcher)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("events.*", "*.pbtxt", "0*"))
+    (run / ".hydra" / "hydra" / "job_logging").mkdir(parents=True)
+    (run / ".hydra" / "hydra" / "job_logging" / "default.yaml").write_text("version: 1\n")
+    result = run_command("train.py", f"resume={run}", "trainer.max_epochs=5")
+    assert result.returncode == 1 and "holds a hydra/ folder" in result.stderr, result.stderr[-2000:]
 
 
 @pytest.mark.parametrize(

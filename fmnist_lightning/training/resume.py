@@ -34,7 +34,7 @@ from fmnist_lightning.training.precision import AUTO
 from fmnist_lightning.training.processes import in_multirun, is_child_rank, train_command
 from fmnist_lightning.training.run_dirs import checkpoint_dir, is_run_folder, override_value, quoted, split_override
 from fmnist_lightning.training.status import read_status
-from fmnist_lightning.trust import TARGET, check_overrides
+from fmnist_lightning.trust import TARGET, UntrustedConfigError, check_overrides
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,11 @@ def preflight(argv: list[str]) -> list[str]:
         lock_run_folder(folder)  # held until this process ends: one writer, refused before Hydra writes
     try:  # the files a resume reads back, before Hydra reads the config or writes anything
         load_run_config(folder, trusted)  # nothing it names is imported before it is trusted
+        if (folder / ".hydra" / "hydra").exists():  # -cp <run>/.hydra: a config search path of Hydra's own
+            raise UntrustedConfigError(
+                f"the run folder {folder}: its .hydra/ holds a hydra/ folder, which no run writes and where Hydra "
+                "would look for its own configs (docs/runs.md, Sharing runs safely)"
+            )
         read_status(folder)
         read_history(folder)
     except RunError:
