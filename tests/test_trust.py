@@ -215,6 +215,7 @@ def test_a_crafted_sweep_is_refused_before_it_is_continued(tmp_path: Path, paylo
         "hydra.callbacks.evil._target_=os.system",
         "hydra/job_logging=none",
         "hydra.launcher.setup=['touch /tmp/x']",
+        "++hydra={job_logging:{version:1}}",
     ],
 )
 def test_a_sweep_may_not_steer_hydra_itself(tmp_path: Path, hydra_override: str) -> None:
@@ -242,7 +243,8 @@ def test_a_run_folder_may_not_carry_configs_for_hydra_itself(trained_run: Path, 
     [
         ({"data": {"root": "${oc.env:HOME}"}}, "calls the resolver 'oc.env'"),
         ({"data": {"root": "${oc.decode:'1'}"}}, "calls the resolver 'oc.decode'"),
-        ({"output_dir": "${fmnist.new_dir:/tmp/x}"}, "calls the resolver 'fmnist.new_dir'"),
+        ({"model": {"dropout": "${oc.${data.name}:x}"}}, "calls the resolver 'oc.${data.name'"),  # a built name
+        ({"output_dir": "${fmnist.new_dir:/tmp/fmnist_trust_test_folder}"}, "calls the resolver 'fmnist.new_dir'"),
         ({"hydra": {"callbacks": {}}}, "top-level 'hydra'"),
         ({"defaults": ["_self_"]}, "top-level 'defaults'"),
     ],
@@ -258,6 +260,36 @@ def test_resolvers_and_hydra_s_own_keys_are_refused_in_a_saved_config(
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     result = run_command("evaluate.py", f"run_dir={run}", f"hydra.run.dir={tmp_path / 'out'}")
     assert result.returncode == 1 and expected in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not Path("/tmp/fmnist_trust_test_folder").exists()  # refused before anything resolved a value
+
+
+def test_a_sampler_that_unpickles_study_data_is_refused(tmp_path: Path) -> None:
+    """CmaEsSampler is an Optuna sampler, but it unpickles state stored in the study, which a
+    continued search reads from its folder: samplers and pruners are allowed by name."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    overrides = {"hydra": ["hydra.sweeper.sampler._target_=optuna.samplers.CmaEsSampler"], "task": []}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": overrides}}))
+    result = run_command("train.py", f"resume={sweep}")
+    assert result.returncode == 1 and "CmaEsSampler is not one of optuna.samplers.TPESampler" in result.stderr
+
+
+@pytest.mark.parametrize("where", ["module_arguments", "hparams", "tuple"])
+def test_a_checkpoint_s_older_hyperparameter_keys_and_tuples_are_checked(
+    trained_run: Path, tmp_path: Path, payload: dict, where: str
+) -> None:
+    """Lightning still merges ``hparams`` and ``module_arguments`` into the constructor's
+    arguments, and ``weights_only`` loading keeps tuples, which Hydra instantiates as lists."""
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    evil = CASES["torch_load"][1](payload)
+    if where == "tuple":
+        checkpoint["hyper_parameters"]["net"] = {**checkpoint["hyper_parameters"]["net"], "extra": (evil,)}
+    else:
+        checkpoint[where] = {"net": evil}
+    torch.save(checkpoint, tmp_path / "crafted.ckpt")
+    with pytest.raises(UntrustedConfigError, match=r"torch\.load"):
+        FashionMNISTClassifier.load_from_checkpoint(tmp_path / "crafted.ckpt", map_location="cpu")
+    assert not Path(payload["marker"]).exists()
 
 
 def test_what_a_target_resolves_to_decides_not_its_spelling() -> None:

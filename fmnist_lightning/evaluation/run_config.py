@@ -29,15 +29,25 @@ def load_run_config(run_dir: str | Path, trusted_modules: Sequence[str] = ()) ->
         DamagedFileError: The config file is damaged or not a run's config.
         UntrustedConfigError: It names a callable that is not trusted, or calls a resolver.
     """
-    config = read_run_config(run_dir)
-    check_config(config, trusted_modules, f"the run folder {run_dir}")
-    return config
+    raw = _saved_config(run_dir)
+    check_config(raw, trusted_modules, f"the run folder {run_dir}")  # before anything resolves a value
+    return upgrade_config(raw)
 
 
 def read_run_config(run_dir: str | Path) -> DictConfig:
     """Reads, unchecked, the config of a run this process (or the script that started it)
     made itself: what Hydra just saved for this run, or a benchmark's own runs. Any other run
     is read with ``load_run_config``.
+
+    Raises:
+        RunError: ``run_dir`` is not a run folder.
+        DamagedFileError: The config file is damaged or not a run's config.
+    """
+    return upgrade_config(_saved_config(run_dir))
+
+
+def _saved_config(run_dir: str | Path) -> DictConfig:
+    """``.hydra/config.yaml`` as saved, unresolved and not upgraded.
 
     Raises:
         RunError: ``run_dir`` is not a run folder.
@@ -54,4 +64,4 @@ def read_run_config(run_dir: str | Path) -> DictConfig:
     for section, key in (("model", "_target_"), ("data", "image_size"), ("trainer", "max_epochs")):
         if not isinstance(saved.get(section), dict) or key not in saved[section]:
             raise DamagedFileError(path, f"it has no {section}.{key}, so it is not a run's config", fix)
-    return upgrade_config(OmegaConf.load(path))
+    return OmegaConf.load(path)
