@@ -29,9 +29,12 @@ def load_run_config(run_dir: str | Path, trusted_modules: Sequence[str] = ()) ->
         DamagedFileError: The config file is damaged or not a run's config.
         UntrustedConfigError: It names a callable that is not trusted, or calls a resolver.
     """
+    what = f"the run folder {run_dir}"
     raw = _saved_config(run_dir)
-    check_config(raw, trusted_modules, f"the run folder {run_dir}")  # before anything resolves a value
-    return upgrade_config(raw)
+    check_config(raw, what=what, targets=False)  # its interpolations, before upgrade_config resolves any
+    config = upgrade_config(raw)  # an older run's targets are today's names after it
+    check_config(config, trusted_modules, what)
+    return config
 
 
 def read_run_config(run_dir: str | Path) -> DictConfig:

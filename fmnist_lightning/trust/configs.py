@@ -182,7 +182,7 @@ def nodes(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:
         yield from nodes(child, f"{key}.{name}" if key else str(name))
 
 
-def check_config(config: Any, trusted: Sequence[str] = (), what: str = "the config") -> None:
+def check_config(config: Any, trusted: Sequence[str] = (), what: str = "the config", targets: bool = True) -> None:
     """Accepts a config read back from disk: every ``_target_`` at any depth (``check_target``),
     no interpolation but those of ``INTERPOLATION``, and none of Hydra's own keys
     (``HYDRA_ONLY``). Its own ``trusted_modules`` key, if any, is ignored: trust comes from
@@ -192,6 +192,8 @@ def check_config(config: Any, trusted: Sequence[str] = (), what: str = "the conf
         config: A ``DictConfig`` or a plain dict, unresolved.
         trusted: Modules the user trusts on this command, e.g. ``["my_research"]``.
         what: What the config is, for the message (``"the run folder ..."``).
+        targets: ``False`` checks only its interpolations and Hydra's keys: what must pass
+            before any value of it is resolved.
 
     Raises:
         UntrustedConfigError: The first thing refused, with ``what`` in front.
@@ -209,7 +211,7 @@ def check_config(config: Any, trusted: Sequence[str] = (), what: str = "the conf
                 )
             plain = {k: v for k, v in plain.items() if k != "trusted_modules"}
         for key, value in nodes(plain):
-            if isinstance(value, dict) and "_target_" in value:
+            if targets and isinstance(value, dict) and "_target_" in value:
                 check_target(key, value["_target_"], trusted)
             elif isinstance(value, str):
                 check_interpolations(key, value)
