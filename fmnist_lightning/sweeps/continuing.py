@@ -40,6 +40,7 @@ from fmnist_lightning.sweeps.jobs import job_folders, read_job
 from fmnist_lightning.training.precision import AUTO
 from fmnist_lightning.training.resume import left_unfinished, resume_subdir
 from fmnist_lightning.training.run_dirs import job_number, split_override
+from fmnist_lightning.trust import TRUST_KEY
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,7 @@ DONE = ("finished", "failed", "pruned")
 #: Where a job killed before its first checkpoint is moved, inside the sweep folder.
 ABANDONED = ".abandoned"
 #: Config keys that say where a run is kept rather than what it trains.
-PLUMBING_KEYS = ("resume", "output_dir", "ckpt_path", "trusted_modules")
-#: The key of the modules a command trusts (``fmnist_lightning.trust``): the command's own.
-TRUST = "trusted_modules"
+PLUMBING_KEYS = ("resume", "output_dir", "ckpt_path", TRUST_KEY)
 #: The precision key, which a run with ``auto`` rewrites in its saved config.
 PRECISION = "trainer.precision"
 
@@ -163,8 +162,8 @@ def plan(
             continue
         job = read_job(folder)
         own = [split_override(o) for o in overrides if not o.startswith(("hydra.", "hydra/"))]
-        own = [(k, v) for k, v in own if k != TRUST]  # this command's trust, not the job's
-        ran = {k: v for k, v in job.overrides.items() if k != TRUST}
+        own = [(k, v) for k, v in own if k != TRUST_KEY]  # this command's trust, not the job's
+        ran = {k: v for k, v in job.overrides.items() if k != TRUST_KEY}
         if list(ran.items()) != [(k, v or "") for k, v in own]:
             written = " ".join(f"{k}={v}" for k, v in ran.items())
             mine = " ".join(f"{k}={v}" for k, v in own)  # not the hydra.* ones: a database URL has a password

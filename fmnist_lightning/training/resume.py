@@ -34,7 +34,7 @@ from fmnist_lightning.training.precision import AUTO
 from fmnist_lightning.training.processes import in_multirun, is_child_rank, train_command
 from fmnist_lightning.training.run_dirs import checkpoint_dir, is_run_folder, override_value, quoted, split_override
 from fmnist_lightning.training.status import read_status
-from fmnist_lightning.trust import TARGET, UntrustedConfigError, check_overrides
+from fmnist_lightning.trust import TARGET, TRUST_KEY, UntrustedConfigError, check_overrides
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def trusted_on_command(args: list[str]) -> list[str]:
     Raises:
         RunError: A name is not a dotted Python module name.
     """
-    value = _value(args, "trusted_modules") or []
+    value = _value(args, TRUST_KEY) or []
     names = [str(v) for v in (value if isinstance(value, list) else [value])]
     bad = [n for n in names if not TARGET.fullmatch(n)]
     if bad:
@@ -78,7 +78,7 @@ def trusted_on_command(args: list[str]) -> list[str]:
 def trusted_override(trusted: list[str]) -> str:
     """The override that sets ``trusted_modules`` to ``trusted``, replacing whatever a saved
     config holds (``++``: also in a config that has no such key)."""
-    return f"++trusted_modules=[{','.join(trusted)}]"
+    return f"++{TRUST_KEY}=[{','.join(trusted)}]"
 
 
 def preflight(argv: list[str]) -> list[str]:
@@ -151,7 +151,7 @@ def preflight(argv: list[str]) -> list[str]:
         release_run_folder(folder)  # (a no-op where the lock is not held)
         raise
     attempt = resume_subdir()
-    others = [a for a in args if split_override(a)[0] not in ("resume", "trusted_modules")]
+    others = [a for a in args if split_override(a)[0] not in ("resume", TRUST_KEY)]
     return _without_hydra_files(
         [
             argv[0],
@@ -193,11 +193,7 @@ def continue_sweep(argv: list[str], folder: Path) -> list[str]:
             ``UntrustedConfigError``, an override of the sweep names something not trusted.
     """
     trusted = trusted_on_command(argv[1:])
-    args = [
-        a
-        for a in argv[1:]
-        if a not in ("-m", "--multirun") and split_override(a)[0] not in ("resume", "trusted_modules")
-    ]
+    args = [a for a in argv[1:] if a not in ("-m", "--multirun") and split_override(a)[0] not in ("resume", TRUST_KEY)]
     if any(split_override(a)[0] == "hydra.sweep.dir" for a in args):
         raise RunError(f"resume={folder} continues the sweep in its own folder; drop hydra.sweep.dir")
     fix = "It is the sweep's config, written when the sweep started; without it, run the sweep's command again."
@@ -205,7 +201,7 @@ def continue_sweep(argv: list[str], folder: Path) -> list[str]:
     given = {split_override(a)[0] for a in args}  # this command's own settings replace the sweep's
     dropped = ("hydra.sweep.dir", "hydra.mode", *given)
     own = [o for o in overrides.get("hydra", []) if split_override(o)[0] not in dropped]
-    task = [o for o in overrides.get("task", []) if split_override(o)[0] != "trusted_modules"]
+    task = [o for o in overrides.get("task", []) if split_override(o)[0] != TRUST_KEY]
     check_overrides([*own, *task], trusted, f"the sweep folder {folder}")
     sweep_dir = f"hydra.sweep.dir={quoted(str(folder.resolve()))}"
     trust = [trusted_override(trusted)] if trusted else []
@@ -279,7 +275,7 @@ def continue_job(cfg: DictConfig) -> bool:
     with open_dict(cfg):
         cfg.resume = str(output_dir)
         if cfg.trainer.get("precision") == AUTO and is_run_folder(output_dir):  # the precision auto chose then
-            saved = load_run_config(output_dir, list(cfg.get("trusted_modules") or ()))
+            saved = load_run_config(output_dir, cfg.get(TRUST_KEY) or ())
             cfg.trainer.precision = saved.trainer.precision
     restart = os.environ.get("SLURM_RESTART_COUNT")
     log.info(

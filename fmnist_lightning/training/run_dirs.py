@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist_lightning.errors import RunError
 from fmnist_lightning.training.status import STATUS_FILE
+from fmnist_lightning.trust import TRUST_KEY
 
 
 def new_dir(path: str) -> str:
@@ -58,7 +59,7 @@ PLUMBING = (
     "output_dir",
     "resume",
     "ckpt_path",
-    "trusted_modules",
+    TRUST_KEY,
     "callbacks.",
     "logger",
     "trainer.accelerator",

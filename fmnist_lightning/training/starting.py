@@ -14,6 +14,7 @@ from fmnist_lightning.evaluation.run_config import load_run_config
 from fmnist_lightning.training.processes import train_command
 from fmnist_lightning.training.run_dirs import checkpoint_dir
 from fmnist_lightning.training.status import read_status
+from fmnist_lightning.trust import TRUST_KEY
 
 #: ``ckpt_path`` values that Lightning looks up in the run's own (here: new) folder.
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
@@ -112,7 +113,7 @@ def check_trains_further(cfg: DictConfig, resume: str, status: dict) -> None:
         RunError: No limit asks for more; the message names what ended the run
             (``stopped_by`` of ``metrics.json``) and a limit to set.
     """
-    before = status.get("limits") or stop_limits(load_run_config(Path(cfg.output_dir), cfg.get("trusted_modules")))
+    before = status.get("limits") or stop_limits(load_run_config(Path(cfg.output_dir), cfg.get(TRUST_KEY) or ()))
     now = stop_limits(cfg)
     if any(_asks_for_more(key, now[key], before.get(key), status) for key in STOP_LIMITS):
         return

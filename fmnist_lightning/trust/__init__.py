@@ -4,6 +4,7 @@ safely"): ``configs`` holds the rule for a run's config and a checkpoint's hyper
 
 from fmnist_lightning.trust.configs import (
     TARGET,
+    TRUST_KEY,
     UntrustedConfigError,
     check_checkpoint,
     check_config,
@@ -14,6 +15,7 @@ from fmnist_lightning.trust.overrides import check_overrides
 
 __all__ = [
     "TARGET",
+    "TRUST_KEY",
     "UntrustedConfigError",
     "check_checkpoint",
     "check_config",

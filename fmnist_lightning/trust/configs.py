@@ -61,6 +61,8 @@ DOCS = "docs/runs.md, Sharing runs safely"
 PROJECT = ("fmnist_lightning", "hydra_plugins.fmnist_lightning_sweepers")
 #: Libraries whose classes are trusted where they derive from the base expected at their key.
 LIBRARIES = ("torch", "torchvision", "torchmetrics", "lightning", "optuna", "hydra", "hydra_plugins")
+#: The config key of the modules a command trusts: the command's own, never a saved config's.
+TRUST_KEY = "trusted_modules"
 #: Top-level keys that Hydra never writes into a run's ``config.yaml``: with them, the file
 #: would steer Hydra itself (its callbacks, launcher, search path, logging).
 HYDRA_ONLY = ("hydra", "defaults")
@@ -209,7 +211,7 @@ def check_config(config: Any, trusted: Sequence[str] = (), what: str = "the conf
                     f"it has a top-level {own[0]!r}, which Hydra never writes into a run's config and which would "
                     f"steer Hydra itself ({DOCS})"
                 )
-            plain = {k: v for k, v in plain.items() if k != "trusted_modules"}
+            plain = {k: v for k, v in plain.items() if k != TRUST_KEY}
         for key, value in nodes(plain):
             if targets and isinstance(value, dict) and "_target_" in value:
                 check_target(key, value["_target_"], trusted)
