@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from fmnist_lightning.run_folder import RunFolder
+
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"median": [], "none": ["hydra/sweeper/pruner=none"]}
 
@@ -34,7 +36,6 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     """Runs one search; returns its figures."""
     from fmnist_lightning.sweeps.continuing import existing_jobs
     from fmnist_lightning.sweeps.optuna_storage import sweep_study
-    from fmnist_lightning.training.status import read_status
 
     sweep = args.folder / name
     command = [
@@ -56,7 +57,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     study = sweep_study(sweep)
     states = [t.state.name for t in study.trials]
     folders = existing_jobs(sweep)
-    statuses = {n: read_status(f) for n, f in folders.items()}
+    statuses = {n: RunFolder(f).read_status() for n, f in folders.items()}
     best = study.best_trial
     (best_job,) = best.user_attrs["jobs"]
     return {

@@ -42,6 +42,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from fmnist_lightning.run_folder import RunFolder
+
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = (0.90, 0.91, 0.92)
 SNAPSHOTS = "snapshots"
@@ -148,7 +150,6 @@ def test_accuracies(run: dict, data_root: str) -> list[float]:
     """Test accuracy (fraction) of each epoch's snapshot of one run, in epoch order."""
     from fmnist_lightning.data.idx import load_split
     from fmnist_lightning.data.transforms import build_preprocess
-    from fmnist_lightning.evaluation.run_config import read_run_config
     from fmnist_lightning.evaluation.runs import build_module
 
     images, labels = load_split(data_root, "test")
@@ -159,7 +160,7 @@ def test_accuracies(run: dict, data_root: str) -> list[float]:
 
         cfg = compose("recipe_001", data_root, str(folder))
     else:
-        cfg = read_run_config(folder)  # a run this script made itself (its callback is this module's)
+        cfg = RunFolder(folder).read_config()  # a run this script made itself (its callback is this module's)
     net = build_module(cfg).net.eval()
     preprocess = build_preprocess(cfg.data.image_size, dict(cfg.data.normalize) if cfg.data.normalize else None)
     accuracies = []

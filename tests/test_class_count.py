@@ -19,7 +19,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fmnist_lightning.evaluation.runs import load_trained
-from fmnist_lightning.training.status import read_status
+from fmnist_lightning.run_folder import RunFolder
 from in_process import run_command
 
 NAMES = ["0 or 1", "2 or 3", "4 or 5", "6 or 7", "8 or 9"]
@@ -41,7 +41,7 @@ def digits5_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def train(root: Path, folder: Path, *overrides: str) -> Path:
     result = run_command("train.py", *DIGITS5, *SHORT, *overrides, f"data.root={root}", f"hydra.run.dir={folder}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert read_status(folder)["status"] == "finished"
+    assert RunFolder(folder).read_status()["status"] == "finished"
     return folder
 
 
@@ -54,7 +54,7 @@ def run5(digits5_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_network_and_every_run_artifact_have_the_dataset_s_classes(run5: Path) -> None:
     model = load_trained(run5, device="cpu")
     assert model.net(torch.zeros(3, 1, 28, 28)).shape == (3, 5)
-    assert read_status(run5)["metrics"]["test/acc"] > 0.5  # 5 classes after one epoch of 43 batches
+    assert RunFolder(run5).read_status()["metrics"]["test/acc"] > 0.5  # 5 classes after one epoch of 43 batches
 
     report = json.loads((run5 / "report.json").read_text())
     assert report["class_names"] == NAMES and len(report["confusion_matrix"]) == 5
@@ -103,7 +103,7 @@ def test_soft_targets_and_another_loss_train_on_5_classes(digits5_root: Path, tm
     """Under mixup the loss gets float ``(B, 5)`` soft targets; with a 10-wide network it
     crashed mid-epoch."""
     run = train(digits5_root, tmp_path / "run", part, "logger=csv")
-    assert read_status(run)["metrics"]["test/acc"] > 0.3
+    assert RunFolder(run).read_status()["metrics"]["test/acc"] > 0.3
 
 
 @pytest.mark.slow

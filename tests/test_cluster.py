@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SCRIPT_ENV, run_script, scalars
+from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.serving.process import free_port
 from fmnist_lightning.sweeps.optuna_storage import sweep_study
-from fmnist_lightning.training.history import read_history
-from fmnist_lightning.training.status import read_status
 
 pytestmark = pytest.mark.cluster
 
@@ -53,7 +52,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 def status_of(run_dir: Path) -> dict:
     """The run's ``metrics.json``, or ``{}`` before it exists."""
-    return read_status(run_dir) if (run_dir / "metrics.json").is_file() else {}
+    return RunFolder(run_dir).read_status() if (run_dir / "metrics.json").is_file() else {}
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +155,7 @@ def test_sweep_runs_as_slurm_jobs(slurm: dict[str, str], data_root: Path, tmp_pa
         "2_optimizer-sgd_seed-1",
         "3_optimizer-sgd_seed-2",
     ]
-    assert all(read_status(job)["status"] == "finished" for job in jobs)
+    assert all(RunFolder(job).read_status()["status"] == "finished" for job in jobs)
     # submitit keeps a folder per SLURM job: <array job id>_<task>, and SLURM knows them all.
     slurm_jobs = sorted(p.name for p in (sweep / ".submitit").iterdir() if p.is_dir() and "_" in p.name)
     assert [job.rsplit("_", 1)[1] for job in slurm_jobs] == ["0", "1", "2", "3"]
@@ -175,16 +174,16 @@ def test_ddp_sbatch_interrupted_and_continued(slurm: dict[str, str], data_root: 
     time.sleep(2)  # into the second epoch
     slurm_command(slurm, "scancel", "--signal=TERM", first)
     wait_for_job(slurm, first)
-    stopped = read_status(run_dir)
+    stopped = RunFolder(run_dir).read_status()
     assert stopped["status"] == "interrupted", stopped
     assert stopped["global_step"] % STEPS_PER_EPOCH != 0, "the signal should land mid-epoch"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
     second = slurm_command(slurm, *sbatch, f"--export=ALL,RUN_DIR={run_dir}", str(SBATCH_SCRIPT), cwd=tmp_path)
     assert wait_for_job(slurm, second) == "COMPLETED", (tmp_path / f"slurm-{second}.out").read_text()[-3000:]
-    done = read_status(run_dir)
+    done = RunFolder(run_dir).read_status()
     assert (done["status"], done["epochs"], done["global_step"]) == ("finished", 3, 3 * STEPS_PER_EPOCH)
-    assert sorted(read_history(run_dir)["val/acc"]) == [1, 2, 3]
+    assert sorted(RunFolder(run_dir).read_history()["val/acc"]) == [1, 2, 3]
     assert len(scalars(run_dir, "val/acc")) == 3  # one point per epoch over both jobs
     assert [p.name for p in (tmp_path / "outputs" / "runs").iterdir()] == [run_dir.name]
     log = (run_dir / "train.log").read_text()
@@ -223,9 +222,9 @@ def test_sweep_jobs_requeued_after_signals(slurm: dict[str, str], data_root: Pat
     finally:
         sweep.kill()
     for job in jobs:
-        done = read_status(job)
+        done = RunFolder(job).read_status()
         assert (done["status"], done["epochs"], done["global_step"]) == ("finished", 3, 3 * STEPS_PER_EPOCH), job
-        assert sorted(read_history(job)["val/acc"]) == [1, 2, 3]
+        assert sorted(RunFolder(job).read_history()["val/acc"]) == [1, 2, 3]
         train_log = (job / "train.log").read_text()
         for line in ("Stopped at epoch 1", "Requeued SLURM job", "(SLURM restart 1)", "Continuing from"):
             assert line in train_log, (job, line)
@@ -321,7 +320,7 @@ def test_parallel_optuna_workers_share_a_postgres_study(postgres: str, data_root
     assert trial.state == optuna.trial.TrialState.FAIL
     failing_sweep = sorted((tmp_path / "outputs" / "multirun").iterdir())[-1]
     (job,) = (p.parent for p in failing_sweep.glob("*/metrics.json"))
-    assert read_status(job)["status"] == "failed" and "image_size" in read_status(job)["error"]
+    assert RunFolder(job).read_status()["status"] == "failed" and "image_size" in RunFolder(job).read_status()["error"]
 
 
 def test_optuna_trials_as_slurm_jobs_report_for_pruning(slurm: dict[str, str], data_root: Path, tmp_path: Path) -> None:
@@ -358,5 +357,5 @@ def test_optuna_trials_as_slurm_jobs_report_for_pruning(slurm: dict[str, str], d
         (number,) = trial.user_attrs["jobs"]
         (job,) = sweep.glob(f"{number}_*")
         expected = {"COMPLETE": "finished", "PRUNED": "pruned"}[trial.state.name]
-        assert read_status(job)["status"] == expected
+        assert RunFolder(job).read_status()["status"] == expected
     assert len([p for p in (sweep / ".submitit").glob("*_*") if p.is_dir()]) == 4  # four SLURM jobs

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from conftest import job_folder, run_script
-from fmnist_lightning.training.status import read_status
+from fmnist_lightning.run_folder import RunFolder
 from in_process import run_command
 
 pytestmark = pytest.mark.slow
@@ -59,7 +59,7 @@ def image(tmp_path: Path) -> Path:
 def test_train(data_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     succeeded(run_script("train.py", *TINY, f"data.root={data_root}", f"hydra.run.dir={run_dir}"))
-    assert read_status(run_dir)["status"] == "finished"
+    assert RunFolder(run_dir).read_status()["status"] == "finished"
     refused(
         run_script("train.py", *TINY, "optimizer.lr=-1", f"data.root={data_root}", f"hydra.run.dir={tmp_path / 'x'}"),
         "optimizer.lr=-1",
@@ -69,7 +69,7 @@ def test_train(data_root: Path, tmp_path: Path) -> None:
 def test_resume(run_copy: Path) -> None:
     refused(run_script("train.py", f"resume={run_copy}"), "already finished")
     succeeded(run_script("train.py", f"resume={run_copy}", "trainer.max_epochs=3"))
-    assert read_status(run_copy)["epochs"] == 3
+    assert RunFolder(run_copy).read_status()["epochs"] == 3
 
 
 def test_evaluate(run_copy: Path, tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def test_summarize(data_root: Path, tmp_path: Path) -> None:
     result = run_script("summarize.py", f"sweep_dir={sweep}")
     succeeded(result)
     assert "2 jobs, 2 finished" in result.stdout and (sweep / "summary.md").is_file()
-    assert read_status(job_folder(sweep, 0))["status"] == "finished"
+    assert RunFolder(job_folder(sweep, 0)).read_status()["status"] == "finished"
     refused(run_script("summarize.py", f"sweep_dir={tmp_path / 'nothing'}"), "nothing")
 
 

@@ -26,7 +26,7 @@ from fmnist_lightning.artifacts import write_atomically
 from fmnist_lightning.errors import RunError
 from fmnist_lightning.evaluation.runs import load_trained
 from fmnist_lightning.models.nets import TwoConvBNNet
-from fmnist_lightning.training.status import read_status
+from fmnist_lightning.run_folder import RunFolder
 from in_process import run_command
 
 
@@ -38,7 +38,7 @@ def other_network() -> bytes:
 
 
 def best_checkpoint(run: Path) -> Path:
-    return run / read_status(run)["best_checkpoint"]
+    return run / RunFolder(run).read_status()["best_checkpoint"]
 
 
 # artifact → (where it is in a run folder, a valid-looking file of the wrong kind)

@@ -23,9 +23,9 @@ from torchmetrics import Metric
 from conftest import job_folder
 from fmnist_lightning.data import load_split
 from fmnist_lightning.data.datasets import DATASET_KEYS, IdxDataset
-from fmnist_lightning.evaluation.runs import load_run_config, load_trained
+from fmnist_lightning.evaluation.runs import load_trained
 from fmnist_lightning.models import FashionMNISTClassifier
-from fmnist_lightning.training.status import read_status
+from fmnist_lightning.run_folder import RunFolder
 from in_process import run_command
 
 DIGITS = tuple(str(d) for d in range(10))
@@ -181,7 +181,7 @@ def test_every_change_of_your_own_trains_and_appears_in_the_sweep_summary(sweep:
     assert "Ranked by the mean of `val/confidence`" in summary, summary
     for number in (0, 1):
         job = job_folder(sweep, number)
-        status = read_status(job)
+        status = RunFolder(job).read_status()
         assert status["status"] == "finished", status
         metrics = status["metrics"]
         assert metrics["test/acc"] > 0.5, metrics  # ten digits after one epoch of 43 batches
@@ -189,7 +189,7 @@ def test_every_change_of_your_own_trains_and_appears_in_the_sweep_summary(sweep:
         report = json.loads((job / "report.json").read_text())
         assert report["class_names"] == list(DIGITS) and report["num_samples"] == 297
         assert "| 7 |" in (job / "report.md").read_text()  # the classes are digits, not clothes
-    cfg = load_run_config(job_folder(sweep, 0), TRUSTED)
+    cfg = RunFolder(job_folder(sweep, 0)).load_config(TRUSTED)
     assert (
         cfg.model._target_ == "test_extending.ResNet"
         and cfg.loss._target_ == "test_extending.PolyLoss"
@@ -201,13 +201,13 @@ def test_it_resumes_evaluates_predicts_serves_and_exports(sweep: Path, digits_ro
     job = job_folder(sweep, 0)
     result = run_command("train.py", f"resume={job}", "trainer.max_epochs=2", TRUST)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert read_status(job)["epochs"] == 2 and read_status(job)["status"] == "finished"
+    assert RunFolder(job).read_status()["epochs"] == 2 and RunFolder(job).read_status()["status"] == "finished"
 
     result = run_command("evaluate.py", f"run_dir={job}", "device=cpu", TRUST, f"hydra.run.dir={tmp_path / 'eval'}")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["class_names"] == list(DIGITS)
-    assert report["accuracy"] == pytest.approx(read_status(job)["metrics"]["test/acc"], abs=1e-6)
+    assert report["accuracy"] == pytest.approx(RunFolder(job).read_status()["metrics"]["test/acc"], abs=1e-6)
 
     model = load_trained(job, trusted_modules=["test_extending"])
     assert isinstance(model.module, LogitPenaltyClassifier) and model.class_names == DIGITS
@@ -239,7 +239,7 @@ def test_it_resumes_evaluates_predicts_serves_and_exports(sweep: Path, digits_ro
 
 
 def _dataset_keys(job: Path) -> dict:
-    data = load_run_config(job, TRUSTED).data
+    data = RunFolder(job).load_config(TRUSTED).data
     return {k: data[k] for k in DATASET_KEYS}
 
 
@@ -247,7 +247,7 @@ def test_load_from_checkpoint_needs_only_the_checkpoint(sweep: Path, tmp_path: P
     """Lightning's own convention: every checkpoint the project writes rebuilds its model, of
     the user's class with the user's parts."""
     job = job_folder(sweep, 1)
-    for name in [read_status(job)["best_checkpoint"], "checkpoints/last.ckpt"]:
+    for name in [RunFolder(job).read_status()["best_checkpoint"], "checkpoints/last.ckpt"]:
         bare = tmp_path / Path(name).name
         bare.write_bytes((job / name).read_bytes())  # no run folder around it
         model = LogitPenaltyClassifier.load_from_checkpoint(bare, map_location="cpu", trusted_modules=TRUSTED).eval()
@@ -257,7 +257,7 @@ def test_load_from_checkpoint_needs_only_the_checkpoint(sweep: Path, tmp_path: P
             assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
     saved = torch.load(job / "net.pt", weights_only=True)
     best = LogitPenaltyClassifier.load_from_checkpoint(
-        job / read_status(job)["best_checkpoint"], map_location="cpu", trusted_modules=TRUSTED
+        job / RunFolder(job).read_status()["best_checkpoint"], map_location="cpu", trusted_modules=TRUSTED
     )
     assert all(torch.equal(saved[k], v) for k, v in best.net.state_dict().items())
 

@@ -25,16 +25,15 @@ from conftest import compose_with_hydra, held_by_another_process, mounted_tmpfs,
 from fmnist_lightning.cli import train as train_cli
 from fmnist_lightning.errors import ConfigError, RunError
 from fmnist_lightning.locks import LOCK_FILE, holder_pid, release_run_folder
+from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.training.build import build_run
 from fmnist_lightning.training.callbacks import RunStatus
 from fmnist_lightning.training.checkpoint_io import AtomicCheckpointIO
 from fmnist_lightning.training.guard import RunFolderGuard
-from fmnist_lightning.training.history import read_history
 from fmnist_lightning.training.pipeline import train
 from fmnist_lightning.training.resume import preflight
 from fmnist_lightning.training.run_dirs import write_failure
 from fmnist_lightning.training.starting import check_trains_further
-from fmnist_lightning.training.status import read_status, write_status
 from in_process import run_command
 
 
@@ -167,7 +166,7 @@ def test_two_sweeps_started_together_into_one_folder(data_root: Path, tmp_path: 
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [p.name for p in jobs] == ["0_seed-1", "1_seed-2"]
     for job in jobs:
-        assert read_status(job)["status"] == "finished"
+        assert RunFolder(job).read_status()["status"] == "finished"
         assert "error" not in (job / "train.log").read_text()
     assert "2 jobs, 2 finished" in (sweep / "summary.md").read_text()
 
@@ -193,7 +192,7 @@ NOT_IMPROVING = [
 
 def test_last_ckpt_is_the_last_epoch_when_val_acc_does_not_improve(make_cfg, tmp_path: Path) -> None:
     train(make_cfg(*NOT_IMPROVING, "logger=none"))
-    status = read_status(tmp_path)
+    status = RunFolder(tmp_path).read_status()
     assert status["status"] == "finished" and status["epochs"] == 3
     best = torch.load(tmp_path / status["best_checkpoint"], weights_only=True)
     assert best["epoch"] < 2, "the setup did not make the last epoch a non-improving one"
@@ -229,7 +228,7 @@ def test_a_signal_during_the_test_resumes_to_the_same_run(data_root: Path, tmp_p
     _, stderr = process.communicate(timeout=120)
     assert process.returncode != 0 and "Traceback" not in stderr, stderr[-3000:]
     assert last.read_bytes() == last_bytes, "a signal in the test loop wrote a training checkpoint"
-    status = read_status(stopped)
+    status = RunFolder(stopped).read_status()
     assert status["trained"] and status["epochs"] == 3 and status["global_step"] == 90, status
     if sig != signal.SIGKILL:
         assert status["status"] == "interrupted" and "during the test" in status["error"], status
@@ -239,7 +238,7 @@ def test_a_signal_during_the_test_resumes_to_the_same_run(data_root: Path, tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     assert "testing and reporting again" in result.stdout + result.stderr
     assert_same_weights(whole / "net.pt", stopped / "net.pt")
-    a, b = read_status(whole), read_status(stopped)
+    a, b = RunFolder(whole).read_status(), RunFolder(stopped).read_status()
     assert b["status"] == "finished"
     assert (a["epochs"], a["global_step"], a["best_checkpoint"]) == (
         b["epochs"],
@@ -247,7 +246,7 @@ def test_a_signal_during_the_test_resumes_to_the_same_run(data_root: Path, tmp_p
         b["best_checkpoint"],
     )
     assert {k: v for k, v in a["metrics"].items()} == {k: v for k, v in b["metrics"].items()}
-    assert read_history(whole) == read_history(stopped)
+    assert RunFolder(whole).read_history() == RunFolder(stopped).read_history()
 
 
 # 3. A full disk ---------------------------------------------------------------------------
@@ -296,7 +295,7 @@ def test_a_disk_that_fills_during_training(data_root: Path, disk: Path) -> None:
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"could not write {run_dir}" in errors[0] and "MiB free" in errors[0], errors
     assert f"resume={run_dir}" in errors[0]
-    status = read_status(run_dir)  # the failure, or (if even that write failed) the last epoch's
+    status = RunFolder(run_dir).read_status()  # the failure, or (if even that write failed) the last epoch's
     assert status["status"] in ("failed", "running") and status["epochs"] >= 1, status
     assert not list(disk.rglob("*.part")) and not list(disk.rglob(".*.part"))
     for checkpoint in (run_dir / "checkpoints").glob("*.ckpt"):  # whole, or not there at all
@@ -305,9 +304,9 @@ def test_a_disk_that_fills_during_training(data_root: Path, disk: Path) -> None:
     (disk / "filler").unlink()
     result = run_script("train.py", f"resume={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
-    done = read_status(run_dir)
+    done = RunFolder(run_dir).read_status()
     assert done["status"] == "finished" and done["epochs"] == 4 and done["global_step"] == 600, done
-    assert sorted(read_history(run_dir)["val/acc"]) == [1, 2, 3, 4]
+    assert sorted(RunFolder(run_dir).read_history()["val/acc"]) == [1, 2, 3, 4]
 
 
 # 5. Folders with spaces and non-ASCII letters ---------------------------------------------
@@ -338,7 +337,7 @@ def test_a_folder_with_a_space_and_a_non_ascii_letter_works_with_every_command(d
     for epochs, spelling in ((2, f"resume={quoted}"), (3, f"resume={folder}")):  # Hydra's quoting, or one shell word
         result = run_script("train.py", spelling, f"trainer.max_epochs={epochs}")
         assert result.returncode == 0, result.stderr[-3000:]
-        assert read_status(folder)["epochs"] == epochs
+        assert RunFolder(folder).read_status()["epochs"] == epochs
     result = run_script("evaluate.py", f"run_dir={quoted}", "device=cpu", cwd=tmp_path)
     assert result.returncode == 0 and "test accuracy" in result.stdout, result.stderr[-3000:]
     result = run_script("export.py", f"run_dir={quoted}")
@@ -393,7 +392,7 @@ def test_resume_with_a_data_root_that_does_not_exist(trained_run: Path, tmp_path
 
 
 def test_metrics_json_is_left_whole_when_the_status_cannot_be_written(small_disk: Path, capsys) -> None:
-    write_status(small_disk, "running", epochs=2)
+    RunFolder(small_disk).write_status("running", epochs=2)
     before = (small_disk / "metrics.json").read_bytes()
 
     class Trainer:  # what RunStatus reads of a Trainer
@@ -451,8 +450,8 @@ EARLY_STOPPED = {
         ({"max_time": "00:00:10:00"}, ("trainer.max_epochs=1000", "+trainer.max_time=00:00:20:00"), True),
         ({"max_time": "00:00:10:00"}, ("trainer.max_epochs=1000", "+trainer.max_time=00:00:05:00"), False),
         ({"max_time": "00:00:10:00"}, ("trainer.max_epochs=1000", "+trainer.max_time={minutes:10}"), False),
-        ({"max_steps": 4500}, ("trainer.max_epochs=1000", "+trainer.max_steps=4500"), False),
-        ({"max_steps": 4500}, ("trainer.max_epochs=1000", "+trainer.max_steps=9000"), True),
+        ({"max_steps": 4500}, ("trainer.max_epochs=1000", "trainer.max_steps=4500"), False),
+        ({"max_steps": 4500}, ("trainer.max_epochs=1000", "trainer.max_steps=9000"), True),
     ],
 )
 def test_a_finished_run_is_refused_unless_a_limit_asks_for_more(
@@ -483,7 +482,7 @@ def test_a_run_ended_by_early_stopping_trains_further_only_on_request(data_root:
         f"hydra.run.dir={run_dir}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    status = read_status(run_dir)
+    status = RunFolder(run_dir).read_status()
     assert (status["status"], status["epochs"], status["stopped_by"]) == ("finished", 2, "early_stopping"), status
     before = snapshot(run_dir)
 
@@ -498,7 +497,7 @@ def test_a_run_ended_by_early_stopping_trains_further_only_on_request(data_root:
 
     result = run_command("train.py", f"resume={run_dir}", "trainer.max_epochs=12")
     assert result.returncode == 0, result.stderr[-3000:]
-    status = read_status(run_dir)
+    status = RunFolder(run_dir).read_status()
     assert (status["status"], status["epochs"], status["stopped_by"]) == ("finished", 3, "early_stopping"), status
 
 
@@ -511,7 +510,7 @@ def test_a_time_limited_run_keeps_its_epoch_count_when_a_resume_trains_nothing(d
         "train.py", *SHORT, "+trainer.max_time=00:00:00:01", f"data.root={data_root}", f"hydra.run.dir={run_dir}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    first = read_status(run_dir)
+    first = RunFolder(run_dir).read_status()
     assert first["epochs"] >= 1 and first["stopped_by"] == "max_time", first
 
     result = run_command("train.py", f"resume={run_dir}")
@@ -520,13 +519,13 @@ def test_a_time_limited_run_keeps_its_epoch_count_when_a_resume_trains_nothing(d
 
     result = run_command("train.py", f"resume={run_dir}", "trainer.max_epochs=100")
     assert result.returncode == 0, result.stderr[-3000:]
-    again = read_status(run_dir)
+    again = RunFolder(run_dir).read_status()
     assert (again["epochs"], again["global_step"], again["status"]) == (
         first["epochs"],
         first["global_step"],
         "finished",
     ), again
-    assert len(read_history(run_dir)["val/acc"]) == first["epochs"]
+    assert len(RunFolder(run_dir).read_history()["val/acc"]) == first["epochs"]
 
 
 def test_a_best_checkpoint_whose_write_failed_is_not_recorded(
@@ -547,7 +546,7 @@ def test_a_best_checkpoint_whose_write_failed_is_not_recorded(
     )
     with pytest.raises(RunError, match="No space left on device"):
         train(cfg)
-    status = read_status(tmp_path)
+    status = RunFolder(tmp_path).read_status()
     assert status["status"] == "failed", status
     assert status["best_checkpoint"] in (None, "checkpoints/epoch_000.ckpt"), status
     assert status["best_checkpoint"] is None or (tmp_path / status["best_checkpoint"]).is_file()

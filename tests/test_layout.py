@@ -1,6 +1,7 @@
 """The package's layout stays as docs/development.md describes it: layers that import
-downwards only, no import cycles, no module over 300 lines, and a Layout section that names
-every module; and the README stays a guide of at most 300 lines."""
+downwards only, no import cycles, and a Layout section that names every module; and the
+README stays a guide of at most 300 lines. Function sizes are ruff's (C901, PLR0912, PLR0915
+in pyproject.toml; tests/test_tooling.py runs ruff)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,10 @@ import sys
 from pathlib import Path
 
 import grimp
-import pytest
 
 from conftest import REPO
 
 PACKAGE = REPO / "fmnist_lightning"
-MAX_LINES = 300
 
 
 def test_import_contracts_are_kept() -> None:
@@ -38,9 +37,14 @@ def test_no_import_cycles() -> None:
     assert cycles == []
 
 
-@pytest.mark.parametrize("module", sorted(str(p.relative_to(REPO)) for p in PACKAGE.rglob("*.py")))
-def test_modules_are_short(module: str) -> None:
-    assert len((REPO / module).read_text().splitlines()) <= MAX_LINES
+def test_function_limits_are_configured() -> None:
+    """The limits that replace a cap on file length stay switched on (docs/development.md)."""
+    import tomllib
+
+    lint = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["ruff"]["lint"]
+    assert {"C901", "PLR0912", "PLR0915"} <= set(lint["select"])
+    assert lint["mccabe"]["max-complexity"] <= 10
+    assert lint["pylint"]["max-branches"] <= 12 and lint["pylint"]["max-statements"] <= 50
 
 
 def test_readme_is_a_guide_of_at_most_300_lines() -> None:

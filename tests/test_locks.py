@@ -16,7 +16,7 @@ from test_resume import wait_for
 
 from conftest import run_script, start_script
 from fmnist_lightning.locks import LOCK_FILE, holder_pid, lock_run_folder, release_run_folder
-from fmnist_lightning.training.status import read_status
+from fmnist_lightning.run_folder import RunFolder
 
 # A run that takes a few seconds per epoch, so that a resume is still training when the
 # second one starts.
@@ -44,7 +44,7 @@ def killed_run(data_root: Path, tmp_path: Path) -> Path:
     wait_for(folder / "checkpoints" / "last.ckpt", process)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert read_status(folder)["status"] == "running"
+    assert RunFolder(folder).read_status()["status"] == "running"
     return folder
 
 
@@ -84,7 +84,7 @@ def test_two_resumes_at_once_one_trains(killed_run: Path):
     assert "Traceback" not in message
     assert len(list((killed_run / ".hydra").glob("resume_*"))) == 1  # one attempt's Hydra files
     assert not list((killed_run / "checkpoints").glob("*-v1.ckpt"))  # one writer of checkpoints
-    assert read_status(killed_run)["status"] == "finished"
+    assert RunFolder(killed_run).read_status()["status"] == "finished"
 
 
 @pytest.mark.slow
@@ -114,4 +114,4 @@ def test_refusal_changes_nothing_and_a_killed_holder_frees_the_lock(killed_run: 
         holder.wait()
     resumed = run_script("train.py", f"resume={killed_run}")  # the killed holder's lock is gone
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert read_status(killed_run)["status"] == "finished"
+    assert RunFolder(killed_run).read_status()["status"] == "finished"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import config_names
-from fmnist_lightning.training.status import read_status
+from fmnist_lightning.run_folder import RunFolder
 from in_process import run_command
 
 SCALARS = {
@@ -64,7 +64,9 @@ def test_tensorboard(logged_run: Path) -> None:
     events.Reload()
     assert set(events.Tags()["scalars"]) >= SCALARS
     assert set(events.Tags()["images"]) >= FIGURES
-    assert events.Scalars("test/acc")[-1].value == pytest.approx(read_status(run_dir)["metrics"]["test/acc"])
+    assert events.Scalars("test/acc")[-1].value == pytest.approx(
+        RunFolder(run_dir).read_status()["metrics"]["test/acc"]
+    )
     assert "model" in yaml.safe_load((run_dir / "hparams.yaml").read_text())
 
 
@@ -74,7 +76,7 @@ def test_csv(logged_run: Path) -> None:
         rows = list(csv.DictReader(file))
     assert set(rows[0]) >= SCALARS
     test_acc = [float(r["test/acc"]) for r in rows if r["test/acc"]]
-    assert test_acc == [pytest.approx(read_status(run_dir)["metrics"]["test/acc"])]
+    assert test_acc == [pytest.approx(RunFolder(run_dir).read_status()["metrics"]["test/acc"])]
     assert "optimizer" in yaml.safe_load((run_dir / "csv" / "hparams.yaml").read_text())
 
 
@@ -87,7 +89,7 @@ def test_mlflow(logged_run: Path) -> None:
     experiment = client.get_experiment_by_name("fmnist-lightning")
     (run,) = client.search_runs([experiment.experiment_id])
     assert set(run.data.metrics) >= SCALARS
-    assert run.data.metrics["test/acc"] == pytest.approx(read_status(run_dir)["metrics"]["test/acc"])
+    assert run.data.metrics["test/acc"] == pytest.approx(RunFolder(run_dir).read_status()["metrics"]["test/acc"])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] != []
     assert run.data.params["model/_target_"] == "fmnist_lightning.models.TwoConv5x5Net"
     assert run.data.params["optimizer/lr"] == "0.001"
@@ -136,7 +138,7 @@ def test_wandb_offline(logged_run: Path) -> None:
         elif kind == "config":
             config |= {item.key for item in record.config.update}
     assert set(history) >= SCALARS
-    assert float(history["test/acc"]) == pytest.approx(read_status(run_dir)["metrics"]["test/acc"])
+    assert float(history["test/acc"]) == pytest.approx(RunFolder(run_dir).read_status()["metrics"]["test/acc"])
     assert {"model", "optimizer", "data", "trainer"} <= config
     for figure in FIGURES:
         assert list((offline / "files" / "media" / "images" / "test").glob(f"{Path(figure).name}_*.png")), figure

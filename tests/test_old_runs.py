@@ -21,9 +21,8 @@ import torch
 from PIL import Image
 
 from fmnist_lightning.data import load_dataset, load_split
-from fmnist_lightning.evaluation.runs import load_run_config
 from fmnist_lightning.models import FashionMNISTClassifier
-from fmnist_lightning.training.status import read_status
+from fmnist_lightning.run_folder import RunFolder
 from in_process import run_command
 
 OLD_RUN = Path(__file__).parent / "data" / "run_97bf8f4"
@@ -36,7 +35,7 @@ def old_run(tmp_path: Path) -> Path:
 
 
 def test_its_config_is_mapped_to_todays_keys(old_run: Path) -> None:
-    cfg = load_run_config(old_run)
+    cfg = RunFolder(old_run).load_config()
     assert "label_smoothing" not in cfg and cfg.loss.label_smoothing == 0.1
     assert cfg.loss._target_ == "torch.nn.CrossEntropyLoss" and not cfg.mix
     assert list(cfg.metrics) == ["acc"] and cfg.module._target_.endswith("FashionMNISTClassifier")
@@ -51,7 +50,7 @@ def test_it_evaluates_predicts_and_exports(old_run: Path, data_root: Path, tmp_p
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "e" / "report.json").read_text())
-    assert report["accuracy"] == pytest.approx(read_status(old_run)["metrics"]["test/acc"], abs=2e-4)
+    assert report["accuracy"] == pytest.approx(RunFolder(old_run).read_status()["metrics"]["test/acc"], abs=2e-4)
     assert report["class_names"] == list(load_dataset().class_names)
 
     images, _ = load_split(data_root, "test")
@@ -68,7 +67,7 @@ def test_it_evaluates_predicts_and_exports(old_run: Path, data_root: Path, tmp_p
 def test_it_resumes(old_run: Path, data_root: Path) -> None:
     result = run_command("train.py", f"resume={old_run}", "trainer.max_epochs=2", f"data.root={data_root}")
     assert result.returncode == 0, result.stderr[-3000:]
-    status = read_status(old_run)
+    status = RunFolder(old_run).read_status()
     assert status["status"] == "finished" and status["epochs"] == 2, status
     assert status["metrics"]["val/acc_best"] >= 0.187  # the first epoch's best, kept by the resume
 

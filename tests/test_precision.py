@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from fmnist_lightning.data import load_split
 from fmnist_lightning.evaluation.runs import load_trained
+from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.training import precision
 from fmnist_lightning.training.build import build_run
 from fmnist_lightning.training.precision import (
@@ -129,7 +130,7 @@ def test_record_replaces_only_auto(tmp_path: Path, monkeypatch) -> None:
         assert written.trainer.precision == after
         assert OmegaConf.to_container(written)["data"]["mean"] == "${data.image_size}"  # left unresolved
         assert not list(saved.parent.glob(".*.part"))  # the temporary file is gone
-    monkeypatch.setattr(precision, "read_run_config", lambda _: pytest.fail("no config: nothing to read"))
+    monkeypatch.setattr(RunFolder, "read_config", lambda _: pytest.fail("no config: nothing to read"))
     record_precision(tmp_path / "elsewhere", "bf16-mixed", "a test")
 
 

@@ -13,7 +13,7 @@ from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from fmnist_lightning.data import load_dataset
 from fmnist_lightning.evaluation.report import classification_report, report_markdown, write_report
 from fmnist_lightning.evaluation.runs import build_datamodule, load_trained
-from fmnist_lightning.training.history import read_history
+from fmnist_lightning.run_folder import RunFolder
 
 CLASS_NAMES = load_dataset().class_names
 
@@ -84,7 +84,7 @@ def test_markdown_has_names_and_tables(tmp_path: Path) -> None:
 def test_history_without_any_logger(unlogged_run) -> None:
     """history.csv and curves.png are the run's own: they need no logger's files."""
     tmp_path, metrics = unlogged_run
-    history = read_history(tmp_path)
+    history = RunFolder(tmp_path).read_history()
     assert sorted(history["train/loss"]) == [1, 2] and sorted(history["val/acc"]) == [1, 2]
     assert history["val/acc_best"][2] == pytest.approx(metrics["val/acc_best"])
     assert history["train/loss"][2] == pytest.approx(metrics["train/loss"])
@@ -94,6 +94,6 @@ def test_history_without_any_logger(unlogged_run) -> None:
 def test_run_folder_has_the_report(trained_run: Path) -> None:
     for name in ("report.json", "report.md", "confusion_matrix.png", "curves.png", "net.pt", "metrics.json"):
         assert (trained_run / name).is_file(), name
-    history = read_history(trained_run)
+    history = RunFolder(trained_run).read_history()
     assert sorted(history["train/acc"]) == [1, 2] and sorted(history["val/loss"]) == [1, 2]
     assert "Shirt" in (trained_run / "report.md").read_text()

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from conftest import CONF, REPO, job_folder, run_script
 from fmnist_lightning.data import load_dataset
 from fmnist_lightning.evaluation.report import classification_report
-from fmnist_lightning.training.status import write_status
+from fmnist_lightning.run_folder import RunFolder
 
 spec = importlib.util.spec_from_file_location("reproduce", REPO / "scripts" / "reproduce.py")
 reproduce = importlib.util.module_from_spec(spec)
@@ -32,8 +32,7 @@ def make_job(folder: Path, experiment: str, seed: int, test_acc: float, status: 
         cfg = compose("train", overrides=overrides + [f"{k}={v}" for k, v in changes.items()])
     OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    write_status(
-        folder,
+    RunFolder(folder).write_status(
         status,
         epochs=3,
         wall_time_s=12.5,

@@ -16,8 +16,8 @@ import torch
 from conftest import compose_with_hydra, run_script, scalars, start_script
 from fmnist_lightning.errors import NonFiniteLossError, RunInterrupted
 from fmnist_lightning.locks import release_run_folder
+from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.training.guard import RunFolderGuard
-from fmnist_lightning.training.history import read_history
 from fmnist_lightning.training.pipeline import train
 from fmnist_lightning.training.resume import preflight
 from fmnist_lightning.training.run_dirs import (
@@ -27,7 +27,6 @@ from fmnist_lightning.training.run_dirs import (
     new_dir,
     run_label,
 )
-from fmnist_lightning.training.status import read_status
 
 # Three short epochs with everything random switched on: dropout (two_conv_bn), random
 # flips, shuffling, and a cosine schedule whose state must survive the restart. The precision
@@ -88,14 +87,14 @@ def test_sigkill_then_resume_equals_uninterrupted(data_root: Path, tmp_path: Pat
     wait_for(killed / "checkpoints" / "last.ckpt", process)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    crashed = read_status(killed)
+    crashed = RunFolder(killed).read_status()
     assert crashed["status"] == "running" and 1 <= crashed["epochs"] < 3, crashed
 
     result = run_script("train.py", f"resume={killed}")
     assert result.returncode == 0, result.stderr[-3000:]
 
     assert_same_weights(whole / "net.pt", killed / "net.pt")
-    a, b = read_status(whole), read_status(killed)
+    a, b = RunFolder(whole).read_status(), RunFolder(killed).read_status()
     assert b["status"] == "finished"
     assert (a["epochs"], a["global_step"], a["metrics"]) == (b["epochs"], b["global_step"], b["metrics"])
     # The logs continue in the same run: every epoch once, with the same values.
@@ -104,7 +103,7 @@ def test_sigkill_then_resume_equals_uninterrupted(data_root: Path, tmp_path: Pat
     assert csv_rows(whole, "val/acc") == csv_rows(killed, "val/acc")
     # The run's own history (what curves.png is drawn from) continues too. (A train/* value
     # is logged after the epoch's checkpoint, so a kill in between may lose that one point.)
-    whole_history, killed_history = read_history(whole), read_history(killed)
+    whole_history, killed_history = RunFolder(whole).read_history(), RunFolder(killed).read_history()
     for key in ("val/acc", "val/loss", "val/acc_best"):
         assert killed_history[key] == whole_history[key] and sorted(killed_history[key]) == [1, 2, 3]
     assert killed_history["train/loss"][3] == whole_history["train/loss"][3]
@@ -135,7 +134,7 @@ def test_signal_mid_epoch_leaves_a_resumable_run(data_root: Path, tmp_path: Path
 
     assert process.returncode != 0
     assert f"resume={run_dir}" in stderr and "Traceback" not in stderr, stderr[-3000:]
-    stopped = read_status(run_dir)
+    stopped = RunFolder(run_dir).read_status()
     assert stopped["status"] == "interrupted" and stopped["epochs"] == 0, stopped
     assert 0 < stopped["global_step"] < 300
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
@@ -143,7 +142,7 @@ def test_signal_mid_epoch_leaves_a_resumable_run(data_root: Path, tmp_path: Path
 
     result = run_script("train.py", f"resume={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
-    done = read_status(run_dir)
+    done = RunFolder(run_dir).read_status()
     assert done["status"] == "finished" and done["epochs"] == 1 and done["global_step"] == 300, done
     assert done["metrics"]["test/acc"] > 0.7
 
@@ -168,7 +167,7 @@ def test_signal_stops_after_its_batch(make_cfg, tmp_path: Path, sig: signal.Sign
     with pytest.raises(RunInterrupted, match="training stopped in epoch 1 \\(step 26\\)"):
         train(cfg)
     assert signal.getsignal(signal.SIGTERM) == sigterm
-    stopped = read_status(tmp_path)
+    stopped = RunFolder(tmp_path).read_status()
     assert (stopped["status"], stopped["epochs"], stopped["global_step"]) == ("interrupted", 1, 26), stopped
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert (checkpoint["epoch"], checkpoint["global_step"]) == (1, 26)
@@ -189,7 +188,7 @@ def test_non_finite_loss_stops_the_run(make_cfg, tmp_path: Path) -> None:
     )
     with pytest.raises(NonFiniteLossError, match="became nan at step 30 \\(epoch 1, batch 10\\)"):
         train(cfg)
-    failed = read_status(tmp_path)
+    failed = RunFolder(tmp_path).read_status()
     assert failed["status"] == "failed" and failed["epochs"] == 1 and "step 30" in failed["error"]
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["epoch"] == 0
@@ -252,7 +251,7 @@ def test_runs_started_in_the_same_second_get_their_own_folders(data_root: Path, 
     runs = sorted((tmp_path / "outputs" / "runs").iterdir())
     assert len(runs) == 2
     for run in runs:
-        assert read_status(run)["status"] == "finished"
+        assert RunFolder(run).read_status()["status"] == "finished"
         assert len(list(run.glob(".hydra/config.yaml"))) == 1
 
 
@@ -276,7 +275,7 @@ def test_ddp_on_two_cpu_processes(data_root: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
-    done = read_status(run_dir)
+    done = RunFolder(run_dir).read_status()
     assert done["status"] == "finished" and done["epochs"] == 2
     assert done["global_step"] == 200  # limit_train_batches counts per process
     writers = {p.name.split(".")[-2] for p in run_dir.glob("events.out.tfevents.*")}
@@ -284,7 +283,7 @@ def test_ddp_on_two_cpu_processes(data_root: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in run_dir.glob("checkpoints/*.ckpt")) == ["epoch_001.ckpt", "last.ckpt"]
     assert {p.name for p in run_dir.glob("*.json")} == {"metrics.json", "report.json", "temperature.json"}
     assert sorted(p.name for p in run_dir.glob(".*")) == [".hydra", ".lock"]  # rank 0 holds the lock
-    assert abs(done["metrics"]["test/acc"] - read_status(tmp_path / "single")["metrics"]["test/acc"]) < 0.05
+    assert abs(done["metrics"]["test/acc"] - RunFolder(tmp_path / "single").read_status()["metrics"]["test/acc"]) < 0.05
 
 
 @pytest.mark.slow
@@ -308,14 +307,14 @@ def test_ddp_processes_signalled_together_stop_together(data_root: Path, tmp_pat
         os.killpg(process.pid, signal.SIGKILL)
         pytest.fail("the DDP processes did not stop within 120 s of SIGTERM")
     assert f"resume={run_dir}" in stderr and "Traceback" not in stderr, stderr[-3000:]
-    stopped = read_status(run_dir)
+    stopped = RunFolder(run_dir).read_status()
     assert stopped["status"] == "interrupted" and 400 < stopped["global_step"] < 1200, stopped
 
     result = run_script("train.py", f"resume={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
-    done = read_status(run_dir)
+    done = RunFolder(run_dir).read_status()
     assert (done["status"], done["epochs"], done["global_step"]) == ("finished", 3, 1200), done
-    assert sorted(read_history(run_dir)["val/acc"]) == [1, 2, 3]
+    assert sorted(RunFolder(run_dir).read_history()["val/acc"]) == [1, 2, 3]
 
 
 @pytest.mark.slow
@@ -341,7 +340,7 @@ def test_ddp_in_a_multirun_uses_spawn(data_root: Path, tmp_path: Path) -> None:
     assert "using ddp_spawn" in output
     assert output.count("Launching 2 jobs") == 1  # the sweep was not started again
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_seed-1", "1_seed-2"]
-    assert all(read_status(sweep / job)["status"] == "finished" for job in ("0_seed-1", "1_seed-2"))
+    assert all(RunFolder(sweep / job).read_status()["status"] == "finished" for job in ("0_seed-1", "1_seed-2"))
 
 
 def test_preflight_rewrites_resume_once(trained_run: Path) -> None:

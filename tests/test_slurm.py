@@ -17,11 +17,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from fmnist_lightning import locks
+from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.training import resume, slurm
 from fmnist_lightning.training.callbacks import InterruptCheckpoint
 from fmnist_lightning.training.processes import cpu_threads
 from fmnist_lightning.training.resume import preflight
-from fmnist_lightning.training.status import write_status
 
 SLURM_VARIABLES = ("SUBMITIT_EXECUTOR", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")
 
@@ -47,7 +47,7 @@ def test_time_limit_signal_and_job_id(monkeypatch: pytest.MonkeyPatch, submitit_
 
 
 def interrupted_run(folder: Path, status: str = "interrupted", checkpoint: bool = True) -> None:
-    write_status(folder, status, epochs=1, global_step=30)
+    RunFolder(folder).write_status(status, epochs=1, global_step=30)
     if checkpoint:
         (folder / "checkpoints").mkdir()
         (folder / "checkpoints" / "last.ckpt").write_bytes(b"state")

@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, SCRIPT_ENV, job_folder, run_script
 from fmnist_lightning.errors import RunError
+from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.sweeps import continuing
 from fmnist_lightning.sweeps.optuna_storage import sweep_study
 from fmnist_lightning.training.resume import preflight
-from fmnist_lightning.training.status import read_status, write_status
 
 CONFIG = {"model": {"dropout": 0.1}, "trainer": {"precision": "bf16-mixed", "max_epochs": 3}}
 
@@ -32,7 +32,7 @@ def fake_job(sweep: Path, name: str, overrides: list[str], status: str | None, c
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(CONFIG))
     if status is not None:
-        write_status(folder, status, epochs=1)
+        RunFolder(folder).write_status(status, epochs=1)
     if checkpoint:
         (folder / "checkpoints").mkdir()
         (folder / "checkpoints" / "last.ckpt").write_bytes(b"state")
@@ -175,9 +175,9 @@ def check_continued(reference: Path, sweep: Path, killed: int, before: dict[int,
     the summary the reference's."""
     for number, snapshot in before.items():
         assert files(job_folder(sweep, number)) == snapshot, f"job {number} was touched"
-    continued = read_status(job_folder(sweep, killed))
+    continued = RunFolder(job_folder(sweep, killed)).read_status()
     assert continued["status"] == "finished" and continued["epochs"] == 4
-    assert continued["metrics"] == read_status(job_folder(reference, killed))["metrics"]
+    assert continued["metrics"] == RunFolder(job_folder(reference, killed)).read_status()["metrics"]
     assert list((job_folder(sweep, killed) / ".hydra").glob("resume_*/overrides.yaml"))  # its original files kept
     assert (sweep / "summary.csv").read_text() == (reference / "summary.csv").read_text()
     assert without_times(sweep / "summary_jobs.csv") == without_times(reference / "summary_jobs.csv")
@@ -192,7 +192,7 @@ def test_a_killed_grid_sweep_continues_where_it_stopped(data_root: Path, tmp_pat
 
     sweep = tmp_path / "sweep"
     kill_during_job([*args, f"hydra.sweep.dir={sweep}"], sweep, 2)
-    assert read_status(job_folder(sweep, 2))["status"] == "running" and not list(sweep.glob("3_*"))
+    assert RunFolder(job_folder(sweep, 2)).read_status()["status"] == "running" and not list(sweep.glob("3_*"))
     before = {n: files(job_folder(sweep, n)) for n in (0, 1)}
 
     again = run_script("train.py", f"resume={sweep}")

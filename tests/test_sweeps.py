@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sqlite3
 from pathlib import Path
 
@@ -16,12 +17,13 @@ from hydra import compose, initialize_config_dir
 from scipy import stats
 
 from conftest import CONF, job_folder, run_script
+from fmnist_lightning.cli.summarize import folder_words
 from fmnist_lightning.evaluation.statistics import paired_t_test
+from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.sweeps import read_sweep, summarize
 from fmnist_lightning.sweeps.optuna_storage import sweep_study
 from fmnist_lightning.sweeps.summary import versus_best
 from fmnist_lightning.training.build import build_run
-from fmnist_lightning.training.status import read_status
 from in_process import run_command
 
 # Jobs of a few seconds: one batch of each stage (fast_dev_run) of the smallest network.
@@ -60,7 +62,7 @@ def test_grid_sweep_ends_with_a_summary(data_root: Path, tmp_path: Path) -> None
         ("sgd", "2", "finished"),
     ]
     for row in rows:
-        job = read_status(sweep / row["job"])
+        job = RunFolder(sweep / row["job"]).read_status()
         assert float(row["val/acc_best"]) == job["metrics"]["val/acc_best"]
         assert float(row["test/acc"]) == job["metrics"]["test/acc"]
     # Grouped over seeds: one row per optimizer, mean and std of the two seeds.
@@ -92,7 +94,7 @@ def test_a_failing_job_does_not_stop_the_sweep(data_root: Path, tmp_path: Path) 
     assert "Traceback" not in result.stderr
     statuses = [(r["job"], r["status"]) for r in job_rows(sweep)]
     assert statuses == [("0_lr-0.001", "finished"), ("1_lr--1", "failed"), ("2_lr-0.003", "finished")]
-    failed = read_status(sweep / "1_lr--1")
+    failed = RunFolder(sweep / "1_lr--1").read_status()
     assert failed["status"] == "failed" and "optimizer.lr=-1" in failed["error"]
     summary = (sweep / "summary.md").read_text()
     assert "## Not finished" in summary and "job 1_lr--1 (failed): invalid config" in summary
@@ -113,7 +115,7 @@ def test_optuna_search_keeps_its_study_in_the_sweep_folder(data_root: Path, tmp_
     )
     assert result.returncode == 0, result.stderr[-3000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    values = [read_status(job_folder(sweep, i))["metrics"]["val/acc_best"] for i in range(3)]
+    values = [RunFolder(job_folder(sweep, i)).read_status()["metrics"]["val/acc_best"] for i in range(3)]
     assert best["best_value"] == pytest.approx(max(values))
     assert set(best["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size", "model.dropout"}
     assert len(job_rows(sweep)) == 3 and (sweep / "optuna.journal").is_file()
@@ -187,14 +189,17 @@ def test_optuna_prunes_trials_of_jobs_in_other_processes(data_root: Path, tmp_pa
     summary = (sweep / "summary.md").read_text()
     for trial in pruned:
         (number,) = trial.user_attrs["jobs"]
-        status = read_status(job_folder(sweep, number))
+        status = RunFolder(job_folder(sweep, number)).read_status()
         assert status["status"] == "pruned" and "test/acc" not in status["metrics"]
         assert status["epochs"] == len(trial.intermediate_values) and "pruned by the study's pruner" in status["error"]
         assert f"- job {job_folder(sweep, number).name}, after {status['epochs']} epochs: pruned" in summary
     assert f"{len(pruned)} pruned, 0 not finished" in summary
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     for trial in complete:
-        assert trial.value == read_status(job_folder(sweep, trial.user_attrs["jobs"][0]))["metrics"]["val/acc_best"]
+        assert (
+            trial.value
+            == RunFolder(job_folder(sweep, trial.user_attrs["jobs"][0])).read_status()["metrics"]["val/acc_best"]
+        )
 
 
 @pytest.mark.slow  # 2 trials of 2 folds each, fast_dev_run jobs (about 10 s)
@@ -217,7 +222,7 @@ def test_an_optuna_trial_can_be_a_k_fold_cross_validation(data_root: Path, tmp_p
     for trial in trials:
         folds = [job_folder(sweep, n) for n in trial.user_attrs["jobs"]]
         assert [f.name.split("_")[1] for f in folds] == ["fold-0", "fold-1"]
-        values = [read_status(f)["metrics"]["val/acc_best"] for f in folds]
+        values = [RunFolder(f).read_status()["metrics"]["val/acc_best"] for f in folds]
         assert trial.value == pytest.approx(sum(values) / 2)
     with (sweep / "summary.csv").open() as file:
         rows = list(csv.DictReader(file))
@@ -283,7 +288,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_without_oversubscribing(data_root
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     for job in ("0_optimizer-adam", "1_optimizer-sgd"):
-        assert read_status(sweep / job)["status"] == "finished"
+        assert RunFolder(sweep / job).read_status()["status"] == "finished"
         log = (sweep / job / "train.log").read_text()
         threads = int(log.split(" intra-op CPU threads")[0].split()[-1])
         assert threads == max(1, len(os.sched_getaffinity(0)) // 2)
@@ -418,6 +423,26 @@ def test_summarize_refuses_a_folder_without_jobs(tmp_path: Path) -> None:
         read_sweep(tmp_path)
     result = run_command("summarize.py", f"sweep_dir={tmp_path}")
     assert result.returncode == 1 and "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_summarize_takes_a_sweep_folder_given_alone(tmp_path: Path) -> None:
+    """``summarize.py <folder>`` is ``summarize.py sweep_dir=<folder>``, whatever the folder's
+    name holds, instead of Hydra's ``extraneous input``; a second folder is refused in one
+    line that names ``sweep_dir=``. Hydra's flags and their values are not folders."""
+    folder = tmp_path / "my sweep ñ=1,2"
+    folder.mkdir()
+    result = run_command("summarize.py", str(folder), "metric=test/acc")
+    assert result.returncode == 1 and f"error: {folder} holds no sweep jobs" in result.stderr, result.stderr
+    assert "extraneous input" not in result.stderr and "Traceback" not in result.stderr
+
+    refused = run_command("summarize.py", str(folder), "other")
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert refused.stderr.startswith(
+        f"error: summarize takes one sweep folder, as sweep_dir=<folder> (got {str(folder)!r}, 'other'); "
+        f"run: fmnist-summarize sweep_dir={shlex.quote(str(folder))}"
+    ), refused.stderr
+    args = ["--cfg", "job", "-cp", "conf", "--info", "config", "~metric", "metric=a", "hydra/x=y", "sweep"]
+    assert folder_words(args) == [9]
 
 
 def test_optuna_search_config_composes_and_its_values_pass_the_checks(make_cfg) -> None:

@@ -20,11 +20,11 @@ from omegaconf import DictConfig
 
 from fmnist_lightning.cli import find_sweepers, quote_paths, require_configs
 from fmnist_lightning.errors import FolderInUseError, RunInterrupted, TrialPruned, UserError
+from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.training.processes import in_multirun
 from fmnist_lightning.training.resume import continue_job, run_command_line
 from fmnist_lightning.training.run_dirs import register_resolvers
 from fmnist_lightning.training.slurm import in_submitit_job, requeue
-from fmnist_lightning.training.status import record_failure
 
 log = logging.getLogger("train")
 
@@ -69,7 +69,7 @@ def failed(cfg: DictConfig, message: str, record: bool = True) -> float:
     log.error(message)
     if record:
         try:
-            record_failure(Path(cfg.output_dir), message.removeprefix("error: "))
+            RunFolder(Path(cfg.output_dir)).record_failure(message.removeprefix("error: "))
         except OSError as err:  # a full disk: the job's earlier metrics.json stays as it was
             log.error("could not record the failure in %s: %s", cfg.output_dir, err.strerror or err)
     return worst_value(cfg)

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -72,30 +73,8 @@ def read_idx_bytes(path: Path, spec: IdxSpec, dataset: IdxDataset | None = None)
     def fail(problem: str) -> DatasetError:
         return DatasetError(f"{dataset.name} file {path} {problem}. {dataset.how_to_get}")
 
-    compressed = b""
-    try:
-        stat = path.stat()
-        if path.suffix == ".gz":
-            compressed = path.read_bytes()
-            data = gzip.decompress(compressed)
-        else:
-            data = path.read_bytes()
-    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
-        raise fail(f"is not a complete gzip file ({err})") from None
-    except OSError as err:
-        raise fail(f"cannot be read ({err.strerror or err})") from None
-
-    if len(data) < spec.header_bytes:
-        raise fail(f"is truncated: {len(data)} bytes, shorter than its {spec.header_bytes}-byte header")
-    magic = int.from_bytes(data[:4], "big")
-    if magic != spec.magic:
-        raise fail(f"has magic number {magic}, expected {spec.magic} for {spec.name} (not an IDX file of this kind)")
-    shape = tuple(int.from_bytes(data[i : i + 4], "big") for i in range(4, spec.header_bytes, 4))
-    if shape != spec.shape:
-        raise fail(f"has shape {shape} in its header, expected {spec.shape}")
-    if len(data) != spec.total_bytes:
-        kind = "truncated" if len(data) < spec.total_bytes else "too long"
-        raise fail(f"is {kind}: {len(data)} bytes decompressed, expected {spec.total_bytes}")
+    stat, compressed, data = _read(path, fail)
+    _check_layout(data, spec, fail)
     classes = len(dataset.class_names)
     verified = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, spec, classes)
     if verified in _VERIFIED:
@@ -112,6 +91,43 @@ def read_idx_bytes(path: Path, spec: IdxSpec, dataset: IdxDataset | None = None)
         raise fail(f"cannot be checked: only its .gz file's MD5 is published; use the original {spec.name}.gz")
     _VERIFIED.add(verified)
     return data
+
+
+def _read(path: Path, fail: Callable[[str], DatasetError]) -> tuple[os.stat_result, bytes, bytes]:
+    """``(stat, compressed bytes or b"", decompressed bytes)`` of an IDX file.
+
+    Raises:
+        DatasetError: ``fail``'s, when it cannot be read or decompressed.
+    """
+    try:
+        stat = path.stat()
+        if path.suffix == ".gz":
+            compressed = path.read_bytes()
+            return stat, compressed, gzip.decompress(compressed)
+        return stat, b"", path.read_bytes()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise fail(f"is not a complete gzip file ({err})") from None
+    except OSError as err:
+        raise fail(f"cannot be read ({err.strerror or err})") from None
+
+
+def _check_layout(data: bytes, spec: IdxSpec, fail: Callable[[str], DatasetError]) -> None:
+    """Checks an IDX file's header (magic number, shape) and length against ``spec``.
+
+    Raises:
+        DatasetError: ``fail``'s, naming the first mismatch.
+    """
+    if len(data) < spec.header_bytes:
+        raise fail(f"is truncated: {len(data)} bytes, shorter than its {spec.header_bytes}-byte header")
+    magic = int.from_bytes(data[:4], "big")
+    if magic != spec.magic:
+        raise fail(f"has magic number {magic}, expected {spec.magic} for {spec.name} (not an IDX file of this kind)")
+    shape = tuple(int.from_bytes(data[i : i + 4], "big") for i in range(4, spec.header_bytes, 4))
+    if shape != spec.shape:
+        raise fail(f"has shape {shape} in its header, expected {spec.shape}")
+    if len(data) != spec.total_bytes:
+        kind = "truncated" if len(data) < spec.total_bytes else "too long"
+        raise fail(f"is {kind}: {len(data)} bytes decompressed, expected {spec.total_bytes}")
 
 
 #: The files ``read_idx_bytes`` verified in this process, by path and state on disk.

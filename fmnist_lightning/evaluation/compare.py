@@ -26,8 +26,8 @@ from fmnist_lightning.artifacts import read_yaml
 from fmnist_lightning.data.datasets import DATASET_KEYS, IdxDataset
 from fmnist_lightning.errors import RunError
 from fmnist_lightning.evaluation.predictions import SavedPredictions, read_predictions
-from fmnist_lightning.evaluation.run_config import load_run_config
 from fmnist_lightning.evaluation.statistics import ALPHA, mcnemar_exact, paired_bootstrap, wilson_interval
+from fmnist_lightning.run_folder import RunFolder
 
 
 def run_config_of(folder: str | Path, trusted_modules: Sequence[str] = ()) -> DictConfig:
@@ -39,12 +39,12 @@ def run_config_of(folder: str | Path, trusted_modules: Sequence[str] = ()) -> Di
         RunError: The folder is neither.
     """
     folder = Path(folder)
-    saved = folder / ".hydra" / "config.yaml"
+    saved = RunFolder(folder).config_file
     if saved.is_file():
         config = read_yaml(saved, dict, "Evaluate the run again into a new folder.")
         if isinstance(config.get("run_dir"), str) and "model" not in config:  # an evaluation's folder
-            return load_run_config(config["run_dir"], trusted_modules)
-    return load_run_config(folder, trusted_modules)
+            return RunFolder(config["run_dir"]).load_config(trusted_modules)
+    return RunFolder(folder).load_config(trusted_modules)
 
 
 def describe_test_set(config: DictConfig) -> dict[str, Any]:

@@ -18,65 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
 
-from fmnist_lightning.artifacts import load_tensors, read_json
+from fmnist_lightning.artifacts import load_tensors
 from fmnist_lightning.data import IdxDataModule
 from fmnist_lightning.data.photos import to_fashion_mnist
 from fmnist_lightning.data.transforms import build_preprocess
 from fmnist_lightning.errors import DamagedFileError, RunError
 from fmnist_lightning.evaluation.calibration import read_temperature
-from fmnist_lightning.evaluation.run_config import load_run_config
-from fmnist_lightning.locks import LOCK_FILE, holder_pid
 from fmnist_lightning.models.compose import module_arguments, module_class
-
-#: File name of the network's plain ``state_dict`` in a run folder.
-NET_WEIGHTS = "net.pt"
-
-
-def resolve_weights(run_dir: str | Path, weights: str = NET_WEIGHTS) -> Path:
-    """Finds a run's weights file.
-
-    Args:
-        run_dir: The run folder.
-        weights: ``"net.pt"`` (the best network's plain state_dict), ``"best"`` (the best
-            checkpoint), ``"last"`` (``checkpoints/last.ckpt``), or a path to a ``.pt`` or
-            ``.ckpt`` file.
-
-    Raises:
-        RunError: The file does not exist; the message lists what the run does have.
-    """
-    run_dir = Path(run_dir)
-    if weights == "best":
-        metrics = run_dir / "metrics.json"
-        fix = "Delete it and give the weights another way: weights=last, weights=net.pt or a .ckpt file."
-        best = read_json(metrics, fix).get("best_checkpoint") if metrics.is_file() else None
-        if best is not None and not isinstance(best, str):
-            raise DamagedFileError(metrics, f"its best_checkpoint is {best!r}, not a file name", fix)
-        path = run_dir / best if best else None
-        if path is None:
-            candidates = sorted((run_dir / "checkpoints").glob("epoch_*.ckpt"))
-            path = candidates[-1] if len(candidates) == 1 else None
-    elif weights == "last":
-        path = run_dir / "checkpoints" / "last.ckpt"
-    else:
-        path = Path(weights) if Path(weights).is_absolute() else run_dir / weights
-    if path is None or not path.is_file():
-        found = sorted(
-            str(p.relative_to(run_dir)) for p in [*run_dir.glob("*.pt"), *run_dir.glob("checkpoints/*.ckpt")]
-        )
-        pid = holder_pid(run_dir / LOCK_FILE)
-        training = (
-            f" The run is still training (process {pid} is writing it): use weights=last, or wait." if pid else ""
-        )
-        raise RunError(
-            f"Run {run_dir} has no {weights!r} weights "
-            + (
-                f"(it has: {', '.join(found)})."
-                if found
-                else "(it has no checkpoint or net.pt at all; did it finish its first epoch?)."
-            )
-            + training
-        )
-    return path
+from fmnist_lightning.run_folder import NET_WEIGHTS, RunFolder
 
 
 def net_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
@@ -269,8 +218,8 @@ def load_trained(
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = load_run_config(run_dir, trusted_modules)
-    path = resolve_weights(run_dir, weights)
+    cfg = RunFolder(run_dir).load_config(trusted_modules)
+    path = RunFolder(run_dir).weights(weights)
     module = build_module(cfg)
     try:
         module.net.load_state_dict(load_state_dict(path))

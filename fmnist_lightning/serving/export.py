@@ -35,8 +35,8 @@ from torch import nn
 from fmnist_lightning.artifacts import read_json
 from fmnist_lightning.data.photos import SIDE
 from fmnist_lightning.errors import ArgumentError, DamagedFileError, RunError, require
-from fmnist_lightning.evaluation.runs import NET_WEIGHTS, TrainedModel, load_trained
-from fmnist_lightning.locks import lock_run_folder, release_run_folder
+from fmnist_lightning.evaluation.runs import TrainedModel, load_trained
+from fmnist_lightning.run_folder import NET_WEIGHTS, RunFolder
 
 #: ``format=`` → the file written into the run folder.
 EXPORT_FILES = {"onnx": "model.onnx", "torch_export": "model.pt2"}
@@ -145,7 +145,7 @@ def export_run(
             f"{path} exists already; pass overwrite=true to replace it, or export elsewhere by copying the run"
         )
     model = load_trained(run_dir, weights, "cpu", trusted_modules)  # checks the folder before taking its lock
-    lock_run_folder(run_dir)
+    RunFolder(run_dir).lock()
     try:
         wrapper = ImagesToProbabilities(model).eval()
         example = torch.zeros(2, 1, SIDE, SIDE, dtype=torch.uint8)
@@ -159,7 +159,7 @@ def export_run(
         finally:
             Path(tmp).unlink(missing_ok=True)
     finally:
-        release_run_folder(run_dir)
+        RunFolder(run_dir).release()
     return path
 
 

@@ -31,8 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fmnist_lightning.artifacts import read_json
 from fmnist_lightning.data.photos import MAX_PIXELS, check_options
 from fmnist_lightning.errors import require
-from fmnist_lightning.evaluation.run_config import load_run_config
-from fmnist_lightning.evaluation.runs import NET_WEIGHTS, load_trained, run_temperature
+from fmnist_lightning.evaluation.runs import load_trained, run_temperature
+from fmnist_lightning.run_folder import NET_WEIGHTS, RunFolder
 from fmnist_lightning.serving.export import EXPORT_FILES, load_exported
 from fmnist_lightning.serving.payload import HOW_TO_SEND, Decoded, decode_payload
 
@@ -242,7 +242,7 @@ def run_info(options: ServeOptions) -> dict[str, Any]:
         RunError, DamagedFileError: The folder is not a readable run.
     """
     run_dir = Path(options.run_dir)
-    cfg = load_run_config(run_dir, list(options.trusted_modules))
+    cfg = RunFolder(run_dir).load_config(list(options.trusted_modules))
     report = run_dir / "report.json"
     accuracy = read_json(report, "Evaluate the run again.").get("accuracy") if report.is_file() else None
     if options.backend == "onnx":  # the temperature the graph was exported with

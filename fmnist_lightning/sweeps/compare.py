@@ -19,8 +19,8 @@ from typing import Any
 
 from fmnist_lightning.errors import RunError
 from fmnist_lightning.evaluation.compare import check_same_test_set, verdict
-from fmnist_lightning.evaluation.run_config import load_run_config
 from fmnist_lightning.evaluation.statistics import paired_t_test, welch_t_test
+from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.sweeps.configurations import Group, group_jobs, swept_keys
 from fmnist_lightning.sweeps.jobs import job_folders, read_sweep
 
@@ -73,8 +73,8 @@ def compare_sweeps(sweep_a: str | Path, sweep_b: str | Path, trusted_modules: Se
         if not jobs:
             raise RunError(f"no job of the sweep {folder} finished; there is nothing to compare")
     check_same_test_set(
-        load_run_config(finished[0][0].folder, trusted_modules),
-        load_run_config(finished[1][0].folder, trusted_modules),
+        RunFolder(finished[0][0].folder).load_config(trusted_modules),
+        RunFolder(finished[1][0].folder).load_config(trusted_modules),
         (str(sweep_a), str(sweep_b)),
     )
     pairs, unmatched = _pairs(*groups)

@@ -35,10 +35,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmnist_lightning.artifacts import read_yaml
 from fmnist_lightning.errors import FolderInUseError, RunError
-from fmnist_lightning.locks import lock_run_folder, release_run_folder
+from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.sweeps.jobs import job_folders, read_job
 from fmnist_lightning.training.precision import AUTO
-from fmnist_lightning.training.resume import left_unfinished, resume_subdir
 from fmnist_lightning.training.run_dirs import job_number, split_override
 from fmnist_lightning.trust import TRUST_KEY
 
@@ -170,7 +169,7 @@ def plan(
             why = f"its job {folder.name} ran {written}, and this command's job {number} does {mine}"
             raise _refuse(sweep_dir, why)
         config = compose(overrides)
-        changes = config_changes(folder / ".hydra" / "config.yaml", config)
+        changes = config_changes(RunFolder(folder).config_file, config)
         if changes:
             listed = "; ".join(changes[:3])
             raise _refuse(sweep_dir, f"the config of its job {folder.name} has changed since it ran ({listed})")
@@ -180,8 +179,8 @@ def plan(
         _check_idle(folder)
         with open_dict(config):
             config.output_dir = str(folder)  # where the job's checkpoint_dir is
-        if left_unfinished(config):  # the job will continue itself (training.resume.continue_job)
-            run[number] = [*overrides, f"hydra.output_subdir=.hydra/{resume_subdir()}"]
+        if RunFolder(folder).left_unfinished(config):  # the job will continue itself (training.resume.continue_job)
+            run[number] = [*overrides, f"hydra.output_subdir={RunFolder.new_attempt()}"]
             continued.append(number)
         else:
             if job.status != "not started":  # killed before its first checkpoint: nothing to keep
@@ -198,10 +197,10 @@ def _check_idle(folder: Path) -> None:
         FolderInUseError: Its lock is held.
     """
     try:
-        lock_run_folder(folder)
+        RunFolder(folder).lock()
     except FolderInUseError as err:
         raise RunError(f"{err} The sweep is continued once that job has ended.") from None
-    release_run_folder(folder)
+    RunFolder(folder).release()
 
 
 def abandon(sweep_dir: Path, folder: Path) -> Path:

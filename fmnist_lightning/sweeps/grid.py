@@ -17,6 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmnist_lightning.errors import RunError
+from fmnist_lightning.run_folder import SWEEP_CONFIG, is_sweep_folder
 from fmnist_lightning.sweeps import continuing
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,8 @@ def save_sweep_config(config: DictConfig) -> None:
     sweep being continued there wrote it already (``resume=<sweep folder>`` reads it)."""
     sweep_dir = Path(config.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    if not (sweep_dir / "multirun.yaml").is_file():
-        OmegaConf.save(config, sweep_dir / "multirun.yaml")
+    if not is_sweep_folder(sweep_dir):
+        OmegaConf.save(config, sweep_dir / SWEEP_CONFIG)
 
 
 class GridSweeper(BasicSweeper):

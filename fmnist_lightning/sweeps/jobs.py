@@ -12,10 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fmnist_lightning.artifacts import read_yaml
-from fmnist_lightning.errors import DamagedFileError
+from fmnist_lightning.run_folder import OVERRIDES_FILE, RunFolder
 from fmnist_lightning.training.run_dirs import job_number, split_override
-from fmnist_lightning.training.status import read_status
 
 
 @dataclass
@@ -57,16 +55,12 @@ def read_job(folder: Path) -> Job:
     Raises:
         DamagedFileError: Its ``.hydra/overrides.yaml`` or ``metrics.json`` is damaged.
     """
-    path = folder / ".hydra" / "overrides.yaml"
     fix = "It lists the job's command-line overrides: restore it (e.g. [] for none), or move the job out of the sweep."
-    lines = read_yaml(path, list, fix)
-    if not all(isinstance(line, str) for line in lines):
-        raise DamagedFileError(path, "it holds something other than override strings", fix)
     overrides = {}
-    for line in lines:
+    for line in RunFolder(folder).read_overrides(fix):
         key, value = split_override(line)
         overrides[key] = value or ""
-    status = read_status(folder)
+    status = RunFolder(folder).read_status()
     if not status:
         return Job(folder, overrides, "not started")
     return Job(
@@ -85,7 +79,7 @@ def job_folders(sweep_dir: Path) -> list[Path]:
     (none when it is not a folder, or holds no job, as a run folder does not)."""
     if not sweep_dir.is_dir():
         return []
-    return [p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()]
+    return [p for p in sweep_dir.iterdir() if RunFolder(p).overrides_file.is_file()]
 
 
 def read_sweep(sweep_dir: str | Path) -> list[Job]:
@@ -98,7 +92,6 @@ def read_sweep(sweep_dir: str | Path) -> list[Job]:
     folders = job_folders(sweep_dir)
     if not folders:
         raise FileNotFoundError(
-            f"{sweep_dir} holds no sweep jobs (folders with .hydra/overrides.yaml); "
-            "pass a folder under outputs/multirun/"
+            f"{sweep_dir} holds no sweep jobs (folders with {OVERRIDES_FILE}); pass a folder under outputs/multirun/"
         )
     return sorted((read_job(p) for p in folders), key=lambda j: (job_number(j.folder), j.folder.name))

@@ -38,9 +38,9 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.sweeps import continuing, grid
 from fmnist_lightning.sweeps.optuna_storage import open_storage, storage_spec, trial_overrides
-from fmnist_lightning.training.status import read_status
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def outcome(folders: list[Path | None], metric: str) -> tuple[Any, float | None]
     folder), or ``(None, None)`` while any of them is unfinished (interrupted or running)."""
     from optuna.trial import TrialState
 
-    statuses = [read_status(f) if f is not None else {} for f in folders]
+    statuses = [RunFolder(f).read_status() if f is not None else {} for f in folders]
     states = [s.get("status") for s in statuses]
     if any(s in (None, "failed") for s in states):
         return TrialState.FAIL, None

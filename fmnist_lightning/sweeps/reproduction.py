@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fmnist_lightning.artifacts import read_json
+from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.sweeps.jobs import Job, read_sweep
 
 #: The repository: the code and configs a run uses.
@@ -266,10 +267,9 @@ def config_changes(job: Job) -> list[str]:
     when it ran the current experiment. A precision that ``trainer.precision=auto`` can
     choose counts as no change from ``auto``: the machine chose it, not the config (and runs
     saved ``32-true`` before ``auto`` became the default)."""
-    from fmnist_lightning.evaluation.run_config import load_run_config
     from fmnist_lightning.training.precision import AUTO, AUTO_CHOICES
 
-    ran = _comparable(load_run_config(job.folder))  # checked before _comparable imports its targets
+    ran = _comparable(RunFolder(job.folder).load_config())  # checked before _comparable imports its targets
     now = current_config(tuple(f"{k}={v}" for k, v in job.overrides.items()))
     changes: list[str] = []
 

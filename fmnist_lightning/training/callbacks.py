@@ -18,9 +18,9 @@ from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from fmnist_lightning.run_folder import LAST_CHECKPOINT, RunFolder
 from fmnist_lightning.training.processes import seconds_since_launch
 from fmnist_lightning.training.slurm import time_limit_signal
-from fmnist_lightning.training.status import write_status
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class InterruptCheckpoint(Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
-            path = self.dirpath / "last.ckpt"
+            path = self.dirpath / LAST_CHECKPOINT
             trainer.save_checkpoint(path)
             log.warning("Stopped at epoch %d, step %d; saved %s", trainer.current_epoch, trainer.global_step, path)
         self.teardown(trainer, pl_module, "fit")
@@ -195,8 +195,7 @@ class RunStatus(Callback):
             metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         if best and not Path(best).is_file():  # its write failed: the status must not point at it
             best = ""
-        write_status(
-            self.output_dir,
+        RunFolder(self.output_dir).write_status(
             status,
             epochs,
             global_step,
@@ -217,7 +216,7 @@ class RunStatus(Callback):
             self.write(trainer, status, epochs, **fields)
         except OSError as err:
             print(
-                f"warning: could not record the status {status!r} in {self.output_dir / 'metrics.json'} "
+                f"warning: could not record the status {status!r} in {RunFolder(self.output_dir).status_file} "
                 f"({err.strerror or err}); it still holds the status written before",
                 file=sys.stderr,
                 flush=True,

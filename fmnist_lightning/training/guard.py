@@ -13,8 +13,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_lightning.errors import RunError, UserError
-from fmnist_lightning.locks import lock_run_folder, release_run_folder
-from fmnist_lightning.training.run_dirs import check_can_create, holds_run
+from fmnist_lightning.run_folder import RunFolder
+from fmnist_lightning.training.run_dirs import check_can_create
 
 
 def _resolved_folder(config: DictConfig, key: str) -> Path:
@@ -72,15 +72,15 @@ class RunFolderGuard(Callback):
         folder = _resolved_folder(config, "hydra.run.dir")
         try:
             check_can_create(folder)
-            if holds_run(folder):
-                lock_run_folder(folder)  # FolderInUseError naming the holder's PID while that run trains
-                release_run_folder(folder)
+            if RunFolder(folder).holds_run():
+                RunFolder(folder).lock()  # FolderInUseError naming the holder's PID while that run trains
+                RunFolder(folder).release()
                 resume = shlex.quote(f"resume={folder}")
                 raise RunError(
                     f"the run folder {folder} (hydra.run.dir) already holds a run, and a new run there would "
                     f"overwrite its files. Pick a new folder, or continue that run with {resume}"
                 )
-            lock_run_folder(folder)
+            RunFolder(folder).lock()
         except RunError as err:
             raise SystemExit(f"error: {err}") from None
 
@@ -88,10 +88,10 @@ class RunFolderGuard(Callback):
         folder = _resolved_folder(config, "hydra.sweep.dir")
         try:
             check_can_create(folder)
-            lock_run_folder(folder, kind="sweep")
+            RunFolder(folder).lock(kind="sweep")
             continuable = str(config.hydra.sweeper.get("_target_", "")).startswith(CONTINUABLE)
-            if not continuable and any(holds_run(job) for job in folder.iterdir() if job.is_dir()):
-                release_run_folder(folder)
+            if not continuable and any(RunFolder(job).holds_run() for job in folder.iterdir() if job.is_dir()):
+                RunFolder(folder).release()
                 raise RunError(
                     f"the sweep folder {folder} (hydra.sweep.dir) already holds the jobs of a sweep, and "
                     "new jobs there would overwrite them. Pick a new folder, or continue that sweep with "

@@ -19,39 +19,11 @@ from typing import Any
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-from fmnist_lightning.artifacts import read_csv, write_atomically
-from fmnist_lightning.errors import DamagedFileError
+from fmnist_lightning.artifacts import write_atomically
+from fmnist_lightning.run_folder import RunFolder
 
-#: The history file of a run folder.
-HISTORY_FILE = "history.csv"
 #: Prefixes of the metrics kept in the history.
 HISTORY_PREFIXES = ("train/", "val/")
-
-
-def read_history(run_dir: str | Path) -> dict[str, dict[int, float]]:
-    """Reads ``run_dir/history.csv``.
-
-    Returns:
-        ``{metric: {epoch: value}}``, epochs counted from 1 (accuracies are fractions);
-        empty when the run has no history yet.
-
-    Raises:
-        DamagedFileError: The file is unreadable or holds something that is not a number.
-    """
-    path = Path(run_dir) / HISTORY_FILE
-    history: dict[str, dict[int, float]] = {}
-    if not path.is_file():
-        return history
-    fix = "It is the run's per-epoch record (curves.png): delete it, and a resumed run starts a new one."
-    for line, row in enumerate(read_csv(path, ("epoch",), fix), start=2):
-        try:
-            epoch = int(row.pop("epoch"))
-            for key, value in row.items():
-                if value:
-                    history.setdefault(str(key), {})[epoch] = float(value)
-        except (TypeError, ValueError):
-            raise DamagedFileError(path, f"line {line} holds something that is not a number", fix) from None
-    return history
 
 
 class EpochHistory(Logger):
@@ -64,9 +36,9 @@ class EpochHistory(Logger):
 
     def __init__(self, run_dir: str | Path) -> None:
         super().__init__()
-        self.path = Path(run_dir) / HISTORY_FILE
+        self.path = RunFolder(run_dir).history_file
         self._rows: dict[int, dict[str, float]] = {}
-        for key, series in read_history(run_dir).items():  # a resumed run continues the file
+        for key, series in RunFolder(run_dir).read_history().items():  # a resumed run continues the file
             for epoch, value in series.items():
                 self._rows.setdefault(epoch, {})[key] = value
 

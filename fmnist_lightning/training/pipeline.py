@@ -17,14 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from fmnist_lightning.artifacts import write_atomically
 from fmnist_lightning.errors import ConfigError, NonFiniteLossError, RunError, RunInterrupted, TrialPruned
 from fmnist_lightning.evaluation.figures import curves_figure
-from fmnist_lightning.evaluation.runs import NET_WEIGHTS, check_checkpoint_fits
+from fmnist_lightning.evaluation.runs import check_checkpoint_fits
 from fmnist_lightning.evaluation.summaries import hparams_of, log_hparams_session, log_run_start
 from fmnist_lightning.evaluation.test_report import TestReport
-from fmnist_lightning.evaluation.upgrade import upgrade_config
-from fmnist_lightning.locks import lock_run_folder, release_run_folder
+from fmnist_lightning.run_folder import RunFolder, upgrade_config
 from fmnist_lightning.training.build import build_run
 from fmnist_lightning.training.callbacks import RunStatus, stop_reason
-from fmnist_lightning.training.history import EpochHistory, read_history
+from fmnist_lightning.training.history import EpochHistory
 from fmnist_lightning.training.loggers import end_runs
 from fmnist_lightning.training.precision import record_precision
 from fmnist_lightning.training.processes import (
@@ -34,10 +33,8 @@ from fmnist_lightning.training.processes import (
     sigterm_as_ctrl_c,
     train_command,
 )
-from fmnist_lightning.training.resume import discard_resume_attempt
-from fmnist_lightning.training.run_dirs import check_writable, checkpoint_dir, write_failure
+from fmnist_lightning.training.run_dirs import check_writable, write_failure
 from fmnist_lightning.training.starting import start_checkpoint, stop_limits
-from fmnist_lightning.training.status import read_status
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +54,7 @@ def min_free_bytes(net: torch.nn.Module) -> int:
 
 def write_curves(run_dir: Path) -> bool:
     """Writes ``curves.png`` from the run's ``history.csv``; ``False`` when it has no epoch."""
-    history = read_history(run_dir)
+    history = RunFolder(run_dir).read_history()
     if not history:
         return False
     curves_figure(history).savefig(run_dir / "curves.png", dpi=110)
@@ -108,14 +105,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.output_dir)
     if is_child_rank():  # DDP: rank 0 holds the folder's lock for all processes
         return _train(cfg)
-    lock_run_folder(output_dir)  # before anything is written; already held after resume='s preflight
+    RunFolder(output_dir).lock()  # before anything is written; already held after resume='s preflight
     try:
         return _train(cfg)
     finally:
-        release_run_folder(output_dir)
+        RunFolder(output_dir).release()
 
 
-def _train(cfg: DictConfig) -> dict[str, float]:
+def _train(cfg: DictConfig) -> dict[str, float]:  # noqa: C901, PLR0912, PLR0915 (split by issue 42, step 5)
     """``train``'s work, in a folder this process may write."""
     output_dir = Path(cfg.output_dir)
     torch.set_num_threads(cpu_threads(cfg))
@@ -128,7 +125,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         if not is_child_rank():
             check_writable(output_dir, min_free_bytes(run.model.net))
     except (ConfigError, RunError):
-        discard_resume_attempt(cfg)
+        if cfg.get("resume") and HydraConfig.initialized():  # the refused attempt's Hydra files
+            RunFolder(output_dir).discard_attempt(HydraConfig.get().output_subdir)
         raise
     datamodule, model, trainer = run.datamodule, run.model, run.trainer
     if run.precision_reason is not None and not is_child_rank():
@@ -155,7 +153,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if start is not None:
         log.info("Continuing from %s", start)
-    previous = read_status(output_dir) if start is not None else {}
+    previous = RunFolder(output_dir).read_status() if start is not None else {}
     # Stopped in its test or report: training is complete, and the resume only tests and reports.
     trained = bool(previous.get("trained")) and previous.get("status") != "finished"
     stage = "training"  # what a signal or an error interrupts
@@ -197,7 +195,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
                     model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
                 weights = io.BytesIO()  # serialised first: see checkpoint_io.AtomicCheckpointIO
                 torch.save(model.net.state_dict(), weights)
-                write_atomically(output_dir / NET_WEIGHTS, weights.getbuffer())
+                write_atomically(RunFolder(output_dir).weights_file, weights.getbuffer())
                 write_curves(output_dir)
                 log_hparams_session(trainer.loggers, hparams_of(resolved, run_overrides()), metrics)
             status.write(trainer, "finished", epochs=epochs, metrics=metrics)
@@ -209,7 +207,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         status.write_or_warn(trainer, "pruned", epochs=trainer.current_epoch + 1, metrics=metrics, error=str(err))
         raise
     except (SystemExit, KeyboardInterrupt):  # Lightning's ways out after Ctrl-C and SIGTERM
-        last = checkpoint_dir(cfg) / "last.ckpt"
+        last = RunFolder(output_dir).last_checkpoint(cfg)
         if stage != "training":  # last.ckpt is the end of the last epoch: the resume only tests
             status.write_or_warn(
                 trainer, "interrupted", epochs=epochs, metrics=metrics, trained=True,

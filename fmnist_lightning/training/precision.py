@@ -32,8 +32,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fmnist_lightning.artifacts import write_atomically
-from fmnist_lightning.evaluation.run_config import read_run_config
+from fmnist_lightning.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +159,10 @@ def record_precision(run_dir: Path, precision: str, reason: str) -> None:
         DamagedFileError: The saved config cannot be read.
     """
     log.info("trainer.precision=auto: %s, because %s", precision, reason)
-    saved = run_dir / ".hydra" / "config.yaml"
-    if not saved.is_file():  # train() called outside Hydra, or hydra.output_subdir=null
+    folder = RunFolder(run_dir)
+    if not folder.is_run():  # train() called outside Hydra, or hydra.output_subdir=null
         return
-    config = read_run_config(run_dir)  # this run's own config, just written by Hydra
+    config = folder.read_config()  # this run's own config, just written by Hydra
     if OmegaConf.select(config, "trainer.precision") == AUTO:
         config.trainer.precision = precision
-        write_atomically(saved, OmegaConf.to_yaml(config))
+        folder.write_config(config)

@@ -16,34 +16,23 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from fmnist_lightning.artifacts import read_yaml
 from fmnist_lightning.errors import RunError
-from fmnist_lightning.evaluation.run_config import load_run_config
-from fmnist_lightning.locks import lock_run_folder, release_run_folder
-from fmnist_lightning.training.history import read_history
+from fmnist_lightning.run_folder import CONFIG_FILE, HYDRA_DIR, RunFolder, is_sweep_folder, read_sweep_overrides
 from fmnist_lightning.training.precision import AUTO
 from fmnist_lightning.training.processes import in_multirun, is_child_rank, train_command
-from fmnist_lightning.training.run_dirs import checkpoint_dir, is_run_folder, override_value, quoted, split_override
-from fmnist_lightning.training.status import read_status
+from fmnist_lightning.training.run_dirs import override_value, quoted, split_override
 from fmnist_lightning.trust import TARGET, TRUST_KEY, UntrustedConfigError, check_overrides
 
 log = logging.getLogger(__name__)
 
 #: The config groups of conf/train.yaml's defaults list.
 CONFIG_GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "experiment", "debug")
-
-
-#: The folder of a resume attempt's Hydra files, inside the run's ``.hydra/``.
-RESUME_SUBDIR_PREFIX = "resume_"
 
 
 def _value(args: list[str], key: str) -> Any:
@@ -81,7 +70,7 @@ def trusted_override(trusted: list[str]) -> str:
     return f"++{TRUST_KEY}=[{','.join(trusted)}]"
 
 
-def preflight(argv: list[str]) -> list[str]:
+def preflight(argv: list[str]) -> list[str]:  # noqa: C901 (removed by issue 42, step 2)
     """Checks the command line of ``train.py`` before Hydra runs, and rewrites ``resume=``.
 
     A new run's folder is checked later, on the folder Hydra resolves, by
@@ -129,52 +118,43 @@ def preflight(argv: list[str]) -> list[str]:
     folder = Path(resume).expanduser()
     if not folder.is_dir():
         raise RunError(f"resume={resume}: no such folder. Pass a run folder such as outputs/runs/<date>_<time>.")
-    if not is_run_folder(folder):
+    if not RunFolder(folder).is_run():
         raise RunError(
-            f"resume={resume} is not a run folder: it has no .hydra/config.yaml. "
+            f"resume={resume} is not a run folder: it has no {CONFIG_FILE}. "
             "Pass a folder under outputs/runs/ or outputs/multirun/<sweep>/<job>/."
         )
     folder = folder.resolve()
     trusted = trusted_on_command(args)
     if not is_child_rank():  # rank 0 holds the lock for the other tasks of a SLURM job
-        lock_run_folder(folder)  # held until this process ends: one writer, refused before Hydra writes
+        RunFolder(folder).lock()  # held until this process ends: one writer, refused before Hydra writes
     try:  # the files a resume reads back, before Hydra reads the config or writes anything
-        load_run_config(folder, trusted)  # nothing it names is imported before it is trusted
-        if (folder / ".hydra" / "hydra").exists():  # -cp <run>/.hydra: a config search path of Hydra's own
+        RunFolder(folder).load_config(trusted)  # nothing it names is imported before it is trusted
+        if RunFolder(folder).has_hydra_configs():  # -cp <run>/.hydra: a config search path of Hydra's own
             raise UntrustedConfigError(
-                f"the run folder {folder}: its .hydra/ holds a hydra/ folder, which no run writes and where Hydra "
+                f"the run folder {folder}: its {HYDRA_DIR}/ holds a hydra/ folder, which no run writes and where Hydra "
                 "would look for its own configs (docs/runs.md, Sharing runs safely)"
             )
-        read_status(folder)
-        read_history(folder)
+        RunFolder(folder).read_status()
+        RunFolder(folder).read_history()
     except RunError:
-        release_run_folder(folder)  # (a no-op where the lock is not held)
+        RunFolder(folder).release()  # (a no-op where the lock is not held)
         raise
-    attempt = resume_subdir()
+    attempt = RunFolder.new_attempt()
     others = [a for a in args if split_override(a)[0] not in ("resume", TRUST_KEY)]
     return _without_hydra_files(
         [
             argv[0],
             "-cp",
-            str(folder / ".hydra"),
+            str(folder / HYDRA_DIR),
             "-cn",
             "config",
             *others,
             trusted_override(trusted),  # this command's trust, never the saved config's
             f"++resume={quoted(str(folder))}",
             f"hydra.run.dir={quoted(str(folder))}",
-            f"hydra.output_subdir=.hydra/{attempt}",
+            f"hydra.output_subdir={attempt}",
         ]
     )
-
-
-#: The file in which Hydra keeps a sweep's composed config, overrides included.
-SWEEP_CONFIG = "multirun.yaml"
-
-
-def is_sweep_folder(folder: Path) -> bool:
-    """True if ``folder`` is a sweep's folder (Hydra wrote its ``multirun.yaml`` there)."""
-    return (folder / SWEEP_CONFIG).is_file()
 
 
 def continue_sweep(argv: list[str], folder: Path) -> list[str]:
@@ -196,8 +176,7 @@ def continue_sweep(argv: list[str], folder: Path) -> list[str]:
     args = [a for a in argv[1:] if a not in ("-m", "--multirun") and split_override(a)[0] not in ("resume", TRUST_KEY)]
     if any(split_override(a)[0] == "hydra.sweep.dir" for a in args):
         raise RunError(f"resume={folder} continues the sweep in its own folder; drop hydra.sweep.dir")
-    fix = "It is the sweep's config, written when the sweep started; without it, run the sweep's command again."
-    overrides = read_yaml(folder / SWEEP_CONFIG, dict, fix).get("hydra", {}).get("overrides", {})
+    overrides = read_sweep_overrides(folder)
     given = {split_override(a)[0] for a in args}  # this command's own settings replace the sweep's
     dropped = ("hydra.sweep.dir", "hydra.mode", *given)
     own = [o for o in overrides.get("hydra", []) if split_override(o)[0] not in dropped]
@@ -206,11 +185,6 @@ def continue_sweep(argv: list[str], folder: Path) -> list[str]:
     sweep_dir = f"hydra.sweep.dir={quoted(str(folder.resolve()))}"
     trust = [trusted_override(trusted)] if trusted else []
     return [argv[0], "-m", *own, *task, *args, *trust, sweep_dir]
-
-
-def resume_subdir() -> str:
-    """The name of a new resume attempt's folder inside a run's ``.hydra/``."""
-    return f"{RESUME_SUBDIR_PREFIX}{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
 
 
 def _without_hydra_files(argv: list[str]) -> list[str]:
@@ -228,26 +202,6 @@ def run_command_line() -> None:
         sys.argv = preflight(sys.argv)
     except RunError as err:
         raise SystemExit(f"error: {err}") from None
-
-
-def discard_resume_attempt(cfg: DictConfig) -> None:
-    """Removes the Hydra files a refused ``resume=`` attempt wrote into the earlier run's
-    ``.hydra/resume_<date>_<time>/``, so a refusal leaves that run folder as it was."""
-    if not (cfg.get("resume") and HydraConfig.initialized()):
-        return
-    subdir = HydraConfig.get().output_subdir
-    if subdir and Path(subdir).name.startswith(RESUME_SUBDIR_PREFIX):
-        shutil.rmtree(Path(cfg.output_dir) / subdir, ignore_errors=True)
-
-
-def left_unfinished(cfg: DictConfig) -> bool:
-    """Whether ``cfg.output_dir`` holds a run that an earlier attempt left unfinished and that
-    can be continued: ``status: interrupted`` (stopped by a signal) or ``running`` (the
-    attempt died without a word), with a ``last.ckpt`` in the run's ``checkpoint_dir``. The
-    one rule for ``continue_job`` and for a sweep continued in its folder
-    (``fmnist_lightning.sweeps.continuing``)."""
-    status = read_status(Path(cfg.output_dir)).get("status")
-    return status in ("interrupted", "running") and (checkpoint_dir(cfg) / "last.ckpt").is_file()
 
 
 def continue_job(cfg: DictConfig) -> bool:
@@ -269,13 +223,13 @@ def continue_job(cfg: DictConfig) -> bool:
     Returns:
         Whether the job continues an earlier attempt.
     """
-    if not in_multirun() or cfg.get("resume") or not left_unfinished(cfg):
+    if not in_multirun() or cfg.get("resume") or not RunFolder(cfg.output_dir).left_unfinished(cfg):
         return False
     output_dir = Path(cfg.output_dir).resolve()
     with open_dict(cfg):
         cfg.resume = str(output_dir)
-        if cfg.trainer.get("precision") == AUTO and is_run_folder(output_dir):  # the precision auto chose then
-            saved = load_run_config(output_dir, cfg.get(TRUST_KEY) or ())
+        if cfg.trainer.get("precision") == AUTO and RunFolder(output_dir).is_run():  # the precision auto chose then
+            saved = RunFolder(output_dir).load_config(cfg.get(TRUST_KEY) or ())
             cfg.trainer.precision = saved.trainer.precision
     restart = os.environ.get("SLURM_RESTART_COUNT")
     log.info(

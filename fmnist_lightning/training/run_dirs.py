@@ -21,10 +21,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from fmnist_lightning.errors import RunError
-from fmnist_lightning.training.status import STATUS_FILE
 from fmnist_lightning.trust import TRUST_KEY
 
 
@@ -166,18 +165,6 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("fmnist.job_dir", lambda n, o: job_dir(n, list(o)))
 
 
-def is_run_folder(folder: Path) -> bool:
-    """True if ``folder`` has a run's config (Hydra's ``.hydra/config.yaml``)."""
-    return (folder / ".hydra" / "config.yaml").is_file()
-
-
-def holds_run(folder: Path) -> bool:
-    """True if a run started training in ``folder`` (it has a config and a ``metrics.json``
-    or ``checkpoints/``). A run refused by the checks leaves neither, so its folder can be
-    used again once the typo is fixed."""
-    return is_run_folder(folder) and ((folder / STATUS_FILE).is_file() or (folder / "checkpoints").is_dir())
-
-
 def _existing_ancestor(path: Path) -> Path:
     """``path`` itself if it exists, else its nearest existing ancestor (absolute)."""
     ancestor = path.expanduser().absolute()
@@ -241,14 +228,3 @@ def check_writable(output_dir: Path, min_free_bytes: int) -> None:
             f"{min_free_bytes / 2**20:.0f} MiB for its checkpoints and logs; free some space, or write "
             "elsewhere with hydra.run.dir=<folder>"
         )
-
-
-def checkpoint_dir(cfg: DictConfig) -> Path:
-    """The folder of ``last.ckpt``: ``callbacks.last_checkpoint.dirpath``, else (a run saved
-    before that callback existed) ``callbacks.model_checkpoint.dirpath``, else
-    ``<output_dir>/checkpoints``."""
-    for key in ("callbacks.last_checkpoint.dirpath", "callbacks.model_checkpoint.dirpath"):
-        dirpath = OmegaConf.select(cfg, key, default=None)
-        if dirpath:
-            return Path(dirpath)
-    return Path(cfg.output_dir) / "checkpoints"

@@ -10,10 +10,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_lightning.errors import RunError
-from fmnist_lightning.evaluation.run_config import load_run_config
+from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.training.processes import train_command
-from fmnist_lightning.training.run_dirs import checkpoint_dir
-from fmnist_lightning.training.status import read_status
 from fmnist_lightning.trust import TRUST_KEY
 
 #: ``ckpt_path`` values that Lightning looks up in the run's own (here: new) folder.
@@ -41,14 +39,14 @@ def start_checkpoint(cfg: DictConfig) -> Path | None:
                 f"resume={resume}, but this run writes to {output_dir}; start it as "
                 f"`{train_command()} resume={resume}`, which continues the run in its own folder"
             )
-        last = checkpoint_dir(cfg) / "last.ckpt"
+        last = RunFolder(output_dir).last_checkpoint(cfg)
         if not last.is_file():
             raise RunError(
                 f"resume={resume}: the run has no checkpoint {last}, so there is nothing to continue "
                 "(it stopped before its first epoch ended, or ran with callbacks.last_checkpoint=null); "
                 "start it again as a new run"
             )
-        status = read_status(output_dir)
+        status = RunFolder(output_dir).read_status()
         if status.get("status") == "finished":
             check_trains_further(cfg, resume, status)
         return last
@@ -113,7 +111,7 @@ def check_trains_further(cfg: DictConfig, resume: str, status: dict) -> None:
         RunError: No limit asks for more; the message names what ended the run
             (``stopped_by`` of ``metrics.json``) and a limit to set.
     """
-    before = status.get("limits") or stop_limits(load_run_config(Path(cfg.output_dir), cfg.get(TRUST_KEY) or ()))
+    before = status.get("limits") or stop_limits(RunFolder(cfg.output_dir).load_config(cfg.get(TRUST_KEY) or ()))
     now = stop_limits(cfg)
     if any(_asks_for_more(key, now[key], before.get(key), status) for key in STOP_LIMITS):
         return

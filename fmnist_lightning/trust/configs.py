@@ -30,7 +30,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from fmnist_lightning.errors import RunError
@@ -160,13 +160,24 @@ def check_target(key: str, target: Any, trusted: Sequence[str] = ()) -> None:
     except Exception as err:
         raise refuse(f"it cannot be imported ({type(err).__name__})") from None
     module = getattr(obj, "__module__", None) or ""
-    if _under(module, trusted):
-        return
+    if not _under(module, trusted):
+        _check_kind(key, obj, module, refuse)
+
+
+def _check_kind(key: str, obj: Any, module: str, refuse: Callable[[str], UntrustedConfigError]) -> None:
+    """Accepts the imported ``obj`` at ``key`` when it is a class of this project, one of
+    ``EXACT[key]``, or a subclass of the base class ``key`` expects (``expected_base``).
+
+    Raises:
+        UntrustedConfigError: ``refuse``'s, saying which of these it is not.
+    """
     if not inspect.isclass(obj):
         raise refuse(f"it is {type(obj).__name__} {module}.{getattr(obj, '__qualname__', '?')}, not a class")
     if _under(module, PROJECT):
         return
     if key in EXACT:
+        from hydra.utils import get_object
+
         if not any(obj is get_object(name) for name in EXACT[key]):
             raise refuse(f"{module}.{obj.__qualname__} is not one of {', '.join(EXACT[key])}")
         return
