@@ -187,6 +187,12 @@ CONFIG_CASES: list[tuple[str, tuple[str, ...], str]] = [
         "model.num_classes=7: the network's class count comes from data.num_classes (10)",
     ),
     ("dataset_md5_not_hex", ("data.files.train_images.md5=xyz",), "data.files.train_images.md5='xyz'"),
+    # A key that is no Trainer argument, by its name and the closest one (issue 42).
+    (
+        "trainer_argument_misspelt",
+        ("+trainer.max_epoch=3",),
+        "trainer.max_epoch=3: not an argument of lightning.pytorch.Trainer; did you mean trainer.max_epochs?",
+    ),
 ]
 #: The config cases also run through the command line in the default suite.
 CONFIG_CASES_ON_THE_COMMAND_LINE = (
@@ -196,6 +202,7 @@ CONFIG_CASES_ON_THE_COMMAND_LINE = (
     "net_width_differs",
     "net_without_num_classes",
     "model_num_classes_differs",
+    "trainer_argument_misspelt",
 )
 
 # (id, arguments of train.py, text the error must contain)
@@ -205,6 +212,8 @@ CASES: list[tuple[str, Callable[[Context], list[str]], str]] = [
         for case, overrides, expected in CONFIG_CASES
     ],
     ("gpu_without_gpu", lambda c: fresh(c, "trainer=gpu"), "trainer.accelerator='gpu'"),
+    # Refused by Hydra (conf/trainer/default.yaml lists every Trainer argument) by its key.
+    ("trainer_argument_misspelt_plain", lambda c: fresh(c, "trainer.max_epoch=3"), "'trainer.max_epoch'"),
     ("ckpt_path_last_in_new_folder", lambda c: fresh(c, "ckpt_path=last"), "ckpt_path=last"),
     ("ckpt_path_missing_file", lambda c: fresh(c, f"ckpt_path={c.tmp / 'nope.ckpt'}"), "nope.ckpt: no such file"),
     ("resume_missing_folder", lambda c: [f"resume={c.tmp / 'missing'}"], "missing: no such folder"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -150,6 +151,50 @@ def test_callbacks_can_be_switched_off(make_cfg) -> None:
     names = {type(c).__name__ for c in trainer.callbacks}
     assert "ModelCheckpoint" in names
     assert "EarlyStopping" not in names and "LearningRateMonitor" not in names
+
+
+def test_any_trainer_argument_is_set_by_its_plain_key(make_cfg) -> None:
+    """Every argument of lightning.pytorch.Trainer takes ``trainer.<argument>=`` (issue 42);
+    ``+trainer.max_time=`` still works, its value being null."""
+    trainer = build_run(
+        make_cfg("trainer.max_time=00:00:00:20", "trainer.gradient_clip_val=1.0", "trainer.limit_train_batches=0.1")
+    ).trainer
+    assert [c._duration for c in trainer.callbacks if isinstance(c, L.pytorch.callbacks.Timer)] == [20]
+    assert (trainer.gradient_clip_val, trainer.limit_train_batches) == (1.0, 0.1)
+    assert make_cfg("+trainer.max_time=00:00:00:20").trainer.max_time == "00:00:00:20"
+
+
+#: The Trainer arguments conf/trainer/default.yaml sets to values of the project's own.
+PROJECT_TRAINER_ARGUMENTS = {
+    "default_root_dir": "${output_dir}",
+    "accelerator": "auto",
+    "devices": "auto",
+    "strategy": "auto",
+    "min_epochs": 1,
+    "max_epochs": 10,
+    "precision": "auto",
+    "check_val_every_n_epoch": 1,
+    "log_every_n_steps": 50,
+    "deterministic": False,
+    "limit_train_batches": None,
+    "limit_val_batches": None,
+    "limit_test_batches": None,
+    "gradient_clip_val": None,
+    "accumulate_grad_batches": 1,
+}
+
+
+def test_the_trainer_config_lists_every_trainer_argument_with_lightnings_default() -> None:
+    """conf/trainer/default.yaml names every argument of the installed Lightning's Trainer
+    (but those build_run passes: callbacks, logger, plugins), and those the project does not
+    set with Lightning's own default, so that the Trainer gets what it would get unset."""
+    listed = OmegaConf.to_container(OmegaConf.load(CONF / "trainer" / "default.yaml"))
+    parameters = inspect.signature(L.Trainer).parameters
+    assert listed.pop("_target_") == "lightning.pytorch.Trainer"
+    assert set(listed) == set(parameters) - {"callbacks", "logger", "plugins"}
+    assert {k: v for k, v in listed.items() if k in PROJECT_TRAINER_ARGUMENTS} == PROJECT_TRAINER_ARGUMENTS
+    defaults = {k: parameters[k].default for k in listed if k not in PROJECT_TRAINER_ARGUMENTS}
+    assert {k: listed[k] for k in defaults} == defaults
 
 
 def test_bad_callback_entry_is_refused(make_cfg) -> None:

@@ -1,10 +1,15 @@
 """Summarize a sweep: ``fmnist-summarize sweep_dir=outputs/multirun/<sweep>``
-(``python summarize.py ...`` in a clone).
+(``python summarize.py ...`` in a clone), or ``fmnist-summarize outputs/multirun/<sweep>``:
+a sweep folder given alone is taken as ``sweep_dir=`` (``folder_as_override``).
 
 Writes summary.md, summary.csv, summary_jobs.csv and summary.png into the sweep folder and
 prints the Markdown (see fmnist_lightning/sweeps/summary.py and conf/summarize.yaml). Exits with 1 if
 a job did not finish.
 """
+
+import shlex
+import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -12,6 +17,64 @@ from omegaconf import DictConfig
 from fmnist_lightning.cli import quote_paths, require_configs
 from fmnist_lightning.errors import UserError
 from fmnist_lightning.sweeps import summarize
+
+#: Hydra's flags that take the next word as their value (``hydra --help``); ``--info`` takes
+#: it only when it is one of ``INFO_CHOICES``.
+VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
+VALUE_FLAGS += ("--experimental-rerun",)
+INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+#: The keys of conf/summarize.yaml: a word that sets one is an override, even if a folder has its name.
+KEYS = ("sweep_dir", "metric", "hydra")
+
+
+def _is_folder_word(arg: str) -> bool:
+    """Whether ``arg`` is no Hydra override: a word without ``=`` (other than a ``~key``
+    deletion), or an existing folder whose name does not set a key of ``KEYS``."""
+    if "=" not in arg:
+        return not arg.startswith("~") or Path(arg).is_dir()
+    return Path(arg).is_dir() and arg.lstrip("+~").partition("=")[0].split(".")[0].split("/")[0] not in KEYS
+
+
+def folder_words(args: list[str]) -> list[int]:
+    """The positions in ``args`` (the command's arguments) of the words that are neither a
+    Hydra override nor a Hydra flag or a flag's value (``VALUE_FLAGS``, ``--info``)."""
+    found, skip = [], False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            following = args[i + 1] if i + 1 < len(args) else None
+            skip = arg in VALUE_FLAGS or (arg in ("--info", "-i") and following in INFO_CHOICES)
+        elif _is_folder_word(arg):
+            found.append(i)
+    return found
+
+
+def folder_as_override(argv: list[str]) -> None:
+    """Rewrites, in ``argv`` (``sys.argv``), the one sweep folder given alone
+    (``fmnist-summarize outputs/multirun/x``) into ``sweep_dir='outputs/multirun/x'``, quoted
+    in Hydra's way so that Hydra reads any folder name back unchanged (spaces, ``=``, ``,``),
+    instead of Hydra's ``extraneous input`` message. Called by ``main`` only, before Hydra
+    reads ``argv``.
+
+    Raises:
+        SystemExit: One ``error:`` line naming ``sweep_dir=``, for more than one such word,
+            or one beside a ``sweep_dir=`` override.
+    """
+    from hydra.core.override_parser.types import Quote, QuotedString
+
+    args = argv[1:]
+    words = folder_words(args)
+    if not words:
+        return
+    given = [a for a in args if a.lstrip("+").partition("=")[0] == "sweep_dir"]
+    if len(words) > 1 or given:
+        got = ", ".join(repr(a) for a in [*(args[i] for i in words), *given])
+        raise SystemExit(
+            f"error: summarize takes one sweep folder, as sweep_dir=<folder> (got {got}); "
+            f"run: fmnist-summarize sweep_dir={shlex.quote(args[words[0]])}"
+        )
+    argv[words[0] + 1] = f"sweep_dir={QuotedString(text=args[words[0]], quote=Quote.single).with_quotes()}"
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="summarize")
@@ -26,7 +89,10 @@ def summarize_sweep(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """The command line: ``fmnist-summarize sweep_dir=... [metric=...]``."""
+    """The command line: ``fmnist-summarize sweep_dir=... [metric=...]``, or the sweep
+    folder alone in place of ``sweep_dir=...`` (``folder_as_override``: the one rewrite of
+    ``sys.argv`` besides ``quote_paths``')."""
     require_configs()
+    folder_as_override(sys.argv)
     quote_paths()
     summarize_sweep()

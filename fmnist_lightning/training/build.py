@@ -31,7 +31,7 @@ from fmnist_lightning.models.compose import (
     module_class,
 )
 from fmnist_lightning.training.checkpoint_io import AtomicCheckpointIO
-from fmnist_lightning.training.config_keys import blame, options, type_problems
+from fmnist_lightning.training.config_keys import blame, options, type_problems, unknown_arguments
 from fmnist_lightning.training.precision import resolve_precision
 from fmnist_lightning.training.processes import launch_strategy
 
@@ -164,7 +164,9 @@ def build_run(cfg: DictConfig, extra_callbacks: list[Callback] = (), extra_logge
 
     Raises:
         ConfigError: Every value that could not be used, each with its key, its value and
-            what went wrong (all at once).
+            what went wrong (all at once); a ``trainer`` key that is no argument of
+            ``lightning.pytorch.Trainer`` (its signature, ``config_keys.unknown_arguments``)
+            among them.
     """
     strategy = launch_strategy(cfg)  # says so when it replaces ddp, which a user should see
     # Quiet: a refused resume must not add a line to the earlier run's train.log.
@@ -199,13 +201,19 @@ def _build_run(cfg: DictConfig, extra_callbacks: list[Callback], extra_loggers: 
         b.problems += _unlogged_keys(cfg, callbacks, {stage: model.logged_keys(stage) for stage in STAGES})
     loggers = [*b.group("logger").values(), *extra_loggers]
     precision_reason = resolve_precision(cfg)  # trainer.precision=auto: this machine's choice, into cfg
-    trainer = b.instantiate(
-        "trainer",
-        callbacks=[*callbacks.values(), *extra_callbacks],
-        logger=loggers or False,
-        strategy=strategy,
-        plugins=[AtomicCheckpointIO()],  # no half-written checkpoint under its final name
-    )
+    # A key that is no Trainer argument (trainer.max_epoch) is refused by name, not by the
+    # TypeError of the Trainer's constructor; the Trainer is then not built.
+    unknown = unknown_arguments("trainer", cfg.trainer) if isinstance(cfg.get("trainer"), DictConfig) else []
+    b.problems += unknown
+    trainer = None
+    if not unknown:
+        trainer = b.instantiate(
+            "trainer",
+            callbacks=[*callbacks.values(), *extra_callbacks],
+            logger=loggers or False,
+            strategy=strategy,
+            plugins=[AtomicCheckpointIO()],  # no half-written checkpoint under its final name
+        )
     if b.problems:
         raise ConfigError(b.problems)
     return Run(datamodule, model, trainer, precision_reason)

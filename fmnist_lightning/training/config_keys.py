@@ -9,10 +9,13 @@
 - A value that the constructor accepted but that contradicts the constructor's type
   annotations (``data.batch_size=1.5`` for ``batch_size: int``) is reported too
   (checked with typeguard against the signature).
+- A key that is no argument of the constructor (``trainer.max_epoch``) is reported by
+  ``unknown_arguments`` before anything is built, with the closest argument's name.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import pydoc
 import re
@@ -45,6 +48,32 @@ def _first_line(err: BaseException) -> str:
 
 def _join(key: str, name: str) -> str:
     return f"{key}.{name}" if key else name
+
+
+def unknown_arguments(key: str, node: DictConfig) -> list[Problem]:
+    """The keys of ``node`` (at ``key``) that are no argument of its ``_target_``'s
+    constructor, each with the closest argument name (``difflib.get_close_matches``), e.g.
+    ``trainer.max_epoch=3: not an argument of lightning.pytorch.Trainer; did you mean
+    trainer.max_epochs?``. The source of the rule is the constructor's own signature
+    (``inspect.signature``); none is reported for a constructor that takes ``**kwargs``, or
+    whose target cannot be imported (``blame`` reports that when it is built)."""
+    target = node.get("_target_")
+    try:
+        parameters = inspect.signature(pydoc.locate(str(target))).parameters
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return []
+    names = [n for n, p in parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    values = OmegaConf.to_container(node, resolve=False)
+    problems = []
+    for name, value in values.items():
+        if name in HYDRA_KEYS or name in names:
+            continue
+        close = difflib.get_close_matches(str(name), names, n=1)
+        hint = f"did you mean {_join(key, close[0])}?" if close else f"its arguments are {', '.join(names)}"
+        problems.append(Problem(_join(key, str(name)), value, f"not an argument of {target}; {hint}"))
+    return problems
 
 
 def type_problems(key: str, node: DictConfig, target: Any = None) -> list[Problem]:
