@@ -406,7 +406,7 @@ def test_metrics_json_is_left_whole_when_the_status_cannot_be_written(small_disk
 
 
 def test_train_in_a_read_only_folder(data_root: Path, read_only_cwd: Path) -> None:
-    """The default run folder (``${fmnist.new_dir:outputs/runs/...}``, which reads
+    """The default run folder (``outputs/runs/${now:...}_...``, which reads
     ``${hydra:...}``) cannot be made: one error line, no traceback, as with ``-m``."""
     result = run_command("train.py", "model=two_conv_5x5", f"data.root={data_root}", cwd=read_only_cwd)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]

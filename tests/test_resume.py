@@ -20,13 +20,7 @@ from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.training.guard import RunFolderGuard
 from fmnist_lightning.training.pipeline import train
 from fmnist_lightning.training.resume import preflight
-from fmnist_lightning.training.run_dirs import (
-    SWEPT_KEYS_ENV,
-    job_dir,
-    job_number,
-    new_dir,
-    run_label,
-)
+from fmnist_lightning.training.run_dirs import claim_folder, job_dir, job_number, run_label
 
 # Three short epochs with everything random switched on: dropout (two_conv_bn), random
 # flips, shuffling, and a cosine schedule whose state must survive the restart. The precision
@@ -218,12 +212,14 @@ def test_deterministic_cpu_runs_are_identical(make_cfg, tmp_path: Path) -> None:
     assert_same_weights(tmp_path / "a" / "net.pt", tmp_path / "b" / "net.pt")
 
 
-def test_new_dir_never_hands_out_a_folder_twice(tmp_path: Path) -> None:
-    base = str(tmp_path / "runs" / "2026-01-01_00-00-00")
-    assert [new_dir(base) for _ in range(3)] == [base, f"{base}_1", f"{base}_2"]
+def test_claim_folder_never_hands_out_a_folder_twice(tmp_path: Path) -> None:
+    base = tmp_path / "runs" / "2026-01-01_00-00-00"
+    assert [claim_folder(base, timestamped=True) for _ in range(3)] == [base, Path(f"{base}_1"), Path(f"{base}_2")]
+    assert all(p.is_dir() for p in base.parent.iterdir())
+    assert claim_folder(base, timestamped=False) == base  # named explicitly: as it is (the guard checks it)
 
 
-def test_folder_labels_name_what_a_run_trains(monkeypatch) -> None:
+def test_folder_labels_name_what_a_run_trains() -> None:
     """Run folders end in the experiment (else the model) and the other overrides, sweep jobs
     in their number and swept values; where data and output go is left out."""
     assert run_label(None, "three_conv", ["model=three_conv", "trainer.max_epochs=10"]) == "three_conv_max_epochs-10"
@@ -232,12 +228,9 @@ def test_folder_labels_name_what_a_run_trains(monkeypatch) -> None:
     )
     assert run_label(None, "two_conv", ["data.augment.flip.p=0.5", "+x=a/b c"]) == "two_conv_flip.p-0.5_x-a-b-c"
     assert len(run_label(None, "m", [f"key{i}=1" for i in range(40)])) == 60
-    monkeypatch.setenv(SWEPT_KEYS_ENV, "optimizer.lr")
-    assert job_dir(3, ["optimizer.lr=0.01", "trainer.max_epochs=1"]) == "3_lr-0.01"
-    monkeypatch.setenv(SWEPT_KEYS_ENV, "")  # a sweep of one job: nothing varies
-    assert job_dir(0, ["trainer.max_epochs=1"]) == "0"
-    monkeypatch.delenv(SWEPT_KEYS_ENV)  # started without the callback: every override but plumbing
-    assert job_dir(2, ["optimizer.lr=0.01", "data.root=/x"]) == "2_lr-0.01"
+    assert job_dir(3, ["optimizer.lr=0.01", "trainer.max_epochs=1"], swept=["optimizer.lr"]) == "3_lr-0.01"
+    assert job_dir(0, ["trainer.max_epochs=1"], swept=[]) == "0"  # a sweep of one job: nothing varies
+    assert job_dir(2, ["optimizer.lr=0.01", "data.root=/x"]) == "2_lr-0.01"  # another sweeper: all but plumbing
     assert job_number(Path("12_lr-0.1")) == 12 and job_number(Path("summary.md")) == -1
 
 

@@ -1,10 +1,8 @@
-"""The Hydra callbacks of every multirun (``conf/hydra/default.yaml``): the swept keys for the
-jobs' folder names, and the summary at the end."""
+"""The Hydra callback of every multirun (``conf/hydra/default.yaml``): the summary at its end."""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,29 +11,8 @@ from omegaconf import DictConfig
 
 from fmnist_lightning.errors import UserError
 from fmnist_lightning.sweeps.summary import summarize
-from fmnist_lightning.training.run_dirs import SWEPT_KEYS_ENV
 
 log = logging.getLogger(__name__)
-
-
-class SweptKeys(Callback):
-    """Hydra callback: when a multirun starts, puts the keys it varies (command-line sweeps
-    such as ``optimizer.lr=0.01,0.1`` and a sweeper's ``params``, e.g. Optuna's) into
-    ``FMNIST_SWEPT_KEYS``, which names its job folders (``run_dirs.job_dir``); jobs started in
-    other processes inherit it."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-        keys = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
-        keys += list(config.hydra.sweeper.get("params") or {})
-        if config.hydra.sweeper.get("folds"):  # an Optuna search of K-fold trials
-            keys.append("data.fold")
-        os.environ[SWEPT_KEYS_ENV] = ",".join(dict.fromkeys(keys))
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        os.environ.pop(SWEPT_KEYS_ENV, None)
 
 
 class SweepSummary(Callback):

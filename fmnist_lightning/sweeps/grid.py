@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fmnist_lightning.errors import RunError
 from fmnist_lightning.run_folder import SWEEP_CONFIG, is_sweep_folder
 from fmnist_lightning.sweeps import continuing
+from fmnist_lightning.training.run_dirs import job_dir, quoted
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +61,35 @@ def launch(
     except RunError as err:
         raise SystemExit(f"error: {err}") from None
     continuing.report(plan, len(jobs))
+    swept = swept_keys(sweeper.config)
     for numbers in continuing.runs_of(plan.run, batch_size):
-        batch = [plan.run[n] for n in numbers]
+        batch = [[*plan.run[n], *job_folder(sweep_dir, n, plan.run[n], swept)] for n in numbers]
         sweeper.validate_batch_is_legal(batch)
         for result in sweeper.launcher.launch(batch, initial_job_idx=numbers[0]):
             _ = result.return_value  # re-raises what stopped a job (Ctrl-C stops the sweep)
     return plan
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """The keys a sweep varies: its command line's sweeps (``optimizer.lr=0.01,0.1``), its
+    sweeper's ``params`` (Optuna's search space, or the grid's), and ``data.fold`` for an
+    Optuna search of K-fold trials."""
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
+    keys += list(config.hydra.sweeper.get("params") or {})
+    if config.hydra.sweeper.get("folds"):
+        keys.append("data.fold")
+    return list(dict.fromkeys(keys))
+
+
+def job_folder(sweep_dir: Path, number: int, overrides: list[str], swept: list[str]) -> list[str]:
+    """The overrides that put job ``number`` into ``<sweep_dir>/<number>_<swept values>``
+    (``run_dirs.job_dir``): the sweep folder as ``guard.RunFolderGuard`` claimed it, and the
+    job's own folder name, handed to the job by the sweeper that launches it."""
+    return [
+        f"hydra.sweep.dir={quoted(str(sweep_dir))}",
+        f"hydra.sweep.subdir={quoted(job_dir(number, overrides, swept))}",
+    ]
 
 
 def save_sweep_config(config: DictConfig) -> None:

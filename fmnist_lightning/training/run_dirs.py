@@ -1,9 +1,10 @@
 """Run folders that are never shared or clobbered.
 
 - Every run gets a folder of its own. ``conf/hydra/default.yaml`` names run and sweep
-  folders with ``${fmnist.new_dir:outputs/runs/${now:...}}``: the resolver creates the folder
-  itself with ``os.mkdir`` (atomic) and adds ``_1``, ``_2`` ... when another run started in
-  the same second already took the name.
+  folders by pure patterns (``outputs/runs/${now:...}_${fmnist.run_label:...}``);
+  ``guard.RunFolderGuard``, which takes the folder's lock, creates it (``claim_folder``:
+  ``os.mkdir``, atomic) and adds ``_1``, ``_2`` ... when another run started in the same
+  second already took the name.
 - A folder that cannot be written, or whose disk is nearly full, is refused before any work.
 - ``fmnist_lightning.training.guard.RunFolderGuard`` checks the folder Hydra actually
   resolved, whatever its spelling, before Hydra writes anything into it.
@@ -18,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,30 +27,6 @@ from omegaconf import OmegaConf
 
 from fmnist_lightning.errors import RunError
 from fmnist_lightning.trust import TRUST_KEY
-
-
-def new_dir(path: str) -> str:
-    """Creates and returns a folder that did not exist before: ``path``, else ``path_1``,
-    ``path_2``, ...
-
-    ``os.mkdir`` fails when the folder exists, so two processes can never get the same one.
-    Registered as the ``fmnist.new_dir`` resolver (cached, so every later read of the same
-    config node gives the same folder).
-
-    Raises:
-        RunError: The folder cannot be created (see ``check_can_create``).
-    """
-    check_can_create(Path(path))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    candidate, n = path, 0
-    while True:
-        try:
-            os.mkdir(candidate)
-            return candidate
-        except FileExistsError:
-            n += 1
-            candidate = f"{path}_{n}"
-
 
 #: Command-line keys that say where or how a run is kept, not what it trains: left out of
 #: folder names.
@@ -63,9 +41,6 @@ PLUMBING = (
     "logger",
     "trainer.accelerator",
 )
-#: Environment variable holding a sweep's swept keys, comma-separated (set by
-#: ``fmnist_lightning.sweeps.callback.SweptKeys`` when a multirun starts).
-SWEPT_KEYS_ENV = "FMNIST_SWEPT_KEYS"
 #: The longest readable part of a folder name, in characters.
 MAX_LABEL = 60
 
@@ -135,14 +110,18 @@ def run_label(experiment: str | None, model: str | None, overrides: list[str]) -
     return f"{name}_{label}"[:MAX_LABEL].strip("-_") if label else name[:MAX_LABEL]
 
 
-def job_dir(number: int, overrides: list[str]) -> str:
+def job_dir(number: int, overrides: list[str], swept: Sequence[str] | None = None) -> str:
     """A sweep job's folder name: its number and its swept values, e.g. ``3_lr-0.01_seed-1``.
-    The swept keys are those of ``SWEPT_KEYS_ENV``; without it (a sweep started otherwise),
-    every override but the plumbing. The ``fmnist.job_dir`` resolver of ``conf/hydra/default.yaml``."""
-    swept = os.environ.get(SWEPT_KEYS_ENV)
+
+    Args:
+        number: The job's number.
+        overrides: The job's command-line overrides.
+        swept: The keys the sweep varies (this project's sweepers name them, see
+            ``sweeps.grid.launch``); ``None`` (another sweeper, through the ``fmnist.job_dir``
+            resolver of ``conf/hydra/default.yaml``): every override but the plumbing.
+    """
     if swept is not None:
-        keys = set(swept.split(","))
-        kept = [o for o in overrides if split_override(o)[0] in keys]
+        kept = [o for o in overrides if split_override(o)[0] in set(swept)]
     else:
         kept = [o for o in overrides if not split_override(o)[0].startswith(PLUMBING)]
     label = _label(kept)
@@ -156,13 +135,36 @@ def job_number(folder: Path) -> int:
 
 
 def register_resolvers() -> None:
-    """Registers the ``fmnist.*`` OmegaConf resolvers used by ``conf/hydra/``."""
-    if not OmegaConf.has_resolver("fmnist.new_dir"):
-        OmegaConf.register_new_resolver("fmnist.new_dir", new_dir, use_cache=True)
+    """Registers the ``fmnist.*`` OmegaConf resolvers of ``conf/hydra/``: pure functions of
+    their arguments, for folder names."""
     if not OmegaConf.has_resolver("fmnist.run_label"):
         OmegaConf.register_new_resolver("fmnist.run_label", lambda e, m, o: run_label(e, m, list(o)))
     if not OmegaConf.has_resolver("fmnist.job_dir"):
         OmegaConf.register_new_resolver("fmnist.job_dir", lambda n, o: job_dir(n, list(o)))
+
+
+def claim_folder(folder: Path, timestamped: bool) -> Path:
+    """Creates ``folder`` for a new run or sweep and returns it. A folder named from the time
+    (``outputs/runs/<date>_<time>_...``) that another run started in the same second took
+    already becomes ``folder_1``, ``folder_2``, ...; one named explicitly is used as it is
+    (the callers refuse one that holds a run). ``os.mkdir`` fails when the folder exists, so
+    two processes never get the same new folder.
+
+    Raises:
+        RunError: The folder cannot be created (``check_can_create``).
+    """
+    check_can_create(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    candidate, n = folder, 0
+    while True:
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            if not timestamped:
+                return candidate
+            n += 1
+            candidate = folder.with_name(f"{folder.name}_{n}")
 
 
 def _existing_ancestor(path: Path) -> Path:
