@@ -360,6 +360,11 @@ class RunFolder:
         return (self.path / HYDRA_DIR / "hydra").exists()
 
     @staticmethod
+    def is_sweep(folder: Path) -> bool:
+        """True if ``folder`` is a sweep's folder (Hydra wrote its ``multirun.yaml`` there)."""
+        return (folder / SWEEP_CONFIG).is_file()
+
+    @staticmethod
     def new_attempt() -> str:
         """The output subfolder (Hydra's ``hydra.output_subdir``) of a new resume attempt's
         Hydra files, ``.hydra/resume_<date>_<time>``; the original ones stay untouched."""
@@ -370,11 +375,6 @@ class RunFolder:
         so that a refusal leaves the run folder as it was; other subfolders are kept."""
         if subdir and Path(subdir).name.startswith(RESUME_SUBDIR_PREFIX):
             shutil.rmtree(self.path / subdir, ignore_errors=True)
-
-
-def is_sweep_folder(folder: Path) -> bool:
-    """True if ``folder`` is a sweep's folder (Hydra wrote its ``multirun.yaml`` there)."""
-    return (folder / SWEEP_CONFIG).is_file()
 
 
 def read_sweep_overrides(folder: Path) -> dict:

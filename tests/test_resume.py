@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from conftest import compose_with_hydra, run_script, scalars, start_script
+from fmnist_lightning import locks
 from fmnist_lightning.errors import NonFiniteLossError, RunInterrupted
 from fmnist_lightning.locks import release_run_folder
 from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.training.guard import RunFolderGuard
 from fmnist_lightning.training.pipeline import train
-from fmnist_lightning.training.resume import preflight
+from fmnist_lightning.training.resume import resumed_config
 from fmnist_lightning.training.run_dirs import claim_folder, job_dir, job_number, run_label
 
 # Three short epochs with everything random switched on: dropout (two_conv_bn), random
@@ -336,24 +337,30 @@ def test_ddp_in_a_multirun_uses_spawn(data_root: Path, tmp_path: Path) -> None:
     assert all(RunFolder(sweep / job).read_status()["status"] == "finished" for job in ("0_seed-1", "1_seed-2"))
 
 
-def test_preflight_rewrites_resume_once(trained_run: Path) -> None:
+def test_resume_composes_the_runs_own_config(trained_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """resume= reads the run's config once, through RunFolder, and makes it the primary config
+    Hydra applies the command's overrides to; the command line is left as typed, so a DDP
+    child running it reads the same config."""
     folder = trained_run.resolve()
-    argv = preflight(["train.py", f"resume={trained_run}", "trainer.max_epochs=9"])
-    assert argv[:5] == ["train.py", "-cp", str(folder / ".hydra"), "-cn", "config"]
-    assert {"trainer.max_epochs=9", f"++resume='{folder}'", f"hydra.run.dir='{folder}'"} <= set(argv)
-    assert any(a.startswith("hydra.output_subdir=.hydra/resume_") for a in argv)
-    assert preflight(argv) == argv  # a DDP child gets the rewritten command line
-    release_run_folder(folder)  # preflight took the run's lock for this (test) process
+    args = [f"resume={trained_run}", "trainer.max_epochs=9"]
+    resumed = resumed_config(args)
+    assert resumed.resume == resumed.hydra.run.dir == str(folder)
+    assert resumed.hydra.output_subdir.startswith(".hydra/resume_")
+    assert resumed.defaults == [{"hydra": "default"}, "_self_"]
+    assert folder in locks._held  # this (test) process holds the run's lock
+    release_run_folder(folder)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP child: rank 0 holds the lock, Lightning adds hydra.run.dir
+    assert resumed_config([*args, f"hydra.run.dir={folder}"]).model == resumed.model
+    assert folder not in locks._held
+    assert resumed_config(["trainer.max_epochs=9"]) is None  # a new run: conf/train.yaml
 
 
-def test_preflight_lets_ddp_children_into_their_parents_folder(
+def test_the_guard_lets_ddp_children_into_their_parents_folder(
     trained_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    argv = ["train.py", f"hydra.run.dir={trained_run}"]
-    assert preflight(argv) == argv  # rank 0: the folder is checked once Hydra resolved it (RunFolderGuard)
     config = compose_with_hydra("train", f"hydra.run.dir={trained_run}")
     with pytest.raises(SystemExit, match="already holds a run"):
         RunFolderGuard().on_run_start(config=config)
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert preflight(argv) == [*argv, "hydra.output_subdir=null"]  # rank 0 writes the Hydra files
     RunFolderGuard().on_run_start(config=config)  # a DDP child shares rank 0's folder
+    assert config.hydra.output_subdir is None  # rank 0 writes the Hydra files

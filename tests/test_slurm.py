@@ -16,12 +16,14 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from conftest import compose_with_hydra
 from fmnist_lightning import locks
 from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.training import resume, slurm
 from fmnist_lightning.training.callbacks import InterruptCheckpoint
+from fmnist_lightning.training.guard import RunFolderGuard
 from fmnist_lightning.training.processes import cpu_threads
-from fmnist_lightning.training.resume import preflight
+from fmnist_lightning.training.resume import resumed_config
 
 SLURM_VARIABLES = ("SUBMITIT_EXECUTOR", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")
 
@@ -124,7 +126,9 @@ def test_other_srun_tasks_write_no_hydra_files(trained_run: Path, monkeypatch: p
     """Task 1 of an srun job neither takes the run folder's lock (rank 0 holds it for all)
     nor writes Hydra's files, for a new run and for resume=."""
     monkeypatch.setenv("SLURM_PROCID", "1")
-    assert preflight(["train.py", "trainer=ddp"]) == ["train.py", "trainer=ddp", "hydra.output_subdir=null"]
-    argv = preflight(["train.py", f"resume={trained_run}"])
-    assert argv[-1] == "hydra.output_subdir=null" and f"++resume='{trained_run.resolve()}'" in argv
+    for config in (compose_with_hydra("train", "trainer=ddp"), compose_with_hydra("train", f"resume={trained_run}")):
+        RunFolderGuard().on_run_start(config=config)
+        assert config.hydra.output_subdir is None
+    resumed = resumed_config([f"resume={trained_run}"])
+    assert resumed.resume == str(trained_run.resolve())
     assert trained_run.resolve() not in locks._held

@@ -20,7 +20,7 @@ from fmnist_lightning.errors import RunError
 from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.sweeps import continuing
 from fmnist_lightning.sweeps.optuna_storage import sweep_study
-from fmnist_lightning.training.resume import preflight
+from fmnist_lightning.training.resume import continue_sweep, sweep_to_resume
 
 CONFIG = {"model": {"dropout": 0.1}, "trainer": {"precision": "bf16-mixed", "max_epochs": 3}}
 
@@ -110,9 +110,9 @@ def test_resume_a_sweep_folder_repeats_its_command(tmp_path: Path) -> None:
     overrides = {"hydra": ["hydra.sweep.dir=/old/place", "hydra/launcher=joblib", "hydra.mode=MULTIRUN"],
                  "task": ["debug=fdr", "optimizer=adam,sgd"]}  # fmt: skip
     (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": overrides}}))
-    argv = preflight(["train.py", f"resume={sweep}", "hydra.launcher.n_jobs=4"])
-    assert argv == [
-        "train.py",
+    args = continue_sweep([f"resume={sweep}", "hydra.launcher.n_jobs=4"], sweep)
+    assert sweep_to_resume([f"resume={sweep}"]) == sweep
+    assert args == [
         "-m",
         "hydra/launcher=joblib",
         "debug=fdr",
@@ -121,7 +121,7 @@ def test_resume_a_sweep_folder_repeats_its_command(tmp_path: Path) -> None:
         f"hydra.sweep.dir='{sweep.resolve()}'",
     ]
     with pytest.raises(RunError, match=r"continues the sweep in its own folder; drop hydra\.sweep\.dir"):
-        preflight(["train.py", f"resume={sweep}", "hydra.sweep.dir=/elsewhere"])
+        continue_sweep([f"resume={sweep}", "hydra.sweep.dir=/elsewhere"], sweep)
 
 
 # The kill-and-continue tests -----------------------------------------------------------------

@@ -5,13 +5,13 @@
 working directory."""
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
 
 #: Keys whose values are paths: a value Hydra's grammar cannot read as typed (a space next to
-#: a non-ASCII letter, say) is quoted for it by ``quote_paths``.
+#: a non-ASCII letter, say) is quoted for it by ``hydra_argv``.
 PATH_KEYS = (
     "resume",
     "run_dir",
@@ -56,17 +56,38 @@ def find_sweepers() -> None:
         hydra_plugins.__path__.append(str(folder))
 
 
-def quote_paths() -> None:
-    """Lets a path be given as one shell word, whatever it holds: rewrites each
-    ``<path key>=<value>`` of ``sys.argv`` (``PATH_KEYS``) that Hydra's override grammar cannot
-    parse (``run_dir=/tmp/my run/ñ``) into Hydra's quoting (``run_dir='/tmp/my run/ñ'``).
-    Values Hydra reads already, quoted ones included, are left as they are."""
-    from fmnist_lightning.training.run_dirs import parse_override, quoted, split_override
+def hydra_argv(expand: Callable[[list[str]], list[str]] | None = None) -> None:
+    """The one place a command adjusts its command line before Hydra parses it: ``sys.argv``
+    is what ``@hydra.main`` reads, and Hydra offers no public way to hand it arguments
+    otherwise. Two adjustments, nothing else:
 
-    for i, arg in enumerate(sys.argv[1:], start=1):
-        key, value = split_override(arg)
-        if key in PATH_KEYS and value is not None and parse_override(arg) is None:
-            sys.argv[i] = f"{arg[: len(arg) - len(value)]}{quoted(value)}"
+    1. a path given as one shell word, whatever it holds: each ``<path key>=<value>``
+       (``PATH_KEYS``) that Hydra's grammar cannot parse (``run_dir=/tmp/my run/ñ``) is
+       quoted in Hydra's way (``run_dir='/tmp/my run/ñ'``); values Hydra reads already,
+       quoted ones included, are left as they are;
+    2. ``expand``: a command's own shorthand for a longer command line, given the arguments
+       and returning them (``fmnist-train resume=<sweep folder>`` is the sweep's own command,
+       ``training.resume.continue_sweep``; ``fmnist-summarize <folder>`` is
+       ``sweep_dir=<folder>``).
+
+    Raises:
+        SystemExit: ``error: ...`` for a refusal (``UserError``) of ``expand``.
+    """
+    from fmnist_lightning.errors import UserError
+    from fmnist_lightning.overrides import parse_override, quoted
+
+    args = []
+    for arg in sys.argv[1:]:
+        override = parse_override(arg)
+        if override.key in PATH_KEYS and override.typed is not None and not override.parsed:
+            arg = f"{arg[: len(arg) - len(override.typed)]}{quoted(override.typed)}"
+        args.append(arg)
+    if expand is not None:
+        try:
+            args = expand(args)
+        except UserError as err:
+            raise SystemExit(f"error: {err}") from None
+    sys.argv[1:] = args
 
 
 @contextmanager

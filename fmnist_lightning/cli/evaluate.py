@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fmnist_lightning.cli import errors_as_lines, quote_paths, require_configs
+from fmnist_lightning.cli import errors_as_lines, hydra_argv, require_configs
 from fmnist_lightning.cli.robustness import run_robustness
 from fmnist_lightning.errors import require
 from fmnist_lightning.evaluation import evaluate_run
@@ -48,6 +48,6 @@ def evaluate(cfg: DictConfig) -> None:
 def main() -> None:
     """The command line: ``fmnist-evaluate run_dir=... [overrides]``."""
     require_configs()
-    quote_paths()
+    hydra_argv()
     register_resolvers()
     evaluate()

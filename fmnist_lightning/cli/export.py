@@ -8,7 +8,7 @@ fmnist_lightning/serving/export.py).
 import hydra
 from omegaconf import DictConfig
 
-from fmnist_lightning.cli import quote_paths, require_configs
+from fmnist_lightning.cli import hydra_argv, require_configs
 from fmnist_lightning.errors import UserError
 from fmnist_lightning.run_folder import RunFolder
 
@@ -30,5 +30,5 @@ def export(cfg: DictConfig) -> None:
 def main() -> None:
     """The command line: ``fmnist-export run_dir=... [format=...] [overwrite=true]``."""
     require_configs()
-    quote_paths()
+    hydra_argv()
     export()

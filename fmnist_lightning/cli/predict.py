@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig, ListConfig
 
 from fmnist_lightning.artifacts import write_atomically
-from fmnist_lightning.cli import quote_paths, require_configs
+from fmnist_lightning.cli import hydra_argv, require_configs
 from fmnist_lightning.data.photos import check_options
 from fmnist_lightning.errors import RunError, UserError
 from fmnist_lightning.evaluation.files import predict_files
@@ -71,5 +71,5 @@ def check_output(path: Path) -> None:
 def main() -> None:
     """The command line: ``fmnist-predict run_dir=... images=... [overrides]``."""
     require_configs()
-    quote_paths()
+    hydra_argv()
     predict()

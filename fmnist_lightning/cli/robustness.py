@@ -14,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_lightning.cli import errors_as_lines, quote_paths, require_configs
+from fmnist_lightning.cli import errors_as_lines, hydra_argv, require_configs
 from fmnist_lightning.evaluation.robustness import MARKDOWN, evaluate_robustness
 from fmnist_lightning.training.loggers import TensorBoardLogger
 from fmnist_lightning.training.run_dirs import register_resolvers
@@ -47,6 +47,6 @@ def robustness(cfg: DictConfig) -> None:
 def main() -> None:
     """The command line: ``fmnist-robustness run_dir=... [overrides]``."""
     require_configs()
-    quote_paths()
+    hydra_argv()
     register_resolvers()
     robustness()

@@ -9,7 +9,7 @@ signal to the main process stops its HTTP and inference worker processes too.
 import hydra
 from omegaconf import DictConfig
 
-from fmnist_lightning.cli import quote_paths, require_configs
+from fmnist_lightning.cli import hydra_argv, require_configs
 from fmnist_lightning.errors import UserError
 from fmnist_lightning.training.processes import sigterm_as_ctrl_c
 
@@ -31,5 +31,5 @@ def serve(cfg: DictConfig) -> None:
 def main() -> None:
     """The command line: ``fmnist-serve run_dir=... [backend=...] [port=...]``."""
     require_configs()
-    quote_paths()
+    hydra_argv()
     serve()

@@ -7,15 +7,16 @@ prints the Markdown (see fmnist_lightning/sweeps/summary.py and conf/summarize.y
 a job did not finish.
 """
 
+import re
 import shlex
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from fmnist_lightning.cli import quote_paths, require_configs
+from fmnist_lightning.cli import hydra_argv, require_configs
 from fmnist_lightning.errors import UserError
+from fmnist_lightning.overrides import key_of, quoted
 from fmnist_lightning.sweeps import summarize
 
 #: Hydra's flags that take the next word as their value (``hydra --help``); ``--info`` takes
@@ -32,7 +33,7 @@ def _is_folder_word(arg: str) -> bool:
     deletion), or an existing folder whose name does not set a key of ``KEYS``."""
     if "=" not in arg:
         return not arg.startswith("~") or Path(arg).is_dir()
-    return Path(arg).is_dir() and arg.lstrip("+~").partition("=")[0].split(".")[0].split("/")[0] not in KEYS
+    return Path(arg).is_dir() and re.split(r"[./@]", key_of(arg))[0] not in KEYS
 
 
 def folder_words(args: list[str]) -> list[int]:
@@ -50,31 +51,27 @@ def folder_words(args: list[str]) -> list[int]:
     return found
 
 
-def folder_as_override(argv: list[str]) -> None:
-    """Rewrites, in ``argv`` (``sys.argv``), the one sweep folder given alone
-    (``fmnist-summarize outputs/multirun/x``) into ``sweep_dir='outputs/multirun/x'``, quoted
-    in Hydra's way so that Hydra reads any folder name back unchanged (spaces, ``=``, ``,``),
-    instead of Hydra's ``extraneous input`` message. Called by ``main`` only, before Hydra
-    reads ``argv``.
+def folder_as_override(args: list[str]) -> list[str]:
+    """``args`` with the one sweep folder given alone (``fmnist-summarize outputs/multirun/x``)
+    as ``sweep_dir='outputs/multirun/x'``, quoted in Hydra's way so that Hydra reads any
+    folder name back unchanged (spaces, ``=``, ``,``), instead of Hydra's ``extraneous input``
+    message (``cli.hydra_argv`` applies it).
 
     Raises:
-        SystemExit: One ``error:`` line naming ``sweep_dir=``, for more than one such word,
-            or one beside a ``sweep_dir=`` override.
+        UserError: More than one such word, or one beside a ``sweep_dir=`` override; the
+            message names ``sweep_dir=``.
     """
-    from hydra.core.override_parser.types import Quote, QuotedString
-
-    args = argv[1:]
     words = folder_words(args)
     if not words:
-        return
-    given = [a for a in args if a.lstrip("+").partition("=")[0] == "sweep_dir"]
+        return args
+    given = [a for a in args if "=" in a and key_of(a) == "sweep_dir"]
     if len(words) > 1 or given:
         got = ", ".join(repr(a) for a in [*(args[i] for i in words), *given])
-        raise SystemExit(
-            f"error: summarize takes one sweep folder, as sweep_dir=<folder> (got {got}); "
+        raise UserError(
+            f"summarize takes one sweep folder, as sweep_dir=<folder> (got {got}); "
             f"run: fmnist-summarize sweep_dir={shlex.quote(args[words[0]])}"
         )
-    argv[words[0] + 1] = f"sweep_dir={QuotedString(text=args[words[0]], quote=Quote.single).with_quotes()}"
+    return [f"sweep_dir={quoted(a)}" if i == words[0] else a for i, a in enumerate(args)]
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="summarize")
@@ -90,9 +87,7 @@ def summarize_sweep(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The command line: ``fmnist-summarize sweep_dir=... [metric=...]``, or the sweep
-    folder alone in place of ``sweep_dir=...`` (``folder_as_override``: the one rewrite of
-    ``sys.argv`` besides ``quote_paths``')."""
+    folder alone in place of ``sweep_dir=...`` (``folder_as_override``)."""
     require_configs()
-    folder_as_override(sys.argv)
-    quote_paths()
+    hydra_argv(folder_as_override)
     summarize_sweep()

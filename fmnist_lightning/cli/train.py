@@ -13,25 +13,27 @@ import atexit
 import gc
 import logging
 import math
+import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from fmnist_lightning.cli import find_sweepers, quote_paths, require_configs
-from fmnist_lightning.errors import FolderInUseError, RunInterrupted, TrialPruned, UserError
+from fmnist_lightning.cli import find_sweepers, hydra_argv, require_configs
+from fmnist_lightning.errors import FolderInUseError, RunError, RunInterrupted, TrialPruned, UserError
 from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.training.processes import in_multirun
-from fmnist_lightning.training.resume import continue_job, run_command_line
+from fmnist_lightning.training.resume import RESUMED, continue_job, continue_sweep, resumed_config, sweep_to_resume
 from fmnist_lightning.training.run_dirs import register_resolvers
 from fmnist_lightning.training.slurm import in_submitit_job, requeue
 
 log = logging.getLogger("train")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def train_run(cfg: DictConfig) -> float:
-    """Returns the optimised metric (``optimized_metric``); for a failed or pruned sweep job,
+    """The task Hydra runs for each run and each sweep job (``main``). Returns the optimised
+    metric (``optimized_metric``); for a failed or pruned sweep job,
     the worst value (-inf, or +inf for a loss). The Optuna sweeper reads each job's outcome
     from its ``metrics.json`` (``fmnist_lightning.sweeps.optuna_search``)."""
     from fmnist_lightning.training.pipeline import train  # Lightning: after Hydra's own checks
@@ -84,7 +86,6 @@ def main() -> None:
     """The command line: ``fmnist-train [overrides]``."""
     require_configs()
     find_sweepers()
-    quote_paths()
     # A log line that cannot be written (a full disk) is dropped rather than printed with a
     # traceback; the run's own error line says what went wrong.
     logging.raiseExceptions = False
@@ -96,5 +97,19 @@ def main() -> None:
     # An atexit handler, so that it runs only when the process ends, never in a caller's.
     atexit.register(gc.freeze)
     register_resolvers()
-    run_command_line()  # checks and rewrites resume=<run folder>; new folders: guard.RunFolderGuard
-    train_run()
+    hydra_argv(_sweep_command)  # the one adjustment of the command line (cli.hydra_argv)
+    try:
+        resumed = resumed_config(sys.argv[1:])  # resume=<run folder>: that run's own config
+    except RunError as err:
+        raise SystemExit(f"error: {err}") from None
+    name = "train"  # conf/train.yaml; a new run's folder is claimed by guard.RunFolderGuard
+    if resumed is not None:
+        ConfigStore.instance().store(name=RESUMED, node=resumed)
+        name = RESUMED
+    hydra.main(version_base="1.3", config_path="../conf", config_name=name)(train_run)()
+
+
+def _sweep_command(args: list[str]) -> list[str]:
+    """``args``, or for ``resume=<sweep folder>`` the sweep's own command (``continue_sweep``)."""
+    folder = sweep_to_resume(args)
+    return continue_sweep(args, folder) if folder is not None else args

@@ -35,10 +35,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmnist_lightning.artifacts import read_yaml
 from fmnist_lightning.errors import FolderInUseError, RunError
+from fmnist_lightning.overrides import parse_overrides
 from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.sweeps.jobs import job_folders, read_job
 from fmnist_lightning.training.precision import AUTO
-from fmnist_lightning.training.run_dirs import job_number, split_override
+from fmnist_lightning.training.run_dirs import job_number
 from fmnist_lightning.trust import TRUST_KEY
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def plan(
                 run[number] = overrides
             continue
         job = read_job(folder)
-        own = [split_override(o) for o in overrides if not o.startswith(("hydra.", "hydra/"))]
+        own = [(o.key, o.typed) for o in parse_overrides(overrides) if not o.text.startswith(("hydra.", "hydra/"))]
         own = [(k, v) for k, v in own if k != TRUST_KEY]  # this command's trust, not the job's
         ran = {k: v for k, v in job.overrides.items() if k != TRUST_KEY}
         if list(ran.items()) != [(k, v or "") for k, v in own]:

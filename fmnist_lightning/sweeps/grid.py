@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmnist_lightning.errors import RunError
-from fmnist_lightning.run_folder import SWEEP_CONFIG, is_sweep_folder
+from fmnist_lightning.overrides import parse_overrides, quoted, sweep_overrides
+from fmnist_lightning.run_folder import SWEEP_CONFIG, RunFolder
 from fmnist_lightning.sweeps import continuing
-from fmnist_lightning.training.run_dirs import job_dir, quoted
+from fmnist_lightning.training.run_dirs import job_dir
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,7 @@ def swept_keys(config: DictConfig) -> list[str]:
     """The keys a sweep varies: its command line's sweeps (``optimizer.lr=0.01,0.1``), its
     sweeper's ``params`` (Optuna's search space, or the grid's), and ``data.fold`` for an
     Optuna search of K-fold trials."""
-    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-    keys = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
+    keys = [o.key for o in parse_overrides(list(config.hydra.overrides.task)) if o.sweep]
     keys += list(config.hydra.sweeper.get("params") or {})
     if config.hydra.sweeper.get("folds"):
         keys.append("data.fold")
@@ -97,7 +96,7 @@ def save_sweep_config(config: DictConfig) -> None:
     sweep being continued there wrote it already (``resume=<sweep folder>`` reads it)."""
     sweep_dir = Path(config.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    if not is_sweep_folder(sweep_dir):
+    if not RunFolder.is_sweep(sweep_dir):
         OmegaConf.save(config, sweep_dir / SWEEP_CONFIG)
 
 
@@ -118,7 +117,7 @@ class GridSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         params = self._parse_config() + list(arguments)
-        parsed = OverridesParser.create(config_loader=self.hydra_context.config_loader).parse_overrides(params)
+        parsed = sweep_overrides(params, self.hydra_context.config_loader)
         batches = self.split_arguments(parsed, None)
         jobs = {number: list(job) for number, job in enumerate(job for batch in batches for job in batch)}
         save_sweep_config(self.config)

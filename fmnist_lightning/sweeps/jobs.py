@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fmnist_lightning.overrides import parse_override
 from fmnist_lightning.run_folder import OVERRIDES_FILE, RunFolder
-from fmnist_lightning.training.run_dirs import job_number, split_override
+from fmnist_lightning.training.run_dirs import job_number
 
 
 @dataclass
@@ -58,7 +59,8 @@ def read_job(folder: Path) -> Job:
     fix = "It lists the job's command-line overrides: restore it (e.g. [] for none), or move the job out of the sweep."
     overrides = {}
     for line in RunFolder(folder).read_overrides(fix):
-        key, value = split_override(line)
+        override = parse_override(line)
+        key, value = override.key, override.typed
         overrides[key] = value or ""
     status = RunFolder(folder).read_status()
     if not status:

@@ -31,13 +31,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override, Transformer
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fmnist_lightning.overrides import sweep_overrides
 from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.sweeps import continuing, grid
 from fmnist_lightning.sweeps.optuna_storage import open_storage, storage_spec, trial_overrides
@@ -74,7 +74,7 @@ def search_space(params: dict[str, str] | None, arguments: list[str]) -> tuple[l
     """
     lines = [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
     fixed, space = [], {}
-    for override in OverridesParser.create().parse_overrides(lines):
+    for override in sweep_overrides(lines):
         if not override.is_sweep_override():
             fixed.append(override.input_line)
             continue

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fmnist_lightning.training.run_dirs import quoted
+from fmnist_lightning.overrides import quoted
 
 #: The prefix of a journal file storage.
 JOURNAL = "journal:"

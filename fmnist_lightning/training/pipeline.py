@@ -20,7 +20,8 @@ from fmnist_lightning.evaluation.figures import curves_figure
 from fmnist_lightning.evaluation.runs import check_checkpoint_fits
 from fmnist_lightning.evaluation.summaries import hparams_of, log_hparams_session, log_run_start
 from fmnist_lightning.evaluation.test_report import TestReport
-from fmnist_lightning.run_folder import RunFolder, upgrade_config
+from fmnist_lightning.overrides import key_of
+from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.training.build import build_run
 from fmnist_lightning.training.callbacks import RunStatus, stop_reason
 from fmnist_lightning.training.history import EpochHistory
@@ -35,6 +36,7 @@ from fmnist_lightning.training.processes import (
 )
 from fmnist_lightning.training.run_dirs import check_writable, write_failure
 from fmnist_lightning.training.starting import start_checkpoint, stop_limits
+from fmnist_lightning.trust import TRUST_KEY
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +102,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         RunInterrupted: Ctrl-C or SIGTERM; ``checkpoints/last.ckpt`` holds the state.
         TrialPruned: An Optuna search pruned the run (``metrics.json``: ``status: pruned``).
     """
-    if cfg.get("resume"):  # the run's own config, which an older version may have written
-        upgrade_config(cfg)
     output_dir = Path(cfg.output_dir)
     if is_child_rank():  # DDP: rank 0 holds the folder's lock for all processes
         return _train(cfg)
@@ -259,4 +259,4 @@ def run_overrides() -> list[str]:
     """This run's command-line overrides (empty outside a Hydra app)."""
     if not HydraConfig.initialized():
         return []
-    return [o for o in HydraConfig.get().overrides.task if not o.startswith("++resume=")]
+    return [o for o in HydraConfig.get().overrides.task if key_of(o) not in ("resume", TRUST_KEY)]

@@ -1,50 +1,42 @@
-"""``python train.py resume=<run folder>``: the command line rewritten, and sweep jobs
-continued. The checkpoint the run then starts from is ``training.starting``'s.
+"""``fmnist-train resume=<run folder>`` and ``resume=<sweep folder>``, and sweep jobs continued.
+The checkpoint a run then starts from is ``training.starting``'s.
 
-``python train.py resume=<run folder> [overrides]`` is rewritten by ``preflight`` into
-``-cp <run folder>/.hydra -cn config ++resume=<run folder> hydra.run.dir=<run folder> ...``:
-the run's saved, fully composed config is the primary config (so conf/ edits made since do
-not leak in), dotted overrides such as ``trainer.max_epochs=20`` still apply, and this
-attempt's Hydra files go to ``.hydra/resume_<date>_<time>/``, leaving the original ones
-untouched. An explicit ``hydra.run.dir`` (or ``hydra.sweep.dir``) that already holds a run
-is refused (by ``guard.RunFolderGuard``), since Hydra would overwrite that run's files.
-Folder names with spaces or non-ASCII letters work in any spelling: ``resume=/tmp/my run``
-as one shell word, or Hydra's quoting ``'resume="/tmp/my run/ñ"'``.
+``resume=<run folder> [overrides]`` continues the run with its own config: ``resumed_config``
+checks the command, takes the run's lock, and reads the run's config once, through
+``RunFolder.load_config`` (the old-config upgrade and the rule of trust). That config becomes
+the primary config Hydra composes the command from (registered in Hydra's ``ConfigStore``),
+so conf/ edits made since do not leak in, and Hydra applies the command's dotted overrides
+(``trainer.max_epochs=20``) to it as to any config. This attempt's Hydra files go to
+``.hydra/resume_<date>_<time>/``, leaving the original ones untouched. Nothing rewrites the
+command line: a DDP child or a SLURM task runs the same command and reads the same config.
+
+``resume=<sweep folder>`` repeats the sweep's own command into its folder
+(``continue_sweep``); the sweepers then continue it (``fmnist_lightning.sweeps.continuing``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
 from fmnist_lightning.errors import RunError
-from fmnist_lightning.run_folder import CONFIG_FILE, HYDRA_DIR, RunFolder, is_sweep_folder, read_sweep_overrides
+from fmnist_lightning.overrides import key_of, quoted, value_of
+from fmnist_lightning.run_folder import CONFIG_FILE, HYDRA_DIR, RunFolder, read_sweep_overrides
 from fmnist_lightning.training.precision import AUTO
 from fmnist_lightning.training.processes import in_multirun, is_child_rank, train_command
-from fmnist_lightning.training.run_dirs import override_value, quoted, split_override
 from fmnist_lightning.trust import TARGET, TRUST_KEY, UntrustedConfigError, check_overrides
 
 log = logging.getLogger(__name__)
 
 #: The config groups of conf/train.yaml's defaults list.
 CONFIG_GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "experiment", "debug")
-
-
-def _value(args: list[str], key: str) -> Any:
-    """The value of the last ``key=value`` override in ``args`` as Hydra reads it (quotes
-    removed, ``null`` as ``None``; ``+``/``++`` prefixes allowed; ``~key`` deletions are not
-    values), or ``None``."""
-    found = None
-    for arg in args:
-        name, value = split_override(arg)
-        if value is not None and name == key and not arg.startswith("~"):
-            found = override_value(arg)
-    return found
+#: The name of a resumed run's config as Hydra's primary config (in Hydra's ``ConfigStore``).
+RESUMED = "resumed_run"
+#: The flags of Hydra's command line that choose the config or the mode, not a value.
+CONFIG_FLAGS = ("-cp", "-cn", "-cd", "--config-path", "--config-name", "--config-dir")
 
 
 def trusted_on_command(args: list[str]) -> list[str]:
@@ -54,7 +46,7 @@ def trusted_on_command(args: list[str]) -> list[str]:
     Raises:
         RunError: A name is not a dotted Python module name.
     """
-    value = _value(args, TRUST_KEY) or []
+    value = value_of(args, TRUST_KEY) or []
     names = [str(v) for v in (value if isinstance(value, list) else [value])]
     bad = [n for n in names if not TARGET.fullmatch(n)]
     if bad:
@@ -64,57 +56,86 @@ def trusted_on_command(args: list[str]) -> list[str]:
     return names
 
 
-def trusted_override(trusted: list[str]) -> str:
-    """The override that sets ``trusted_modules`` to ``trusted``, replacing whatever a saved
-    config holds (``++``: also in a config that has no such key)."""
-    return f"++{TRUST_KEY}=[{','.join(trusted)}]"
+def sweep_to_resume(args: list[str]) -> Path | None:
+    """The sweep folder of ``resume=<sweep folder>`` in ``args``, or ``None``."""
+    resume = value_of(args, "resume")
+    folder = Path(str(resume)).expanduser() if resume is not None else None
+    return folder if folder is not None and RunFolder.is_sweep(folder) else None
 
 
-def preflight(argv: list[str]) -> list[str]:  # noqa: C901 (removed by issue 42, step 2)
-    """Checks the command line of ``train.py`` before Hydra runs, and rewrites ``resume=``.
-
-    A new run's folder is checked later, on the folder Hydra resolves, by
-    ``guard.RunFolderGuard``.
-
-    Args:
-        argv: ``sys.argv``.
-
-    Returns:
-        The command line Hydra should parse: ``argv`` itself; for ``resume=<run folder>``
-        the rewritten one described in the module docstring; for ``resume=<sweep folder>``
-        the sweep's own command (``continue_sweep``).
+def resumed_config(args: list[str]) -> DictConfig | None:
+    """The primary config of ``fmnist-train [args]``: ``None`` for a new run (conf/train.yaml);
+    for ``resume=<run folder>``, the run's own config, read once through ``RunFolder`` with
+    this command's ``trusted_modules`` (never the saved config's), with the Hydra settings of a
+    resume: conf/hydra/default.yaml, the run folder as ``hydra.run.dir``, and this attempt's
+    Hydra files in ``.hydra/resume_<date>_<time>/``. This process then holds the run's lock
+    until it ends (rank 0 of a multi-process job holds it for all).
 
     Raises:
-        RunError: ``resume`` names no run folder or is combined with ``-m``/``-cp``/``-cn``,
+        RunError: ``resume`` names no run folder, or is combined with ``-m``, ``-cp``/``-cn``,
             ``hydra.run.dir`` or a config group; another process is training in the folder;
-            or the run's config, ``metrics.json`` or ``history.csv`` is damaged.
+            or the run's config, ``metrics.json`` or ``history.csv`` is damaged;
+            ``UntrustedConfigError``, its config names something not trusted.
     """
-    args = argv[1:]
-    if any(a.startswith("++resume=") for a in args):  # already rewritten: a DDP child's copy
-        return argv
-    multirun = "-m" in args or "--multirun" in args
-    resume = _value(args, "resume")
+    resume = value_of(args, "resume")
     if resume is None:
-        return _without_hydra_files(argv)  # DDP children and SLURM tasks share rank 0's run folder
+        return None
     resume = str(resume)
+    if not is_child_rank():  # a DDP child's command adds hydra.run.dir (Lightning's launcher)
+        _check_command(resume, args)
+    folder = _run_folder(resume)
+    trusted = trusted_on_command(args)
+    if not is_child_rank():
+        folder.lock()  # held until this process ends: one writer, refused before Hydra writes
+    try:  # the files a resume reads back, before anything is written
+        config = folder.load_config(trusted)  # nothing it names is imported before it is trusted
+        if folder.has_hydra_configs():
+            raise UntrustedConfigError(
+                f"the run folder {folder.path}: its {HYDRA_DIR}/ holds a hydra/ folder, which no run writes "
+                "(docs/runs.md, Sharing runs safely)"
+            )
+        folder.read_status()
+        folder.read_history()
+    except RunError:
+        folder.release()  # (a no-op where the lock is not held)
+        raise
+    with open_dict(config):
+        config.resume = str(folder.path)
+        config[TRUST_KEY] = trusted
+        config.hydra = {"run": {"dir": str(folder.path)}, "output_subdir": RunFolder.new_attempt()}
+        config.defaults = [{"hydra": "default"}, "_self_"]
+    return config
 
-    if is_sweep_folder(Path(resume).expanduser()):
-        return continue_sweep(argv, Path(resume).expanduser())
-    if multirun:
+
+def _check_command(resume: str, args: list[str]) -> None:
+    """Refuses what ``resume=<run folder>`` cannot be combined with.
+
+    Raises:
+        RunError: ``-m``, ``-cp``/``-cn``, ``hydra.run.dir`` or a config group.
+    """
+    if "-m" in args or "--multirun" in args:
         raise RunError(
             "resume=<run folder> continues one run and cannot be combined with -m/--multirun; "
             f"continue a whole sweep with {train_command()} resume=<sweep folder>, one of its jobs with "
             f"{train_command()} resume=<sweep>/<job>"
         )
-    clashing = [a for a in args if a.split("=")[0] in ("-cp", "-cn", "--config-path", "--config-name", "hydra.run.dir")]
+    clashing = [a for a in args if a.split("=")[0] in CONFIG_FLAGS or key_of(a) == "hydra.run.dir"]
     if clashing:
         raise RunError(f"resume={resume} sets the config and the run folder itself; drop {' '.join(clashing)}")
-    groups = [a for a in args if "=" in a and split_override(a)[0] in CONFIG_GROUPS]
+    groups = [a for a in args if "=" in a and key_of(a) in CONFIG_GROUPS]
     if groups:
         raise RunError(
             f"resume={resume} continues the run with its saved config, so config groups cannot be "
             f"swapped ({' '.join(groups)}); only dotted overrides such as trainer.max_epochs=20 apply"
         )
+
+
+def _run_folder(resume: str) -> RunFolder:
+    """The run folder ``resume`` names, resolved.
+
+    Raises:
+        RunError: No such folder, or not a run folder.
+    """
     folder = Path(resume).expanduser()
     if not folder.is_dir():
         raise RunError(f"resume={resume}: no such folder. Pass a run folder such as outputs/runs/<date>_<time>.")
@@ -123,42 +144,11 @@ def preflight(argv: list[str]) -> list[str]:  # noqa: C901 (removed by issue 42,
             f"resume={resume} is not a run folder: it has no {CONFIG_FILE}. "
             "Pass a folder under outputs/runs/ or outputs/multirun/<sweep>/<job>/."
         )
-    folder = folder.resolve()
-    trusted = trusted_on_command(args)
-    if not is_child_rank():  # rank 0 holds the lock for the other tasks of a SLURM job
-        RunFolder(folder).lock()  # held until this process ends: one writer, refused before Hydra writes
-    try:  # the files a resume reads back, before Hydra reads the config or writes anything
-        RunFolder(folder).load_config(trusted)  # nothing it names is imported before it is trusted
-        if RunFolder(folder).has_hydra_configs():  # -cp <run>/.hydra: a config search path of Hydra's own
-            raise UntrustedConfigError(
-                f"the run folder {folder}: its {HYDRA_DIR}/ holds a hydra/ folder, which no run writes and where Hydra "
-                "would look for its own configs (docs/runs.md, Sharing runs safely)"
-            )
-        RunFolder(folder).read_status()
-        RunFolder(folder).read_history()
-    except RunError:
-        RunFolder(folder).release()  # (a no-op where the lock is not held)
-        raise
-    attempt = RunFolder.new_attempt()
-    others = [a for a in args if split_override(a)[0] not in ("resume", TRUST_KEY)]
-    return _without_hydra_files(
-        [
-            argv[0],
-            "-cp",
-            str(folder / HYDRA_DIR),
-            "-cn",
-            "config",
-            *others,
-            trusted_override(trusted),  # this command's trust, never the saved config's
-            f"++resume={quoted(str(folder))}",
-            f"hydra.run.dir={quoted(str(folder))}",
-            f"hydra.output_subdir={attempt}",
-        ]
-    )
+    return RunFolder(folder.resolve())
 
 
-def continue_sweep(argv: list[str], folder: Path) -> list[str]:
-    """The command line of ``train.py resume=<sweep folder> [overrides]``: the sweep's own
+def continue_sweep(args: list[str], folder: Path) -> list[str]:
+    """The arguments of ``fmnist-train resume=<sweep folder> [overrides]``: the sweep's own
     command (its overrides from ``multirun.yaml``), into its folder, with ``-m``. The
     sweepers then continue it (``fmnist_lightning.sweeps.continuing``). Further overrides
     apply after the sweep's own: ``hydra.launcher.n_jobs=4``, say; one that changes a job is
@@ -172,36 +162,19 @@ def continue_sweep(argv: list[str], folder: Path) -> list[str]:
         RunError: ``multirun.yaml`` is damaged, or ``hydra.sweep.dir`` is given too;
             ``UntrustedConfigError``, an override of the sweep names something not trusted.
     """
-    trusted = trusted_on_command(argv[1:])
-    args = [a for a in argv[1:] if a not in ("-m", "--multirun") and split_override(a)[0] not in ("resume", TRUST_KEY)]
-    if any(split_override(a)[0] == "hydra.sweep.dir" for a in args):
+    trusted = trusted_on_command(args)
+    args = [a for a in args if a not in ("-m", "--multirun") and key_of(a) not in ("resume", TRUST_KEY)]
+    if any(key_of(a) == "hydra.sweep.dir" for a in args):
         raise RunError(f"resume={folder} continues the sweep in its own folder; drop hydra.sweep.dir")
     overrides = read_sweep_overrides(folder)
-    given = {split_override(a)[0] for a in args}  # this command's own settings replace the sweep's
+    given = {key_of(a) for a in args}  # this command's own settings replace the sweep's
     dropped = ("hydra.sweep.dir", "hydra.mode", *given)
-    own = [o for o in overrides.get("hydra", []) if split_override(o)[0] not in dropped]
-    task = [o for o in overrides.get("task", []) if split_override(o)[0] != TRUST_KEY]
+    own = [o for o in overrides.get("hydra", []) if key_of(o) not in dropped]
+    task = [o for o in overrides.get("task", []) if key_of(o) != TRUST_KEY]
     check_overrides([*own, *task], trusted, f"the sweep folder {folder}")
     sweep_dir = f"hydra.sweep.dir={quoted(str(folder.resolve()))}"
-    trust = [trusted_override(trusted)] if trusted else []
-    return [argv[0], "-m", *own, *task, *args, *trust, sweep_dir]
-
-
-def _without_hydra_files(argv: list[str]) -> list[str]:
-    """``argv`` for a task of a multi-process SLURM job other than rank 0: Hydra writes no
-    ``.hydra/`` files (``hydra.output_subdir=null``), since rank 0 writes them. Unchanged in
-    rank 0. (Lightning's own DDP children pass ``hydra.output_subdir=null`` themselves.)"""
-    if not is_child_rank():
-        return argv
-    return [a for a in argv if not a.startswith("hydra.output_subdir=")] + ["hydra.output_subdir=null"]
-
-
-def run_command_line() -> None:
-    """Applies ``preflight`` to ``sys.argv``; exits with the message on a refusal."""
-    try:
-        sys.argv = preflight(sys.argv)
-    except RunError as err:
-        raise SystemExit(f"error: {err}") from None
+    trust = [f"++{TRUST_KEY}=[{','.join(trusted)}]"] if trusted else []  # also where the saved config has none
+    return ["-m", *own, *task, *args, *trust, sweep_dir]
 
 
 def continue_job(cfg: DictConfig) -> bool:

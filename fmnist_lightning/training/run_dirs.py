@@ -21,11 +21,11 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from omegaconf import OmegaConf
 
 from fmnist_lightning.errors import RunError
+from fmnist_lightning.overrides import key_of, parse_overrides
 from fmnist_lightning.trust import TRUST_KEY
 
 #: Command-line keys that say where or how a run is kept, not what it trains: left out of
@@ -45,41 +45,6 @@ PLUMBING = (
 MAX_LABEL = 60
 
 
-def split_override(arg: str) -> tuple[str, str | None]:
-    """``(key, value)`` of a Hydra override such as ``+model.dropout=0.3`` (the ``+``, ``++``
-    and ``~`` prefixes dropped); value ``None`` where there is no ``=``."""
-    key, sep, value = arg.lstrip("+~").partition("=")
-    return key, value if sep else None
-
-
-def parse_override(arg: str) -> Any | None:
-    """Hydra's parsed ``Override`` of ``arg``, or ``None`` where Hydra's grammar cannot parse
-    it as typed (``resume=/tmp/my run/ñ``: unquoted non-ASCII)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    try:
-        return OverridesParser.create().parse_override(arg)
-    except HydraException:
-        return None
-
-
-def override_value(arg: str) -> Any:
-    """The value of a Hydra override as Hydra reads it: ``'hydra.run.dir="/tmp/my run"'``
-    gives ``/tmp/my run`` (quotes removed), ``x=null`` gives ``None``. A value Hydra's
-    grammar cannot parse is taken as typed."""
-    parsed = parse_override(arg)
-    return parsed.value() if parsed is not None else split_override(arg)[1]
-
-
-def quoted(value: str) -> str:
-    """``value`` as a quoted Hydra override value, which Hydra reads back unchanged whatever
-    it holds (spaces, non-ASCII letters, quotes, ``=`` or ``,``)."""
-    from hydra.core.override_parser.types import Quote, QuotedString
-
-    return QuotedString(text=value, quote=Quote.single).with_quotes()
-
-
 def _short_key(key: str) -> str:
     """A key's last part (``optimizer.lr`` → ``lr``), or its last two when the last is
     a single character (``data.augment.flip.p`` → ``flip.p``)."""
@@ -92,7 +57,7 @@ def _label(overrides: list[str]) -> str:
     ``_``, with anything but letters, digits and ``._+-`` made ``-``, and cut to ``MAX_LABEL``
     characters. No ``=`` or ``,``: a folder name must pass unquoted as a Hydra override's value
     (``resume=<run folder>``, ``run_dir=...``), where ``=`` is an error and ``,`` a sweep."""
-    pairs = [split_override(o) for o in overrides]
+    pairs = [(o.key, o.typed) for o in parse_overrides(overrides)]
     text = "_".join(f"{_short_key(key)}-{value}" for key, value in pairs if value is not None)
     return re.sub(r"[^A-Za-z0-9._+-]+", "-", text)[:MAX_LABEL].strip("-_")
 
@@ -104,7 +69,7 @@ def run_label(experiment: str | None, model: str | None, overrides: list[str]) -
     At most ``MAX_LABEL`` characters. The ``fmnist.run_label`` resolver of
     ``conf/hydra/default.yaml``."""
     plain = ("experiment", "model")
-    kept = [o for o in overrides if (k := split_override(o)[0]) not in plain and not k.startswith(PLUMBING)]
+    kept = [o for o in overrides if (k := key_of(o)) not in plain and not k.startswith(PLUMBING)]
     name = re.sub(r"[^A-Za-z0-9._+-]+", "-", str(experiment or model or "run"))
     label = _label(kept)
     return f"{name}_{label}"[:MAX_LABEL].strip("-_") if label else name[:MAX_LABEL]
@@ -121,9 +86,9 @@ def job_dir(number: int, overrides: list[str], swept: Sequence[str] | None = Non
             resolver of ``conf/hydra/default.yaml``): every override but the plumbing.
     """
     if swept is not None:
-        kept = [o for o in overrides if split_override(o)[0] in set(swept)]
+        kept = [o for o in overrides if key_of(o) in set(swept)]
     else:
-        kept = [o for o in overrides if not split_override(o)[0].startswith(PLUMBING)]
+        kept = [o for o in overrides if not key_of(o).startswith(PLUMBING)]
     label = _label(kept)
     return f"{number}_{label}" if label else str(number)
 

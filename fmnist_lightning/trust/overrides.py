@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+from fmnist_lightning.overrides import sweep_overrides
 from fmnist_lightning.trust.configs import DOCS, UntrustedConfigError, check_interpolations, check_target, nodes
 
 #: Hydra's own settings that a sweep's saved overrides may carry into its continuation; any
@@ -35,12 +36,10 @@ def check_overrides(overrides: Sequence[str], trusted: Sequence[str] = (), what:
     Raises:
         UntrustedConfigError: The first override refused, with ``what`` in front.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     conf = resources.files("fmnist_lightning.conf")  # the config groups' folders, conf/<group>/
 
     try:
-        for override in OverridesParser.create().parse_overrides(list(overrides)):
+        for override in sweep_overrides(overrides):
             key = override.key_or_group
             hydra_own = re.split(r"[./@]", key)[0] == "hydra"  # hydra.x, hydra/x, hydra@x, hydra itself
             if hydra_own and not any(fnmatch.fnmatchcase(key, p) for p in HYDRA_OVERRIDES):
