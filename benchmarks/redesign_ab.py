@@ -8,7 +8,10 @@ folder. Prints, per run, the wall time of the whole process and of ``train()``
 report) in seconds, the test accuracy and the SHA-256 of the trained ``net.pt``; then the
 medians per side and their ratio (after / before: < 1 is faster), and whether every pair
 trained bit-identical weights (meaningful with ``trainer.precision=32-true``, which the
-default ``auto`` may not pick on both sides). Issue 12 used it to show that the
+default ``auto`` may not pick on both sides). With ``--resume``, each run is the run of
+``--args`` stopped after its first epoch (``trainer.max_epochs=1``) and then continued with
+``resume=<run folder> trainer.max_epochs=<E>`` (E from ``--args``): the weights of a resumed
+run, compared the same way. Issue 12 used it to show that the
 restructuring costs no training speed, issue 29 that the default config trains the same
 weights (benchmarks/RESULTS.md).
 
@@ -19,6 +22,8 @@ Usage:
     python benchmarks/redesign_ab.py --before 6ffe27f --pairs 3
     python benchmarks/redesign_ab.py --before 97bf8f4 --pairs 2 --args seed=42 trainer.max_epochs=2 \
         trainer.precision=32-true logger=csv
+    python benchmarks/redesign_ab.py --before fddd16c --pairs 1 --resume --args seed=42 \
+        trainer.max_epochs=2 trainer.precision=32-true logger=csv
 """
 
 from __future__ import annotations
@@ -49,6 +54,16 @@ def cpu_description() -> str:
     return f"{model} ({', '.join(flags) or 'no AVX2'})"
 
 
+def commands(overrides: list[str], resume: bool, run_dir: Path, data: Path) -> list[list[str]]:
+    """The command lines of one run: ``overrides`` into ``run_dir``; with ``resume``, the same
+    stopped after one epoch, then ``resume=<run_dir>`` to its ``trainer.max_epochs``."""
+    given = [*overrides, f"data.root={data}", f"hydra.run.dir={run_dir}"]
+    if not resume:
+        return [given]
+    epochs = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("trainer.max_epochs=")), "3")
+    return [[*given, "trainer.max_epochs=1"], [f"resume={run_dir}", f"trainer.max_epochs={epochs}"]]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -56,6 +71,7 @@ def main() -> int:
     )
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--args", nargs="*", default=["model=three_conv", "trainer=cpu", "trainer.max_epochs=3"])
+    parser.add_argument("--resume", action="store_true", help="stop after one epoch, then resume= to the end")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="redesign_ab_"))
     subprocess.run(
@@ -78,21 +94,13 @@ def main() -> int:
             for side, checkout in sides.items():
                 run_dir = work / f"{side}_{i}"
                 start = time.perf_counter()
-                result = subprocess.run(
-                    [
-                        sys.executable,
-                        str(checkout / "train.py"),
-                        *args.args,
-                        f"data.root={work / 'data'}",
-                        f"hydra.run.dir={run_dir}",
-                    ],
-                    cwd=work,
-                    capture_output=True,
-                    text=True,
-                )
+                for command in commands(args.args, args.resume, run_dir, work / "data"):
+                    result = subprocess.run(
+                        [sys.executable, str(checkout / "train.py"), *command], cwd=work, capture_output=True, text=True
+                    )
+                    if result.returncode != 0:
+                        sys.exit(f"error: the {side} run failed:\n{result.stderr[-3000:]}")
                 process_s = time.perf_counter() - start
-                if result.returncode != 0:
-                    sys.exit(f"error: the {side} run failed:\n{result.stderr[-3000:]}")
                 status = json.loads((run_dir / "metrics.json").read_text())
                 digest = hashlib.sha256((run_dir / "net.pt").read_bytes()).hexdigest()[:16]
                 row = (process_s, status["wall_time_s"], 100 * status["metrics"]["test/acc"], digest)

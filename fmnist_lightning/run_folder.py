@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -37,7 +38,7 @@ from fmnist_lightning.trust import check_config
 HYDRA_DIR = ".hydra"
 CONFIG_FILE = f"{HYDRA_DIR}/config.yaml"
 OVERRIDES_FILE = f"{HYDRA_DIR}/overrides.yaml"
-#: The run's status, kept up to date while it trains (``training.callbacks.RunStatus``).
+#: The run's status, kept up to date while it trains (``training.run_status.RunStatus``).
 STATUS_FILE = "metrics.json"
 #: One row per epoch of every ``train/*`` and ``val/*`` metric (``training.history``).
 HISTORY_FILE = "history.csv"
@@ -184,7 +185,7 @@ class RunFolder:
 
     # Its status and history --------------------------------------------------------------
     def read_status(self) -> dict:
-        """``metrics.json`` (see ``training.callbacks.RunStatus``), or ``{}`` when it has none.
+        """``metrics.json`` (see ``training.run_status.RunStatus``), or ``{}`` when it has none.
 
         Raises:
             DamagedFileError: The file is unreadable, or a field has the wrong type.
@@ -345,6 +346,22 @@ class RunFolder:
             RunError: The lock file cannot be made.
         """
         lock_run_folder(self.path, kind=kind)
+
+    @contextmanager
+    def locked(self, held: bool = True) -> Iterator[RunFolder]:
+        """Holds the folder's lock (``lock``) while the block runs, then releases it; with
+        ``held`` false (a process whose rank 0 holds it for all), only runs the block.
+
+        Raises:
+            FolderInUseError: Another process holds it.
+        """
+        if held:
+            self.lock()
+        try:
+            yield self
+        finally:
+            if held:
+                self.release()
 
     def release(self) -> None:
         """Releases the lock this process holds (a no-op where it holds none)."""

@@ -29,12 +29,12 @@ from fmnist_lightning.errors import ConfigError, RunError
 from fmnist_lightning.locks import LOCK_FILE, holder_pid, release_run_folder
 from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.training.build import build_run
-from fmnist_lightning.training.callbacks import RunStatus
 from fmnist_lightning.training.checkpoint_io import AtomicCheckpointIO
 from fmnist_lightning.training.guard import RunFolderGuard
 from fmnist_lightning.training.pipeline import train
 from fmnist_lightning.training.resume import resumed_config
 from fmnist_lightning.training.run_dirs import write_failure
+from fmnist_lightning.training.run_status import RunStatus
 from fmnist_lightning.training.starting import check_trains_further
 from in_process import run_command
 

@@ -2,7 +2,7 @@
 
 A sweep folder (``outputs/multirun/<date>_<time>/``) holds one folder per job, each with
 ``.hydra/overrides.yaml`` (what the command line set for that job) and ``metrics.json``
-(its status and metrics, see ``fmnist_lightning.training.callbacks.RunStatus``). A job that
+(its status and metrics, see ``fmnist_lightning.training.run_status.RunStatus``). A job that
 failed before training has no ``metrics.json`` of its own making; ``train.py`` writes one
 with ``status: failed`` and the error line for it, so every job is read.
 """
