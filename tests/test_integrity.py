@@ -25,12 +25,12 @@ from test_resume import assert_same_weights, wait_for
 from conftest import compose_with_hydra, held_by_another_process, mounted_tmpfs, run_script, start_script
 from fmnist_lightning.cli import hydra_argv
 from fmnist_lightning.cli import train as train_cli
+from fmnist_lightning.cli.hydra_hooks import RunFolderGuard
 from fmnist_lightning.errors import ConfigError, RunError
 from fmnist_lightning.locks import LOCK_FILE, holder_pid, release_run_folder
 from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.training.build import build_run
 from fmnist_lightning.training.checkpoint_io import AtomicCheckpointIO
-from fmnist_lightning.training.guard import RunFolderGuard
 from fmnist_lightning.training.pipeline import train
 from fmnist_lightning.training.resume import resumed_config
 from fmnist_lightning.training.run_dirs import write_failure

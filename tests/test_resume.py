@@ -15,10 +15,10 @@ import torch
 
 from conftest import compose_with_hydra, run_script, scalars, start_script
 from fmnist_lightning import locks
+from fmnist_lightning.cli.hydra_hooks import RunFolderGuard
 from fmnist_lightning.errors import NonFiniteLossError, RunInterrupted
 from fmnist_lightning.locks import release_run_folder
 from fmnist_lightning.run_folder import RunFolder
-from fmnist_lightning.training.guard import RunFolderGuard
 from fmnist_lightning.training.pipeline import train
 from fmnist_lightning.training.resume import resumed_config
 from fmnist_lightning.training.run_dirs import claim_folder, job_dir, job_number, run_label

@@ -18,10 +18,10 @@ from omegaconf import DictConfig
 
 from conftest import compose_with_hydra
 from fmnist_lightning import locks
+from fmnist_lightning.cli.hydra_hooks import RunFolderGuard
 from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.training import resume, slurm
 from fmnist_lightning.training.callbacks import InterruptCheckpoint
-from fmnist_lightning.training.guard import RunFolderGuard
 from fmnist_lightning.training.processes import cpu_threads
 from fmnist_lightning.training.resume import resumed_config
 

@@ -9,15 +9,19 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from fmnist_lightning.errors import UserError
+from fmnist_lightning.errors import RunError, UserError
 from fmnist_lightning.sweeps.summary import summarize
 
 log = logging.getLogger(__name__)
 
 
 class SweepSummary(Callback):
-    """Hydra callback (``conf/hydra/default.yaml``): when a multirun ends, writes and prints
-    its summary, and exits with status 1 if any job did not finish.
+    """Hydra callback (``conf/hydra/default.yaml``, through ``cli.hydra_hooks``): when a
+    multirun ends, writes and prints its summary.
+
+    Raises:
+        RunError: From ``on_multirun_end``: a job did not finish (the command then exits with
+            status 1), or a job's files are damaged.
 
     Args:
         metric: The metric configurations are ranked by; ``None`` uses the config's
@@ -35,14 +39,14 @@ class SweepSummary(Callback):
             log.warning("No sweep summary: %s", err)
             return
         except UserError as err:  # a job's files are damaged
-            raise SystemExit(f"error: no sweep summary: {err}") from None
+            raise RunError(f"no sweep summary: {err}") from None
         print(
             f"\n{markdown}\nSummary files: {sweep_dir}/summary.md, summary.csv, summary_jobs.csv, summary.png",
             flush=True,
         )
         unfinished = [j for j in jobs if not j.ended]
         if unfinished:
-            raise SystemExit(
-                f"error: {len(unfinished)} of {len(jobs)} jobs did not finish "
+            raise RunError(
+                f"{len(unfinished)} of {len(jobs)} jobs did not finish "
                 f"(jobs {', '.join(j.folder.name for j in unfinished)}); see {sweep_dir / 'summary.md'}"
             )

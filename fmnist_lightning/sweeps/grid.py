@@ -15,7 +15,6 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fmnist_lightning.errors import RunError
 from fmnist_lightning.overrides import parse_overrides, quoted, sweep_overrides
 from fmnist_lightning.run_folder import SWEEP_CONFIG, RunFolder
 from fmnist_lightning.sweeps import continuing
@@ -52,14 +51,11 @@ def launch(
         The plan that was carried out.
 
     Raises:
-        SystemExit: ``error: ...`` when the folder holds a sweep this command cannot continue
+        RunError: The folder holds a sweep this command cannot continue
             (nothing is launched).
     """
     sweep_dir = Path(sweeper.config.hydra.sweep.dir)
-    try:
-        plan = continuing.plan(sweep_dir, jobs, composer(sweeper), complete, wanted)
-    except RunError as err:
-        raise SystemExit(f"error: {err}") from None
+    plan = continuing.plan(sweep_dir, jobs, composer(sweeper), complete, wanted)
     continuing.report(plan, len(jobs))
     swept = swept_keys(sweeper.config)
     for numbers in continuing.runs_of(plan.run, batch_size):
@@ -109,7 +105,7 @@ class GridSweeper(BasicSweeper):
         params: Swept keys and their values, as on the command line (Hydra's ``params``).
 
     Raises:
-        SystemExit: From ``sweep``: the sweep folder holds jobs another command made.
+        RunError: From ``sweep``: the sweep folder holds jobs another command made.
     """
 
     def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None) -> None:

@@ -37,6 +37,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fmnist_lightning.errors import UserError
 from fmnist_lightning.overrides import sweep_overrides
 from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.sweeps import continuing, grid
@@ -70,7 +71,7 @@ def search_space(params: dict[str, str] | None, arguments: list[str]) -> tuple[l
     command line (where sweeps are search parameters too).
 
     Raises:
-        SystemExit: ``error: ...`` for a sweep Optuna cannot sample.
+        UserError: A sweep Optuna cannot sample.
     """
     lines = [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
     fixed, space = [], {}
@@ -81,7 +82,7 @@ def search_space(params: dict[str, str] | None, arguments: list[str]) -> tuple[l
         try:
             space[override.get_key_element()] = distribution(override)
         except ValueError as err:
-            raise SystemExit(f"error: {err}") from None
+            raise UserError(str(err)) from None
     return fixed, space
 
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fmnist_lightning.errors import RunError
 from fmnist_lightning.overrides import quoted
 
 #: The prefix of a journal file storage.
@@ -67,8 +68,8 @@ def open_storage(
         An ``optuna.storages.JournalStorage`` or ``RDBStorage``.
 
     Raises:
-        SystemExit: ``error: ...`` when the database cannot be opened (a bad URL, a missing
-            driver, an unreachable server, a missing folder) or the journal file cannot be made.
+        RunError: The database cannot be opened (a bad URL, a missing driver, an unreachable
+            server, a missing folder), or the journal file cannot be made.
     """
     import optuna
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
@@ -80,7 +81,7 @@ def open_storage(
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
         except OSError as err:
             why = err.strerror or err
-            raise SystemExit(f"error: hydra.sweeper.storage={spec}: cannot write {path} ({why})") from None
+            raise RunError(f"hydra.sweeper.storage={spec}: cannot write {path} ({why})") from None
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval else None
     for attempt in range(1, attempts + 1):
         try:
@@ -96,8 +97,8 @@ def open_storage(
             time.sleep(0.5 * attempt)
         except (OperationalError, ImportError, ValueError) as err:  # ImportError: no driver for the URL
             hint = "install its driver (PostgreSQL: pip install -e '.[cluster]'), " * isinstance(err, ImportError)
-            raise SystemExit(
-                f"error: hydra.sweeper.storage={spec}: cannot open the database "
+            raise RunError(
+                f"hydra.sweeper.storage={spec}: cannot open the database "
                 f"({str(err).strip().splitlines()[0]}); {hint}check the URL, that the server is up, "
                 "and that the database exists"
             ) from None
@@ -109,7 +110,7 @@ def sweep_study(sweep_dir: str | Path) -> Any:
     file named ``optuna.journal``, and study name, the folder's name), to read from Python.
 
     Raises:
-        SystemExit: ``error: ...`` when the journal file cannot be opened.
+        RunError: The journal file cannot be opened.
         KeyError: The folder's journal holds no such study.
     """
     import optuna

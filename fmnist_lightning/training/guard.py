@@ -64,7 +64,9 @@ class RunFolderGuard(Callback):
       which check that the command makes the same jobs (``fmnist_lightning.sweeps.continuing``);
       under any other sweeper it is refused.
 
-    Refusals end the process with one ``error: ...`` line, before Hydra writes anything.
+    Raises:
+        RunError: A refusal, before Hydra writes anything (``cli.hydra_hooks`` ends the
+            command with it in one ``error:`` line).
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -76,10 +78,7 @@ class RunFolderGuard(Callback):
             return
         if config.get("resume"):
             return
-        try:
-            _pin(config, "hydra.run.dir", self.claim_run(config))
-        except RunError as err:
-            raise SystemExit(f"error: {err}") from None
+        _pin(config, "hydra.run.dir", self.claim_run(config))
 
     @staticmethod
     def claim_run(config: DictConfig) -> Path:
@@ -106,17 +105,14 @@ class RunFolderGuard(Callback):
         continuable = str(config.hydra.sweeper.get("_target_", "")).startswith(CONTINUABLE)
         # Only this project's sweepers hand a claimed name with a suffix on to their jobs.
         timestamped = continuable and _timestamped(config, "hydra.sweep.dir")
-        try:
-            named = claim_folder(_named_folder(config, "hydra.sweep.dir"), timestamped)
-            folder = named.resolve()
-            RunFolder(folder).lock(kind="sweep")
-            if not continuable and any(RunFolder(job).holds_run() for job in folder.iterdir() if job.is_dir()):
-                RunFolder(folder).release()
-                raise RunError(
-                    f"the sweep folder {folder} (hydra.sweep.dir) already holds the jobs of a sweep, and "
-                    "new jobs there would overwrite them. Pick a new folder, or continue that sweep with "
-                    "this project's sweepers (hydra/sweeper=grid or optuna)."
-                )
-        except RunError as err:
-            raise SystemExit(f"error: {err}") from None
+        named = claim_folder(_named_folder(config, "hydra.sweep.dir"), timestamped)
+        folder = named.resolve()
+        RunFolder(folder).lock(kind="sweep")
+        if not continuable and any(RunFolder(job).holds_run() for job in folder.iterdir() if job.is_dir()):
+            RunFolder(folder).release()
+            raise RunError(
+                f"the sweep folder {folder} (hydra.sweep.dir) already holds the jobs of a sweep, and "
+                "new jobs there would overwrite them. Pick a new folder, or continue that sweep with "
+                "this project's sweepers (hydra/sweeper=grid or optuna)."
+            )
         _pin(config, "hydra.sweep.dir", named)

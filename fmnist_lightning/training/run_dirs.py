@@ -6,7 +6,7 @@
   ``os.mkdir``, atomic) and adds ``_1``, ``_2`` ... when another run started in the same
   second already took the name.
 - A folder that cannot be written, or whose disk is nearly full, is refused before any work.
-- ``fmnist_lightning.training.guard.RunFolderGuard`` checks the folder Hydra actually
+- ``fmnist_lightning.training.guard.RunFolderGuard`` claims the folder Hydra
   resolved, whatever its spelling, before Hydra writes anything into it.
 
 ``resume=<run folder>`` (writing into an earlier run on purpose) is in
