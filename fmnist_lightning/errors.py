@@ -60,13 +60,17 @@ class ImageTooLargeError(ImageError):
 
 @dataclass(frozen=True)
 class Problem:
-    """One bad config value: its dotted key, the value, and what would be allowed."""
+    """One bad config value: its dotted key, the value, and what would be allowed; or, with
+    ``at_group``, a config group whose class (``value``) refused its arguments, and its message."""
 
     key: str
     value: Any
     allowed: str
+    at_group: bool = False
 
     def __str__(self) -> str:
+        if self.at_group:
+            return f"{self.key} ({self.value}): {self.allowed}"
         return f"{self.key}={self.value!r}: {self.allowed}"
 
 

@@ -86,7 +86,10 @@ def test_config_error_lists_every_problem(make_cfg) -> None:
         "optimizer.lr",
         "callbacks.early_stopping.monitor",
     ]
-    assert "optimizer.lr=-1: Invalid learning rate: -1 (the default of torch.optim.Adam: 0.001)" in str(info.value)
+    assert (
+        "optimizer.lr=-1: input should be greater than or equal to 0 (the default of torch.optim.Adam: 0.001)"
+        in str(info.value)
+    )
     assert "use one of train/loss, train/acc, val/loss, val/acc, val/acc_best" in str(info.value)
 
 

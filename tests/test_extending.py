@@ -11,11 +11,13 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 import torch
 from digits import CONF, write_digits
 from PIL import Image
+from pydantic import Field, validate_call
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics import Metric
@@ -33,17 +35,18 @@ DIGITS = tuple(str(d) for d in range(10))
 
 class ResNet(nn.Module):
     """A small residual network (He et al., 2016), as a user would write one: plain PyTorch,
-    checking its own argument with a plain ValueError.
+    declaring the rule of its own argument where it is (pydantic's ``validate_call``).
 
     Float ``(B, 1, S, S)`` → ``(B, 10)`` logits: a 3×3 stem to ``width`` channels, ``blocks``
     residual blocks (two 3×3 convs with batch norm), average pooling to 4×4 (which keeps where
     strokes are), a linear layer.
     """
 
-    def __init__(self, image_size: int = 28, blocks: int = 2, width: int = 16, num_classes: int = 10) -> None:
+    @validate_call
+    def __init__(
+        self, image_size: int = 28, blocks: Annotated[int, Field(ge=1)] = 2, width: int = 16, num_classes: int = 10
+    ) -> None:
         super().__init__()
-        if blocks < 1:
-            raise ValueError(f"blocks must be at least 1, got {blocks}")
         self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         self.blocks = nn.ModuleList(
             nn.Sequential(
@@ -116,10 +119,9 @@ class LogitPenaltyClassifier(FashionMNISTClassifier):
     squared logit to the loss (logit regularisation) and logs the mean logit norm as
     ``train/logit_norm``, which it adds to ``logged_keys``."""
 
-    def __init__(self, *args, penalty: float = 0.01, **kwargs) -> None:
+    @validate_call
+    def __init__(self, *args, penalty: Annotated[float, Field(ge=0)] = 0.01, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if penalty < 0:
-            raise ValueError(f"penalty must be >= 0, got {penalty}")
         self.penalty = penalty
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_lightning.errors import ArgumentError, PartError
+from fmnist_lightning.errors import ArgumentError, PartError, require
 from fmnist_lightning.models.parts import takes_num_classes
 
 #: The LightningModule's arguments that are configs of their own, and their config keys.
@@ -33,11 +33,10 @@ def module_class(cfg: DictConfig) -> type[L.LightningModule]:
 
     Raises:
         ImportError, ValueError: It cannot be imported (Hydra's ``get_class``).
-        TypeError: It is not a LightningModule.
+        ArgumentError: It is not a LightningModule (argument ``_target_``).
     """
     cls = hydra.utils.get_class(cfg.module._target_)
-    if not issubclass(cls, L.LightningModule):
-        raise TypeError(f"{cfg.module._target_} is not a LightningModule")
+    require(issubclass(cls, L.LightningModule), "_target_", cfg.module._target_, "is not a LightningModule")
     return cls
 
 

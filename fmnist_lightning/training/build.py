@@ -4,8 +4,9 @@ This is the pre-flight check and the construction in one: ``build_run`` builds t
 network (inside the LightningModule), the DataModule (without reading data), the optimizer
 over the network's parameters, the scheduler, the callbacks, the loggers and the Trainer, as
 their own constructors (and Lightning's argument parsing) accept them. The run then uses
-these very objects. There is no second checker: objects check their own arguments, and
-``fmnist_lightning.training.config_keys`` says which config key a failure belongs to.
+these very objects. Objects check their own arguments; the third-party arguments of the
+shipped configs have declared rules (``training.schema``), checked first; and
+``fmnist_lightning.training.config_keys`` says which config key any other failure belongs to.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from fmnist_lightning.training.checkpoint_io import AtomicCheckpointIO
 from fmnist_lightning.training.config_keys import blame, options, type_problems, unknown_arguments
 from fmnist_lightning.training.precision import resolve_precision
 from fmnist_lightning.training.processes import launch_strategy
+from fmnist_lightning.training.schema import declared_problems
 
 #: The stages whose logged keys callbacks and sweeps may use.
 STAGES = ("train", "val", "test")
@@ -186,11 +188,13 @@ def _build_run(cfg: DictConfig, extra_callbacks: list[Callback], extra_loggers: 
         b.problems += wrong_type
         if not wrong_type:
             b.attempt("seed", lambda: L.seed_everything(seed, workers=True), seed)
+    declared = declared_problems(cfg)  # the declared rules of third-party arguments (training.schema)
+    b.problems += [problem for problems in declared.values() for problem in problems]
     datamodule = b.instantiate("data")
     model = _build_model(b) if isinstance(cfg.get("model"), DictConfig) else b.instantiate("model")
-    if model is not None:
+    if model is not None and "optimizer" not in declared:
         b.attempt("optimizer", model.build_optimizer)
-        if b.cfg.get("scheduler"):
+        if b.cfg.get("scheduler") and "scheduler" not in declared:
             b.attempt("scheduler", model.build_scheduler)
     else:  # they cannot be built without the network's parameters; their types can be checked
         for key in ("optimizer", "scheduler"):
@@ -206,7 +210,7 @@ def _build_run(cfg: DictConfig, extra_callbacks: list[Callback], extra_loggers: 
     unknown = unknown_arguments("trainer", cfg.trainer) if isinstance(cfg.get("trainer"), DictConfig) else []
     b.problems += unknown
     trainer = None
-    if not unknown:
+    if not unknown and "trainer" not in declared:
         trainer = b.instantiate(
             "trainer",
             callbacks=[*callbacks.values(), *extra_callbacks],
@@ -214,6 +218,9 @@ def _build_run(cfg: DictConfig, extra_callbacks: list[Callback], extra_loggers: 
             strategy=strategy,
             plugins=[AtomicCheckpointIO()],  # no half-written checkpoint under its final name
         )
-    if b.problems:
-        raise ConfigError(b.problems)
+    problems = [p for p in b.problems if not (p.at_group and p.key in declared)]  # said by its declared rule
+    order = list(cfg)  # in the config's order, whichever check found them
+    problems.sort(key=lambda p: order.index(p.key.split(".")[0]) if p.key.split(".")[0] in order else len(order))
+    if problems:
+        raise ConfigError(problems)
     return Run(datamodule, model, trainer, precision_reason)

@@ -1,11 +1,11 @@
-"""Which config key a failure belongs to: the blame half of ``fmnist_lightning.training.build``.
+"""Which config key a failure belongs to, from what is declared (``blame``):
 
 - An ``ArgumentError`` names its argument; the key is the
   config node it was built from plus that argument (``model.dropout``), or, where the value
   is an interpolation such as ``${data.image_size}``, the key it comes from.
-- Any other constructor error (a network of your own, torch, Lightning) is matched to the
-  argument its message names (``Precision '8' is invalid`` → ``trainer.precision``) or whose
-  value it mentions, else to the node's ``_target_``, with the config group's options.
+- The third-party arguments of the shipped configs have declared rules, checked before they
+  are built (``training.schema``); any other constructor error (a network of your own, torch,
+  Lightning) is reported at its group, with its message.
 - A value that the constructor accepted but that contradicts the constructor's type
   annotations (``data.batch_size=1.5`` for ``batch_size: int``) is reported too
   (checked with typeguard against the signature).
@@ -24,6 +24,7 @@ from importlib import resources
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from pydantic import ValidationError
 from typeguard import TypeCheckError, check_type
 
 from fmnist_lightning.errors import ArgumentError, Problem
@@ -96,11 +97,11 @@ def type_problems(key: str, node: DictConfig, target: Any = None) -> list[Proble
             expected = (
                 hints[name].__name__ if isinstance(hints[name], type) else str(hints[name]).replace("typing.", "")
             )
-            problems.append(_problem_at(node, _join(key, name), name, value, f"must be of type {expected}"))
+            problems.append(problem_at(node, _join(key, name), name, value, f"must be of type {expected}"))
     return problems
 
 
-def _problem_at(node: DictConfig, key: str, name: str, value: Any, allowed: str) -> Problem:
+def problem_at(node: DictConfig, key: str, name: str, value: Any, allowed: str) -> Problem:
     """A problem of argument ``name`` of ``node``; reported at the key an interpolated value
     comes from (``model.image_size: ${data.image_size}`` → ``data.image_size``)."""
     if name in node and OmegaConf.is_interpolation(node, name):
@@ -111,68 +112,99 @@ def _problem_at(node: DictConfig, key: str, name: str, value: Any, allowed: str)
     return Problem(key, value, allowed)
 
 
-def _default(node: DictConfig, name: str, target: Any = None) -> str:
-    """``"the default of <target>: <value>"`` for argument ``name``, or ``""``: a known good
-    value to suggest where the constructor's own message names none."""
-    try:
-        target = target or pydoc.locate(node._target_)
-        default = inspect.signature(target).parameters[name].default
-    except Exception:
-        return ""
-    if default is inspect.Parameter.empty or default is None:
-        return ""
-    return f"the default of {node.get('_target_') or target.__qualname__}: {default!r}"
-
-
 def blame(key: str, node: Any, err: BaseException, target: Any = None) -> Problem:
     """The config key that ``err``, raised while building ``node`` (at ``key``; ``""`` for
-    top-level keys, whose constructor is ``target``), belongs to."""
+    top-level keys, whose constructor is ``target``), belongs to, from what is declared:
+
+    - an ``ArgumentError`` (the project's own classes declare their arguments' rules, see
+      ``errors.require``) names its argument: the key is the node's, or that of the nested
+      node holding the argument (``data.augment.flip.p``), or where an interpolated value
+      comes from;
+    - a value that contradicts the constructor's type annotations is reported at its key
+      (``type_problems``);
+    - a target that cannot be imported is reported at ``<key>._target_``, with the group's
+      options;
+    - any other error (a third-party constructor's, on an argument without a declared rule:
+      see ``training.schema``) is reported at its group, with its message:
+      ``optimizer (torch.optim.Adam): ...``.
+    """
     chain, cause = [], err
     while cause is not None and cause not in chain:
         chain.append(cause)
         cause = cause.__cause__ or cause.__context__
-    full_key = next((m.group(1) for e in chain if (m := re.search(r"full_key: (\S+)", str(e)))), key)
-    if full_key != key and isinstance(node, DictConfig):  # a nested object, e.g. data.augment.flip
-        node = OmegaConf.select(node, full_key.removeprefix(f"{key}."))
+    declared = next((e for e in chain if isinstance(e, ValidationError)), None)
+    if declared is not None and isinstance(node, DictConfig):  # pydantic's validate_call, at the argument
+        error = declared.errors(include_url=False)[0]
+        name = str(error["loc"][0]) if error["loc"] else ""
+        value = error.get("input")
+        return problem_at(node, _join(key, name), name, value, lower(str(error["msg"])))
     argument = next((e for e in chain if isinstance(e, ArgumentError)), None)
     if argument is not None and isinstance(node, DictConfig):
-        return _problem_at(
-            node, _join(full_key, argument.argument), argument.argument, argument.value, argument.allowed
-        )
+        where, holder = _holder(key, node, argument) or (key, node)
+        return problem_at(holder, _join(where, argument.argument), argument.argument, argument.value, argument.allowed)
     innermost = chain[-1]
     message = _first_line(innermost)
     if not isinstance(node, DictConfig):
         return Problem(key, node, message)
-    arguments = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in HYDRA_KEYS}
-
-    def position(pattern: str) -> int:
-        found = re.search(rf"(?<![\w.]){re.escape(pattern)}(?![\w])", message)
-        return found.start() if found else len(message) + 1
-
-    group = full_key.split(".")[0]
-    fix = f"; use {options(group)}" if (CONF_DIR / group).is_dir() else ""
-    if (
-        isinstance(innermost, TypeError) and "unexpected keyword argument" in message
-    ):  # a class that takes other arguments
-        return Problem(
-            f"{full_key}._target_", node.get("_target_"), f"{message}{fix} (or a class that takes these arguments)"
-        )
-    named = sorted((position(name), name) for name in arguments)
-    mentioned = sorted(
-        (position(str(v)), name) for name, v in arguments.items() if len(str(v)) > 1 and not isinstance(v, dict)
-    )
-    for candidates in (named, mentioned):  # the argument the message names, else the one whose value it quotes
-        if candidates and candidates[0][0] <= len(message):
-            name = candidates[0][1]
-            hint = _default(node, name, target)
-            return _problem_at(
-                node, _join(full_key, name), name, arguments[name], f"{message}{' (' + hint + ')' if hint else ''}"
-            )
-    types = type_problems(full_key, node, target)
+    types = type_problems(key, node, target)
     if types:
         return Problem(types[0].key, types[0].value, f"{types[0].allowed} ({message})")
-    unimportable = isinstance(innermost, ImportError) or "Error locating target" in str(err)
-    what = "cannot be imported" if unimportable else f"cannot be built: {message}"
-    return Problem(
-        f"{full_key}._target_", node.get("_target_"), f"{what}{fix} (or the import path of a class of your own)"
-    )
+    group = key.split(".")[0]
+    fix = f"; use {options(group)}" if (CONF_DIR / group).is_dir() else ""
+    what = node.get("_target_") or getattr(target, "__qualname__", None)
+    if any(isinstance(e, ImportError) for e in chain):
+        where, what = _unimportable(key, node) or (key, what)
+        return Problem(
+            f"{where}._target_", what, f"cannot be imported{fix} (or the import path of a class of your own)"
+        )
+    if isinstance(innermost, TypeError) and unknown_arguments(key, node):  # a class that takes other arguments
+        return Problem(f"{key}._target_", what, f"{message}{fix} (or a class that takes these arguments)")
+    return Problem(key or "module", what, message, at_group=True)
+
+
+def default_hint(node: DictConfig, name: str) -> str:
+    """``"the default of <target>: <value>"`` for argument ``name`` of ``node``'s target (its
+    signature), or ``""``: a known good value to suggest beside a rule."""
+    try:
+        default = inspect.signature(pydoc.locate(str(node.get("_target_")))).parameters[name].default
+    except Exception:
+        return ""
+    if default is inspect.Parameter.empty or default is None:
+        return ""
+    return f"the default of {node.get('_target_')}: {default!r}"
+
+
+def lower(message: str) -> str:
+    """A validator's message as the rest of a line: ``Input should be ...`` → ``input should be ...``."""
+    message = message.removeprefix("Value error, ")
+    return message[:1].lower() + message[1:]
+
+
+def _unimportable(key: str, node: DictConfig) -> tuple[str, str] | None:
+    """``(key, target)`` of the first ``_target_`` in ``node`` or its nested configs that
+    cannot be imported (``data.augment.flip`` for ``torch.nn.Flipp``); ``None`` if all can."""
+    from hydra.utils import get_object
+
+    target = node.get("_target_")
+    if isinstance(target, str):
+        try:
+            get_object(target)
+        except Exception:
+            return key, target
+    for name, child in node.items():
+        found = _unimportable(_join(key, str(name)), child) if isinstance(child, DictConfig) else None
+        if found is not None:
+            return found
+    return None
+
+
+def _holder(key: str, node: DictConfig, argument: ArgumentError) -> tuple[str, DictConfig] | None:
+    """``(key, node)`` of the node that has ``argument``'s argument: ``node`` itself, else the
+    first nested config that does (``data.augment.flip`` for ``p``); ``None`` if none."""
+    if argument.argument in node:
+        return key, node
+    for name, child in node.items():
+        found = _holder(_join(key, str(name)), child, argument) if isinstance(child, DictConfig) else None
+        if found is not None:
+            return found
+    return None
