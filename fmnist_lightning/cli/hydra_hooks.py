@@ -11,12 +11,19 @@ Hydra prints a traceback for any ``Exception`` raised in them (its ``run_and_rep
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from fmnist_lightning.errors import UserError
-from fmnist_lightning.sweeps import callback, grid, optuna_search
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from fmnist_lightning.errors import RunError, UserError
+from fmnist_lightning.sweeps import grid, optuna_search
 from fmnist_lightning.training import guard
+
+log = logging.getLogger(__name__)
 
 
 def exits_on_refusal(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -44,11 +51,41 @@ class RunFolderGuard(guard.RunFolderGuard):
     on_multirun_start = exits_on_refusal(guard.RunFolderGuard.on_multirun_start)
 
 
-class SweepSummary(callback.SweepSummary):
-    """``fmnist_lightning.sweeps.callback.SweepSummary``; a sweep with unfinished jobs ends
-    with exit status 1."""
+class SweepSummary(Callback):
+    """Hydra callback (``conf/hydra/default.yaml``): when a multirun ends, writes its summary
+    into the sweep folder (``fmnist_lightning.sweeps.summary``) and prints it; a sweep with a
+    job that did not finish ends with ``error: ...`` and exit status 1.
 
-    on_multirun_end = exits_on_refusal(callback.SweepSummary.on_multirun_end)
+    Args:
+        metric: The metric configurations are ranked by; ``None`` uses the config's
+            ``optimized_metric``.
+    """
+
+    def __init__(self, metric: str | None = None) -> None:
+        self.metric = metric
+
+    @exits_on_refusal
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from fmnist_lightning.sweeps.summary import summarize
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            markdown, jobs = summarize(sweep_dir, self.metric or config.get("optimized_metric") or "val/acc_best")
+        except FileNotFoundError as err:
+            log.warning("No sweep summary: %s", err)
+            return
+        except UserError as err:  # a job's files are damaged
+            raise RunError(f"no sweep summary: {err}") from None
+        print(
+            f"\n{markdown}\nSummary files: {sweep_dir}/summary.md, summary.csv, summary_jobs.csv, summary.png",
+            flush=True,
+        )
+        unfinished = [j for j in jobs if not j.ended]
+        if unfinished:
+            raise RunError(
+                f"{len(unfinished)} of {len(jobs)} jobs did not finish "
+                f"(jobs {', '.join(j.folder.name for j in unfinished)}); see {sweep_dir / 'summary.md'}"
+            )
 
 
 class GridSweeper(grid.GridSweeper):
