@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fmnist_lightning.artifacts import read_yaml
 from fmnist_lightning.errors import FolderInUseError, RunError
 from fmnist_lightning.overrides import parse_overrides
-from fmnist_lightning.run_folder import RunFolder
+from fmnist_lightning.run_folder import LAST_CHECKPOINT, RunFolder
 from fmnist_lightning.sweeps.jobs import job_folders, read_job
 from fmnist_lightning.training.precision import AUTO
 from fmnist_lightning.training.run_dirs import job_number
@@ -230,10 +230,11 @@ def report(plan: Plan, total: int) -> None:
     """Logs what a continued sweep skips and continues."""
     if plan.done or plan.continued:
         log.info(
-            "Continuing the sweep: %d of %d jobs done and kept, %d continued from last.ckpt (%s), %d to run",
+            "Continuing the sweep: %d of %d jobs done and kept, %d continued from %s (%s), %d to run",
             len(plan.done),
             total,
             len(plan.continued),
+            LAST_CHECKPOINT,
             ", ".join(map(str, plan.continued)) or "none",
             len(plan.run) - len(plan.continued),
         )

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, open_dict
 
 from fmnist_lightning.errors import RunError
 from fmnist_lightning.overrides import key_of, quoted, value_of
-from fmnist_lightning.run_folder import CONFIG_FILE, HYDRA_DIR, RunFolder, read_sweep_overrides
+from fmnist_lightning.run_folder import CONFIG_FILE, HYDRA_DIR, LAST_CHECKPOINT, RunFolder, read_sweep_overrides
 from fmnist_lightning.training.precision import AUTO
 from fmnist_lightning.training.processes import in_multirun, is_child_rank, train_command
 from fmnist_lightning.trust import TARGET, TRUST_KEY, UntrustedConfigError, check_overrides
@@ -206,8 +206,9 @@ def continue_job(cfg: DictConfig) -> bool:
             cfg.trainer.precision = saved.trainer.precision
     restart = os.environ.get("SLURM_RESTART_COUNT")
     log.info(
-        "Continuing the interrupted job in %s from its last.ckpt%s",
+        "Continuing the interrupted job in %s from its %s%s",
         output_dir,
+        LAST_CHECKPOINT,
         f" (SLURM restart {restart})" if restart else "",
     )
     return True

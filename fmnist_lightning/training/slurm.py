@@ -21,6 +21,8 @@ import os
 import signal
 import subprocess
 
+from fmnist_lightning.run_folder import LAST_CHECKPOINT
+
 log = logging.getLogger(__name__)
 
 #: submitit's environment variable naming its time-limit signal (without ``SIG``).
@@ -73,5 +75,5 @@ def requeue() -> bool:
     if result.returncode != 0:
         log.warning("scontrol requeue %s failed: %s", job, result.stderr.strip())
         return False
-    log.warning("Requeued SLURM job %s: when it starts again, it continues from last.ckpt", job)
+    log.warning("Requeued SLURM job %s: when it starts again, it continues from %s", job, LAST_CHECKPOINT)
     return True

@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_lightning.errors import RunError
-from fmnist_lightning.run_folder import RunFolder
+from fmnist_lightning.run_folder import CHECKPOINTS, LAST_CHECKPOINT, RunFolder
 from fmnist_lightning.training.processes import train_command
 from fmnist_lightning.trust import TRUST_KEY
 
@@ -56,7 +56,8 @@ def start_checkpoint(cfg: DictConfig) -> Path | None:
         raise RunError(
             f"ckpt_path={ckpt_path} would look for a checkpoint in this new run folder {output_dir}, "
             "find none, and train from scratch. To continue an earlier run use resume=<run folder>; "
-            "to start from a checkpoint file, give its path, e.g. ckpt_path=outputs/runs/<run>/checkpoints/last.ckpt"
+            "to start from a checkpoint file, give its path, e.g. "
+            f"ckpt_path=outputs/runs/<run>/{CHECKPOINTS}/{LAST_CHECKPOINT}"
         )
     if not Path(ckpt_path).is_file():
         raise RunError(
