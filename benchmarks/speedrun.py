@@ -9,7 +9,7 @@ Each run is ``python train.py experiment=speedrun_<target> seed=<s>``, a process
 timed from its launch to its exit: start-up, training, validation, the test, the report and
 its files. ``--ablations`` adds, per target, one row for each technique the recipe keeps: the
 same command with that technique taken out (``ABLATIONS``), on the same seeds. ``--plain N``
-also runs recipe 001 written the recipes' way in plain PyTorch (``time_to_accuracy.py``'s
+also runs recipe 001 written the recipes' way in plain PyTorch (``speed/time_to_accuracy.py``'s
 ``plain_001``, 10 epochs, about 5 min) on the first N seeds, and its time to 91 % (from
 launch to the end of the first epoch whose weights score 91 % on the test set) is set against
 the 91 % recipe's whole process.
@@ -94,7 +94,7 @@ def run_once(cmd: list[str], folder: Path) -> dict:
 def plain_time_to(
     folder: Path, seed: int, data_root: str, target: float, epochs: int | None = None, limit_batches: int | None = None
 ) -> dict:
-    """``time_to_accuracy.py``'s plain recipe-001 loop: seconds from launch to the end of the
+    """``speed/time_to_accuracy.py``'s plain recipe-001 loop: seconds from launch to the end of the
     first epoch whose weights reach ``target`` (a fraction) on the test set, or ``None``;
     ``epochs`` and ``limit_batches`` (``None``: 10 epochs of every batch) shorten it."""
     import time_to_accuracy as tta
@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--plain-limit-batches", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    sys.path.insert(0, str(REPO / "benchmarks" / "speed"))  # benchmark.py, time_to_accuracy.py
     from benchmark import machine
 
     from fmnist_lightning.cli.compare import without_nan

@@ -1,7 +1,7 @@
 """Every error a user can fix, each with a message that says what was wrong and how to fix it.
 
-Entry points (``train.py``, ``evaluate.py``, ``predict.py``) catch ``UserError`` and print
-its message as one ``error: ...`` line, without a traceback. Kept free of heavy imports.
+The commands (``fmnist_lightning/cli/``) catch ``UserError`` and print its message as one
+``error: ...`` line, without a traceback. Kept free of heavy imports.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ lock never blocks a later resume, and nothing needs cleaning up. A second proces
 to write there (``resume=`` of the same run, a new run forced into the folder with
 ``hydra.run.dir``) is refused at once, before Hydra writes anything, with the PID of the
 holder (found in ``/proc/locks``). Under DDP only rank 0 holds it. Reading a run folder
-(``evaluate.py``, ``predict.py``) takes no lock. A sweep folder has a lock of its own, held
+(``fmnist-evaluate``, ``fmnist-predict``) takes no lock. A sweep folder has a lock of its own, held
 by the process that runs the sweep, so a second sweep into the same folder is refused before
 any of its jobs starts.
 

@@ -26,7 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fmnist_lightning.data.datasets import load_dataset
 from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, ensure_files, find_file
 from fmnist_lightning.models.nets import TwoConv5x5Net
-from in_process import clean_state, run_command
+from in_process import clean_state, command_path, run_command
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -60,11 +60,21 @@ SCRIPT_ENV = {
 }
 
 
+def script_command(script: str) -> list[str]:
+    """How a shell starts ``script``: a file of the repository (``train.py``,
+    ``benchmarks/speedrun.py``) with this Python, a command (``fmnist-evaluate``, or
+    ``evaluate.py``: ``in_process.command_name``) as its console script."""
+    if (REPO / script).is_file():
+        return [sys.executable, str(REPO / script)]
+    return [str(command_path(script))]
+
+
 def run_script(script: str, *args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Runs ``python <script> <args>`` as a new process, from the repository (as a user would),
-    and returns it. ``in_process.run_command`` does the same without starting Python again."""
+    """Runs ``script <args>`` (``script_command``) as a new process, from the repository (as a
+    user would), and returns it. ``in_process.run_command`` does the same for a command without
+    starting Python again."""
     return subprocess.run(
-        [sys.executable, str(REPO / script), *args],
+        [*script_command(script), *args],
         cwd=cwd,
         env={**SCRIPT_ENV, **(env or {})},
         capture_output=True,
@@ -74,11 +84,11 @@ def run_script(script: str, *args: str, cwd: Path = REPO, env: dict | None = Non
 
 
 def start_script(script: str, *args: str, cwd: Path = REPO, new_session: bool = False) -> subprocess.Popen:
-    """Starts ``python <script> <args>`` in the background (output discarded); with
+    """Starts ``script <args>`` (``script_command``) in the background (output discarded); with
     ``new_session``, in a process group of its own (``os.killpg(process.pid, ...)`` then
     signals it and the processes it starts, as a terminal's Ctrl-C or ``srun`` does)."""
     return subprocess.Popen(
-        [sys.executable, str(REPO / script), *args],
+        [*script_command(script), *args],
         cwd=cwd,
         env=SCRIPT_ENV,
         stdout=subprocess.DEVNULL,

@@ -1,13 +1,16 @@
 """The commands run inside the test process, and a clean process state for every test.
 
-``run_command("train.py", *args)`` calls the command's own ``main()`` (the function that
-``python train.py`` and the console script ``fmnist-train`` call) with ``sys.argv`` set as the
-shell would set it, in ``cwd``, and returns what a subprocess would: the exit status, stdout
-and stderr. It skips only the interpreter's start and Lightning's import (about 6 s a
-command); everything after ``main()`` is the real command. What only a separate process can
-show (signals, a killed process, two writers, the interpreter's own exit) stays in the tests
-that start one (``conftest.run_script``), most of them ``slow``; each command also has one
-end-to-end test through ``python <script>`` in ``tests/test_commands.py``.
+``run_command("fmnist-evaluate", *args)`` calls the command's own ``main()`` (the function
+that the console script ``fmnist-evaluate`` and ``python -m fmnist_lightning.cli.evaluate``
+call) with ``sys.argv`` set as the shell would set it, in ``cwd``, and returns what a
+subprocess would: the exit status, stdout and stderr. A command is named by its console script
+or by its module's file in ``fmnist_lightning/cli/`` (``evaluate.py``; ``train.py`` is also
+the clone's own script, ``python train.py``): ``command_name``. It skips only the
+interpreter's start and Lightning's import (about 6 s a command); everything after ``main()``
+is the real command. What only a separate process can show (signals, a killed process, two
+writers, the interpreter's own exit) stays in the tests that start one
+(``conftest.run_script``), most of them ``slow``; each command also has one end-to-end test
+through its console script in ``tests/test_commands.py``.
 
 ``clean_state`` gives every test the process state a fresh interpreter would: Hydra's
 ``GlobalHydra`` and ``HydraConfig`` cleared, logging handlers and levels, environment, working
@@ -34,17 +37,8 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-#: The commands, by the script a clone runs them with (``python train.py`` → ``cli.train``).
-COMMANDS = (
-    "train.py",
-    "evaluate.py",
-    "predict.py",
-    "summarize.py",
-    "export.py",
-    "serve.py",
-    "compare.py",
-    "robustness.py",
-)
+#: The commands, by their modules in fmnist_lightning/cli/ (console scripts ``fmnist-<name>``).
+COMMANDS = ("train", "evaluate", "predict", "summarize", "export", "serve", "compare", "robustness")
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -121,18 +115,34 @@ def _exit_status(err: SystemExit, stderr: io.StringIO) -> int:
     return 1
 
 
-def run_command(script: str, *args: str, cwd: Path = REPO, env: dict[str, str] | None = None):
-    """Runs ``python <script> <args>`` in this process; returns a ``CompletedProcess`` with its
-    exit status, stdout and stderr (an uncaught exception: its traceback and status 1, as the
-    interpreter prints it). ``env``: variables set for the command only."""
-    if script not in COMMANDS:
-        raise ValueError(f"{script} is not one of the commands {COMMANDS}")
-    main = importlib.import_module(f"fmnist_lightning.cli.{Path(script).stem}").main
+def command_name(command: str) -> str:
+    """``evaluate`` for ``fmnist-evaluate`` (the console script) or ``evaluate.py`` (its module
+    in fmnist_lightning/cli/)."""
+    name = command.removeprefix("fmnist-").removesuffix(".py")
+    if name not in COMMANDS or command not in (f"fmnist-{name}", f"{name}.py"):
+        raise ValueError(f"{command} is not one of the commands fmnist-{{{','.join(COMMANDS)}}}")
+    return name
+
+
+def command_path(command: str) -> Path:
+    """What ``sys.argv[0]`` is when the shell runs ``command``: the clone's ``train.py`` for
+    ``train.py``, else the console script beside this Python (``.venv/bin/fmnist-evaluate``)."""
+    if command == "train.py":
+        return REPO / "train.py"
+    return Path(sys.executable).parent / f"fmnist-{command_name(command)}"
+
+
+def run_command(command: str, *args: str, cwd: Path = REPO, env: dict[str, str] | None = None):
+    """Runs ``command <args>`` in this process (``command``: ``fmnist-evaluate``, or
+    ``evaluate.py``: ``command_name``); returns a ``CompletedProcess`` with its exit status,
+    stdout and stderr (an uncaught exception: its traceback and status 1, as the interpreter
+    prints it). ``env``: variables set for the command only."""
+    main = importlib.import_module(f"fmnist_lightning.cli.{command_name(command)}").main
     stdout, stderr = io.StringIO(), io.StringIO()
     with clean_state(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         os.environ.update(env or {})
         os.chdir(cwd)
-        sys.argv[:] = [str(REPO / script), *args]
+        sys.argv[:] = [str(command_path(command)), *args]
         try:
             main()
             status = 0
@@ -141,4 +151,4 @@ def run_command(script: str, *args: str, cwd: Path = REPO, env: dict[str, str] |
         except (Exception, KeyboardInterrupt):
             traceback.print_exc(file=stderr)
             status = 1
-    return subprocess.CompletedProcess([script, *args], status, stdout.getvalue(), stderr.getvalue())
+    return subprocess.CompletedProcess([command, *args], status, stdout.getvalue(), stderr.getvalue())

@@ -14,7 +14,7 @@ from conftest import run_script
 def test_benchmark_runs_all_variants(data_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     result = run_script(
-        "benchmarks/benchmark.py",
+        "benchmarks/speed/benchmark.py",
         "--recipes",
         "recipe_004",
         "--reps",
@@ -40,7 +40,7 @@ def test_benchmark_runs_all_variants(data_root: Path, tmp_path: Path) -> None:
 def test_time_to_accuracy_runs_every_variant(data_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "time_to_accuracy.json"
     result = run_script(
-        "benchmarks/time_to_accuracy.py",
+        "benchmarks/speed/time_to_accuracy.py",
         *("--reps", "1", "--epochs", "2", "--limit-batches", "20"),
         *("--data-root", str(data_root), "--workdir", str(tmp_path / "runs"), "--out", str(out)),
     )
@@ -67,7 +67,7 @@ def test_time_to_accuracy_runs_every_variant(data_root: Path, tmp_path: Path) ->
 def test_profile_step_splits_a_step(data_root: Path, tmp_path: Path) -> None:
     variant = "trainer.precision=32-true optimizer.fused=true"
     result = run_script(
-        "benchmarks/profile_step.py",
+        "benchmarks/speed/profile_step.py",
         *("--batch-size", "32", "--reps", "1", "--steps", "40", "--variant", variant),
         f"data.root={data_root}",
         cwd=tmp_path,
@@ -133,7 +133,7 @@ def test_pruning_benchmark_runs_both_searches(data_root: Path, tmp_path: Path) -
     quick = ["model=two_conv", "data.image_size=16", "trainer.max_epochs=2", "trainer.limit_train_batches=10"]
     quick += ["trainer.limit_val_batches=2", f"data.root={data_root}"]
     result = run_script(
-        "benchmarks/pruning.py",
+        "benchmarks/speed/pruning.py",
         *("--trials", "3", "--precision", "32-true", "--override", *quick),
         *("--folder", str(tmp_path / "searches"), "--out", str(out)),
     )

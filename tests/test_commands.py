@@ -1,26 +1,29 @@
-"""One end-to-end test per command, through ``python <script>`` as a new process, as a user runs
-it: ``train``, ``resume=``, ``evaluate``, ``predict``, ``summarize``, ``export``, ``serve`` and
-``compare`` (``robustness`` runs as a process in tests/test_robustness.py).
+"""One end-to-end test per command as a new process, as a user runs it: ``train`` and
+``resume=`` through the clone's ``python train.py``, ``fmnist-evaluate``, ``fmnist-predict``,
+``fmnist-summarize``, ``fmnist-export``, ``fmnist-serve`` and ``fmnist-compare`` through their
+console scripts (``fmnist-robustness`` runs as a process in tests/test_robustness.py), and
+``python -m fmnist_lightning.cli.<command>``.
 
 Each runs the command once as it should work (exit status 0, what it writes) and once with a
 bad input (exit status 1, one ``error:`` line saying what to fix, no traceback). Every other
 command-line test calls the same ``main()`` in the test process (``in_process.run_command``);
-these are the ones that also cover the interpreter's start, the scripts in the clone, the
-exit status the shell sees, and stderr as the terminal shows it. Each command here pays the
-imports again (about 6 s), so they are ``slow``: CI runs them, and so does
-``pytest -m slow``.
+these are the ones that also cover the interpreter's start, the console scripts and the
+clone's script, the exit status the shell sees, and stderr as the terminal shows it. Each
+command here pays the imports again (about 6 s), so they are ``slow``: CI runs them, and so
+does ``pytest -m slow``.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import job_folder, run_script
+from conftest import REPO, SCRIPT_ENV, job_folder, run_script
 from fmnist_lightning.run_folder import RunFolder
 from in_process import run_command
 
@@ -73,17 +76,17 @@ def test_resume(run_copy: Path) -> None:
 
 
 def test_evaluate(run_copy: Path, tmp_path: Path) -> None:
-    result = run_script("evaluate.py", f"run_dir={run_copy}", "device=cpu", f"hydra.run.dir={tmp_path / 'eval'}")
+    result = run_script("fmnist-evaluate", f"run_dir={run_copy}", "device=cpu", f"hydra.run.dir={tmp_path / 'eval'}")
     succeeded(result)
     assert "test accuracy" in result.stdout
-    refused(run_script("evaluate.py", f"run_dir={tmp_path / 'missing'}", cwd=tmp_path), "missing")
+    refused(run_script("fmnist-evaluate", f"run_dir={tmp_path / 'missing'}", cwd=tmp_path), "missing")
 
 
 def test_predict(run_copy: Path, image: Path) -> None:
-    result = run_script("predict.py", f"run_dir={run_copy}", f"images=[{image}]", "preprocess=none", "device=cpu")
+    result = run_script("fmnist-predict", f"run_dir={run_copy}", f"images=[{image}]", "preprocess=none", "device=cpu")
     succeeded(result)
     assert result.stdout.startswith(f"{image}: ")
-    refused(run_script("predict.py", f"run_dir={run_copy}", f"images=[{image}]", "invert=maybe"), "invert='maybe'")
+    refused(run_script("fmnist-predict", f"run_dir={run_copy}", f"images=[{image}]", "invert=maybe"), "invert='maybe'")
 
 
 def test_summarize(data_root: Path, tmp_path: Path) -> None:
@@ -91,28 +94,48 @@ def test_summarize(data_root: Path, tmp_path: Path) -> None:
     made = run_command("train.py", "-m", *TINY, "seed=1,2", f"data.root={data_root}", f"hydra.sweep.dir={sweep}")
     assert made.returncode == 0, made.stderr[-3000:]
     (sweep / "summary.md").unlink()
-    result = run_script("summarize.py", f"sweep_dir={sweep}")
+    result = run_script("fmnist-summarize", f"sweep_dir={sweep}")
     succeeded(result)
     assert "2 jobs, 2 finished" in result.stdout and (sweep / "summary.md").is_file()
     assert RunFolder(job_folder(sweep, 0)).read_status()["status"] == "finished"
-    refused(run_script("summarize.py", f"sweep_dir={tmp_path / 'nothing'}"), "nothing")
+    refused(run_script("fmnist-summarize", f"sweep_dir={tmp_path / 'nothing'}"), "nothing")
 
 
 def test_export(run_copy: Path) -> None:
-    succeeded(run_script("export.py", f"run_dir={run_copy}", "format=onnx"))
+    succeeded(run_script("fmnist-export", f"run_dir={run_copy}", "format=onnx"))
     assert (run_copy / "model.onnx").is_file()
-    refused(run_script("export.py", f"run_dir={run_copy}", "format=tflite"), "format='tflite'")
+    refused(run_script("fmnist-export", f"run_dir={run_copy}", "format=tflite"), "format='tflite'")
 
 
 def test_serve(tmp_path: Path) -> None:
     """The server itself runs as a process in tests/test_serve.py (``start_server``: the
     ``fmnist-serve`` command, waited on until healthy); here the command refuses a folder that
     is not a run before it binds a port."""
-    refused(run_script("serve.py", f"run_dir={tmp_path}", "port=1"), "is not a run folder")
+    refused(run_script("fmnist-serve", f"run_dir={tmp_path}", "port=1"), "is not a run folder")
 
 
 def test_compare(run_copy: Path, tmp_path: Path) -> None:
-    result = run_script("compare.py", str(run_copy), str(run_copy))
+    result = run_script("fmnist-compare", str(run_copy), str(run_copy))
     succeeded(result)
     assert "No significant difference: B − A = +0.00 points" in result.stdout
-    refused(run_script("compare.py", str(run_copy), str(tmp_path / "missing")), "is not a folder")
+    refused(run_script("fmnist-compare", str(run_copy), str(tmp_path / "missing")), "is not a folder")
+
+
+def python_m(command: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m fmnist_lightning.cli.<command> <args>`` as a new process, from the repository."""
+    module = f"fmnist_lightning.cli.{command}"
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=SCRIPT_ENV, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_python_m(run_copy: Path, tmp_path: Path) -> None:
+    """``python -m fmnist_lightning.cli.<command>`` is the same command: its configs are found
+    (as the package ``fmnist_lightning.conf``, not beside the module's file), and training
+    names itself that way in what it tells the user to run."""
+    result = python_m("evaluate", f"run_dir={run_copy}", "device=cpu", f"hydra.run.dir={tmp_path / 'eval'}")
+    succeeded(result)
+    assert "test accuracy" in result.stdout
+    refused(python_m("export", f"run_dir={run_copy}", "format=tflite"), "format='tflite'")
+    swept = python_m("train", "-m", f"resume={run_copy}")
+    refused(swept, "continue a whole sweep with python -m fmnist_lightning.cli.train resume=<sweep folder>")

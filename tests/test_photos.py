@@ -110,11 +110,11 @@ def test_blank_image_and_wrong_sizes_are_refused():
 @pytest.mark.slow  # a benchmark script: a new process (about 10 s)
 def test_photo_benchmark_smallest_configuration(trained_run: Path, data_root: Path, tmp_path: Path):
     """On 200 real test images made photo-like, ``photo`` beats ``pad``, and ``none`` refuses
-    them (benchmarks/photo_preprocessing.py; RESULTS.md has the 2,000-image run)."""
+    them (benchmarks/analyses/photo_preprocessing.py; RESULTS.md has the 2,000-image run)."""
     out = tmp_path / "photos.json"
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "photo_preprocessing.py"), "--run-dir", str(trained_run),
-         "--images", "200", "--data-root", str(data_root), "--json", str(out)],
+        [sys.executable, str(REPO / "benchmarks" / "analyses" / "photo_preprocessing.py"),
+         "--run-dir", str(trained_run), "--images", "200", "--data-root", str(data_root), "--json", str(out)],
         env=SCRIPT_ENV, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

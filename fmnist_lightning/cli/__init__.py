@@ -1,8 +1,10 @@
-"""The four commands: ``fmnist-train``, ``fmnist-evaluate``, ``fmnist-predict`` and
-``fmnist-summarize`` (``[project.scripts]`` in pyproject.toml), also run from a clone as
-``python train.py``, ``python evaluate.py``, ... Each composes its config from the package's
-``fmnist_lightning.conf`` (the repository's ``conf/``) and writes under ``outputs/`` in the
-working directory."""
+"""The commands: ``fmnist-train``, ``fmnist-evaluate``, ``fmnist-predict``, ``fmnist-summarize``,
+``fmnist-export``, ``fmnist-serve``, ``fmnist-compare`` and ``fmnist-robustness``
+(``[project.scripts]`` in pyproject.toml), one module each, also run as
+``python -m fmnist_lightning.cli.<command>`` (and training as ``python train.py`` in a clone).
+Each composes its config from ``pkg://fmnist_lightning.conf`` (the repository's ``conf/`` in
+a clone), named as a package rather than relative to the module's file so that ``python -m``
+finds it too, and writes under ``outputs/`` in the working directory."""
 
 import sys
 from collections.abc import Callable, Iterator

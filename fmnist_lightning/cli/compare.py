@@ -1,5 +1,5 @@
 """Is B better than A? ``fmnist-compare <run or sweep A> <run or sweep B>``
-(``python compare.py ...`` in a clone).
+(or ``python -m fmnist_lightning.cli.compare ...``).
 
 Two runs (or ``fmnist-evaluate`` folders) are compared image by image on the test set
 (``fmnist_lightning.evaluation.compare``), two sweeps configuration by configuration over seeds
@@ -83,3 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         write_atomically(args.output / "comparison.md", markdown)
         write_atomically(args.output / "comparison.json", text)
     print(text if args.json else markdown, end="")
+
+
+if __name__ == "__main__":  # python -m fmnist_lightning.cli.compare
+    main()

@@ -1,5 +1,5 @@
 """Re-evaluate a finished run: ``fmnist-evaluate run_dir=outputs/runs/<run>``
-(``python evaluate.py ...`` in a clone).
+(or ``python -m fmnist_lightning.cli.evaluate ...``).
 
 Writes report.json, report.md and confusion_matrix.png into
 ``outputs/evaluations/<date>_<time>/`` (see conf/evaluate.yaml); with ``robustness=true`` also
@@ -17,7 +17,7 @@ from fmnist_lightning.evaluation import evaluate_run
 from fmnist_lightning.training.run_dirs import register_resolvers
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="pkg://fmnist_lightning.conf", config_name="evaluate")
 def evaluate(cfg: DictConfig) -> None:
     output_dir = HydraConfig.get().runtime.output_dir
     with errors_as_lines(output_dir):
@@ -51,3 +51,7 @@ def main() -> None:
     hydra_argv()
     register_resolvers()
     evaluate()
+
+
+if __name__ == "__main__":  # python -m fmnist_lightning.cli.evaluate
+    main()

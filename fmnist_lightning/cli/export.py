@@ -1,5 +1,5 @@
 """Export a run: ``fmnist-export run_dir=outputs/runs/<run> [format=onnx|torch_export]``
-(``python export.py ...`` in a clone).
+(or ``python -m fmnist_lightning.cli.export ...``).
 
 Writes ``model.onnx`` or ``model.pt2`` into the run folder (see conf/export.yaml and
 fmnist_lightning/serving/export.py).
@@ -13,7 +13,7 @@ from fmnist_lightning.errors import UserError
 from fmnist_lightning.run_folder import RunFolder
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path="pkg://fmnist_lightning.conf", config_name="export")
 def export(cfg: DictConfig) -> None:
     from fmnist_lightning.data.photos import SIDE
     from fmnist_lightning.serving.export import export_run  # torch.onnx and onnx load slowly
@@ -32,3 +32,7 @@ def main() -> None:
     require_configs()
     hydra_argv()
     export()
+
+
+if __name__ == "__main__":  # python -m fmnist_lightning.cli.export
+    main()

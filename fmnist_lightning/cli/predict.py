@@ -1,6 +1,6 @@
 """Classify image files with a trained run:
 ``fmnist-predict run_dir=outputs/runs/<run> images='[shirt.png,bag.jpg]'``
-(``python predict.py ...`` in a clone).
+(or ``python -m fmnist_lightning.cli.predict ...``).
 
 Prints one line per file; ``output=preds.json`` also writes JSON. Exits with 1 if any file
 could not be classified (the others are still classified). See conf/predict.yaml.
@@ -23,7 +23,7 @@ from fmnist_lightning.evaluation.files import predict_files
 from fmnist_lightning.evaluation.runs import load_trained
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path="pkg://fmnist_lightning.conf", config_name="predict")
 def predict(cfg: DictConfig) -> None:
     images = list(cfg.images) if isinstance(cfg.images, ListConfig) else [cfg.images]
     try:
@@ -73,3 +73,7 @@ def main() -> None:
     require_configs()
     hydra_argv()
     predict()
+
+
+if __name__ == "__main__":  # python -m fmnist_lightning.cli.predict
+    main()

@@ -1,5 +1,5 @@
 """A finished run's accuracy under corruptions: ``fmnist-robustness run_dir=outputs/runs/<run>``
-(``python robustness.py ...`` in a clone).
+(or ``python -m fmnist_lightning.cli.robustness ...``).
 
 Writes robustness.json, robustness.md, robustness.png and TensorBoard events into
 ``outputs/robustness/<date>_<time>/`` (see conf/robustness.yaml and docs/robustness.md).
@@ -36,7 +36,7 @@ def run_robustness(output_dir: str | Path, **options: Any) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="robustness")
+@hydra.main(version_base="1.3", config_path="pkg://fmnist_lightning.conf", config_name="robustness")
 def robustness(cfg: DictConfig) -> None:
     options = OmegaConf.to_container(cfg, resolve=True)
     output_dir = HydraConfig.get().runtime.output_dir
@@ -50,3 +50,7 @@ def main() -> None:
     hydra_argv()
     register_resolvers()
     robustness()
+
+
+if __name__ == "__main__":  # python -m fmnist_lightning.cli.robustness
+    main()

@@ -1,5 +1,5 @@
 """Serve a run: ``fmnist-serve run_dir=outputs/runs/<run> [backend=torch|onnx] [port=8000]``
-(``python serve.py ...`` in a clone).
+(or ``python -m fmnist_lightning.cli.serve ...``).
 
 Starts a LitServe server (see conf/serve.yaml and fmnist_lightning/serving/server.py) and runs
 until stopped with Ctrl-C, or SIGTERM (a service manager, ``docker stop``, ``scancel``): one
@@ -14,7 +14,7 @@ from fmnist_lightning.errors import UserError
 from fmnist_lightning.training.processes import sigterm_as_ctrl_c
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="serve")
+@hydra.main(version_base="1.3", config_path="pkg://fmnist_lightning.conf", config_name="serve")
 def serve(cfg: DictConfig) -> None:
     from fmnist_lightning.serving.server import ServeOptions, build_server
 
@@ -33,3 +33,7 @@ def main() -> None:
     require_configs()
     hydra_argv()
     serve()
+
+
+if __name__ == "__main__":  # python -m fmnist_lightning.cli.serve
+    main()

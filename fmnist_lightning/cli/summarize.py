@@ -1,6 +1,7 @@
 """Summarize a sweep: ``fmnist-summarize sweep_dir=outputs/multirun/<sweep>``
-(``python summarize.py ...`` in a clone), or ``fmnist-summarize outputs/multirun/<sweep>``:
-a sweep folder given alone is taken as ``sweep_dir=`` (``folder_as_override``).
+(or ``python -m fmnist_lightning.cli.summarize ...``), or ``fmnist-summarize
+outputs/multirun/<sweep>``: a sweep folder given alone is taken as ``sweep_dir=``
+(``folder_as_override``).
 
 Writes summary.md, summary.csv, summary_jobs.csv and summary.png into the sweep folder and
 prints the Markdown (see fmnist_lightning/sweeps/summary.py and conf/summarize.yaml). Exits with 1 if
@@ -74,7 +75,7 @@ def folder_as_override(args: list[str]) -> list[str]:
     return [f"sweep_dir={quoted(a)}" if i == words[0] else a for i, a in enumerate(args)]
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="summarize")
+@hydra.main(version_base="1.3", config_path="pkg://fmnist_lightning.conf", config_name="summarize")
 def summarize_sweep(cfg: DictConfig) -> None:
     try:
         markdown, jobs = summarize(cfg.sweep_dir, cfg.metric)
@@ -91,3 +92,7 @@ def main() -> None:
     require_configs()
     hydra_argv(folder_as_override)
     summarize_sweep()
+
+
+if __name__ == "__main__":  # python -m fmnist_lightning.cli.summarize
+    main()

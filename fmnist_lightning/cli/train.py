@@ -1,5 +1,5 @@
 """Train a FashionMNIST CNN: ``fmnist-train model=three_conv trainer.max_epochs=10``
-(``python train.py ...`` in a clone).
+(``python train.py ...`` in a clone, or ``python -m fmnist_lightning.cli.train ...``).
 
 The configs are ``conf/`` (docs: Configuration); ``-m`` runs a sweep (docs: Sweeps).
 Continue an interrupted run with ``fmnist-train resume=outputs/runs/<run>``.
@@ -106,10 +106,14 @@ def main() -> None:
     if resumed is not None:
         ConfigStore.instance().store(name=RESUMED, node=resumed)
         name = RESUMED
-    hydra.main(version_base="1.3", config_path="../conf", config_name=name)(train_run)()
+    hydra.main(version_base="1.3", config_path="pkg://fmnist_lightning.conf", config_name=name)(train_run)()
 
 
 def _sweep_command(args: list[str]) -> list[str]:
     """``args``, or for ``resume=<sweep folder>`` the sweep's own command (``continue_sweep``)."""
     folder = sweep_to_resume(args)
     return continue_sweep(args, folder) if folder is not None else args
+
+
+if __name__ == "__main__":  # python -m fmnist_lightning.cli.train
+    main()

@@ -43,10 +43,14 @@ def seconds_since_launch() -> float | None:
 
 def train_command() -> str:
     """How the user started training, for messages that tell them what to run next:
-    ``python train.py`` from a clone, ``fmnist-train`` as installed."""
+    ``fmnist-train`` as installed, ``python train.py`` from a clone, or
+    ``python -m fmnist_lightning.cli.train``."""
     name = Path(sys.argv[0]).name
     if name == "_submit.py":  # a sweep job that submitit started on SLURM
         return "fmnist-train"
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.origin == sys.argv[0]:  # python -m <module>
+        return f"python -m {spec.name}"
     return f"python {name}" if name.endswith(".py") else name
 
 
