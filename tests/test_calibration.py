@@ -129,7 +129,7 @@ def test_damaged_temperature_is_refused(tmp_path: Path, content: str, problem: s
 
 
 def test_a_folder_without_predictions_says_how_to_make_them(tmp_path: Path) -> None:
-    with pytest.raises(RunError, match=r"evaluate\.py run_dir="):
+    with pytest.raises(RunError, match=r"fmnist-evaluate run_dir="):
         read_predictions(tmp_path)
     (tmp_path / "predictions.npz").write_bytes(b"not a zip")
     with pytest.raises(DamagedFileError, match="cannot be read"):

@@ -27,6 +27,9 @@ PATH_KEYS = (
     "reference",
     "cache_dir",
 )
+#: Keys whose values are lists of paths (``images=[a.png,b.png]``): each element Hydra's
+#: grammar cannot read as typed is quoted, the list split at its commas.
+PATH_LIST_KEYS = ("images",)
 
 
 def require_configs() -> None:
@@ -65,7 +68,8 @@ def hydra_argv(expand: Callable[[list[str]], list[str]] | None = None) -> None:
 
     1. a path given as one shell word, whatever it holds: each ``<path key>=<value>``
        (``PATH_KEYS``) that Hydra's grammar cannot parse (``run_dir=/tmp/my run/ñ``) is
-       quoted in Hydra's way (``run_dir='/tmp/my run/ñ'``); values Hydra reads already,
+       quoted in Hydra's way (``run_dir='/tmp/my run/ñ'``), and so is each path of a list
+       (``PATH_LIST_KEYS``: ``images=[/tmp/a run/é.png]``); values Hydra reads already,
        quoted ones included, are left as they are;
     2. ``expand``: a command's own shorthand for a longer command line, given the arguments
        and returning them (``fmnist-train resume=<sweep folder>`` is the sweep's own command,
@@ -81,8 +85,11 @@ def hydra_argv(expand: Callable[[list[str]], list[str]] | None = None) -> None:
     args = []
     for arg in sys.argv[1:]:
         override = parse_override(arg)
-        if override.key in PATH_KEYS and override.typed is not None and not override.parsed:
-            arg = f"{arg[: len(arg) - len(override.typed)]}{quoted(override.typed)}"
+        typed = override.typed
+        if typed is not None and not override.parsed and override.key in (*PATH_KEYS, *PATH_LIST_KEYS):
+            listed = override.key in PATH_LIST_KEYS and typed.startswith("[") and typed.endswith("]")
+            value = f"[{','.join(quoted(p.strip()) for p in typed[1:-1].split(','))}]" if listed else quoted(typed)
+            arg = f"{arg[: len(arg) - len(typed)]}{value}"
         args.append(arg)
     if expand is not None:
         try:

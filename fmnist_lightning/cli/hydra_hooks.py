@@ -1,7 +1,7 @@
 """What Hydra calls besides a command's task: its callbacks (``conf/hydra/default.yaml``,
-``conf/evaluate.yaml``, ``conf/robustness.yaml``) and this project's sweepers
-(``hydra_plugins/fmnist_lightning_sweepers``), with a refusal ending the command in one
-``error:`` line.
+``conf/evaluate.yaml``, ``conf/robustness.yaml``) and, through ``exits_on_refusal``, this
+project's sweepers (``hydra_plugins/fmnist_lightning_sweepers``), with a refusal ending the
+command in one ``error:`` line.
 
 Hydra prints a traceback for any ``Exception`` raised in them (its ``run_and_report``); a
 ``SystemExit`` passes through it. So here, at the edge between Hydra and the library, a
@@ -20,7 +20,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from fmnist_lightning.errors import RunError, UserError
-from fmnist_lightning.sweeps import grid, optuna_search
 from fmnist_lightning.training import guard
 
 log = logging.getLogger(__name__)
@@ -86,16 +85,3 @@ class SweepSummary(Callback):
                 f"{len(unfinished)} of {len(jobs)} jobs did not finish "
                 f"(jobs {', '.join(j.folder.name for j in unfinished)}); see {sweep_dir / 'summary.md'}"
             )
-
-
-class GridSweeper(grid.GridSweeper):
-    """``fmnist_lightning.sweeps.grid.GridSweeper``; its refusals end the command."""
-
-    sweep = exits_on_refusal(grid.GridSweeper.sweep)
-
-
-class OptunaSweeper(optuna_search.OptunaSweeper):
-    """``fmnist_lightning.sweeps.optuna_search.OptunaSweeper``; its refusals end the command."""
-
-    setup = exits_on_refusal(optuna_search.OptunaSweeper.setup)
-    sweep = exits_on_refusal(optuna_search.OptunaSweeper.sweep)

@@ -65,6 +65,45 @@ def keep_batch(batch):
 CACHE_DIR = Path("data")
 
 
+def _check_arguments(
+    val_fraction: float,
+    batch_size: int,
+    eval_batch_size: int | None,
+    num_workers: int,
+    split_seed: int,
+    folds: int | None,
+    fold: int,
+) -> None:
+    """Checks ``IdxDataModule``'s numeric arguments (see its Args), in this order.
+
+    Raises:
+        ArgumentError: Naming the first argument that is out of range.
+    """
+    require(0 < val_fraction < 1, "val_fraction", val_fraction, "a fraction in (0, 1)")
+    require(batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
+    require(
+        eval_batch_size is None or eval_batch_size >= 1,
+        "eval_batch_size",
+        eval_batch_size,
+        "an integer >= 1 or null",
+    )
+    require(num_workers >= 0, "num_workers", num_workers, "an integer >= 0")
+    require(split_seed >= 0, "split_seed", split_seed, "an integer >= 0")
+    require(folds is None or folds >= 2, "folds", folds, "null (the val_fraction split) or an integer >= 2")
+    require(
+        folds is not None or fold == 0,
+        "fold",
+        fold,
+        "0 without data.folds (the val_fraction split has one validation set); set data.folds=K for K folds",
+    )
+    require(
+        folds is None or 0 <= fold < folds,
+        "fold",
+        fold,
+        f"a fold number in [0, {folds}) for data.folds={folds}, e.g. -m data.fold='range({folds})'",
+    )
+
+
 class IdxDataModule(L.LightningDataModule):
     """A dataset of four IDX files, as ``conf/data/<dataset>.yaml`` describes it (FashionMNIST
     by default): a seeded train/validation split of the official training images, and the
@@ -144,29 +183,28 @@ class IdxDataModule(L.LightningDataModule):
         super().__init__()
         #: What the dataset's files hold, and its class names.
         self.dataset = IdxDataset.from_config(name, class_names, num_classes, files, how_to_get, torchvision_dataset)
-        require(0 < val_fraction < 1, "val_fraction", val_fraction, "a fraction in (0, 1)")
-        require(batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
-        require(
-            eval_batch_size is None or eval_batch_size >= 1,
-            "eval_batch_size",
-            eval_batch_size,
-            "an integer >= 1 or null",
-        )
-        require(num_workers >= 0, "num_workers", num_workers, "an integer >= 0")
-        require(split_seed >= 0, "split_seed", split_seed, "an integer >= 0")
-        require(folds is None or folds >= 2, "folds", folds, "null (the val_fraction split) or an integer >= 2")
-        require(
-            folds is not None or fold == 0,
-            "fold",
-            fold,
-            "0 without data.folds (the val_fraction split has one validation set); set data.folds=K for K folds",
-        )
-        require(
-            folds is None or 0 <= fold < folds,
-            "fold",
-            fold,
-            f"a fold number in [0, {folds}) for data.folds={folds}, e.g. -m data.fold='range({folds})'",
-        )
+        _check_arguments(val_fraction, batch_size, eval_batch_size, num_workers, split_seed, folds, fold)
+        self._keep_source(root, local_copy, download)
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.folds = folds
+        self.fold = fold
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self._keep_transforms(image_size, normalize, augment)
+        self.data_train: InMemoryBatches | None = None
+        self.data_val: InMemoryBatches | None = None
+        self.data_test: InMemoryBatches | None = None
+
+    def _keep_source(self, root: str, local_copy: str | None, download: bool) -> None:
+        """Checks and keeps where the IDX files are and come from (``root``, ``local_copy``,
+        ``download``; see the class's Args).
+
+        Raises:
+            ArgumentError: ``root`` is outside ``CACHE_DIR`` and does not exist.
+        """
         self.root = Path(root).expanduser()
         require(
             self.root.is_dir() or (not self.root.is_absolute() and self.root.parts[:1] == CACHE_DIR.parts),
@@ -178,23 +216,18 @@ class IdxDataModule(L.LightningDataModule):
         )
         self.local_copy = local_copy
         self.download = download
-        self.val_fraction = val_fraction
-        self.split_seed = split_seed
-        self.folds = folds
-        self.fold = fold
-        self.image_size = image_size
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
+
+    def _keep_transforms(
+        self, image_size: int, normalize: Mapping[str, float] | None, augment: Mapping[str, nn.Module | None] | None
+    ) -> None:
+        """Builds the batches' transforms (``preprocess``, ``train_transform``) from the class's
+        ``image_size``, ``normalize`` and ``augment``."""
         #: uint8 (B, 1, H, W) -> float32 (B, 1, S, S): resize, scale to [0, 1], normalise.
         self.preprocess = build_preprocess(image_size, dict(normalize) if normalize else None)
         scale, normalise = self.preprocess.transforms[:2], self.preprocess.transforms[2:]
         augmentations = [a for a in (augment or {}).values() if a is not None]
         #: The training batches' path: scale, the augmentations in order, normalise.
         self.train_transform = v2.Compose([*scale, *augmentations, *normalise])
-        self.data_train: InMemoryBatches | None = None
-        self.data_val: InMemoryBatches | None = None
-        self.data_test: InMemoryBatches | None = None
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -98,21 +98,7 @@ class IdxDataset:
         """
         require(len(class_names) == num_classes, "class_names", list(class_names), f"{num_classes} names (num_classes)")
         require(set(files) == set(FILE_KEYS.values()), "files", sorted(files), f"the keys {sorted(FILE_KEYS.values())}")
-        specs = {}
-        for key, field in FILE_KEYS.items():
-            entry = files[field]
-            where = f"files.{field}"
-            allowed = "the keys name, shape, md5 and optionally gz_md5"
-            require({"name", "shape", "md5"} <= set(entry) <= {"name", "shape", "md5", "gz_md5"}, where, entry, allowed)
-            shape = tuple(entry["shape"] or ())
-            require(len(shape) == (3 if key[1] == "images" else 1), f"{where}.shape", list(shape), "[N, H, W] or [N]")
-            sums = {k: entry.get(k) for k in ("md5", "gz_md5")}
-            for k, md5 in sums.items():
-                ok = md5 is None or (len(str(md5)) == 32 and all(c in "0123456789abcdef" for c in str(md5)))
-                require(ok, f"{where}.{k}", md5, "32 lowercase hex digits or null")
-            require(any(sums.values()), f"{where}.md5", None, "an MD5 (or a gz_md5 for the .gz file)")
-            kind = 2051 if key[1] == "images" else 2049
-            specs[key] = IdxSpec(str(entry["name"]), kind, shape, sums["md5"], sums["gz_md5"])
+        specs = {key: _spec(key[1], field, files[field]) for key, field in FILE_KEYS.items()}
         for split in ("train", "test"):
             n = (specs[(split, "images")].shape[0], specs[(split, "labels")].shape[0])
             require(n[0] == n[1], f"files.{split}_labels.shape", n[1], f"{n[0]} labels, one per image")
@@ -132,6 +118,27 @@ class IdxDataset:
     def raw_dir(self) -> str:
         """torchvision's folder name for the dataset."""
         return self.torchvision_dataset or self.name
+
+
+def _spec(kind: str, field: str, entry: Mapping[str, Any]) -> IdxSpec:
+    """Checks and builds the ``IdxSpec`` of one file from its entry ``files.<field>`` (see
+    ``IdxDataset.from_config``); ``kind`` is ``"images"`` or ``"labels"``.
+
+    Raises:
+        ArgumentError: Naming the key of the entry (``files.<field>.shape``, ...) that is wrong.
+    """
+    where = f"files.{field}"
+    allowed = "the keys name, shape, md5 and optionally gz_md5"
+    require({"name", "shape", "md5"} <= set(entry) <= {"name", "shape", "md5", "gz_md5"}, where, entry, allowed)
+    shape = tuple(entry["shape"] or ())
+    require(len(shape) == (3 if kind == "images" else 1), f"{where}.shape", list(shape), "[N, H, W] or [N]")
+    sums = {k: entry.get(k) for k in ("md5", "gz_md5")}
+    for k, md5 in sums.items():
+        ok = md5 is None or (len(str(md5)) == 32 and all(c in "0123456789abcdef" for c in str(md5)))
+        require(ok, f"{where}.{k}", md5, "32 lowercase hex digits or null")
+    require(any(sums.values()), f"{where}.md5", None, "an MD5 (or a gz_md5 for the .gz file)")
+    magic = 2051 if kind == "images" else 2049
+    return IdxSpec(str(entry["name"]), magic, shape, sums["md5"], sums["gz_md5"])
 
 
 #: The keys of a data config that describe its dataset (``IdxDataset.from_config``'s arguments).

@@ -79,16 +79,7 @@ def read_idx_bytes(path: Path, spec: IdxSpec, dataset: IdxDataset | None = None)
     verified = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, spec, classes)
     if verified in _VERIFIED:
         return data
-    if spec.magic == 2049:
-        top = max(data[spec.header_bytes :])
-        if top >= classes:
-            raise fail(f"holds label {top}, outside 0-{classes - 1}")
-    checks = [(spec.md5, data, "decompressed bytes")] + [(spec.gz_md5, compressed, ".gz file")] * bool(compressed)
-    for expected, content, what in checks:
-        if expected is not None and (md5 := hashlib.md5(content).hexdigest()) != expected:
-            raise fail(f"is corrupt: MD5 of its {what} is {md5}, expected {expected}")
-    if spec.md5 is None and not compressed:
-        raise fail(f"cannot be checked: only its .gz file's MD5 is published; use the original {spec.name}.gz")
+    _check_content(data, compressed, spec, classes, fail)
     _VERIFIED.add(verified)
     return data
 
@@ -128,6 +119,28 @@ def _check_layout(data: bytes, spec: IdxSpec, fail: Callable[[str], DatasetError
     if len(data) != spec.total_bytes:
         kind = "truncated" if len(data) < spec.total_bytes else "too long"
         raise fail(f"is {kind}: {len(data)} bytes decompressed, expected {spec.total_bytes}")
+
+
+def _check_content(
+    data: bytes, compressed: bytes, spec: IdxSpec, classes: int, fail: Callable[[str], DatasetError]
+) -> None:
+    """Checks an IDX file's labels (each in ``[0, classes)``, for a label file) and its MD5s:
+    that of the decompressed ``data`` and, when read from a ``.gz``, that of ``compressed``.
+
+    Raises:
+        DatasetError: ``fail``'s, naming the first mismatch, or that the file cannot be checked
+            (only its ``.gz``'s MD5 is published, and it was read decompressed).
+    """
+    if spec.magic == 2049:
+        top = max(data[spec.header_bytes :])
+        if top >= classes:
+            raise fail(f"holds label {top}, outside 0-{classes - 1}")
+    checks = [(spec.md5, data, "decompressed bytes")] + [(spec.gz_md5, compressed, ".gz file")] * bool(compressed)
+    for expected, content, what in checks:
+        if expected is not None and (md5 := hashlib.md5(content).hexdigest()) != expected:
+            raise fail(f"is corrupt: MD5 of its {what} is {md5}, expected {expected}")
+    if spec.md5 is None and not compressed:
+        raise fail(f"cannot be checked: only its .gz file's MD5 is published; use the original {spec.name}.gz")
 
 
 #: The files ``read_idx_bytes`` verified in this process, by path and state on disk.
@@ -176,6 +189,19 @@ def ensure_files(
     missing = [spec for spec in dataset.specs.values() if find_file(root, spec, dataset) is None]
     if not missing:
         return
+    _make_folder(root)
+    if local_copy is not None and all(find_file(local_copy, s, dataset) for s in missing):
+        _copy_files(root, local_copy, missing, dataset)
+        return
+    _download(root, local_copy, missing, download, dataset)
+
+
+def _make_folder(root: Path) -> None:
+    """Creates the data folder ``root`` and its parents, if missing.
+
+    Raises:
+        DatasetError: It cannot be created.
+    """
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -183,22 +209,39 @@ def ensure_files(
             f"Cannot create the data folder {root} ({err.strerror or err}); set `data.root=` to a writable folder."
         ) from None
 
-    if local_copy is not None and all(find_file(local_copy, s, dataset) for s in missing):
-        for spec in missing:
-            source = find_file(local_copy, spec, dataset)
-            log.info("Copying %s to %s", source, root / spec.name)
-            data = read_idx_bytes(source, spec, dataset)
-            if spec.md5 is None:  # only the .gz can be checked again later: kept compressed
-                data = source.read_bytes()
-            try:
-                write_atomically(root / (spec.name + ".gz" * (spec.md5 is None)), data)
-            except OSError as err:  # read-only folder, disk full, ...
-                raise DatasetError(
-                    f"Cannot write {root / spec.name} ({err.strerror or err}); "
-                    "set `data.root=` to a writable folder with 100 MB free."
-                ) from None
-        return
 
+def _copy_files(root: Path, local_copy: str | os.PathLike, missing: list[IdxSpec], dataset: IdxDataset) -> None:
+    """Verifies the ``missing`` files in ``local_copy`` and writes them to ``root``: decompressed,
+    or as the original ``.gz`` where only its MD5 is published (so it can be checked again).
+
+    Raises:
+        DatasetError: A copy is bad (see ``read_idx_bytes``), or ``root`` cannot be written.
+    """
+    for spec in missing:
+        source = find_file(local_copy, spec, dataset)
+        log.info("Copying %s to %s", source, root / spec.name)
+        data = read_idx_bytes(source, spec, dataset)
+        if spec.md5 is None:  # only the .gz can be checked again later: kept compressed
+            data = source.read_bytes()
+        try:
+            write_atomically(root / (spec.name + ".gz" * (spec.md5 is None)), data)
+        except OSError as err:  # read-only folder, disk full, ...
+            raise DatasetError(
+                f"Cannot write {root / spec.name} ({err.strerror or err}); "
+                "set `data.root=` to a writable folder with 100 MB free."
+            ) from None
+
+
+def _download(
+    root: Path, local_copy: str | os.PathLike | None, missing: list[IdxSpec], download: bool, dataset: IdxDataset
+) -> None:
+    """Downloads the dataset with torchvision into ``root/<dataset.raw_dir>/raw/``, the last
+    resort for the ``missing`` files.
+
+    Raises:
+        DatasetError: ``download`` is false, torchvision cannot download the dataset, or the
+            download failed; naming the missing files and where they were looked for.
+    """
     looked = " or ".join([str(root)] + ([str(local_copy)] if local_copy is not None else []))
     names = f"{dataset.name} files {', '.join(s.name for s in missing)} are not in {looked}"
     if not download or dataset.torchvision_dataset is None:

@@ -79,7 +79,7 @@ def _check_same_images(a: SavedPredictions, b: SavedPredictions) -> None:
             f"{a.path} and {b.path} hold predictions on different test images ({len(a.label):,} and "
             f"{len(b.label):,} images, or the labels differ in order: was one tested with "
             "trainer.limit_test_batches?); "
-            "evaluate both on the whole test set with python evaluate.py run_dir=<run>"
+            "evaluate both on the whole test set with fmnist-evaluate run_dir=<run>"
         )
 
 
@@ -122,14 +122,57 @@ def compare_runs(
         RunError: A folder has no predictions, or the test sets differ.
         DamagedFileError: A predictions file is damaged.
     """
-    names = (str(folder_a), str(folder_b))
-    check_same_test_set(run_config_of(folder_a, trusted_modules), run_config_of(folder_b, trusted_modules), names)
-    a, b = read_predictions(folder_a), read_predictions(folder_b)
-    _check_same_images(a, b)
+    a, b = _read_pair(folder_a, folder_b, trusted_modules)
     correct_a, correct_b = a.correct, b.correct
     low, high = paired_bootstrap(correct_a, correct_b, seed)
     p_value, only_a, only_b = mcnemar_exact(correct_a, correct_b)
     difference = float(correct_b.mean() - correct_a.mean())
+    return {
+        **_runs((str(folder_a), str(folder_b)), correct_a, correct_b),
+        "images": len(a.label),
+        "difference": difference,
+        "ci95": [low, high],
+        "bootstrap": f"paired percentile bootstrap over test images, {seed=}",
+        "mcnemar_p": p_value,
+        "only_a": only_a,
+        "only_b": only_b,
+        "per_class": _per_class(a, correct_a, correct_b),
+        "verdict": verdict(difference, low, high, p_value),
+    }
+
+
+def _read_pair(
+    folder_a: str | Path, folder_b: str | Path, trusted_modules: Sequence[str]
+) -> tuple[SavedPredictions, SavedPredictions]:
+    """Both folders' predictions, once their runs' test sets and test images are checked to be the same.
+
+    Raises:
+        RunError: A folder has no predictions, or the test sets differ.
+        DamagedFileError: A predictions file is damaged.
+    """
+    names = (str(folder_a), str(folder_b))
+    check_same_test_set(run_config_of(folder_a, trusted_modules), run_config_of(folder_b, trusted_modules), names)
+    a, b = read_predictions(folder_a), read_predictions(folder_b)
+    _check_same_images(a, b)
+    return a, b
+
+
+def _runs(names: tuple[str, str], correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, dict[str, Any]]:
+    """``{"a": ..., "b": ...}``: each run's folder, test accuracy and its 95 % Wilson interval
+    (fractions), from its boolean ``(N,)`` array of correct predictions."""
+    return {
+        key: {
+            "folder": name,
+            "accuracy": float(correct.mean()),
+            "ci95": list(wilson_interval(int(correct.sum()), len(correct))),
+        }
+        for key, name, correct in (("a", names[0], correct_a), ("b", names[1], correct_b))
+    }
+
+
+def _per_class(a: SavedPredictions, correct_a: np.ndarray, correct_b: np.ndarray) -> list[dict[str, Any]]:
+    """One entry per class of ``a.class_names``: its images, both accuracies and their
+    difference (fractions), and its own exact McNemar test (``only_a``, ``only_b``, ``mcnemar_p``)."""
     per_class = []
     for label, name in enumerate(a.class_names):
         members = a.label == label
@@ -147,26 +190,7 @@ def compare_runs(
                 "mcnemar_p": class_p,
             }
         )
-    side = {
-        key: {
-            "folder": name,
-            "accuracy": float(correct.mean()),
-            "ci95": list(wilson_interval(int(correct.sum()), len(correct))),
-        }
-        for key, name, correct in (("a", names[0], correct_a), ("b", names[1], correct_b))
-    }
-    return {
-        **side,
-        "images": len(a.label),
-        "difference": difference,
-        "ci95": [low, high],
-        "bootstrap": f"paired percentile bootstrap over test images, {seed=}",
-        "mcnemar_p": p_value,
-        "only_a": only_a,
-        "only_b": only_b,
-        "per_class": per_class,
-        "verdict": verdict(difference, low, high, p_value),
-    }
+    return per_class
 
 
 def comparison_markdown(result: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""Re-evaluating a finished run on the test set (``evaluate.py``), through Lightning's test loop."""
+"""Re-evaluating a finished run on the test set (``fmnist-evaluate``), through Lightning's test loop."""
 
 from __future__ import annotations
 

@@ -99,9 +99,9 @@ def read_predictions(folder: str | Path) -> SavedPredictions:
     if not path.is_file():
         raise RunError(
             f"{folder} has no {PREDICTIONS_FILE} (runs and evaluations made before it existed have none); "
-            f"make one with `python evaluate.py run_dir={folder}` and pass the evaluation's folder instead"
+            f"make one with `fmnist-evaluate run_dir={folder}` and pass the evaluation's folder instead"
         )
-    fix = "Delete it and evaluate the run again (python evaluate.py run_dir=<run>)."
+    fix = "Delete it and evaluate the run again (fmnist-evaluate run_dir=<run>)."
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in ARRAYS}

@@ -33,11 +33,7 @@ FIGURE_DPI = 110
 
 
 def classification_report(
-    preds: torch.Tensor,
-    targets: torch.Tensor,
-    class_names: Sequence[str],
-    loss: float | None = None,
-    top_k: int = 5,
+    preds: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str], loss: float | None = None, top_k: int = 5
 ) -> dict[str, Any]:
     """Computes the report of a set of predictions.
 
@@ -61,19 +57,45 @@ def classification_report(
         A class that is never predicted gets precision 0, as in scikit-learn.
     """
     num_classes = len(class_names)
-    args = dict(num_classes=num_classes)
-    confmat = multiclass_confusion_matrix(preds, targets, **args)
-    per_metric = {
-        name: fn(preds, targets, average=None, **args).tolist()
+    confmat = multiclass_confusion_matrix(preds, targets, num_classes=num_classes)
+    per_metric = _per_metric(preds, targets, num_classes)
+    averages = _averages(per_metric, confmat.sum(dim=1))
+    return {
+        "num_samples": int(targets.numel()),
+        "accuracy": float(multiclass_accuracy(preds, targets, average="micro", num_classes=num_classes)),
+        "accuracy_ci95": list(wilson_interval(int(confmat.diag().sum()), int(targets.numel()))),
+        "loss": loss,
+        "class_names": list(class_names),
+        "per_class": _per_class(per_metric, confmat, class_names),
+        "macro_avg": averages["macro"],
+        "weighted_avg": averages["weighted"],
+        "confusion_matrix": confmat.tolist(),
+        "most_confused": _most_confused(confmat, class_names, top_k),
+    }
+
+
+def _per_metric(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, list[float]]:
+    """``{"precision": [...], "recall": [...], "f1": [...]}``, one value per class in label
+    order (torchmetrics; a class never predicted gets precision 0)."""
+    return {
+        name: fn(preds, targets, average=None, num_classes=num_classes).tolist()
         for name, fn in (
             ("precision", multiclass_precision),
             ("recall", multiclass_recall),
             ("f1", multiclass_f1_score),
         )
     }
+
+
+def _per_class(
+    per_metric: dict[str, list[float]], confmat: torch.Tensor, class_names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The report's ``per_class`` entries: ``_per_metric``'s values with each class's support,
+    accuracy (a fraction, 0.0 without images) and errors, from the confusion matrix ``confmat``
+    (counts, rows = true class)."""
     support = confmat.sum(dim=1)
     correct = confmat.diag()
-    per_class = [
+    return [
         {
             "label": i,
             "name": class_names[i],
@@ -84,21 +106,32 @@ def classification_report(
             "accuracy": float(correct[i] / support[i]) if support[i] else 0.0,
             "errors": int(support[i] - correct[i]),
         }
-        for i in range(num_classes)
+        for i in range(len(class_names))
     ]
+
+
+def _averages(per_metric: dict[str, list[float]], support: torch.Tensor) -> dict[str, dict[str, float]]:
+    """``{"macro": ..., "weighted": ...}`` averages of ``_per_metric``'s values, the weights
+    being each class's ``support`` (image counts, ``(C,)``)."""
     # Averaged over all classes, as scikit-learn does; torchmetrics' "macro" would skip
     # classes absent from both predictions and targets.
     weights = support.double() / support.sum()
-    averages = {
-        "macro": {name: sum(values) / num_classes for name, values in per_metric.items()},
+    return {
+        "macro": {name: sum(values) / len(support) for name, values in per_metric.items()},
         "weighted": {
             name: float(torch.tensor(values, dtype=torch.float64) @ weights) for name, values in per_metric.items()
         },
     }
+
+
+def _most_confused(confmat: torch.Tensor, class_names: Sequence[str], top_k: int) -> list[dict[str, Any]]:
+    """The ``top_k`` largest off-diagonal cells of ``confmat`` (counts, rows = true class) that
+    are not 0, largest first, ties in label order."""
+    num_classes = len(class_names)
     off_diagonal = confmat.clone()
     off_diagonal.fill_diagonal_(-1)
     counts, flat = off_diagonal.flatten().sort(descending=True, stable=True)  # ties in label order
-    most_confused = [
+    return [
         {
             "true": int(i // num_classes),
             "true_name": class_names[int(i // num_classes)],
@@ -109,18 +142,6 @@ def classification_report(
         for c, i in zip(counts[:top_k], flat[:top_k], strict=True)
         if c > 0
     ]
-    return {
-        "num_samples": int(targets.numel()),
-        "accuracy": float(multiclass_accuracy(preds, targets, average="micro", **args)),
-        "accuracy_ci95": list(wilson_interval(int(correct.sum()), int(targets.numel()))),
-        "loss": loss,
-        "class_names": list(class_names),
-        "per_class": per_class,
-        "macro_avg": averages["macro"],
-        "weighted_avg": averages["weighted"],
-        "confusion_matrix": confmat.tolist(),
-        "most_confused": most_confused,
-    }
 
 
 def calibration_markdown(calibration: dict[str, Any]) -> list[str]:
@@ -163,6 +184,18 @@ def report_markdown(report: dict[str, Any], title: str = "Test report") -> str:
         f"# {title}",
         "",
         f"{report['num_samples']:,} images: accuracy **{100 * report['accuracy']:.2f} %**{interval}{loss}.",
+    ]
+    lines += _per_class_markdown(report)
+    if report.get("calibration"):
+        lines += calibration_markdown(report["calibration"])
+    lines += _most_confused_markdown(report)
+    lines += _confusion_matrix_markdown(report)
+    return "\n".join(lines) + "\n"
+
+
+def _per_class_markdown(report: dict[str, Any]) -> list[str]:
+    """The report's per-class table, with the macro and weighted averages, as Markdown lines."""
+    lines = [
         "",
         "## Per class",
         "",
@@ -177,10 +210,12 @@ def report_markdown(report: dict[str, Any], title: str = "Test report") -> str:
     for average in ("macro", "weighted"):
         a = report[f"{average}_avg"]
         lines.append(f"| | *{average} avg* | {a['precision']:.4f} | {a['recall']:.4f} | {a['f1']:.4f} | | | |")
-    names = report["class_names"]
-    if report.get("calibration"):
-        lines += calibration_markdown(report["calibration"])
-    lines += [
+    return lines
+
+
+def _most_confused_markdown(report: dict[str, Any]) -> list[str]:
+    """The report's table of most confused pairs as Markdown lines."""
+    lines = [
         "",
         "## Most confused pairs",
         "",
@@ -191,7 +226,13 @@ def report_markdown(report: dict[str, Any], title: str = "Test report") -> str:
         f"| {rank} | {p['true_name']} ({p['true']}) | {p['predicted_name']} ({p['predicted']}) | {p['count']} |"
         for rank, p in enumerate(report["most_confused"], start=1)
     ]
-    lines += [
+    return lines
+
+
+def _confusion_matrix_markdown(report: dict[str, Any]) -> list[str]:
+    """The report's confusion matrix (counts, rows = true class) as Markdown lines."""
+    names = report["class_names"]
+    lines = [
         "",
         "## Confusion matrix",
         "",
@@ -202,7 +243,7 @@ def report_markdown(report: dict[str, Any], title: str = "Test report") -> str:
     ]
     for i, row in enumerate(report["confusion_matrix"]):
         lines.append(f"| {i} {names[i]} | " + " | ".join(str(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def report_images(report: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -3,6 +3,27 @@ the evaluation, the corruption errors against a reference run, and robustness.js
 
 The corrupted images come from ``fmnist_lightning.data.corruptions`` (uint8 28×28 test images,
 before the run's own resize and normalisation, so every run reuses them).
+
+``evaluate_robustness``'s arguments:
+
+- ``run_dir``: the run folder (only read).
+- ``output_dir``: where the results go.
+- ``weights``: ``"best"``, ``"last"``, ``"net.pt"`` or a file (``runs.resolve_weights``).
+- ``data_root``: overrides the run's ``data.root``.
+- ``device``: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+- ``corruptions``: ``"all"`` or names from ``fmnist_lightning.data.corruptions.CORRUPTIONS``.
+- ``severities``: which of 1–5.
+- ``seed``: the corruptions' base seed.
+- ``batch_size``: images per forward pass.
+- ``reference``: another run's output folder or robustness.json, for the corruption errors (mCE).
+- ``cache_dir``: the corrupted test sets' folder; ``None``: ``<data root>/corrupted``.
+- ``loggers``: Lightning loggers, which get the scalars and the heat map (``write_results``).
+- ``trusted_modules``: modules of one's own the run's config may name.
+
+It returns the contents of robustness.json: accuracies as fractions (``accuracy[c][str(s)]``),
+``mean_corruption_accuracy`` (mean over corruptions × severities), ``mean_corruption_error``
+(1 − it), ``reference`` (``corruption_errors``, or ``None``), ``identity`` (``table_identity``)
+and ``seconds`` (``generate``, ``evaluate``).
 """
 
 from __future__ import annotations
@@ -18,7 +39,14 @@ import torch
 from lightning.pytorch.loggers import Logger
 
 from fmnist_lightning.artifacts import atomic_file, read_json, write_atomically
-from fmnist_lightning.data.corruptions import SEVERITIES, corrupted_test_set, select_corruptions, table_identity
+from fmnist_lightning.data.corruptions import (
+    SEVERITIES,
+    Corruption,
+    corrupted_test_set,
+    select_corruptions,
+    table_identity,
+)
+from fmnist_lightning.data.datamodule import IdxDataModule
 from fmnist_lightning.errors import RunError, require
 from fmnist_lightning.evaluation.figures import corruption_heatmap_figure, figure_to_array
 from fmnist_lightning.evaluation.runs import TrainedModel, build_datamodule, load_trained
@@ -133,54 +161,68 @@ def evaluate_robustness(
     loggers: Sequence[Logger] = (),
     trusted_modules: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """A run's test accuracy, clean and under each corruption and severity; the results go into
-    ``output_dir`` (robustness.json, robustness.md, robustness.png) and to ``loggers``.
-
-    Every argument is checked, and the reference read, before any image is made.
-
-    Args:
-        run_dir: The run folder (only read).
-        output_dir: Where the results go.
-        weights: ``"best"``, ``"last"``, ``"net.pt"`` or a file (``runs.resolve_weights``).
-        data_root: Overrides the run's ``data.root``.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
-        corruptions: ``"all"`` or names from ``fmnist_lightning.data.corruptions.CORRUPTIONS``.
-        severities: Which of 1–5.
-        seed: The corruptions' base seed.
-        batch_size: Images per forward pass.
-        reference: Another run's output folder or robustness.json, for the corruption errors (mCE).
-        cache_dir: The corrupted test sets' folder; ``None``: ``<data root>/corrupted``.
-        loggers: Lightning loggers: ``robustness/<corruption>/<severity>`` (accuracy, a fraction),
-            ``robustness/clean_acc``, ``robustness/mean_corruption_acc`` (and ``robustness/mce``
-            with a reference) through ``log_metrics``; the heat map through ``log_image`` where
-            a logger has it.
-        trusted_modules: Modules of one's own the run's config may name.
-
-    Returns:
-        The contents of robustness.json: accuracies as fractions (``accuracy[c][str(s)]``),
-        ``mean_corruption_accuracy`` (mean over corruptions × severities),
-        ``mean_corruption_error`` (1 − it), ``reference`` (``corruption_errors``, or ``None``),
-        ``identity`` (``table_identity``) and ``seconds`` (``generate``, ``evaluate``).
+    """A run's test accuracy, clean and under each corruption and severity, into ``output_dir``
+    and ``loggers`` (``write_results``); the module's docstring describes the arguments and the
+    result. Every argument is checked, and the reference read, before any image is made.
 
     Raises:
-        ArgumentError: An unknown corruption, a severity outside 1–5, ``batch_size`` < 1 or
-            ``seed`` < 0.
+        ArgumentError: An unknown corruption, a severity outside 1–5, ``batch_size`` < 1 or ``seed`` < 0.
         RunError: No such run or weights, or a reference that is missing or not comparable.
         DatasetError: The test files are missing or corrupt.
         OSError: The cache or output folder cannot be written.
     """
+    chosen, levels = _check(corruptions, severities, batch_size, seed)
+    model = load_trained(run_dir, weights, device, trusted_modules)
+    datamodule = build_datamodule(model.config, data_root)
+    identity = table_identity(chosen, seed, datamodule.dataset.test_checksums)
+    saved_reference = read_reference(reference, identity, levels) if reference is not None else None
+    clean, table, seconds = _measure(model, datamodule, chosen, levels, seed, cache_dir, batch_size)
+    result = {"run_dir": str(run_dir), "weights": str(model.weights), "dataset": datamodule.dataset.name}
+    result |= {"severities": levels, **_accuracies(clean, table, levels)}
+    result |= {"reference": _reference_errors(clean, table, levels, saved_reference, reference), "identity": identity}
+    result["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+    write_results(result, Path(output_dir), table, loggers)
+    return result
+
+
+def _check(
+    corruptions: str | Sequence[str], severities: Sequence[int], batch_size: int, seed: int
+) -> tuple[list[Corruption], list[int]]:
+    """``(chosen corruptions, severities)``, from ``select_corruptions``, once ``batch_size`` and
+    ``seed`` are checked too.
+
+    Raises:
+        ArgumentError: An unknown corruption, a severity outside 1–5, ``batch_size`` < 1 or ``seed`` < 0.
+    """
     chosen, levels = select_corruptions(corruptions, severities)
     require(isinstance(batch_size, int) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
     require(isinstance(seed, int) and seed >= 0, "seed", seed, "an integer >= 0")
-    model = load_trained(run_dir, weights, device, trusted_modules)
-    datamodule = build_datamodule(model.config, data_root)
-    md5s = datamodule.dataset.test_checksums
-    identity = table_identity(chosen, seed, md5s)
-    saved_reference = read_reference(reference, identity, levels) if reference is not None else None
+    return chosen, levels
+
+
+def _measure(
+    model: TrainedModel,
+    datamodule: IdxDataModule,
+    chosen: Sequence[Corruption],
+    levels: Sequence[int],
+    seed: int,
+    cache_dir: str | Path | None,
+    batch_size: int,
+) -> tuple[float, dict[str, dict[int, float]], dict[str, float]]:
+    """The test images' accuracy (fractions), clean and ``{corruption: {severity: accuracy}}``
+    for ``chosen`` at ``levels``, with the seconds spent making (``generate``) and evaluating
+    (``evaluate``) images. ``cache_dir`` keeps the corrupted test sets (``None``:
+    ``<data root>/corrupted``).
+
+    Raises:
+        DatasetError: The test files are missing or corrupt.
+        OSError: The cache cannot be written.
+    """
     datamodule.prepare_data()
     datamodule.setup("test")
     images, labels = (t.cpu() for t in datamodule.data_test.tensors)
     cache = Path(cache_dir) if cache_dir is not None else datamodule.root / "corrupted"
+    md5s = datamodule.dataset.test_checksums
     seconds = {"generate": 0.0, "evaluate": 0.0}
     started = time.perf_counter()
     clean = accuracy(model, images, labels, batch_size)
@@ -193,31 +235,39 @@ def evaluate_robustness(
         started = time.perf_counter()
         table[corruption.name] = {s: accuracy(model, corrupted[s - 1], labels, batch_size) for s in levels}
         seconds["evaluate"] += time.perf_counter() - started
+    return clean, table, seconds
+
+
+def _accuracies(clean: float, table: dict[str, dict[int, float]], levels: Sequence[int]) -> dict[str, Any]:
+    """robustness.json's accuracies (fractions): clean, per corruption and severity (keys as
+    strings), and the mean over corruptions × ``levels`` with its error (1 − it)."""
     mean_acc = sum(a for row in table.values() for a in row.values()) / (len(table) * len(levels))
-    errors = None
-    if saved_reference is not None:
-        theirs = {c: {s: 1 - saved_reference["accuracy"][c][str(s)] for s in levels} for c in table}
-        errors = corruption_errors(
-            {c: {s: 1 - a for s, a in row.items()} for c, row in table.items()},
-            theirs,
-            1 - clean,
-            1 - saved_reference["clean_accuracy"],
-        ) | {"path": str(reference)}
-    result = {
-        "run_dir": str(run_dir),
-        "weights": str(model.weights),
-        "dataset": datamodule.dataset.name,
-        "severities": levels,
+    return {
         "clean_accuracy": clean,
         "accuracy": {c: {str(s): a for s, a in row.items()} for c, row in table.items()},
         "mean_corruption_accuracy": mean_acc,
         "mean_corruption_error": 1 - mean_acc,
-        "reference": errors,
-        "identity": identity,
-        "seconds": {k: round(v, 2) for k, v in seconds.items()},
     }
-    write_results(result, Path(output_dir), table, loggers)
-    return result
+
+
+def _reference_errors(
+    clean: float,
+    table: dict[str, dict[int, float]],
+    levels: Sequence[int],
+    saved_reference: dict[str, Any] | None,
+    reference: str | Path | None,
+) -> dict[str, Any] | None:
+    """``corruption_errors`` of ``table`` (accuracies, fractions) against the reference's saved
+    results (``read_reference``), with its ``path``; ``None`` without a reference."""
+    if saved_reference is None:
+        return None
+    theirs = {c: {s: 1 - saved_reference["accuracy"][c][str(s)] for s in levels} for c in table}
+    return corruption_errors(
+        {c: {s: 1 - a for s, a in row.items()} for c, row in table.items()},
+        theirs,
+        1 - clean,
+        1 - saved_reference["clean_accuracy"],
+    ) | {"path": str(reference)}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -251,7 +301,10 @@ def write_results(
     result: dict[str, Any], folder: Path, table: dict[str, dict[int, float]], loggers: Sequence[Logger]
 ) -> None:
     """Writes robustness.json, robustness.md and robustness.png (atomically) into ``folder``
-    and sends the scalars and the heat map to ``loggers``."""
+    and sends to each of ``loggers`` (Lightning loggers) the scalars
+    ``robustness/<corruption>/<severity>`` (accuracy, a fraction), ``robustness/clean_acc``,
+    ``robustness/mean_corruption_acc`` (and ``robustness/mce`` with a reference) through
+    ``log_metrics``, and the heat map through ``log_image`` where a logger has it."""
     folder.mkdir(parents=True, exist_ok=True)
     write_atomically(folder / JSON, json.dumps(result, indent=2) + "\n")
     write_atomically(folder / MARKDOWN, markdown(result))

@@ -221,6 +221,20 @@ def load_trained(
     cfg = RunFolder(run_dir).load_config(trusted_modules)
     path = RunFolder(run_dir).weights(weights)
     module = build_module(cfg)
+    _load_weights(module, path, cfg)
+    normalize = cfg.data.normalize
+    preprocess = build_preprocess(cfg.data.image_size, OmegaConf.to_container(normalize) if normalize else None)
+    module.eval().to(device)
+    return TrainedModel(module, preprocess, cfg, path, run_temperature(run_dir, weights))
+
+
+def _load_weights(module: L.LightningModule, path: Path, cfg: DictConfig) -> None:
+    """Loads the weights file ``path`` into ``module.net``, built from the run's config ``cfg``.
+
+    Raises:
+        RunError: The weights do not fit the network (the first lines of PyTorch's message).
+        DamagedFileError: The file is unreadable or holds no network weights.
+    """
     try:
         module.net.load_state_dict(load_state_dict(path))
     except RuntimeError as err:
@@ -229,7 +243,3 @@ def load_trained(
             f"Weights {path} do not fit the run's network ({cfg.model._target_} at "
             f"data.image_size={cfg.data.image_size}): {' '.join(d.strip() for d in detail[:3])}. {WEIGHTS_FIX}"
         ) from None
-    normalize = cfg.data.normalize
-    preprocess = build_preprocess(cfg.data.image_size, OmegaConf.to_container(normalize) if normalize else None)
-    module.eval().to(device)
-    return TrainedModel(module, preprocess, cfg, path, run_temperature(run_dir, weights))

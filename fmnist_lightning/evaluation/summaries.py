@@ -92,37 +92,64 @@ def log_test_summaries(
     ``predictions`` holds features) the *Projector*'s points with their true and predicted
     classes and a sprite (``test/features``).
     """
-    scalars = {
+    scalars = _per_class_scalars(report) | report_scalars(report)
+    loggers = recording(loggers)
+    logged = _figures(loggers, report, predictions, images)
+    for logger in loggers:
+        _log_test_summaries_to(logger, scalars, logged, report, predictions, step)
+
+
+def _per_class_scalars(report: dict[str, Any]) -> dict[str, float]:
+    """The report's per-class precision, recall and F1 as logger scalars (fractions), by
+    ``test/per_class/<metric>/<class>`` (a ``/`` in a class name becomes ``_``)."""
+    return {
         f"test/per_class/{metric}/{c['name'].replace('/', '_')}": c[metric]
         for c in report["per_class"]
         for metric in ("precision", "recall", "f1")
     }
-    scalars |= report_scalars(report)
-    p, loggers = predictions, recording(loggers)
-    logged = None
-    if any(hasattr(logger, "log_image") for logger in loggers):  # the figures take a second to draw
-        drawn = images if images is not None else report_images(report)
-        misclassified = misclassified_figure(
-            p.misclassified, p.misclassified_targets, p.misclassified_preds, report["class_names"]
+
+
+def _figures(
+    loggers: list[Logger], report: dict[str, Any], p: Any, images: dict[str, np.ndarray] | None
+) -> dict[str, np.ndarray] | None:
+    """The figures for loggers with ``log_image``, uint8 RGB ``(H, W, 3)`` arrays by key
+    (``test/<report figure>``, ``test/misclassified``); ``None`` when no logger has it (the
+    figures take a second to draw). ``images``: the report's, when already drawn."""
+    if not any(hasattr(logger, "log_image") for logger in loggers):
+        return None
+    drawn = images if images is not None else report_images(report)
+    misclassified = misclassified_figure(
+        p.misclassified, p.misclassified_targets, p.misclassified_preds, report["class_names"]
+    )
+    logged = {f"test/{name}": image for name, image in drawn.items()}
+    logged["test/misclassified"] = figure_to_array(misclassified)
+    return logged
+
+
+def _log_test_summaries_to(
+    logger: Logger,
+    scalars: dict[str, float],
+    logged: dict[str, np.ndarray] | None,
+    report: dict[str, Any],
+    p: Any,
+    step: int,
+) -> None:
+    """Gives one logger what ``log_test_summaries`` describes, as far as it can take it, and saves it."""
+    logger.log_metrics(scalars, step=step)
+    if logged is not None and hasattr(logger, "log_image"):
+        for key, image in logged.items():
+            logger.log_image(key=key, images=[image], step=step)
+    if hasattr(logger, "log_markdown"):
+        logger.log_markdown("report", report_markdown(report), step)
+    if hasattr(logger, "log_pr_curves"):
+        logger.log_pr_curves("test/pr", p.logits.softmax(dim=1), p.targets, list(report["class_names"]), step)
+    if p.features is not None and hasattr(logger, "log_embedding"):
+        n, names = len(p.features), report["class_names"]
+        labels = [[names[t], names[q]] for t, q in zip(p.targets[:n].tolist(), p.preds[:n].tolist(), strict=True)]
+        logger.log_embedding(
+            "test/features", p.features, labels, ["label", "predicted"], sprite(p.feature_images), step
         )
-        logged = {f"test/{name}": image for name, image in drawn.items()}
-        logged["test/misclassified"] = figure_to_array(misclassified)
-    for logger in loggers:
-        logger.log_metrics(scalars, step=step)
-        if logged is not None and hasattr(logger, "log_image"):
-            for key, image in logged.items():
-                logger.log_image(key=key, images=[image], step=step)
-        if hasattr(logger, "log_markdown"):
-            logger.log_markdown("report", report_markdown(report), step)
-        if hasattr(logger, "log_pr_curves"):
-            logger.log_pr_curves("test/pr", p.logits.softmax(dim=1), p.targets, list(report["class_names"]), step)
-        if p.features is not None and hasattr(logger, "log_embedding"):
-            n, names = len(p.features), report["class_names"]
-            labels = [[names[t], names[q]] for t, q in zip(p.targets[:n].tolist(), p.preds[:n].tolist(), strict=True)]
-            logger.log_embedding(
-                "test/features", p.features, labels, ["label", "predicted"], sprite(p.feature_images), step
-            )
-        logger.save()
+    logger.save()
 
 
 def report_scalars(report: dict[str, Any]) -> dict[str, float]:
@@ -184,49 +211,65 @@ def hparams_of(resolved: dict[str, Any], overrides: Sequence[str] = ()) -> dict[
             (``OmegaConf.to_container(cfg, resolve=True)``).
         overrides: The run's command-line overrides (``key=value``; Hydra's ``overrides.task``).
     """
-
-    def short(node: Any) -> str:
-        return node["_target_"].rsplit(".", 1)[-1] if isinstance(node, dict) and "_target_" in node else "none"
-
-    def scalar(value: Any) -> Any:
-        return value if isinstance(value, (bool, int, float, str)) else str(value)
-
     model, optimizer = resolved.get("model") or {}, resolved.get("optimizer") or {}
     data, trainer = resolved.get("data") or {}, resolved.get("trainer") or {}
     hparams: dict[str, Any] = {
         "Batch size": data.get("batch_size"),
         "Epochs": trainer.get("max_epochs"),
         "LR": optimizer.get("lr"),
-        "Model": short(model),
-        "Optimizer": short(optimizer),
+        "Model": _short(model),
+        "Optimizer": _short(optimizer),
     }
     hparams |= {f"model/{k}": v for k, v in model.items() if k not in ("_target_", "image_size")}
     hparams |= {
         "weight_decay": optimizer.get("weight_decay"),
-        "scheduler": short(resolved.get("scheduler")),
+        "scheduler": _short(resolved.get("scheduler")),
         "image_size": data.get("image_size"),
     }
     for name, augment in (data.get("augment") or {}).items():
         hparams |= {f"augment/{name}/{k}": v for k, v in (augment or {}).items() if k != "_target_"}
     hparams |= {"precision": trainer.get("precision"), "seed": resolved.get("seed")}
-    covered = {
-        "data.batch_size",
-        "trainer.max_epochs",
-        "optimizer.lr",
-        "optimizer.weight_decay",
-        "data.image_size",
-        "trainer.precision",
-        "seed",
-        "model",
-        "optimizer",
-        "scheduler",
-    }
+    hparams |= _overridden(resolved, overrides)
+    return {name: _scalar(value) for name, value in hparams.items()}
+
+
+def _short(node: Any) -> str:
+    """The class name of a config node's ``_target_``, or ``"none"``."""
+    return node["_target_"].rsplit(".", 1)[-1] if isinstance(node, dict) and "_target_" in node else "none"
+
+
+def _scalar(value: Any) -> Any:
+    """``value`` if TensorBoard takes it as a hyperparameter (bool, int, float, str), else its ``str``."""
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
+#: Command-line keys ``hparams_of`` covers by other names (or, for ``model.*`` and
+#: ``data.augment.*``, by their own entries).
+_COVERED = {
+    "data.batch_size",
+    "trainer.max_epochs",
+    "optimizer.lr",
+    "optimizer.weight_decay",
+    "data.image_size",
+    "trainer.precision",
+    "seed",
+    "model",
+    "optimizer",
+    "scheduler",
+}
+
+
+def _overridden(resolved: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """The keys set on the command line (``key=value``; ``+``/``~`` prefixes dropped) that are
+    neither covered by ``hparams_of``'s own entries nor in ``NOT_HPARAMS``, by dotted name: their
+    resolved values, or the override's text where the config has none (``None`` for a ``~key``)."""
+    hparams: dict[str, Any] = {}
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
-        if key in covered or key.startswith(("model.", "data.augment.")) or key.startswith(NOT_HPARAMS):
+        if key in _COVERED or key.startswith(("model.", "data.augment.")) or key.startswith(NOT_HPARAMS):
             continue
         value: Any = resolved
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         hparams[key] = value if value is not None or "=" not in override else override.split("=", 1)[1]
-    return {name: scalar(value) for name, value in hparams.items()}
+    return hparams

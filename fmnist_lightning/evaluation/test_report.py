@@ -3,7 +3,7 @@
 ``TestReport`` is a callback: it collects the logits that
 ``FashionMNISTClassifier.test_step <fmnist_lightning.models.FashionMNISTClassifier.test_step>``
 returns, and when the test ends writes the report files and gives the report to the run's
-loggers. Training (``train.py``) and ``evaluate.py`` both use it, so their reports are made
+loggers. Training (``fmnist-train``) and ``fmnist-evaluate`` both use it, so their reports are made
 the same way from the same loop that computes ``test/acc``.
 """
 

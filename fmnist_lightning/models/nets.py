@@ -227,8 +227,8 @@ class VGGBNNet(ConvClassifier):
     Flatten → FC→``hidden`` + BatchNorm + ReLU → Dropout → FC→num_classes (or Dropout → FC→num_classes
     when ``hidden`` is 0). With the defaults, 28 px: 584,874 parameters.
 
-    With ``flip_tta``, the network in eval mode (validation, test, ``evaluate.py``,
-    ``predict.py``) returns the mean of the logits of each image and of its left-right
+    With ``flip_tta``, the network in eval mode (validation, test, ``fmnist-evaluate``,
+    ``fmnist-predict``) returns the mean of the logits of each image and of its left-right
     mirror image: test-time augmentation matching training with random flips. It costs a
     second forward pass per evaluated batch and changes no weight; in training mode the
     forward pass is the plain one.
@@ -271,25 +271,8 @@ class VGGBNNet(ConvClassifier):
         require(hidden >= 0, "hidden", hidden, "an integer >= 0 (0 = no hidden layer)")
         check_dropout(dropout)
         side = pooled_side(image_size, len(widths), type(self).__name__)
-        layers: list[nn.Module] = []
-        channels = 1
-        for width in widths:
-            for _ in range(convs_per_stage):
-                layers += [
-                    nn.Conv2d(channels, width, 3, padding=1, bias=False),
-                    nn.BatchNorm2d(width),
-                    nn.ReLU(inplace=True),
-                ]
-                channels = width
-            layers.append(nn.MaxPool2d(2))
-        self.features = nn.Sequential(*layers)
-        head: list[nn.Module] = [nn.Flatten()]
-        features = channels * side * side
-        if hidden:
-            head += [nn.Linear(features, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
-            features = hidden
-        head += [nn.Dropout(dropout), nn.Linear(features, num_classes)]
-        self.classifier = nn.Sequential(*head)
+        self.features = _vgg_stages(widths, convs_per_stage)
+        self.classifier = _vgg_head(widths[-1] * side * side, hidden, dropout, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Maps float ``(B, 1, H, W)`` images to float ``(B, num_classes)`` logits (in eval
@@ -298,3 +281,31 @@ class VGGBNNet(ConvClassifier):
         if self.flip_tta and not self.training:
             logits = (logits + super().forward(x.flip(-1))) / 2
         return logits
+
+
+def _vgg_stages(widths: list[int], convs_per_stage: int) -> nn.Sequential:
+    """``VGGBNNet``'s features: per entry of ``widths``, ``convs_per_stage`` × (conv3×3 without
+    bias + BatchNorm + ReLU) then a 2×2 max-pool; ``(B, 1, S, S)`` → ``(B, widths[-1], S // 2**len(widths), ...)``."""
+    layers: list[nn.Module] = []
+    channels = 1
+    for width in widths:
+        for _ in range(convs_per_stage):
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            channels = width
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+def _vgg_head(features: int, hidden: int, dropout: float, num_classes: int) -> nn.Sequential:
+    """``VGGBNNet``'s classifier on ``features`` flattened inputs: Flatten → FC→``hidden`` +
+    BatchNorm + ReLU (left out when ``hidden`` is 0) → Dropout → FC→``num_classes`` logits."""
+    head: list[nn.Module] = [nn.Flatten()]
+    if hidden:
+        head += [nn.Linear(features, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+        features = hidden
+    head += [nn.Dropout(dropout), nn.Linear(features, num_classes)]
+    return nn.Sequential(*head)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,20 +147,26 @@ def export_run(
     model = load_trained(run_dir, weights, "cpu", trusted_modules)  # checks the folder before taking its lock
     RunFolder(run_dir).lock()
     try:
-        wrapper = ImagesToProbabilities(model).eval()
-        example = torch.zeros(2, 1, SIDE, SIDE, dtype=torch.uint8)
-        meta = run_metadata(model, run_dir)
-        # Written beside the target and renamed, so a failed export leaves no half file.
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=run_dir)
-        os.close(fd)
-        try:
-            (_export_onnx if format == "onnx" else _export_program)(wrapper, example, Path(tmp), meta)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        _write_export(model, run_dir, path, format)
     finally:
         RunFolder(run_dir).release()
     return path
+
+
+def _write_export(model: TrainedModel, run_dir: Path, path: Path, format: str) -> None:
+    """Exports ``model`` (with its preprocessing, temperature and softmax, and ``run_metadata``)
+    in ``format`` to ``path``; the exporters' exceptions pass through."""
+    wrapper = ImagesToProbabilities(model).eval()
+    example = torch.zeros(2, 1, SIDE, SIDE, dtype=torch.uint8)
+    meta = run_metadata(model, run_dir)
+    # Written beside the target and renamed, so a failed export leaves no half file.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=run_dir)
+    os.close(fd)
+    try:
+        (_export_onnx if format == "onnx" else _export_program)(wrapper, example, Path(tmp), meta)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 @dataclass
@@ -200,35 +206,9 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel
     if not path.is_file():
         raise RunError(f"{path} does not exist; export the run first: fmnist-export run_dir={path.parent}")
     if path.suffix == ".onnx":
-        import onnxruntime
-
-        try:
-            settings = onnxruntime.SessionOptions()
-            settings.intra_op_num_threads = threads or 0  # 0: onnxruntime's default
-            session = onnxruntime.InferenceSession(str(path), settings, providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime raises its own exception classes
-            raise DamagedFileError(path, f"onnxruntime cannot load it ({str(err).splitlines()[0]})", fix) from None
-        metadata = dict(session.get_modelmeta().custom_metadata_map)
-
-        def run(images: torch.Tensor | np.ndarray) -> torch.Tensor:
-            array = images.numpy() if isinstance(images, torch.Tensor) else images
-            return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
-
+        metadata, run = _load_onnx(path, threads, fix)
     elif path.suffix == ".pt2":
-        metadata = dict.fromkeys(
-            ("class_names", "config", "run", "weights", "calibrated", "temperature", "test_acc"), ""
-        )
-        try:
-            program = torch.export.load(path, extra_files=metadata)
-        except Exception as err:  # a damaged archive raises zipfile, pickle or torch errors
-            raise DamagedFileError(path, f"torch.export.load cannot read it ({err})", fix) from None
-        metadata = {k: v for k, v in metadata.items() if v}
-        module = program.module()
-
-        @torch.inference_mode()
-        def run(images: torch.Tensor | np.ndarray) -> torch.Tensor:
-            return module(torch.as_tensor(images))
-
+        metadata, run = _load_program(path, fix)
     else:
         raise ArgumentError("path", str(path), "a .onnx or .pt2 file written by fmnist-export")
     try:
@@ -236,3 +216,50 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel
     except (KeyError, ValueError):
         raise DamagedFileError(path, "it has no class_names metadata, so fmnist-export did not write it", fix) from None
     return ExportedModel(path=path, metadata=metadata, class_names=names, _run=run)
+
+
+def _load_onnx(path: Path, threads: int | None, fix: str) -> tuple[dict[str, str], Callable[[Any], torch.Tensor]]:
+    """``(metadata, run)`` of a ``model.onnx`` in an onnxruntime CPU session with ``threads``
+    intra-op threads (``None``: its default); ``run`` maps uint8 ``(B, 1, 28, 28)`` images to
+    float32 ``(B, num_classes)`` probabilities.
+
+    Raises:
+        DamagedFileError: onnxruntime cannot load the file (``fix`` says what to do).
+    """
+    import onnxruntime
+
+    try:
+        settings = onnxruntime.SessionOptions()
+        settings.intra_op_num_threads = threads or 0  # 0: onnxruntime's default
+        session = onnxruntime.InferenceSession(str(path), settings, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception classes
+        raise DamagedFileError(path, f"onnxruntime cannot load it ({str(err).splitlines()[0]})", fix) from None
+    metadata = dict(session.get_modelmeta().custom_metadata_map)
+
+    def run(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        array = images.numpy() if isinstance(images, torch.Tensor) else images
+        return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
+
+    return metadata, run
+
+
+def _load_program(path: Path, fix: str) -> tuple[dict[str, str], Callable[[Any], torch.Tensor]]:
+    """``(metadata, run)`` of a ``model.pt2`` (``torch.export.load``; torch's thread setting);
+    ``run`` maps uint8 ``(B, 1, 28, 28)`` images to float32 ``(B, num_classes)`` probabilities.
+
+    Raises:
+        DamagedFileError: The archive cannot be read (``fix`` says what to do).
+    """
+    metadata = dict.fromkeys(("class_names", "config", "run", "weights", "calibrated", "temperature", "test_acc"), "")
+    try:
+        program = torch.export.load(path, extra_files=metadata)
+    except Exception as err:  # a damaged archive raises zipfile, pickle or torch errors
+        raise DamagedFileError(path, f"torch.export.load cannot read it ({err})", fix) from None
+    metadata = {k: v for k, v in metadata.items() if v}
+    module = program.module()
+
+    @torch.inference_mode()
+    def run(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        return module(torch.as_tensor(images))
+
+    return metadata, run

@@ -1,5 +1,5 @@
 """Starting ``fmnist-serve`` as a process of its own and waiting until it answers: for
-notebooks, tests and ``benchmarks/serve_load.py``.
+notebooks, tests and ``benchmarks/speed/serve_load.py``.
 
 >>> with start_server("outputs/runs/<run>", backend="onnx") as server:  # doctest: +SKIP
 ...     httpx.post(server.url + "/predict", files={"file": open("shirt.png", "rb")}).json()

@@ -68,57 +68,70 @@ def compare_sweeps(sweep_a: str | Path, sweep_b: str | Path, trusted_modules: Se
     """
     sweep_a, sweep_b = Path(sweep_a), Path(sweep_b)
     groups = _configurations(sweep_a), _configurations(sweep_b)
-    finished = [[j for g in gs for j in g.finished()] for gs in groups]
-    for folder, jobs in zip((sweep_a, sweep_b), finished, strict=True):
-        if not jobs:
-            raise RunError(f"no job of the sweep {folder} finished; there is nothing to compare")
-    check_same_test_set(
-        RunFolder(finished[0][0].folder).load_config(trusted_modules),
-        RunFolder(finished[1][0].folder).load_config(trusted_modules),
-        (str(sweep_a), str(sweep_b)),
-    )
+    _check_comparable((sweep_a, sweep_b), groups, trusted_modules)
     pairs, unmatched = _pairs(*groups)
     if not pairs:
         raise RunError(
             f"no configuration of {sweep_a} matches one of {sweep_b} by its swept values; "
             "compare sweeps over the same grid, or two sweeps of one configuration each"
         )
-    configurations = []
-    for a, b in pairs:
-        seeds_a, seeds_b = a.by_seed(METRIC), b.by_seed(METRIC)
-        shared = sorted(set(seeds_a) & set(seeds_b))
-        # Paired on the shared seeds (their means are then of those seeds), else all seeds.
-        values_a = [seeds_a[s] for s in shared] if len(shared) > 1 else a.scores(METRIC)
-        values_b = [seeds_b[s] for s in shared] if len(shared) > 1 else b.scores(METRIC)
-        result = (paired_t_test if len(shared) > 1 else welch_t_test)(values_a, values_b)
-        if not math.isnan(result.p_value):
-            words = verdict(result.difference, result.low, result.high, result.p_value, result.test)
-        elif len(shared) > 1:
-            words = f"B − A is {100 * result.difference:+.2f} points on every shared seed: no spread, no test."
-        else:
-            words = f"Too few seeds for a test (A: {len(values_a)}, B: {len(values_b)}); run at least two of each."
-        configurations.append(
-            {
-                "values_a": a.values,
-                "values_b": b.values,
-                "seeds_a": len(values_a),
-                "seeds_b": len(values_b),
-                "shared_seeds": len(shared),
-                "mean_a": statistics.fmean(values_a) if values_a else math.nan,
-                "mean_b": statistics.fmean(values_b) if values_b else math.nan,
-                "difference": result.difference,
-                "ci95": [result.low, result.high],
-                "p_value": result.p_value,
-                "test": result.test,
-                "verdict": words,
-            }
-        )
     return {
         "a": str(sweep_a),
         "b": str(sweep_b),
         "metric": METRIC,
-        "configurations": configurations,
+        "configurations": [_compare_configuration(a, b) for a, b in pairs],
         "unmatched": [g.values for g in unmatched],
+    }
+
+
+def _check_comparable(
+    sweeps: tuple[Path, Path], groups: tuple[list[Group], list[Group]], trusted_modules: Sequence[str]
+) -> None:
+    """Refuses two sweeps (their configurations ``groups``) unless each has a finished job and
+    their first finished jobs were tested on the same test set.
+
+    Raises:
+        RunError: No job of a sweep finished, or the test sets differ.
+    """
+    finished = [[j for g in gs for j in g.finished()] for gs in groups]
+    for folder, jobs in zip(sweeps, finished, strict=True):
+        if not jobs:
+            raise RunError(f"no job of the sweep {folder} finished; there is nothing to compare")
+    check_same_test_set(
+        RunFolder(finished[0][0].folder).load_config(trusted_modules),
+        RunFolder(finished[1][0].folder).load_config(trusted_modules),
+        (str(sweeps[0]), str(sweeps[1])),
+    )
+
+
+def _compare_configuration(a: Group, b: Group) -> dict[str, Any]:
+    """One entry of ``compare_sweeps``'s ``configurations``: configuration ``a`` of sweep A
+    against ``b`` of sweep B, by ``METRIC`` (fractions) over their seeds."""
+    seeds_a, seeds_b = a.by_seed(METRIC), b.by_seed(METRIC)
+    shared = sorted(set(seeds_a) & set(seeds_b))
+    # Paired on the shared seeds (their means are then of those seeds), else all seeds.
+    values_a = [seeds_a[s] for s in shared] if len(shared) > 1 else a.scores(METRIC)
+    values_b = [seeds_b[s] for s in shared] if len(shared) > 1 else b.scores(METRIC)
+    result = (paired_t_test if len(shared) > 1 else welch_t_test)(values_a, values_b)
+    if not math.isnan(result.p_value):
+        words = verdict(result.difference, result.low, result.high, result.p_value, result.test)
+    elif len(shared) > 1:
+        words = f"B − A is {100 * result.difference:+.2f} points on every shared seed: no spread, no test."
+    else:
+        words = f"Too few seeds for a test (A: {len(values_a)}, B: {len(values_b)}); run at least two of each."
+    return {
+        "values_a": a.values,
+        "values_b": b.values,
+        "seeds_a": len(values_a),
+        "seeds_b": len(values_b),
+        "shared_seeds": len(shared),
+        "mean_a": statistics.fmean(values_a) if values_a else math.nan,
+        "mean_b": statistics.fmean(values_b) if values_b else math.nan,
+        "difference": result.difference,
+        "ci95": [result.low, result.high],
+        "p_value": result.p_value,
+        "test": result.test,
+        "verdict": words,
     }
 
 

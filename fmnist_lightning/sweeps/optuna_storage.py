@@ -71,17 +71,44 @@ def open_storage(
         RunError: The database cannot be opened (a bad URL, a missing driver, an unreachable
             server, a missing folder), or the journal file cannot be made.
     """
+    if spec.startswith(JOURNAL):
+        return _open_journal(spec)
+    return _open_database(spec, heartbeat_interval, grace_period, max_retry, attempts)
+
+
+def _open_journal(spec: str) -> Any:
+    """An ``optuna.storages.JournalStorage`` on the file of ``journal:<file>``, its folder made.
+
+    Raises:
+        RunError: The journal file cannot be made.
+    """
+    import optuna
+
+    path = Path(spec.removeprefix(JOURNAL))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    except OSError as err:
+        why = err.strerror or err
+        raise RunError(f"hydra.sweeper.storage={spec}: cannot write {path} ({why})") from None
+
+
+def _open_database(
+    spec: str, heartbeat_interval: int | None, grace_period: int | None, max_retry: int, attempts: int
+) -> Any:
+    """An ``optuna.storages.RDBStorage`` on the database URL ``spec``, opened up to ``attempts``
+    times, 0.5 s × the attempt apart, while another process creates its tables (the other
+    arguments are ``open_storage``'s).
+
+    Raises:
+        RunError: The database cannot be opened (a bad URL, a missing driver, an unreachable
+            server, a missing folder).
+        sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError: Its tables were still
+            being created at the last attempt.
+    """
     import optuna
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-    if spec.startswith(JOURNAL):
-        path = Path(spec.removeprefix(JOURNAL))
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-        except OSError as err:
-            why = err.strerror or err
-            raise RunError(f"hydra.sweeper.storage={spec}: cannot write {path} ({why})") from None
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval else None
     for attempt in range(1, attempts + 1):
         try:

@@ -83,6 +83,8 @@ def collect(sweeps: list[Sweep]) -> tuple[list[Row], list[tuple[str, Sweep, list
 
 
 def per_class_section(rows: list[Row]) -> list[str]:
+    """Recipe 002's per-class accuracies and errors, and its top-5 confused pairs, reported
+    against reproduced (means over seeds), one table pair per sweep, as Markdown lines."""
     rep = REPORTED["recipe_002"]
     lines = []
     for row in (r for r in rows if r.experiment == "recipe_002"):
@@ -102,31 +104,46 @@ def per_class_section(rows: list[Row]) -> list[str]:
                 f"| {label} | {name} | {percent(rep['per_class_acc'][label])} | {mean_std(accs)} | "
                 f"{rep['per_class_errors'][label]} | {errors:.1f} |"
             )
-        counts: dict[tuple[int, int], list[int]] = {}
-        for r in reports:
-            matrix = r["confusion_matrix"]
-            for t in range(len(names)):
-                for p in range(len(names)):
-                    if t != p:
-                        counts.setdefault((t, p), []).append(matrix[t][p])
-        ours = sorted(counts, key=lambda k: -statistics.fmean(counts[k]))[:5]
-        lines += [
-            "",
-            "Top-5 confused pairs (true → predicted), counts on the 10,000 test images; ours are "
-            "means over seeds, with each seed's count:",
-            "",
-            "| rank | reported pair | reported count | our count for that pair | our pair | our count |",
-            "|---:|---|---:|---:|---|---:|",
-        ]
-        for rank, ((t, p, n), (ot, op)) in enumerate(zip(rep["most_confused"], ours, strict=False), start=1):
-            theirs = counts[(t, p)]
-            mine = counts[(ot, op)]
-            lines.append(
-                f"| {rank} | {names[t]} → {names[p]} | {n} | "
-                f"{statistics.fmean(theirs):.1f} ({', '.join(map(str, theirs))}) | "
-                f"{names[ot]} → {names[op]} | {statistics.fmean(mine):.1f} ({', '.join(map(str, mine))}) |"
-            )
+        lines += _confused_pairs_table(_confusion_counts(reports, len(names)), names, rep["most_confused"])
         lines.append("")
+    return lines
+
+
+def _confusion_counts(reports: list[dict], num_classes: int) -> dict[tuple[int, int], list[int]]:
+    """Each off-diagonal cell ``(true, predicted)`` of the reports' confusion matrices: its
+    count in each report (image counts, one per seed)."""
+    counts: dict[tuple[int, int], list[int]] = {}
+    for r in reports:
+        matrix = r["confusion_matrix"]
+        for t in range(num_classes):
+            for p in range(num_classes):
+                if t != p:
+                    counts.setdefault((t, p), []).append(matrix[t][p])
+    return counts
+
+
+def _confused_pairs_table(
+    counts: dict[tuple[int, int], list[int]], names: list[str], reported: list[tuple[int, int, int]]
+) -> list[str]:
+    """The reported top-5 confused pairs ``(true, predicted, count)`` against ours (the largest
+    mean ``counts``), with our counts per seed, as Markdown lines."""
+    ours = sorted(counts, key=lambda k: -statistics.fmean(counts[k]))[:5]
+    lines = [
+        "",
+        "Top-5 confused pairs (true → predicted), counts on the 10,000 test images; ours are "
+        "means over seeds, with each seed's count:",
+        "",
+        "| rank | reported pair | reported count | our count for that pair | our pair | our count |",
+        "|---:|---|---:|---:|---|---:|",
+    ]
+    for rank, ((t, p, n), (ot, op)) in enumerate(zip(reported, ours, strict=False), start=1):
+        theirs = counts[(t, p)]
+        mine = counts[(ot, op)]
+        lines.append(
+            f"| {rank} | {names[t]} → {names[p]} | {n} | "
+            f"{statistics.fmean(theirs):.1f} ({', '.join(map(str, theirs))}) | "
+            f"{names[ot]} → {names[op]} | {statistics.fmean(mine):.1f} ({', '.join(map(str, mine))}) |"
+        )
     return lines
 
 
@@ -154,8 +171,14 @@ def weighted_section(rows: list[Row]) -> list[str]:
 
 
 def markdown(sweeps: list[Sweep], notes: Path | None) -> str:
+    """docs/REPRODUCTION.md's text: the results of ``sweeps`` against the recipes' reported
+    figures, the runs they come from, superseded runs and unfinished jobs, then ``notes`` (the
+    hand-written findings) when that file exists.
+
+    Raises:
+        DamagedFileError: A job's ``report.json`` is damaged.
+    """
     rows, superseded, unfinished = collect(sweeps)
-    now = source_digest()
     lines = [
         "# Reproduction of the documented recipes",
         "",
@@ -167,6 +190,23 @@ def markdown(sweeps: list[Sweep], notes: Path | None) -> str:
         "± is the sample standard deviation over seeds. A recipe counts as reproduced when "
         "its mean over at least 3 seeds is at least its reported figure minus 0.5 points.",
         "",
+    ]
+    lines += _results_section(rows)
+    lines += weighted_section(rows) + per_class_section(rows)
+    lines += _runs_section(sweeps)
+    if superseded:
+        lines += _superseded_section(superseded)
+    if unfinished:
+        lines += ["## Unfinished jobs", ""] + [f"- {j.folder}: {j.status} {j.error or ''}" for j in unfinished] + [""]
+    if notes is not None and notes.is_file():
+        lines += [notes.read_text().rstrip(), ""]
+    return "\n".join(lines)
+
+
+def _results_section(rows: list[Row]) -> list[str]:
+    """The Results table, one line per row of current-config runs (accuracies in %, wall
+    time in seconds), with its notes, as Markdown lines."""
+    lines = [
         "## Results",
         "",
         "| experiment | recipe file | reported | reproduced here | per seed | target met | epochs run "
@@ -190,8 +230,14 @@ def markdown(sweeps: list[Sweep], notes: Path | None) -> str:
         "(jobs at once > 1) took longer than they would alone.",
         "",
     ]
-    lines += weighted_section(rows) + per_class_section(rows)
-    lines += [
+    return lines
+
+
+def _runs_section(sweeps: list[Sweep]) -> list[str]:
+    """The Runs table: each sweep's command, commit, whether its code is this checkout's
+    (``source_digest``), hardware and total wall time (seconds), with its notes, as Markdown lines."""
+    now = source_digest()
+    lines = [
         "## Runs",
         "",
         "| sweep | command | commit | code | hardware | total wall time (s) | finished |",
@@ -216,25 +262,26 @@ def markdown(sweeps: list[Sweep], notes: Path | None) -> str:
         "single run of any row is `python train.py experiment=<experiment> seed=<seed>`.",
         "",
     ]
-    if superseded:
-        lines += [
-            "## Superseded runs",
-            "",
-            "Runs of an experiment whose config has changed since; they are not counted above, "
-            "and are kept as evidence for the changes (see the notes).",
-            "",
-            "| experiment | sweep | test accuracy | per seed | config then → now |",
-            "|---|---|---:|---|---|",
-        ]
-        for experiment, sweep, jobs, changes in superseded:
-            accs = [j.metrics["test/acc"] for j in jobs]
-            lines.append(
-                f"| `{experiment}` | {sweep.path.name} | {mean_std(accs)} "
-                f"| {', '.join(percent(a) for a in accs)} | {'; '.join(changes)} |"
-            )
-        lines.append("")
-    if unfinished:
-        lines += ["## Unfinished jobs", ""] + [f"- {j.folder}: {j.status} {j.error or ''}" for j in unfinished] + [""]
-    if notes is not None and notes.is_file():
-        lines += [notes.read_text().rstrip(), ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _superseded_section(superseded: list[tuple[str, Sweep, list[Job], list[str]]]) -> list[str]:
+    """The Superseded runs table (runs whose experiment's config changed since, with the
+    changes; accuracies in %), as Markdown lines."""
+    lines = [
+        "## Superseded runs",
+        "",
+        "Runs of an experiment whose config has changed since; they are not counted above, "
+        "and are kept as evidence for the changes (see the notes).",
+        "",
+        "| experiment | sweep | test accuracy | per seed | config then → now |",
+        "|---|---|---:|---|---|",
+    ]
+    for experiment, sweep, jobs, changes in superseded:
+        accs = [j.metrics["test/acc"] for j in jobs]
+        lines.append(
+            f"| `{experiment}` | {sweep.path.name} | {mean_std(accs)} "
+            f"| {', '.join(percent(a) for a in accs)} | {'; '.join(changes)} |"
+        )
+    lines.append("")
+    return lines

@@ -86,7 +86,6 @@ def _mean_std(interval: MeanInterval) -> str:
 
 def summary_markdown(sweep_dir: Path, jobs: list[Job], keys: list[str], groups: list[Group], metric: str) -> str:
     """The Markdown summary: configurations ranked, every job, the failures."""
-    config_keys = [k for k in keys if k not in SEED_KEYS]
     pruned = [j for j in jobs if j.status == "pruned"]
     unfinished = [j for j in jobs if not j.ended]
     over = "seeds and folds" if "data.fold" in keys else "seeds"
@@ -103,6 +102,26 @@ def summary_markdown(sweep_dir: Path, jobs: list[Job], keys: list[str], groups: 
         "else ≈ best, not significantly different; each test at 5 %, without a correction for "
         "testing several configurations); see docs/comparing.md.",
         "",
+    ]
+    lines += _configurations_table(groups, [k for k in keys if k not in SEED_KEYS], metric, unit)
+    lines += _jobs_table(jobs, keys)
+    if pruned:
+        lines += ["", "## Pruned", ""]
+        lines += [f"- job {j.folder.name}, after {j.epochs} epochs: {j.error}" for j in pruned]
+    if unfinished:
+        lines += ["", "## Not finished", ""]
+        lines += [
+            f"- job {j.folder.name} ({j.status}): {j.error or 'no error recorded (still running, or killed)'}"
+            for j in unfinished
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _configurations_table(groups: list[Group], config_keys: list[str], metric: str, unit: str) -> list[str]:
+    """The Configurations section: ``groups`` ranked by ``metric``, each with its swept values,
+    finished ``unit`` (seeds or runs), each metric's ``_mean_std`` (%) and its test against the
+    best, as Markdown lines."""
+    lines = [
         "## Configurations",
         "",
         "| rank | "
@@ -122,7 +141,13 @@ def summary_markdown(sweep_dir: Path, jobs: list[Job], keys: list[str], groups: 
             + " | ".join(cells)
             + f" | {versus_best(rank, difference, unit) if group.finished() else '–'} |"
         )
-    lines += [
+    return lines
+
+
+def _jobs_table(jobs: list[Job], keys: list[str]) -> list[str]:
+    """The Jobs section: every job with its swept values, status, metrics (%), epochs and wall
+    time (s), as Markdown lines."""
+    lines = [
         "",
         "## Jobs",
         "",
@@ -141,16 +166,7 @@ def summary_markdown(sweep_dir: Path, jobs: list[Job], keys: list[str], groups: 
             + " | ".join(percent(job.metrics.get(m)) for m in METRICS)
             + f" | {'' if job.epochs is None else job.epochs} | {'' if job.wall_time_s is None else job.wall_time_s} |"
         )
-    if pruned:
-        lines += ["", "## Pruned", ""]
-        lines += [f"- job {j.folder.name}, after {j.epochs} epochs: {j.error}" for j in pruned]
-    if unfinished:
-        lines += ["", "## Not finished", ""]
-        lines += [
-            f"- job {j.folder.name} ({j.status}): {j.error or 'no error recorded (still running, or killed)'}"
-            for j in unfinished
-        ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def summary_figure(groups: list[Group], metric: str) -> Figure:
@@ -191,7 +207,19 @@ def summarize(sweep_dir: str | Path, metric: str = "val/acc_best") -> tuple[str,
     jobs = read_sweep(sweep_dir)
     keys = swept_keys(jobs)
     groups = group_jobs(jobs, keys, metric)
-    with (sweep_dir / "summary_jobs.csv").open("w", newline="") as file:
+    _write_jobs_csv(sweep_dir / "summary_jobs.csv", jobs, keys)
+    _write_configurations_csv(sweep_dir / "summary.csv", groups, keys, metric)
+    markdown = summary_markdown(sweep_dir, jobs, keys, groups, metric)
+    (sweep_dir / "summary.md").write_text(markdown)
+    if any(g.finished() for g in groups):
+        summary_figure(groups, metric).savefig(sweep_dir / "summary.png", dpi=120)
+    return markdown, jobs
+
+
+def _write_jobs_csv(path: Path, jobs: list[Job], keys: list[str]) -> None:
+    """Writes ``summary_jobs.csv``: one row per job (its folder, swept ``keys``, status, metrics
+    as fractions, epochs, wall time in s, error line)."""
+    with path.open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["job", *keys, "status", *METRICS, "epochs", "wall_time_s", "error"])
         for job in jobs:
@@ -206,8 +234,13 @@ def summarize(sweep_dir: str | Path, metric: str = "val/acc_best") -> tuple[str,
                     job.error or "",
                 ]
             )
+
+
+def _write_configurations_csv(path: Path, groups: list[Group], keys: list[str], metric: str) -> None:
+    """Writes ``summary.csv``: one row per configuration of ``groups`` (best first by ``metric``),
+    with the mean, std and 95 % t interval of each metric (fractions) and the test against the best."""
     config_keys = [k for k in keys if k not in SEED_KEYS]
-    with (sweep_dir / "summary.csv").open("w", newline="") as file:
+    with path.open("w", newline="") as file:
         writer = csv.writer(file)
         stats = ("mean", "std", "ci95_low", "ci95_high")
         writer.writerow(
@@ -232,8 +265,3 @@ def summarize(sweep_dir: str | Path, metric: str = "val/acc_best") -> tuple[str,
                     "" if difference is None else difference.significant,
                 ]
             )
-    markdown = summary_markdown(sweep_dir, jobs, keys, groups, metric)
-    (sweep_dir / "summary.md").write_text(markdown)
-    if any(g.finished() for g in groups):
-        summary_figure(groups, metric).savefig(sweep_dir / "summary.png", dpi=120)
-    return markdown, jobs

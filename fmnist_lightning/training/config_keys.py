@@ -199,12 +199,23 @@ def _unimportable(key: str, node: DictConfig) -> tuple[str, str] | None:
 
 
 def _holder(key: str, node: DictConfig, argument: ArgumentError) -> tuple[str, DictConfig] | None:
-    """``(key, node)`` of the node that has ``argument``'s argument: ``node`` itself, else the
-    first nested config that does (``data.augment.flip`` for ``p``); ``None`` if none."""
-    if argument.argument in node:
+    """``(key, node)`` of the config that holds ``argument``'s argument with its value:
+    ``node`` itself, else the first nested config that does (``data.augment.noise`` for
+    ``std=-1``, not ``data.normalize``, whose ``std`` is another); ``None`` if none."""
+    name = argument.argument
+    if name in node and _same(node, name, argument.value):
         return key, node
-    for name, child in node.items():
-        found = _holder(_join(key, str(name)), child, argument) if isinstance(child, DictConfig) else None
+    for child_name, child in node.items():
+        found = _holder(_join(key, str(child_name)), child, argument) if isinstance(child, DictConfig) else None
         if found is not None:
             return found
     return None
+
+
+def _same(node: DictConfig, name: str, value: Any) -> bool:
+    """Whether ``node.<name>`` resolves to ``value`` (an unresolvable one counts as the same)."""
+    try:
+        held = OmegaConf.to_container(node, resolve=True).get(name)
+    except Exception:
+        return True
+    return held == value or str(held) == str(value)
