@@ -329,6 +329,19 @@ def test_resume_takes_any_folder_name_so_hydra_reads_it_back(
         assert resumed.resume == resumed.hydra.run.dir == str(folder.resolve())
 
 
+def test_a_list_of_image_paths_is_read_as_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fmnist-predict 'images=[/tmp/adv run/shirt é.png]'``: each path of the list, with a
+    space next to a non-ASCII letter, reaches Hydra quoted, and Hydra reads it back as typed."""
+    typed = ["fmnist-predict", "images=[/tmp/adv run/shirt é.png,/tmp/b.png]", "run_dir=/tmp/my run/ñ"]
+    monkeypatch.setattr(sys, "argv", list(typed))
+    hydra_argv()
+    parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(sys.argv[1:])}
+    assert parsed == {"images": ["/tmp/adv run/shirt é.png", "/tmp/b.png"], "run_dir": "/tmp/my run/ñ"}
+    monkeypatch.setattr(sys, "argv", ["fmnist-predict", "images=[a.png,'b c.png']"])  # Hydra reads it: as typed
+    hydra_argv()
+    assert sys.argv[1] == "images=[a.png,'b c.png']"
+
+
 @pytest.mark.slow
 def test_a_folder_with_a_space_and_a_non_ascii_letter_works_with_every_command(data_root: Path, tmp_path: Path) -> None:
     folder = tmp_path / "my run" / "ñ"

@@ -1,5 +1,15 @@
 """One training run: build everything from the config once, fit, test the best checkpoint, and
-write the run folder."""
+write the run folder.
+
+The run folder then holds ``.hydra/`` (written by Hydra), ``checkpoints/`` (``epoch_NNN.ckpt``
+for the best ``val/acc`` and ``last.ckpt``), ``net.pt`` (the tested network's plain
+state_dict), the test report (``report.json``, ``report.md``, ``confusion_matrix.png``,
+``reliability.png``, ``predictions.npz``, and ``temperature.json``, fitted on the validation
+split), ``history.csv`` and ``curves.png`` (the metrics of every epoch), the logger's files
+(TensorBoard's events by default, in the folder itself, with the report's figures and text, PR
+curves, projector and an HParams session) and ``metrics.json`` (the run's status, kept up to
+date while it trains; see ``run_status.RunStatus``). ``run_folder.RunFolder`` reads them back.
+"""
 
 from __future__ import annotations
 
@@ -62,24 +72,8 @@ def write_curves(run_dir: Path) -> bool:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Trains, tests the best checkpoint, and writes the run folder ``cfg.output_dir``.
-
-    Everything that can be checked is checked before any data is read or any file written:
-    the run's objects are built once from the config (``build_run``,
-    which reports every bad value by its key), the checkpoint to start from (``resume`` or
-    ``ckpt_path``, see ``start_checkpoint``) must fit
-    the network, and the folder must be writable with enough free space.
-
-    The run folder then holds ``.hydra/`` (written by Hydra), ``checkpoints/``
-    (``epoch_NNN.ckpt`` for the best ``val/acc`` and ``last.ckpt``), ``net.pt`` (the tested
-    network's plain state_dict), the test report (``report.json``, ``report.md``,
-    ``confusion_matrix.png``, ``reliability.png``, ``predictions.npz``, and
-    ``temperature.json``, fitted on the validation split), ``history.csv`` and ``curves.png`` (the metrics of every
-    epoch), the logger's files (TensorBoard's events by default, in the folder itself, with the
-    report's figures and text, PR curves, projector and an HParams session) and
-    ``metrics.json`` (the run's status, kept up to date while it trains; see
-    ``RunStatus``).
-
-    The errors it raises are all from ``fmnist_lightning.errors``.
+    Everything that can be checked is checked before any data is read or any file written
+    (``_build_checked``). The errors it raises are all from ``fmnist_lightning.errors``.
 
     Args:
         cfg: The composed ``conf/train.yaml``.
@@ -136,9 +130,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _build_checked(cfg: DictConfig, folder: RunFolder, callbacks: list) -> tuple[Run, Path | None]:
-    """The run's objects (``build_run``) and the checkpoint it starts from, checked before
-    anything is written: the checkpoint fits the network, the folder is writable with enough
-    free space. A refused ``resume=`` attempt's Hydra files are removed again.
+    """The run's objects, built once from the config (``build_run``, which reports every bad
+    value by its key), and the checkpoint it starts from (``resume`` or ``ckpt_path``, see
+    ``start_checkpoint``), checked before anything is written: the checkpoint fits the
+    network, the folder is writable with enough free space. A refused ``resume=`` attempt's
+    Hydra files are removed again.
 
     Raises:
         ConfigError, RunError: As ``train``.
