@@ -46,10 +46,10 @@ from fmnist_lightning.sweeps.reproduction import (
     git_state,
     hardware,
     load_sweep,
+    markdown,
     source_digest,
     train_command,
 )
-from fmnist_lightning.sweeps.reproduction_doc import markdown
 
 __all__ = ["config_changes", "main", "read_sweep", "source_digest"]
 

@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from fmnist_lightning.errors import RunError, UserError
-from fmnist_lightning.training import guard
+from fmnist_lightning.training import run_dirs
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,11 @@ def exits_on_refusal(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class RunFolderGuard(guard.RunFolderGuard):
-    """``fmnist_lightning.training.guard.RunFolderGuard``; its refusals end the command."""
+class RunFolderGuard(run_dirs.RunFolderGuard):
+    """``fmnist_lightning.training.run_dirs.RunFolderGuard``; its refusals end the command."""
 
-    on_run_start = exits_on_refusal(guard.RunFolderGuard.on_run_start)
-    on_multirun_start = exits_on_refusal(guard.RunFolderGuard.on_multirun_start)
+    on_run_start = exits_on_refusal(run_dirs.RunFolderGuard.on_run_start)
+    on_multirun_start = exits_on_refusal(run_dirs.RunFolderGuard.on_multirun_start)
 
 
 class SweepSummary(Callback):

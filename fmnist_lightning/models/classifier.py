@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 
 from fmnist_lightning.errors import NonFiniteLossError
-from fmnist_lightning.models.parts import build_net, build_part
+from fmnist_lightning.models.compose import build_net, build_part
 from fmnist_lightning.models.rng import rng_states, set_rng_states
 from fmnist_lightning.trust import check_checkpoint
 

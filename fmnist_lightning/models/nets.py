@@ -3,7 +3,7 @@
 
 Every network maps ``torch.float32`` ``(B, 1, H, W)`` images with ``H = W = image_size`` to
 ``(B, num_classes)`` logits, ``num_classes`` being the dataset's ``data.num_classes`` (given
-by the LightningModule, ``fmnist_lightning.models.parts.build_net``). The first linear layer
+by the LightningModule, ``fmnist_lightning.models.compose.build_net``). The first linear layer
 is sized from ``image_size`` (28 and 16 are the documented sizes; the parameter counts below
 are at 10 classes); a size too small for a
 network's pooling stages raises ``ImageTooSmallError``. Each network checks its own

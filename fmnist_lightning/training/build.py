@@ -6,14 +6,19 @@ over the network's parameters, the scheduler, the callbacks, the loggers and the
 their own constructors (and Lightning's argument parsing) accept them. The run then uses
 these very objects. Objects check their own arguments; the third-party arguments of the
 shipped configs have declared rules (``training.schema``), checked first; and
-``fmnist_lightning.training.config_keys`` says which config key any other failure belongs to.
+``blame`` says which config key any other failure belongs to.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
+import pydoc
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import hydra
@@ -21,8 +26,10 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
+from pydantic import ValidationError
+from typeguard import TypeCheckError, check_type
 
-from fmnist_lightning.errors import ConfigError, PartError, Problem
+from fmnist_lightning.errors import ArgumentError, ConfigError, PartError, Problem
 from fmnist_lightning.models.compose import (
     PART_KEYS,
     SPEED_KEYS,
@@ -32,10 +39,9 @@ from fmnist_lightning.models.compose import (
     module_class,
 )
 from fmnist_lightning.training.checkpoint_io import AtomicCheckpointIO
-from fmnist_lightning.training.config_keys import blame, options, type_problems, unknown_arguments
 from fmnist_lightning.training.precision import resolve_precision
 from fmnist_lightning.training.processes import launch_strategy
-from fmnist_lightning.training.schema import declared_problems
+from fmnist_lightning.training.schema import declared_problems, lower, problem_at
 
 #: The stages whose logged keys callbacks and sweeps may use.
 STAGES = ("train", "val", "test")
@@ -167,7 +173,7 @@ def build_run(cfg: DictConfig, extra_callbacks: list[Callback] = (), extra_logge
     Raises:
         ConfigError: Every value that could not be used, each with its key, its value and
             what went wrong (all at once); a ``trainer`` key that is no argument of
-            ``lightning.pytorch.Trainer`` (its signature, ``config_keys.unknown_arguments``)
+            ``lightning.pytorch.Trainer`` (its signature, ``unknown_arguments``)
             among them.
     """
     strategy = launch_strategy(cfg)  # says so when it replaces ddp, which a user should see
@@ -224,3 +230,166 @@ def _build_run(cfg: DictConfig, extra_callbacks: list[Callback], extra_loggers: 
     if problems:
         raise ConfigError(problems)
     return Run(datamodule, model, trainer, precision_reason)
+
+
+#: Where the config groups' option files are: ``conf/<group>/*.yaml``, packaged as
+#: ``fmnist_lightning.conf`` (the same files in a clone and in an installed wheel).
+CONF_DIR = resources.files("fmnist_lightning.conf")
+#: Config keys that are Hydra's instructions, not constructor arguments.
+HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+
+
+def options(group: str) -> str:
+    """``"group=a, group=b"`` for the option files of ``conf/<group>/``."""
+    files = (CONF_DIR / group).iterdir() if (CONF_DIR / group).is_dir() else ()
+    names = sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml") and f.name != "none.yaml")
+    return ", ".join(f"{group}={n}" for n in names) or f"a {group} config"
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip() or type(err).__name__).splitlines()[0]
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def unknown_arguments(key: str, node: DictConfig) -> list[Problem]:
+    """The keys of ``node`` (at ``key``) that are no argument of its ``_target_``'s
+    constructor, each with the closest argument name (``difflib.get_close_matches``), e.g.
+    ``trainer.max_epoch=3: not an argument of lightning.pytorch.Trainer; did you mean
+    trainer.max_epochs?``. The source of the rule is the constructor's own signature
+    (``inspect.signature``); none is reported for a constructor that takes ``**kwargs``, or
+    whose target cannot be imported (``blame`` reports that when it is built)."""
+    target = node.get("_target_")
+    try:
+        parameters = inspect.signature(pydoc.locate(str(target))).parameters
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return []
+    names = [n for n, p in parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    values = OmegaConf.to_container(node, resolve=False)
+    problems = []
+    for name, value in values.items():
+        if name in HYDRA_KEYS or name in names:
+            continue
+        close = difflib.get_close_matches(str(name), names, n=1)
+        hint = f"did you mean {_join(key, close[0])}?" if close else f"its arguments are {', '.join(names)}"
+        problems.append(Problem(_join(key, str(name)), value, f"not an argument of {target}; {hint}"))
+    return problems
+
+
+def type_problems(key: str, node: DictConfig, target: Any = None) -> list[Problem]:
+    """The arguments of ``node`` whose values contradict the annotations of its target
+    (``node._target_``, or ``target``)."""
+    try:
+        target = target or pydoc.locate(node._target_)
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:
+        return []
+    values = OmegaConf.to_container(node, resolve=True)
+    problems = []
+    for name, value in values.items():
+        nested = isinstance(value, dict) and "_target_" in str(value)  # built by Hydra, checked on its own
+        if name in HYDRA_KEYS or name not in hints or nested:
+            continue
+        try:
+            check_type(value, hints[name])
+        except TypeCheckError:
+            expected = (
+                hints[name].__name__ if isinstance(hints[name], type) else str(hints[name]).replace("typing.", "")
+            )
+            problems.append(problem_at(node, _join(key, name), name, value, f"must be of type {expected}"))
+    return problems
+
+
+def blame(key: str, node: Any, err: BaseException, target: Any = None) -> Problem:
+    """The config key that ``err``, raised while building ``node`` (at ``key``; ``""`` for
+    top-level keys, whose constructor is ``target``), belongs to, from what is declared:
+
+    - an ``ArgumentError`` (the project's own classes declare their arguments' rules, see
+      ``errors.require``) names its argument: the key is the node's, or that of the nested
+      node holding the argument (``data.augment.flip.p``), or where an interpolated value
+      comes from;
+    - a value that contradicts the constructor's type annotations is reported at its key
+      (``type_problems``);
+    - a target that cannot be imported is reported at ``<key>._target_``, with the group's
+      options;
+    - any other error (a third-party constructor's, on an argument without a declared rule:
+      see ``training.schema``) is reported at its group, with its message:
+      ``optimizer (torch.optim.Adam): ...``.
+    """
+    chain, cause = [], err
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    declared = next((e for e in chain if isinstance(e, ValidationError)), None)
+    if declared is not None and isinstance(node, DictConfig):  # pydantic's validate_call, at the argument
+        error = declared.errors(include_url=False)[0]
+        name = str(error["loc"][0]) if error["loc"] else ""
+        value = error.get("input")
+        return problem_at(node, _join(key, name), name, value, lower(str(error["msg"])))
+    argument = next((e for e in chain if isinstance(e, ArgumentError)), None)
+    if argument is not None and isinstance(node, DictConfig):
+        where, holder = _holder(key, node, argument) or (key, node)
+        return problem_at(holder, _join(where, argument.argument), argument.argument, argument.value, argument.allowed)
+    innermost = chain[-1]
+    message = _first_line(innermost)
+    if not isinstance(node, DictConfig):
+        return Problem(key, node, message)
+    types = type_problems(key, node, target)
+    if types:
+        return Problem(types[0].key, types[0].value, f"{types[0].allowed} ({message})")
+    group = key.split(".")[0]
+    fix = f"; use {options(group)}" if (CONF_DIR / group).is_dir() else ""
+    what = node.get("_target_") or getattr(target, "__qualname__", None)
+    if any(isinstance(e, ImportError) for e in chain):
+        where, what = _unimportable(key, node) or (key, what)
+        return Problem(
+            f"{where}._target_", what, f"cannot be imported{fix} (or the import path of a class of your own)"
+        )
+    if isinstance(innermost, TypeError) and unknown_arguments(key, node):  # a class that takes other arguments
+        return Problem(f"{key}._target_", what, f"{message}{fix} (or a class that takes these arguments)")
+    return Problem(key or "module", what, message, at_group=True)
+
+
+def _unimportable(key: str, node: DictConfig) -> tuple[str, str] | None:
+    """``(key, target)`` of the first ``_target_`` in ``node`` or its nested configs that
+    cannot be imported (``data.augment.flip`` for ``torch.nn.Flipp``); ``None`` if all can."""
+    from hydra.utils import get_object
+
+    target = node.get("_target_")
+    if isinstance(target, str):
+        try:
+            get_object(target)
+        except Exception:
+            return key, target
+    for name, child in node.items():
+        found = _unimportable(_join(key, str(name)), child) if isinstance(child, DictConfig) else None
+        if found is not None:
+            return found
+    return None
+
+
+def _holder(key: str, node: DictConfig, argument: ArgumentError) -> tuple[str, DictConfig] | None:
+    """``(key, node)`` of the config that holds ``argument``'s argument with its value:
+    ``node`` itself, else the first nested config that does (``data.augment.noise`` for
+    ``std=-1``, not ``data.normalize``, whose ``std`` is another); ``None`` if none."""
+    name = argument.argument
+    if name in node and _same(node, name, argument.value):
+        return key, node
+    for child_name, child in node.items():
+        found = _holder(_join(key, str(child_name)), child, argument) if isinstance(child, DictConfig) else None
+        if found is not None:
+            return found
+    return None
+
+
+def _same(node: DictConfig, name: str, value: Any) -> bool:
+    """Whether ``node.<name>`` resolves to ``value`` (an unresolvable one counts as the same)."""
+    try:
+        held = OmegaConf.to_container(node, resolve=True).get(name)
+    except Exception:
+        return True
+    return held == value or str(held) == str(value)

@@ -10,11 +10,14 @@ Sources of the rules: ``torch.optim.Adam``/``SGD`` (``lr``, ``eps``, ``weight_de
 ``CosineAnnealingLR``, ``OneCycleLR``: ``total_steps`` positive, ``pct_start`` in [0, 1]),
 ``torch.nn.CrossEntropyLoss`` (``label_smoothing`` in [0, 1]) and ``lightning.pytorch.Trainer``
 (its documented ``precision`` values and limits). An argument declared nowhere is checked
-by its own constructor; its error is then reported at its group (``config_keys.blame``).
+by its own constructor; its error is then reported at its group (``build.blame``).
 """
 
 from __future__ import annotations
 
+import inspect
+import pydoc
+import re
 from typing import Annotated, Any, Literal
 
 import torch
@@ -127,9 +130,36 @@ def declared_problems(cfg: DictConfig) -> dict[str, list[Problem]]:
 
 def _problem(group: str, node: DictConfig, values: dict[str, Any], error: dict[str, Any]) -> Problem:
     """One pydantic error as a ``Problem`` at its config key."""
-    from fmnist_lightning.training.config_keys import default_hint, lower, problem_at
-
     name = str(error["loc"][0])
     hint = default_hint(node, name)
     message = lower(str(error["msg"])) + (f" ({hint})" if hint else "")
     return problem_at(node, f"{group}.{name}", name, values.get(name), message)
+
+
+def problem_at(node: DictConfig, key: str, name: str, value: Any, allowed: str) -> Problem:
+    """A problem of argument ``name`` of ``node``; reported at the key an interpolated value
+    comes from (``model.image_size: ${data.image_size}`` → ``data.image_size``)."""
+    if name in node and OmegaConf.is_interpolation(node, name):
+        raw = OmegaConf.to_container(node, resolve=False)[name]
+        match = re.fullmatch(r"\$\{([\w.]+)\}", str(raw))
+        if match:
+            key = match.group(1)
+    return Problem(key, value, allowed)
+
+
+def default_hint(node: DictConfig, name: str) -> str:
+    """``"the default of <target>: <value>"`` for argument ``name`` of ``node``'s target (its
+    signature), or ``""``: a known good value to suggest beside a rule."""
+    try:
+        default = inspect.signature(pydoc.locate(str(node.get("_target_")))).parameters[name].default
+    except Exception:
+        return ""
+    if default is inspect.Parameter.empty or default is None:
+        return ""
+    return f"the default of {node.get('_target_')}: {default!r}"
+
+
+def lower(message: str) -> str:
+    """A validator's message as the rest of a line: ``Input should be ...`` → ``input should be ...``."""
+    message = message.removeprefix("Value error, ")
+    return message[:1].lower() + message[1:]
