@@ -21,7 +21,6 @@ import json
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -72,7 +71,6 @@ HISTORY_FIX = "It is the run's per-epoch record (curves.png): delete it, and a r
 BEST_FIX = "Delete it and give the weights another way: weights=last, weights=net.pt or a .ckpt file."
 
 
-@dataclass(frozen=True)
 class RunFolder:
     """A run's folder (``outputs/runs/<run>``, or a sweep's ``<sweep>/<job>``).
 
@@ -80,10 +78,8 @@ class RunFolder:
         path: The folder, as given (not resolved).
     """
 
-    path: Path
-
     def __init__(self, path: str | Path) -> None:
-        object.__setattr__(self, "path", Path(path))
+        self.path = Path(path)
 
     # Its files ---------------------------------------------------------------------------
     @property

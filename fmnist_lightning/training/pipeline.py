@@ -41,7 +41,7 @@ from fmnist_lightning.training.processes import (
     sigterm_as_ctrl_c,
 )
 from fmnist_lightning.training.run_dirs import check_writable
-from fmnist_lightning.training.run_status import Attempt, RunStatus
+from fmnist_lightning.training.run_status import Attempt, RunStatus, logged_metrics
 from fmnist_lightning.training.starting import start_checkpoint
 from fmnist_lightning.trust import TRUST_KEY
 
@@ -118,7 +118,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             with sigterm_as_ctrl_c():
                 status.write(trainer, "running", epochs=attempt.epochs, metrics=attempt.metrics, trained=True)
                 trainer.test(model, datamodule=datamodule, ckpt_path=test_from)  # TestReport writes the report
-                attempt.metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
+                attempt.metrics.update(logged_metrics(trainer))
                 attempt.stage = "report"
                 if trainer.is_global_zero:
                     save_weights(model, attempt.best_path, folder)

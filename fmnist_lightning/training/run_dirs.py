@@ -220,7 +220,8 @@ CONTINUABLE = "hydra_plugins.fmnist_lightning_sweepers."
 def _timestamped(config: DictConfig, key: str) -> bool:
     """Whether the folder at ``key`` is named from the time (``${now:...}`` in its pattern):
     a new name for every run, which ``claim_folder`` makes unique."""
-    return "${now:" in str(OmegaConf.to_container(config, resolve=False)["hydra"][key.split(".")[1]]["dir"])
+    parent, name = key.rsplit(".", 1)
+    return "${now:" in str(OmegaConf.to_container(OmegaConf.select(config, parent), resolve=False)[name])
 
 
 def _pin(config: DictConfig, key: str, folder: Path) -> None:

@@ -97,7 +97,7 @@ class RunStatus(Callback):
         if self._resumed_at is not None:
             global_step, best = self._resumed_at
         if metrics is None:
-            metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+            metrics = logged_metrics(trainer)
         if best and not Path(best).is_file():  # its write failed: the status must not point at it
             best = ""
         RunFolder(self.output_dir).write_status(
@@ -147,6 +147,13 @@ class RunStatus(Callback):
         for logger in trainer.loggers:
             logger.save()
         self.write(trainer, "running", epochs=trainer.current_epoch + 1)
+
+
+def logged_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """The values the Trainer last logged (``callback_metrics``), as floats: each epoch's
+    ``train/*`` and ``val/*``, or after ``trainer.test`` the ``test/*`` ones. Accuracies are
+    fractions."""
+    return {key: float(value) for key, value in trainer.callback_metrics.items()}
 
 
 def stop_reason(trainer: L.Trainer) -> str | None:
@@ -228,7 +235,7 @@ class Attempt:
         trainer = self.trainer
         self.epochs = trainer.fit_loop.epoch_progress.current.processed
         self.status.training_ended(stop_reason(trainer), stop_limits(self.cfg))
-        self.metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        self.metrics = logged_metrics(trainer)
         checkpoint = trainer.checkpoint_callback
         self.best_path = checkpoint.best_model_path if checkpoint is not None else ""
         return self.best_path or None
@@ -261,7 +268,7 @@ class Attempt:
         if isinstance(err, NonFiniteLossError):
             status.write_or_warn(trainer, "failed", epochs=self._completed(), error=str(err))
         elif isinstance(err, TrialPruned):  # after an epoch's validation: that epoch is done, nothing is tested
-            metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+            metrics = logged_metrics(trainer)
             status.write_or_warn(trainer, "pruned", epochs=trainer.current_epoch + 1, metrics=metrics, error=str(err))
         elif isinstance(err, SystemExit | KeyboardInterrupt):  # Lightning's ways out after Ctrl-C and SIGTERM
             raise self._interrupted(resume) from None
