@@ -1,19 +1,8 @@
-"""Reading back the files of a run folder, refusing damaged ones with one clear error; and
-writing the files that are rewritten while a run goes on, so that none is ever half written.
+"""Reading back a run folder's files, and writing those rewritten while a run goes on.
 
-Every file a command reads back from a run folder goes through one of these readers:
-``.hydra/config.yaml`` and ``overrides.yaml`` (``read_yaml``), ``metrics.json``
-(``read_json``), ``history.csv`` (``read_csv``), and ``net.pt`` and the checkpoints
-(``load_tensors``). An empty, truncated or garbled file, or one of the wrong kind (JSON of
-another shape, a YAML list where a mapping belongs), raises ``DamagedFileError``: a
-``RunError`` whose message names the file, what is wrong with it and what to do. Files that
-do not exist are the callers' business (a missing ``metrics.json`` is normal before the
-first epoch).
-
-``write_atomically`` and ``atomic_file`` replace a file whole (``metrics.json``,
-``history.csv``, the saved config, the dataset's decompressed files, the checkpoints,
-``net.pt``): a reader, or a process killed mid-write, sees the old file or the new one, never
-a mix, and a failed write leaves no partial file.
+Every file a command reads back from a run folder goes through one of these readers, which raise
+``DamagedFileError`` for an empty, truncated, garbled or wrong-kind file (a missing one is the
+caller's business). ``write_atomically`` and ``atomic_file`` replace a file whole.
 """
 
 from __future__ import annotations
@@ -32,8 +21,7 @@ from fmnist_lightning.errors import DamagedFileError
 
 
 def _text(path: Path, fix: str) -> str:
-    """The file's text. Every text file of a run folder ends with a line break, so one that
-    does not was cut short (a full disk, a copy interrupted), even where what is left parses."""
+    """The file's text; one without a final line break was cut short, even where the rest parses."""
     data = path.read_bytes()
     if not data.strip():
         raise DamagedFileError(path, "it is empty", fix)
@@ -97,8 +85,7 @@ def read_csv(path: Path, columns: tuple[str, ...], fix: str) -> list[dict[str, s
 
 
 def load_tensors(path: Path, fix: str, mmap: bool = False) -> Any:
-    """What ``torch.save`` wrote to ``path`` (a ``state_dict`` or a Lightning checkpoint),
-    loaded on the CPU with ``weights_only=True``.
+    """What ``torch.save`` wrote to ``path``, loaded on the CPU with ``weights_only=True``.
 
     Raises:
         DamagedFileError: The file is empty, truncated, or not something torch saved.
@@ -116,11 +103,8 @@ def load_tensors(path: Path, fix: str, mmap: bool = False) -> Any:
 
 @contextmanager
 def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """A binary file to write ``path``'s new content into: a temporary file beside ``path``,
-    renamed over it when the ``with`` block ends, and removed instead if the block raises. A
-    reader, or a process killed mid-write, sees the old file or the new one, never a mix, and
-    a failed write (a full disk) leaves no partial file. The file gets mode 0644, like a plain
-    write under the usual umask.
+    """A binary temporary file beside ``path``, renamed over it (mode 0644) when the ``with`` block ends and
+    removed if it raises: readers, or a process killed mid-write, see the old file or the new, never a mix.
 
     Raises:
         OSError: The folder is not writable or the disk is full (``path`` is then unchanged).

@@ -1,8 +1,5 @@
-"""Every error a user can fix, each with a message that says what was wrong and how to fix it.
-
-The commands (``fmnist_lightning/cli/``) catch ``UserError`` and print its message as one
-``error: ...`` line, without a traceback. Kept free of heavy imports.
-"""
+"""Every error a user can fix, with a message saying what was wrong and how to fix it; the commands
+print a ``UserError`` as one ``error: ...`` line, without a traceback. Kept free of heavy imports."""
 
 from __future__ import annotations
 
@@ -15,15 +12,10 @@ class UserError(Exception):
 
 
 class ArgumentError(UserError, ValueError):
-    """A constructor argument is out of range. Objects raise it to check their own arguments.
-
-    The object names only its argument; whoever built the object from a config (see
-    ``fmnist_lightning.training.build.build_run``) adds the config key in front of it,
-    e.g. ``dropout`` of the model becomes ``model.dropout``.
+    """A constructor argument, e.g. ``"dropout"``, is out of range; whoever built the object from a config
+    (``fmnist_lightning.training.build.build_run``) prefixes its key, e.g. ``model.dropout``.
 
     Args:
-        argument: The constructor argument, e.g. ``"dropout"``.
-        value: Its value.
         allowed: What would be allowed, e.g. ``"a number in [0, 1)"``.
     """
 
@@ -49,13 +41,11 @@ class ImageTooSmallError(ArgumentError):
 
 
 class ImageError(UserError, ValueError):
-    """An image cannot be turned into a FashionMNIST-style one as asked: a blank image for
-    ``preprocess=photo``, or one that is not 28×28 for ``preprocess=none``."""
+    """An image cannot be made FashionMNIST-style: blank for ``preprocess=photo``, not 28×28 for ``none``."""
 
 
 class ImageTooLargeError(ImageError):
-    """An image file declares more pixels than the limit (a decompression bomb: a small file
-    that would fill the memory when decoded). Raised before the pixels are decoded."""
+    """An image file declares more pixels than the limit (a decompression bomb), raised before decoding."""
 
 
 @dataclass(frozen=True)
@@ -85,13 +75,8 @@ class ConfigError(UserError, ValueError):
 
 
 class PartError(Exception):
-    """A part of an object, built from its own config, failed to build (a LightningModule's
-    ``loss``, ``mix`` or ``metrics.<name>``). ``argument`` names the part; the cause is
-    chained, and whoever built the object from a config reports it at that part's key.
-
-    Args:
-        argument: The part, e.g. ``"loss"`` or ``"metrics.f1"``.
-    """
+    """A part of an object, built from its own config, failed to build; ``argument`` names it (e.g.
+    ``"loss"`` or ``"metrics.f1"``) and the cause is chained, reported at that part's config key."""
 
     def __init__(self, argument: str) -> None:
         self.argument = argument
@@ -99,21 +84,18 @@ class PartError(Exception):
 
 
 class RunError(UserError, RuntimeError):
-    """A run folder or checkpoint cannot be used as asked; the message says what is missing
-    or wrong."""
+    """A run folder or checkpoint cannot be used as asked; the message says what is missing or wrong."""
 
 
 class FolderInUseError(RunError):
-    """Another process holds the lock of a run or sweep folder (``fmnist_lightning.locks``).
-    Whoever is refused writes nothing into that folder: not even its own failure."""
+    """Another process holds the lock of a run or sweep folder (``fmnist_lightning.run_folder``); whoever
+    is refused writes nothing into that folder, not even its own failure."""
 
 
 class DamagedFileError(RunError):
-    """A file of a run folder that a command reads back is damaged: empty, truncated,
-    garbled, or of the wrong kind (``fmnist_lightning.artifacts``).
+    """A file of a run folder that a command reads back is empty, truncated, garbled or of the wrong kind.
 
     Args:
-        path: The file.
         problem: What is wrong with it, e.g. ``"it is empty"``.
         fix: What to do, e.g. ``"use weights=last or weights=best"``.
     """
@@ -124,16 +106,11 @@ class DamagedFileError(RunError):
 
 
 class DatasetError(UserError, RuntimeError):
-    """A dataset file is missing, truncated or corrupt; the message names the file and where
-    to get a good copy."""
+    """A dataset file is missing, truncated or corrupt; the message names it and where to get a good copy."""
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
-    """The training loss became NaN or infinite; the message names the step.
-
-    Raised before the optimizer step, so the weights that produced it are the last finite
-    ones, and no checkpoint is written with them.
-    """
+    """The training loss became NaN or infinite, raised before the optimizer step; the message names the step."""
 
 
 class RunInterrupted(UserError, RuntimeError):
@@ -141,6 +118,5 @@ class RunInterrupted(UserError, RuntimeError):
 
 
 class TrialPruned(Exception):
-    """An Optuna search pruned this sweep job's trial while it trained
-    (``fmnist_lightning.sweeps.pruning.OptunaPruning``): not an error, a result. The run stops,
-    its ``metrics.json`` says ``pruned``, and the search goes on; the message says when and why."""
+    """An Optuna search pruned this sweep job's trial (``fmnist_lightning.sweeps.pruning.OptunaPruning``):
+    a result, not an error; the run stops, its ``metrics.json`` says ``pruned``, and the search goes on."""

@@ -1,10 +1,6 @@
-"""Hydra's override strings (``key=value``, ``+key=value``, ``++key=value``, ``~key``, sweeps
-such as ``key=a,b``): every place that reads one reads it here, with Hydra's own grammar
-(``OverridesParser``), so that a value means what Hydra will make of it.
-
-A value Hydra's grammar cannot parse as typed (``run_dir=/tmp/my run/ñ``: unquoted non-ASCII
-next to a space) keeps its typed text; ``cli.hydra_argv`` quotes such path values before
-Hydra parses the command line.
+"""Hydra's override strings (``key=value``, ``+key=value``, ``++key=value``, ``~key``, ``key=a,b``): every
+place that reads one reads it here, with Hydra's own ``OverridesParser``. A value the grammar cannot
+parse (``run_dir=/tmp/my run/ñ``) keeps its typed text; ``cli.hydra_argv`` quotes such paths.
 """
 
 from __future__ import annotations
@@ -20,15 +16,11 @@ class Override:
     """One override, as Hydra reads it.
 
     Attributes:
-        text: As given.
-        key: The key or config group, without its ``+``, ``++`` or ``~`` prefix
-            (``optimizer.lr``, ``model``, ``hydra.run.dir``).
+        key: The key or config group, without its ``+``, ``++`` or ``~`` prefix.
         typed: The text after the first ``=``; ``None`` without one (``~key``).
-        value: The value as Hydra reads it: quotes removed, ``null`` as ``None``, lists as
-            lists; the typed text for a sweep (``a,b``) and where Hydra's grammar cannot parse it.
-        parsed: Whether Hydra's grammar parses ``text`` as typed.
+        value: The value as Hydra reads it (``null`` as ``None``, lists as lists); the typed text
+            for a sweep and where Hydra's grammar cannot parse it.
         sweep: Whether it is a sweep (``a,b``, ``range(...)``, ``choice(...)``, ``glob(...)``).
-        delete: Whether it deletes its key (``~key``).
     """
 
     text: str
@@ -73,8 +65,7 @@ def key_of(text: str) -> str:
 
 
 def value_of(texts: Sequence[str], key: str) -> Any:
-    """The value of the last override that sets ``key`` in ``texts`` (``~key`` deletions set
-    none), as Hydra reads it; ``None`` when none does."""
+    """The value of the last override that sets ``key`` in ``texts`` (not ``~key``), or ``None``."""
     found = None
     for override in parse_overrides(texts):
         if override.key == key and override.typed is not None and not override.delete:
@@ -83,8 +74,7 @@ def value_of(texts: Sequence[str], key: str) -> Any:
 
 
 def sweep_overrides(texts: Sequence[str], config_loader: Any = None) -> list[Any]:
-    """Hydra's own ``Override`` objects of ``texts``, for a sweeper to expand (with its
-    ``config_loader``, which ``glob(...)`` over config groups needs).
+    """Hydra's own ``Override`` objects of ``texts`` for a sweeper (``config_loader``: for ``glob(...)``).
 
     Raises:
         hydra.errors.OverrideParseException: One does not parse.
@@ -96,8 +86,7 @@ def sweep_overrides(texts: Sequence[str], config_loader: Any = None) -> list[Any
 
 
 def quoted(value: str) -> str:
-    """``value`` as a quoted Hydra override value, which Hydra reads back unchanged whatever
-    it holds (spaces, non-ASCII letters, quotes, ``=`` or ``,``)."""
+    """``value`` quoted so that Hydra reads it back unchanged (spaces, non-ASCII, quotes, ``=``, ``,``)."""
     from hydra.core.override_parser.types import Quote, QuotedString
 
     return QuotedString(text=value, quote=Quote.single).with_quotes()

@@ -1,24 +1,32 @@
-"""A run folder: the one module that knows its layout and its rules (docs/runs.md, "What a
-run writes").
+"""A run folder: the one module that knows its layout and its rules (docs/runs.md).
 
-A run folder holds its config (``.hydra/config.yaml``, written by Hydra, with the command's
-``overrides.yaml`` beside it), its status (``metrics.json``), its per-epoch history
-(``history.csv``), its checkpoints (``checkpoints/last.ckpt`` and the best
-``epoch_NNN.ckpt``), the tested network's weights (``net.pt``), and, while a process writes
-it, a lock (``fmnist_lightning.locks``). A sweep folder holds ``multirun.yaml`` and one run
-folder per job.
+A run folder holds its config (``.hydra/config.yaml``, with the command's ``overrides.yaml``),
+its status (``metrics.json``), its per-epoch history (``history.csv``), its checkpoints
+(``checkpoints/last.ckpt`` and the best ``epoch_NNN.ckpt``), the tested network's weights
+(``net.pt``) and, while a process writes it, a lock (``.lock``). A sweep folder holds
+``multirun.yaml`` and one run folder per job. Every command that takes a run reads its config
+through ``RunFolder.load_config``.
 
-``RunFolder`` is the only reader of these files by name: every command that takes a run
-(evaluate, predict, export, serve, compare, robustness, resume, sweep continuation and
-reproduction) reads its config through ``RunFolder.load_config``, which brings an older
-run's config to today's keys (``upgrade_config``) and accepts only what this machine trusts
-(``fmnist_lightning.trust``).
+New folders are never shared or clobbered: ``claim_folder`` creates the folder Hydra resolved
+with an atomic ``os.mkdir`` (``_1``, ``_2`` ... when a run started in the same second took the
+name), before Hydra writes into it.
+
+One writer per folder: a process that trains in a run folder holds ``fcntl.flock`` on its
+``.lock`` (created empty, never written) from before it writes anything until it is done. The
+operating system releases it however the process ends, so a stale lock never blocks a resume.
+A second writer is refused at once, with the holder's PID (from ``/proc/locks``). Under DDP
+only rank 0 holds it; a sweep folder's lock is held by the process that runs the sweep; reading
+a run takes no lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import re
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -28,25 +36,20 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmnist_lightning.artifacts import read_csv, read_json, read_yaml, write_atomically
-from fmnist_lightning.data.datasets import DATASET_KEYS
-from fmnist_lightning.errors import DamagedFileError, RunError
-from fmnist_lightning.locks import LOCK_FILE, holder_pid, lock_run_folder, release_run_folder
-from fmnist_lightning.trust import check_config
+from fmnist_lightning.errors import DamagedFileError, FolderInUseError, RunError
+from fmnist_lightning.overrides import key_of, parse_overrides
+from fmnist_lightning.trust import TRUST_KEY, check_config
 
 #: Hydra's files of a run: the config, the command's overrides, Hydra's own settings.
 HYDRA_DIR = ".hydra"
 CONFIG_FILE = f"{HYDRA_DIR}/config.yaml"
 OVERRIDES_FILE = f"{HYDRA_DIR}/overrides.yaml"
-#: The run's status, kept up to date while it trains (``training.run_status.RunStatus``).
 STATUS_FILE = "metrics.json"
-#: One row per epoch of every ``train/*`` and ``val/*`` metric (``training.history``).
 HISTORY_FILE = "history.csv"
-#: The tested network's plain ``state_dict``.
 NET_WEIGHTS = "net.pt"
 #: The checkpoint folder of a run whose config names none, and the resume point's file name.
 CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
-#: The file in which Hydra keeps a sweep's composed config, overrides included.
 SWEEP_CONFIG = "multirun.yaml"
 #: The folder of a resume attempt's Hydra files, inside the run's ``.hydra/``.
 RESUME_SUBDIR_PREFIX = "resume_"
@@ -57,63 +60,36 @@ STATUS_FIX = (
     "checkpoints/last.ckpt and writes it anew; a sweep summary lists the job as not started)."
 )
 #: The fields of ``metrics.json`` a reader relies on, and their types.
-STATUS_FIELDS = {
-    "status": str,
-    "epochs": int,
-    "trained": bool,
-    "global_step": int,
-    "metrics": dict,
-    "stopped_by": str,
-    "limits": dict,
-}
+STATUS_FIELDS = dict(status=str, epochs=int, trained=bool, global_step=int, metrics=dict, stopped_by=str, limits=dict)
 CONFIG_FIX = "It is the run's config, which every use of the run needs: restore it from a copy, or train the run again."
 HISTORY_FIX = "It is the run's per-epoch record (curves.png): delete it, and a resumed run starts a new one."
 BEST_FIX = "Delete it and give the weights another way: weights=last, weights=net.pt or a .ckpt file."
 
 
 class RunFolder:
-    """A run's folder (``outputs/runs/<run>``, or a sweep's ``<sweep>/<job>``).
-
-    Attributes:
-        path: The folder, as given (not resolved).
-    """
+    """A run's folder (``outputs/runs/<run>``, or a sweep's ``<sweep>/<job>``); ``path`` is
+    as given (not resolved), ``config_file`` ... ``weights_file`` are its files."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-
-    # Its files ---------------------------------------------------------------------------
-    @property
-    def config_file(self) -> Path:
-        return self.path / CONFIG_FILE
-
-    @property
-    def status_file(self) -> Path:
-        return self.path / STATUS_FILE
-
-    @property
-    def history_file(self) -> Path:
-        return self.path / HISTORY_FILE
-
-    @property
-    def weights_file(self) -> Path:
-        return self.path / NET_WEIGHTS
+        self.config_file = self.path / CONFIG_FILE
+        self.overrides_file = self.path / OVERRIDES_FILE
+        self.status_file = self.path / STATUS_FILE
+        self.history_file = self.path / HISTORY_FILE
+        self.weights_file = self.path / NET_WEIGHTS
 
     def is_run(self) -> bool:
         """True if the folder has a run's config (Hydra's ``.hydra/config.yaml``)."""
         return self.config_file.is_file()
 
     def holds_run(self) -> bool:
-        """True if a run started training here (it has a config and a ``metrics.json`` or
-        ``checkpoints/``). A run refused by the checks leaves neither, so its folder can be
-        used again once the typo is fixed."""
+        """True if a run started training here (a config and a ``metrics.json`` or
+        ``checkpoints/``); a run refused by the checks leaves neither."""
         return self.is_run() and (self.status_file.is_file() or (self.path / CHECKPOINTS).is_dir())
 
-    # Its config --------------------------------------------------------------------------
     def load_config(self, trusted_modules: Sequence[str] = ()) -> DictConfig:
-        """The config the run was made with, which may come from someone else: accepted only
-        if it names nothing this machine does not trust (``fmnist_lightning.trust``); its
-        interpolations are checked before ``upgrade_config`` resolves any, its targets after
-        (an old run's renamed classes are today's names then).
+        """The config the run was made with, upgraded (``upgrade_config``) and accepted only
+        if it names nothing this machine does not trust (``fmnist_lightning.trust``).
 
         Args:
             trusted_modules: Modules of one's own that this command trusts (``trusted_modules=``).
@@ -131,9 +107,8 @@ class RunFolder:
         return config
 
     def read_config(self) -> DictConfig:
-        """The config, unchecked, of a run this process (or the script that started it) made
-        itself: what Hydra just saved for this run, or a benchmark's own runs. Any other run
-        is read with ``load_config``.
+        """The upgraded config, unchecked, of a run this process (or its script) made itself;
+        any other run is read with ``load_config``.
 
         Raises:
             RunError, DamagedFileError: As ``saved_config``.
@@ -160,28 +135,22 @@ class RunFolder:
         return OmegaConf.load(path)
 
     def write_config(self, config: DictConfig) -> None:
-        """Replaces the saved config whole (written beside it, then renamed)."""
+        """Replaces the saved config whole, atomically."""
         write_atomically(self.config_file, OmegaConf.to_yaml(config))
-
-    @property
-    def overrides_file(self) -> Path:
-        return self.path / OVERRIDES_FILE
 
     def read_overrides(self, fix: str) -> list[str]:
         """The command-line overrides Hydra saved for the run (``.hydra/overrides.yaml``).
 
         Raises:
-            DamagedFileError: The file is damaged or holds something other than override
-                strings (``fix`` says what to do about it).
+            DamagedFileError: The file is damaged or holds something other than strings.
         """
         lines = read_yaml(self.overrides_file, list, fix)
         if not all(isinstance(line, str) for line in lines):
             raise DamagedFileError(self.overrides_file, "it holds something other than override strings", fix)
         return lines
 
-    # Its status and history --------------------------------------------------------------
     def read_status(self) -> dict:
-        """``metrics.json`` (see ``training.run_status.RunStatus``), or ``{}`` when it has none.
+        """``metrics.json`` (``training.callbacks.RunStatus``), or ``{}`` when it has none.
 
         Raises:
             DamagedFileError: The file is unreadable, or a field has the wrong type.
@@ -212,30 +181,18 @@ class RunFolder:
         stopped_by: str | None = None,
         limits: dict | None = None,
     ) -> None:
-        """Writes ``metrics.json`` (the fields are described in ``RunStatus``) atomically:
-        a reader never sees half of it.
+        """Writes ``metrics.json`` (fields: ``training.callbacks.RunStatus``) atomically.
 
         Raises:
-            OSError: The file cannot be written (the earlier one is then left as it was).
+            OSError: The file cannot be written (the earlier one is left as it was).
         """
-        summary = {
-            "status": status,
-            "epochs": epochs,
-            "trained": trained,
-            "global_step": global_step,
-            "best_checkpoint": best_checkpoint,
-            "wall_time_s": wall_time_s,
-            "first_step_s": first_step_s,
-            "metrics": metrics or {},
-            "error": error,
-            "stopped_by": stopped_by,
-            "limits": limits,
-        }
+        summary = dict(status=status, epochs=epochs, trained=trained, global_step=global_step)
+        summary |= dict(best_checkpoint=best_checkpoint, wall_time_s=wall_time_s, first_step_s=first_step_s)
+        summary |= dict(metrics=metrics or {}, error=error, stopped_by=stopped_by, limits=limits)
         write_atomically(self.status_file, json.dumps(summary, indent=2) + "\n")
 
     def record_failure(self, error: str) -> None:
-        """Marks the run ``failed`` with ``error``, unless it already wrote its own failed
-        status (which has more: epochs, step, metrics).
+        """Marks the run ``failed`` with ``error``, unless it wrote its own failed status.
 
         Raises:
             OSError: The file cannot be written.
@@ -246,8 +203,8 @@ class RunFolder:
         self.write_status("failed", error=error)
 
     def read_history(self) -> dict[str, dict[int, float]]:
-        """``history.csv`` as ``{metric: {epoch: value}}``, epochs counted from 1 (accuracies
-        are fractions); empty when the run has no history yet.
+        """``history.csv`` as ``{metric: {epoch: value}}``, epochs counted from 1; empty when
+        the run has no history yet.
 
         Raises:
             DamagedFileError: The file is unreadable or holds something that is not a number.
@@ -266,11 +223,9 @@ class RunFolder:
                 raise DamagedFileError(path, f"line {line} holds something that is not a number", HISTORY_FIX) from None
         return history
 
-    # Its checkpoints and weights ---------------------------------------------------------
     def last_checkpoint(self, cfg: DictConfig | None = None) -> Path:
-        """Where ``last.ckpt`` is (the resume point): in ``callbacks.last_checkpoint.dirpath``
-        of the run's config ``cfg``, else (a run saved before that callback existed)
-        ``callbacks.model_checkpoint.dirpath``, else ``checkpoints/``."""
+        """Where ``last.ckpt`` (the resume point) is: in ``cfg``'s ``callbacks.last_checkpoint.dirpath``,
+        else (older runs) ``callbacks.model_checkpoint.dirpath``, else ``checkpoints/``."""
         for key in ("callbacks.last_checkpoint.dirpath", "callbacks.model_checkpoint.dirpath"):
             dirpath = OmegaConf.select(cfg, key, default=None) if cfg is not None else None
             if dirpath:
@@ -278,16 +233,14 @@ class RunFolder:
         return self.path / CHECKPOINTS / LAST_CHECKPOINT
 
     def left_unfinished(self, cfg: DictConfig) -> bool:
-        """Whether an earlier attempt left the run unfinished and it can be continued:
-        ``status: interrupted`` (stopped by a signal) or ``running`` (the attempt died
-        without a word), with a ``last.ckpt``. The one rule for a sweep job continued in its
-        folder (``training.resume.continue_job``, ``sweeps.continuing``)."""
+        """Whether an earlier attempt left the run ``interrupted`` or ``running`` (it died
+        without a word) with a ``last.ckpt``: the rule for continuing a sweep job."""
         status = self.read_status().get("status")
         return status in ("interrupted", "running") and self.last_checkpoint(cfg).is_file()
 
     def best_checkpoint(self) -> Path | None:
-        """The best checkpoint: ``best_checkpoint`` of ``metrics.json``, else the one
-        ``epoch_*.ckpt`` in ``checkpoints/``; ``None`` when neither says.
+        """``best_checkpoint`` of ``metrics.json``, else the one ``epoch_*.ckpt`` in
+        ``checkpoints/``; ``None`` when neither says.
 
         Raises:
             DamagedFileError: ``metrics.json`` is damaged.
@@ -301,12 +254,8 @@ class RunFolder:
         return candidates[-1] if len(candidates) == 1 else None
 
     def weights(self, weights: str = NET_WEIGHTS) -> Path:
-        """A weights file of the run.
-
-        Args:
-            weights: ``"net.pt"`` (the best network's plain state_dict), ``"best"`` (the best
-                checkpoint), ``"last"`` (``checkpoints/last.ckpt``), or a path to a ``.pt`` or
-                ``.ckpt`` file (relative to the folder, or absolute).
+        """A weights file of the run: ``"net.pt"``, ``"best"`` (the best checkpoint), ``"last"``,
+        or a ``.pt``/``.ckpt`` path (relative to the folder, or absolute).
 
         Raises:
             RunError: The file does not exist; the message lists what the run does have.
@@ -319,34 +268,27 @@ class RunFolder:
             path = Path(weights) if Path(weights).is_absolute() else self.path / weights
         if path is not None and path.is_file():
             return path
-        found = sorted(
-            str(p.relative_to(self.path)) for p in [*self.path.glob("*.pt"), *self.path.glob(f"{CHECKPOINTS}/*.ckpt")]
-        )
-        has = (
-            f"it has: {', '.join(found)}"
-            if found
-            else "it has no checkpoint or net.pt at all; did it finish its first epoch?"
-        )
-        pid = self.lock_holder()
+        files = [*self.path.glob("*.pt"), *self.path.glob(f"{CHECKPOINTS}/*.ckpt")]
+        found = ", ".join(sorted(str(p.relative_to(self.path)) for p in files))
+        has = f"it has: {found}" if found else "it has no checkpoint or net.pt at all; did it finish its first epoch?"
+        pid = holder_pid(self.path / LOCK_FILE)
         training = (
             f" The run is still training (process {pid} is writing it): use weights=last, or wait." if pid else ""
         )
         raise RunError(f"Run {self.path} has no {weights!r} weights ({has}).{training}")
 
-    # Its lock and its resume attempts ----------------------------------------------------
     def lock(self, kind: str = "run") -> None:
-        """Takes the folder's lock until ``release`` or this process ends (``locks``).
+        """Takes the folder's lock until ``release`` or this process ends.
 
         Raises:
-            FolderInUseError: Another process holds it.
-            RunError: The lock file cannot be made.
+            FolderInUseError, RunError: As ``lock_run_folder``.
         """
         lock_run_folder(self.path, kind=kind)
 
     @contextmanager
     def locked(self, held: bool = True) -> Iterator[RunFolder]:
-        """Holds the folder's lock (``lock``) while the block runs, then releases it; with
-        ``held`` false (a process whose rank 0 holds it for all), only runs the block.
+        """Holds the folder's lock while the block runs; with ``held`` false (a DDP process
+        whose rank 0 holds it), only runs the block.
 
         Raises:
             FolderInUseError: Another process holds it.
@@ -363,13 +305,9 @@ class RunFolder:
         """Releases the lock this process holds (a no-op where it holds none)."""
         release_run_folder(self.path)
 
-    def lock_holder(self) -> int | None:
-        """The PID of the process that holds the folder's lock, or ``None``."""
-        return holder_pid(self.path / LOCK_FILE)
-
     def has_hydra_configs(self) -> bool:
-        """Whether ``.hydra/`` holds a ``hydra/`` folder: no run writes one, and Hydra would
-        look for its own configs there when the folder is its config path."""
+        """Whether ``.hydra/`` holds a ``hydra/`` folder, which no run writes (Hydra would read
+        its own configs there)."""
         return (self.path / HYDRA_DIR / "hydra").exists()
 
     @staticmethod
@@ -379,20 +317,17 @@ class RunFolder:
 
     @staticmethod
     def new_attempt() -> str:
-        """The output subfolder (Hydra's ``hydra.output_subdir``) of a new resume attempt's
-        Hydra files, ``.hydra/resume_<date>_<time>``; the original ones stay untouched."""
+        """A new resume attempt's ``hydra.output_subdir``: ``.hydra/resume_<date>_<time>``."""
         return f"{HYDRA_DIR}/{RESUME_SUBDIR_PREFIX}{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
 
     def discard_attempt(self, subdir: str | None) -> None:
-        """Removes the Hydra files of a refused resume attempt (its ``hydra.output_subdir``),
-        so that a refusal leaves the run folder as it was; other subfolders are kept."""
+        """Removes a refused resume attempt's Hydra files (its ``hydra.output_subdir``)."""
         if subdir and Path(subdir).name.startswith(RESUME_SUBDIR_PREFIX):
             shutil.rmtree(self.path / subdir, ignore_errors=True)
 
 
 def read_sweep_overrides(folder: Path) -> dict:
-    """The overrides of a sweep (``hydra.overrides`` of its ``multirun.yaml``): ``{"hydra":
-    [...], "task": [...]}``.
+    """``hydra.overrides`` of a sweep's ``multirun.yaml``: ``{"hydra": [...], "task": [...]}``.
 
     Raises:
         DamagedFileError: ``multirun.yaml`` is damaged.
@@ -406,18 +341,12 @@ OLD_DATAMODULE = "fmnist_lightning.data.FashionMNISTDataModule"
 
 
 def upgrade_config(cfg: DictConfig) -> DictConfig:
-    """Brings a run's config written before the LightningModule's parts and the datasets
-    became config groups (commit 97bf8f4 and earlier) to today's keys, in place; a newer
-    config is left as it is. The one compatibility mapping, applied by ``RunFolder``'s
-    loaders:
-
-    - ``data._target_: fmnist_lightning.data.FashionMNISTDataModule`` becomes ``IdxDataModule``
-      with the dataset keys of ``conf/data/fashion_mnist.yaml`` (then the only dataset);
-    - the top-level ``label_smoothing`` becomes ``loss: conf/loss/cross_entropy.yaml`` with it;
-    - a missing ``mix`` is none, missing ``metrics`` are ``conf/metrics/accuracy.yaml`` (then
-      the only metric), and a missing ``module`` is ``conf/train.yaml``'s.
-
-    The run then builds the same network, logs the same keys and loads its checkpoints.
+    """Brings an older run's config (before the module's parts and the datasets became config
+    groups) to today's keys, in place, so that it builds the same network and loads its
+    checkpoints: ``FashionMNISTDataModule`` becomes ``IdxDataModule`` with
+    ``conf/data/fashion_mnist.yaml``'s keys, ``label_smoothing`` moves to
+    ``conf/loss/cross_entropy.yaml``, a missing ``mix`` is none, missing ``metrics`` and
+    ``module`` are ``conf/metrics/accuracy.yaml`` and ``conf/train.yaml``'s.
     """
     conf = resources.files("fmnist_lightning.conf")
 
@@ -427,6 +356,8 @@ def upgrade_config(cfg: DictConfig) -> DictConfig:
     with open_dict(cfg):
         if cfg.data.get("_target_") == OLD_DATAMODULE:
             dataset = default("data/fashion_mnist.yaml")
+            from fmnist_lightning.data.idx import DATASET_KEYS  # torch: only for a run this old
+
             described = OmegaConf.create({k: dataset[k] for k in DATASET_KEYS} | {"_target_": dataset._target_})
             cfg.data = OmegaConf.merge(cfg.data, described)
         if "loss" not in cfg:
@@ -439,3 +370,223 @@ def upgrade_config(cfg: DictConfig) -> DictConfig:
         if "module" not in cfg:
             cfg.module = default("train.yaml").module
     return cfg
+
+
+#: The lock file inside a run folder.
+LOCK_FILE = ".lock"
+
+#: The run folders this process holds, with the open file descriptor that holds each.
+_held: dict[Path, int] = {}
+
+
+def holder_pid(path: Path) -> int | None:
+    """The PID holding an ``flock`` on ``path`` (Linux's ``/proc/locks``), else ``None``."""
+    try:
+        st = os.stat(path)
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device and fields[4].lstrip("-").isdigit():
+            return int(fields[4])
+    return None
+
+
+def lock_run_folder(folder: str | Path, kind: str = "run") -> None:
+    """Takes a run or sweep folder's lock until ``release_run_folder`` or the end of the
+    process; a no-op if this process holds it already.
+
+    Args:
+        kind: ``"run"`` or ``"sweep"``: what the refusal calls the folder.
+
+    Raises:
+        FolderInUseError: Another process holds it (the message names the folder and the PID).
+        RunError: The folder or its lock file cannot be created.
+    """
+    folder = Path(folder).resolve()
+    if folder in _held:
+        return
+    path = folder / LOCK_FILE
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise RunError(f"cannot create the run folder's lock file {path}: {err.strerror or err}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        pid = holder_pid(path)
+        who = f"process {pid}" if pid is not None else "another process"
+        doing = "training in it" if kind == "run" else "running a sweep in it"
+        raise FolderInUseError(
+            f"the {kind} folder {folder} is in use: {who} is {doing} (it holds {path}). "
+            "Wait for it to finish or stop it (Ctrl-C, or kill), then continue with resume= if needed."
+        ) from None
+    _held[folder] = fd
+
+
+def release_run_folder(folder: str | Path) -> None:
+    """Gives up this process's lock on the folder, if it holds it."""
+    fd = _held.pop(Path(folder).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the only descriptor releases the flock
+
+
+#: Command-line keys that say where or how a run is kept: left out of folder names.
+PLUMBING = (
+    "hydra.",
+    "data.root",
+    "output_dir",
+    "resume",
+    "ckpt_path",
+    TRUST_KEY,
+    "callbacks.",
+    "logger",
+    "trainer.accelerator",
+)
+
+
+#: The longest readable part of a folder name, in characters.
+MAX_LABEL = 60
+
+
+def _short_key(key: str) -> str:
+    """``optimizer.lr`` → ``lr``; ``data.augment.flip.p`` → ``flip.p`` (a one-letter last part)."""
+    parts = key.split(".")
+    return ".".join(parts[-2:]) if len(parts[-1]) == 1 else parts[-1]
+
+
+def _label(overrides: list[str]) -> str:
+    """``lr-0.01_seed-1``: only ``[A-Za-z0-9._+-]``, so a folder name passes unquoted in ``resume=``."""
+    pairs = [(o.key, o.typed) for o in parse_overrides(overrides)]
+    text = "_".join(f"{_short_key(key)}-{value}" for key, value in pairs if value is not None)
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text)[:MAX_LABEL].strip("-_")
+
+
+def run_label(experiment: str | None, model: str | None, overrides: list[str]) -> str:
+    """The readable part of a run folder's name (the ``fmnist.run_label`` resolver): the
+    experiment (else the model) and the other overrides, at most ``MAX_LABEL`` characters,
+    e.g. ``three_conv_max_epochs-10`` for ``model=three_conv trainer.max_epochs=10``."""
+    plain = ("experiment", "model")
+    kept = [o for o in overrides if (k := key_of(o)) not in plain and not k.startswith(PLUMBING)]
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "-", str(experiment or model or "run"))
+    label = _label(kept)
+    return f"{name}_{label}"[:MAX_LABEL].strip("-_") if label else name[:MAX_LABEL]
+
+
+def job_dir(number: int, overrides: list[str], swept: Sequence[str] | None = None) -> str:
+    """A sweep job's folder name: its number and its swept values, e.g. ``3_lr-0.01_seed-1``.
+
+    Args:
+        swept: The keys the sweep varies; ``None`` (another sweeper, through the
+            ``fmnist.job_dir`` resolver): every override but the plumbing.
+    """
+    if swept is not None:
+        kept = [o for o in overrides if key_of(o) in set(swept)]
+    else:
+        kept = [o for o in overrides if not key_of(o).startswith(PLUMBING)]
+    label = _label(kept)
+    return f"{number}_{label}" if label else str(number)
+
+
+def job_number(folder: Path) -> int:
+    """The job number a sweep job's folder name starts with (``3`` of ``3_lr-0.01``); -1 if none."""
+    head = folder.name.split("_", 1)[0]
+    return int(head) if head.isdigit() else -1
+
+
+def register_resolvers() -> None:
+    """Registers the ``fmnist.*`` OmegaConf resolvers of ``conf/hydra/`` (folder names)."""
+    if not OmegaConf.has_resolver("fmnist.run_label"):
+        OmegaConf.register_new_resolver("fmnist.run_label", lambda e, m, o: run_label(e, m, list(o)))
+    if not OmegaConf.has_resolver("fmnist.job_dir"):
+        OmegaConf.register_new_resolver("fmnist.job_dir", lambda n, o: job_dir(n, list(o)))
+
+
+def claim_folder(folder: Path, timestamped: bool) -> Path:
+    """Creates ``folder`` for a new run or sweep and returns it; a ``timestamped`` one that
+    exists already becomes ``folder_1``, ``folder_2``, ... (``os.mkdir`` is atomic), an
+    explicit one is used as it is.
+
+    Raises:
+        RunError: The folder cannot be created (``check_can_create``).
+    """
+    check_can_create(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    candidate, n = folder, 0
+    while True:
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            if not timestamped:
+                return candidate
+            n += 1
+            candidate = folder.with_name(f"{folder.name}_{n}")
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing ancestor (absolute)."""
+    ancestor = path.expanduser().absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    return ancestor
+
+
+def write_failure(err: OSError, output_dir: Path) -> str:
+    """A failed write in one line: the file (else ``output_dir``), the reason, and the free MiB.
+
+    >>> write_failure(OSError(28, "No space left on device", "/"), Path("/"))  # doctest: +ELLIPSIS
+    'could not write /: No space left on device (... MiB free on its disk); free some space or fix the folder'
+    """
+    path = Path(err.filename) if err.filename else output_dir
+    try:
+        free = f"{shutil.disk_usage(_existing_ancestor(path)).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return f"could not write {path}: {err.strerror or err} ({free} on its disk); free some space or fix the folder"
+
+
+def check_can_create(folder: Path) -> None:
+    """Refuses a run folder that cannot be created (a probe folder in its nearest existing
+    ancestor: permission bits do not tell for root on a read-only disk).
+
+    Raises:
+        RunError: The probe cannot be created.
+    """
+    ancestor = _existing_ancestor(folder)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".fmnist_probe_", dir=ancestor))
+    except OSError as err:
+        raise RunError(
+            f"cannot create the run folder {folder}: {ancestor} is not writable ({err.strerror or err}); "
+            "make it writable, or write elsewhere with hydra.run.dir=<folder> (hydra.sweep.dir=<folder> with -m)"
+        ) from None
+
+
+def check_writable(output_dir: Path, min_free_bytes: int) -> None:
+    """Refuses a run folder that cannot be written or is on a nearly full disk.
+
+    Raises:
+        RunError: Writing a probe file fails, or fewer than ``min_free_bytes`` are free.
+    """
+    probe = output_dir / ".write_test"
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise RunError(
+            f"cannot write to the run folder {output_dir} ({err.strerror or err}); make it writable, "
+            "or write elsewhere with hydra.run.dir=<folder>"
+        ) from None
+    free = shutil.disk_usage(output_dir).free
+    if free < min_free_bytes:
+        raise RunError(
+            f"the run folder {output_dir} has {free / 2**20:.1f} MiB free, and this run needs about "
+            f"{min_free_bytes / 2**20:.0f} MiB for its checkpoints and logs; free some space, or write "
+            "elsewhere with hydra.run.dir=<folder>"
+        )

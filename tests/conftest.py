@@ -23,8 +23,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fmnist_lightning.data.datasets import load_dataset
-from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, ensure_files, find_file
+from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, ensure_files, find_file, load_dataset
 from fmnist_lightning.models.nets import TwoConv5x5Net
 from in_process import clean_state, command_path, run_command
 
@@ -114,9 +113,9 @@ def mounted_tmpfs(folder: Path, options: str) -> Iterator[Path]:
 
 @contextmanager
 def held_by_another_process(folder: Path, kind: str = "run") -> Iterator[subprocess.Popen]:
-    """Another process holding ``folder``'s lock (``fmnist_lightning.locks``) while the block runs."""
+    """Another process holding ``folder``'s lock (``fmnist_lightning.run_folder``) while the block runs."""
     code = (
-        "import time; from fmnist_lightning.locks import lock_run_folder; "
+        "import time; from fmnist_lightning.run_folder import lock_run_folder; "
         f"lock_run_folder({str(folder)!r}, kind={kind!r}); print('held', flush=True); time.sleep(120)"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -264,7 +263,7 @@ def make_cfg(data_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
 def compose_with_hydra(config_name: str, *overrides: str) -> DictConfig:
     """``conf/<config_name>.yaml`` composed with Hydra's own section (``hydra.run.dir``, ...),
     as Hydra hands it to its callbacks; the project's resolvers registered."""
-    from fmnist_lightning.training.run_dirs import register_resolvers
+    from fmnist_lightning.run_folder import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -295,7 +294,7 @@ def chrome_driver(window: str = "1000,760", *args: str):
 
 def job_folder(sweep: Path, number: int) -> Path:
     """Job ``number``'s folder in a sweep folder (``<number>_<swept values>``)."""
-    from fmnist_lightning.training.run_dirs import job_number
+    from fmnist_lightning.run_folder import job_number
 
     return next(p for p in sweep.iterdir() if p.is_dir() and job_number(p) == number)
 

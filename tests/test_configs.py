@@ -47,6 +47,13 @@ GROUPS = [
 ]
 
 
+#: Experiments that train as another one does, so that test_experiment_fast_dev_run trains them
+#: in the slow suite only (here they are built, in the default suite): speedrun_91 is fast with
+#: CSV logging (test_own_experiments; the CSV logger: tests/test_loggers.py), recipe_002 the
+#: TwoConvNet that recipe_003 trains, in the PyTorch MNIST example's layout (tests/test_nets.py).
+TRAINS_AS_ANOTHER = ("speedrun_91", "recipe_002")
+
+
 @pytest.mark.parametrize(
     "override",
     [
@@ -58,7 +65,7 @@ GROUPS = [
         if (group, name) != ("trainer", "gpu") and name not in DEFAULTS.get(group, ())
     ]
     # The other experiments train in test_experiment_fast_dev_run, in the default suite.
-    + ["experiment=best"],
+    + [f"experiment={name}" for name in ("best", *TRAINS_AS_ANOTHER)],
 )
 def test_every_option_builds_and_passes_the_checks(make_cfg, override: str) -> None:
     datamodule, model, trainer = build(make_cfg(override))
@@ -224,7 +231,10 @@ SLOW_TEST_PASS = ("best", "speedrun_94")
 
 @pytest.mark.parametrize(
     "experiment",
-    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TEST_PASS else n for n in config_names("experiment")],
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TEST_PASS + TRAINS_AS_ANOTHER else n
+        for n in config_names("experiment")
+    ],
 )
 def test_experiment_fast_dev_run(make_cfg, experiment: str, tmp_path: Path) -> None:
     cfg = make_cfg(f"experiment={experiment}", "debug=fdr")

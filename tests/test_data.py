@@ -11,8 +11,7 @@ import torch
 
 from fmnist_lightning.data import DatasetError, IdxDataModule, idx, load_split
 from fmnist_lightning.data.augment import BatchRandomCrop, BatchRandomErasing, BatchRandomHorizontalFlip
-from fmnist_lightning.data.datasets import dataset_config, load_dataset
-from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, ensure_files
+from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, dataset_config, ensure_files, load_dataset
 from fmnist_lightning.errors import ArgumentError, ConfigError
 
 TRAIN_IMAGES = load_dataset().specs[("train", "images")]
@@ -337,6 +336,8 @@ def test_an_augmentation_of_your_own_is_one_config_entry(make_cfg) -> None:
     metrics = train(
         make_cfg(
             "debug=fdr",
+            "model=two_conv_5x5",  # the smallest network: the augmentation is what is tested
+            "data.image_size=16",
             "data.augment.flip.p=0.5",
             "+data.augment.noise._target_=test_data.AddNoise",
             "+data.augment.noise.std=0.05",
@@ -373,7 +374,7 @@ def test_only_the_gz_md5_is_published(tmp_path: Path) -> None:
 
     from digits import write_digits
 
-    from fmnist_lightning.data.datasets import FILE_KEYS, IdxDataset
+    from fmnist_lightning.data.idx import FILE_KEYS, IdxDataset
 
     plain = write_digits(tmp_path / "plain")
     local = tmp_path / "local"

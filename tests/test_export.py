@@ -34,9 +34,13 @@ def test_set(data_root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return images[:, None], labels
 
 
-def compare(run_dir: Path, exported: Path, images: torch.Tensor, labels: torch.Tensor) -> dict:
-    """How the exported graph's answers on ``images`` differ from the run's PyTorch model's."""
-    reference = load_trained(run_dir).predict_proba(images)
+def compare(
+    run_dir: Path, exported: Path, images: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor | None = None
+) -> dict:
+    """How the exported graph's answers on ``images`` differ from the run's PyTorch model's
+    (``reference``: its probabilities on ``images``, where already computed)."""
+    if reference is None:
+        reference = load_trained(run_dir).predict_proba(images)
     model = load_exported(exported)
     probs = torch.cat([model.predict_proba(chunk) for chunk in images.split(1000)])
     return {
@@ -57,6 +61,7 @@ def test_both_formats_carry_the_run_and_classify_like_it(run_copy: Path, test_se
     .pt2 program is the same computation; ONNX's Resize works in float where torchvision's
     uint8 kernel works in fixed point (pixels differ by 1/255), hence the looser bound."""
     images, labels = test_set
+    reference = load_trained(run_copy).predict_proba(images)  # once for both formats
     for format, same_class, max_diff in (("torch_export", 10_000, 1e-5), ("onnx", 9_990, 2e-2)):
         path = export_run(run_copy, format)
         assert path == run_copy / EXPORT_FILES[format]
@@ -68,7 +73,7 @@ def test_both_formats_carry_the_run_and_classify_like_it(run_copy: Path, test_se
         # The graph divides by the run's temperature, as load_trained's predict_proba (compared below) does.
         assert model.metadata["calibrated"] == "true"
         assert float(model.metadata["temperature"]) == read_temperature(run_copy)
-        result = compare(run_copy, path, images, labels)
+        result = compare(run_copy, path, images, labels, reference)
         assert result["same_class"] >= same_class and result["max_diff"] <= max_diff, result
         assert abs(result["correct"] - report_correct(run_copy)) <= 10_000 - same_class, result
     batch = torch.zeros(1, 1, 28, 28, dtype=torch.uint8)  # the batch axis is dynamic: 1 works too
@@ -88,7 +93,7 @@ def test_refusals_change_nothing(run_copy: Path, tmp_path: Path) -> None:
         export_run(tmp_path / "nothing", "onnx")
     # A run being trained (its lock held by another process) is not exported into.
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import sys, time; from fmnist_lightning.locks import lock_run_folder; "
+        [sys.executable, "-c", f"import sys, time; from fmnist_lightning.run_folder import lock_run_folder; "
          f"lock_run_folder({str(run_copy)!r}); print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -24,7 +24,7 @@ from torchmetrics import Metric
 
 from conftest import job_folder
 from fmnist_lightning.data import load_split
-from fmnist_lightning.data.datasets import DATASET_KEYS, IdxDataset
+from fmnist_lightning.data.idx import DATASET_KEYS, IdxDataset
 from fmnist_lightning.evaluation.runs import load_trained
 from fmnist_lightning.models import FashionMNISTClassifier
 from fmnist_lightning.run_folder import RunFolder

@@ -27,15 +27,12 @@ from fmnist_lightning.cli import hydra_argv
 from fmnist_lightning.cli import train as train_cli
 from fmnist_lightning.cli.hydra_hooks import RunFolderGuard
 from fmnist_lightning.errors import ConfigError, RunError
-from fmnist_lightning.locks import LOCK_FILE, holder_pid, release_run_folder
-from fmnist_lightning.run_folder import RunFolder
+from fmnist_lightning.run_folder import LOCK_FILE, RunFolder, holder_pid, release_run_folder, write_failure
 from fmnist_lightning.training.build import build_run
+from fmnist_lightning.training.callbacks import RunStatus
 from fmnist_lightning.training.checkpoint_io import AtomicCheckpointIO
 from fmnist_lightning.training.pipeline import train
-from fmnist_lightning.training.resume import resumed_config
-from fmnist_lightning.training.run_dirs import write_failure
-from fmnist_lightning.training.run_status import RunStatus
-from fmnist_lightning.training.starting import check_trains_further
+from fmnist_lightning.training.resume import check_trains_further, resumed_config
 from in_process import run_command
 
 
@@ -193,13 +190,14 @@ NOT_IMPROVING = [
 
 
 def test_last_ckpt_is_the_last_epoch_when_val_acc_does_not_improve(make_cfg, tmp_path: Path) -> None:
-    train(make_cfg(*NOT_IMPROVING, "logger=none"))
+    ten_batches = [o.replace("limit_train_batches=30", "limit_train_batches=10") for o in NOT_IMPROVING]
+    train(make_cfg(*ten_batches, "logger=none"))
     status = RunFolder(tmp_path).read_status()
     assert status["status"] == "finished" and status["epochs"] == 3
     best = torch.load(tmp_path / status["best_checkpoint"], weights_only=True)
     assert best["epoch"] < 2, "the setup did not make the last epoch a non-improving one"
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    assert (last["epoch"], last["global_step"]) == (2, status["global_step"]) == (2, 90)
+    assert (last["epoch"], last["global_step"]) == (2, status["global_step"]) == (2, 30)
     kept = [
         state["best_model_path"]
         for key, state in last["callbacks"].items()

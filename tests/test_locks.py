@@ -1,4 +1,4 @@
-"""One writer per run folder (fmnist_lightning/locks.py): two resumes of one killed
+"""One writer per run folder (fmnist_lightning/run_folder.py): two resumes of one killed
 run, a refusal that changes nothing, and a SIGKILLed holder whose lock is free again."""
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from PIL import Image
 from test_resume import wait_for
 
 from conftest import run_script, start_script
-from fmnist_lightning.locks import LOCK_FILE, holder_pid, lock_run_folder, release_run_folder
-from fmnist_lightning.run_folder import RunFolder
+from fmnist_lightning.run_folder import LOCK_FILE, RunFolder, holder_pid, lock_run_folder, release_run_folder
 
 # A run that takes a few seconds per epoch, so that a resume is still training when the
 # second one starts.
@@ -61,7 +60,7 @@ def test_lock_is_per_process_and_names_the_holder(tmp_path: Path):
     lock_run_folder(tmp_path)
     lock_run_folder(tmp_path)  # held already: nothing happens
     other = subprocess.run(
-        [sys.executable, "-c", f"from fmnist_lightning.locks import *; lock_run_folder({str(tmp_path)!r})"],
+        [sys.executable, "-c", f"from fmnist_lightning.run_folder import *; lock_run_folder({str(tmp_path)!r})"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert other.returncode == 1 and f"is in use: process {os.getpid()}" in other.stderr

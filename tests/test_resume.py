@@ -14,14 +14,12 @@ import pytest
 import torch
 
 from conftest import compose_with_hydra, run_script, scalars, start_script
-from fmnist_lightning import locks
+from fmnist_lightning import run_folder as locks
 from fmnist_lightning.cli.hydra_hooks import RunFolderGuard
 from fmnist_lightning.errors import NonFiniteLossError, RunInterrupted
-from fmnist_lightning.locks import release_run_folder
-from fmnist_lightning.run_folder import RunFolder
+from fmnist_lightning.run_folder import RunFolder, claim_folder, job_dir, job_number, release_run_folder, run_label
 from fmnist_lightning.training.pipeline import train
 from fmnist_lightning.training.resume import resumed_config
-from fmnist_lightning.training.run_dirs import claim_folder, job_dir, job_number, run_label
 
 # Three short epochs with everything random switched on: dropout (two_conv_bn), random
 # flips, shuffling, and a cosine schedule whose state must survive the restart. The precision
@@ -199,9 +197,9 @@ def test_deterministic_cpu_runs_are_identical(make_cfg, tmp_path: Path) -> None:
         "trainer.deterministic=true",
         "trainer.precision=32-true",
         "trainer.max_epochs=2",
-        "trainer.limit_train_batches=15",
-        "trainer.limit_val_batches=3",
-        "trainer.limit_test_batches=2",
+        "trainer.limit_train_batches=5",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
         "data.augment.flip.p=0.5",
         "logger=none",
     ]

@@ -20,8 +20,7 @@ from fmnist_lightning.data.corruptions import (
     corrupted_test_set,
     select_corruptions,
 )
-from fmnist_lightning.data.datasets import load_dataset
-from fmnist_lightning.data.idx import load_split
+from fmnist_lightning.data.idx import load_dataset, load_split
 from fmnist_lightning.errors import ArgumentError, RunError
 from fmnist_lightning.evaluation.robustness import corruption_errors, evaluate_robustness
 from in_process import run_command

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from conftest import compose_with_hydra
-from fmnist_lightning import locks
+from fmnist_lightning import run_folder as locks
 from fmnist_lightning.cli.hydra_hooks import RunFolderGuard
 from fmnist_lightning.run_folder import RunFolder
 from fmnist_lightning.training import resume, slurm
@@ -116,9 +116,9 @@ def test_cpu_threads_in_a_slurm_task(make_cfg: Callable[..., DictConfig], monkey
     cfg = make_cfg()
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
     monkeypatch.delenv("SLURM_PROCID", raising=False)
-    unbound = cpu_threads(cfg)
+    unbound = cpu_threads(cfg.trainer)
     monkeypatch.setenv("SLURM_PROCID", "0")
-    assert cpu_threads(cfg) == 1
+    assert cpu_threads(cfg.trainer) == 1
     assert unbound == len(os.sched_getaffinity(0))
 
 

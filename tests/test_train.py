@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fmnist_lightning.data.datasets import load_dataset
+from fmnist_lightning.data.idx import load_dataset
 from fmnist_lightning.training.pipeline import train
 from fmnist_lightning.training.processes import seconds_since_launch
 from in_process import run_command

@@ -83,7 +83,7 @@ def recipe_transform(image_size: int, normalize: dict | None):
 def torchvision_root(data_root: str) -> str:
     """A new temporary folder for ``torchvision.datasets.FashionMNIST(root)``, which reads
     ``root/FashionMNIST/raw/``: the verified IDX files of ``data_root`` are linked there."""
-    from fmnist_lightning.data.datasets import load_dataset
+    from fmnist_lightning.data.idx import load_dataset
 
     root = Path(tempfile.mkdtemp())
     (root / "FashionMNIST" / "raw").mkdir(parents=True)
@@ -99,9 +99,9 @@ def plain_loop(cfg, variant: str, warmup: int, n_steps: int) -> float:
     from torch.utils.data import DataLoader
     from torchvision.datasets import FashionMNIST
 
+    from fmnist_lightning.data.augment import build_preprocess
     from fmnist_lightning.data.datamodule import InMemoryBatches, keep_batch
     from fmnist_lightning.data.idx import load_split
-    from fmnist_lightning.data.transforms import build_preprocess
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     normalize = dict(cfg.data.normalize) if cfg.data.normalize else None

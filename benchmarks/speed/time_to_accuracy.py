@@ -148,8 +148,8 @@ def command(
 
 def test_accuracies(run: dict, data_root: str) -> list[float]:
     """Test accuracy (fraction) of each epoch's snapshot of one run, in epoch order."""
+    from fmnist_lightning.data.augment import build_preprocess
     from fmnist_lightning.data.idx import load_split
-    from fmnist_lightning.data.transforms import build_preprocess
     from fmnist_lightning.evaluation.runs import build_module
 
     images, labels = load_split(data_root, "test")

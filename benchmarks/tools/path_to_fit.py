@@ -12,14 +12,19 @@ defined in ``fmnist_lightning/`` or ``train.py``; module and class bodies, lambd
 comprehensions are not counted. At the first call of ``Trainer.fit``
 (``lightning/pytorch/trainer/trainer.py``) it prints one line to stderr and switches itself off:
 
-    PATH_TO_FIT {"modules": [...], "functions": [...], "calls": N}
+    PATH_TO_FIT {"modules": [...], "functions": [...], "calls": N, "cfg_path": [...], "cfg_entries": {...}}
 
 ``modules``: the files, relative to the repository, of which at least one function was called;
 ``functions``: ``<file>:<qualified name>`` of each function called; ``calls``: the number of
 calls in all. It is a dynamic measure of how much of the package one run goes through before
-training starts (an import graph counts what is imported, not what runs). The run then goes on
-to its end as usual (``debug=fdr`` makes that quick), and its exit status is this script's. A
-run that ends before ``Trainer.fit`` (a refused config) prints a note instead of the line.
+training starts (an import graph counts what is imported, not what runs).
+
+``cfg_path`` follows the config: from the call of ``training/pipeline.py:train`` on, each call
+of a project function that is given that very ``cfg`` object as an argument, in call order;
+``cfg_entries`` counts, per module, how often that path enters it from another module.
+
+The run then goes on to its end as usual (``debug=fdr`` makes that quick), and its exit status
+is this script's. A run that ends before ``Trainer.fit`` (a refused config) prints a note instead of the line.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ modules: set[str] = set()
 functions: set[str] = set()
 calls = 0
 reached = False
+cfg: list[Any] = []  # the config given to pipeline.train, once it is called
+cfg_path: list[str] = []
 
 
 def profile(frame: FrameType, event: str, arg: Any) -> None:
@@ -57,6 +64,7 @@ def profile(frame: FrameType, event: str, arg: Any) -> None:
         sys.setprofile(None)
         threading.setprofile(None)  # type: ignore[arg-type]
         found = {"modules": sorted(modules), "functions": sorted(functions), "calls": calls}
+        found |= {"cfg_path": cfg_path, "cfg_entries": entries(cfg_path)}
         print(f"PATH_TO_FIT {json.dumps(found)}", file=sys.__stderr__, flush=True)
         return
     if not (filename.startswith(PACKAGE) or filename == str(TRAIN)):
@@ -64,9 +72,27 @@ def profile(frame: FrameType, event: str, arg: Any) -> None:
     if not code.co_flags & CO_OPTIMIZED or code.co_name.startswith("<"):  # modules, classes, lambdas, comprehensions
         return
     relative = os.path.relpath(filename, ROOT)
+    function = f"{relative}:{getattr(code, 'co_qualname', code.co_name)}"
     modules.add(relative)
-    functions.add(f"{relative}:{getattr(code, 'co_qualname', code.co_name)}")
+    functions.add(function)
     calls += 1
+    if not cfg and function == "fmnist_lightning/training/pipeline.py:train":
+        cfg.append(frame.f_locals["cfg"])
+    arguments = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+    if cfg and any(frame.f_locals.get(name) is cfg[0] for name in arguments):
+        cfg_path.append(function)
+
+
+def entries(path: list[str]) -> dict[str, int]:
+    """How often ``path`` (``<file>:<function>`` in call order) enters each file from another one."""
+    counts: dict[str, int] = {}
+    previous = None
+    for function in path:
+        module = function.split(":")[0]
+        if module != previous:
+            counts[module] = counts.get(module, 0) + 1
+        previous = module
+    return counts
 
 
 def main() -> None:

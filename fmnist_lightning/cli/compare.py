@@ -1,12 +1,5 @@
-"""Is B better than A? ``fmnist-compare <run or sweep A> <run or sweep B>``
-(or ``python -m fmnist_lightning.cli.compare ...``).
-
-Two runs (or ``fmnist-evaluate`` folders) are compared image by image on the test set
-(``fmnist_lightning.evaluation.compare``), two sweeps configuration by configuration over seeds
-(``fmnist_lightning.sweeps.compare``). Prints Markdown (``--json`` prints JSON instead);
-``--output DIR`` also writes ``comparison.md`` and ``comparison.json`` there. See
-docs/comparing.md.
-"""
+"""Is B better than A? ``fmnist-compare <run or sweep A> <run or sweep B>`` (docs/comparing.md):
+two runs image by image (``evaluation.compare``), two sweeps over seeds (``sweeps.compare``)."""
 
 import argparse
 import json
@@ -41,13 +34,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     parser.add_argument("--output", type=Path, help="also write comparison.md and comparison.json into this folder")
     parser.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (runs; default 0)")
-    parser.add_argument(
-        "--trust",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="a module of your own that the runs' configs may name (repeatable; docs/runs.md, Sharing runs safely)",
-    )
+    trust = "a module of your own that the runs' configs may name (repeatable; docs/runs.md, Sharing runs safely)"
+    parser.add_argument("--trust", action="append", default=[], metavar="MODULE", help=trust)
     return parser.parse_args(argv)
 
 

@@ -1,10 +1,5 @@
-"""Re-evaluate a finished run: ``fmnist-evaluate run_dir=outputs/runs/<run>``
-(or ``python -m fmnist_lightning.cli.evaluate ...``).
-
-Writes report.json, report.md and confusion_matrix.png into
-``outputs/evaluations/<date>_<time>/`` (see conf/evaluate.yaml); with ``robustness=true`` also
-robustness.json, robustness.md and robustness.png (``fmnist-robustness``'s, with its defaults).
-"""
+"""Re-evaluate a finished run: ``fmnist-evaluate run_dir=outputs/runs/<run>`` writes its test report
+into ``outputs/evaluations/<date>_<time>/``, with ``robustness=true`` ``fmnist-robustness``'s files too."""
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -14,7 +9,7 @@ from fmnist_lightning.cli import errors_as_lines, hydra_argv, require_configs
 from fmnist_lightning.cli.robustness import run_robustness
 from fmnist_lightning.errors import require
 from fmnist_lightning.evaluation import evaluate_run
-from fmnist_lightning.training.run_dirs import register_resolvers
+from fmnist_lightning.run_folder import register_resolvers
 
 
 @hydra.main(version_base="1.3", config_path="pkg://fmnist_lightning.conf", config_name="evaluate")
@@ -35,14 +30,8 @@ def evaluate(cfg: DictConfig) -> None:
             print(f"temperature {temperature:.4f}: ECE {100 * before['ece']:.2f} % -> {100 * after['ece']:.2f} %")
         print(f"report: {output_dir}/report.md")
         if cfg.robustness:
-            run_robustness(
-                output_dir,
-                run_dir=cfg.run_dir,
-                weights=cfg.weights,
-                data_root=cfg.data_root,
-                device=cfg.device,
-                trusted_modules=trusted,
-            )
+            options = {"run_dir": cfg.run_dir, "weights": cfg.weights, "data_root": cfg.data_root, "device": cfg.device}
+            run_robustness(output_dir, **options, trusted_modules=trusted)
 
 
 def main() -> None:

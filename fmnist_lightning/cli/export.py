@@ -1,9 +1,5 @@
-"""Export a run: ``fmnist-export run_dir=outputs/runs/<run> [format=onnx|torch_export]``
-(or ``python -m fmnist_lightning.cli.export ...``).
-
-Writes ``model.onnx`` or ``model.pt2`` into the run folder (see conf/export.yaml and
-fmnist_lightning/serving/export.py).
-"""
+"""Export a run: ``fmnist-export run_dir=outputs/runs/<run> [format=onnx|torch_export]`` writes
+``model.onnx`` or ``model.pt2`` into the run folder."""
 
 import hydra
 from omegaconf import DictConfig

@@ -1,10 +1,5 @@
-"""Classify image files with a trained run:
-``fmnist-predict run_dir=outputs/runs/<run> images='[shirt.png,bag.jpg]'``
-(or ``python -m fmnist_lightning.cli.predict ...``).
-
-Prints one line per file; ``output=preds.json`` also writes JSON. Exits with 1 if any file
-could not be classified (the others are still classified). See conf/predict.yaml.
-"""
+"""Classify image files with a trained run: ``fmnist-predict run_dir=<run> images='[a.png,b.jpg]'``
+prints one line per file (``output=preds.json``: JSON too); exits with 1 if any file failed."""
 
 import dataclasses
 import json
@@ -56,8 +51,7 @@ def check_output(path: Path) -> None:
     """Refuses an ``output`` file that could not be written, before any image is classified.
 
     Raises:
-        RunError: Its folder does not exist or is not writable (a probe file is created there
-            and removed: permission bits alone do not tell, e.g. for root on a read-only disk).
+        RunError: Its folder does not exist or a probe file cannot be created there.
     """
     folder = path.expanduser().absolute().parent
     if not folder.is_dir():

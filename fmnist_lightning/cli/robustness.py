@@ -1,9 +1,5 @@
 """A finished run's accuracy under corruptions: ``fmnist-robustness run_dir=outputs/runs/<run>``
-(or ``python -m fmnist_lightning.cli.robustness ...``).
-
-Writes robustness.json, robustness.md, robustness.png and TensorBoard events into
-``outputs/robustness/<date>_<time>/`` (see conf/robustness.yaml and docs/robustness.md).
-"""
+writes robustness.json, .md, .png and TensorBoard events into ``outputs/robustness/<date>_<time>/``."""
 
 from __future__ import annotations
 
@@ -16,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist_lightning.cli import errors_as_lines, hydra_argv, require_configs
 from fmnist_lightning.evaluation.robustness import MARKDOWN, evaluate_robustness
+from fmnist_lightning.run_folder import register_resolvers
 from fmnist_lightning.training.loggers import TensorBoardLogger
-from fmnist_lightning.training.run_dirs import register_resolvers
 
 
 def run_robustness(output_dir: str | Path, **options: Any) -> dict[str, Any]:

@@ -1,10 +1,5 @@
-"""Serve a run: ``fmnist-serve run_dir=outputs/runs/<run> [backend=torch|onnx] [port=8000]``
-(or ``python -m fmnist_lightning.cli.serve ...``).
-
-Starts a LitServe server (see conf/serve.yaml and fmnist_lightning/serving/server.py) and runs
-until stopped with Ctrl-C, or SIGTERM (a service manager, ``docker stop``, ``scancel``): one
-signal to the main process stops its HTTP and inference worker processes too.
-"""
+"""Serve a run: ``fmnist-serve run_dir=outputs/runs/<run> [backend=torch|onnx] [port=8000]``, until
+Ctrl-C or SIGTERM to the main process, which stops its worker processes too."""
 
 import hydra
 from omegaconf import DictConfig

@@ -1,12 +1,5 @@
-"""Summarize a sweep: ``fmnist-summarize sweep_dir=outputs/multirun/<sweep>``
-(or ``python -m fmnist_lightning.cli.summarize ...``), or ``fmnist-summarize
-outputs/multirun/<sweep>``: a sweep folder given alone is taken as ``sweep_dir=``
-(``folder_as_override``).
-
-Writes summary.md, summary.csv, summary_jobs.csv and summary.png into the sweep folder and
-prints the Markdown (see fmnist_lightning/sweeps/summary.py and conf/summarize.yaml). Exits with 1 if
-a job did not finish.
-"""
+"""Summarize a sweep: ``fmnist-summarize [sweep_dir=]outputs/multirun/<sweep>`` writes the summary
+files (``sweeps.summary``) and prints the Markdown; exits with 1 if a job did not finish."""
 
 import re
 import shlex
@@ -30,8 +23,7 @@ KEYS = ("sweep_dir", "metric", "hydra")
 
 
 def _is_folder_word(arg: str) -> bool:
-    """Whether ``arg`` is no Hydra override: a word without ``=`` (other than a ``~key``
-    deletion), or an existing folder whose name does not set a key of ``KEYS``."""
+    """Whether ``arg`` is no Hydra override: no ``=`` nor ``~``, or a folder not setting one of ``KEYS``."""
     if "=" not in arg:
         return not arg.startswith("~") or Path(arg).is_dir()
     return Path(arg).is_dir() and re.split(r"[./@]", key_of(arg))[0] not in KEYS
@@ -53,14 +45,11 @@ def folder_words(args: list[str]) -> list[int]:
 
 
 def folder_as_override(args: list[str]) -> list[str]:
-    """``args`` with the one sweep folder given alone (``fmnist-summarize outputs/multirun/x``)
-    as ``sweep_dir='outputs/multirun/x'``, quoted in Hydra's way so that Hydra reads any
-    folder name back unchanged (spaces, ``=``, ``,``), instead of Hydra's ``extraneous input``
-    message (``cli.hydra_argv`` applies it).
+    """``args`` with the one sweep folder given alone as ``sweep_dir='<folder>'``, quoted so that
+    Hydra reads any folder name back unchanged.
 
     Raises:
-        UserError: More than one such word, or one beside a ``sweep_dir=`` override; the
-            message names ``sweep_dir=``.
+        UserError: More than one such word, or one beside a ``sweep_dir=`` override.
     """
     words = folder_words(args)
     if not words:
@@ -87,8 +76,7 @@ def summarize_sweep(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """The command line: ``fmnist-summarize sweep_dir=... [metric=...]``, or the sweep
-    folder alone in place of ``sweep_dir=...`` (``folder_as_override``)."""
+    """The command line: ``fmnist-summarize [sweep_dir=]... [metric=...]``."""
     require_configs()
     hydra_argv(folder_as_override)
     summarize_sweep()

@@ -1,12 +1,7 @@
-"""Train a FashionMNIST CNN: ``fmnist-train model=three_conv trainer.max_epochs=10``
-(``python train.py ...`` in a clone, or ``python -m fmnist_lightning.cli.train ...``).
-
-The configs are ``conf/`` (docs: Configuration); ``-m`` runs a sweep (docs: Sweeps).
-Continue an interrupted run with ``fmnist-train resume=outputs/runs/<run>``.
-
-A single run stops with ``error: ...`` and exit status 1 on a problem it can name. In a
-sweep, a failing job is recorded (``metrics.json``: ``status: failed`` and the error) and
-the sweep goes on; the summary at its end lists the failures and the exit status is 1.
+"""Train a FashionMNIST CNN: ``fmnist-train model=three_conv trainer.max_epochs=10``; ``-m``
+runs a sweep, ``resume=outputs/runs/<run>`` continues a run. A single run stops with
+``error: ...`` (exit status 1) on a problem it can name; in a sweep, a failing job is recorded
+in its ``metrics.json``, the sweep goes on, and its summary lists the failures (exit status 1).
 """
 
 import atexit
@@ -22,20 +17,17 @@ from omegaconf import DictConfig
 
 from fmnist_lightning.cli import find_sweepers, hydra_argv, require_configs
 from fmnist_lightning.errors import FolderInUseError, RunError, RunInterrupted, TrialPruned, UserError
-from fmnist_lightning.run_folder import RunFolder
+from fmnist_lightning.run_folder import RunFolder, register_resolvers
 from fmnist_lightning.training.processes import in_multirun
 from fmnist_lightning.training.resume import RESUMED, continue_job, continue_sweep, resumed_config, sweep_to_resume
-from fmnist_lightning.training.run_dirs import register_resolvers
 from fmnist_lightning.training.slurm import in_submitit_job, requeue
 
 log = logging.getLogger("train")
 
 
 def train_run(cfg: DictConfig) -> float:
-    """The task Hydra runs for each run and each sweep job (``main``). Returns the optimised
-    metric (``optimized_metric``); for a failed or pruned sweep job,
-    the worst value (-inf, or +inf for a loss). The Optuna sweeper reads each job's outcome
-    from its ``metrics.json`` (``fmnist_lightning.sweeps.optuna_search``)."""
+    """The task Hydra runs for each run and sweep job: returns ``optimized_metric``, or for a
+    failed or pruned sweep job the worst value (-inf, or +inf for a loss)."""
     from fmnist_lightning.training.pipeline import train  # Lightning: after Hydra's own checks
 
     continue_job(cfg)  # a sweep job started again: SLURM requeued it, or its sweep is continued
@@ -64,8 +56,7 @@ def train_run(cfg: DictConfig) -> float:
 
 def failed(cfg: DictConfig, message: str, record: bool = True) -> float:
     """Ends a single run with ``message``; in a sweep, logs it, records it in the job's
-    ``metrics.json`` unless ``record`` is false (the folder is another process's), and
-    returns the worst value."""
+    ``metrics.json`` if ``record``, and returns the worst value."""
     if not in_multirun():
         raise SystemExit(message)
     log.error(message)
@@ -86,15 +77,10 @@ def main() -> None:
     """The command line: ``fmnist-train [overrides]``."""
     require_configs()
     find_sweepers()
-    # A log line that cannot be written (a full disk) is dropped rather than printed with a
-    # traceback; the run's own error line says what went wrong.
+    # A log line that cannot be written (a full disk) is dropped, not printed with a traceback.
     logging.raiseExceptions = False
-    # At exit, after the atexit handlers that close the loggers' files, Python tears its
-    # modules down with garbage collections over every object torch and Lightning made: about
-    # 1 s on 2 CPU cores (benchmarks/RESULTS.md, "The speedrun"). Frozen objects are left out
-    # of those collections (gc.freeze); reference counting still frees them as before, and
-    # only cycles of objects stay uncollected, which Python does not promise at exit anyway.
-    # An atexit handler, so that it runs only when the process ends, never in a caller's.
+    # At exit, the garbage collections of Python's teardown skip frozen objects (benchmarks/RESULTS.md,
+    # "The speedrun"); only cycles stay uncollected, which Python does not promise at exit anyway.
     atexit.register(gc.freeze)
     register_resolvers()
     hydra_argv(_sweep_command)  # the one adjustment of the command line (cli.hydra_argv)
@@ -102,7 +88,7 @@ def main() -> None:
         resumed = resumed_config(sys.argv[1:])  # resume=<run folder>: that run's own config
     except RunError as err:
         raise SystemExit(f"error: {err}") from None
-    name = "train"  # conf/train.yaml; a new run's folder is claimed by guard.RunFolderGuard
+    name = "train"  # conf/train.yaml; a new run's folder is claimed by hydra_hooks.RunFolderGuard
     if resumed is not None:
         ConfigStore.instance().store(name=RESUMED, node=resumed)
         name = RESUMED

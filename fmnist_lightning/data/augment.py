@@ -1,23 +1,19 @@
-"""Batched training augmentations: each image of a batch gets its own random parameters.
+"""The preprocessing of every image the networks see (``build_preprocess``), and batched training
+augmentations drawing random parameters per image (torchvision's v2 draws one set per call).
 
-torchvision's v2 transforms draw one set of random parameters per call, so on a whole batch
-every image would get the same crop, flip or rectangle. These modules draw per image and run
-on the batch's device, so augmentation costs no per-image Python work.
-
-Each is one ``nn.Module`` mapping float ``(B, C, S, S)`` images with pixel values in [0, 1]
-(0 = black) to the same shape, dtype and device. The DataModule applies them to training
-batches only, after scaling to [0, 1] and before normalisation, in the order of
-``data.augment`` (``conf/data/fashion_mnist.yaml``). A new augmentation is one more class like
-these (here or in any importable module) and one more entry under ``data.augment``.
+Each augmentation is an ``nn.Module`` mapping float ``(B, C, S, S)`` images in [0, 1] (0 = black) to
+the same shape, dtype and device; a new one is one more such class and one more ``data.augment`` entry.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torchvision.transforms import v2
 
 from fmnist_lightning.errors import require
 
@@ -32,11 +28,8 @@ def _probability(p: float) -> None:
 
 
 class BatchRandomCrop(nn.Module):
-    """torchvision's ``RandomCrop(S, padding=padding)``, batched: pad each side with black,
-    then cut an ``S × S`` window at a random offset per image.
-
-    Args:
-        padding: Pixels of padding on each side; 0 turns cropping off.
+    """torchvision's ``RandomCrop(S, padding=padding)``, batched: pad each side with ``padding`` black
+    pixels (0: off), then cut an ``S × S`` window at a random offset per image.
 
     Raises:
         ArgumentError: ``padding`` < 0.
@@ -62,8 +55,7 @@ class BatchRandomCrop(nn.Module):
 
 
 class BatchRandomHorizontalFlip(nn.Module):
-    """torchvision's ``RandomHorizontalFlip(p)``, batched: each image is mirrored left-right
-    with probability ``p``.
+    """torchvision's ``RandomHorizontalFlip(p)``, batched: each image mirrored with probability ``p``.
 
     Raises:
         ArgumentError: ``p`` outside [0, 1].
@@ -82,18 +74,9 @@ class BatchRandomHorizontalFlip(nn.Module):
 
 
 class BatchRandomErasing(nn.Module):
-    """torchvision's ``RandomErasing(p, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=value)``
-    (Zhong et al., 2017, "Random Erasing Data Augmentation"), batched.
-
-    With probability ``p`` one rectangle of each image is set to ``value``. It covers a
-    uniform 2-33 % of the image with a log-uniform aspect ratio in [0.3, 3.3].
-    torchvision retries up to 10 times when the drawn rectangle does not fit; here its sides
-    are clipped to the image instead.
-
-    Args:
-        p: Probability of erasing a rectangle of each image.
-        value: Fill of the rectangle on the [0, 1] pixel scale (0 = black;
-            ``experiment=best`` uses the dataset's mean grey, ``${data.normalize.mean}``).
+    """torchvision's ``RandomErasing(p, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=value)`` (Zhong et al.,
+    2017), batched: with probability ``p`` one rectangle per image is set to ``value`` (on the [0, 1]
+    scale); where torchvision retries a rectangle that does not fit, its sides are clipped here.
 
     Raises:
         ArgumentError: ``p`` outside [0, 1].
@@ -127,3 +110,28 @@ class BatchRandomErasing(nn.Module):
         )
         erase = inside & (torch.rand(b, device=device) < self.p).view(b, 1, 1)
         return x.masked_fill(erase.unsqueeze(1), self.value)
+
+
+def _check(image_size: int, normalize: Mapping[str, float] | None) -> None:
+    require(isinstance(image_size, int) and image_size >= 1, "image_size", image_size, "a number of pixels >= 1")
+    if normalize is not None:
+        keys = set(normalize)
+        require(keys == {"mean", "std"}, "normalize", dict(normalize), "null or exactly the keys mean and std")
+        require(normalize["std"] > 0, "normalize", dict(normalize), "std must be > 0")
+
+
+def build_preprocess(image_size: int = 28, normalize: Mapping[str, float] | None = None) -> nn.Module:
+    """The recipes' ``Resize`` → ``ToTensor`` → ``Normalize`` (``{"mean", "std"}`` on the [0, 1] scale, or
+    ``None``) as one module: uint8 ``(B, 1, H, W)`` → float32 ``(B, 1, image_size, image_size)``.
+
+    Raises:
+        ArgumentError: ``image_size`` < 1, or ``normalize`` lacks ``mean``/``std`` or has std <= 0.
+    """
+    _check(image_size, normalize)
+    steps: list[nn.Module] = [
+        v2.Resize((image_size, image_size), antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+    ]
+    if normalize is not None:
+        steps.append(v2.Normalize([float(normalize["mean"])], [float(normalize["std"])]))
+    return v2.Compose(steps)

@@ -1,13 +1,9 @@
-"""Corrupted copies of the test images, at 5 severities each: the corruption table, its seeded
-generation, and its cache on disk.
+"""Corrupted copies of the test images at 5 severities each: the table, its seeded generation, its cache.
 
-The corruptions and their severity parameters come from CIFAR-10-C (Hendrycks & Dietterich,
-ICLR 2019, ``hendrycks/robustness``, ``ImageNet-C/create_c/make_cifar_c.py``: made for 32-px
-images, so they suit 28 px) and MNIST-C (Mu & Gilmer, 2019, ``google-research/mnist-c``,
-``corruptions.py``: the geometric ones, made for 28-px MNIST). Each is computed by kornia or
-torchvision on a whole batch at once, with per-image random parameters where the source draws
-them per image. ``CORRUPTIONS`` gives every library call and parameter with its source;
-docs/robustness.md shows the table.
+Corruptions and parameters from CIFAR-10-C (Hendrycks & Dietterich, ICLR 2019, ``hendrycks/robustness``,
+``ImageNet-C/create_c/make_cifar_c.py``) and, the geometric ones, MNIST-C (Mu & Gilmer, 2019,
+``google-research/mnist-c``, ``corruptions.py``), computed batched by kornia or torchvision;
+``CORRUPTIONS`` names each call and source.
 """
 
 from __future__ import annotations
@@ -47,9 +43,8 @@ def _random_signs(batch: int, columns: int) -> torch.Tensor:
 
 
 def _affine(x: torch.Tensor, shift=None, degrees=None, shear=None, scale: float = 1.0) -> torch.Tensor:
-    """kornia's affine warp about the image centre ((W−1)/2, MNIST-C's 13.5), zeros outside:
-    ``shift`` float ``(B, 2)`` pixels, ``degrees`` float ``(B,)``,
-    ``shear`` (x-shear angle, radians) float ``(B,)``."""
+    """kornia's affine warp about the centre (MNIST-C's 13.5): float ``shift`` ``(B, 2)`` px, ``degrees``,
+    ``shear`` (x-shear, radians) ``(B,)``."""
     b, _, h, w = x.shape
     zeros = torch.zeros(b)
     matrix = get_affine_matrix2d(
@@ -76,8 +71,7 @@ def _pixelate(x: torch.Tensor, fraction: float) -> torch.Tensor:
 
 
 def _elastic(x: torch.Tensor, alpha: float) -> torch.Tensor:
-    # kornia's alpha is in normalised coordinates: W/2 pixels per unit. Kernel: 3σ each side,
-    # as CIFAR-10-C's gaussian(..., truncate=3).
+    # kornia's alpha is in W/2 pixels per unit; kernel 3σ each side, CIFAR-10-C's gaussian(truncate=3).
     unit = alpha / (x.shape[-1] / 2)
     return KA.RandomElasticTransform((25, 25), (4.0, 4.0), (unit, unit), p=1.0)(x)
 
@@ -162,14 +156,8 @@ BY_NAME = {c.name: c for c in CORRUPTIONS}
 def select_corruptions(
     names: str | Sequence[str], severities: int | Sequence[int]
 ) -> tuple[list[Corruption], list[int]]:
-    """The corruptions and severities a config asks for, checked.
-
-    Args:
-        names: ``"all"`` or a list of names from ``CORRUPTIONS``.
-        severities: Severities, each in 1–5 (one severity may be given alone).
-
-    Returns:
-        The corruptions in ``CORRUPTIONS`` order, and the severities sorted.
+    """The corruptions (``"all"`` or names from ``CORRUPTIONS``) in ``CORRUPTIONS`` order, and the severities
+    (1–5; one may be given alone) sorted.
 
     Raises:
         ArgumentError: An unknown name, an empty list, or a severity outside 1–5.
@@ -188,26 +176,13 @@ def select_corruptions(
 
 
 def corrupt(images: torch.Tensor, corruption: Corruption, severity: int, seed: int) -> torch.Tensor:
-    """One corruption of ``images`` at one severity, the same for the same arguments.
+    """uint8 ``(N, 1, H, W)`` CPU ``images`` under one corruption at ``severity`` 1–5, the same uint8 shape.
 
-    The random numbers come from torch's global generator seeded with ``seed`` plus the
-    corruption's index in ``CORRUPTIONS`` (the same for every severity, so that an image gets
-    the same direction or noise pattern, stronger, as the severity grows), inside
-    ``torch.random.fork_rng``: the caller's generator is left as it was. It runs on one CPU
-    thread (the caller's thread count is restored).
-
-    Args:
-        images: uint8 ``(N, 1, H, W)`` on the CPU.
-        corruption: One of ``CORRUPTIONS``.
-        severity: 1 to 5.
-        seed: The base seed.
-
-    Returns:
-        uint8 ``(N, 1, H, W)``: the result in [0, 1], rounded to the nearest of 256 levels.
+    Seeded with ``seed`` plus the corruption's index in ``CORRUPTIONS`` (the same pattern at every
+    severity) in ``torch.random.fork_rng``, on one CPU thread; the caller's generator and threads stay.
     """
     threads = torch.get_num_threads()
-    # One thread: on 28-px images each operation is too small to share, and a thread count of
-    # its own makes the bytes independent of the machine's cores.
+    # One thread: the bytes do not depend on the machine's cores.
     torch.set_num_threads(1)
     try:
         with torch.random.fork_rng(devices=[]):
@@ -219,8 +194,7 @@ def corrupt(images: torch.Tensor, corruption: Corruption, severity: int, seed: i
 
 
 def table_identity(corruptions: Sequence[Corruption], seed: int, test_md5s: dict) -> dict:
-    """What decides the corrupted images: the test files' MD5s, the seed, each corruption's call
-    and parameters, and the versions of kornia and torchvision that compute them (JSON-ready)."""
+    """What decides the corrupted images (JSON-ready): test MD5s, seed, calls, parameters, library versions."""
     return {
         "test_md5s": test_md5s,
         "seed": seed,
@@ -230,8 +204,7 @@ def table_identity(corruptions: Sequence[Corruption], seed: int, test_md5s: dict
 
 
 def cache_path(cache_dir: Path, corruption: Corruption, seed: int, test_md5s: dict) -> Path:
-    """``<cache_dir>/<name>-<hash>.npy``; the hash (SHA-256, 16 hex digits) is of
-    ``table_identity`` for this one corruption."""
+    """``<cache_dir>/<name>-<hash>.npy``, the hash 16 hex digits of SHA-256 of its ``table_identity``."""
     identity = json.dumps(table_identity([corruption], seed, test_md5s), sort_keys=True)
     return Path(cache_dir) / f"{corruption.name}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.npy"
 
@@ -239,20 +212,8 @@ def cache_path(cache_dir: Path, corruption: Corruption, seed: int, test_md5s: di
 def corrupted_test_set(
     images: torch.Tensor, corruption: Corruption, seed: int, test_md5s: dict, cache_dir: Path
 ) -> torch.Tensor:
-    """The test images under one corruption at all 5 severities, from the cache or made and cached.
-
-    The file is written atomically (``artifacts.atomic_file``), so a second process sees it
-    whole or not at all. A file that cannot be read is made again.
-
-    Args:
-        images: The clean test images, uint8 ``(N, 1, H, W)``.
-        corruption: One of ``CORRUPTIONS``.
-        seed: The base seed (``corrupt``).
-        test_md5s: The test files' MD5s, part of the file's key.
-        cache_dir: The cache folder, created if missing.
-
-    Returns:
-        uint8 ``(5, N, 1, H, W)``: severities 1–5.
+    """The uint8 ``(N, 1, H, W)`` test images under one corruption at severities 1–5, uint8
+    ``(5, N, 1, H, W)``, from the cache (``cache_path``) or made (``corrupt``) and written atomically.
 
     Raises:
         OSError: The folder cannot be created or written.

@@ -1,12 +1,6 @@
-"""Finding, reading and verifying the four IDX files of a dataset (FashionMNIST, MNIST, KMNIST,
-or one of your own in the same format).
-
-What the files must hold (names, shapes, MD5 checksums of the decompressed bytes, with their
-published sources) and the class names are described by ``conf/data/<dataset>.yaml``, and
-nowhere in the code: ``IdxDataset`` is that description. Debian's ``dataset-fashion-mnist``
-package recompresses the ``.gz`` files, so only the checksums of the decompressed bytes are
-checked, never those of the ``.gz`` files.
-"""
+"""Finding, reading and verifying the four IDX files of a dataset (FashionMNIST, MNIST, KMNIST or
+your own), as ``conf/data/<dataset>.yaml`` describes them (names, shapes, MD5s, class names) and
+nowhere in the code: ``IdxDataset`` is that description."""
 
 from __future__ import annotations
 
@@ -15,15 +9,18 @@ import hashlib
 import logging
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from fmnist_lightning.artifacts import write_atomically
-from fmnist_lightning.data.datasets import IdxDataset, IdxSpec, load_dataset
-from fmnist_lightning.errors import DatasetError
+from fmnist_lightning.errors import DatasetError, require
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +29,8 @@ DEBIAN_DATASET_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 def candidate_paths(folder: str | os.PathLike, spec: IdxSpec, dataset: IdxDataset | None = None) -> list[Path]:
-    """Places in ``folder`` where the file of ``spec`` may lie, in order of preference.
-
-    The decompressed file comes first (fastest to read), then its ``.gz``; both at the top
-    of ``folder`` and in torchvision's layout ``folder/<dataset.raw_dir>/raw/``.
-    """
+    """Where in ``folder`` the file of ``spec`` may lie, in order of preference: decompressed, then ``.gz``;
+    at the top of ``folder``, then in torchvision's ``folder/<dataset.raw_dir>/raw/``."""
     folder, raw = Path(folder), (dataset or load_dataset()).raw_dir
     return [d / f"{spec.name}{suffix}" for d in (folder, folder / raw / "raw") for suffix in ("", ".gz")]
 
@@ -47,23 +41,10 @@ def find_file(folder: str | os.PathLike, spec: IdxSpec, dataset: IdxDataset | No
 
 
 def read_idx_bytes(path: Path, spec: IdxSpec, dataset: IdxDataset | None = None) -> bytes:
-    """Reads one IDX file (decompressing ``.gz``) and checks it against ``spec``.
-
-    Checks, in this order: the file decompresses, the magic number, the header's shape,
-    the file length, for label files that every label is a class of ``dataset``, and the MD5
-    of the decompressed bytes (and of the ``.gz`` file, where the spec has one). The label
-    range and the MD5s are computed once per process for each file, spec and class count: they
-    are skipped while the file's device, inode, size and modification time are the ones they
-    passed with (any copy or write over it changes them).
-
-    Args:
-        path: The file, decompressed or ``.gz``.
-        spec: What it must hold.
-        dataset: The dataset it belongs to (``load_dataset()`` when ``None``), for the
-            number of classes and the messages.
-
-    Returns:
-        The decompressed file, header included.
+    """The decompressed bytes (header included) of one IDX file, decompressed or ``.gz``, checked against
+    ``spec``: magic number, shape, length, labels within ``dataset``'s classes (``load_dataset()`` when
+    ``None``), and MD5s. Labels and MD5s are checked once per process while the file's device, inode,
+    size and modification time stay the same.
 
     Raises:
         DatasetError: Naming ``path``, what is wrong with it, and how to get a good copy.
@@ -85,11 +66,7 @@ def read_idx_bytes(path: Path, spec: IdxSpec, dataset: IdxDataset | None = None)
 
 
 def _read(path: Path, fail: Callable[[str], DatasetError]) -> tuple[os.stat_result, bytes, bytes]:
-    """``(stat, compressed bytes or b"", decompressed bytes)`` of an IDX file.
-
-    Raises:
-        DatasetError: ``fail``'s, when it cannot be read or decompressed.
-    """
+    """``(stat, compressed bytes or b"", decompressed bytes)`` of an IDX file, or ``fail``'s error."""
     try:
         stat = path.stat()
         if path.suffix == ".gz":
@@ -103,11 +80,7 @@ def _read(path: Path, fail: Callable[[str], DatasetError]) -> tuple[os.stat_resu
 
 
 def _check_layout(data: bytes, spec: IdxSpec, fail: Callable[[str], DatasetError]) -> None:
-    """Checks an IDX file's header (magic number, shape) and length against ``spec``.
-
-    Raises:
-        DatasetError: ``fail``'s, naming the first mismatch.
-    """
+    """Checks an IDX file's magic number, shape and length against ``spec``, raising ``fail``'s error."""
     if len(data) < spec.header_bytes:
         raise fail(f"is truncated: {len(data)} bytes, shorter than its {spec.header_bytes}-byte header")
     magic = int.from_bytes(data[:4], "big")
@@ -124,13 +97,7 @@ def _check_layout(data: bytes, spec: IdxSpec, fail: Callable[[str], DatasetError
 def _check_content(
     data: bytes, compressed: bytes, spec: IdxSpec, classes: int, fail: Callable[[str], DatasetError]
 ) -> None:
-    """Checks an IDX file's labels (each in ``[0, classes)``, for a label file) and its MD5s:
-    that of the decompressed ``data`` and, when read from a ``.gz``, that of ``compressed``.
-
-    Raises:
-        DatasetError: ``fail``'s, naming the first mismatch, or that the file cannot be checked
-            (only its ``.gz``'s MD5 is published, and it was read decompressed).
-    """
+    """Checks an IDX file's labels (in ``[0, classes)``) and MD5s, raising ``fail``'s error."""
     if spec.magic == 2049:
         top = max(data[spec.header_bytes :])
         if top >= classes:
@@ -148,11 +115,7 @@ _VERIFIED: set[tuple] = set()
 
 
 def read_idx(path: Path, spec: IdxSpec, dataset: IdxDataset | None = None) -> torch.Tensor:
-    """Reads and verifies one IDX file into a tensor.
-
-    Returns:
-        ``torch.uint8`` tensor of shape ``spec.shape``: ``(N, H, W)`` images or ``(N,)``
-        labels.
+    """One IDX file, verified (``read_idx_bytes``), as a uint8 tensor of ``spec.shape``: ``(N, H, W)`` or ``(N,)``.
 
     Raises:
         DatasetError: See ``read_idx_bytes``.
@@ -165,20 +128,9 @@ def read_idx(path: Path, spec: IdxSpec, dataset: IdxDataset | None = None) -> to
 def ensure_files(
     root: str | os.PathLike, local_copy: str | os.PathLike | None, download: bool, dataset: IdxDataset | None = None
 ) -> None:
-    """Makes sure the four IDX files of ``dataset`` are in ``root``.
-
-    For each file missing from ``root``: take it from ``local_copy`` (verified, then written
-    decompressed to ``root``); if ``local_copy`` does not have all four either, try
-    torchvision's download (``dataset.torchvision_dataset``) into
-    ``root/<dataset.raw_dir>/raw/``. Files already in ``root`` are left as they are (they are
-    verified when loaded).
-
-    Args:
-        root: The data folder (``data.root``); created if missing.
-        local_copy: A folder with the original files, e.g. ``DEBIAN_DATASET_DIR``, or
-            ``None`` to skip it.
-        download: Whether to fall back to torchvision's download.
-        dataset: The dataset (``load_dataset()`` when ``None``).
+    """Makes sure the four IDX files of ``dataset`` (``load_dataset()`` when ``None``) are in ``root``
+    (created if missing): the missing ones are copied, verified, from ``local_copy`` (e.g.
+    ``DEBIAN_DATASET_DIR``) if it has them all, else downloaded by torchvision when ``download``.
 
     Raises:
         DatasetError: A file is in none of these places, a copy in ``local_copy`` is bad,
@@ -197,11 +149,7 @@ def ensure_files(
 
 
 def _make_folder(root: Path) -> None:
-    """Creates the data folder ``root`` and its parents, if missing.
-
-    Raises:
-        DatasetError: It cannot be created.
-    """
+    """Creates the data folder ``root`` and its parents, or raises ``DatasetError``."""
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -211,12 +159,7 @@ def _make_folder(root: Path) -> None:
 
 
 def _copy_files(root: Path, local_copy: str | os.PathLike, missing: list[IdxSpec], dataset: IdxDataset) -> None:
-    """Verifies the ``missing`` files in ``local_copy`` and writes them to ``root``: decompressed,
-    or as the original ``.gz`` where only its MD5 is published (so it can be checked again).
-
-    Raises:
-        DatasetError: A copy is bad (see ``read_idx_bytes``), or ``root`` cannot be written.
-    """
+    """Writes the verified ``missing`` files of ``local_copy`` to ``root``, decompressed unless only a ``.gz`` MD5."""
     for spec in missing:
         source = find_file(local_copy, spec, dataset)
         log.info("Copying %s to %s", source, root / spec.name)
@@ -235,13 +178,7 @@ def _copy_files(root: Path, local_copy: str | os.PathLike, missing: list[IdxSpec
 def _download(
     root: Path, local_copy: str | os.PathLike | None, missing: list[IdxSpec], download: bool, dataset: IdxDataset
 ) -> None:
-    """Downloads the dataset with torchvision into ``root/<dataset.raw_dir>/raw/``, the last
-    resort for the ``missing`` files.
-
-    Raises:
-        DatasetError: ``download`` is false, torchvision cannot download the dataset, or the
-            download failed; naming the missing files and where they were looked for.
-    """
+    """Downloads the dataset with torchvision into ``root/<dataset.raw_dir>/raw/``, or raises ``DatasetError``."""
     looked = " or ".join([str(root)] + ([str(local_copy)] if local_copy is not None else []))
     names = f"{dataset.name} files {', '.join(s.name for s in missing)} are not in {looked}"
     if not download or dataset.torchvision_dataset is None:
@@ -266,8 +203,7 @@ def _path(root: str | os.PathLike, spec: IdxSpec, dataset: IdxDataset) -> Path:
 
 
 def verify_files(root: str | os.PathLike, dataset: IdxDataset | None = None) -> None:
-    """Reads and checks all four files in ``root`` (see ``read_idx_bytes``), so that a
-    bad test file stops a run before training rather than after it.
+    """Reads and checks all four files in ``root`` (``read_idx_bytes``): a bad test file stops a run before training.
 
     Raises:
         DatasetError: A file is missing, truncated or corrupt.
@@ -280,16 +216,8 @@ def verify_files(root: str | os.PathLike, dataset: IdxDataset | None = None) -> 
 def load_split(
     root: str | os.PathLike, split: str, dataset: IdxDataset | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loads and verifies one official split from ``root``.
-
-    Args:
-        root: Folder holding the IDX files (see ``candidate_paths``).
-        split: ``"train"`` (60,000 FashionMNIST images) or ``"test"`` (10,000).
-        dataset: The dataset (``load_dataset()``, FashionMNIST, when ``None``).
-
-    Returns:
-        ``(images, labels)``: ``torch.uint8`` of shape ``(N, H, W)`` and ``torch.int64``
-        of shape ``(N,)`` with values ``0`` to ``num_classes - 1``.
+    """One verified split, ``"train"`` or ``"test"``, of ``dataset`` (``load_dataset()`` when ``None``) from
+    ``root``: uint8 ``(N, H, W)`` images and int64 ``(N,)`` labels in ``[0, num_classes)``.
 
     Raises:
         DatasetError: A file is missing, truncated or corrupt.
@@ -301,3 +229,137 @@ def load_split(
     specs = [dataset.specs[(split, kind)] for kind in ("images", "labels")]
     images, labels = (read_idx(_path(root, spec, dataset), spec, dataset) for spec in specs)
     return images, labels.long()
+
+
+@dataclass(frozen=True)
+class IdxSpec:
+    """What one decompressed IDX file must hold.
+
+    Attributes:
+        name: File name without ``.gz``, e.g. ``"train-images-idx3-ubyte"``.
+        magic: Big-endian int32 magic number: 2051 for images, 2049 for labels.
+        shape: Array shape stored in the header, e.g. ``(60000, 28, 28)``.
+        md5: MD5 of the decompressed file, or ``None`` where only ``gz_md5`` is published.
+        gz_md5: MD5 of the published ``.gz`` file, checked when read compressed; ``None`` where
+            ``md5`` is published (Debian recompresses FashionMNIST's ``.gz`` files).
+    """
+
+    name: str
+    magic: int
+    shape: tuple[int, ...]
+    md5: str | None
+    gz_md5: str | None = None
+
+    @property
+    def header_bytes(self) -> int:
+        """Header size in bytes: the magic number and one int32 per dimension."""
+        return 4 * (1 + len(self.shape))
+
+    @property
+    def total_bytes(self) -> int:
+        """Expected size of the decompressed file in bytes."""
+        return self.header_bytes + int(np.prod(self.shape))
+
+
+#: The four files of a dataset, by ``(split, kind)``, and their names in ``data.files``.
+FILE_KEYS = {
+    ("train", "images"): "train_images",
+    ("train", "labels"): "train_labels",
+    ("test", "images"): "test_images",
+    ("test", "labels"): "test_labels",
+}
+
+
+@dataclass(frozen=True)
+class IdxDataset:
+    """A dataset of four IDX files, as ``conf/data/<dataset>.yaml`` describes it (``from_config``).
+
+    Attributes:
+        name: Its name in messages, e.g. ``"FashionMNIST"``.
+        class_names: Names in label order; labels are 0 to ``len(class_names) - 1``.
+        specs: What each file must hold, by ``(split, kind)`` (see ``FILE_KEYS``).
+        how_to_get: A sentence on where to get good copies of the files.
+        torchvision_dataset: The ``torchvision.datasets`` class that downloads it, or ``None``.
+    """
+
+    name: str
+    class_names: tuple[str, ...]
+    specs: Mapping[tuple[str, str], IdxSpec]
+    how_to_get: str
+    torchvision_dataset: str | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        name: str,
+        class_names: Sequence[str],
+        num_classes: int,
+        files: Mapping[str, Mapping[str, Any]],
+        how_to_get: str,
+        torchvision_dataset: str | None = None,
+    ) -> IdxDataset:
+        """Checks and builds the description from a dataset config's values.
+
+        Args:
+            files: ``{train_images|train_labels|test_images|test_labels: {name, shape, md5, gz_md5}}``
+                (``IdxSpec``'s fields; ``gz_md5`` optional; ``md5`` or ``gz_md5`` may be ``null``, not both).
+
+        Raises:
+            ArgumentError: Naming the argument (``class_names``, ``files``, ...) that is wrong.
+        """
+        require(len(class_names) == num_classes, "class_names", list(class_names), f"{num_classes} names (num_classes)")
+        require(set(files) == set(FILE_KEYS.values()), "files", sorted(files), f"the keys {sorted(FILE_KEYS.values())}")
+        specs = {key: _spec(key[1], field, files[field]) for key, field in FILE_KEYS.items()}
+        for split in ("train", "test"):
+            n = (specs[(split, "images")].shape[0], specs[(split, "labels")].shape[0])
+            require(n[0] == n[1], f"files.{split}_labels.shape", n[1], f"{n[0]} labels, one per image")
+        return cls(name, tuple(class_names), specs, how_to_get, torchvision_dataset)
+
+    @property
+    def test_checksums(self) -> dict[str, str]:
+        """The test files' published MD5s (``md5``, else ``gz_md5``): ``{"test_images": ..., "test_labels": ...}``."""
+        return {
+            f"test_{kind}": self.specs["test", kind].md5 or self.specs["test", kind].gz_md5
+            for kind in ("images", "labels")
+        }
+
+    @property
+    def raw_dir(self) -> str:
+        """torchvision's folder name for the dataset."""
+        return self.torchvision_dataset or self.name
+
+
+def _spec(kind: str, field: str, entry: Mapping[str, Any]) -> IdxSpec:
+    """The checked ``IdxSpec`` of ``files.<field>`` (``kind``: ``"images"`` or ``"labels"``)."""
+    where = f"files.{field}"
+    allowed = "the keys name, shape, md5 and optionally gz_md5"
+    require({"name", "shape", "md5"} <= set(entry) <= {"name", "shape", "md5", "gz_md5"}, where, entry, allowed)
+    shape = tuple(entry["shape"] or ())
+    require(len(shape) == (3 if kind == "images" else 1), f"{where}.shape", list(shape), "[N, H, W] or [N]")
+    sums = {k: entry.get(k) for k in ("md5", "gz_md5")}
+    for k, md5 in sums.items():
+        ok = md5 is None or (len(str(md5)) == 32 and all(c in "0123456789abcdef" for c in str(md5)))
+        require(ok, f"{where}.{k}", md5, "32 lowercase hex digits or null")
+    require(any(sums.values()), f"{where}.md5", None, "an MD5 (or a gz_md5 for the .gz file)")
+    magic = 2051 if kind == "images" else 2049
+    return IdxSpec(str(entry["name"]), magic, shape, sums["md5"], sums["gz_md5"])
+
+
+#: The keys of a data config that describe its dataset (``IdxDataset.from_config``'s arguments).
+DATASET_KEYS = ("name", "class_names", "num_classes", "files", "how_to_get", "torchvision_dataset")
+
+
+def dataset_config(name: str) -> dict[str, Any]:
+    """The dataset keys of ``conf/data/<name>.yaml`` (``DATASET_KEYS``), as plain values."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(
+        OmegaConf.load(str(resources.files("fmnist_lightning.conf") / "data" / f"{name}.yaml"))
+    )
+    return {k: config[k] for k in DATASET_KEYS}
+
+
+@cache
+def load_dataset(name: str = "fashion_mnist") -> IdxDataset:
+    """The dataset described by ``conf/data/<name>.yaml``, FashionMNIST by default."""
+    return IdxDataset.from_config(**dataset_config(name))

@@ -1,27 +1,10 @@
-"""Turning an image of any size and mode into a FashionMNIST-style image.
+"""Turning an image of any size and mode into a FashionMNIST-style one: a light object on black, 28×28.
 
-FashionMNIST items are light objects on a black background, centred in a 28×28 square. The
-dataset's own README (zalandoresearch/fashion-mnist, "Get the Data") publishes how each was
-made from a product photo, a dark object on a light background:
-
-1. trim the edges close to the colour of the corner pixels (distance within 5 % of the
-   largest possible distance in RGB space);
-2. resize the longest edge to 28 pixels;
-3. sharpen (Gaussian, radius and σ 1.0);
-4. extend the shortest edge to 28 pixels, the image centred;
-5. negate the intensities;
-6. convert to 8-bit grayscale.
-
-``to_fashion_mnist`` follows it for ``preprocess="photo"``, the default for image files.
-``"pad"`` only pads the whole image with black to a square (the run's preprocessing then
-resizes it), and ``"none"`` takes images that are already 28×28 FashionMNIST-style. In every
-mode, transparent pixels are put on white first, and ``invert`` decides step 5:
-``"auto"`` negates an image whose border is light (its mean above 127 of 255).
-
-The choices the README leaves open: the corner colour is the per-channel median of the four
-corner pixels; resizing uses Lanczos filtering (ImageMagick's default for shrinking);
-sharpening is PIL's unsharp mask with radius 1.0 and 100 %; the extended edge is filled with
-the corner colour, which becomes black when negated.
+``preprocess="photo"`` follows the dataset's README (zalandoresearch/fashion-mnist, "Get the Data"):
+1. trim the edges within 5 % of the largest RGB distance of the corner colour (here the per-channel
+median of the corners); 2. resize the longest edge to 28 px (here Lanczos, ImageMagick's default);
+3. sharpen, radius and σ 1.0 (here PIL's unsharp mask, 100 %); 4. extend the shortest edge to 28 px,
+centred (here with the corner colour); 5. negate (``invert``); 6. convert to 8-bit grayscale.
 """
 
 from __future__ import annotations
@@ -43,23 +26,16 @@ INVERT_CHOICES = ("auto", True, False)
 SIDE = 28
 #: Step 1's closeness to the corner colour: a fraction of the largest RGB distance, 255·√3.
 TRIM_FUZZ = 0.05
-#: The most pixels an image file may declare (40 megapixels, e.g. 8000×5000): larger ones are
-#: refused before decoding. PIL's own guard (``Image.MAX_IMAGE_PIXELS``) warns at 89 MP and
-#: refuses only at 179 MP, which at 4 bytes per pixel is 700 MB.
+#: The most pixels an image file may declare, checked before decoding (PIL's own guard refuses at 179 MP).
 MAX_PIXELS = 40_000_000
 
 
 def open_image(source: str | Path | BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Reads an image file fully into memory (a file opened by path is closed again).
-
-    Args:
-        source: A path, or a binary file object such as ``io.BytesIO(data)``.
-        max_pixels: The most pixels (width × height) the image may have.
+    """Reads an image file (a path or a binary file object) fully into memory, closing a path's file.
 
     Raises:
-        ImageTooLargeError: It has more than ``max_pixels`` pixels (checked from the header,
-            before anything is decoded), or more than PIL's own decompression-bomb limit
-            (``PIL.Image.DecompressionBombError``, which ``Image.open`` raises itself).
+        ImageTooLargeError: Its header declares more than ``max_pixels`` pixels, or PIL's own
+            limit (``PIL.Image.DecompressionBombError``).
         PIL.UnidentifiedImageError: It is not an image PIL can read (an ``OSError``).
         OSError: The file is missing or unreadable, or its data is truncated or damaged.
     """
@@ -82,8 +58,7 @@ def open_image(source: str | Path | BinaryIO, max_pixels: int = MAX_PIXELS) -> I
 
 
 def check_options(preprocess: str = "photo", invert: bool | str = "auto") -> None:
-    """Raises ``ArgumentError`` unless ``preprocess`` is one of ``PREPROCESS_MODES`` and
-    ``invert`` one of ``"auto"``, ``True``, ``False``."""
+    """Raises ``ArgumentError`` unless ``preprocess`` is in ``PREPROCESS_MODES``, ``invert`` in ``INVERT_CHOICES``."""
     require(preprocess in PREPROCESS_MODES, "preprocess", preprocess, "photo, pad or none")
     require(invert in INVERT_CHOICES, "invert", invert, "auto, true or false")
 
@@ -100,8 +75,7 @@ def on_white(image: Image.Image) -> Image.Image:
 
 
 def is_light(gray: np.ndarray) -> bool:
-    """``invert="auto"``'s rule: the mean of the border pixels of a uint8 ``(H, W)`` image is
-    above 127."""
+    """``invert="auto"``'s rule: the border pixels of a uint8 ``(H, W)`` image average above 127."""
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     return bool(border.mean() > 127)
 
@@ -115,18 +89,8 @@ def corner_colour(rgb: np.ndarray) -> np.ndarray:
 def trim_box(
     rgb: np.ndarray, fuzz: float = TRIM_FUZZ, background: np.ndarray | None = None
 ) -> tuple[int, int, int, int] | None:
-    """Step 1: the bounding box of the pixels farther than ``fuzz`` · 255·√3 (Euclidean, in
-    RGB) from the corner colour.
-
-    Args:
-        rgb: uint8 ``(H, W, 3)``.
-        fuzz: A fraction of the largest possible RGB distance.
-        background: The corner colour, if already known (``corner_colour(rgb)``).
-
-    Returns:
-        ``(left, top, right, bottom)``, right and bottom exclusive (PIL's crop box), or
-        ``None`` when every pixel is that close to the corner colour (a blank image).
-    """
+    """Step 1: PIL's crop box ``(left, top, right, bottom)`` of the pixels of uint8 ``(H, W, 3)`` ``rgb``
+    farther than ``fuzz`` · 255·√3 (RGB distance) from ``background`` (``corner_colour``), or ``None``."""
     background = corner_colour(rgb) if background is None else background
     distance = np.linalg.norm(rgb.astype(np.float64) - background, axis=-1)
     rows, cols = np.nonzero(distance > fuzz * 255 * np.sqrt(3))
@@ -136,16 +100,14 @@ def trim_box(
 
 
 def fit_longest_side(image: Image.Image, side: int = SIDE) -> Image.Image:
-    """Step 2: resized (Lanczos) so that its longest side is ``side``, keeping the aspect
-    ratio; the shorter side is rounded, and at least 1 pixel."""
+    """Step 2: resized (Lanczos) to a longest side of ``side``, the shorter rounded, at least 1 pixel."""
     w, h = image.size
     scale = side / max(w, h)
     return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
 
 
 def centre_on_square(image: Image.Image, fill: tuple[int, ...], side: int = SIDE) -> Image.Image:
-    """Step 4: ``image`` centred on a ``side``×``side`` canvas of colour ``fill`` (an odd
-    margin puts the extra pixel after the image)."""
+    """Step 4: ``image`` centred on a ``side``×``side`` canvas of colour ``fill``."""
     canvas = Image.new(image.mode, (side, side), fill)
     w, h = image.size
     canvas.paste(image, ((side - w) // 2, (side - h) // 2))
@@ -174,8 +136,7 @@ def photo(rgb_image: Image.Image, invert: bool) -> Image.Image:
 
 
 def pad_to_square(gray: np.ndarray) -> np.ndarray:
-    """``preprocess="pad"``: a uint8 ``(H, W)`` image centred on a black square of side
-    ``max(H, W)``."""
+    """``preprocess="pad"``: a uint8 ``(H, W)`` image centred on a black square of side ``max(H, W)``."""
     h, w = gray.shape
     side = max(h, w)
     square = np.zeros((side, side), dtype=np.uint8)
@@ -185,17 +146,15 @@ def pad_to_square(gray: np.ndarray) -> np.ndarray:
 
 
 def to_fashion_mnist(image: Image.Image, preprocess: str = "photo", invert: bool | str = "auto") -> torch.Tensor:
-    """Converts one image into a FashionMNIST-style uint8 image.
+    """One PIL image of any size and mode (transparency on white) as a FashionMNIST-style uint8 image.
 
     Args:
-        image: Any size and mode PIL reads (RGB, RGBA, palette, grayscale, 16-bit).
-        preprocess: ``"photo"`` (the dataset's published conversion, above), ``"pad"`` (pad
-            with black to a square) or ``"none"`` (already 28×28 FashionMNIST-style).
+        preprocess: ``"photo"`` (the module's steps), ``"pad"`` (pad with black to a square) or
+            ``"none"`` (already 28×28 FashionMNIST-style).
         invert: ``True``, ``False`` or ``"auto"`` (negate when the border is light).
 
     Returns:
-        uint8 ``(1, 1, 28, 28)`` for ``"photo"`` and ``"none"``; ``(1, 1, S, S)`` with S the
-        longer side for ``"pad"`` (the run's preprocessing resizes it).
+        uint8 ``(1, 1, 28, 28)``; for ``"pad"``, ``(1, 1, S, S)`` with S the longer side.
 
     Raises:
         ArgumentError: ``preprocess`` or ``invert`` is not one of the choices.

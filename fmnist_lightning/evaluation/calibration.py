@@ -1,22 +1,11 @@
 """Are the probabilities honest? Calibration metrics, reliability bins and temperature scaling.
 
-- NLL: the mean negative log-likelihood of the true class (cross-entropy), in nats.
-- Brier score: the mean over images of Σ_k (p_k − y_k)² with y one-hot (Brier, 1950), in
-  [0, 2]; torchmetrics has no multiclass Brier score, so it is computed here.
-- ECE and MCE over ``N_BINS`` equal-width bins of the top-1 confidence (Naeini et al.,
-  2015; Guo et al., 2017, eq. 3 and 5): the image-weighted mean and the largest gap between
-  a bin's accuracy and its mean confidence, as fractions, from ``reliability_bins``.
-  torchmetrics' ``multiclass_calibration_error`` computes the same for confidences below 1,
-  but it casts them to float32 and gives a confidence of exactly 1 (a margin of about 17 in
-  the logits, common for a well-trained network) a 16th bin of its own, so the report's
-  figures would not match its own reliability diagram; the bins are computed here in float64
-  with bin 15 holding 1.
-- Temperature scaling (Guo et al., 2017, §4.2): one scalar T > 0 divides the logits,
-  ``softmax(z / T)``; it is fitted by minimising the NLL on the validation split with L-BFGS,
-  as the paper does. The predicted class, hence accuracy, does not change.
-
-A run's temperature is kept in ``temperature.json`` in its folder; ``fmnist-predict``, the
-server and the exported graphs divide by it.
+- NLL: the mean negative log-likelihood of the true class, in nats.
+- Brier score: the mean of Σ_k (p_k − y_k)², y one-hot (Brier, 1950), in [0, 2].
+- ECE and MCE over ``N_BINS`` equal-width bins of top-1 confidence (Naeini et al., 2015; Guo et
+  al., 2017, eq. 3 and 5), as fractions, in float64 with 1 in the last bin (torchmetrics' float32
+  ``multiclass_calibration_error`` gives 1 a bin of its own).
+- Temperature scaling (Guo et al., 2017, §4.2): ``softmax(z / T)``, T > 0 minimising the validation NLL.
 """
 
 from __future__ import annotations
@@ -39,16 +28,8 @@ TEMPERATURE_FILE = "temperature.json"
 
 
 def calibration_metrics(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> dict[str, float]:
-    """NLL, Brier score, ECE and MCE of ``softmax(logits / temperature)``.
-
-    Args:
-        logits: Float ``(N, C)``.
-        targets: Int64 ``(N,)`` labels.
-        temperature: The temperature T > 0 dividing the logits (1: the network's own).
-
-    Returns:
-        ``nll`` (nats), ``brier`` (in [0, 2]), ``ece`` and ``mce`` (fractions), computed in float64.
-    """
+    """``nll`` (nats), ``brier``, ``ece`` and ``mce`` (fractions) of ``softmax(logits / temperature)`` in
+    float64, of float ``(N, C)`` logits and int64 ``(N,)`` targets."""
     scaled = logits.double() / temperature
     probs = scaled.softmax(dim=1)
     one_hot = F.one_hot(targets, logits.shape[1]).double()
@@ -63,18 +44,8 @@ def calibration_metrics(logits: torch.Tensor, targets: torch.Tensor, temperature
 
 
 def reliability_bins(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> list[dict[str, Any]]:
-    """The ``N_BINS`` equal-width bins of top-1 confidence that ECE and MCE are computed over:
-    bin i holds confidences in [i/n, (i+1)/n), the last one includes 1 (float64 throughout).
-
-    Args:
-        logits: Float ``(N, C)``.
-        targets: Int64 ``(N,)`` labels.
-        temperature: Divides the logits, as in ``calibration_metrics``.
-
-    Returns:
-        One dict per bin: ``lower``, ``upper``, ``count`` (images), and ``confidence`` and
-        ``accuracy`` (fractions, ``None`` for an empty bin).
-    """
+    """The ``N_BINS`` bins of top-1 confidence, [i/n, (i+1)/n) with 1 in the last, of float ``(N, C)`` logits
+    and int64 ``(N,)`` targets: ``lower``, ``upper``, ``count``, ``confidence``, ``accuracy`` (``None`` if empty)."""
     confidence, preds = (logits.double() / temperature).softmax(dim=1).max(dim=1)
     correct = (preds == targets).double()
     edges = torch.linspace(0, 1, N_BINS + 1, dtype=torch.float64)
@@ -83,30 +54,15 @@ def reliability_bins(logits: torch.Tensor, targets: torch.Tensor, temperature: f
     for i in range(N_BINS):
         members = index == i
         count = int(members.sum())
-        bins.append(
-            {
-                "lower": edges[i].item(),
-                "upper": edges[i + 1].item(),
-                "count": count,
-                "confidence": confidence[members].mean().item() if count else None,
-                "accuracy": correct[members].mean().item() if count else None,
-            }
-        )
+        mean_conf, acc = (t[members].mean().item() if count else None for t in (confidence, correct))
+        lower, upper = edges[i].item(), edges[i + 1].item()
+        bins.append({"lower": lower, "upper": upper, "count": count, "confidence": mean_conf, "accuracy": acc})
     return bins
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float:
-    """Fits the temperature T that minimises the NLL of ``softmax(logits / T)`` (Guo et al.,
-    2017, §4.2): L-BFGS with a strong-Wolfe line search over log T (which keeps T positive),
-    in float64, from T = 1. Deterministic: the same logits give the same T.
-
-    Args:
-        logits: Float ``(N, C)``, e.g. of the validation split; may be inference tensors.
-        targets: Int64 ``(N,)`` labels.
-        max_iter: L-BFGS iterations at most.
-
-    Returns:
-        T > 0 (a float).
+    """The temperature T minimising the NLL of ``softmax(logits / T)`` (Guo et al., 2017, §4.2), float
+    ``(N, C)`` logits and int64 ``(N,)`` targets: L-BFGS (strong Wolfe) over log T in float64 from T = 1.
 
     Raises:
         ValueError: ``logits`` is empty or holds a NaN or an infinity.
@@ -133,19 +89,8 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
 def calibration_report(
     logits: torch.Tensor, targets: torch.Tensor, temperature: float | None, fitted_on: int = 0
 ) -> dict[str, Any]:
-    """The calibration section of a test report.
-
-    Args:
-        logits: Float ``(N, C)`` test logits.
-        targets: Int64 ``(N,)`` labels.
-        temperature: The temperature fitted on the validation split, or ``None`` (none fitted).
-        fitted_on: How many validation images it was fitted on.
-
-    Returns:
-        ``temperature``, ``fitted_on``, ``before`` and ``after`` (``calibration_metrics`` at
-        T = 1 and at the temperature; ``after`` is ``None`` without one), ``bins_before`` and
-        ``bins_after`` (``reliability_bins``), and ``n_bins``.
-    """
+    """A test report's calibration: ``calibration_metrics`` and ``reliability_bins`` at T = 1 (``before``)
+    and at ``temperature`` (``after``; ``None`` without one), with ``temperature``, ``fitted_on``, ``n_bins``."""
     scaled = temperature is not None
     return {
         "temperature": temperature,
@@ -159,15 +104,13 @@ def calibration_report(
 
 
 def write_temperature(folder: Path, temperature: float, images: int) -> None:
-    """Writes ``temperature.json``: ``temperature``, and ``fitted_on`` (how many validation
-    images it was fitted on)."""
+    """Writes ``temperature.json``: ``temperature`` and how many validation ``images`` it was fitted on."""
     record = {"temperature": temperature, "fitted_on": f"{images} validation images", "method": "Guo et al. 2017"}
     write_atomically(folder / TEMPERATURE_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def read_temperature(folder: str | Path) -> float | None:
-    """The temperature in ``folder/temperature.json``; ``None`` when the folder has none (a run
-    made before temperature scaling, or without a validation split).
+    """The temperature in ``folder/temperature.json``; ``None`` when the folder has none.
 
     Raises:
         DamagedFileError: The file is unreadable or its temperature is not a positive number.

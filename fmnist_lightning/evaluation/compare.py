@@ -1,16 +1,6 @@
-"""Is run B better than run A? Both runs' predictions on the same test images, compared.
-
-``compare_runs`` reads each folder's ``predictions.npz`` (a run folder, or an ``fmnist-evaluate``
-folder, which old runs get one from) and gives:
-
-- the accuracy difference ``B − A`` with the 95 % paired-bootstrap interval over test images
-  (``statistics.paired_bootstrap``);
-- McNemar's exact test on the images exactly one of them gets right (``statistics.mcnemar_exact``);
-- the per-class accuracy differences, each with its own exact McNemar p-value (one test per
-  class of ``class_names``: expect one p below 0.05 in twenty classes by chance alone);
-- a verdict in words, significant when McNemar's p is below 0.05.
-
-Runs whose test sets differ (another dataset, image size, or test images) are refused.
+"""Is run B better than run A? Both runs' ``predictions.npz`` on the same test images, compared:
+the accuracy difference with its 95 % paired-bootstrap interval, McNemar's exact test overall and
+per class (uncorrected: expect one p below 0.05 in twenty classes by chance alone), and a verdict.
 """
 
 from __future__ import annotations
@@ -23,7 +13,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_lightning.artifacts import read_yaml
-from fmnist_lightning.data.datasets import DATASET_KEYS, IdxDataset
+from fmnist_lightning.data.idx import DATASET_KEYS, IdxDataset
 from fmnist_lightning.errors import RunError
 from fmnist_lightning.evaluation.predictions import SavedPredictions, read_predictions
 from fmnist_lightning.evaluation.statistics import ALPHA, mcnemar_exact, paired_bootstrap, wilson_interval
@@ -31,9 +21,8 @@ from fmnist_lightning.run_folder import RunFolder
 
 
 def run_config_of(folder: str | Path, trusted_modules: Sequence[str] = ()) -> DictConfig:
-    """The config of the run a folder's predictions come from: a run folder's own, or for an
-    ``fmnist-evaluate`` folder (whose config names ``run_dir``) the evaluated run's; checked
-    with ``trusted_modules`` (``load_run_config``).
+    """The checked config of the run a folder's predictions come from: a run folder's own, or an
+    ``fmnist-evaluate`` folder's evaluated run's.
 
     Raises:
         RunError: The folder is neither.
@@ -76,18 +65,16 @@ def check_same_test_set(a: DictConfig, b: DictConfig, names: tuple[str, str]) ->
 def _check_same_images(a: SavedPredictions, b: SavedPredictions) -> None:
     if len(a.label) != len(b.label) or not np.array_equal(a.label, b.label):
         raise RunError(
-            f"{a.path} and {b.path} hold predictions on different test images ({len(a.label):,} and "
-            f"{len(b.label):,} images, or the labels differ in order: was one tested with "
-            "trainer.limit_test_batches?); "
-            "evaluate both on the whole test set with fmnist-evaluate run_dir=<run>"
+            f"{a.path} and {b.path} hold predictions on different test images ({len(a.label):,} and {len(b.label):,} "
+            "images, or the labels differ in order: was one tested with trainer.limit_test_batches?); evaluate both "
+            "on the whole test set with fmnist-evaluate run_dir=<run>"
         )
 
 
 def verdict(difference: float, low: float, high: float, p_value: float, test: str = "McNemar") -> str:
-    """The comparison in words: "B is better than A by 0.80 points (B − A 95 % CI [+0.40,
-    +1.20] points, McNemar p = 0.001)", or that no difference was found. The verdict follows the
-    test (significant below ``ALPHA``); an interval that includes 0 next to a significant test
-    is called borderline. Differences are fractions."""
+    """The comparison in words, significant when ``p_value`` < ``ALPHA`` (borderline if the interval
+    includes 0): "B is better than A by 0.80 points (B − A 95 % CI [+0.40, +1.20] points, McNemar
+    p = 0.001)". Differences are fractions."""
     numbers = f"B − A 95 % CI [{100 * low:+.2f}, {100 * high:+.2f}] points, {test} p = {p_value:.2g}"
     if p_value < ALPHA:
         better, worse = ("B", "A") if difference > 0 else ("A", "B")
@@ -106,11 +93,8 @@ def compare_runs(
     """Compares two runs' test predictions image by image.
 
     Args:
-        folder_a: Run A: a run folder or an ``fmnist-evaluate`` folder, with a
-            ``predictions.npz``.
-        folder_b: Run B, the same.
+        folder_a: Run A: a run folder or an ``fmnist-evaluate`` folder, with a ``predictions.npz``.
         seed: The bootstrap's seed.
-        trusted_modules: Modules of one's own the runs' configs may name (``fmnist_lightning.trust``).
 
     Returns:
         A JSON-ready dict: ``a`` and ``b`` (folder, accuracy, its Wilson interval), ``images``,
@@ -144,12 +128,7 @@ def compare_runs(
 def _read_pair(
     folder_a: str | Path, folder_b: str | Path, trusted_modules: Sequence[str]
 ) -> tuple[SavedPredictions, SavedPredictions]:
-    """Both folders' predictions, once their runs' test sets and test images are checked to be the same.
-
-    Raises:
-        RunError: A folder has no predictions, or the test sets differ.
-        DamagedFileError: A predictions file is damaged.
-    """
+    """Both folders' predictions, once their runs' test sets and test images are checked to be the same."""
     names = (str(folder_a), str(folder_b))
     check_same_test_set(run_config_of(folder_a, trusted_modules), run_config_of(folder_b, trusted_modules), names)
     a, b = read_predictions(folder_a), read_predictions(folder_b)
@@ -158,8 +137,7 @@ def _read_pair(
 
 
 def _runs(names: tuple[str, str], correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, dict[str, Any]]:
-    """``{"a": ..., "b": ...}``: each run's folder, test accuracy and its 95 % Wilson interval
-    (fractions), from its boolean ``(N,)`` array of correct predictions."""
+    """``{"a": ..., "b": ...}``: folder, accuracy, 95 % Wilson interval, from bool ``(N,)`` correctness."""
     return {
         key: {
             "folder": name,
@@ -171,8 +149,7 @@ def _runs(names: tuple[str, str], correct_a: np.ndarray, correct_b: np.ndarray) 
 
 
 def _per_class(a: SavedPredictions, correct_a: np.ndarray, correct_b: np.ndarray) -> list[dict[str, Any]]:
-    """One entry per class of ``a.class_names``: its images, both accuracies and their
-    difference (fractions), and its own exact McNemar test (``only_a``, ``only_b``, ``mcnemar_p``)."""
+    """One entry per class: its images, both accuracies and their difference, its McNemar test."""
     per_class = []
     for label, name in enumerate(a.class_names):
         members = a.label == label

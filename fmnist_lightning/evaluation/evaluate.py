@@ -21,14 +21,6 @@ def run_test_report(
 ) -> TestReport:
     """Runs ``trainer.test`` once over the whole test set and writes the report into ``folder``.
 
-    Args:
-        module: The model to test, as it is (in eval mode for the test).
-        datamodule: Its data (``prepare_data`` is run first, so bad files are refused), with
-            the ``class_names`` the report uses.
-        folder: Where ``report.json``, ``report.md`` and ``confusion_matrix.png`` go.
-        accelerator: Lightning's accelerator: ``"cpu"``, ``"cuda"``, ...
-        extra: Entries added to the report.
-
     Returns:
         The callback, holding ``report`` and ``predictions``.
 
@@ -59,23 +51,15 @@ def evaluate_run(
     device: str = "auto",
     trusted_modules: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Re-evaluates a finished run on the test set; the report goes into ``output_dir``.
-
-    The network is rebuilt from the run's saved config and loaded on ``device`` (a run
-    trained on a GPU evaluates on the CPU too).
+    """Re-evaluates a finished run on the test set, on ``device``; the report goes into ``output_dir``.
 
     Args:
-        run_dir: The run folder.
-        output_dir: Where to write ``report.json``, ``report.md`` and ``confusion_matrix.png``.
-        weights: ``"best"``, ``"last"``, ``"net.pt"`` or a path; see
-            ``fmnist_lightning.evaluation.runs.resolve_weights``.
+        weights: ``"best"``, ``"last"``, ``"net.pt"`` or a path; see ``runs.resolve_weights``.
         data_root: Overrides the run's ``data.root``.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ...
-        trusted_modules: Modules of one's own the run's config may name.
 
     Returns:
-        The report, with ``weights`` (the file used) added; accuracy and loss are those
-        ``trainer.test`` computed on the same pass.
+        The report, with ``weights`` (the file used) added.
 
     Raises:
         fmnist_lightning.errors.RunError: No such run or weights, or weights that do not fit.

@@ -13,15 +13,9 @@ from matplotlib.ticker import MaxNLocator
 
 
 def confusion_matrix_figure(confusion_matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> Figure:
-    """A confusion-matrix heat map with counts in the cells and class names on the axes.
-
-    Args:
-        confusion_matrix: Counts, rows = true class, columns = predicted class.
-        class_names: Names in label order.
-    """
+    """A confusion-matrix heat map of counts (rows = true class), class names on the axes."""
     counts = np.asarray(confusion_matrix)
-    # Fixed margins (room for the rotated class names) instead of a constrained layout, which
-    # measures every label again at each draw.
+    # Fixed margins: a constrained layout measures every label again at each draw.
     fig = Figure(figsize=(8, 7))
     fig.subplots_adjust(left=0.17, right=0.97, bottom=0.17, top=0.94)
     ax = fig.add_subplot()
@@ -36,9 +30,8 @@ def confusion_matrix_figure(confusion_matrix: Sequence[Sequence[int]], class_nam
     for i in ticks:
         for j in ticks:
             value = int(counts[i, j])
-            ax.text(
-                j, i, str(value), ha="center", va="center", fontsize=8, color="white" if value > threshold else "black"
-            )
+            color = "white" if value > threshold else "black"
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=8, color=color)
     ax.set_title(f"Confusion matrix ({int(counts.sum()):,} images)")
     return fig
 
@@ -50,23 +43,13 @@ def misclassified_figure(
     class_names: Sequence[str],
     max_images: int = 32,
 ) -> Figure:
-    """A grid of misclassified images, each titled "true → predicted".
-
-    Args:
-        images: ``(N, 28, 28)`` or ``(N, 1, H, W)``, uint8 or float (as the network saw them,
-            scaled per image), in the same order as the labels.
-        targets: True labels, int64 ``(N,)``.
-        preds: Predicted labels, int64 ``(N,)``.
-        class_names: Names in label order.
-        max_images: At most this many images, the first ones in order.
-    """
+    """A grid of the first ``max_images`` misclassified images, each titled "true → predicted", from uint8 or
+    float (scaled per image) ``(N, 28, 28)`` or ``(N, 1, H, W)`` images and int64 ``(N,)`` labels."""
     wrong = (preds != targets).nonzero().flatten()[:max_images]
     columns = 8
     rows = max(1, math.ceil(len(wrong) / columns))
     height = 2.3 * rows
     fig = Figure(figsize=(2 * columns, height))
-    # Fixed margins (in inches, for the two-line titles and the heading) instead of a
-    # constrained layout, which measures every title again at each draw.
     axes = fig.subplots(rows, columns, squeeze=False)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1 - 0.8 / height, wspace=0.1, hspace=0.5)
     for ax in axes.flat:
@@ -80,12 +63,8 @@ def misclassified_figure(
 
 
 def curves_figure(history: dict[str, dict[int, float]]) -> Figure:
-    """Train and validation loss and accuracy per epoch, side by side (as recipe 004 plots).
-
-    Args:
-        history: ``{metric: {epoch: value}}``, from
-            ``fmnist_lightning.training.history.read_history``.
-    """
+    """Train and validation loss and accuracy per epoch, side by side (as recipe 004 plots), from
+    ``{metric: {epoch: value}}`` (``fmnist_lightning.training.loggers.read_history``)."""
     fig = Figure(figsize=(11, 4))
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.88, wspace=0.22)  # fixed margins, as above
     for ax, metric, label in zip(fig.subplots(1, 2), ("loss", "acc"), ("cross-entropy loss", "accuracy"), strict=True):
@@ -104,17 +83,9 @@ def curves_figure(history: dict[str, dict[int, float]]) -> Figure:
 
 
 def reliability_figure(bins: Sequence[dict], calibrated_bins: Sequence[dict] | None = None) -> Figure:
-    """A reliability diagram (Guo et al., 2017, Fig. 1): the accuracy of each confidence bin
-    against its mean confidence, with the diagonal of perfect calibration and, in grey, the
-    fraction of the images in each bin; one panel before temperature scaling and, when given,
-    one after.
-
-    Args:
-        bins: One dict per equal-width confidence bin, in order (``reliability_bins``):
-            ``lower``, ``upper``, ``count``, ``confidence`` and ``accuracy`` (fractions;
-            ``None`` for an empty bin).
-        calibrated_bins: The same after temperature scaling, drawn beside it, or ``None``.
-    """
+    """A reliability diagram (Guo et al., 2017, Fig. 1): each confidence bin's accuracy against its
+    mean confidence, and the fraction of images in it, from ``reliability_bins``; a second panel
+    for ``calibrated_bins`` (after temperature scaling) when given."""
     panels = [("before temperature scaling" if calibrated_bins else "", bins)]
     if calibrated_bins:
         panels.append(("after temperature scaling", calibrated_bins))
@@ -139,8 +110,7 @@ def reliability_figure(bins: Sequence[dict], calibrated_bins: Sequence[dict] | N
 
 
 def figure_to_array(figure: Figure) -> np.ndarray:
-    """Renders a matplotlib figure to uint8 RGB ``(H, W, 3)``, the image format every
-    logger's ``log_image`` takes."""
+    """Renders a matplotlib figure to uint8 RGB ``(H, W, 3)``, as loggers' ``log_image`` takes."""
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
@@ -149,14 +119,7 @@ def figure_to_array(figure: Figure) -> np.ndarray:
 def corruption_heatmap_figure(
     accuracy: dict[str, dict[int, float]], clean_accuracy: float, mean_corruption_accuracy: float
 ) -> Figure:
-    """Accuracy under each corruption (rows) and severity (columns) as a heat map, in percent
-    in the cells (``fmnist_lightning.evaluation.robustness``).
-
-    Args:
-        accuracy: ``{corruption: {severity: accuracy}}``, fractions in [0, 1].
-        clean_accuracy: The accuracy on the clean test images, a fraction.
-        mean_corruption_accuracy: The mean over every corruption and severity, a fraction.
-    """
+    """Accuracy in % under each corruption (rows) and severity (columns), from fractions."""
     names = list(accuracy)
     severities = sorted({s for row in accuracy.values() for s in row})
     percent = np.array([[100 * accuracy[name].get(s, np.nan) for s in severities] for name in names])

@@ -1,9 +1,5 @@
-"""Classifying image files with a trained run.
-
-Each file is read with PIL and turned into a FashionMNIST-style image by
-``fmnist_lightning.data.photos.to_fashion_mnist`` (``preprocess="photo"``: the dataset's own
-published conversion of product photos), then classified with the run's preprocessing.
-"""
+"""Classifying image files with a trained run: each file is read with PIL, made FashionMNIST-style
+by ``fmnist_lightning.data.photos.to_fashion_mnist``, then classified with the run's preprocessing."""
 
 from __future__ import annotations
 
@@ -18,21 +14,12 @@ from fmnist_lightning.evaluation.runs import TrainedModel
 
 
 def load_image(path: str | Path, preprocess: str = "photo", invert: bool | str = "auto") -> torch.Tensor:
-    """Reads an image file as a FashionMNIST-style uint8 tensor (``to_fashion_mnist``).
-
-    Args:
-        path: The image file: any size and mode PIL reads.
-        preprocess: ``"photo"``, ``"pad"`` or ``"none"``; see ``to_fashion_mnist``.
-        invert: ``True``, ``False``, or ``"auto"``: invert when the mean of the border
-            pixels is above 127 (a light background).
-
-    Returns:
-        uint8 ``(1, 1, 28, 28)`` (``(1, 1, S, S)``, S the longer side, for ``"pad"``).
+    """An image file as a FashionMNIST-style uint8 ``(1, 1, 28, 28)`` tensor (``to_fashion_mnist``, whose
+    ``preprocess`` and ``invert`` these are; ``(1, 1, S, S)``, S the longer side, for ``"pad"``).
 
     Raises:
         OSError: See ``fmnist_lightning.data.photos.open_image``.
-        ImageError: The image has too many pixels (``ImageTooLargeError``), or cannot be
-            converted as asked (blank, or not 28×28 for ``"none"``).
+        ImageError: The image has too many pixels, or cannot be converted as asked.
         ArgumentError: ``preprocess`` or ``invert`` is not one of the choices.
     """
     return to_fashion_mnist(open_image(path), preprocess, invert)
@@ -43,14 +30,10 @@ class FilePrediction:
     """The prediction for one file, or why there is none.
 
     Attributes:
-        path: The file as given.
-        label: Predicted label 0-9, or ``None`` on error.
-        name: Predicted class name.
+        label: Predicted label, or ``None`` on error.
         probability: Softmax probability of the predicted class, a fraction.
         top: The ``top_k`` most probable ``(name, probability)`` pairs.
-        error: The reason the file could not be classified, else ``None``.
-        temperature: The run's temperature the probabilities are scaled by (see
-            ``TrainedModel.predict_proba``), or ``None`` for the network's own probabilities.
+        temperature: The run's temperature the probabilities are scaled by, or ``None``.
     """
 
     path: str
@@ -66,14 +49,6 @@ def predict_files(
     model: TrainedModel, paths: list[str], preprocess: str = "photo", invert: bool | str = "auto", top_k: int = 3
 ) -> list[FilePrediction]:
     """Classifies each file on its own; a bad file gets an ``error`` and the others go on.
-
-    Args:
-        model: From ``fmnist_lightning.evaluation.runs.load_trained``; its preprocessing (resize to
-            the run's ``data.image_size``, its normalisation) is applied.
-        paths: Image files.
-        preprocess: See ``load_image``.
-        invert: See ``load_image``.
-        top_k: How many classes to list per file.
 
     Raises:
         ArgumentError: ``preprocess`` or ``invert`` is not valid (checked before any file is read).

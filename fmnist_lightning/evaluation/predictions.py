@@ -1,8 +1,5 @@
-"""The per-image predictions file of a test report, ``predictions.npz``.
-
-NumPy's ``.npz`` (a zip of ``.npy`` arrays, ``numpy.load``) is the format: it needs nothing
-beyond NumPy, keeps dtypes exactly, and every statistic of the report can be recomputed from
-it (docs/comparing.md shows how). One row per test image, in the test set's order:
+"""The per-image predictions file of a test report, ``predictions.npz`` (NumPy's ``.npz``: exact
+dtypes, nothing beyond NumPy; docs/comparing.md). One row per test image, in the test set's order:
 
 - ``index``: int64 ``(N,)``, the image's position in the test file;
 - ``label``: int64 ``(N,)``, its true class;
@@ -37,15 +34,8 @@ ARRAYS = ("index", "label", "pred", "probs", "logits", "temperature", "class_nam
 def write_predictions(
     folder: Path, logits: torch.Tensor, targets: torch.Tensor, temperature: float | None, class_names: Sequence[str]
 ) -> None:
-    """Writes ``folder/predictions.npz`` (see the module docstring), atomically.
-
-    Args:
-        folder: The report's folder.
-        logits: Float ``(N, C)`` on any device.
-        targets: Int64 ``(N,)``.
-        temperature: The fitted temperature, or ``None``.
-        class_names: ``C`` names in label order.
-    """
+    """Writes ``folder/predictions.npz`` atomically from float ``(N, C)`` ``logits`` on any device,
+    int64 ``(N,)`` ``targets``, the fitted ``temperature`` or ``None``, and ``C`` ``class_names``."""
     logits = logits.detach().float().cpu()
     buffer = io.BytesIO()
     np.savez_compressed(
@@ -63,16 +53,8 @@ def write_predictions(
 
 @dataclass
 class SavedPredictions:
-    """A ``predictions.npz`` as read back (arrays as in the module docstring).
-
-    Attributes:
-        path: The file.
-        label: Int64 ``(N,)``, the true classes.
-        pred: Int64 ``(N,)``, the predicted classes.
-        logits: Float32 ``(N, C)``.
-        temperature: The fitted temperature, or ``None``.
-        class_names: The names in label order.
-    """
+    """A ``predictions.npz`` as read back (arrays as in the module docstring; ``temperature`` ``None``
+    when none was fitted)."""
 
     path: Path
     label: np.ndarray
@@ -91,8 +73,7 @@ def read_predictions(folder: str | Path) -> SavedPredictions:
     """Reads ``folder/predictions.npz``.
 
     Raises:
-        RunError: The folder has none (made before the file existed: evaluate the run again
-            with ``fmnist-evaluate``, whose folder then holds one).
+        RunError: The folder has none.
         DamagedFileError: The file is unreadable or lacks an array.
     """
     path = Path(folder) / PREDICTIONS_FILE

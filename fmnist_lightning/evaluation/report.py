@@ -1,10 +1,5 @@
-"""The test report of a run: per-class metrics, confusion matrix, most confused pairs.
-
-Everything the recipes report beyond one accuracy figure (docs/models.md, "Recipes"): per-class
-precision/recall/F1 (000, 001), per-class accuracy and error counts and the top-5 confused
-pairs (002), and a confusion matrix (001). Metrics are computed with torchmetrics; the
-figures are in ``fmnist_lightning.evaluation.figures``.
-"""
+"""The test report of a run: per-class metrics (torchmetrics), confusion matrix, most confused
+pairs; everything the recipes report beyond one accuracy figure (docs/models.md, "Recipes")."""
 
 from __future__ import annotations
 
@@ -35,26 +30,14 @@ FIGURE_DPI = 110
 def classification_report(
     preds: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str], loss: float | None = None, top_k: int = 5
 ) -> dict[str, Any]:
-    """Computes the report of a set of predictions.
-
-    Args:
-        preds: Predicted labels, int64 ``(N,)``.
-        targets: True labels, int64 ``(N,)``.
-        class_names: Names in label order (the DataModule's ``class_names``).
-        loss: Mean cross-entropy over the same images, recorded as given.
-        top_k: How many of the most confused (true, predicted) pairs to list.
+    """The report of int64 ``(N,)`` predicted and true labels (``loss``, their mean cross-entropy, as given).
 
     Returns:
-        A JSON-ready dict: ``num_samples``; ``accuracy`` (fraction) with
-        ``accuracy_ci95``, its 95 % Wilson interval ``[low, high]``, and ``loss``;
-        ``per_class``, one entry per class with ``precision``, ``recall``, ``f1``,
-        ``support``, ``accuracy`` (the fraction of that class's images classified correctly,
-        equal to its recall, as recipe 002 reports it) and ``errors`` (its misclassified
-        images); ``macro_avg`` (mean over all classes) and ``weighted_avg`` (weighted by
-        support) of precision, recall and F1, as scikit-learn defines them;
-        ``confusion_matrix`` as counts, rows = true class, columns = predicted class; and
+        A JSON-ready dict: ``accuracy`` (fraction) with its 95 % Wilson interval ``accuracy_ci95``;
+        ``per_class`` precision, recall, F1, support, accuracy (= recall, as recipe 002 reports it)
+        and errors; their ``macro_avg`` and support-``weighted_avg`` as scikit-learn defines them (a
+        class never predicted has precision 0); ``confusion_matrix`` (counts, rows = true class);
         ``most_confused``, the ``top_k`` largest off-diagonal cells, largest first.
-        A class that is never predicted gets precision 0, as in scikit-learn.
     """
     num_classes = len(class_names)
     confmat = multiclass_confusion_matrix(preds, targets, num_classes=num_classes)
@@ -75,24 +58,15 @@ def classification_report(
 
 
 def _per_metric(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, list[float]]:
-    """``{"precision": [...], "recall": [...], "f1": [...]}``, one value per class in label
-    order (torchmetrics; a class never predicted gets precision 0)."""
-    return {
-        name: fn(preds, targets, average=None, num_classes=num_classes).tolist()
-        for name, fn in (
-            ("precision", multiclass_precision),
-            ("recall", multiclass_recall),
-            ("f1", multiclass_f1_score),
-        )
-    }
+    """``{"precision": [...], "recall": [...], "f1": [...]}``, one value per class in label order."""
+    fns = {"precision": multiclass_precision, "recall": multiclass_recall, "f1": multiclass_f1_score}
+    return {name: fn(preds, targets, average=None, num_classes=num_classes).tolist() for name, fn in fns.items()}
 
 
 def _per_class(
     per_metric: dict[str, list[float]], confmat: torch.Tensor, class_names: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """The report's ``per_class`` entries: ``_per_metric``'s values with each class's support,
-    accuracy (a fraction, 0.0 without images) and errors, from the confusion matrix ``confmat``
-    (counts, rows = true class)."""
+    """The report's ``per_class`` entries (accuracy 0.0 for a class without images)."""
     support = confmat.sum(dim=1)
     correct = confmat.diag()
     return [
@@ -111,10 +85,8 @@ def _per_class(
 
 
 def _averages(per_metric: dict[str, list[float]], support: torch.Tensor) -> dict[str, dict[str, float]]:
-    """``{"macro": ..., "weighted": ...}`` averages of ``_per_metric``'s values, the weights
-    being each class's ``support`` (image counts, ``(C,)``)."""
-    # Averaged over all classes, as scikit-learn does; torchmetrics' "macro" would skip
-    # classes absent from both predictions and targets.
+    """``{"macro": ..., "weighted": ...}`` averages of ``_per_metric``'s values, weighted by ``support``."""
+    # Over all classes, as scikit-learn; torchmetrics' "macro" skips classes absent from both.
     weights = support.double() / support.sum()
     return {
         "macro": {name: sum(values) / len(support) for name, values in per_metric.items()},
@@ -125,8 +97,7 @@ def _averages(per_metric: dict[str, list[float]], support: torch.Tensor) -> dict
 
 
 def _most_confused(confmat: torch.Tensor, class_names: Sequence[str], top_k: int) -> list[dict[str, Any]]:
-    """The ``top_k`` largest off-diagonal cells of ``confmat`` (counts, rows = true class) that
-    are not 0, largest first, ties in label order."""
+    """The ``top_k`` largest nonzero off-diagonal cells of ``confmat``, largest first, ties in label order."""
     num_classes = len(class_names)
     off_diagonal = confmat.clone()
     off_diagonal.fill_diagonal_(-1)
@@ -155,16 +126,14 @@ def calibration_markdown(calibration: dict[str, Any]) -> list[str]:
         )
     else:
         fitted = "No temperature was fitted: the DataModule has no validation split."
-    lines = [
-        "",
-        "## Calibration",
-        "",
+    lines = _section(
+        "Calibration",
         f"NLL in nats; Brier score in [0, 2]; ECE and MCE over {calibration['n_bins']} equal-width confidence bins, "
         f"in %. {fitted} Accuracy is the same either way. See reliability.png.",
         "",
         "| probabilities | NLL | Brier | ECE (%) | MCE (%) |",
         "|---|---:|---:|---:|---:|",
-    ]
+    )
     lines += [
         f"| {name} | {m['nll']:.4f} | {m['brier']:.4f} | {100 * m['ece']:.2f} | {100 * m['mce']:.2f} |"
         for name, m in rows
@@ -173,8 +142,7 @@ def calibration_markdown(calibration: dict[str, Any]) -> list[str]:
 
 
 def report_markdown(report: dict[str, Any], title: str = "Test report") -> str:
-    """Renders ``classification_report``'s dict (with its ``calibration`` section, when it
-    has one) as Markdown tables with class names."""
+    """Renders ``classification_report``'s dict (and its ``calibration``, if any) as Markdown."""
     loss = f", loss {report['loss']:.4f}" if report.get("loss") is not None else ""
     interval = ""
     if report.get("accuracy_ci95"):
@@ -195,13 +163,8 @@ def report_markdown(report: dict[str, Any], title: str = "Test report") -> str:
 
 def _per_class_markdown(report: dict[str, Any]) -> list[str]:
     """The report's per-class table, with the macro and weighted averages, as Markdown lines."""
-    lines = [
-        "",
-        "## Per class",
-        "",
-        "| label | class | precision | recall | F1 | accuracy (%) | errors | support |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    header = "| label | class | precision | recall | F1 | accuracy (%) | errors | support |"
+    lines = _section("Per class", header, "|---:|---|---:|---:|---:|---:|---:|---:|")
     for c in report["per_class"]:
         lines.append(
             f"| {c['label']} | {c['name']} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} "
@@ -215,13 +178,7 @@ def _per_class_markdown(report: dict[str, Any]) -> list[str]:
 
 def _most_confused_markdown(report: dict[str, Any]) -> list[str]:
     """The report's table of most confused pairs as Markdown lines."""
-    lines = [
-        "",
-        "## Most confused pairs",
-        "",
-        "| rank | true class | predicted as | count |",
-        "|---:|---|---|---:|",
-    ]
+    lines = _section("Most confused pairs", "| rank | true class | predicted as | count |", "|---:|---|---|---:|")
     lines += [
         f"| {rank} | {p['true_name']} ({p['true']}) | {p['predicted_name']} ({p['predicted']}) | {p['count']} |"
         for rank, p in enumerate(report["most_confused"], start=1)
@@ -232,24 +189,26 @@ def _most_confused_markdown(report: dict[str, Any]) -> list[str]:
 def _confusion_matrix_markdown(report: dict[str, Any]) -> list[str]:
     """The report's confusion matrix (counts, rows = true class) as Markdown lines."""
     names = report["class_names"]
-    lines = [
-        "",
-        "## Confusion matrix",
-        "",
+    lines = _section(
+        "Confusion matrix",
         "Rows: true class; columns: predicted class (by label).",
         "",
         "| true \\ predicted | " + " | ".join(str(i) for i in range(len(names))) + " |",
         "|---|" + "---:|" * len(names),
-    ]
+    )
     for i, row in enumerate(report["confusion_matrix"]):
         lines.append(f"| {i} {names[i]} | " + " | ".join(str(v) for v in row) + " |")
     return lines
 
 
+def _section(title: str, *lines: str) -> list[str]:
+    """A blank line, the heading ``## title``, a blank line and ``lines``."""
+    return ["", f"## {title}", "", *lines]
+
+
 def report_images(report: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The report's figures, each drawn once, as uint8 RGB ``(H, W, 3)`` arrays (what
-    ``write_report`` saves and the loggers get): ``confusion_matrix`` and, when the report has
-    a calibration section, ``reliability``."""
+    """The report's figures as uint8 RGB ``(H, W, 3)`` arrays: ``confusion_matrix`` and, with a
+    calibration section, ``reliability``."""
     figures = {"confusion_matrix": confusion_matrix_figure(report["confusion_matrix"], report["class_names"])}
     if report.get("calibration"):
         calibration = report["calibration"]
@@ -262,15 +221,8 @@ def report_images(report: dict[str, Any]) -> dict[str, np.ndarray]:
 def write_report(
     report: dict[str, Any], folder: str | Path, title: str = "Test report", images: dict[str, np.ndarray] | None = None
 ) -> None:
-    """Writes ``report.json``, ``report.md``, ``confusion_matrix.png`` and, when the report
-    has a calibration section, ``reliability.png`` into ``folder``.
-
-    Args:
-        report: From ``classification_report``.
-        folder: Created if missing.
-        title: The Markdown's heading.
-        images: ``report_images(report)`` when already drawn (for the loggers too); else drawn here.
-    """
+    """Writes ``report.json``, ``report.md``, ``confusion_matrix.png`` and, with a calibration section,
+    ``reliability.png`` into ``folder`` (created if missing); ``images``: ``report_images``, if drawn."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     # Each file replaced whole (see atomic_file): the export and the server read report.json.

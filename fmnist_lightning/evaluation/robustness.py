@@ -1,30 +1,5 @@
-"""A finished run's accuracy under corruptions of the test images (``fmnist-robustness``):
-the evaluation, the corruption errors against a reference run, and robustness.json / .md / .png.
-
-The corrupted images come from ``fmnist_lightning.data.corruptions`` (uint8 28×28 test images,
-before the run's own resize and normalisation, so every run reuses them).
-
-``evaluate_robustness``'s arguments:
-
-- ``run_dir``: the run folder (only read).
-- ``output_dir``: where the results go.
-- ``weights``: ``"best"``, ``"last"``, ``"net.pt"`` or a file (``runs.resolve_weights``).
-- ``data_root``: overrides the run's ``data.root``.
-- ``device``: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
-- ``corruptions``: ``"all"`` or names from ``fmnist_lightning.data.corruptions.CORRUPTIONS``.
-- ``severities``: which of 1–5.
-- ``seed``: the corruptions' base seed.
-- ``batch_size``: images per forward pass.
-- ``reference``: another run's output folder or robustness.json, for the corruption errors (mCE).
-- ``cache_dir``: the corrupted test sets' folder; ``None``: ``<data root>/corrupted``.
-- ``loggers``: Lightning loggers, which get the scalars and the heat map (``write_results``).
-- ``trusted_modules``: modules of one's own the run's config may name.
-
-It returns the contents of robustness.json: accuracies as fractions (``accuracy[c][str(s)]``),
-``mean_corruption_accuracy`` (mean over corruptions × severities), ``mean_corruption_error``
-(1 − it), ``reference`` (``corruption_errors``, or ``None``), ``identity`` (``table_identity``)
-and ``seconds`` (``generate``, ``evaluate``).
-"""
+"""A finished run's accuracy under corruptions of the test images (``fmnist-robustness``), its corruption
+errors against a reference run, and robustness.json / .md / .png."""
 
 from __future__ import annotations
 
@@ -74,21 +49,17 @@ def corruption_errors(
     clean_error: float | None = None,
     reference_clean_error: float | None = None,
 ) -> dict[str, Any]:
-    """ImageNet-C's corruption errors of a model ``f`` against a reference model (Hendrycks &
-    Dietterich, ICLR 2019, §3): ``CE_c = Σ_s E_{s,c}(f) / Σ_s E_{s,c}(ref)`` and ``mCE`` their
-    mean over corruptions; with the clean errors, also the relative ones:
+    """ImageNet-C's corruption errors of ``f`` against a reference (Hendrycks & Dietterich, ICLR 2019, §3):
+    ``CE_c = Σ_s E_{s,c}(f) / Σ_s E_{s,c}(ref)``, ``mCE`` their mean, and with the clean errors
     ``relative CE_c = Σ_s (E_{s,c}(f) − E_clean(f)) / Σ_s (E_{s,c}(ref) − E_clean(ref))``.
 
     Args:
-        errors: ``{corruption: {severity: error}}`` of ``f``, fractions (1 − accuracy).
-        reference: The same of the reference model, with at least those corruptions and severities.
+        errors: ``{corruption: {severity: error}}`` of ``f``, fractions; ``reference`` the same, a superset.
         clean_error: ``f``'s error on the clean images, or ``None`` to leave out the relative ones.
-        reference_clean_error: The reference's.
 
     Returns:
-        ``{"ce": {c: CE_c}, "mce": mCE}``, and ``"relative_ce"``, ``"relative_mce"`` with the
-        clean errors: ratios (1 = as robust as the reference, lower is better); a ratio whose
-        denominator is 0 is ``None``, and a mean over one is ``None``.
+        ``{"ce", "mce"}`` and with the clean errors ``{"relative_ce", "relative_mce"}``: ratios (lower is
+        better); ``None`` for a zero denominator, and a mean over a ``None`` is ``None``.
     """
 
     def ratio(top: float, bottom: float) -> float | None:
@@ -111,13 +82,8 @@ def corruption_errors(
 
 
 def read_reference(reference: str | Path, identity: dict, severities: Sequence[int]) -> dict[str, Any]:
-    """Another run's robustness results, checked to be comparable: made from the same test files,
-    seed, corruption parameters and libraries, and holding every corruption and severity asked for.
-
-    Args:
-        reference: Its output folder or its ``robustness.json``.
-        identity: This evaluation's ``table_identity``.
-        severities: This evaluation's severities.
+    """Another run's robustness.json (or its folder's), checked to match ``identity`` (``table_identity``)
+    and to hold every corruption and severity asked for.
 
     Raises:
         RunError: No such file, or results made with another table, seed or dataset (named).
@@ -162,8 +128,20 @@ def evaluate_robustness(
     trusted_modules: Sequence[str] = (),
 ) -> dict[str, Any]:
     """A run's test accuracy, clean and under each corruption and severity, into ``output_dir``
-    and ``loggers`` (``write_results``); the module's docstring describes the arguments and the
-    result. Every argument is checked, and the reference read, before any image is made.
+    and ``loggers`` (``write_results``); arguments and reference are checked before any image is made.
+
+    Args:
+        weights: ``"best"``, ``"last"``, ``"net.pt"`` or a file (``runs.resolve_weights``).
+        data_root: Overrides the run's ``data.root``.
+        corruptions: ``"all"`` or names from ``fmnist_lightning.data.corruptions.CORRUPTIONS``.
+        severities: Which of 1–5.
+        reference: Another run's output folder or robustness.json, for the corruption errors (mCE).
+        cache_dir: The corrupted test sets' folder; ``None``: ``<data root>/corrupted``.
+        trusted_modules: Modules of one's own the run's config may name.
+
+    Returns:
+        robustness.json's contents: accuracies as fractions (``accuracy[c][str(s)]``), their mean and
+        error, ``reference`` (``corruption_errors`` or ``None``), ``identity`` and ``seconds``.
 
     Raises:
         ArgumentError: An unknown corruption, a severity outside 1–5, ``batch_size`` < 1 or ``seed`` < 0.
@@ -171,7 +149,9 @@ def evaluate_robustness(
         DatasetError: The test files are missing or corrupt.
         OSError: The cache or output folder cannot be written.
     """
-    chosen, levels = _check(corruptions, severities, batch_size, seed)
+    chosen, levels = select_corruptions(corruptions, severities)
+    require(isinstance(batch_size, int) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
+    require(isinstance(seed, int) and seed >= 0, "seed", seed, "an integer >= 0")
     model = load_trained(run_dir, weights, device, trusted_modules)
     datamodule = build_datamodule(model.config, data_root)
     identity = table_identity(chosen, seed, datamodule.dataset.test_checksums)
@@ -185,21 +165,6 @@ def evaluate_robustness(
     return result
 
 
-def _check(
-    corruptions: str | Sequence[str], severities: Sequence[int], batch_size: int, seed: int
-) -> tuple[list[Corruption], list[int]]:
-    """``(chosen corruptions, severities)``, from ``select_corruptions``, once ``batch_size`` and
-    ``seed`` are checked too.
-
-    Raises:
-        ArgumentError: An unknown corruption, a severity outside 1–5, ``batch_size`` < 1 or ``seed`` < 0.
-    """
-    chosen, levels = select_corruptions(corruptions, severities)
-    require(isinstance(batch_size, int) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
-    require(isinstance(seed, int) and seed >= 0, "seed", seed, "an integer >= 0")
-    return chosen, levels
-
-
 def _measure(
     model: TrainedModel,
     datamodule: IdxDataModule,
@@ -209,15 +174,7 @@ def _measure(
     cache_dir: str | Path | None,
     batch_size: int,
 ) -> tuple[float, dict[str, dict[int, float]], dict[str, float]]:
-    """The test images' accuracy (fractions), clean and ``{corruption: {severity: accuracy}}``
-    for ``chosen`` at ``levels``, with the seconds spent making (``generate``) and evaluating
-    (``evaluate``) images. ``cache_dir`` keeps the corrupted test sets (``None``:
-    ``<data root>/corrupted``).
-
-    Raises:
-        DatasetError: The test files are missing or corrupt.
-        OSError: The cache cannot be written.
-    """
+    """(clean accuracy, ``{corruption: {severity: accuracy}}``, seconds making and evaluating images)."""
     datamodule.prepare_data()
     datamodule.setup("test")
     images, labels = (t.cpu() for t in datamodule.data_test.tensors)
@@ -239,8 +196,7 @@ def _measure(
 
 
 def _accuracies(clean: float, table: dict[str, dict[int, float]], levels: Sequence[int]) -> dict[str, Any]:
-    """robustness.json's accuracies (fractions): clean, per corruption and severity (keys as
-    strings), and the mean over corruptions × ``levels`` with its error (1 − it)."""
+    """robustness.json's accuracies: clean, per corruption and severity, their mean and its error."""
     mean_acc = sum(a for row in table.values() for a in row.values()) / (len(table) * len(levels))
     return {
         "clean_accuracy": clean,
@@ -257,8 +213,7 @@ def _reference_errors(
     saved_reference: dict[str, Any] | None,
     reference: str | Path | None,
 ) -> dict[str, Any] | None:
-    """``corruption_errors`` of ``table`` (accuracies, fractions) against the reference's saved
-    results (``read_reference``), with its ``path``; ``None`` without a reference."""
+    """``corruption_errors`` against the saved reference, with its ``path``; ``None`` without one."""
     if saved_reference is None:
         return None
     theirs = {c: {s: 1 - saved_reference["accuracy"][c][str(s)] for s in levels} for c in table}
@@ -271,8 +226,7 @@ def _reference_errors(
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """robustness.md: the accuracy table (corruption × severity, in %), the means, and the
-    corruption errors against the reference if there is one."""
+    """robustness.md: accuracies (corruption × severity, in %), means, and any reference's corruption errors."""
     levels = result["severities"]
     ref = result["reference"]
     lines = [
@@ -300,11 +254,8 @@ def markdown(result: dict[str, Any]) -> str:
 def write_results(
     result: dict[str, Any], folder: Path, table: dict[str, dict[int, float]], loggers: Sequence[Logger]
 ) -> None:
-    """Writes robustness.json, robustness.md and robustness.png (atomically) into ``folder``
-    and sends to each of ``loggers`` (Lightning loggers) the scalars
-    ``robustness/<corruption>/<severity>`` (accuracy, a fraction), ``robustness/clean_acc``,
-    ``robustness/mean_corruption_acc`` (and ``robustness/mce`` with a reference) through
-    ``log_metrics``, and the heat map through ``log_image`` where a logger has it."""
+    """Writes robustness.json, .md and .png atomically into ``folder``; ``loggers`` get the accuracies
+    (fractions) as ``robustness/...`` scalars and, where they have ``log_image``, the heat map."""
     folder.mkdir(parents=True, exist_ok=True)
     write_atomically(folder / JSON, json.dumps(result, indent=2) + "\n")
     write_atomically(folder / MARKDOWN, markdown(result))

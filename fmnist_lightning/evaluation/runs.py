@@ -1,9 +1,5 @@
-"""Using a finished run folder: its config, its weights, and its network with preprocessing.
-
-A run folder (see docs/runs.md, "What a run writes") holds ``.hydra/config.yaml``, ``net.pt``
-(the plain ``state_dict`` of the best network), ``checkpoints/`` and ``metrics.json``. The
-network is always rebuilt from the saved config; checkpoints hold no pickled objects.
-"""
+"""Using a finished run folder (docs/runs.md): its config, its weights, and its network with
+preprocessing, always rebuilt from the saved config."""
 
 from __future__ import annotations
 
@@ -20,8 +16,8 @@ from torch import nn
 
 from fmnist_lightning.artifacts import load_tensors
 from fmnist_lightning.data import IdxDataModule
+from fmnist_lightning.data.augment import build_preprocess
 from fmnist_lightning.data.photos import to_fashion_mnist
-from fmnist_lightning.data.transforms import build_preprocess
 from fmnist_lightning.errors import DamagedFileError, RunError
 from fmnist_lightning.evaluation.calibration import read_temperature
 from fmnist_lightning.models.compose import module_arguments, module_class
@@ -29,8 +25,7 @@ from fmnist_lightning.run_folder import NET_WEIGHTS, RunFolder
 
 
 def net_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
-    """The network's ``state_dict`` inside a loaded Lightning checkpoint of
-    FashionMNISTClassifier or a subclass (its ``net.*`` tensors, without the prefix)."""
+    """The ``net.*`` tensors of a loaded Lightning checkpoint, without the prefix."""
     return {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
 
 
@@ -55,15 +50,9 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def check_checkpoint_fits(net: nn.Module, path: Path, overrides: list[str]) -> None:
     """Refuses a checkpoint whose network weights do not have the shapes of ``net``'s.
 
-    Args:
-        net: The network built from this run's config (``cfg.model``).
-        path: The checkpoint to start from.
-        overrides: This run's command-line overrides, named in the message.
-
     Raises:
         DamagedFileError: The checkpoint cannot be read, or is not a Lightning checkpoint.
-        RunError: A tensor is missing, extra, or shaped differently (the config's network
-            differs from the checkpoint's).
+        RunError: A tensor is missing, extra, or shaped differently.
     """
     fix = "Start from another checkpoint (ckpt_path=<a run's checkpoints/*.ckpt>), or train again."
     checkpoint = load_tensors(path, fix, mmap=True)
@@ -86,9 +75,7 @@ def check_checkpoint_fits(net: nn.Module, path: Path, overrides: list[str]) -> N
 
 
 def build_module(cfg: DictConfig) -> L.LightningModule:
-    """The untrained LightningModule of a run config, of the run's class
-    (``module._target_``) with its network, loss, mix and metrics, for evaluation (no
-    optimizer).
+    """The untrained LightningModule (``module._target_``) of a run config, for evaluation.
 
     Raises:
         RunError: The module cannot be built (e.g. its class, or its network's, has moved).
@@ -104,8 +91,7 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
 
 
 def build_datamodule(cfg: DictConfig, data_root: str | None = None) -> IdxDataModule:
-    """Instantiates the DataModule of a run config (``cfg.data``), optionally with another
-    ``data.root``; relative roots are relative to the working directory."""
+    """Instantiates ``cfg.data``, optionally with another ``data.root`` (relative to the working directory)."""
     return hydra.utils.instantiate(cfg.data, **({"root": data_root} if data_root else {}))
 
 
@@ -114,14 +100,10 @@ class TrainedModel:
     """A trained network with the preprocessing of the run that made it.
 
     Attributes:
-        module: The LightningModule holding the network (for ``trainer.test``), in eval mode.
-        preprocess: uint8 ``(B, 1, H, W)`` → float ``(B, 1, S, S)``: the run's resize and
-            normalisation (``data.image_size``, ``data.normalize``).
-        config: The run's config.
+        module: The LightningModule holding the network, in eval mode.
+        preprocess: uint8 ``(B, 1, H, W)`` → float ``(B, 1, S, S)``: the run's resize and normalisation.
         weights: The file the weights came from.
-        temperature: The run's fitted temperature (``temperature.json``), by which
-            ``predict_proba`` divides the logits; ``None`` for a run without one (its
-            probabilities are the network's own).
+        temperature: The run's fitted temperature, dividing ``predict_proba``'s logits, or ``None``.
     """
 
     module: L.LightningModule
@@ -137,12 +119,12 @@ class TrainedModel:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        """The dataset's class names in label order (``data.class_names`` of the run)."""
+        """The dataset's class names in label order."""
         return tuple(self.config.data.class_names)
 
     @property
     def net(self) -> nn.Module:
-        """The network, mapping float ``(B, 1, S, S)`` to ``(B, num_classes)`` logits (``module.net``)."""
+        """The network: float ``(B, 1, S, S)`` → ``(B, num_classes)`` logits."""
         return self.module.net
 
     @property
@@ -152,21 +134,14 @@ class TrainedModel:
 
     @torch.inference_mode()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities, float ``(B, num_classes)``, of uint8 ``(B, 1, H, W)`` images:
-        ``softmax(logits / temperature)``, the calibrated ones when the run has a temperature.
-
-        Images must look like FashionMNIST: a light object on a black background.
-        """
+        """``softmax(logits / temperature)``, float ``(B, num_classes)``, of uint8 ``(B, 1, H, W)`` images."""
         x = self.preprocess(images.to(self.device))
         return (self.net(x) / (self.temperature or 1.0)).softmax(dim=1)
 
     def predict_images(
         self, images: Sequence[Image.Image], preprocess: str = "photo", invert: bool | str = "auto"
     ) -> torch.Tensor:
-        """Class probabilities, float ``(B, num_classes)``, of images of any size and mode (PIL).
-
-        Each image is first made FashionMNIST-style by ``to_fashion_mnist(image, preprocess,
-        invert)`` (``preprocess="photo"``: the dataset's published conversion of product photos).
+        """Float ``(B, num_classes)`` probabilities of PIL images, each ``to_fashion_mnist(image, preprocess, invert)``.
 
         Raises:
             ArgumentError: ``preprocess`` or ``invert`` is not one of the choices.
@@ -179,9 +154,7 @@ class TrainedModel:
 
 
 def run_temperature(run_dir: str | Path, weights: str = NET_WEIGHTS) -> float | None:
-    """The temperature that goes with a run's weights: its ``temperature.json`` (see
-    ``fmnist_lightning.evaluation.calibration``), fitted for the tested weights, so only for
-    ``net.pt`` and ``best``; ``None`` for other weights and for runs without one.
+    """The run's ``temperature.json`` for ``net.pt`` and ``best`` (the weights it was fitted for), else ``None``.
 
     Raises:
         DamagedFileError: Its ``temperature.json`` is damaged.
@@ -195,25 +168,19 @@ def load_trained(
     device: str | torch.device = "cpu",
     trusted_modules: Sequence[str] = (),
 ) -> TrainedModel:
-    """Loads a run's trained network, in eval mode, with its preprocessing: one call.
+    """Loads a run's trained network, in eval mode, with its preprocessing.
 
     >>> model = load_trained("outputs/runs/2026-11-22_16-40-00")  # doctest: +SKIP
     >>> probs = model.predict_proba(uint8_images)                  # doctest: +SKIP
 
     Args:
-        run_dir: The run folder.
-        weights: Which weights; see ``resolve_weights``. Weights trained on a GPU load
-            on the CPU.
-        device: Where to put the network: ``"auto"`` (CUDA if available, else the CPU),
-            ``"cpu"``, ``"cuda"``, ...
-        trusted_modules: Modules of one's own the run's config may name (``load_run_config``).
-
-    The probabilities are divided by ``run_temperature(run_dir, weights)``.
+        weights: Which weights; see ``resolve_weights``.
+        device: ``"auto"`` (CUDA if available, else the CPU), ``"cpu"``, ``"cuda"``, ...
+        trusted_modules: Modules of one's own the run's config may name.
 
     Raises:
-        RunError: The folder is not a run, lacks the weights, or the weights do not fit
-            the network in its config; ``UntrustedConfigError``, its config names a callable
-            this machine does not trust.
+        RunError: The folder is not a run, lacks the weights, or the weights do not fit the
+            network in its config; ``UntrustedConfigError``, its config names an untrusted callable.
         DamagedFileError: Its ``temperature.json`` is damaged.
     """
     if device == "auto":
@@ -229,12 +196,7 @@ def load_trained(
 
 
 def _load_weights(module: L.LightningModule, path: Path, cfg: DictConfig) -> None:
-    """Loads the weights file ``path`` into ``module.net``, built from the run's config ``cfg``.
-
-    Raises:
-        RunError: The weights do not fit the network (the first lines of PyTorch's message).
-        DamagedFileError: The file is unreadable or holds no network weights.
-    """
+    """Loads the weights file ``path`` into ``module.net``, built from the run's config ``cfg``."""
     try:
         module.net.load_state_dict(load_state_dict(path))
     except RuntimeError as err:

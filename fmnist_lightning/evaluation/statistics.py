@@ -1,6 +1,5 @@
-"""Is a difference real? Intervals and tests for accuracies, from scipy and statsmodels.
-
-All confidence levels are 95 % (``LEVEL``); accuracies and differences are fractions.
+"""Is a difference real? Intervals and tests for accuracies, from scipy and statsmodels; all
+confidence levels are 95 % (``LEVEL``), accuracies and differences fractions.
 
 - ``wilson_interval``: a test accuracy's binomial interval (Wilson, 1927), statsmodels'
   ``proportion_confint(method="wilson")``.
@@ -34,10 +33,8 @@ RESAMPLES = 9999
 
 
 def wilson_interval(correct: int, total: int) -> tuple[float, float]:
-    """The 95 % Wilson score interval of an accuracy of ``correct`` out of ``total`` images,
-    as fractions ``(low, high)``."""
-    # statsmodels (and the pandas it loads) is imported here, not at the top: a training run
-    # imports this module, and these 0.2 s belong to its report, not to its start-up.
+    """The 95 % Wilson score interval of ``correct`` out of ``total`` images, as fractions ``(low, high)``."""
+    # Imported here: statsmodels (and pandas) would slow down a training run's start-up.
     from statsmodels.stats.proportion import proportion_confint
 
     low, high = proportion_confint(correct, total, alpha=ALPHA, method="wilson")
@@ -46,15 +43,8 @@ def wilson_interval(correct: int, total: int) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class MeanInterval:
-    """A mean over seeds (or folds) with its 95 % t interval.
-
-    Attributes:
-        mean: The sample mean.
-        std: The sample standard deviation (NaN for fewer than two values).
-        low: The interval's lower bound (NaN for fewer than two values).
-        high: Its upper bound.
-        n: How many values.
-    """
+    """A mean over seeds (or folds) with its sample standard deviation and 95 % t interval
+    (``std``, ``low`` and ``high`` NaN for fewer than two values)."""
 
     mean: float
     std: float
@@ -64,8 +54,7 @@ class MeanInterval:
 
 
 def t_interval(values: Sequence[float]) -> MeanInterval:
-    """The mean of ``values`` with its 95 % Student's t interval (scipy's
-    ``ttest_1samp(...).confidence_interval``). Fewer than two values get NaN bounds."""
+    """The mean of ``values`` with its 95 % Student's t interval (scipy's ``ttest_1samp``); NaN under two values."""
     array = np.asarray(values, dtype=float)
     if len(array) == 0:
         return MeanInterval(math.nan, math.nan, math.nan, math.nan, 0)
@@ -79,16 +68,8 @@ def t_interval(values: Sequence[float]) -> MeanInterval:
 
 @dataclass(frozen=True)
 class Difference:
-    """``b − a`` with its 95 % interval and a test's p-value.
-
-    Attributes:
-        difference: The point estimate (a fraction).
-        low: Its interval's lower bound.
-        high: Its upper bound.
-        p_value: The test's two-sided p-value (NaN when it cannot be computed).
-        test: The test's name, as the reports print it.
-        n: Pairs compared (images or seeds).
-    """
+    """``b − a`` (a fraction) with its 95 % interval, a test's two-sided p-value (NaN when it cannot
+    be computed), the test's name and ``n``, the pairs compared (images or seeds)."""
 
     difference: float
     low: float
@@ -136,25 +117,16 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> Difference:
 
 
 def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """The 95 % percentile-bootstrap interval of ``accuracy(b) − accuracy(a)``, resampling
-    test images in pairs (``RESAMPLES`` times, seeded, so the interval is reproducible).
-
-    Args:
-        correct_a: Bool ``(N,)``: whether run A classified each image correctly.
-        correct_b: The same for run B, on the same images in the same order.
-        seed: The resampling's seed.
-
-    Returns:
-        ``(low, high)`` as fractions.
-    """
-    # Resampling image pairs is resampling the per-image differences: one array, half the work.
+    """The 95 % percentile-bootstrap interval ``(low, high)`` of ``accuracy(b) − accuracy(a)`` from bool
+    ``(N,)`` per-image correctness on the same images, resampled in pairs ``RESAMPLES`` times from ``seed``."""
+    # Resampling image pairs is resampling the per-image differences.
     differences = correct_b.astype(float) - correct_a.astype(float)
     interval = stats.bootstrap(
         (differences,),
         np.mean,
         vectorized=True,
         n_resamples=RESAMPLES,
-        batch=500,  # 500 resamples of 10,000 images at a time: 40 MB
+        batch=500,
         confidence_level=LEVEL,
         method="percentile",
         rng=np.random.default_rng(seed),
@@ -163,16 +135,8 @@ def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, seed: int = 0
 
 
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, int, int]:
-    """McNemar's exact test on two runs' disagreements (statsmodels).
-
-    Args:
-        correct_a: Bool ``(N,)``: whether run A classified each image correctly.
-        correct_b: The same for run B, on the same images in the same order.
-
-    Returns:
-        ``(p_value, only_a, only_b)``: the two-sided exact p-value, and the images only ``a``
-        and only ``b`` got right.
-    """
+    """McNemar's exact test (statsmodels) on two runs' bool ``(N,)`` per-image correctness on the same images:
+    ``(two-sided p-value, images only a got right, images only b got right)``."""
     from statsmodels.stats.contingency_tables import mcnemar  # imported here: see wilson_interval
 
     only_a = int((correct_a & ~correct_b).sum())

@@ -18,7 +18,6 @@ from fmnist_lightning.evaluation.report import report_images, report_markdown
 #: The metrics an HParams session compares runs by, in the table's column order.
 HPARAM_METRICS = ("test/acc", "val/acc_best", "test/loss")
 
-
 #: TensorBoard's *Custom Scalars* charts: training and validation together, so that
 #: overfitting shows in one chart, and the learning rate (LearningRateMonitor's ``lr-*``).
 CURVES_LAYOUT = {
@@ -36,23 +35,19 @@ def code_block(text: str) -> str:
 
 
 def sprite(images: torch.Tensor) -> torch.Tensor:
-    """Images as the network saw them (normalised), float ``(N, 1, S, S)``, scaled to [0, 1]
-    each, for the projector's sprite."""
+    """Float ``(N, 1, S, S)`` images, each scaled to [0, 1], for the projector's sprite."""
     low = images.amin(dim=(1, 2, 3), keepdim=True)
     high = images.amax(dim=(1, 2, 3), keepdim=True)
     return (images - low) / (high - low).clamp_min(1e-8)
 
 
 def recording(loggers: list[Logger]) -> list[Logger]:
-    """The loggers that keep what they get: Lightning's ``DummyLogger``, which
-    ``fast_dev_run`` puts in place of the run's loggers, answers every method and keeps
-    nothing, so nothing is drawn or sent for it."""
+    """The loggers but Lightning's ``DummyLogger`` (``fast_dev_run``'s), which keeps nothing."""
     return [logger for logger in loggers if not isinstance(logger, DummyLogger)]
 
 
 def log_run_start(loggers: list[Logger], config_yaml: str, command: str) -> None:
-    """Gives loggers with ``log_markdown`` the run's composed config (``config``) and its
-    command line (``command``), and those with ``log_layout`` the ``CURVES_LAYOUT``."""
+    """Gives loggers with ``log_markdown`` the ``config`` and ``command``, with ``log_layout`` ``CURVES_LAYOUT``."""
     for logger in recording(loggers):
         if hasattr(logger, "log_markdown"):
             logger.log_markdown("config", code_block(config_yaml))
@@ -68,29 +63,18 @@ def log_test_summaries(
     step: int,
     images: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """Adds the test report to the run's loggers, each as far as it can take it.
+    """Adds the test report (``classification_report``) to the loggers, each as far as it can take it.
+
+    Every logger gets scalars (fractions): ``test/per_class/<metric>/<class>``, the Wilson interval
+    ``test/acc_ci95_low|high``, ``test/calibration/<nll|brier|ece|mce>`` (``_scaled`` after temperature
+    scaling) and ``test/calibration/temperature``. Loggers with ``log_image`` get ``test/confusion_matrix``,
+    ``test/reliability`` and ``test/misclassified``; with ``log_markdown``, ``report``; with
+    ``log_pr_curves``, ``test/pr``; with ``log_embedding`` (when ``predictions`` has features), the
+    projector's ``test/features``.
 
     Args:
-        loggers: The trainer's loggers.
-        report: From ``classification_report``.
-        predictions: The test set's logits and labels, the misclassified images and the
-            projector's features: a ``fmnist_lightning.evaluation.test_report.Predictions``.
-        step: The global step the summaries are logged at.
-        images: The report's figures as ``report_images`` drew them (drawn here when ``None``).
-
-    Every logger gets the per-class test metrics as scalars
-    (``test/per_class/<metric>/<class>``, fractions), the accuracy's Wilson interval
-    (``test/acc_ci95_low``, ``test/acc_ci95_high``) and the calibration
-    (``test/calibration/<nll|brier|ece|mce>``, and with ``_scaled`` after temperature scaling,
-    and ``test/calibration/temperature``). Loggers with ``log_image(key, images, step)``
-    (TensorBoard, MLflow, W&B) also get the confusion-matrix figure
-    (``test/confusion_matrix``), the reliability diagram (``test/reliability``) and a grid of
-    misclassified images (``test/misclassified``);
-    those with ``log_markdown`` the report as Markdown (``report``: the per-class table and
-    the most-confused pairs); those with ``log_pr_curves`` (TensorBoard) one precision–recall
-    curve per class (``test/pr``); those with ``log_embedding`` (TensorBoard, when
-    ``predictions`` holds features) the *Projector*'s points with their true and predicted
-    classes and a sprite (``test/features``).
+        predictions: A ``fmnist_lightning.evaluation.test_report.Predictions``.
+        images: The report's figures from ``report_images`` (drawn here when ``None``).
     """
     scalars = _per_class_scalars(report) | report_scalars(report)
     loggers = recording(loggers)
@@ -100,8 +84,7 @@ def log_test_summaries(
 
 
 def _per_class_scalars(report: dict[str, Any]) -> dict[str, float]:
-    """The report's per-class precision, recall and F1 as logger scalars (fractions), by
-    ``test/per_class/<metric>/<class>`` (a ``/`` in a class name becomes ``_``)."""
+    """The report's per-class precision, recall and F1 scalars (a ``/`` in a class name becomes ``_``)."""
     return {
         f"test/per_class/{metric}/{c['name'].replace('/', '_')}": c[metric]
         for c in report["per_class"]
@@ -112,9 +95,7 @@ def _per_class_scalars(report: dict[str, Any]) -> dict[str, float]:
 def _figures(
     loggers: list[Logger], report: dict[str, Any], p: Any, images: dict[str, np.ndarray] | None
 ) -> dict[str, np.ndarray] | None:
-    """The figures for loggers with ``log_image``, uint8 RGB ``(H, W, 3)`` arrays by key
-    (``test/<report figure>``, ``test/misclassified``); ``None`` when no logger has it (the
-    figures take a second to draw). ``images``: the report's, when already drawn."""
+    """The figures as uint8 RGB ``(H, W, 3)`` arrays by key, or ``None`` when no logger has ``log_image``."""
     if not any(hasattr(logger, "log_image") for logger in loggers):
         return None
     drawn = images if images is not None else report_images(report)
@@ -134,7 +115,7 @@ def _log_test_summaries_to(
     p: Any,
     step: int,
 ) -> None:
-    """Gives one logger what ``log_test_summaries`` describes, as far as it can take it, and saves it."""
+    """Gives one logger what ``log_test_summaries`` describes, and saves it."""
     logger.log_metrics(scalars, step=step)
     if logged is not None and hasattr(logger, "log_image"):
         for key, image in logged.items():
@@ -167,8 +148,7 @@ def report_scalars(report: dict[str, Any]) -> dict[str, float]:
 
 
 def log_hparams_session(loggers: list[Logger], hparams: dict[str, Any], metrics: dict[str, float]) -> None:
-    """Gives loggers whose ``log_hyperparams`` takes ``metrics`` (TensorBoard's *HParams*)
-    the run's hyperparameters against ``HPARAM_METRICS``."""
+    """Gives loggers whose ``log_hyperparams`` takes ``metrics`` (TensorBoard's) the hyperparameters and metrics."""
     values = {k: metrics[k] for k in HPARAM_METRICS if k in metrics}
     for logger in recording(loggers):
         if "metrics" in inspect.signature(logger.log_hyperparams).parameters:
@@ -196,19 +176,14 @@ NOT_HPARAMS = (
 
 
 def hparams_of(resolved: dict[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """The hyperparameters researchers compare runs by, flat name → scalar, for the HParams
-    dashboard (the whole config goes to the *Text* tab as ``config``).
+    """The hyperparameters runs are compared by, flat name → scalar, for TensorBoard's HParams table.
 
-    TensorBoard's HParams table shows the first five hyperparameters by name until others
-    are ticked. The five compared most are capitalised, which sorts them first: ``Batch
-    size``, ``Epochs``, ``LR``, ``Model`` (the network's class) and ``Optimizer``. The others: ``model/<argument>``,
-    ``weight_decay``, ``scheduler``, ``image_size``, ``augment/<name>/<argument>`` (the
-    augmentations that are on), ``precision``, ``seed``, and every other key set on the
-    command line (``overrides``, which holds every key a sweep varies), by its dotted name.
+    Capitalised so they sort first (the table shows five): ``Batch size``, ``Epochs``, ``LR``, ``Model``
+    and ``Optimizer``; then ``model/<argument>``, ``weight_decay``, ``scheduler``, ``image_size``,
+    ``augment/<name>/<argument>``, ``precision``, ``seed``, and every other key of ``overrides``.
 
     Args:
-        resolved: The run's config as a resolved plain dict
-            (``OmegaConf.to_container(cfg, resolve=True)``).
+        resolved: The run's config, ``OmegaConf.to_container(cfg, resolve=True)``.
         overrides: The run's command-line overrides (``key=value``; Hydra's ``overrides.task``).
     """
     model, optimizer = resolved.get("model") or {}, resolved.get("optimizer") or {}
@@ -239,12 +214,11 @@ def _short(node: Any) -> str:
 
 
 def _scalar(value: Any) -> Any:
-    """``value`` if TensorBoard takes it as a hyperparameter (bool, int, float, str), else its ``str``."""
+    """``value`` if a bool, int, float or str (what TensorBoard takes), else its ``str``."""
     return value if isinstance(value, (bool, int, float, str)) else str(value)
 
 
-#: Command-line keys ``hparams_of`` covers by other names (or, for ``model.*`` and
-#: ``data.augment.*``, by their own entries).
+#: Command-line keys ``hparams_of`` covers by other names (``model.*`` and ``data.augment.*`` too).
 _COVERED = {
     "data.batch_size",
     "trainer.max_epochs",
@@ -260,9 +234,7 @@ _COVERED = {
 
 
 def _overridden(resolved: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """The keys set on the command line (``key=value``; ``+``/``~`` prefixes dropped) that are
-    neither covered by ``hparams_of``'s own entries nor in ``NOT_HPARAMS``, by dotted name: their
-    resolved values, or the override's text where the config has none (``None`` for a ``~key``)."""
+    """The other overridden keys but ``NOT_HPARAMS``: resolved value, else the override's text."""
     hparams: dict[str, Any] = {}
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")

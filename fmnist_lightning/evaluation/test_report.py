@@ -1,11 +1,5 @@
-"""The test report, made from the one pass over the test set that Lightning's test loop runs.
-
-``TestReport`` is a callback: it collects the logits that
-``FashionMNISTClassifier.test_step <fmnist_lightning.models.FashionMNISTClassifier.test_step>``
-returns, and when the test ends writes the report files and gives the report to the run's
-loggers. Training (``fmnist-train``) and ``fmnist-evaluate`` both use it, so their reports are made
-the same way from the same loop that computes ``test/acc``.
-"""
+"""The test report, made by the ``TestReport`` callback from the logits of the test loop that computes
+``test/acc``, for ``fmnist-train`` and ``fmnist-evaluate`` alike."""
 
 from __future__ import annotations
 
@@ -40,10 +34,8 @@ class Predictions:
     Attributes:
         logits: float32 ``(N, num_classes)``, on the CPU.
         targets: int64 ``(N,)``.
-        misclassified: The first misclassified images as the network saw them, float32
-            ``(K, 1, S, S)`` (K ≤ ``max_images`` of ``TestReport``).
-        misclassified_targets: Their true labels, int64 ``(K,)``.
-        misclassified_preds: Their predicted labels, int64 ``(K,)``.
+        misclassified: The first misclassified images as the network saw them, float32 ``(K, 1, S, S)``.
+        misclassified_targets: Their true labels, int64 ``(K,)``; ``misclassified_preds`` the predicted.
     """
 
     logits: torch.Tensor
@@ -51,8 +43,7 @@ class Predictions:
     misclassified: torch.Tensor
     misclassified_targets: torch.Tensor
     misclassified_preds: torch.Tensor
-    #: The input of the network's last linear layer (its penultimate features), float32
-    #: ``(M, D)``, for the first M test images (a logger's ``projector_images``); else ``None``.
+    #: The input of the network's last linear layer, float32 ``(M, D)``, for the first M test images, or ``None``.
     features: torch.Tensor | None = None
     #: Those M images as the network saw them, float32 ``(M, 1, S, S)``.
     feature_images: torch.Tensor | None = None
@@ -69,16 +60,11 @@ class Predictions:
 
 
 def validation_logits(trainer: L.Trainer, module: L.LightningModule) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The module's fp32 logits on its DataModule's validation split, for temperature scaling.
-
-    The split's batches go through the DataModule's own transfer hooks (``strategy.
-    batch_to_device``, so they are preprocessed as test batches are) and the module's
-    ``forward`` in fp32, as ``test_step`` runs it; ``trainer.limit_val_batches`` and
-    ``fast_dev_run`` are obeyed.
+    """The module's fp32 logits on its DataModule's validation split (within ``limit_val_batches``),
+    preprocessed as test batches are, for temperature scaling.
 
     Returns:
-        Float32 ``(N, C)`` logits and int64 ``(N,)`` labels on the CPU, or ``None`` when the
-        DataModule has no validation split (or the trainer validates no batch).
+        Float32 ``(N, C)`` logits and int64 ``(N,)`` labels on the CPU, or ``None`` without a validation batch.
     """
     datamodule = trainer.datamodule
     if datamodule is None or not callable(getattr(datamodule, "val_dataloader", None)):
@@ -97,33 +83,22 @@ def validation_logits(trainer: L.Trainer, module: L.LightningModule) -> tuple[to
 
 
 def _gather_in_order(module: L.LightningModule, tensor: torch.Tensor, size: int) -> torch.Tensor:
-    """Concatenates each process's ``tensor`` in the test set's order (Lightning's
-    DistributedSampler deals sample ``i`` to process ``i % world_size`` and pads the last
-    round with repeats, which are dropped: ``size`` is the test set's length)."""
+    """Each process's ``tensor`` in the test set's order (DistributedSampler's round robin), cut to ``size``."""
     gathered = module.all_gather(tensor)  # (world_size, n, ...)
     return gathered.transpose(0, 1).reshape(-1, *tensor.shape[1:])[:size]
 
 
 class TestReport(Callback):
-    """Writes the test report into ``folder`` when ``trainer.test`` ends, and logs it to the
-    trainer's loggers (see ``log_test_summaries``). Only rank 0 writes.
-
-    The report (``report.json``, ``report.md``, ``confusion_matrix.png``, ``reliability.png``)
-    has the accuracy with its 95 % Wilson interval and the calibration before and after
-    temperature scaling; ``predictions.npz`` holds every test image's prediction
-    (``fmnist_lightning.evaluation.predictions``). The temperature is fitted on the
-    DataModule's validation split with the tested weights (``fit_temperature``) and written
-    to ``temperature.json``; a DataModule without a validation split, or a network whose
-    validation logits are not finite, gets none.
+    """On rank 0 when ``trainer.test`` ends, writes ``report.json``, ``report.md``, ``confusion_matrix.png``,
+    ``reliability.png``, ``predictions.npz`` and ``temperature.json`` (fitted on the validation split
+    when it has one with finite logits) into ``folder``, and logs the report (``log_test_summaries``).
 
     Args:
-        folder: Where the report files go.
         extra: Entries added to ``report.json``, e.g. the weights file it was made with.
         max_images: How many misclassified images to keep for the figure.
 
     Attributes:
-        report: The report of the last test (see
-            ``classification_report``), or ``None``.
+        report: The last test's ``classification_report``, or ``None``.
         predictions: The ``Predictions`` it was made from.
     """
 
@@ -149,10 +124,8 @@ class TestReport(Callback):
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reset()
-        # A logger with a projector (TensorBoard's projector_images) gets the penultimate
-        # features of the first test images: the input of the network's last linear layer,
-        # caught by a hook in this same pass. Not under DDP, where ranks see interleaved images.
-        # (Lightning's DummyLogger under fast_dev_run answers every attribute with a function.)
+        # A logger's projector_images: the last linear layer's inputs, hooked in this pass; not
+        # under DDP (interleaved images). DummyLogger answers every attribute with a function.
         wanted = max(
             (n for logger in trainer.loggers if isinstance(n := getattr(logger, "projector_images", 0), int)), default=0
         )
@@ -208,16 +181,13 @@ class TestReport(Callback):
             if trainer.is_global_zero:
                 self._write(trainer, pl_module, logits, targets)
         finally:
-            # The ranks leave together. Without this, rank 1 of a 2-process ddp_spawn test on
-            # the CPU sometimes died with SIGABRT in gloo (about 1 run in 5 here), presumably
-            # tearing its process group down while rank 0 was still writing the report.
+            # The ranks leave together, or gloo may abort a rank while rank 0 still writes.
             trainer.strategy.barrier("test_report")
 
     def _write(
         self, trainer: L.Trainer, pl_module: L.LightningModule, logits: torch.Tensor, targets: torch.Tensor
     ) -> None:
-        """Rank 0: the temperature, the report files and the loggers' summaries, from the
-        gathered logits."""
+        """Rank 0: the temperature, the report files and the loggers' summaries."""
         self.predictions = Predictions(
             logits.cpu(),
             targets.cpu(),

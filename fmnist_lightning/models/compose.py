@@ -1,7 +1,5 @@
-"""The LightningModule of a run config: its class (``module._target_``) and its arguments, each
-built from its own config group. The one place that maps config keys to the module's
-arguments, for training (``training.build``) and for using a finished run
-(``evaluation.runs``)."""
+"""The LightningModule of a run config: its class (``module._target_``) and its arguments, each built from
+its own config group; the one place mapping config keys to them, for training and for finished runs."""
 
 from __future__ import annotations
 
@@ -47,8 +45,7 @@ def module_arguments(cfg: DictConfig, training: bool = True) -> dict[str, Any]:
 
     Args:
         cfg: A composed ``conf/train.yaml``, or a run's saved config.
-        training: ``False`` for a module that is only evaluated: no optimizer, no scheduler,
-            and the default memory format and no compilation.
+        training: ``False``: evaluation only, no optimizer, scheduler, channels_last or compile.
     """
 
     def plain(key: str) -> Any:
@@ -67,16 +64,9 @@ def module_arguments(cfg: DictConfig, training: bool = True) -> dict[str, Any]:
 
 
 def check_net(module: Any, image_size: int) -> None:
-    """Checks that the network takes the class count and outputs that many logits: that its
-    class (``net._target_``) has a ``num_classes`` argument, and that a forward pass of two
-    blank float32 ``(2, 1, image_size, image_size)`` images gives ``(2, num_classes)``
-    logits. A network of one's own that ignores ``num_classes`` is found here, before any
-    data is read, instead of training a softmax over classes the dataset does not have.
-
-    The pass runs in eval mode, under ``no_grad``, ``torch.random.fork_rng`` and eager
-    execution (a ``compile: true`` network is not compiled by it), and the module's mode is
-    restored after: BatchNorm statistics, the weights and every random generator are left
-    as they were, so the run trains as it would without the check.
+    """Checks, before any data is read, that the network's class has a ``num_classes`` argument and maps
+    two blank float32 ``(2, 1, image_size, image_size)`` images to ``(2, num_classes)`` logits; in eval
+    mode, ``no_grad``, ``fork_rng`` and eager, leaving weights, statistics and generators as they were.
 
     Raises:
         PartError: ``net``, chaining an ``ArgumentError`` at ``_target_`` (no
@@ -115,10 +105,8 @@ def check_net(module: Any, image_size: int) -> None:
 
 
 def check_parts(module: Any) -> None:
-    """Calls the module's training loss, and its mix if any (through ``mix_batch``), once on a
-    batch of two blank images, so that an argument their constructors accept but their calls refuse
-    (``CrossEntropyLoss(label_smoothing=1.5)``) is found before any data is read. The global
-    random generators are left as they were.
+    """Calls the training loss, and the mix (``mix_batch``), once on two blank images under ``fork_rng``, so an
+    argument their calls refuse (``CrossEntropyLoss(label_smoothing=1.5)``) is found before any data is read.
 
     Raises:
         PartError: ``loss`` or ``mix`` failed; the cause is chained.
@@ -149,8 +137,7 @@ def build_part(argument: str, config: Mapping[str, Any]) -> Any:
 
 
 def accepts(target: Any, argument: str) -> bool:
-    """Whether the callable ``target`` takes a keyword ``argument`` (by name, or through
-    ``**kwargs``)."""
+    """Whether the callable ``target`` takes a keyword ``argument`` (by name, or through ``**kwargs``)."""
     try:
         parameters = inspect.signature(target).parameters
     except (TypeError, ValueError):  # no signature to read (some builtins): let the call decide
@@ -168,13 +155,8 @@ def takes_num_classes(target: str) -> bool:
 
 
 def build_net(config: Mapping[str, Any], num_classes: int) -> nn.Module:
-    """The network of ``config`` with ``num_classes`` outputs, passed as its ``num_classes``
-    argument: the one way the dataset's class count (``data.num_classes``) reaches a network,
-    so no model config sets it.
-
-    A network that takes no ``num_classes`` argument is built as its config says (a run of
-    an older version with a network of one's own still loads); training refuses it
-    (``fmnist_lightning.models.compose.check_net``).
+    """The network of ``config`` given ``num_classes`` (``data.num_classes``; no model config sets it) as its
+    argument; one without that argument is built as its config says, and training refuses it (``check_net``).
 
     Raises:
         PartError: ``net``, chaining the cause: the network cannot be built, is not an

@@ -1,8 +1,4 @@
-"""Training losses that take hard labels or soft targets (MixUp, CutMix), for ``conf/loss/``.
-
-Cross-entropy is torch's own ``nn.CrossEntropyLoss`` (``conf/loss/cross_entropy.yaml``),
-which accepts both kinds of target; this module holds the losses torch lacks.
-"""
+"""Training losses torch lacks that take hard labels or soft targets (MixUp, CutMix), for ``conf/loss/``."""
 
 from __future__ import annotations
 
@@ -22,15 +18,12 @@ class FocalLoss(nn.Module):
     averaged over the batch, where ``p = softmax(logits)`` and ``t`` is the target
     distribution (one-hot for a hard label, mixed for MixUp and CutMix).
 
-    ``gamma=0`` without ``alpha`` is exactly cross-entropy. torchvision's
-    ``sigmoid_focal_loss`` is the sigmoid (one-vs-rest) form and kornia's ``FocalLoss`` takes
-    hard labels only, hence this class.
+    ``gamma=0`` without ``alpha`` is cross-entropy. (torchvision's is the sigmoid form; kornia's takes hard
+    labels only.)
 
     Args:
         gamma: Focusing parameter ``>= 0``; the paper's best is 2.
-        alpha: Class weights: one number for every class, a list of one weight per class,
-            or ``None`` (no weighting; the paper's best with softmax is about 0.25 for
-            every class, which only scales the loss).
+        alpha: Class weights: one number for every class, one weight per class, or ``None``.
 
     Raises:
         ArgumentError: ``gamma < 0`` or a weight in ``alpha`` is not positive.
@@ -45,8 +38,7 @@ class FocalLoss(nn.Module):
         self.alpha = weights or None
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Float ``(B, C)`` logits and int64 ``(B,)`` labels or float ``(B, C)`` target
-        probabilities → the mean loss over the batch, a float scalar in nats.
+        """Float ``(B, C)`` logits and int64 ``(B,)`` labels or float ``(B, C)`` targets → the mean loss (nats).
 
         Raises:
             ValueError: ``alpha`` has a number of weights other than 1 or ``C``.

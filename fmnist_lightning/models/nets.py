@@ -1,18 +1,9 @@
-"""The documented CNNs as plain ``nn.Module``s, one per architecture of the recipes
-(docs/models.md), and this project's own ``VGGBNNet``.
+"""The recipes' CNNs (docs/models.md) and this project's ``VGGBNNet``, as plain ``nn.Module``s.
 
-Every network maps ``torch.float32`` ``(B, 1, H, W)`` images with ``H = W = image_size`` to
-``(B, num_classes)`` logits, ``num_classes`` being the dataset's ``data.num_classes`` (given
-by the LightningModule, ``fmnist_lightning.models.compose.build_net``). The first linear layer
-is sized from ``image_size`` (28 and 16 are the documented sizes; the parameter counts below
-are at 10 classes); a size too small for a
-network's pooling stages raises ``ImageTooSmallError``. Each network checks its own
-arguments and raises ``ArgumentError`` naming the argument, so a bad ``model.<argument>`` is
-reported before any data is read. Nothing here knows about Lightning, Hydra or files.
-
-A network of your own needs no change here: any ``nn.Module`` with this input and output and
-a ``num_classes`` argument, importable from anywhere, is trained with
-``model._target_=my_module.MyNet`` (or a YAML in ``conf/model/``).
+Each maps float32 ``(B, 1, S, S)`` images, ``S = image_size``, to float32 ``(B, num_classes)``
+logits (parameter counts below at 10 classes), and raises ``ArgumentError`` for a bad argument
+and ``ImageTooSmallError`` for a side its pooling stages cannot take. Any ``nn.Module`` of your own
+with this interface and a ``num_classes`` argument trains with ``model._target_=my_module.MyNet``.
 """
 
 from __future__ import annotations
@@ -24,10 +15,7 @@ from fmnist_lightning.errors import ImageTooSmallError, require
 
 
 def conv_block(in_channels: int, out_channels: int, kernel_size: int, batch_norm: bool = False) -> nn.Sequential:
-    """Conv (odd kernel, "same" padding) → optional BatchNorm → ReLU → 2×2 max-pool.
-
-    Maps ``(B, in_channels, S, S)`` to ``(B, out_channels, S // 2, S // 2)``.
-    """
+    """Conv ("same" padding) → opt. BatchNorm → ReLU → 2×2 max-pool: ``(B, in, S, S)`` → ``(B, out, S//2, S//2)``."""
     layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)]
     if batch_norm:
         layers.append(nn.BatchNorm2d(out_channels))
@@ -51,17 +39,12 @@ def pooled_side(image_size: int, num_blocks: int, net: str) -> int:
 
 
 def check_dropout(dropout: float) -> None:
-    """Raises ``ArgumentError`` unless ``dropout`` is in [0, 1)
-    (1 would zero every activation)."""
+    """Raises ``ArgumentError`` unless ``dropout`` is in [0, 1)."""
     require(0.0 <= dropout < 1.0, "dropout", dropout, "a probability in [0, 1)")
 
 
 class ConvClassifier(nn.Module):
-    """Base of the networks below: ``classifier(features(x))``.
-
-    Subclasses set ``self.features`` (conv blocks) and ``self.classifier`` (starting with
-    ``nn.Flatten``).
-    """
+    """Base of the networks below: ``classifier(features(x))``, both set by the subclass."""
 
     features: nn.Module
     classifier: nn.Module
@@ -72,16 +55,11 @@ class ConvClassifier(nn.Module):
 
 
 class TwoConvBNNet(ConvClassifier):
-    """Recipe 000 (``000_49e6956bb08f0e59.txt``): two conv+BatchNorm blocks, three linear layers.
-
-    conv(1→32)+BN+ReLU+pool, conv(32→64)+BN+ReLU+pool, FC→256+ReLU+Dropout,
-    FC 256→128+ReLU+Dropout, FC 128→num_classes. The recipe does not give the kernel size; its
-    FC input of 3136 = 64·7·7 at 28 px implies size-preserving convolutions, so 3×3 with
-    padding 1 is used. 856,266 parameters at 28 px.
+    """Recipe 000 (``000_49e6956bb08f0e59.txt``): conv(1→32)+BN+ReLU+pool, conv(32→64)+BN+ReLU+pool,
+    FC→256+ReLU+Dropout, FC 256→128+ReLU+Dropout, FC 128→num_classes; 856,266 parameters at 28 px.
+    3×3 kernels with padding 1: the recipe's FC input of 3136 = 64·7·7 at 28 px implies them.
 
     Args:
-        image_size: Input side in pixels.
-        num_classes: Number of output logits.
         dropout: Dropout probability of both hidden linear layers (recipe: 0.5).
     """
 
@@ -103,15 +81,11 @@ class TwoConvBNNet(ConvClassifier):
 
 
 class ThreeConvNet(ConvClassifier):
-    """Recipe 001 (``001_84f283de40ea0c52.txt``): three 3×3 conv blocks (32, 64, 128).
-
-    Each conv+ReLU+2×2 max-pool, 28→14→7→3 px; FC 1152→256+ReLU, Dropout, FC 256→num_classes.
-    The recipe's 3×3 maps after three pools at 28 px imply padding 1. The recipe does not
-    name the hidden activation; ReLU, as in its conv layers. 390,410 parameters at 28 px.
+    """Recipe 001 (``001_84f283de40ea0c52.txt``): three 3×3 conv+ReLU+pool blocks (32, 64, 128; padding 1,
+    implied by its 3×3 maps at 28 px), FC 1152→256+ReLU (activation not named there), Dropout,
+    FC 256→num_classes; 390,410 parameters at 28 px.
 
     Args:
-        image_size: Input side in pixels.
-        num_classes: Number of output logits.
         dropout: Dropout probability before the output layer (recipe: 0.5).
     """
 
@@ -130,27 +104,19 @@ class ThreeConvNet(ConvClassifier):
 
 
 class TwoConvNet(ConvClassifier):
-    """Recipes 002 (``002_94ed376411e83fcf.txt``, 28 px) and 003 (``003_7ade0653597f4a52.txt``,
-    16 px): two conv layers (32, 64) and two linear layers with dropout between them.
+    """Recipes 002 (``002_94ed376411e83fcf.txt``, 28 px) and 003 (``003_7ade0653597f4a52.txt``, 16 px).
 
-    The default layout, ``pool_every_conv=True``: conv(1→32)+ReLU+pool,
-    conv(32→64)+ReLU+pool, FC→hidden+ReLU, Dropout, FC hidden→num_classes. Neither recipe gives the
-    kernel size or the hidden width: 3×3 convolutions with padding 1 and ``hidden=128`` are
-    chosen here (421,642 parameters at 28 px, 151,306 at 16 px).
-
-    ``pool_every_conv=False, padding=0`` is the other reading of recipe 002's
-    "``Conv2d(1, 32)`` -> ``Conv2d(32, 64)`` followed by ``ReLU`` and ``MaxPool2d(2, 2)``", the
-    layout of PyTorch's MNIST example: conv(1→32)+ReLU, conv(32→64)+ReLU, one 2×2 pool
-    (28→26→24→12 px), FC 9216→hidden (1,199,882 parameters at 28 px with ``hidden=128``).
+    Default: conv(1→32)+ReLU+pool, conv(32→64)+ReLU+pool, FC→hidden+ReLU, Dropout, FC→num_classes;
+    3×3 kernels, padding 1 and ``hidden=128`` chosen here, as neither recipe gives them (421,642
+    parameters at 28 px, 151,306 at 16 px). ``pool_every_conv=False, padding=0`` is recipe 002's
+    "``Conv2d(1, 32)`` -> ``Conv2d(32, 64)`` followed by ``ReLU`` and ``MaxPool2d(2, 2)``", as in
+    PyTorch's MNIST example: one pool after both convs, 28→26→24→12 px, FC 9216→hidden (1,199,882).
 
     Args:
-        image_size: Input side in pixels.
-        num_classes: Number of output logits.
         hidden: Width of the hidden linear layer.
         dropout: Dropout probability before the output layer (recipes: 0.5).
         pool_every_conv: A 2×2 max-pool after each conv layer; ``False``: one after both.
-        padding: Zero padding of the 3×3 convolutions: 1 keeps the size, 0 shrinks each
-            side by 2 pixels per convolution.
+        padding: Of the 3×3 convolutions: 1 keeps the size, 0 loses 2 pixels per convolution.
 
     Raises:
         ArgumentError: ``padding`` is not 0 or 1, ``hidden`` < 1 or ``dropout`` outside [0, 1).
@@ -181,8 +147,7 @@ class TwoConvNet(ConvClassifier):
                 f"too small for TwoConvNet with padding={padding} and pool_every_conv={pool_every_conv}: "
                 "no pixel is left; use 16 or 28",
             )
-        # One Sequential per conv layer, so that the default layout's state_dict keys are
-        # those of conv_block (features.0.0.weight, ...), as in earlier runs.
+        # One Sequential per conv layer: the default layout's state_dict keys are conv_block's.
         blocks: list[nn.Module] = []
         for i, (cin, cout) in enumerate(((1, 32), (32, 64))):
             block: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=padding), nn.ReLU(inplace=True)]
@@ -200,16 +165,8 @@ class TwoConvNet(ConvClassifier):
 
 
 class TwoConv5x5Net(ConvClassifier):
-    """Recipe 004 (``004_89eea2e3671ba8f9.txt``): two 5×5 conv blocks (16, 32), one linear layer.
-
-    conv5×5(1→16, pad 2)+ReLU+pool, conv5×5(16→32, pad 2)+ReLU+pool, FC 512→num_classes at 16 px
-    (16→8→4 px). The recipe does not name the activation; ReLU is used. 18,378 parameters
-    at 16 px.
-
-    Args:
-        image_size: Input side in pixels (the recipe uses 16).
-        num_classes: Number of output logits.
-    """
+    """Recipe 004 (``004_89eea2e3671ba8f9.txt``): conv5×5(1→16, pad 2)+ReLU+pool, conv5×5(16→32, pad 2)+ReLU+pool,
+    FC 512→num_classes at 16 px (ReLU: the recipe names no activation); 18,378 parameters at 16 px."""
 
     def __init__(self, image_size: int = 16, num_classes: int = 10) -> None:
         super().__init__()
@@ -219,28 +176,14 @@ class TwoConv5x5Net(ConvClassifier):
 
 
 class VGGBNNet(ConvClassifier):
-    """This project's own network for ``experiment=best`` and ``experiment=fast``, not a recipe's.
-
-    A small VGG-style network (Simonyan & Zisserman, 2015) with batch normalisation: one
-    stage per entry of ``widths``, each ``convs_per_stage`` × (conv3×3 + BatchNorm + ReLU)
-    followed by a 2×2 max-pool (28→14→7→3 px with three stages), then
-    Flatten → FC→``hidden`` + BatchNorm + ReLU → Dropout → FC→num_classes (or Dropout → FC→num_classes
-    when ``hidden`` is 0). With the defaults, 28 px: 584,874 parameters.
-
-    With ``flip_tta``, the network in eval mode (validation, test, ``fmnist-evaluate``,
-    ``fmnist-predict``) returns the mean of the logits of each image and of its left-right
-    mirror image: test-time augmentation matching training with random flips. It costs a
-    second forward pass per evaluated batch and changes no weight; in training mode the
-    forward pass is the plain one.
+    """This project's network for ``experiment=best`` and ``fast``: VGG-style (Simonyan & Zisserman, 2015)
+    with batch normalisation; 584,874 parameters with the defaults at 28 px.
 
     Args:
-        image_size: Input side in pixels.
-        num_classes: Number of output logits.
-        widths: Output channels of each stage.
-        convs_per_stage: Convolutions per stage (each 3×3, "same" padding).
-        hidden: Width of the hidden linear layer; 0 for none.
+        widths: Output channels of each stage: ``convs_per_stage`` × (conv3×3 + BN + ReLU), 2×2 max-pool.
+        hidden: Width of the hidden layer (FC + BN + ReLU) before Dropout → FC; 0 for none.
         dropout: Dropout probability before the output layer.
-        flip_tta: Average the logits over the image and its mirror image in eval mode.
+        flip_tta: In eval mode, the mean of the logits of each image and its left-right mirror image.
 
     Raises:
         ArgumentError: ``widths`` is empty, ``convs_per_stage`` < 1, ``hidden`` < 0 or
@@ -275,8 +218,7 @@ class VGGBNNet(ConvClassifier):
         self.classifier = _vgg_head(widths[-1] * side * side, hidden, dropout, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps float ``(B, 1, H, W)`` images to float ``(B, num_classes)`` logits (in eval
-        mode with ``flip_tta``, the mean over the image and its mirror image)."""
+        """Maps float ``(B, 1, H, W)`` images to float ``(B, num_classes)`` logits."""
         logits = super().forward(x)
         if self.flip_tta and not self.training:
             logits = (logits + super().forward(x.flip(-1))) / 2
@@ -284,8 +226,7 @@ class VGGBNNet(ConvClassifier):
 
 
 def _vgg_stages(widths: list[int], convs_per_stage: int) -> nn.Sequential:
-    """``VGGBNNet``'s features: per entry of ``widths``, ``convs_per_stage`` × (conv3×3 without
-    bias + BatchNorm + ReLU) then a 2×2 max-pool; ``(B, 1, S, S)`` → ``(B, widths[-1], S // 2**len(widths), ...)``."""
+    """``VGGBNNet``'s features: ``(B, 1, S, S)`` → ``(B, widths[-1], S // 2**len(widths), ...)``."""
     layers: list[nn.Module] = []
     channels = 1
     for width in widths:
@@ -301,8 +242,7 @@ def _vgg_stages(widths: list[int], convs_per_stage: int) -> nn.Sequential:
 
 
 def _vgg_head(features: int, hidden: int, dropout: float, num_classes: int) -> nn.Sequential:
-    """``VGGBNNet``'s classifier on ``features`` flattened inputs: Flatten → FC→``hidden`` +
-    BatchNorm + ReLU (left out when ``hidden`` is 0) → Dropout → FC→``num_classes`` logits."""
+    """``VGGBNNet``'s classifier on ``features`` flattened inputs."""
     head: list[nn.Module] = [nn.Flatten()]
     if hidden:
         head += [nn.Linear(features, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]

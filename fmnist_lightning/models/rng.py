@@ -11,8 +11,7 @@ import torch
 
 
 def rng_states() -> dict[str, Any]:
-    """The states of torch's, CUDA's, numpy's and Python's global random generators, as
-    tensors and plain Python values only (checkpoints load with ``weights_only=True``)."""
+    """torch's, CUDA's, numpy's and Python's generator states as tensors and plain values (``weights_only``)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),

@@ -1,20 +1,9 @@
-"""Exporting a run's network, with the run's preprocessing, as one graph (docs/serve.md).
-
-The exported graph maps uint8 ``(B, 1, 28, 28)`` FashionMNIST-style images (light object on
-black, values 0-255; 28×28 is the IDX format's size, whatever ``data.image_size`` the run
-trained at) to float32 ``(B, num_classes)`` class probabilities, ``num_classes`` being the
-run's ``data.num_classes``; B is dynamic. Inside it are
-the run's ``Resize`` to ``data.image_size`` and its normalisation (``build_preprocess``), the
-network, the division by the run's fitted temperature (``temperature.json``; the metadata's
-``temperature`` and ``calibrated`` say which), and a softmax. Two formats:
-
-- ``onnx``: ``model.onnx``, exported with ``torch.onnx.export(..., dynamo=True)``; the class
-  names, the run's config and its test accuracy travel as ONNX metadata (``metadata_props``).
-- ``torch_export``: ``model.pt2``, a ``torch.export`` program saved with ``torch.export.save``;
-  the same facts travel as its extra files. (TorchScript is deprecated in Lightning 2.7.)
-
-Both are written into the run folder, under the run's lock, and never overwrite an earlier
-export unless asked.
+"""Exporting a run's network, with the run's preprocessing, as one graph (docs/serve.md): uint8
+``(B, 1, 28, 28)`` images (light object on black, 0-255; B dynamic) → the run's resize and
+normalisation, the network, the division by its fitted temperature, a softmax → float32
+``(B, num_classes)`` probabilities. Formats: ``onnx`` (``model.onnx``, ``torch.onnx.export(...,
+dynamo=True)``, ``run_metadata`` as ``metadata_props``) and ``torch_export`` (``model.pt2``,
+``torch.export.save``, ``run_metadata`` as extra files), written into the run folder under its lock.
 """
 
 from __future__ import annotations
@@ -49,12 +38,7 @@ OPSET = 18
 
 
 class ImagesToProbabilities(nn.Module):
-    """A trained network with its preprocessing in front and the temperature and a softmax
-    behind.
-
-    Maps uint8 ``(B, 1, 28, 28)`` to float32 ``(B, num_classes)`` probabilities, the same function as
-    ``TrainedModel.predict_proba``.
-    """
+    """``TrainedModel.predict_proba`` as a module: uint8 ``(B, 1, 28, 28)`` → float32 ``(B, num_classes)``."""
 
     def __init__(self, model: TrainedModel) -> None:
         super().__init__()
@@ -67,11 +51,9 @@ class ImagesToProbabilities(nn.Module):
 
 
 def run_metadata(model: TrainedModel, run_dir: Path) -> dict[str, str]:
-    """What travels with an exported graph, as strings: ``class_names`` (a JSON list),
-    ``config`` (the run's YAML), ``run`` (the folder's name), ``weights`` (the file name),
-    ``calibrated`` (``"true"`` when the probabilities are temperature-scaled) with
-    ``temperature`` (``"1.0"`` when not) and, when the run has a test report, ``test_acc`` (a
-    fraction)."""
+    """What travels with an exported graph, as strings: ``class_names`` (a JSON list), ``config``
+    (YAML), ``run``, ``weights``, ``calibrated`` (``"true"``/``"false"``), ``temperature`` (``"1.0"``
+    when not calibrated) and, with a test report, ``test_acc`` (a fraction)."""
     meta = {
         "class_names": json.dumps(list(model.class_names)),
         "config": OmegaConf.to_yaml(model.config),
@@ -123,11 +105,9 @@ def export_run(
     """Exports a run's network with its preprocessing into the run folder.
 
     Args:
-        run_dir: A finished run folder.
         format: ``"onnx"`` (``model.onnx``) or ``"torch_export"`` (``model.pt2``).
         weights: Which weights; see ``fmnist_lightning.evaluation.runs.resolve_weights``.
         overwrite: Replace an earlier export of the same format.
-        trusted_modules: Modules of one's own the run's config may name.
 
     Returns:
         The written file.
@@ -154,8 +134,7 @@ def export_run(
 
 
 def _write_export(model: TrainedModel, run_dir: Path, path: Path, format: str) -> None:
-    """Exports ``model`` (with its preprocessing, temperature and softmax, and ``run_metadata``)
-    in ``format`` to ``path``; the exporters' exceptions pass through."""
+    """Exports ``model`` with ``run_metadata`` in ``format`` to ``path``, atomically."""
     wrapper = ImagesToProbabilities(model).eval()
     example = torch.zeros(2, 1, SIDE, SIDE, dtype=torch.uint8)
     meta = run_metadata(model, run_dir)
@@ -174,9 +153,7 @@ class ExportedModel:
     """An exported graph, loaded for inference on the CPU (onnxruntime or ``torch.export``).
 
     Attributes:
-        path: The ``.onnx`` or ``.pt2`` file.
         metadata: What ``run_metadata`` wrote (strings).
-        class_names: Names in label order.
     """
 
     path: Path
@@ -193,9 +170,8 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel
     """Loads ``model.onnx`` (onnxruntime, CPU) or ``model.pt2`` (``torch.export.load``).
 
     Args:
-        path: The file.
-        threads: onnxruntime's intra-op threads; ``None`` leaves its default (one per core).
-            The ``.pt2`` program uses torch's setting (``torch.set_num_threads``).
+        threads: onnxruntime's intra-op threads; ``None`` leaves its default (one per core). The
+            ``.pt2`` program uses torch's setting.
 
     Raises:
         RunError: The file does not exist (the message says how to export it).
@@ -219,13 +195,7 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel
 
 
 def _load_onnx(path: Path, threads: int | None, fix: str) -> tuple[dict[str, str], Callable[[Any], torch.Tensor]]:
-    """``(metadata, run)`` of a ``model.onnx`` in an onnxruntime CPU session with ``threads``
-    intra-op threads (``None``: its default); ``run`` maps uint8 ``(B, 1, 28, 28)`` images to
-    float32 ``(B, num_classes)`` probabilities.
-
-    Raises:
-        DamagedFileError: onnxruntime cannot load the file (``fix`` says what to do).
-    """
+    """``(metadata, run)`` of a ``model.onnx`` in an onnxruntime CPU session (``predict_proba``'s ``run``)."""
     import onnxruntime
 
     try:
@@ -244,13 +214,8 @@ def _load_onnx(path: Path, threads: int | None, fix: str) -> tuple[dict[str, str
 
 
 def _load_program(path: Path, fix: str) -> tuple[dict[str, str], Callable[[Any], torch.Tensor]]:
-    """``(metadata, run)`` of a ``model.pt2`` (``torch.export.load``; torch's thread setting);
-    ``run`` maps uint8 ``(B, 1, 28, 28)`` images to float32 ``(B, num_classes)`` probabilities.
-
-    Raises:
-        DamagedFileError: The archive cannot be read (``fix`` says what to do).
-    """
-    metadata = dict.fromkeys(("class_names", "config", "run", "weights", "calibrated", "temperature", "test_acc"), "")
+    """``(metadata, run)`` of a ``model.pt2`` (``torch.export.load``; ``predict_proba``'s ``run``)."""
+    metadata = dict.fromkeys(METADATA_KEYS, "")
     try:
         program = torch.export.load(path, extra_files=metadata)
     except Exception as err:  # a damaged archive raises zipfile, pickle or torch errors

@@ -1,15 +1,7 @@
-"""What a ``POST /predict`` request may carry, and turning it into FashionMNIST-style images.
-
-A request carries one or more image files of any size and mode, either
-
-- as ``multipart/form-data``, every file field an image (``curl -F file=@shirt.png``), or
-- as JSON: ``{"image": "<base64>"}`` or ``{"images": ["<base64>", ...]}``; a data URL
-  (``data:image/png;base64,...``) is accepted too.
-
-Each image goes through ``fmnist_lightning.data.photos.open_image`` and ``to_fashion_mnist``,
-the same code as ``fmnist-predict``. Every problem is a ``BadRequest`` with the HTTP status
-that names its kind: 400 (malformed or unusable), 413 (too large) or 415 (not an image, or a
-content type other than the two above).
+"""What a ``POST /predict`` request may carry (image files of any size and mode as
+``multipart/form-data`` file fields, or JSON ``{"image": "<base64>"}`` / ``{"images": [...]}``, data
+URLs too), turned into FashionMNIST-style images as ``fmnist-predict`` does. Every problem is a
+``BadRequest``: 400 (malformed or unusable), 413 (too large) or 415 (not an image).
 """
 
 from __future__ import annotations
@@ -33,12 +25,7 @@ HOW_TO_SEND = (
 
 
 class BadRequest(Exception):
-    """A request that cannot be answered with predictions.
-
-    Args:
-        status: 400, 413 or 415.
-        detail: What was wrong and how to fix it.
-    """
+    """A request that cannot be answered with predictions: HTTP ``status`` (400, 413 or 415) and ``detail``."""
 
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
@@ -52,7 +39,6 @@ class Decoded:
     Attributes:
         images: uint8 ``(N, 1, 28, 28)``, one per image of the request.
         names: The file names (multipart) or ``"image 1"``, ``"image 2"``, ... (JSON).
-        error: Why the request cannot be answered, else ``None``.
     """
 
     images: torch.Tensor | None = None
@@ -62,10 +48,6 @@ class Decoded:
 
 def image_files(payload: Mapping) -> list[tuple[str, bytes]]:
     """The ``(name, bytes)`` of each image in a request's parsed form or JSON.
-
-    Args:
-        payload: A multipart form (its file fields have ``.filename`` and ``.file``), or the
-            JSON object.
 
     Raises:
         BadRequest: No image in it (400), or a JSON image that is not base64 (400).
@@ -98,9 +80,7 @@ def decode_image(name: str, data: bytes, preprocess: str, invert: bool | str, ma
 
     Raises:
         BadRequest: Empty (400), not an image (415), more than ``max_pixels`` pixels (413),
-            truncated or damaged (400), or not convertible, e.g. blank (400). Every exception
-            raised while decoding or converting becomes one of these: a request can never
-            cause a 500.
+            damaged or not convertible (400): every exception, so a request never causes a 500.
     """
     if not data:
         raise BadRequest(400, f"{name} is empty (0 bytes)")
@@ -125,16 +105,9 @@ def decode_image(name: str, data: bytes, preprocess: str, invert: bool | str, ma
 
 
 def decode_payload(payload: Mapping, preprocess: str, invert: bool | str, max_pixels: int, max_images: int) -> Decoded:
-    """A whole request decoded; never raises: a problem is returned as ``Decoded.error``, so
-    that one bad request in a batch does not fail the others.
-
-    Args:
-        payload: The parsed multipart form or JSON object.
-        preprocess: As for ``fmnist-predict`` (``to_fashion_mnist``).
-        invert: As for ``fmnist-predict``.
-        max_pixels: The most pixels an image may declare.
-        max_images: The most images one request may carry.
-    """
+    """A whole request decoded; never raises: a problem is returned as ``Decoded.error``, so that
+    one bad request in a batch does not fail the others. ``preprocess`` and ``invert`` are
+    ``to_fashion_mnist``'s."""
     try:
         if not isinstance(payload, Mapping):
             raise BadRequest(400, f"the JSON body must be an object; {HOW_TO_SEND}")

@@ -34,10 +34,8 @@ class ServerProcess:
     """A running ``fmnist-serve``; a context manager that stops it on exit.
 
     Attributes:
-        process: The server's main process (LitServe's HTTP and inference workers are its
-            children).
+        process: The server's main process (LitServe's workers are its children).
         url: ``http://127.0.0.1:<port>``, without a trailing slash.
-        log: The file its output goes to.
     """
 
     process: subprocess.Popen
@@ -67,14 +65,12 @@ def start_server(run_dir: str | Path, port: int | None = None, timeout: float = 
     group and waits until ``GET /health`` answers ``ok``.
 
     Args:
-        run_dir: The run to serve.
         port: A free port, or ``None`` to pick one.
         timeout: Seconds to wait for the server to become healthy.
         options: Other keys of conf/serve.yaml, e.g. ``backend="onnx"``, ``max_batch_size=1``.
 
     Raises:
-        RunError: The server exited or did not become healthy in time; the message holds the
-            end of its output.
+        RunError: The server exited or did not become healthy in time (with the end of its output).
     """
     port = port or free_port()
     overrides = [f"run_dir={run_dir}", f"port={port}", *(f"{k}={v}" for k, v in options.items())]

@@ -1,17 +1,8 @@
-"""The prediction server: a LitServe ``LitAPI`` around a run's network (docs/serve.md).
-
-- ``POST /predict``: images (see ``fmnist_lightning.serving.payload``) → JSON with the class,
-  its probability and the top-k per image. Concurrent requests are batched (``max_batch_size``
-  requests, waiting at most ``batch_timeout`` seconds for a batch to fill).
-- ``GET /``: a web page to choose or drop an image and see the top 3 classes.
-- ``GET /health`` (``ok`` once the model is loaded) and ``GET /info`` (the run, its test
-  accuracy, the backend), both LitServe's.
-
-Bad requests get a JSON ``{"detail": ...}`` with status 400, 413 or 415 and never reach the
-model; a bad request batched with good ones fails alone. ``BodyGuard`` refuses what can be
-seen from the body alone (size, emptiness, content type, JSON syntax) in the HTTP process;
-the images are decoded in the inference worker.
-"""
+"""The prediction server (docs/serve.md): a LitServe ``LitAPI`` around a run's network, answering
+``POST /predict`` (images → class, probability and top-k per image; concurrent requests batched),
+``GET /`` (a web page), and LitServe's ``GET /health`` and ``GET /info``. Bad requests get a JSON
+``{"detail": ...}`` with status 400, 413 or 415 and never reach the model, nor fail the good
+requests batched with them."""
 
 # No ``from __future__ import annotations``: LitServe reads ``decode_request``'s annotation
 # at run time, and only the class ``Request`` itself makes it pass the parsed body.
@@ -45,24 +36,10 @@ class ServeOptions:
     """How the server treats requests (conf/serve.yaml documents each).
 
     Attributes:
-        run_dir: The run folder whose network answers.
-        backend: ``"torch"`` or ``"onnx"``.
-        weights: Which weights, for the torch backend (see ``resolve_weights``).
-        preprocess: As for ``fmnist-predict``: ``photo`` or ``none`` (28×28 images only).
-        invert: As for ``fmnist-predict``.
-        top_k: Classes listed per image (all of them, for a dataset with fewer).
-        max_batch_size: Requests per batch; 1 turns batching off.
         batch_timeout: Seconds to wait for a batch to fill.
         max_body_mb: The largest request body, in megabytes (10⁶ bytes).
-        max_pixels: The most pixels an image may declare.
-        max_images: The most images per request.
-        threads: Intra-op threads of each inference worker (torch or onnxruntime).
-        workers: Inference worker processes.
         timeout: Seconds a request may wait for its answer before a 504.
-        fast_queue: LitServe's ZeroMQ transport between the HTTP and inference processes,
-            instead of multiprocessing queues.
-        trusted_modules: Modules of one's own the run's config may name
-            (``fmnist_lightning.trust``).
+        fast_queue: LitServe's ZeroMQ transport instead of multiprocessing queues.
     """
 
     run_dir: str
@@ -106,8 +83,7 @@ class ServeOptions:
 
 def load_backend(options: ServeOptions, device: str = "cpu") -> Any:
     """The model that answers: an object with ``class_names`` and ``predict_proba(uint8
-    (B, 1, 28, 28)) → float (B, num_classes)`` (28×28: the IDX images' size, which every
-    request is brought to).
+    (B, 1, 28, 28)) → float (B, num_classes)``.
 
     Raises:
         RunError: The run cannot be loaded, or has no ``model.onnx`` for ``backend=onnx``.
@@ -156,22 +132,14 @@ class FashionMNISTAPI(ls.LitAPI):
         for name, p in zip(request.names, probs, strict=True):
             values, labels = p.topk(min(self.options.top_k, len(names)))
             top = [{"class": names[int(i)], "probability": float(v)} for v, i in zip(values, labels, strict=True)]
-            predictions.append(
-                {
-                    "name": name,
-                    "label": int(labels[0]),
-                    "class": top[0]["class"],
-                    "probability": top[0]["probability"],
-                    "top": top,
-                }
-            )
+            predictions.append({"name": name, "label": int(labels[0]), **top[0], "top": top})
         return {"predictions": predictions}
 
 
 class BodyGuard:
-    """ASGI middleware for ``POST /predict``: refuses, before the request is queued, a body
-    over ``max_bytes`` (413), an empty one (400), a content type other than multipart or
-    JSON (415), and malformed JSON or multipart (400). Other requests pass untouched."""
+    """ASGI middleware for ``POST /predict``: refuses, before the request is queued, a body over
+    ``max_bytes`` (413), an empty one or malformed JSON or multipart (400), and any other content
+    type (415)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, path: str = "/predict") -> None:
         self.app, self.max_bytes, self.path = app, max_bytes, path
@@ -232,11 +200,8 @@ class BodyGuard:
 
 
 def run_info(options: ServeOptions) -> dict[str, Any]:
-    """What ``GET /info`` says about the model: the run folder's name, its test accuracy
-    (a fraction, from ``report.json``; ``None`` without one), the backend, the dataset
-    (``dataset``, ``num_classes`` and ``class_names`` in label order, as the run trained
-    on them), and whether the probabilities are temperature-scaled (``calibrated``,
-    ``temperature``).
+    """What ``GET /info`` says: the run, its test accuracy (a fraction, ``None`` without
+    ``report.json``), the backend, the dataset and classes, and the temperature if calibrated.
 
     Raises:
         RunError, DamagedFileError: The folder is not a readable run.
@@ -276,9 +241,7 @@ def build_server(options: ServeOptions) -> ls.LitServer:
 
     Raises:
         ArgumentError: An option is out of range.
-        RunError, DamagedFileError: The run cannot be served (checked here, in this process,
-            before any worker starts): not a run, no weights, or no ``model.onnx`` for
-            ``backend=onnx``.
+        RunError, DamagedFileError: The run cannot be served (checked before any worker starts).
     """
     options.check()
     load_backend(options)  # fails here, with the run's own message, rather than in a worker

@@ -1,12 +1,7 @@
-"""``fmnist-compare`` of two sweeps: each configuration of one against the same configuration of
-the other, over seeds.
-
-Configurations are matched by their swept values (``fmnist_lightning.sweeps.configurations``);
-two sweeps of one configuration each (seeds only) are compared with each other whatever they
-set. Per configuration, the test accuracies over seeds are compared with Student's paired
-t-test on the seeds both sweeps finished (``statistics.paired_t_test``), or Welch's t-test
-when fewer than two seeds are shared (``statistics.welch_t_test``), each with the 95 %
-interval of the difference ``B − A`` and a verdict in words.
+"""``fmnist-compare`` of two sweeps: each configuration of one against the configuration of the
+other with the same swept values (or the only one of each), by test accuracy over seeds: Student's
+paired t-test on the shared seeds, or Welch's t-test when fewer than two are shared, each with the
+95 % interval of ``B − A`` and a verdict in words.
 """
 
 from __future__ import annotations
@@ -39,8 +34,7 @@ def _configurations(sweep_dir: Path) -> list[Group]:
 
 
 def _pairs(groups_a: list[Group], groups_b: list[Group]) -> tuple[list[tuple[Group, Group]], list[Group]]:
-    """Configurations of A and B with the same swept values (or the only one of each), and
-    those of either without a match."""
+    """Configurations of A and B with the same swept values (or the only one of each), and the rest."""
     if len(groups_a) == 1 and len(groups_b) == 1:
         return [(groups_a[0], groups_b[0])], []
     by_values = {tuple(sorted(g.values.items())): g for g in groups_b}
@@ -50,17 +44,13 @@ def _pairs(groups_a: list[Group], groups_b: list[Group]) -> tuple[list[tuple[Gro
 
 
 def compare_sweeps(sweep_a: str | Path, sweep_b: str | Path, trusted_modules: Sequence[str] = ()) -> dict[str, Any]:
-    """Compares two sweeps configuration by configuration (see the module docstring).
-    ``trusted_modules``: modules of one's own the jobs' configs may name
-    (``fmnist_lightning.trust``).
+    """Compares two sweeps configuration by configuration.
 
     Returns:
-        A dict: ``a`` and ``b`` (the folders), ``metric``, ``configurations`` (one entry per
-        matched configuration: ``values_a``, ``values_b``; ``seeds_a``, ``seeds_b`` and
-        ``mean_a``, ``mean_b`` over the seeds compared, the shared ones when at least two are
-        shared, else all; ``shared_seeds``, ``difference``, ``ci95``, ``p_value`` (NaN where no
-        test is possible), ``test``, ``verdict``),
-        and ``unmatched`` (the swept values of configurations in only one sweep).
+        ``a``, ``b``, ``metric``, ``configurations`` (per matched configuration: the seeds compared,
+        the shared ones when at least two are shared, else all; their means, ``difference``,
+        ``ci95``, ``p_value`` (NaN where no test is possible), ``test``, ``verdict``) and
+        ``unmatched`` (the swept values of configurations in only one sweep). Fractions.
 
     Raises:
         FileNotFoundError: A folder holds no sweep jobs.
@@ -87,12 +77,7 @@ def compare_sweeps(sweep_a: str | Path, sweep_b: str | Path, trusted_modules: Se
 def _check_comparable(
     sweeps: tuple[Path, Path], groups: tuple[list[Group], list[Group]], trusted_modules: Sequence[str]
 ) -> None:
-    """Refuses two sweeps (their configurations ``groups``) unless each has a finished job and
-    their first finished jobs were tested on the same test set.
-
-    Raises:
-        RunError: No job of a sweep finished, or the test sets differ.
-    """
+    """Refuses two sweeps unless each has a finished job and their first ones share a test set."""
     finished = [[j for g in gs for j in g.finished()] for gs in groups]
     for folder, jobs in zip(sweeps, finished, strict=True):
         if not jobs:
@@ -105,8 +90,7 @@ def _check_comparable(
 
 
 def _compare_configuration(a: Group, b: Group) -> dict[str, Any]:
-    """One entry of ``compare_sweeps``'s ``configurations``: configuration ``a`` of sweep A
-    against ``b`` of sweep B, by ``METRIC`` (fractions) over their seeds."""
+    """One entry of ``compare_sweeps``'s ``configurations``: ``a`` against ``b`` by ``METRIC``."""
     seeds_a, seeds_b = a.by_seed(METRIC), b.by_seed(METRIC)
     shared = sorted(set(seeds_a) & set(seeds_b))
     # Paired on the shared seeds (their means are then of those seeds), else all seeds.

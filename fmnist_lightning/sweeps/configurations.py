@@ -1,8 +1,5 @@
-"""A sweep's configurations: its jobs grouped by their swept values other than the seed and
-the cross-validation fold, with the mean of a metric over seeds and folds, its 95 % t
-interval, and the paired t-test of each configuration against the best
-(``fmnist_lightning.evaluation.statistics``). The sweep summary and ``fmnist-compare`` read
-sweeps through them."""
+"""A sweep's configurations: its jobs grouped by their swept values other than the seed and the
+fold, with a metric's mean, 95 % t interval and paired t-test against the best."""
 
 from __future__ import annotations
 
@@ -44,18 +41,12 @@ class Group:
         values = self.scores(metric)
         return statistics.fmean(values) if values else math.nan
 
-    def std(self, metric: str) -> float:
-        """Sample standard deviation over seeds and folds (NaN for fewer than two)."""
-        values = self.scores(metric)
-        return statistics.stdev(values) if len(values) > 1 else math.nan
-
     def interval(self, metric: str) -> MeanInterval:
         """The mean over seeds and folds with its 95 % t interval."""
         return t_interval(self.scores(metric))
 
     def by_seed(self, metric: str) -> dict[tuple[str, ...], float]:
-        """``(seed, fold) → metric`` of the finished jobs that set a seed or a fold (the
-        pairs of a paired test: the same seed, validated on the same fold)."""
+        """``(seed, fold) → metric`` of the finished jobs that set a seed or a fold: a paired test's pairs."""
         return {
             tuple(j.overrides.get(k, "") for k in SEED_KEYS): j.metrics[metric]
             for j in self.finished()
@@ -64,17 +55,15 @@ class Group:
 
 
 def compare_to_best(groups: list[Group], metric: str) -> list[Difference | None]:
-    """Each configuration against the best (``groups[0]``): Student's paired t-test of
-    ``metric`` on the seeds both finished (``paired_t_test``); ``None`` for the best itself
-    and for configurations that share fewer than two seeds with it."""
+    """Each configuration against the best (``groups[0]``): Student's paired t-test of ``metric`` on
+    the seeds both finished; ``None`` for the best and where fewer than two seeds are shared."""
     best = groups[0].by_seed(metric) if groups else {}
     differences: list[Difference | None] = [None]
     for group in groups[1:]:
         mine = group.by_seed(metric)
         shared = sorted(set(best) & set(mine))
-        differences.append(
-            paired_t_test([best[s] for s in shared], [mine[s] for s in shared]) if len(shared) > 1 else None
-        )
+        pair = [best[s] for s in shared], [mine[s] for s in shared]
+        differences.append(paired_t_test(*pair) if len(shared) > 1 else None)
     return differences[: len(groups)]
 
 

@@ -1,25 +1,9 @@
-"""A sweep continued in its own folder: what each job numbered there still needs, and the
-launches that do just that.
-
-Running a sweep command again into the folder of an earlier, interrupted sweep (the same
-``hydra.sweep.dir``, or ``python train.py resume=<sweep folder>``) continues it. The
-sweepers (``sweeps.grid.GridSweeper``, ``sweeps.optuna_search.OptunaSweeper``) list the
-jobs the command makes, by number, and ``plan`` compares them with the job folders already
-there:
-
-- a job folder that ``finished``, ``failed`` or was ``pruned`` is a result: it is skipped
-  and not touched (its files stay byte for byte as they were);
-- a job ``interrupted``, or ``running`` when its sweep was killed, that has a
-  ``last.ckpt`` is continued from it, in its folder (the job itself then resumes,
-  ``training.resume.continue_job``); this attempt's Hydra files go to
-  ``.hydra/resume_<date>_<time>/``, as with ``resume=<run folder>``;
-- such a job without a ``last.ckpt`` (killed in its first epoch) is moved to
-  ``<sweep>/.abandoned/`` and run again from the start;
-- a job with no folder is run.
-
-A job folder whose overrides differ from the job of the same number, or whose saved config
-differs from the one the command composes now (a config file edited in between), would mix
-two sweeps' results: ``plan`` refuses the whole continuation before any job runs.
+"""A sweep continued in its own folder (the same ``hydra.sweep.dir``, or ``resume=<sweep folder>``):
+``plan`` compares the numbered jobs the command makes with the job folders there. A job that
+``finished``, ``failed`` or was ``pruned`` is kept untouched; one interrupted with a ``last.ckpt``
+continues from it in its folder; one without is moved to ``<sweep>/.abandoned/`` and run again; a
+job with no folder is run. A folder whose overrides or saved config differ from the command's job of
+the same number refuses the whole continuation before any job runs.
 """
 
 from __future__ import annotations
@@ -36,10 +20,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fmnist_lightning.artifacts import read_yaml
 from fmnist_lightning.errors import FolderInUseError, RunError
 from fmnist_lightning.overrides import parse_overrides
-from fmnist_lightning.run_folder import LAST_CHECKPOINT, RunFolder
+from fmnist_lightning.run_folder import LAST_CHECKPOINT, RunFolder, job_number
 from fmnist_lightning.sweeps.jobs import job_folders, read_job
 from fmnist_lightning.training.precision import AUTO
-from fmnist_lightning.training.run_dirs import job_number
 from fmnist_lightning.trust import TRUST_KEY
 
 log = logging.getLogger(__name__)
@@ -60,8 +43,7 @@ class Plan:
 
     Attributes:
         done: Numbers of the jobs that are results already, with their folders.
-        run: ``number → overrides`` of the jobs to launch, in number order; a continued job's
-            overrides end with the ``hydra.output_subdir`` of its resume attempt.
+        run: ``number → overrides`` of the jobs to launch, in number order.
         continued: Numbers of the jobs continued from their ``last.ckpt``.
     """
 
@@ -99,10 +81,8 @@ def _flat(config: object, prefix: str = "") -> dict[str, object]:
 
 
 def config_changes(saved: Path, composed: DictConfig) -> list[str]:
-    """The keys whose values differ between a job's saved ``.hydra/config.yaml`` and the
-    config the command composes for it now (interpolations compared as written; the keys
-    of ``PLUMBING_KEYS`` left out, and ``trainer.precision=auto``, which a run replaces by
-    its choice), as ``key: saved → now``."""
+    """``key: saved → now`` for each key that differs between a job's saved config and the one
+    composed now (unresolved; ``PLUMBING_KEYS`` and ``trainer.precision=auto`` left out)."""
     before = _flat(read_yaml(saved, dict, "It is the job's config: restore it, or move the job out of the sweep."))
     now = _flat(OmegaConf.to_container(composed, resolve=False))
     keys = sorted(k for k in set(before) | set(now) if k.split(".")[0] not in PLUMBING_KEYS)
@@ -113,9 +93,8 @@ def config_changes(saved: Path, composed: DictConfig) -> list[str]:
 
 def _refuse(sweep_dir: Path, why: str) -> RunError:
     return RunError(
-        f"the sweep folder {sweep_dir} holds an earlier sweep that this command cannot continue: {why}. "
-        "Continue it with the command that started it (python train.py resume=<sweep folder> repeats it), "
-        "or pick a new folder."
+        f"the sweep folder {sweep_dir} holds an earlier sweep that this command cannot continue: {why}. Continue it "
+        "with the command that started it (python train.py resume=<sweep folder> repeats it), or pick a new folder."
     )
 
 
@@ -129,22 +108,15 @@ def plan(
     """Compares the jobs a sweep command makes with the job folders in ``sweep_dir``.
 
     Args:
-        sweep_dir: The sweep folder.
-        jobs: ``job number → overrides`` of every job the command makes (for a search,
-            those of its trials so far).
+        jobs: ``job number → overrides`` of every job the command makes (a search's trials so far).
         compose: Composes a job's config (without its ``hydra`` node) from its overrides.
-        complete: Whether ``jobs`` are all the sweep's jobs, so that a folder of another
-            number is a stray; ``False`` for the next trials of a search.
-        wanted: The jobs that may run (``None``: all); the others are only checked (the jobs
-            of a search's trials that another worker has failed and retried already).
-
-    Returns:
-        The plan (see ``Plan``); every job of an empty folder is run.
+        complete: Whether ``jobs`` are all the sweep's jobs, so that a folder of another number
+            is a stray; ``False`` for the next trials of a search.
+        wanted: The jobs that may run (``None``: all); the others are only checked.
 
     Raises:
-        RunError: A job folder's overrides or config differ from this command's job of the
-            same number, the folder holds a job this command does not make, or a job
-            folder is in use by another process.
+        RunError: A job folder's overrides or config differ from this command's job of the same
+            number, the folder holds a job this command does not make, or a job folder is in use.
     """
     found = existing_jobs(sweep_dir)
     strays = sorted(set(found) - set(jobs))
@@ -191,12 +163,7 @@ def plan(
 
 
 def _check_idle(folder: Path) -> None:
-    """Refuses a job folder that a process still writes in (a job of the killed sweep that
-    outlived it, e.g. on SLURM).
-
-    Raises:
-        FolderInUseError: Its lock is held.
-    """
+    """Refuses a job folder that a process still writes in (a job that outlived its killed sweep)."""
     try:
         RunFolder(folder).lock()
     except FolderInUseError as err:
@@ -205,8 +172,7 @@ def _check_idle(folder: Path) -> None:
 
 
 def abandon(sweep_dir: Path, folder: Path) -> Path:
-    """Moves a job killed before its first checkpoint into ``<sweep>/.abandoned/`` (its
-    log says how far it got), so that it can run again in a clean folder."""
+    """Moves a job killed before its first checkpoint into ``<sweep>/.abandoned/``."""
     target = sweep_dir / ABANDONED / f"{folder.name}_{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
     target.parent.mkdir(exist_ok=True)
     shutil.move(folder, target)
@@ -229,12 +195,6 @@ def runs_of(numbers: Iterable[int], size: int | None) -> list[list[int]]:
 def report(plan: Plan, total: int) -> None:
     """Logs what a continued sweep skips and continues."""
     if plan.done or plan.continued:
-        log.info(
-            "Continuing the sweep: %d of %d jobs done and kept, %d continued from %s (%s), %d to run",
-            len(plan.done),
-            total,
-            len(plan.continued),
-            LAST_CHECKPOINT,
-            ", ".join(map(str, plan.continued)) or "none",
-            len(plan.run) - len(plan.continued),
-        )
+        cont, names = len(plan.continued), ", ".join(map(str, plan.continued)) or "none"
+        message = "Continuing the sweep: %d of %d jobs done and kept, %d continued from %s (%s), %d to run"
+        log.info(message, len(plan.done), total, cont, LAST_CHECKPOINT, names, len(plan.run) - cont)

@@ -1,10 +1,5 @@
-"""The grid sweeper of ``python train.py -m a=1,2 b=x,y``: Hydra's basic sweeper, made
-continuable (``conf/hydra/sweeper/grid.yaml``).
-
-It makes the same jobs, with the same numbers, as Hydra's ``BasicSweeper``; run again into
-the folder of an interrupted sweep it launches only what is missing
-(``fmnist_lightning.sweeps.continuing``).
-"""
+"""The grid sweeper of ``python train.py -m a=1,2 b=x,y`` (``conf/hydra/sweeper/grid.yaml``): the
+jobs of Hydra's ``BasicSweeper``, numbered alike, made continuable (``sweeps.continuing``)."""
 
 from __future__ import annotations
 
@@ -16,16 +11,14 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmnist_lightning.overrides import parse_overrides, quoted, sweep_overrides
-from fmnist_lightning.run_folder import SWEEP_CONFIG, RunFolder
+from fmnist_lightning.run_folder import SWEEP_CONFIG, RunFolder, job_dir
 from fmnist_lightning.sweeps import continuing
-from fmnist_lightning.training.run_dirs import job_dir
 
 log = logging.getLogger(__name__)
 
 
 def composer(sweeper: Any) -> Any:
-    """A function composing a job's config (its ``hydra`` node dropped) from its overrides,
-    as the sweeper's launcher will."""
+    """A function composing a job's config (its ``hydra`` node dropped) from its overrides."""
 
     def compose(overrides: list[str]) -> DictConfig:
         config = sweeper.hydra_context.config_loader.load_sweep_config(sweeper.config, overrides)
@@ -43,16 +36,11 @@ def launch(
     complete: bool = True,
     wanted: set[int] | None = None,
 ) -> continuing.Plan:
-    """Launches the jobs of ``jobs`` that the sweep folder still needs (``continuing.plan``;
-    ``complete`` and ``wanted`` as there), in runs of consecutive job numbers of at most
-    ``batch_size``, through the sweeper's launcher.
-
-    Returns:
-        The plan that was carried out.
+    """Launches the jobs the sweep folder still needs (``continuing.plan``, whose arguments these
+    are) in runs of consecutive job numbers of at most ``batch_size``; returns the plan.
 
     Raises:
-        RunError: The folder holds a sweep this command cannot continue
-            (nothing is launched).
+        RunError: The folder holds a sweep this command cannot continue (nothing is launched).
     """
     sweep_dir = Path(sweeper.config.hydra.sweep.dir)
     plan = continuing.plan(sweep_dir, jobs, composer(sweeper), complete, wanted)
@@ -67,9 +55,8 @@ def launch(
 
 
 def swept_keys(config: DictConfig) -> list[str]:
-    """The keys a sweep varies: its command line's sweeps (``optimizer.lr=0.01,0.1``), its
-    sweeper's ``params`` (Optuna's search space, or the grid's), and ``data.fold`` for an
-    Optuna search of K-fold trials."""
+    """The keys a sweep varies: its command line's sweeps, its sweeper's ``params``, and
+    ``data.fold`` for an Optuna search of K-fold trials."""
     keys = [o.key for o in parse_overrides(list(config.hydra.overrides.task)) if o.sweep]
     keys += list(config.hydra.sweeper.get("params") or {})
     if config.hydra.sweeper.get("folds"):
@@ -79,7 +66,7 @@ def swept_keys(config: DictConfig) -> list[str]:
 
 def job_folder(sweep_dir: Path, number: int, overrides: list[str], swept: list[str]) -> list[str]:
     """The overrides that put job ``number`` into ``<sweep_dir>/<number>_<swept values>``
-    (``run_dirs.job_dir``): the sweep folder as ``guard.RunFolderGuard`` claimed it, and the
+    (``run_folder.job_dir``): the sweep folder as ``hydra_hooks.RunFolderGuard`` claimed it, and the
     job's own folder name, handed to the job by the sweeper that launches it."""
     return [
         f"hydra.sweep.dir={quoted(str(sweep_dir))}",
@@ -88,8 +75,7 @@ def job_folder(sweep_dir: Path, number: int, overrides: list[str], swept: list[s
 
 
 def save_sweep_config(config: DictConfig) -> None:
-    """Writes ``multirun.yaml`` into the sweep folder, as Hydra's sweepers do, unless a
-    sweep being continued there wrote it already (``resume=<sweep folder>`` reads it)."""
+    """Writes ``multirun.yaml`` into the sweep folder unless a sweep continued there wrote it already."""
     sweep_dir = Path(config.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if not RunFolder.is_sweep(sweep_dir):
@@ -102,7 +88,6 @@ class GridSweeper(BasicSweeper):
 
     Args:
         max_batch_size: At most this many jobs per launch (``None``: all).
-        params: Swept keys and their values, as on the command line (Hydra's ``params``).
 
     Raises:
         RunError: From ``sweep``: the sweep folder holds jobs another command made.

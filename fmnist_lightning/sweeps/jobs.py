@@ -1,10 +1,8 @@
 """The jobs of a sweep folder, as written by ``train.py -m``: what each set, how it ended.
 
-A sweep folder (``outputs/multirun/<date>_<time>/``) holds one folder per job, each with
-``.hydra/overrides.yaml`` (what the command line set for that job) and ``metrics.json``
-(its status and metrics, see ``fmnist_lightning.training.run_status.RunStatus``). A job that
-failed before training has no ``metrics.json`` of its own making; ``train.py`` writes one
-with ``status: failed`` and the error line for it, so every job is read.
+Each job folder holds ``.hydra/overrides.yaml`` and ``metrics.json`` (its status and metrics, see
+``fmnist_lightning.training.callbacks.RunStatus``), written by ``train.py`` even for a job that
+failed before training.
 """
 
 from __future__ import annotations
@@ -13,8 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmnist_lightning.overrides import parse_override
-from fmnist_lightning.run_folder import OVERRIDES_FILE, RunFolder
-from fmnist_lightning.training.run_dirs import job_number
+from fmnist_lightning.run_folder import OVERRIDES_FILE, RunFolder, job_number
 
 
 @dataclass
@@ -22,12 +19,10 @@ class Job:
     """One job of a sweep.
 
     Attributes:
-        folder: The job's folder.
         overrides: ``key → value`` from its ``.hydra/overrides.yaml`` (values as written).
         status: ``finished``, ``pruned`` (by an Optuna search), ``failed``, ``interrupted``,
             ``running`` (or crashed), or ``not started`` (no ``metrics.json``).
         metrics: Its final metrics (accuracies as fractions).
-        epochs: Training epochs completed.
         wall_time_s: Seconds the job ran.
         error: Why it stopped, on one line, or ``None``.
     """
@@ -57,11 +52,7 @@ def read_job(folder: Path) -> Job:
         DamagedFileError: Its ``.hydra/overrides.yaml`` or ``metrics.json`` is damaged.
     """
     fix = "It lists the job's command-line overrides: restore it (e.g. [] for none), or move the job out of the sweep."
-    overrides = {}
-    for line in RunFolder(folder).read_overrides(fix):
-        override = parse_override(line)
-        key, value = override.key, override.typed
-        overrides[key] = value or ""
+    overrides = {o.key: o.typed or "" for o in map(parse_override, RunFolder(folder).read_overrides(fix))}
     status = RunFolder(folder).read_status()
     if not status:
         return Job(folder, overrides, "not started")
@@ -77,8 +68,7 @@ def read_job(folder: Path) -> Job:
 
 
 def job_folders(sweep_dir: Path) -> list[Path]:
-    """The job folders of a sweep folder: its subfolders with ``.hydra/overrides.yaml``
-    (none when it is not a folder, or holds no job, as a run folder does not)."""
+    """The subfolders of a sweep folder with ``.hydra/overrides.yaml`` (none for a run folder)."""
     if not sweep_dir.is_dir():
         return []
     return [p for p in sweep_dir.iterdir() if RunFolder(p).overrides_file.is_file()]

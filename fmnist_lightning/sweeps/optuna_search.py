@@ -1,23 +1,11 @@
 """The Optuna search of ``python train.py -m hparams_search=...`` (``hydra/sweeper=optuna``,
 ``conf/hydra/sweeper/optuna.yaml``), on Optuna's ask-and-tell API.
 
-Each trial is asked for its values (``study.ask`` with the search space of
-``hydra.sweeper.params``), run as one sweep job (``folds: K``: K jobs, one per fold of
-``data.fold``), and told its outcome, read from its jobs' ``metrics.json``:
-
-- every job ``finished``: COMPLETE, with ``optimized_metric`` (its mean over the folds);
-- a job ``pruned`` (``sweeps.pruning.OptunaPruning``, from the study's pruner): PRUNED;
-- a job ``failed``: FAIL; the search goes on.
-
-A trial whose jobs were stopped stays RUNNING: the search continued in its folder
-(``sweeps.continuing``) continues its jobs from their ``last.ckpt`` and then tells it; with
-heartbeats (a database storage), a trial of a worker that died is failed after the grace
-period and run again by any worker of the study.
-
-The search space is written as in hydra-optuna-sweeper, whose interface this keeps:
+Each trial (``study.ask``) runs as one sweep job, or K with ``folds: K``, and is told its outcome
+from its jobs' ``metrics.json`` (``outcome``); a trial whose jobs were stopped stays RUNNING until
+the continued search finishes them. The search space is written as in hydra-optuna-sweeper:
 ``interval(a, b)`` (float, or int for two ints), ``tag(log, interval(a, b))`` (log scale),
-``choice(a, b, ...)`` and ``range(a, b[, step])`` (categorical), on the command line too
-(``model.dropout=interval(0,0.5)``, ``optimizer=adam,sgd``).
+``choice(a, b, ...)`` and ``range(a, b[, step])`` (categorical), on the command line too.
 """
 
 from __future__ import annotations
@@ -47,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def distribution(override: Override) -> Any:
-    """The Optuna distribution of a swept override (see the module docstring).
+    """The Optuna distribution of a swept override.
 
     Raises:
         ValueError: A sweep Optuna cannot sample (e.g. a glob).
@@ -67,8 +55,7 @@ def distribution(override: Override) -> Any:
 
 
 def search_space(params: dict[str, str] | None, arguments: list[str]) -> tuple[list[str], dict[str, Any]]:
-    """``(fixed overrides, {key: distribution})`` from the sweeper's ``params`` and the
-    command line (where sweeps are search parameters too).
+    """``(fixed overrides, {key: distribution})`` from the sweeper's ``params`` and the command line.
 
     Raises:
         UserError: A sweep Optuna cannot sample.
@@ -87,15 +74,14 @@ def search_space(params: dict[str, str] | None, arguments: list[str]) -> tuple[l
 
 
 def job_overrides(fixed: list[str], params: dict[str, Any], fold: int | None, folds: int | None) -> list[str]:
-    """A trial's job's own overrides: the fixed ones, its fold (first, so that the folder's
-    name shows it), the trial's values."""
+    """A trial's job's own overrides: the fixed ones, its fold, the trial's values."""
     fold_overrides = [f"data.folds={folds}", f"data.fold={fold}"] if folds else []
     return fixed + fold_overrides + [f"{key}={value}" for key, value in params.items()]
 
 
 def outcome(folders: list[Path | None], metric: str) -> tuple[Any, float | None]:
-    """``(state, value)`` to tell for a trial whose jobs have these folders (``None``: no
-    folder), or ``(None, None)`` while any of them is unfinished (interrupted or running)."""
+    """``(state, value)`` to tell for a trial whose jobs have these folders (``None``: no folder):
+    COMPLETE with the mean ``metric``, PRUNED, FAIL, or ``(None, None)`` while any is unfinished."""
     from optuna.trial import TrialState
 
     statuses = [RunFolder(f).read_status() if f is not None else {} for f in folders]
@@ -113,25 +99,16 @@ def outcome(folders: list[Path | None], metric: str) -> tuple[Any, float | None]
 
 
 class OptunaSweeper(Sweeper):
-    """A Hydra sweeper running an Optuna study trial by trial (see the module docstring).
+    """A Hydra sweeper running an Optuna study trial by trial.
 
     Args:
         sampler: The sampler's config (``_target_``: an ``optuna.samplers`` class).
-        pruner: The pruner's config (``_target_``: an ``optuna.pruners`` class), or ``None``.
-        direction: ``maximize`` or ``minimize`` ``optimized_metric``.
-        study_name: The study's name; ``None``: the sweep folder's name.
-        storage: Where the study is kept (``sweeps.optuna_storage``); ``None``: a journal
-            file in the sweep folder.
+        storage: Where the study is kept (``sweeps.optuna_storage``); ``None``: a journal file.
         n_trials: Trials this sweep runs (a continued sweep counts those it ran already).
-        n_jobs: Trials asked for at a time (run in parallel by a parallel launcher).
-        params: ``key → search space``, e.g. ``{"optimizer.lr": "tag(log, interval(1e-4, 1e-2))"}``.
-        folds: ``None``, or K: each trial is a K-fold cross-validation (K jobs,
-            ``data.folds=K data.fold=0..K-1``) told the mean of ``optimized_metric``.
-        heartbeat_interval: Seconds between heartbeats of running trials (database storage
-            only); ``None``: no heartbeats.
-        grace_period: Seconds without a heartbeat before a trial is failed (``None``:
-            twice the interval).
-        max_retry: How often a trial failed for a lost heartbeat is run again.
+        n_jobs: Trials asked for at a time.
+        folds: ``None``, or K: each trial is a K-fold cross-validation told the metric's mean.
+        heartbeat_interval: Seconds between heartbeats (database storage only); ``None``: none.
+        grace_period: Seconds without a heartbeat before a trial is failed (``None``: 2 intervals).
         trial: Set by the sweeper in each job's config: the trial the job is.
     """
 
@@ -175,10 +152,11 @@ class OptunaSweeper(Sweeper):
         #: (the rule of Optuna's own, private, ``is_heartbeat_enabled``).
         self.beating = getattr(storage, "get_heartbeat_interval", lambda: None)() is not None
         pruner = instantiate(self.pruner_config) if self.pruner_config else None
+        sampler = self._sampler(space, 0)
         study = optuna.create_study(
             study_name=name,
             storage=storage,
-            sampler=self._sampler(space, 0),
+            sampler=sampler,
             pruner=pruner,
             direction=self.direction,
             load_if_exists=True,
@@ -189,9 +167,7 @@ class OptunaSweeper(Sweeper):
         return study, spec, name
 
     def _sampler(self, space: dict[str, Any], trials: int) -> Any:
-        """The sampler for the study's next trial, seeded with ``seed + trials`` when the
-        sampler's config has a seed: each trial's values then depend only on the seed and the
-        trials before it, so a continued search asks what an uninterrupted one would have."""
+        """The sampler for the next trial, seeded ``seed + trials`` so that a continued search asks the same."""
         extra: dict[str, Any] = {}
         if str(self.sampler_config._target_).endswith("GridSampler"):
             extra["search_space"] = {k: list(v.choices) for k, v in space.items()}
@@ -260,8 +236,7 @@ class OptunaSweeper(Sweeper):
 
     @contextmanager
     def _heartbeats(self, study: Any, trials: list[Any]) -> Iterator[None]:
-        """Records the trials' heartbeats every ``heartbeat_interval`` seconds while their
-        jobs run (database storage only), so that other workers see them alive."""
+        """Records the trials' heartbeats every ``heartbeat_interval`` seconds while their jobs run."""
         storage, interval = self.storage_backend, self.heartbeat[0]
         if not self.beating:
             yield

@@ -1,19 +1,7 @@
-"""Where an Optuna search keeps its study (``hydra.sweeper.storage``), and the trial a sweep
-job is.
-
-``storage`` is one of:
-
-- ``null`` (the default): a journal file in the sweep folder, ``<sweep>/optuna.journal``, so
-  a search continued in its folder continues its study, and jobs in other processes
-  (``hydra/launcher=joblib``, SLURM) report to it;
-- ``journal:<file>``: Optuna's journal file storage (``JournalFileBackend``), for several
-  workers on machines that share a file system but have no database server;
-- a database URL (SQLAlchemy's): ``sqlite:///outputs/optuna.db``, or
-  ``postgresql://user:password@host:5432/optuna`` for workers on many machines.
-
-Only a database records heartbeats (Optuna's ``RDBStorage``): with
-``hydra.sweeper.heartbeat_interval`` set, a trial whose worker died is marked FAIL after the
-grace period, and run again (``RetryHeartbeatStaleTrialCallback``).
+"""Where an Optuna search keeps its study (``hydra.sweeper.storage``), and the trial a sweep job is.
+``storage`` is ``null`` (``<sweep>/optuna.journal``), ``journal:<file>`` (Optuna's
+``JournalFileBackend``, for workers sharing a file system) or an SQLAlchemy database URL
+(``sqlite:///...``, ``postgresql://...``), the only kind that records heartbeats.
 """
 
 from __future__ import annotations
@@ -32,8 +20,7 @@ JOURNAL_FILE = "optuna.journal"
 
 
 def storage_spec(storage: str | None, sweep_dir: Path) -> str:
-    """The storage a search uses: ``storage``, or ``journal:<sweep>/optuna.journal`` for
-    ``None``; a relative journal file made absolute, so jobs anywhere find the same file."""
+    """``storage``, or ``journal:<sweep>/optuna.journal`` for ``None``; a journal file made absolute."""
     if not storage:
         return f"{JOURNAL}{(sweep_dir / JOURNAL_FILE).resolve()}"
     if storage.startswith(JOURNAL):
@@ -48,17 +35,13 @@ def open_storage(
     max_retry: int = 0,
     attempts: int = 5,
 ) -> Any:
-    """Opens a storage (see the module docstring) and creates its tables if it is new.
-
-    Optuna creates a database's tables the first time a process opens it. Two workers
-    started together on a new PostgreSQL database would both try, and the second would stop
-    with *duplicate key value violates unique constraint*; the loser of that race waits and
-    opens the database again, which then finds the tables.
+    """Opens a storage and creates its tables if it is new; a worker that loses the race to
+    create a new database's tables (*duplicate key value violates unique constraint*) waits and
+    opens it again.
 
     Args:
         spec: ``journal:<file>`` or a database URL.
-        heartbeat_interval: Seconds between heartbeats of running trials (databases only);
-            ``None``: no heartbeats.
+        heartbeat_interval: Seconds between heartbeats (databases only); ``None``: none.
         grace_period: Seconds without a heartbeat after which a trial is failed; ``None``:
             Optuna's default, twice the interval.
         max_retry: How often a trial failed that way is run again.
@@ -77,11 +60,7 @@ def open_storage(
 
 
 def _open_journal(spec: str) -> Any:
-    """An ``optuna.storages.JournalStorage`` on the file of ``journal:<file>``, its folder made.
-
-    Raises:
-        RunError: The journal file cannot be made.
-    """
+    """An ``optuna.storages.JournalStorage`` on the file of ``journal:<file>``, its folder made."""
     import optuna
 
     path = Path(spec.removeprefix(JOURNAL))
@@ -96,28 +75,15 @@ def _open_journal(spec: str) -> Any:
 def _open_database(
     spec: str, heartbeat_interval: int | None, grace_period: int | None, max_retry: int, attempts: int
 ) -> Any:
-    """An ``optuna.storages.RDBStorage`` on the database URL ``spec``, opened up to ``attempts``
-    times, 0.5 s × the attempt apart, while another process creates its tables (the other
-    arguments are ``open_storage``'s).
-
-    Raises:
-        RunError: The database cannot be opened (a bad URL, a missing driver, an unreachable
-            server, a missing folder).
-        sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError: Its tables were still
-            being created at the last attempt.
-    """
+    """An ``optuna.storages.RDBStorage`` on ``spec``, tried ``attempts`` times 0.5 s × the attempt apart."""
     import optuna
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval else None
     for attempt in range(1, attempts + 1):
         try:
-            return optuna.storages.RDBStorage(
-                spec,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=retry,
-            )
+            heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
+            return optuna.storages.RDBStorage(spec, **heartbeat, heartbeat_stale_trial_callback=retry)
         except (IntegrityError, ProgrammingError):  # another worker is creating the tables
             if attempt == attempts:
                 raise
@@ -125,16 +91,14 @@ def _open_database(
         except (OperationalError, ImportError, ValueError) as err:  # ImportError: no driver for the URL
             hint = "install its driver (PostgreSQL: pip install -e '.[cluster]'), " * isinstance(err, ImportError)
             raise RunError(
-                f"hydra.sweeper.storage={spec}: cannot open the database "
-                f"({str(err).strip().splitlines()[0]}); {hint}check the URL, that the server is up, "
-                "and that the database exists"
+                f"hydra.sweeper.storage={spec}: cannot open the database ({str(err).strip().splitlines()[0]}); "
+                f"{hint}check the URL, that the server is up, and that the database exists"
             ) from None
     raise AssertionError("unreachable")
 
 
 def sweep_study(sweep_dir: str | Path) -> Any:
-    """The ``optuna.Study`` a search kept in its sweep folder (the default storage, a journal
-    file named ``optuna.journal``, and study name, the folder's name), to read from Python.
+    """The ``optuna.Study`` a search kept in its sweep folder with the default storage and name.
 
     Raises:
         RunError: The journal file cannot be opened.
@@ -147,20 +111,14 @@ def sweep_study(sweep_dir: str | Path) -> Any:
 
 
 def trial_overrides(number: int, spec: str, study_name: str) -> list[str]:
-    """The Hydra overrides that tell a sweep job which trial it is (read back by
-    ``current_trial``); ``hydra.*`` overrides, so they are not among the job's own."""
-    return [
-        f"hydra.sweeper.trial={number}",
-        f"hydra.sweeper.storage={quoted(spec)}",
-        f"hydra.sweeper.study_name={quoted(study_name)}",
-    ]
+    """The ``hydra.*`` overrides that tell a sweep job which trial it is (``current_trial``)."""
+    fields = {"trial": number, "storage": quoted(spec), "study_name": quoted(study_name)}
+    return [f"hydra.sweeper.{key}={value}" for key, value in fields.items()]
 
 
 def current_trial() -> Any:
-    """The Optuna trial this sweep job is (an ``optuna.trial.Trial`` in the study's storage,
-    so reports reach the sweeper whatever process runs the job, judged by the sweep's pruner,
-    ``hydra.sweeper.pruner``, which Optuna does not store), or ``None`` outside the jobs of
-    ``hydra/sweeper=optuna``."""
+    """The ``optuna.trial.Trial`` this sweep job is, in the study's storage with the sweep's pruner
+    (which Optuna does not store); ``None`` outside the jobs of ``hydra/sweeper=optuna``."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 

@@ -17,20 +17,9 @@ log = logging.getLogger(__name__)
 
 
 class OptunaPruning(PyTorchLightningPruningCallback):
-    """Reports ``monitor`` to the job's Optuna trial after every validation, and stops the
-    run when the study's pruner (``hydra.sweeper.pruner``, e.g. Optuna's ``MedianPruner``)
-    says the trial is worse than the others were at the same epoch.
-
-    The trial is found through the study's storage (``sweeps.optuna_storage.current_trial``),
-    so the job may run in the sweep's process, in a joblib worker or as a SLURM job. The
-    report's step is the epoch; in a K-fold trial, ``fold × max_epochs + epoch``, so the folds
-    of one trial do not report the same step. A pruned run stops with ``TrialPruned``: its
-    ``metrics.json`` says ``pruned``, with its metrics so far, and nothing is tested.
-    Outside the jobs of an Optuna search (a single run of the same config) it does nothing.
-
-    Args:
-        monitor: The metric reported, e.g. ``val/acc_best`` (higher or lower is better as
-            the study's direction says).
+    """Reports ``monitor`` (e.g. ``val/acc_best``) to the job's Optuna trial, found through the
+    study's storage, after every validation, at step ``fold × max_epochs + epoch``, and stops the
+    run when the study's pruner prunes the trial. Outside an Optuna search's jobs it does nothing.
 
     Raises:
         TrialPruned: From ``on_validation_end``, when the pruner prunes the trial.

@@ -1,9 +1,6 @@
-"""Reproduction sweeps of the documented recipes: what each recipe reports, the record of a
-sweep (command, code digest, hardware), and which of its runs still match the current config.
-
-Used by ``scripts/reproduce.py``, which also writes docs/REPRODUCTION.md from it
-(``markdown``).
-"""
+"""Reproduction sweeps of the documented recipes for ``scripts/reproduce.py``: what each recipe
+reports, a sweep's record (command, code digest, hardware), which runs still match the current
+config, and docs/REPRODUCTION.md's text (``markdown``)."""
 
 from __future__ import annotations
 
@@ -25,13 +22,8 @@ from fmnist_lightning.sweeps.summary import mean_std, percent
 ROOT = Path(__file__).resolve().parents[2]
 
 RECIPES = ["recipe_000", "recipe_001", "recipe_002", "recipe_003", "recipe_004"]
-
-
 EXPERIMENTS = [*RECIPES, "best", "fast"]
-
-
 RECORD = "reproduction.json"
-
 
 # What each recipe write-up ("file") reports, as fractions. "test_acc" is the figure the
 # target (mean >= reported - 0.5 points) is checked against.
@@ -72,11 +64,7 @@ REPORTED: dict[str, dict] = {
 
 # Targets of this project's own experiments (issue 7), as fractions of test accuracy.
 OWN_TARGETS = {"best": (0.945, "mean >= 94.50 %"), "fast": (0.91, "every seed >= 91.00 %")}
-
-
 TOLERANCE = 0.005  # a recipe is reproduced when its mean is >= reported - 0.5 points
-
-
 MIN_SEEDS = 3  # the targets are judged on means over at least this many seeds
 
 
@@ -109,9 +97,8 @@ SOURCES = ("train.py", "fmnist_lightning/**/*.py", "conf/**/*.yaml")
 
 
 def source_digest(root: Path = ROOT) -> str:
-    """SHA-256 of the code and configs a training run uses (paths and contents of
-    ``SOURCES``): equal digests mean the same code, whatever git says on the machine
-    (a copied working tree can carry a stale .git)."""
+    """SHA-256 of the paths and contents of ``SOURCES`` (hex): equal digests mean the same code,
+    whatever a copied, stale .git says."""
     digest = hashlib.sha256()
     files = sorted(
         {p for pattern in SOURCES for p in root.glob(pattern) if p.is_file() and "__pycache__" not in p.parts}
@@ -123,22 +110,14 @@ def source_digest(root: Path = ROOT) -> str:
 
 def git_state() -> tuple[str | None, bool]:
     """(commit, whether tracked files have uncommitted changes); (None, False) outside git."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-        )
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.CalledProcessError):
         return None, False
-    return commit, dirty
 
 
 def train_command(
@@ -159,21 +138,8 @@ def train_command(
 
 # Config sections that decide what a run trains; a run counts for an experiment only when
 # these equal the experiment's current composition (where the data files live does not).
-COMPARED = (
-    "model",
-    "optimizer",
-    "scheduler",
-    "data",
-    "trainer",
-    "callbacks",
-    "module",
-    "loss",
-    "mix",
-    "channels_last",
-    "compile",
-)
-
-
+COMPARED = ("model", "optimizer", "scheduler", "data", "trainer", "callbacks", "module", "loss", "mix",
+            "channels_last", "compile")  # fmt: skip
 IGNORED_DATA_KEYS = ("root", "local_copy", "download")
 
 
@@ -214,8 +180,7 @@ def load_sweep(path: Path) -> Sweep:
 
 
 def _with_defaults(section):
-    """``section`` with the keys it leaves out filled from its ``_target_``'s signature, so
-    that a parameter added later with a default equal to the old behaviour is no change."""
+    """``section`` with omitted keys filled from its ``_target_``'s signature's defaults."""
     if not isinstance(section, dict):
         return section
     section = {k: _with_defaults(v) for k, v in section.items()}
@@ -265,10 +230,8 @@ def current_config(overrides: tuple[str, ...]) -> dict:
 
 
 def config_changes(job: Job) -> list[str]:
-    """The config keys in which ``job`` differs from its experiment as composed now; empty
-    when it ran the current experiment. A precision that ``trainer.precision=auto`` can
-    choose counts as no change from ``auto``: the machine chose it, not the config (and runs
-    saved ``32-true`` before ``auto`` became the default)."""
+    """The config keys in which ``job`` differs from its experiment as composed now (empty when
+    none); a precision that ``trainer.precision=auto`` can choose counts as no change."""
     from fmnist_lightning.training.precision import AUTO, AUTO_CHOICES
 
     ran = _comparable(RunFolder(job.folder).load_config())  # checked before _comparable imports its targets
@@ -374,23 +337,15 @@ def per_class_section(rows: list[Row]) -> list[str]:
 
 
 def _confusion_counts(reports: list[dict], num_classes: int) -> dict[tuple[int, int], list[int]]:
-    """Each off-diagonal cell ``(true, predicted)`` of the reports' confusion matrices: its
-    count in each report (image counts, one per seed)."""
-    counts: dict[tuple[int, int], list[int]] = {}
-    for r in reports:
-        matrix = r["confusion_matrix"]
-        for t in range(num_classes):
-            for p in range(num_classes):
-                if t != p:
-                    counts.setdefault((t, p), []).append(matrix[t][p])
-    return counts
+    """Each off-diagonal cell ``(true, predicted)``: its image count in each report."""
+    n = range(num_classes)
+    return {(t, p): [r["confusion_matrix"][t][p] for r in reports] for t in n for p in n if t != p}
 
 
 def _confused_pairs_table(
     counts: dict[tuple[int, int], list[int]], names: list[str], reported: list[tuple[int, int, int]]
 ) -> list[str]:
-    """The reported top-5 confused pairs ``(true, predicted, count)`` against ours (the largest
-    mean ``counts``), with our counts per seed, as Markdown lines."""
+    """The reported top-5 confused pairs against ours (largest mean ``counts``), as Markdown lines."""
     ours = sorted(counts, key=lambda k: -statistics.fmean(counts[k]))[:5]
     lines = [
         "",
@@ -435,9 +390,8 @@ def weighted_section(rows: list[Row]) -> list[str]:
 
 
 def markdown(sweeps: list[Sweep], notes: Path | None) -> str:
-    """docs/REPRODUCTION.md's text: the results of ``sweeps`` against the recipes' reported
-    figures, the runs they come from, superseded runs and unfinished jobs, then ``notes`` (the
-    hand-written findings) when that file exists.
+    """docs/REPRODUCTION.md's text: ``sweeps``' results against the recipes' reported figures,
+    their runs, superseded runs and unfinished jobs, then ``notes`` when that file exists.
 
     Raises:
         DamagedFileError: A job's ``report.json`` is damaged.
@@ -468,8 +422,7 @@ def markdown(sweeps: list[Sweep], notes: Path | None) -> str:
 
 
 def _results_section(rows: list[Row]) -> list[str]:
-    """The Results table, one line per row of current-config runs (accuracies in %, wall
-    time in seconds), with its notes, as Markdown lines."""
+    """The Results table (accuracies in %, wall time in s) as Markdown lines."""
     lines = [
         "## Results",
         "",
@@ -488,18 +441,16 @@ def _results_section(rows: list[Row]) -> list[str]:
         )
     lines += [
         "",
-        "Epochs run are per seed (recipe 000 stops early on `val/loss`, patience 3). Wall time "
-        "is per run, from the start of training to the end of its test report (the ~10 s of "
-        "Python and Lightning start-up before are not counted); runs that shared a machine "
-        "(jobs at once > 1) took longer than they would alone.",
+        "Epochs run are per seed (recipe 000 stops early on `val/loss`, patience 3). Wall time is per run, from the "
+        "start of training to the end of its test report (the ~10 s of Python and Lightning start-up before are not "
+        "counted); runs that shared a machine (jobs at once > 1) took longer than they would alone.",
         "",
     ]
     return lines
 
 
 def _runs_section(sweeps: list[Sweep]) -> list[str]:
-    """The Runs table: each sweep's command, commit, whether its code is this checkout's
-    (``source_digest``), hardware and total wall time (seconds), with its notes, as Markdown lines."""
+    """The Runs table (command, commit, code digest match, hardware, wall time in s) as Markdown lines."""
     now = source_digest()
     lines = [
         "## Runs",
@@ -530,8 +481,7 @@ def _runs_section(sweeps: list[Sweep]) -> list[str]:
 
 
 def _superseded_section(superseded: list[tuple[str, Sweep, list[Job], list[str]]]) -> list[str]:
-    """The Superseded runs table (runs whose experiment's config changed since, with the
-    changes; accuracies in %), as Markdown lines."""
+    """The Superseded runs table (accuracies in %) as Markdown lines."""
     lines = [
         "## Superseded runs",
         "",

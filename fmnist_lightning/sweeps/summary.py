@@ -1,24 +1,8 @@
-"""The answer of a sweep: one table of every job, the configurations ranked over seeds (and
-the folds of a K-fold cross-validation), a plot.
-
-The jobs are read by ``fmnist_lightning.sweeps.jobs``; every job appears in the summary,
-failed or not.
-
-``summarize`` writes, into the sweep folder:
-
-- ``summary_jobs.csv``: one row per job: its folder, swept values, status, ``val/acc_best``,
-  ``test/acc``, epochs, wall time (s) and error line;
-- ``summary.csv``: one row per configuration (the swept values other than ``seed`` and
-  ``data.fold``), with the number of finished seeds and folds, the mean, standard deviation and 95 % t interval of each
-  metric (``fmnist_lightning.evaluation.statistics.t_interval``), best first by the
-  optimised metric, and the paired t-test of each against the best on the seeds both
-  finished (``p_vs_best``, ``differs_from_best``);
-- ``summary.md``: both tables (configurations not significantly different from the best
-  marked ≈) and the failed jobs with their error lines;
-- ``summary.png``: the optimised metric per configuration, mean with its 95 % t interval
-  (and each seed as a dot).
-
-Accuracies are fractions in the files and percentages in ``summary.md`` and the plot.
+"""The answer of a sweep (``summarize``): ``summary_jobs.csv``, every job, failed or not;
+``summary.csv``, the configurations (swept values but ``seed`` and ``data.fold``) ranked by the mean
+of the optimised metric, with each metric's 95 % t interval and the paired t-test against the best;
+``summary.md``, both tables and the failures; ``summary.png``, the plot. Accuracies are fractions
+in the CSV files and percentages in ``summary.md`` and the plot.
 """
 
 from __future__ import annotations
@@ -39,8 +23,7 @@ METRICS = ("val/acc_best", "test/acc")
 
 
 def versus_best(rank: int, difference: Difference | None, unit: str = "seeds") -> str:
-    """The table's cell for a configuration's paired test against the best, on ``difference.n``
-    pairs of ``unit`` (seeds, or runs of seeds and folds)."""
+    """The table's cell for a configuration's paired test against the best, on ``difference.n`` ``unit``."""
     if rank == 1:
         return "best"
     if difference is None:
@@ -96,11 +79,10 @@ def summary_markdown(sweep_dir: Path, jobs: list[Job], keys: list[str], groups: 
         f"{len(jobs)} jobs, {len(jobs) - len(pruned) - len(unfinished)} finished, "
         + (f"{len(pruned)} pruned, " if pruned else "")
         + f"{len(unfinished)} not finished. "
-        f"Ranked by the mean of `{metric}` over {over}; accuracies in %, mean ± standard deviation "
-        "[95 % t interval of the mean]. *vs best*: Student's paired t-test of "
-        f"`{metric}` against the best configuration on the {over} both finished (p < 0.05: worse; "
-        "else ≈ best, not significantly different; each test at 5 %, without a correction for "
-        "testing several configurations); see docs/comparing.md.",
+        f"Ranked by the mean of `{metric}` over {over}; accuracies in %, mean ± standard deviation [95 % t interval "
+        f"of the mean]. *vs best*: Student's paired t-test of `{metric}` against the best configuration on the {over} "
+        "both finished (p < 0.05: worse; else ≈ best, not significantly different; each test at 5 %, without a "
+        "correction for testing several configurations); see docs/comparing.md.",
         "",
     ]
     lines += _configurations_table(groups, [k for k in keys if k not in SEED_KEYS], metric, unit)
@@ -118,9 +100,7 @@ def summary_markdown(sweep_dir: Path, jobs: list[Job], keys: list[str], groups: 
 
 
 def _configurations_table(groups: list[Group], config_keys: list[str], metric: str, unit: str) -> list[str]:
-    """The Configurations section: ``groups`` ranked by ``metric``, each with its swept values,
-    finished ``unit`` (seeds or runs), each metric's ``_mean_std`` (%) and its test against the
-    best, as Markdown lines."""
+    """The Configurations section (accuracies in %) as Markdown lines."""
     lines = [
         "## Configurations",
         "",
@@ -145,8 +125,7 @@ def _configurations_table(groups: list[Group], config_keys: list[str], metric: s
 
 
 def _jobs_table(jobs: list[Job], keys: list[str]) -> list[str]:
-    """The Jobs section: every job with its swept values, status, metrics (%), epochs and wall
-    time (s), as Markdown lines."""
+    """The Jobs section (metrics in %, wall time in s) as Markdown lines."""
     lines = [
         "",
         "## Jobs",
@@ -194,7 +173,6 @@ def summarize(sweep_dir: str | Path, metric: str = "val/acc_best") -> tuple[str,
     """Writes the summary files of a sweep folder (see the module docstring).
 
     Args:
-        sweep_dir: The sweep folder.
         metric: The metric configurations are ranked by (higher is better).
 
     Returns:
@@ -217,51 +195,27 @@ def summarize(sweep_dir: str | Path, metric: str = "val/acc_best") -> tuple[str,
 
 
 def _write_jobs_csv(path: Path, jobs: list[Job], keys: list[str]) -> None:
-    """Writes ``summary_jobs.csv``: one row per job (its folder, swept ``keys``, status, metrics
-    as fractions, epochs, wall time in s, error line)."""
+    """Writes ``summary_jobs.csv``: one row per job (metrics as fractions, wall time in s)."""
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["job", *keys, "status", *METRICS, "epochs", "wall_time_s", "error"])
         for job in jobs:
+            row = [job.folder.name, *(job.overrides.get(k, "") for k in keys), job.status]
             writer.writerow(
-                [
-                    job.folder.name,
-                    *(job.overrides.get(k, "") for k in keys),
-                    job.status,
-                    *(job.metrics.get(m, "") for m in METRICS),
-                    job.epochs,
-                    job.wall_time_s,
-                    job.error or "",
-                ]
+                [*row, *(job.metrics.get(m, "") for m in METRICS), job.epochs, job.wall_time_s, job.error or ""]
             )
 
 
 def _write_configurations_csv(path: Path, groups: list[Group], keys: list[str], metric: str) -> None:
-    """Writes ``summary.csv``: one row per configuration of ``groups`` (best first by ``metric``),
-    with the mean, std and 95 % t interval of each metric (fractions) and the test against the best."""
+    """Writes ``summary.csv``: one row per configuration, best first (fractions)."""
     config_keys = [k for k in keys if k not in SEED_KEYS]
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
         stats = ("mean", "std", "ci95_low", "ci95_high")
-        writer.writerow(
-            [
-                *config_keys,
-                "finished",
-                "jobs",
-                *(f"{m}_{s}" for m in METRICS for s in stats),
-                "p_vs_best",
-                "differs_from_best",
-            ]
-        )
+        metrics = [f"{m}_{s}" for m in METRICS for s in stats]
+        writer.writerow([*config_keys, "finished", "jobs", *metrics, "p_vs_best", "differs_from_best"])
         for group, difference in zip(groups, compare_to_best(groups, metric), strict=True):
             intervals = [group.interval(m) for m in METRICS]
-            writer.writerow(
-                [
-                    *group.values.values(),
-                    len(group.finished()),
-                    len(group.jobs),
-                    *(v for i in intervals for v in (i.mean, i.std, i.low, i.high)),
-                    "" if difference is None else difference.p_value,
-                    "" if difference is None else difference.significant,
-                ]
-            )
+            test = ["", ""] if difference is None else [difference.p_value, difference.significant]
+            row = [*group.values.values(), len(group.finished()), len(group.jobs)]
+            writer.writerow([*row, *(v for i in intervals for v in (i.mean, i.std, i.low, i.high)), *test])

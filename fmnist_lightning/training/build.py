@@ -1,12 +1,14 @@
 """Building a run's objects from its config, once, with every bad value reported by its key.
 
-This is the pre-flight check and the construction in one: ``build_run`` builds the
-network (inside the LightningModule), the DataModule (without reading data), the optimizer
-over the network's parameters, the scheduler, the callbacks, the loggers and the Trainer, as
-their own constructors (and Lightning's argument parsing) accept them. The run then uses
-these very objects. Objects check their own arguments; the third-party arguments of the
-shipped configs have declared rules (``training.schema``), checked first; and
-``blame`` says which config key any other failure belongs to.
+``build_run`` builds the network, the DataModule (reading no data), the optimizer, the
+scheduler, the callbacks, the loggers and the Trainer as their own constructors accept them;
+the run then uses these very objects. The shipped configs' third-party arguments have declared
+rules (the pydantic models below), checked first; ``blame`` names the key of any other failure.
+Sources of the rules: ``torch.optim.Adam``/``SGD`` (``lr``, ``eps``, ``weight_decay``,
+``momentum`` at least 0; ``betas`` in [0, 1)), ``torch.optim.lr_scheduler`` (``StepLR``,
+``CosineAnnealingLR``, ``OneCycleLR``: ``total_steps`` positive, ``pct_start`` in [0, 1]),
+``torch.nn.CrossEntropyLoss`` (``label_smoothing`` in [0, 1]) and ``lightning.pytorch.Trainer``
+(its documented ``precision`` values and limits).
 """
 
 from __future__ import annotations
@@ -15,18 +17,20 @@ import difflib
 import inspect
 import logging
 import pydoc
+import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import hydra
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
-from pydantic import ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from typeguard import TypeCheckError, check_type
 
 from fmnist_lightning.errors import ArgumentError, ConfigError, PartError, Problem
@@ -41,7 +45,6 @@ from fmnist_lightning.models.compose import (
 from fmnist_lightning.training.checkpoint_io import AtomicCheckpointIO
 from fmnist_lightning.training.precision import resolve_precision
 from fmnist_lightning.training.processes import launch_strategy
-from fmnist_lightning.training.schema import declared_problems, lower, problem_at
 
 #: The stages whose logged keys callbacks and sweeps may use.
 STAGES = ("train", "val", "test")
@@ -66,8 +69,7 @@ class _Builder:
         self.problems: list[Problem] = []
 
     def attempt(self, key: str, build: Callable[[], Any], node: Any = None) -> Any:
-        """``build()``, or ``None`` after recording the problem; then checks the types of
-        ``node``'s arguments, which the constructor may have accepted silently."""
+        """``build()``, or ``None`` after recording the problem; then checks ``node``'s types."""
         node = OmegaConf.select(self.cfg, key) if node is None else node
         try:
             built = build()
@@ -88,20 +90,13 @@ class _Builder:
 
     def group(self, name: str) -> dict[str, Any]:
         """Every entry of a group such as ``callbacks`` or ``logger``; ``null`` ones are off."""
-        built = {}
-        for entry, node in (self.cfg.get(name) or {}).items():
-            if node is not None:
-                built[entry] = self.instantiate(f"{name}.{entry}")
+        entries = self.cfg.get(name) or {}
+        built = {entry: self.instantiate(f"{name}.{entry}") for entry, node in entries.items() if node is not None}
         return {k: v for k, v in built.items() if v is not None}
 
 
 def _build_model(b: _Builder) -> L.LightningModule | None:
-    """The LightningModule of class ``module._target_``, which builds its parts from their
-    groups (``model``, ``loss``, ``mix``, ``metrics``, ``optimizer``, ``scheduler``; see
-    ``fmnist_lightning.models.compose``), checks that the network outputs ``data.num_classes``
-    logits, and tries its loss and mix on a blank batch (``check_net``, ``check_parts``). Its
-    other arguments are the top-level keys ``channels_last`` and ``compile`` and the extra
-    keys of ``module``."""
+    """The LightningModule (``module._target_``) with its parts, checked on a blank batch."""
     cfg = b.cfg
     if "_target_" not in cfg.model:
         return b.instantiate("model")
@@ -135,9 +130,8 @@ def _build_model(b: _Builder) -> L.LightningModule | None:
     return model
 
 
-def _unlogged_keys(cfg: DictConfig, callbacks: dict[str, Callback], logged: dict[str, list[str]]) -> list[Problem]:
-    """The callbacks' ``monitor`` keys and the ``optimized_metric`` that the module never logs
-    (while fitting, resp. at all)."""
+def _unlogged_keys(metric: str | None, callbacks: dict[str, Callback], logged: dict[str, list[str]]) -> list[Problem]:
+    """The callbacks' ``monitor`` keys and the ``optimized_metric`` the module never logs."""
     fitting = [*logged["train"], *logged["val"]]
     problems = [
         Problem(
@@ -146,38 +140,22 @@ def _unlogged_keys(cfg: DictConfig, callbacks: dict[str, Callback], logged: dict
         for name, callback in callbacks.items()
         if (monitor := getattr(callback, "monitor", None)) is not None and monitor not in fitting
     ]
-    metric = cfg.get("optimized_metric")
     if metric is not None and metric not in (*fitting, *logged["test"]):
         problems.append(Problem("optimized_metric", metric, f"use one of {', '.join((*fitting, *logged['test']))}"))
     return problems
 
 
 def build_run(cfg: DictConfig, extra_callbacks: list[Callback] = (), extra_loggers: list[Logger] = ()) -> Run:
-    """Builds every object of a run from ``cfg``, reading no data and writing no file.
-
-    The seed is set first (``seed``), so the network's initial weights follow it.
-    ``trainer.precision=auto`` is replaced in ``cfg`` by this machine's choice
-    (``fmnist_lightning.training.precision``) before the Trainer is built. Nothing is
-    logged meanwhile (Lightning's INFO lines included), so a refusal adds no line to a run
-    folder's ``train.log``.
-
-    Args:
-        cfg: The composed ``conf/train.yaml``.
-        extra_callbacks: Callbacks added after those of ``cfg.callbacks``.
-        extra_loggers: Loggers added after those of ``cfg.logger``.
-
-    Returns:
-        The DataModule, the LightningModule (with its optimizer and scheduler built) and
-        the Trainer.
+    """Builds every object of a run from the composed ``conf/train.yaml``, seeded first,
+    reading no data, writing no file and logging nothing; ``trainer.precision=auto`` is
+    replaced in ``cfg`` by this machine's choice (``training.precision``).
 
     Raises:
         ConfigError: Every value that could not be used, each with its key, its value and
-            what went wrong (all at once); a ``trainer`` key that is no argument of
-            ``lightning.pytorch.Trainer`` (its signature, ``unknown_arguments``)
-            among them.
+            what went wrong, all at once.
     """
-    strategy = launch_strategy(cfg)  # says so when it replaces ddp, which a user should see
-    # Quiet: a refused resume must not add a line to the earlier run's train.log.
+    strategy = launch_strategy(cfg.trainer)  # says so when it replaces ddp, which a user should see
+    # Quiet: a refused resume adds no line to the earlier run's train.log.
     previous = logging.root.manager.disable
     logging.disable(logging.INFO)
     try:
@@ -194,7 +172,7 @@ def _build_run(cfg: DictConfig, extra_callbacks: list[Callback], extra_loggers: 
         b.problems += wrong_type
         if not wrong_type:
             b.attempt("seed", lambda: L.seed_everything(seed, workers=True), seed)
-    declared = declared_problems(cfg)  # the declared rules of third-party arguments (training.schema)
+    declared = declared_problems(cfg)  # the declared rules of third-party arguments
     b.problems += [problem for problems in declared.values() for problem in problems]
     datamodule = b.instantiate("data")
     model = _build_model(b) if isinstance(cfg.get("model"), DictConfig) else b.instantiate("model")
@@ -208,11 +186,12 @@ def _build_run(cfg: DictConfig, extra_callbacks: list[Callback], extra_loggers: 
                 b.problems += type_problems(key, cfg[key])
     callbacks = b.group("callbacks")
     if hasattr(model, "logged_keys"):  # unknown when the module failed, or has no such method
-        b.problems += _unlogged_keys(cfg, callbacks, {stage: model.logged_keys(stage) for stage in STAGES})
+        b.problems += _unlogged_keys(
+            cfg.get("optimized_metric"), callbacks, {stage: model.logged_keys(stage) for stage in STAGES}
+        )
     loggers = [*b.group("logger").values(), *extra_loggers]
     precision_reason = resolve_precision(cfg)  # trainer.precision=auto: this machine's choice, into cfg
-    # A key that is no Trainer argument (trainer.max_epoch) is refused by name, not by the
-    # TypeError of the Trainer's constructor; the Trainer is then not built.
+    # A key that is no Trainer argument (trainer.max_epoch) is refused by name; no Trainer is built.
     unknown = unknown_arguments("trainer", cfg.trainer) if isinstance(cfg.get("trainer"), DictConfig) else []
     b.problems += unknown
     trainer = None
@@ -232,8 +211,7 @@ def _build_run(cfg: DictConfig, extra_callbacks: list[Callback], extra_loggers: 
     return Run(datamodule, model, trainer, precision_reason)
 
 
-#: Where the config groups' option files are: ``conf/<group>/*.yaml``, packaged as
-#: ``fmnist_lightning.conf`` (the same files in a clone and in an installed wheel).
+#: The config groups' option files, ``conf/<group>/*.yaml`` (packaged as ``fmnist_lightning.conf``).
 CONF_DIR = resources.files("fmnist_lightning.conf")
 #: Config keys that are Hydra's instructions, not constructor arguments.
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
@@ -246,21 +224,14 @@ def options(group: str) -> str:
     return ", ".join(f"{group}={n}" for n in names) or f"a {group} config"
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip() or type(err).__name__).splitlines()[0]
-
-
 def _join(key: str, name: str) -> str:
     return f"{key}.{name}" if key else name
 
 
 def unknown_arguments(key: str, node: DictConfig) -> list[Problem]:
-    """The keys of ``node`` (at ``key``) that are no argument of its ``_target_``'s
-    constructor, each with the closest argument name (``difflib.get_close_matches``), e.g.
-    ``trainer.max_epoch=3: not an argument of lightning.pytorch.Trainer; did you mean
-    trainer.max_epochs?``. The source of the rule is the constructor's own signature
-    (``inspect.signature``); none is reported for a constructor that takes ``**kwargs``, or
-    whose target cannot be imported (``blame`` reports that when it is built)."""
+    """The keys of ``node`` (at ``key``) that are no argument of its ``_target_``'s constructor
+    (``inspect.signature``; none for one that takes ``**kwargs`` or cannot be imported), each
+    with the closest argument name (``difflib.get_close_matches``)."""
     target = node.get("_target_")
     try:
         parameters = inspect.signature(pydoc.locate(str(target))).parameters
@@ -281,8 +252,7 @@ def unknown_arguments(key: str, node: DictConfig) -> list[Problem]:
 
 
 def type_problems(key: str, node: DictConfig, target: Any = None) -> list[Problem]:
-    """The arguments of ``node`` whose values contradict the annotations of its target
-    (``node._target_``, or ``target``)."""
+    """The arguments of ``node`` that contradict the annotations of ``target`` (else ``_target_``)."""
     try:
         target = target or pydoc.locate(node._target_)
         hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
@@ -306,20 +276,10 @@ def type_problems(key: str, node: DictConfig, target: Any = None) -> list[Proble
 
 def blame(key: str, node: Any, err: BaseException, target: Any = None) -> Problem:
     """The config key that ``err``, raised while building ``node`` (at ``key``; ``""`` for
-    top-level keys, whose constructor is ``target``), belongs to, from what is declared:
-
-    - an ``ArgumentError`` (the project's own classes declare their arguments' rules, see
-      ``errors.require``) names its argument: the key is the node's, or that of the nested
-      node holding the argument (``data.augment.flip.p``), or where an interpolated value
-      comes from;
-    - a value that contradicts the constructor's type annotations is reported at its key
-      (``type_problems``);
-    - a target that cannot be imported is reported at ``<key>._target_``, with the group's
-      options;
-    - any other error (a third-party constructor's, on an argument without a declared rule:
-      see ``training.schema``) is reported at its group, with its message:
-      ``optimizer (torch.optim.Adam): ...``.
-    """
+    top-level keys, whose constructor is ``target``), belongs to: a pydantic ``ValidationError``
+    or an ``ArgumentError`` at its argument (in a nested node, or where an interpolation comes
+    from), a wrong type at its key, an unimportable target at ``<key>._target_``, anything
+    else at its group."""
     chain, cause = [], err
     while cause is not None and cause not in chain:
         chain.append(cause)
@@ -335,7 +295,7 @@ def blame(key: str, node: Any, err: BaseException, target: Any = None) -> Proble
         where, holder = _holder(key, node, argument) or (key, node)
         return problem_at(holder, _join(where, argument.argument), argument.argument, argument.value, argument.allowed)
     innermost = chain[-1]
-    message = _first_line(innermost)
+    message = (str(innermost).strip() or type(innermost).__name__).splitlines()[0]
     if not isinstance(node, DictConfig):
         return Problem(key, node, message)
     types = type_problems(key, node, target)
@@ -355,8 +315,7 @@ def blame(key: str, node: Any, err: BaseException, target: Any = None) -> Proble
 
 
 def _unimportable(key: str, node: DictConfig) -> tuple[str, str] | None:
-    """``(key, target)`` of the first ``_target_`` in ``node`` or its nested configs that
-    cannot be imported (``data.augment.flip`` for ``torch.nn.Flipp``); ``None`` if all can."""
+    """``(key, target)`` of the first ``_target_`` in ``node`` or below that cannot be imported."""
     from hydra.utils import get_object
 
     target = node.get("_target_")
@@ -373,9 +332,7 @@ def _unimportable(key: str, node: DictConfig) -> tuple[str, str] | None:
 
 
 def _holder(key: str, node: DictConfig, argument: ArgumentError) -> tuple[str, DictConfig] | None:
-    """``(key, node)`` of the config that holds ``argument``'s argument with its value:
-    ``node`` itself, else the first nested config that does (``data.augment.noise`` for
-    ``std=-1``, not ``data.normalize``, whose ``std`` is another); ``None`` if none."""
+    """``(key, node)`` of ``node`` or the first nested config that holds ``argument`` with its value."""
     name = argument.argument
     if name in node and _same(node, name, argument.value):
         return key, node
@@ -393,3 +350,133 @@ def _same(node: DictConfig, name: str, value: Any) -> bool:
     except Exception:
         return True
     return held == value or str(held) == str(value)
+
+
+NonNegative = Annotated[float, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Count = Annotated[int, Field(ge=0)]
+#: A limit on batches: a count, or a fraction of the epoch (Lightning's ``limit_*_batches``).
+BatchLimit = Annotated[int, Field(ge=0)] | Annotated[float, Field(ge=0, le=1)] | None
+
+
+class _Group(BaseModel):
+    """Declared arguments of one config group; the others pass (``extra="allow"``)."""
+
+    model_config = ConfigDict(extra="allow", strict=False)
+
+
+class Optimizer(_Group):
+    lr: NonNegative | None = None
+    weight_decay: NonNegative | None = None
+    momentum: NonNegative | None = None
+    eps: NonNegative | None = None
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] | None = None
+    nesterov: bool | None = None
+    fused: bool | None = None
+
+
+class Scheduler(_Group):
+    T_max: Annotated[int, Field(ge=1)] | None = None
+    eta_min: NonNegative | None = None
+    step_size: Annotated[int, Field(ge=1)] | None = None
+    gamma: Positive | None = None
+    max_lr: Positive | None = None
+    total_steps: Annotated[int, Field(ge=1)] | None = None
+    pct_start: Fraction | None = None
+    div_factor: Positive | None = None
+    final_div_factor: Positive | None = None
+
+
+class Loss(_Group):
+    label_smoothing: Fraction | None = None
+
+
+def _accelerator_present(value: str | None) -> str | None:
+    """Refuses a GPU accelerator on a machine without one."""
+    if value in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError("this machine has no CUDA GPU; use trainer=cpu, or trainer.accelerator=auto")
+    return value
+
+
+#: ``lightning.pytorch.Trainer``'s ``precision`` values (Lightning 2.6 docs, "N-Bit Precision"),
+#: and the project's ``auto`` (``training.precision``).
+PRECISIONS = Literal[
+    "auto", "64-true", "64", 64, "32-true", "32", 32, "16-true", "16-mixed", "16", 16,
+    "bf16-true", "bf16-mixed", "bf16", "transformer-engine", "transformer-engine-float16",
+]  # fmt: skip
+
+
+class Trainer(_Group):
+    accelerator: Annotated[str | None, AfterValidator(_accelerator_present)] = None
+    precision: PRECISIONS | None = None
+    max_epochs: Annotated[int, Field(ge=-1)] | None = None
+    min_epochs: Count | None = None
+    max_steps: Annotated[int, Field(ge=-1)] = -1
+    min_steps: Count | None = None
+    check_val_every_n_epoch: Annotated[int, Field(ge=1)] | None = None
+    log_every_n_steps: Count | None = None
+    accumulate_grad_batches: Annotated[int, Field(ge=1)] = 1
+    gradient_clip_val: NonNegative | None = None
+    gradient_clip_algorithm: Literal["norm", "value"] | None = None
+    num_sanity_val_steps: Annotated[int, Field(ge=-1)] | None = None
+    limit_train_batches: BatchLimit = None
+    limit_val_batches: BatchLimit = None
+    limit_test_batches: BatchLimit = None
+    limit_predict_batches: BatchLimit = None
+    num_nodes: Annotated[int, Field(ge=1)] = 1
+
+
+#: The schema of each config group that has one.
+SCHEMAS: dict[str, type[_Group]] = {"optimizer": Optimizer, "scheduler": Scheduler, "loss": Loss, "trainer": Trainer}
+
+
+def declared_problems(cfg: DictConfig) -> dict[str, list[Problem]]:
+    """``group → problems`` of ``cfg``'s groups (``SCHEMAS``) whose values break their
+    declared rules, each at its key (an interpolated value at the key it comes from)."""
+    found: dict[str, list[Problem]] = {}
+    for group, schema in SCHEMAS.items():
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig):
+            continue
+        values = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if not str(k).startswith("_")}
+        try:
+            schema.model_validate(values)
+        except ValidationError as err:
+            first: dict[str, Problem] = {}
+            for error in err.errors(include_url=False):  # one per key: a union reports each of its branches
+                name = str(error["loc"][0])
+                hint = default_hint(node, name)
+                message = lower(str(error["msg"])) + (f" ({hint})" if hint else "")
+                problem = problem_at(node, f"{group}.{name}", name, values.get(name), message)
+                first.setdefault(problem.key, problem)
+            found[group] = list(first.values())
+    return found
+
+
+def problem_at(node: DictConfig, key: str, name: str, value: Any, allowed: str) -> Problem:
+    """A problem of argument ``name`` of ``node``; reported at the key an interpolated value
+    comes from (``model.image_size: ${data.image_size}`` → ``data.image_size``)."""
+    if name in node and OmegaConf.is_interpolation(node, name):
+        raw = OmegaConf.to_container(node, resolve=False)[name]
+        match = re.fullmatch(r"\$\{([\w.]+)\}", str(raw))
+        if match:
+            key = match.group(1)
+    return Problem(key, value, allowed)
+
+
+def default_hint(node: DictConfig, name: str) -> str:
+    """``"the default of <target>: <value>"`` for argument ``name`` of ``node``'s target, or ``""``."""
+    try:
+        default = inspect.signature(pydoc.locate(str(node.get("_target_")))).parameters[name].default
+    except Exception:
+        return ""
+    if default is inspect.Parameter.empty or default is None:
+        return ""
+    return f"the default of {node.get('_target_')}: {default!r}"
+
+
+def lower(message: str) -> str:
+    """A validator's message as the rest of a line: ``Input should be ...`` → ``input should be ...``."""
+    message = message.removeprefix("Value error, ")
+    return message[:1].lower() + message[1:]

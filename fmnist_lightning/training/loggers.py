@@ -1,18 +1,19 @@
 """Lightning's loggers, each with what the run's report needs (``conf/logger/``).
 
-Everything a run reports goes through Lightning's logger API: ``log_metrics``,
-``log_hyperparams`` and ``log_image(key, images, step)``, which ``WandbLogger`` has and the
-subclasses below add to TensorBoard and MLflow. They also add ``log_markdown(key, text, step)``
-(the config, the command line and the test report as text), and TensorBoard adds
-``log_pr_curves`` and ``log_layout`` (its custom-scalars charts). A logger gets each of these
-only if it has the method (``fmnist_lightning.evaluation.summaries``): one that has none of them
-(CSV) gets the scalars and hyperparameters. A new logger is one YAML in ``conf/logger/``.
+Everything a run reports goes through Lightning's logger API (``log_metrics``,
+``log_hyperparams``, ``WandbLogger``'s ``log_image(key, images, step)``), plus
+``log_markdown(key, text, step)`` and TensorBoard's ``log_pr_curves`` and ``log_layout``; a
+logger gets each only if it has the method (``evaluation.summaries``), so CSV gets the scalars
+and hyperparameters. ``EpochHistory``, which every training run has, keeps ``history.csv``.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import math
 from argparse import Namespace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,18 +24,15 @@ from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
+
+from fmnist_lightning.artifacts import write_atomically
+from fmnist_lightning.run_folder import RunFolder
 
 
 class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued.
-
-    Lightning's writer deletes an existing ``metrics.csv`` when it starts, which would erase
-    the first part of a resumed run's history. This one reads the existing header instead,
-    so new rows are appended under the same columns (and the file is rewritten with a wider
-    header if new keys appear, keeping every old row).
-    """
+    """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued under its header."""
 
     def _check_log_dir_exists(self) -> None:
         if self._fs.isfile(self.metrics_file_path):
@@ -57,24 +55,12 @@ class CSVLogger(LightningCSVLogger):
 
 class TensorBoardLogger(LightningTensorBoardLogger):
     """``lightning.pytorch.loggers.TensorBoardLogger`` with the calls the run's report uses.
-    Same arguments.
-
-    - ``log_image(key, images, step)``, as in ``WandbLogger``: images under *Images*.
-    - ``log_markdown(key, text, step)``: Markdown under *Text*.
-    - ``log_pr_curves(key, probs, targets, class_names, step)``: one precision–recall curve
-      per class under *PR Curves*.
-    - ``log_layout(layout)``: charts of several scalars each under *Custom Scalars*.
-    - ``log_hyperparams(params, metrics)`` writes the *HParams* session with those metric
-      tags, whose values are the scalars already logged under them (Lightning's version
-      would log each metric again at step 0).
-    - ``log_metrics`` leaves out Lightning's ``epoch`` scalar, which would otherwise be the
-      first chart of *Time Series*; the epoch of every point is in ``history.csv``.
-    - ``log_embedding(key, features, labels, header, images, step)``: points of the
-      *Projector*, for the ``projector_images`` first test images (0: none).
+    ``log_hyperparams(params, metrics)`` writes the *HParams* session over the scalars already
+    logged (Lightning's would log each metric again at step 0); ``log_metrics`` leaves out
+    Lightning's ``epoch`` scalar.
 
     Args:
-        projector_images: How many test images the *Projector* shows (``TestReport``
-            collects their features); 0 turns it off.
+        projector_images: How many test images the *Projector* shows; 0 turns it off.
         *args, **kwargs: Those of Lightning's ``TensorBoardLogger``.
     """
 
@@ -141,9 +127,8 @@ class TensorBoardLogger(LightningTensorBoardLogger):
 
 
 class MLFlowLogger(LightningMLFlowLogger):
-    """``lightning.pytorch.loggers.MLFlowLogger`` with ``log_image(key, images, step)``,
-    as in ``WandbLogger``: each image becomes the run's artifact ``<key>.png``; and
-    ``log_markdown(key, text)``: the artifact ``<key>.md``. Same arguments."""
+    """``lightning.pytorch.loggers.MLFlowLogger`` with ``log_image`` (the artifact ``<key>.png``)
+    and ``log_markdown`` (``<key>.md``)."""
 
     @rank_zero_only
     def log_image(self, key: str, images: list[np.ndarray], step: int | None = None, **kwargs: Any) -> None:
@@ -157,12 +142,47 @@ class MLFlowLogger(LightningMLFlowLogger):
 
 
 def end_runs(loggers: list[Any]) -> None:
-    """Ends the logging run each logger's library keeps open for the whole process, so that
-    the next run in the same process (the next job of a sweep, which Hydra's basic launcher
-    runs in this process, or the next ``train(cfg)`` in a notebook) gets a run of its own
-    instead of writing into this one. Only W&B keeps one (``wandb.run``, closed by
-    ``wandb.finish`` or at the process's exit); Lightning's ``WandbLogger.finalize`` leaves it
-    open. A logger that never started its run is left alone."""
+    """Ends the logging run a logger's library keeps open for the process (only W&B's
+    ``wandb.run``, which ``WandbLogger.finalize`` leaves open), so that the next run in the
+    same process (a sweep's next job, a notebook's next ``train``) gets its own."""
     for logger in loggers:
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
             logger._experiment.finish()
+
+
+#: Prefixes of the metrics kept in the history.
+HISTORY_PREFIXES = ("train/", "val/")
+
+
+class EpochHistory(Logger):
+    """Writes ``<run_dir>/history.csv`` (rank 0 only), atomically after every epoch and
+    continued by a resume: a column ``epoch`` (from 1) and one per ``train/*``/``val/*`` metric."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        super().__init__()
+        self.path = RunFolder(run_dir).history_file
+        self._rows: dict[int, dict[str, float]] = {}
+        for key, series in RunFolder(run_dir).read_history().items():  # a resumed run continues the file
+            for epoch, value in series.items():
+                self._rows.setdefault(epoch, {})[key] = value
+
+    name, version = "history", ""  # Lightning's abstract Logger properties
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
+        """Hyperparameters are not part of the history."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Keeps the epoch-level values: those Lightning logs with ``epoch`` (from 0)."""
+        values = {k: float(v) for k, v in metrics.items() if k.startswith(HISTORY_PREFIXES) and math.isfinite(float(v))}
+        if "epoch" not in metrics or not values:
+            return
+        self._rows.setdefault(int(metrics["epoch"]) + 1, {}).update(values)
+        columns = sorted({key for row in self._rows.values() for key in row})
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, ["epoch", *columns])
+        writer.writeheader()
+        for epoch in sorted(self._rows):
+            writer.writerow({"epoch": epoch, **self._rows[epoch]})
+        write_atomically(self.path, text.getvalue())

@@ -1,14 +1,9 @@
 """One training run: build everything from the config once, fit, test the best checkpoint, and
-write the run folder.
-
-The run folder then holds ``.hydra/`` (written by Hydra), ``checkpoints/`` (``epoch_NNN.ckpt``
-for the best ``val/acc`` and ``last.ckpt``), ``net.pt`` (the tested network's plain
-state_dict), the test report (``report.json``, ``report.md``, ``confusion_matrix.png``,
-``reliability.png``, ``predictions.npz``, and ``temperature.json``, fitted on the validation
-split), ``history.csv`` and ``curves.png`` (the metrics of every epoch), the logger's files
-(TensorBoard's events by default, in the folder itself, with the report's figures and text, PR
-curves, projector and an HParams session) and ``metrics.json`` (the run's status, kept up to
-date while it trains; see ``run_status.RunStatus``). ``run_folder.RunFolder`` reads them back.
+write the run folder (docs/runs.md): ``.hydra/`` (Hydra's), ``checkpoints/`` (the best
+``epoch_NNN.ckpt`` and ``last.ckpt``), ``net.pt`` (the tested network's plain state_dict), the
+test report (``report.json``, ``report.md``, ``confusion_matrix.png``, ``reliability.png``,
+``predictions.npz``, ``temperature.json``), ``history.csv`` and ``curves.png``, the loggers'
+files and ``metrics.json`` (``callbacks.RunStatus``).
 """
 
 from __future__ import annotations
@@ -30,9 +25,10 @@ from fmnist_lightning.evaluation.runs import check_checkpoint_fits
 from fmnist_lightning.evaluation.summaries import hparams_of, log_hparams_session, log_run_start
 from fmnist_lightning.evaluation.test_report import TestReport
 from fmnist_lightning.overrides import key_of
-from fmnist_lightning.run_folder import RunFolder
+from fmnist_lightning.run_folder import RunFolder, check_writable
 from fmnist_lightning.training.build import Run, build_run
-from fmnist_lightning.training.history import EpochHistory
+from fmnist_lightning.training.callbacks import Attempt, RunStatus, logged_metrics
+from fmnist_lightning.training.loggers import EpochHistory
 from fmnist_lightning.training.precision import record_precision
 from fmnist_lightning.training.processes import (
     command_line,
@@ -40,25 +36,15 @@ from fmnist_lightning.training.processes import (
     is_child_rank,
     sigterm_as_ctrl_c,
 )
-from fmnist_lightning.training.run_dirs import check_writable
-from fmnist_lightning.training.run_status import Attempt, RunStatus, logged_metrics
-from fmnist_lightning.training.starting import start_checkpoint
+from fmnist_lightning.training.resume import start_checkpoint
 from fmnist_lightning.trust import TRUST_KEY
 
 log = logging.getLogger(__name__)
 
-# The dataset is held in memory as tensors, so DataLoader workers would only add copies;
-# Lightning's advice to add workers does not apply.
+# The dataset is held in memory as tensors: DataLoader workers would only add copies.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Raised inside Lightning's own pytree helper with this torch release; nothing a user can change.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-
-
-def min_free_bytes(net: torch.nn.Module) -> int:
-    """Disk space a run needs, in bytes: two checkpoints (best and last) of the weights and
-    two optimizer moments each, the exported net.pt, and 50 MiB for logs and figures."""
-    weight_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-    return 7 * weight_bytes + 50 * 2**20
 
 
 def write_curves(run_dir: Path) -> bool:
@@ -71,36 +57,29 @@ def write_curves(run_dir: Path) -> bool:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Trains, tests the best checkpoint, and writes the run folder ``cfg.output_dir``.
-    Everything that can be checked is checked before any data is read or any file written
-    (``_build_checked``). The errors it raises are all from ``fmnist_lightning.errors``.
-
-    Args:
-        cfg: The composed ``conf/train.yaml``.
+    """Trains on the composed ``conf/train.yaml``, tests the best checkpoint, and writes the
+    run folder ``cfg.output_dir``, all checked before any data is read or any file written.
 
     Returns:
-        The final metrics as floats: ``val/*`` of the last epoch, ``val/acc_best``, and
-        ``test/loss`` and ``test/acc`` of the best checkpoint (of the last weights when no
-        checkpoint was saved, e.g. under ``debug=fdr``). Accuracies are fractions.
+        The last epoch's ``val/*``, ``val/acc_best``, and the best checkpoint's ``test/loss``
+        and ``test/acc``, as floats (accuracies are fractions).
 
     Raises:
         ConfigError: The config has bad values (all are listed).
         RunError: The start checkpoint or the run folder cannot be used, or another process
-            is training in the folder (it holds the folder's lock, see ``locks``).
+            is training in the folder.
         DatasetError: The dataset files are missing or corrupt.
-        NonFiniteLossError: The loss became NaN or infinite; the run is marked failed and its
-            last end-of-epoch checkpoint kept.
+        NonFiniteLossError: The loss became NaN or infinite (the run is marked failed).
         RunInterrupted: Ctrl-C or SIGTERM; ``checkpoints/last.ckpt`` holds the state.
         TrialPruned: An Optuna search pruned the run (``metrics.json``: ``status: pruned``).
     """
     folder = RunFolder(cfg.output_dir)
     with folder.locked(held=not is_child_rank()):  # DDP: rank 0 holds it for all processes
-        torch.set_num_threads(cpu_threads(cfg))
+        torch.set_num_threads(cpu_threads(cfg.trainer))
         status, report = RunStatus(folder.path), TestReport(folder.path)
         run, start = _build_checked(cfg, folder, [status, report])  # every refusal, before any data is read
         model, datamodule, trainer = run.model, run.datamodule, run.trainer
         _log_start(cfg, run, folder, start)
-        datamodule.prepare_data()  # missing or bad files refused before any training work
         resolved = OmegaConf.to_container(cfg, resolve=True)
         with Attempt(cfg, trainer, status, folder.read_status() if start is not None else {}) as attempt:
             for logger in trainer.loggers:
@@ -113,8 +92,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 trainer.fit(model, datamodule=datamodule, ckpt_path=start)
                 test_from = attempt.fitted()
             attempt.stage = "test"
-            # SIGTERM stops the test and the report as Ctrl-C does (Lightning's own SIGTERM
-            # handler, installed during trainer.test, calls this one too).
+            # SIGTERM stops the test and the report as Ctrl-C does.
             with sigterm_as_ctrl_c():
                 status.write(trainer, "running", epochs=attempt.epochs, metrics=attempt.metrics, trained=True)
                 trainer.test(model, datamodule=datamodule, ckpt_path=test_from)  # TestReport writes the report
@@ -130,22 +108,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _build_checked(cfg: DictConfig, folder: RunFolder, callbacks: list) -> tuple[Run, Path | None]:
-    """The run's objects, built once from the config (``build_run``, which reports every bad
-    value by its key), and the checkpoint it starts from (``resume`` or ``ckpt_path``, see
-    ``start_checkpoint``), checked before anything is written: the checkpoint fits the
-    network, the folder is writable with enough free space. A refused ``resume=`` attempt's
-    Hydra files are removed again.
-
-    Raises:
-        ConfigError, RunError: As ``train``.
-    """
+    """The run's objects and start checkpoint, checked before anything is written (a refused
+    resume's Hydra files are removed)."""
     try:
         run = build_run(cfg, extra_callbacks=callbacks, extra_loggers=[EpochHistory(folder.path)])
         start = start_checkpoint(cfg)
         if start is not None:
             check_checkpoint_fits(run.model.net, start, run_overrides())
-        if not is_child_rank():
-            check_writable(folder.path, min_free_bytes(run.model.net))
+        if not is_child_rank():  # bytes: 2 checkpoints of the weights and 2 optimizer moments, net.pt, 50 MiB logs
+            weight_bytes = sum(p.numel() * p.element_size() for p in run.model.net.parameters())
+            check_writable(folder.path, 7 * weight_bytes + 50 * 2**20)
     except (ConfigError, RunError):
         if cfg.get("resume") and HydraConfig.initialized():  # the refused attempt's Hydra files
             folder.discard_attempt(HydraConfig.get().output_subdir)
@@ -180,10 +152,8 @@ def _log_start(cfg: DictConfig, run: Run, folder: RunFolder, start: Path | None)
 
 
 def save_weights(model: L.LightningModule, best_path: str, folder: RunFolder) -> None:
-    """Writes the tested network's plain ``state_dict`` as the run's ``net.pt``: the best
-    checkpoint's (``best_path``; the model's own weights where there is none), whichever
-    process the test ran in. Serialised first, then written atomically
-    (``checkpoint_io.AtomicCheckpointIO``)."""
+    """Writes the tested network's plain ``state_dict`` (``best_path``'s, else the model's
+    own) atomically as the run's ``net.pt``."""
     if best_path:
         model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
     weights = io.BytesIO()

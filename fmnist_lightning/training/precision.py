@@ -1,24 +1,13 @@
 """``trainer.precision=auto`` (the default): the precision this machine trains fastest in.
 
-bf16 pays only where the hardware computes in it natively and fast; elsewhere it is emulated
-and slower than fp32 (benchmarks/RESULTS.md, "Speed options": about 10× slower on an AVX2 CPU
-without BF16 instructions). So ``auto`` becomes
-
-- ``bf16-mixed`` on a CUDA GPU that supports bf16 (``torch.cuda.is_bf16_supported()``: compute
-  capability 8.0 and later, Ampere on);
-- ``bf16-mixed`` on a CPU with native bf16 instructions (``avx512_bf16`` or ``amx_bf16``, as
-  ``torch.cpu.get_capabilities()`` reports them) where bf16 also runs at least
-  ``MIN_CPU_SPEEDUP`` times as fast as fp32 in ``cpu_bf16_speedup``'s probe (a convolution
-  and a matrix product of three_conv's sizes, about 0.2 s). The flag alone is not enough: on
-  an Intel Xeon (family 6, model 207) in a VM that reports ``avx512_bf16`` but hides AMX, the
-  probe ran bf16 at 0.6× fp32's speed and recipe 001 trained 1.3× slower in bf16
-  (benchmarks/RESULTS.md, "bf16 against fp32"), while the AMD EPYC of issue 15 ran bf16
-  matrix products 4× as fast;
-- ``32-true`` otherwise (other accelerators too).
-
-It is resolved once per run, before the Trainer is built: the run's ``.hydra/config.yaml``
-records the chosen value, so that ``resume=`` continues in the same precision on any machine.
-An explicit ``trainer.precision`` is used as it is.
+bf16 pays only where the hardware computes in it natively and fast; emulated, it is slower than
+fp32 (benchmarks/RESULTS.md, "Speed options" and "bf16 against fp32"). So ``auto`` becomes
+``bf16-mixed`` on a CUDA GPU that supports bf16 (``torch.cuda.is_bf16_supported()``: compute
+capability 8.0 on), ``bf16-mixed`` on a CPU with native bf16 (``avx512_bf16`` or ``amx_bf16`` in
+``torch.cpu.get_capabilities()``) where ``cpu_bf16_speedup``'s probe also runs bf16 at least
+``MIN_CPU_SPEEDUP`` times as fast as fp32 (the flag alone is not enough: a VM may hide AMX),
+and ``32-true`` otherwise. It is resolved once per run, before the Trainer is built, and
+recorded in the run's ``.hydra/config.yaml``, so ``resume=`` continues in the same precision.
 """
 
 from __future__ import annotations
@@ -47,33 +36,28 @@ AUTO_CHOICES = (BF16, FP32)
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-#: The speed of bf16 over fp32 in ``cpu_bf16_speedup``'s probe that makes ``auto`` pick bf16
-#: on a CPU: well above 1, since bf16-mixed adds casts that the probe does not have, and
-#: clear of the probe's noise (on the Xeon above: 0.57-0.61 in 5 runs on the idle machine,
-#: 0.66-1.27 in 8 runs while a training run shared its 2 cores).
+#: bf16's speed over fp32 in ``cpu_bf16_speedup``'s probe that makes ``auto`` pick bf16 on a
+#: CPU: well above 1 (bf16-mixed adds casts the probe lacks) and clear of the probe's noise.
 MIN_CPU_SPEEDUP = 1.5
 
 
 @functools.cache
 def cpu_bf16_speedup(repeats: int = 5) -> float:
-    """How many times as fast as fp32 this CPU runs bf16: the ratio of the fastest of
-    ``repeats`` interleaved timings of each, of a probe: a 3×3 convolution (batch 64, 32 → 64
-    channels, 14×14, channels-last, three_conv's second block) and a 512×1024 by 1024×512
-    matrix product. The fastest timing is the one least disturbed by other processes (a
-    median of ratios read 1.9× once, against 0.6× on an idle machine, while another training
-    process was ending). Takes about 0.2 s on 2 idle cores; the result is kept for the rest
-    of the process."""
+    """How many times as fast as fp32 this CPU runs bf16 (cached for the process): the ratio of
+    the fastest of ``repeats`` interleaved timings of a 3×3 convolution (batch 64, 32 → 64
+    channels, 14×14, channels-last: three_conv's second block) and a 512×1024 by 1024×512
+    matrix product; the fastest is the least disturbed by other processes."""
     import torch.nn.functional as F
 
     generator = torch.Generator().manual_seed(0)  # the global random state is the run's seed's
+    probe = [
+        torch.randn(*shape, generator=generator)
+        for shape in ((64, 32, 14, 14), (64, 32, 3, 3), (512, 1024), (1024, 512))
+    ]
 
     def seconds(dtype: torch.dtype) -> float:
-        def data(*shape: int) -> torch.Tensor:
-            return torch.randn(*shape, generator=generator).to(dtype)
-
-        x = data(64, 32, 14, 14).contiguous(memory_format=torch.channels_last)
-        w = data(64, 32, 3, 3).contiguous(memory_format=torch.channels_last)
-        a, b = data(512, 1024), data(1024, 512)
+        x, w, a, b = (tensor.to(dtype) for tensor in probe)
+        x, w = (tensor.contiguous(memory_format=torch.channels_last) for tensor in (x, w))
         F.conv2d(x, w, padding=1), a @ b  # warm-up: oneDNN picks and caches its kernels
         start = time.perf_counter()
         for _ in range(2):
@@ -87,20 +71,9 @@ def cpu_bf16_speedup(repeats: int = 5) -> float:
 def choose_precision(
     accelerator: str, cpu_flags: Mapping[str, bool], cuda_bf16: bool, bf16_speedup: Callable[[], float]
 ) -> tuple[str, str]:
-    """The precision for ``accelerator`` and why.
-
-    Args:
-        accelerator: The accelerator the run trains on: ``"cpu"``, ``"cuda"``, or another of
-            Lightning's (``"mps"``, ...).
-        cpu_flags: The CPU's capabilities, as ``torch.cpu.get_capabilities()`` gives them.
-        cuda_bf16: Whether the CUDA device supports bf16.
-        bf16_speedup: Measures bf16's speed over fp32 on the CPU (``cpu_bf16_speedup``);
-            called only for a CPU with native bf16 flags.
-
-    Returns:
-        ``(precision, reason)``: a Lightning precision (``"bf16-mixed"`` or ``"32-true"``) and
-        a sentence for the log.
-    """
+    """``(precision, reason)``: ``"bf16-mixed"`` or ``"32-true"`` for ``accelerator``, and a
+    sentence for the log; ``cpu_flags`` are ``torch.cpu.get_capabilities()``, ``bf16_speedup``
+    (``cpu_bf16_speedup``) is called only for a CPU with native bf16 flags."""
     if accelerator == "cuda":
         if cuda_bf16:
             return BF16, "the GPU supports bf16"
@@ -134,11 +107,8 @@ def run_accelerator(trainer_cfg: DictConfig) -> str:
 
 
 def resolve_precision(cfg: DictConfig) -> str | None:
-    """Replaces ``trainer.precision=auto`` in ``cfg`` by this machine's choice.
-
-    Returns:
-        The reason, for the log, or ``None`` when ``trainer.precision`` was set explicitly.
-    """
+    """Replaces ``trainer.precision=auto`` in ``cfg`` by this machine's choice; returns the
+    reason, for the log, or ``None`` when ``trainer.precision`` was set explicitly."""
     trainer = cfg.get("trainer")
     if not isinstance(trainer, DictConfig) or trainer.get("precision") != AUTO:
         return None
@@ -151,18 +121,13 @@ def resolve_precision(cfg: DictConfig) -> str | None:
 
 
 def record_precision(run_dir: Path, precision: str, reason: str) -> None:
-    """Logs the choice of ``trainer.precision=auto``, and writes it into the run's
-    ``.hydra/config.yaml`` (where Hydra saved ``auto``), which ``resume=`` starts from. The
-    file is replaced whole (written beside it, then renamed), so it is never left half written.
-
-    Raises:
-        DamagedFileError: The saved config cannot be read.
-    """
+    """Logs the choice of ``trainer.precision=auto`` and writes it, atomically, into the run's
+    ``.hydra/config.yaml`` (where Hydra saved ``auto``), which ``resume=`` starts from."""
     log.info("trainer.precision=auto: %s, because %s", precision, reason)
     folder = RunFolder(run_dir)
     if not folder.is_run():  # train() called outside Hydra, or hydra.output_subdir=null
         return
-    config = folder.read_config()  # this run's own config, just written by Hydra
+    config = OmegaConf.load(folder.config_file)  # this run's own config, just written by Hydra
     if OmegaConf.select(config, "trainer.precision") == AUTO:
         config.trainer.precision = precision
         folder.write_config(config)

@@ -28,11 +28,8 @@ RANK_VARIABLES = ("LOCAL_RANK", "RANK", "SLURM_PROCID", "NODE_RANK")
 
 
 def seconds_since_launch() -> float | None:
-    """Seconds since this process was launched, to 10 ms: the kernel's start time of the
-    process (``/proc/self/stat``, field 22, in clock ticks since boot) against
-    ``CLOCK_BOOTTIME``. ``None`` where there is no ``/proc`` (not Linux). psutil's
-    ``create_time`` is not used: it adds the boot time in whole seconds, so it is off by up
-    to one second."""
+    """Seconds since this process was launched, to 10 ms (``/proc/self/stat`` field 22, in clock
+    ticks since boot, against ``CLOCK_BOOTTIME``; psutil's is off by up to 1 s); ``None`` off Linux."""
     try:
         fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
         started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
@@ -42,9 +39,8 @@ def seconds_since_launch() -> float | None:
 
 
 def train_command() -> str:
-    """How the user started training, for messages that tell them what to run next:
-    ``fmnist-train`` as installed, ``python train.py`` from a clone, or
-    ``python -m fmnist_lightning.cli.train``."""
+    """How the user started training (``fmnist-train``, ``python train.py``, ``python -m ...``),
+    for messages that say what to run next."""
     name = Path(sys.argv[0]).name
     if name == "_submit.py":  # a sweep job that submitit started on SLURM
         return "fmnist-train"
@@ -55,8 +51,7 @@ def train_command() -> str:
 
 
 def command_line() -> str:
-    """The command that started this run, shell-quoted: ``train_command()`` and the job's own
-    overrides (a sweep job's, not the sweep's ``-m`` line); ``sys.argv`` outside Hydra."""
+    """The command that started this run (a sweep job's own overrides, not ``-m``), shell-quoted."""
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else sys.argv[1:]
     return shlex.join([*train_command().split(" "), *overrides])
 
@@ -73,19 +68,16 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def cpu_threads(cfg: DictConfig) -> int:
-    """Intra-op threads for this process: the cores it may use (containers and taskset limit
-    them), shared out among the jobs a parallel launcher runs at once
-    (``hydra.launcher.n_jobs``) and the processes of a multi-process CPU run
-    (``trainer=ddp``), so that they do not oversubscribe the cores. In a SLURM task, the
-    cores are at most the task's ``SLURM_CPUS_PER_TASK`` (a cluster without CPU binding
-    leaves the whole machine in the affinity mask), and one task is one process."""
+def cpu_threads(trainer: DictConfig) -> int:
+    """Intra-op threads for this process: the cores it may use (its affinity mask; in a SLURM
+    task at most ``SLURM_CPUS_PER_TASK``), shared out among a parallel launcher's jobs
+    (``hydra.launcher.n_jobs``) and a multi-process CPU run's processes (``trainer.devices``)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
     if slurm_cpus.isdigit() and "SLURM_PROCID" in os.environ:
         return max(1, min(cores, int(slurm_cpus)))
-    devices = cfg.trainer.get("devices")
-    on_cpu = cfg.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()
+    devices = trainer.get("devices")
+    on_cpu = trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()
     processes = devices if on_cpu and isinstance(devices, int) and devices > 1 else 1
     if in_multirun():
         n_jobs = HydraConfig.get().launcher.get("n_jobs") or 1
@@ -93,14 +85,10 @@ def cpu_threads(cfg: DictConfig) -> int:
     return max(1, cores // processes)
 
 
-def launch_strategy(cfg: DictConfig) -> Any:
-    """``trainer.strategy``, with ``ddp`` replaced by ``ddp_spawn`` inside a Hydra multirun.
-
-    Lightning's ``ddp`` starts its other processes by re-running the command line, which
-    under ``-m`` would start the whole sweep again in each of them; ``ddp_spawn`` starts
-    them from inside this job instead.
-    """
-    strategy = cfg.trainer.get("strategy", "auto")
+def launch_strategy(trainer: DictConfig) -> Any:
+    """``trainer.strategy``, with ``ddp`` replaced by ``ddp_spawn`` inside a Hydra multirun
+    (Lightning's ``ddp`` re-runs the command line, which would start the whole sweep again)."""
+    strategy = trainer.get("strategy", "auto")
     if strategy == "ddp" and in_multirun():
         log.info("trainer.strategy=ddp inside a multirun: using ddp_spawn, so the sweep is not re-run")
         return "ddp_spawn"
@@ -109,11 +97,8 @@ def launch_strategy(cfg: DictConfig) -> Any:
 
 @contextmanager
 def sigterm_as_ctrl_c() -> Iterator[None]:
-    """Inside the block, SIGTERM to this process raises ``KeyboardInterrupt`` in its main
-    thread, as Ctrl-C does, so that code which cleans up after Ctrl-C (a run's status, a
-    server's worker processes) does so after a ``kill``, a service manager's stop or
-    ``scancel`` too. Processes forked from this one inherit the handler; in them SIGTERM keeps
-    its default meaning. Outside the main thread, nothing changes."""
+    """Inside the block, SIGTERM raises ``KeyboardInterrupt`` in the main thread, as Ctrl-C does
+    (forked processes keep SIGTERM's default; outside the main thread nothing changes)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

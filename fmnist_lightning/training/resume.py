@@ -1,17 +1,8 @@
-"""``fmnist-train resume=<run folder>`` and ``resume=<sweep folder>``, and sweep jobs continued.
-The checkpoint a run then starts from is ``training.starting``'s.
-
-``resume=<run folder> [overrides]`` continues the run with its own config: ``resumed_config``
-checks the command, takes the run's lock, and reads the run's config once, through
-``RunFolder.load_config`` (the old-config upgrade and the rule of trust). That config becomes
-the primary config Hydra composes the command from (registered in Hydra's ``ConfigStore``),
-so conf/ edits made since do not leak in, and Hydra applies the command's dotted overrides
-(``trainer.max_epochs=20``) to it as to any config. This attempt's Hydra files go to
-``.hydra/resume_<date>_<time>/``, leaving the original ones untouched. Nothing rewrites the
-command line: a DDP child or a SLURM task runs the same command and reads the same config.
-
-``resume=<sweep folder>`` repeats the sweep's own command into its folder
-(``continue_sweep``); the sweepers then continue it (``fmnist_lightning.sweeps.continuing``).
+"""``fmnist-train resume=<run folder>`` and ``resume=<sweep folder>``, sweep jobs continued,
+and the checkpoint a run starts from. A resumed run's own config is Hydra's primary config, so
+conf/ edits made since do not leak in and dotted overrides apply to it; nothing rewrites the
+command line, so a DDP child or a SLURM task reads the same config. ``resume=<sweep folder>``
+repeats the sweep's own command into its folder (``fmnist_lightning.sweeps.continuing``).
 """
 
 from __future__ import annotations
@@ -19,12 +10,20 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmnist_lightning.errors import RunError
 from fmnist_lightning.overrides import key_of, quoted, value_of
-from fmnist_lightning.run_folder import CONFIG_FILE, HYDRA_DIR, LAST_CHECKPOINT, RunFolder, read_sweep_overrides
+from fmnist_lightning.run_folder import (
+    CHECKPOINTS,
+    CONFIG_FILE,
+    HYDRA_DIR,
+    LAST_CHECKPOINT,
+    RunFolder,
+    read_sweep_overrides,
+)
 from fmnist_lightning.training.precision import AUTO
 from fmnist_lightning.training.processes import in_multirun, is_child_rank, train_command
 from fmnist_lightning.trust import TARGET, TRUST_KEY, UntrustedConfigError, check_overrides
@@ -40,8 +39,7 @@ CONFIG_FLAGS = ("-cp", "-cn", "-cd", "--config-path", "--config-name", "--config
 
 
 def trusted_on_command(args: list[str]) -> list[str]:
-    """The modules this command trusts: its ``trusted_modules=[...]`` override (one name is
-    taken as a list of one).
+    """The modules this command trusts: its ``trusted_modules=[...]`` override.
 
     Raises:
         RunError: A name is not a dotted Python module name.
@@ -64,18 +62,16 @@ def sweep_to_resume(args: list[str]) -> Path | None:
 
 
 def resumed_config(args: list[str]) -> DictConfig | None:
-    """The primary config of ``fmnist-train [args]``: ``None`` for a new run (conf/train.yaml);
-    for ``resume=<run folder>``, the run's own config, read once through ``RunFolder`` with
-    this command's ``trusted_modules`` (never the saved config's), with the Hydra settings of a
-    resume: conf/hydra/default.yaml, the run folder as ``hydra.run.dir``, and this attempt's
-    Hydra files in ``.hydra/resume_<date>_<time>/``. This process then holds the run's lock
-    until it ends (rank 0 of a multi-process job holds it for all).
+    """The primary config of ``fmnist-train [args]``: ``None`` for a new run; for
+    ``resume=<run folder>``, the run's own config, trusted as this command says (never as the
+    saved config says), with a resume's Hydra settings. This process then holds the run's lock
+    until it ends (rank 0 holds it for all).
 
     Raises:
         RunError: ``resume`` names no run folder, or is combined with ``-m``, ``-cp``/``-cn``,
             ``hydra.run.dir`` or a config group; another process is training in the folder;
-            or the run's config, ``metrics.json`` or ``history.csv`` is damaged;
-            ``UntrustedConfigError``, its config names something not trusted.
+            or the run's config, ``metrics.json`` or ``history.csv`` is damaged.
+        UntrustedConfigError: Its config names something not trusted.
     """
     resume = value_of(args, "resume")
     if resume is None:
@@ -108,11 +104,7 @@ def resumed_config(args: list[str]) -> DictConfig | None:
 
 
 def _check_command(resume: str, args: list[str]) -> None:
-    """Refuses what ``resume=<run folder>`` cannot be combined with.
-
-    Raises:
-        RunError: ``-m``, ``-cp``/``-cn``, ``hydra.run.dir`` or a config group.
-    """
+    """Refuses ``-m``, ``-cp``/``-cn``, ``hydra.run.dir`` or a config group beside ``resume``."""
     if "-m" in args or "--multirun" in args:
         raise RunError(
             "resume=<run folder> continues one run and cannot be combined with -m/--multirun; "
@@ -131,11 +123,7 @@ def _check_command(resume: str, args: list[str]) -> None:
 
 
 def _run_folder(resume: str) -> RunFolder:
-    """The run folder ``resume`` names, resolved.
-
-    Raises:
-        RunError: No such folder, or not a run folder.
-    """
+    """The run folder ``resume`` names, resolved; a ``RunError`` where there is none."""
     folder = Path(resume).expanduser()
     if not folder.is_dir():
         raise RunError(f"resume={resume}: no such folder. Pass a run folder such as outputs/runs/<date>_<time>.")
@@ -149,18 +137,12 @@ def _run_folder(resume: str) -> RunFolder:
 
 def continue_sweep(args: list[str], folder: Path) -> list[str]:
     """The arguments of ``fmnist-train resume=<sweep folder> [overrides]``: the sweep's own
-    command (its overrides from ``multirun.yaml``), into its folder, with ``-m``. The
-    sweepers then continue it (``fmnist_lightning.sweeps.continuing``). Further overrides
-    apply after the sweep's own: ``hydra.launcher.n_jobs=4``, say; one that changes a job is
-    refused by the sweeper.
-
-    The overrides read from ``multirun.yaml`` may come from someone else: they are checked
-    (``fmnist_lightning.trust.check_overrides``) with this command's ``trusted_modules``, and
-    a ``trusted_modules`` among them is dropped.
+    overrides from ``multirun.yaml`` (checked with this command's ``trusted_modules``, never
+    theirs), then the further ones, into its folder, with ``-m``.
 
     Raises:
-        RunError: ``multirun.yaml`` is damaged, or ``hydra.sweep.dir`` is given too;
-            ``UntrustedConfigError``, an override of the sweep names something not trusted.
+        RunError: ``multirun.yaml`` is damaged, or ``hydra.sweep.dir`` is given too.
+        UntrustedConfigError: An override of the sweep names something not trusted.
     """
     trusted = trusted_on_command(args)
     args = [a for a in args if a not in ("-m", "--multirun") and key_of(a) not in ("resume", TRUST_KEY)]
@@ -178,24 +160,9 @@ def continue_sweep(args: list[str], folder: Path) -> list[str]:
 
 
 def continue_job(cfg: DictConfig) -> bool:
-    """Makes a sweep job continue the run an earlier attempt of it left in its folder.
-
-    Applies to a job of a multirun whose folder holds a run with a ``last.ckpt`` and
-    ``status: interrupted`` (stopped by a signal: a SLURM job that requeued itself) or
-    ``running`` (the attempt died without a word: a killed sweep, a failed node): sets
-    ``cfg.resume`` to the folder, as ``resume=<job folder>`` would, so the run continues from
-    its last end-of-epoch checkpoint, and ``trainer.precision=auto`` to the precision the run
-    chose (written into its saved config), so the continued run computes as the first did.
-    A job folder holds a run only when an earlier attempt of the same job wrote it: SLURM
-    starting a requeued job again, or a sweep continued in its folder
-    (``fmnist_lightning.sweeps.continuing``).
-
-    Args:
-        cfg: The job's composed config; changed in place.
-
-    Returns:
-        Whether the job continues an earlier attempt.
-    """
+    """Whether a sweep job continues the run an earlier attempt left unfinished in its folder
+    (``RunFolder.left_unfinished``: a requeued SLURM job, a killed sweep); then sets
+    ``cfg.resume`` to the folder and ``trainer.precision=auto`` to the run's choice, in place."""
     if not in_multirun() or cfg.get("resume") or not RunFolder(cfg.output_dir).left_unfinished(cfg):
         return False
     output_dir = Path(cfg.output_dir).resolve()
@@ -212,3 +179,126 @@ def continue_job(cfg: DictConfig) -> bool:
         f" (SLURM restart {restart})" if restart else "",
     )
     return True
+
+
+#: ``ckpt_path`` values that Lightning looks up in the run's own (here: new) folder.
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+
+
+def start_checkpoint(cfg: DictConfig) -> Path | None:
+    """The checkpoint a run starts from: ``last.ckpt`` of ``resume``, the file
+    ``ckpt_path``, or ``None`` for a fresh start.
+
+    Raises:
+        RunError: ``resume`` is not this run's folder or has no ``last.ckpt``, or its run
+            finished and this command sets no new limit (``check_trains_further``); or
+            ``ckpt_path`` is one of Lightning's names (``last``...), which would look in this
+            new folder, or is not a file.
+    """
+    output_dir = Path(cfg.output_dir).resolve()
+    resume, ckpt_path = cfg.get("resume"), cfg.get("ckpt_path")
+    if resume and ckpt_path:
+        raise RunError(f"resume={resume} and ckpt_path={ckpt_path} both say where to start; give one of them")
+    if resume:
+        if Path(resume).resolve() != output_dir:
+            raise RunError(
+                f"resume={resume}, but this run writes to {output_dir}; start it as "
+                f"`{train_command()} resume={resume}`, which continues the run in its own folder"
+            )
+        last = RunFolder(output_dir).last_checkpoint(cfg)
+        if not last.is_file():
+            raise RunError(
+                f"resume={resume}: the run has no checkpoint {last}, so there is nothing to continue "
+                "(it stopped before its first epoch ended, or ran with callbacks.last_checkpoint=null); "
+                "start it again as a new run"
+            )
+        status = RunFolder(output_dir).read_status()
+        if status.get("status") == "finished":
+            check_trains_further(cfg, resume, status)
+        return last
+    if ckpt_path is None:
+        return None
+    if str(ckpt_path) in LIGHTNING_CKPT_NAMES or str(ckpt_path).startswith("registry:"):
+        raise RunError(
+            f"ckpt_path={ckpt_path} would look for a checkpoint in this new run folder {output_dir}, "
+            "find none, and train from scratch. To continue an earlier run use resume=<run folder>; "
+            "to start from a checkpoint file, give its path, e.g. "
+            f"ckpt_path=outputs/runs/<run>/{CHECKPOINTS}/{LAST_CHECKPOINT}"
+        )
+    if not Path(ckpt_path).is_file():
+        raise RunError(
+            f"ckpt_path={ckpt_path}: no such file; give the path of a .ckpt file from a run's checkpoints/ folder"
+        )
+    return Path(ckpt_path)
+
+
+#: The Trainer's limits on training; a finished run trains further only when its resume sets one anew.
+STOP_LIMITS = ("max_epochs", "max_steps", "max_time")
+
+
+def stop_limits(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg``'s ``STOP_LIMITS`` as plain values (``limits`` of ``metrics.json``)."""
+    return {
+        key: OmegaConf.to_container(v) if isinstance(v := cfg.trainer.get(key), DictConfig) else v
+        for key in STOP_LIMITS
+    }
+
+
+def _seconds(max_time: Any) -> float | None:
+    """``trainer.max_time`` in seconds, as Lightning's ``Timer`` reads it; ``None``: no limit."""
+    from lightning.pytorch.callbacks import Timer
+
+    return None if max_time is None else Timer(duration=max_time)._duration
+
+
+def _asks_for_more(key: str, value: Any, before: Any, status: dict) -> bool:
+    """Whether limit ``key`` at ``value`` (``before`` earlier) lets a finished run train further."""
+    if key != "max_time":  # -1 and null both mean no limit
+        value, before = (None if v == -1 else v for v in (value, before))
+    if value == before:
+        return False
+    if key == "max_time":
+        now, then = _seconds(value), _seconds(before)
+        return now is None or (then is not None and now > then)
+    done = status.get("epochs", 0) if key == "max_epochs" else status.get("global_step", 0)
+    return value in (None, -1) or value > done
+
+
+def check_trains_further(cfg: DictConfig, resume: str, status: dict) -> None:
+    """Refuses to continue a finished run unless this command sets one of ``STOP_LIMITS``
+    beyond the value its last fit had (``limits`` of ``metrics.json``, else the saved config)
+    and beyond what the run has done.
+
+    Raises:
+        RunError: No limit asks for more; the message names what ended the run and a limit to set.
+    """
+    before = status.get("limits") or stop_limits(RunFolder(cfg.output_dir).load_config(cfg.get(TRUST_KEY) or ()))
+    now = stop_limits(cfg)
+    if any(_asks_for_more(key, now[key], before.get(key), status) for key in STOP_LIMITS):
+        return
+    done, steps = status.get("epochs", 0), status.get("global_step", 0)
+    more_epochs = f"trainer.max_epochs={done + 5}"
+    reasons = {
+        "max_epochs": (f"trainer.max_epochs={before.get('max_epochs')} ended it", more_epochs),
+        "max_steps": (f"trainer.max_steps={before.get('max_steps')} ended it", f"trainer.max_steps={2 * steps}"),
+        "max_time": (f"trainer.max_time={before.get('max_time')} ended it", _longer_time(before.get("max_time"))),
+        "early_stopping": ("early stopping ended it", more_epochs),
+    }
+    ended, hint = reasons.get(status.get("stopped_by"), ("a limit or early stopping ended it", more_epochs))
+    epochs = f"{done} epoch{'s' * (done != 1)}"
+    raise RunError(
+        f"resume={resume}: the run already finished ({ended} after {epochs}), and its result stays as it is "
+        f"unless this command sets a limit beyond it; to train it further, give e.g. resume={resume} {hint} "
+        "(docs/runs.md, Continuing a finished run)"
+    )
+
+
+def _longer_time(max_time: object) -> str:
+    """``trainer.max_time=<twice max_time>`` for Lightning's ``DD:HH:MM:SS``; else a hint in words."""
+    parts = str(max_time).split(":")
+    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        return "a longer trainer.max_time"
+    days, hours, minutes, seconds = (int(p) for p in parts)
+    total = 2 * (((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+    days, rest = divmod(total, 86400)
+    return f"trainer.max_time={days:02d}:{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"

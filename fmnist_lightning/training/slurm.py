@@ -1,17 +1,10 @@
-"""Sweep jobs on SLURM (``hydra/launcher=slurm``, which submits through submitit) survive
-preemption and time limits.
-
-A job stopped by SIGTERM (preemption, ``scancel --signal=TERM``) or by submitit's time-limit
-signal (SIGUSR2, ``hydra.launcher.signal_delay_s`` before the limit) stops after the current
-batch and saves ``last.ckpt`` (``callbacks.InterruptCheckpoint``). The job then puts itself
-back in the queue (``scontrol requeue``, as submitit does) and exits without a result, so the
-sweep keeps waiting for it. When SLURM starts it again, submitit runs the same job in the same
-folder, and ``training.resume.continue_job`` turns it into ``resume=<job folder>``: no finished batch is
-lost and none is trained twice. A job that was cancelled (``scancel`` without ``--signal``)
-is not requeued.
-
-Multi-process runs that ``srun`` starts from an sbatch script (``scripts/train.sbatch``) are
-continued by submitting the script again (docs: Several processes and clusters).
+"""Sweep jobs on SLURM (``hydra/launcher=slurm``, through submitit) survive preemption and
+time limits: stopped by SIGTERM or submitit's time-limit signal, a job saves ``last.ckpt``
+(``callbacks.InterruptCheckpoint``), requeues itself (``scontrol requeue``, as submitit does)
+and exits without a result; started again in the same folder, it continues from there
+(``training.resume.continue_job``). A cancelled job (``scancel`` without ``--signal``) is not
+requeued. Runs that ``srun`` starts from ``scripts/train.sbatch`` are continued by submitting
+the script again.
 """
 
 from __future__ import annotations
@@ -50,8 +43,7 @@ def job_id() -> str:
 
 
 def job_state(job: str) -> str:
-    """The job's state from ``scontrol show job`` (``RUNNING``, ``CANCELLED``...), or
-    ``UNKNOWN`` when scontrol cannot tell."""
+    """The job's state from ``scontrol show job`` (``RUNNING``, ...), or ``UNKNOWN``."""
     result = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=60)
     for field in result.stdout.split():
         if field.startswith("JobState="):
@@ -60,12 +52,8 @@ def job_state(job: str) -> str:
 
 
 def requeue() -> bool:
-    """Puts this running SLURM job back in the queue (``scontrol requeue``).
-
-    Returns:
-        Whether it was requeued: ``False`` for a job that is no longer running (a plain
-        ``scancel`` cancels it before the signal arrives) or when scontrol refuses (logged).
-    """
+    """Puts this running SLURM job back in the queue (``scontrol requeue``); whether it was:
+    not a job that is no longer running (a plain ``scancel``) or that scontrol refuses (logged)."""
     job = job_id()
     state = job_state(job)
     if state != "RUNNING":

@@ -1,28 +1,12 @@
-"""The one rule for a config read back from disk: it may not run code on this machine.
-
-A run folder's ``.hydra/config.yaml``, a checkpoint's hyperparameters and a sweep's
-``multirun.yaml`` overrides decide, through their ``_target_``s, which Python callables the
-project imports and calls. Such a folder may come from someone else, so before anything of it
-is imported, resolved or called, ``check_config`` (and ``check_overrides`` for a sweep's
-overrides) accepts every ``_target_`` in it only when what the target *resolves to* is:
-
-- a class of this project (``fmnist_lightning``, and its sweepers in
-  ``hydra_plugins.fmnist_lightning_sweepers``);
-- a class of torch, torchvision, torchmetrics, Lightning, Optuna or Hydra that derives from the
-  base expected at its key (``_bases``: ``model`` an ``nn.Module``, ``optimizer`` an
-  ``Optimizer``, ``callbacks.*`` a Lightning ``Callback``, ...), or for a search's sampler
-  and pruner one of ``EXACT``;
-- anything in a module the user trusts on this machine's command line (``trusted_modules``),
-  never in the folder's own files.
-
-A target is checked by what it names, not by its spelling (``torch.nn.functional.torch.load``
-is ``torch.load``, a function: refused), and modules are imported for that only under the
-roots above (``os.system`` is refused before ``os`` is looked at). Interpolations may refer to
-other keys and to ``${hydra:...}``; every other resolver (``oc.env``, ``oc.decode``, this
-project's ``fmnist.*``, which create folders, one whose name is built from another
-interpolation) is refused, before anything resolves a value. Hydra's own instantiate blocklist
-(hydra-core >= 1.3.8) stays as a second line. The rule for the same class of flaw in
-Lightning's hyperparameters is Lightning's own (2.6.6, PR #21832).
+"""The one rule for a config read back from disk (a run's config, a checkpoint's hyperparameters,
+a sweep's overrides): it may not run code on this machine. Before anything of it is imported,
+resolved or called, every ``_target_`` must *resolve to* (not merely be spelled as) a class of this
+project (``PROJECT``), a class of ``LIBRARIES`` deriving from the base expected at its key
+(``_bases``; for a search's sampler and pruner one of ``EXACT``), or anything in a module trusted on
+this machine's command line (``trusted_modules``). Modules are imported for the check only under
+these roots. Interpolations may refer to other keys and to ``${hydra:...}``; every other resolver
+is refused. Hydra's instantiate blocklist (hydra-core >= 1.3.8) and Lightning's own rule (2.6.6,
+PR #21832) stay as a second line.
 """
 
 from __future__ import annotations
@@ -118,8 +102,8 @@ def _bases() -> list[tuple[str, type]]:
 
 
 def expected_base(key: str) -> type | tuple[type, ...]:
-    """The class a third-party target at ``key`` must derive from: the first pattern of
-    ``_bases`` that matches, else any of them (a ``_target_`` nested somewhere else)."""
+    """The class a third-party target at ``key`` must derive from: the first of ``_bases`` that
+    matches, else any of them."""
     bases = _bases()
     return next((base for pattern, base in bases if fnmatch.fnmatchcase(key, pattern)), tuple(b for _, b in bases))
 
@@ -131,7 +115,7 @@ def _under(name: str, modules: Sequence[str]) -> bool:
 
 def check_target(key: str, target: Any, trusted: Sequence[str] = ()) -> None:
     """Accepts ``target`` at ``key`` (``model``, ``callbacks.early_stopping``, ...) only when it
-    resolves to a trusted callable (the module docstring's rule).
+    resolves to a trusted callable.
 
     Raises:
         UntrustedConfigError: It does not; nothing outside the trusted roots was imported.
@@ -165,12 +149,7 @@ def check_target(key: str, target: Any, trusted: Sequence[str] = ()) -> None:
 
 
 def _check_kind(key: str, obj: Any, module: str, refuse: Callable[[str], UntrustedConfigError]) -> None:
-    """Accepts the imported ``obj`` at ``key`` when it is a class of this project, one of
-    ``EXACT[key]``, or a subclass of the base class ``key`` expects (``expected_base``).
-
-    Raises:
-        UntrustedConfigError: ``refuse``'s, saying which of these it is not.
-    """
+    """Accepts ``obj`` at ``key``: a class of this project, one of ``EXACT[key]``, or of ``expected_base(key)``."""
     if not inspect.isclass(obj):
         raise refuse(f"it is {type(obj).__name__} {module}.{getattr(obj, '__qualname__', '?')}, not a class")
     if _under(module, PROJECT):
@@ -197,16 +176,14 @@ def nodes(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:
 
 def check_config(config: Any, trusted: Sequence[str] = (), what: str = "the config", targets: bool = True) -> None:
     """Accepts a config read back from disk: every ``_target_`` at any depth (``check_target``),
-    no interpolation but those of ``INTERPOLATION``, and none of Hydra's own keys
-    (``HYDRA_ONLY``). Its own ``trusted_modules`` key, if any, is ignored: trust comes from
-    this machine's command (``trusted``).
+    no interpolation but those of ``INTERPOLATION``, and none of ``HYDRA_ONLY``; its own
+    ``trusted_modules`` key is ignored.
 
     Args:
         config: A ``DictConfig`` or a plain dict, unresolved.
         trusted: Modules the user trusts on this command, e.g. ``["my_research"]``.
         what: What the config is, for the message (``"the run folder ..."``).
-        targets: ``False`` checks only its interpolations and Hydra's keys: what must pass
-            before any value of it is resolved.
+        targets: ``False`` checks only its interpolations and Hydra's keys.
 
     Raises:
         UntrustedConfigError: The first thing refused, with ``what`` in front.
@@ -233,8 +210,7 @@ def check_config(config: Any, trusted: Sequence[str] = (), what: str = "the conf
 
 
 def check_interpolations(key: str, value: str) -> None:
-    """Refuses a string with an interpolation other than a plain reference or Hydra's resolver
-    (``INTERPOLATION``; Hydra's is what saved configs use for ``output_dir``).
+    """Refuses a string with an interpolation other than a plain reference or Hydra's resolver.
 
     Raises:
         UntrustedConfigError: ``${oc.env:...}``, ``${oc.decode:...}``, ``${fmnist.new_dir:...}``...
@@ -249,12 +225,9 @@ def check_interpolations(key: str, value: str) -> None:
 
 
 def check_checkpoint(path: Any, trusted: Sequence[str] = ()) -> None:
-    """Accepts a Lightning checkpoint's hyperparameters (``check_config``) before a
-    LightningModule is built from them: ``hyper_parameters`` and the older keys Lightning
-    still merges in (``hparams``, ``module_arguments``), each on its own; the network's
-    config (argument ``net``) is checked as the key ``model``. The file is read with
-    ``torch.load(weights_only=True)``, which unpickles no code; a file-like ``path`` is
-    rewound for the loader after.
+    """Accepts a Lightning checkpoint's hyperparameters (``check_config``; ``net`` checked as
+    ``model``) before a LightningModule is built from them. The file is read with
+    ``torch.load(weights_only=True)``; a file-like ``path`` is rewound after.
 
     Raises:
         UntrustedConfigError: They name a callable that is not trusted.

@@ -14,24 +14,16 @@ from fmnist_lightning.trust.configs import DOCS, UntrustedConfigError, check_int
 
 #: Hydra's own settings that a sweep's saved overrides may carry into its continuation; any
 #: other (its search path, logging, callbacks) would steer Hydra itself.
-HYDRA_OVERRIDES = (
-    "hydra/launcher",
-    "hydra/sweeper",
-    "hydra/sweeper/sampler",
-    "hydra/sweeper/pruner",
-    "hydra.launcher.*",
-    "hydra.sweeper.*",
-    "hydra.job.chdir",
-)
+HYDRA_OVERRIDES = ("hydra/launcher", "hydra/sweeper", "hydra/sweeper/sampler", "hydra/sweeper/pruner")
+HYDRA_OVERRIDES += ("hydra.launcher.*", "hydra.sweeper.*", "hydra.job.chdir")
 #: A config option's name, as a config group override picks it (``model=three_conv``).
 OPTION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def check_overrides(overrides: Sequence[str], trusted: Sequence[str] = (), what: str = "the overrides") -> None:
-    """Accepts a sweep's command-line overrides read back from disk (its ``multirun.yaml``),
-    which a continued sweep repeats: every ``_target_`` they set or hold
-    (``check_target``), no interpolation but ``INTERPOLATION``, config groups picked by plain option
-    names (no paths), and of Hydra's own settings only ``HYDRA_OVERRIDES``.
+    """Accepts a sweep's command-line overrides read back from its ``multirun.yaml``: every
+    ``_target_`` they set or hold (``check_target``), no interpolation but ``INTERPOLATION``, config
+    groups picked by plain option names, and of Hydra's own settings only ``HYDRA_OVERRIDES``.
 
     Raises:
         UntrustedConfigError: The first override refused, with ``what`` in front.
@@ -58,15 +50,13 @@ def check_overrides(overrides: Sequence[str], trusted: Sequence[str] = (), what:
 
 
 def _check_override_value(key: str, value: Any, group: bool, trusted: Sequence[str]) -> None:
-    """One value of an override at ``key``: option names for a config group, else the
-    targets and interpolations it sets."""
+    """One value of an override at ``key``: option names for a config group, else its targets and interpolations."""
     if key.startswith("hydra.launcher."):  # a launcher's settings: no commands (submitit's setup), no paths
-        plain = (
+        if not (
             value is None
             or isinstance(value, bool | int | float)
             or (isinstance(value, str) and OPTION.fullmatch(value))
-        )
-        if not plain:
+        ):
             raise UntrustedConfigError(
                 f"{key}={value!r}: a launcher setting read back from disk may only be a number or a plain name; "
                 f"give it on this command again if you mean it ({DOCS})"

@@ -1,9 +1,6 @@
-"""fmnist-lightning's Hydra sweepers, where Hydra looks for plugins (the ``hydra_plugins``
-namespace package): the continuable grid (``hydra/sweeper=grid``, the default of
-``conf/train.yaml``) and the Optuna search (``hydra/sweeper=optuna``). Their code is in
-``fmnist_lightning.sweeps``; a refusal ends the command in one ``error:`` line
-(``fmnist_lightning.cli.hydra_hooks.exits_on_refusal``). Hydra accepts a sweeper only from a
-class defined here."""
+"""fmnist-lightning's Hydra sweepers (``hydra/sweeper=grid``, ``hydra/sweeper=optuna``), defined here
+because Hydra accepts a sweeper only from the ``hydra_plugins`` namespace package; their code is in
+``fmnist_lightning.sweeps``, and a refusal ends the command in one ``error:`` line."""
 
 from fmnist_lightning.cli.hydra_hooks import exits_on_refusal
 from fmnist_lightning.sweeps import grid, optuna_search
