@@ -4,6 +4,7 @@ run for the whole session, and a fresh process state for every test (``in_proces
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import shutil
 import signal
@@ -26,6 +27,20 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, ensure_files, find_file, load_dataset
 from fmnist_lightning.models.nets import TwoConv5x5Net
 from in_process import clean_state, command_path, run_command
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Keeps Python's full garbage collections few and short. Each one walks every tracked
+    object, and a session holds millions (torch, Lightning, Hydra, every test module): without
+    this, full collections were a large share of the default suite's time (benchmarks/RESULTS.md,
+    "The redesign"). The objects alive once the tests are collected are frozen (``gc.freeze``:
+    full collections skip them, reference counting still frees them), and a full collection is
+    considered after 1,000 younger ones instead of 10; garbage cycles are still collected."""
+    gc.collect()
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, 1000)
+
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

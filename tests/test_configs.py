@@ -47,11 +47,12 @@ GROUPS = [
 ]
 
 
-#: Experiments that train as another one does, so that test_experiment_fast_dev_run trains them
-#: in the slow suite only (here they are built, in the default suite): speedrun_91 is fast with
-#: CSV logging (test_own_experiments; the CSV logger: tests/test_loggers.py), recipe_002 the
-#: TwoConvNet that recipe_003 trains, in the PyTorch MNIST example's layout (tests/test_nets.py).
-TRAINS_AS_ANOTHER = ("speedrun_91", "recipe_002")
+#: Experiments that test_experiment_fast_dev_run trains in the slow suite only (here, in the
+#: default suite, they are built): speedrun_91 is fast with CSV logging (test_own_experiments;
+#: the CSV logger: tests/test_loggers.py); the recipes' networks each take a forward and
+#: backward pass in tests/test_nets.py, their settings are checked by
+#: test_experiments_follow_their_recipes, and fast and speedrun_93 train in the default suite.
+TRAINS_AS_ANOTHER = ("speedrun_91", "recipe_000", "recipe_001", "recipe_002", "recipe_003", "recipe_004")
 
 
 @pytest.mark.parametrize(

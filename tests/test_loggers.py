@@ -1,6 +1,6 @@
-"""Every logger gets what the run reports, through Lightning's logger API: one run logs to all
-of them at once, offline (TensorBoard, CSV, MLflow in a local SQLite store, W&B in offline
-mode), and what each received is read back from its own files."""
+"""Every logger gets what the run reports, through Lightning's logger API: one run logs to
+TensorBoard, CSV and MLflow (a local SQLite store) at once, another (slow) to W&B in offline
+mode, and what each received is read back from its own files."""
 
 from __future__ import annotations
 
@@ -28,14 +28,12 @@ SCALARS = {
 FIGURES = {"test/confusion_matrix", "test/reliability", "test/misclassified"}
 
 
-@pytest.fixture(scope="module")
-def logged_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One short run logged by four loggers at once (``logger=[tensorboard,csv,mlflow,wandb]``,
-    as a user combines them): each test reads back what its logger received."""
-    run_dir = tmp_path_factory.mktemp("loggers") / "run"
+def logged(loggers: str, run_dir: Path, data_root: Path) -> Path:
+    """A short run (two epochs of 20 batches) logged by ``loggers`` (``logger=[...]``, as a user
+    combines them), in ``run_dir``."""
     result = run_command(
         "train.py",
-        "logger=[tensorboard,csv,mlflow,wandb]",
+        f"logger={loggers}",
         "model=two_conv_5x5",
         "data.image_size=16",
         "trainer=cpu",
@@ -50,6 +48,18 @@ def logged_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "curves.png").is_file() and (run_dir / "history.csv").is_file()
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def logged_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run logged by three loggers at once: each test reads back what its logger received."""
+    return logged("[tensorboard,csv,mlflow]", tmp_path_factory.mktemp("loggers") / "run", data_root)
+
+
+@pytest.fixture(scope="module")
+def wandb_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run logged by W&B beside TensorBoard (its offline service takes seconds to start: slow)."""
+    return logged("[tensorboard,wandb]", tmp_path_factory.mktemp("wandb") / "run", data_root)
 
 
 def test_every_logger_option_is_tested() -> None:
@@ -122,12 +132,13 @@ def wandb_records(path: Path):
             yield record
 
 
-def test_wandb_offline(logged_run: Path) -> None:
+@pytest.mark.slow
+def test_wandb_offline(wandb_run: Path) -> None:
     wandb = pytest.importorskip("wandb")
     # The run's W&B run was ended with the run (loggers.end_runs), so that the next run in this
     # process, such as the next job of a sweep, gets a W&B run of its own.
     assert wandb.run is None
-    run_dir = logged_run
+    run_dir = wandb_run
     (offline,) = (run_dir / "wandb").glob("offline-run-*")  # offline: nothing was sent
     history: dict[str, str] = {}
     config: set[str] = set()

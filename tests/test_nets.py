@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import hydra
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 from conftest import CONF, config_names
 from fmnist_lightning.models.nets import ThreeConvNet, TwoConv5x5Net, TwoConvBNNet
 
 
+@functools.cache
+def _model_config(model: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=[f"model={model}"])
+
+
+def model_config(model: str) -> DictConfig:
+    """``conf/train.yaml`` with ``model=<model>``, composed once per model; a copy each call."""
+    return copy.deepcopy(_model_config(model))
+
+
 @pytest.mark.parametrize("image_size", [28, 16])
 @pytest.mark.parametrize("model", config_names("model"))
 def test_model_configs_give_logits(model: str, image_size: int) -> None:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model}", f"data.image_size={image_size}"])
+    cfg = model_config(model)
+    cfg.data.image_size = image_size  # the model config reads it through ${data.image_size}
     net = hydra.utils.instantiate(cfg.model)
     images = torch.rand(5, 1, image_size, image_size)
     logits = net(images)

@@ -44,6 +44,7 @@ def job_rows(sweep: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
+@pytest.mark.slow  # end to end; in the default suite: test_extending's sweep and the summary's own tests
 def test_grid_sweep_ends_with_a_summary(data_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     result = run_command(
