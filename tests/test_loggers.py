@@ -5,6 +5,7 @@ mode, and what each received is read back from its own files."""
 from __future__ import annotations
 
 import csv
+import json
 import struct
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 import yaml
 
 from conftest import config_names
+from fmnist_lightning.evaluation.calibration import read_temperature
+from fmnist_lightning.evaluation.conformal import read_conformal
 from fmnist_lightning.run_folder import RunFolder
 from in_process import run_command
 
@@ -24,8 +27,11 @@ SCALARS = {
     "test/loss",
     "test/acc",
     "test/per_class/f1/Shirt",
+    "test/aurc",
+    "test/eaurc",
+    "test/risk_at_80_coverage",
 }
-FIGURES = {"test/confusion_matrix", "test/reliability", "test/misclassified"}
+FIGURES = {"test/confusion_matrix", "test/reliability", "test/risk_coverage", "test/misclassified"}
 
 
 def logged(loggers: str, run_dir: Path, data_root: Path) -> Path:
@@ -78,6 +84,23 @@ def test_tensorboard(logged_run: Path) -> None:
         RunFolder(run_dir).read_status()["metrics"]["test/acc"]
     )
     assert "model" in yaml.safe_load((run_dir / "hparams.yaml").read_text())
+    # The report's selective classification, in its files as in the loggers'.
+    selective = json.loads((run_dir / "report.json").read_text())["selective"]
+    assert events.Scalars("test/aurc")[-1].value == pytest.approx(selective["aurc"])
+    assert 0 <= selective["aurc_oracle"] <= selective["aurc"] <= 1 and len(selective["curve"]["risk"]) == 100
+    assert "## Selective classification" in (run_dir / "report.md").read_text()
+    assert (run_dir / "risk_coverage.png").is_file()
+    # The conformal sets: calibrated on the odd half of the 2,000 validation images, saved beside
+    # temperature.json (fitted on the even half), in report.md and the loggers.
+    conformal = json.loads((run_dir / "report.json").read_text())["conformal"]
+    assert conformal["calibration_images"] == 1000 and set(conformal["methods"]) == {"lac", "aps", "raps"}
+    lac = conformal["methods"]["lac"]["0.1"]
+    assert 0 < lac["coverage"] <= 1 and 1 <= lac["mean_size"] <= 10 and len(lac["class_coverage"]) == 10
+    saved = read_conformal(run_dir)
+    assert saved["thresholds"]["lac"]["0.1"] == lac["threshold"] and saved["temperature"] == read_temperature(run_dir)
+    assert json.loads((run_dir / "temperature.json").read_text())["fitted_on"] == "1000 validation images"
+    assert events.Scalars("test/conformal/coverage_lac_90")[-1].value == pytest.approx(lac["coverage"])
+    assert "## Conformal prediction sets" in (run_dir / "report.md").read_text()
 
 
 def test_csv(logged_run: Path) -> None:

@@ -53,7 +53,7 @@ def test_wheel_carries_the_configs_and_scripts(wheel: Path):
     assert not any(name.startswith(("conf/", "tests/", "benchmarks/")) for name in names)
     (entry_points,) = (n for n in names if n.endswith(".dist-info/entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for command in ("train", "evaluate", "predict", "summarize", "export", "serve", "compare", "robustness"):
+    for command in ("train", "evaluate", "predict", "summarize", "export", "serve", "compare", "robustness", "ood"):
         assert f"fmnist-{command} = fmnist_lightning.cli.{command}:main" in scripts
     assert "fmnist_lightning/serving/page.html" in names  # the server's web page
     assert "hydra_plugins/fmnist_lightning_sweepers/__init__.py" in names  # where Hydra finds the sweepers

@@ -109,6 +109,35 @@ def reliability_figure(bins: Sequence[dict], calibrated_bins: Sequence[dict] | N
     return fig
 
 
+def risk_coverage_figure(selective: dict) -> Figure:
+    """The risk–coverage curve (Geifman & El-Yaniv, 2017) from ``selective_report``'s dict: the error
+    rate of the most confident images against their share of the test set, in %, with the oracle
+    ranking's curve (every error last), the area between them shaded (E-AURC) and the coverages of
+    ``risk_at_coverage`` marked."""
+    curve = selective["curve"]
+    coverage = 100 * np.asarray(curve["coverage"])
+    risk, oracle = 100 * np.asarray(curve["risk"]), 100 * np.asarray(curve["oracle_risk"])
+    # Fixed margins and one axes: the figure is drawn for every test report.
+    fig = Figure(figsize=(5, 4.6))
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.12, top=0.9)
+    ax = fig.add_subplot()
+    ax.fill_between(coverage, oracle, risk, color="C3", alpha=0.2, label=f"E-AURC {100 * selective['eaurc']:.2f} %")
+    ax.plot(coverage, risk, color="C0", label=f"network (AURC {100 * selective['aurc']:.2f} %)")
+    ax.plot(coverage, oracle, "k--", linewidth=1, label=f"oracle (AURC {100 * selective['aurc_oracle']:.2f} %)")
+    for c, r in selective["risk_at_coverage"].items():
+        point = (100 * float(c), 100 * r)
+        ax.plot(*point, "o", color="C0", markersize=4)
+        label = f"{100 * r:.1f} % at {point[0]:.0f} %"
+        ax.annotate(label, point, xytext=(-6, 6), textcoords="offset points", ha="right", fontsize=8)
+    top = max(1.0, 1.1 * float(risk.max()))
+    ax.set(xlim=(0, 100), ylim=(0, top), xlabel="coverage: most confident images kept (%)")
+    ax.set_ylabel("risk: error rate of those kept (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle("Risk–coverage curve (test set)")
+    return fig
+
+
 def figure_to_array(figure: Figure) -> np.ndarray:
     """Renders a matplotlib figure to uint8 RGB ``(H, W, 3)``, as loggers' ``log_image`` takes."""
     canvas = FigureCanvasAgg(figure)
@@ -138,4 +167,54 @@ def corruption_heatmap_figure(
             ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=8, color=color)
     clean, mean = 100 * clean_accuracy, 100 * mean_corruption_accuracy
     ax.set_title(f"Test accuracy under corruptions: clean {clean:.1f} %, mean {mean:.1f} %", fontsize=10)
+    return fig
+
+
+def ood_roc_figure(table: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> Figure:
+    """One panel per out-of-distribution set: each score's ROC curve (OOD as the positive class,
+    pytorch-ood's ``roc_curve``) with its AUROC, from ``{set: {score: (ID scores, OOD scores)}}``."""
+    from pytorch_ood.metrics.functional import roc_curve
+
+    columns = min(4, len(table))
+    rows = math.ceil(len(table) / columns)
+    fig = Figure(figsize=(3.2 * columns, 3.0 * rows + 0.5), layout="constrained")
+    for index, (name, by_score) in enumerate(table.items()):
+        ax = fig.add_subplot(rows, columns, index + 1)
+        for score, (id_scores, ood_scores) in by_score.items():
+            scores = torch.from_numpy(np.concatenate([id_scores, ood_scores]))
+            labels = torch.cat([torch.zeros(len(id_scores)), -torch.ones(len(ood_scores))]).long()
+            fpr, tpr, _ = roc_curve(scores, labels)
+            area = float(np.trapezoid(tpr.numpy(), fpr.numpy()))
+            ax.plot(fpr.numpy(), tpr.numpy(), linewidth=1.2, label=f"{score} {100 * area:.1f}")
+        ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=name)
+        ax.set_xlabel("ID images flagged (FPR)", fontsize=8)
+        ax.set_ylabel("OOD images flagged (TPR)", fontsize=8)
+        ax.legend(loc="lower right", fontsize=7, title="AUROC %", title_fontsize=7)
+    fig.suptitle("Out-of-distribution detection: ROC curves (test set against each set)")
+    return fig
+
+
+def ood_scores_figure(table: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> Figure:
+    """Histograms of the outlier scores, a row per set and a column per score: the in-distribution
+    test images against the set's images, each normalised to a density."""
+    names = list(table)
+    scores = list(next(iter(table.values())))
+    fig = Figure(figsize=(2.8 * len(scores), 1.9 * len(names) + 0.6), layout="constrained")
+    axes = fig.subplots(len(names), len(scores), squeeze=False)
+    for row, name in enumerate(names):
+        for column, score in enumerate(scores):
+            id_scores, ood_scores = table[name][score]
+            ax = axes[row][column]
+            both = np.concatenate([id_scores, ood_scores])
+            bins = np.linspace(*np.percentile(both, [0.5, 99.5]), 40) if np.ptp(both) > 0 else 10
+            ax.hist(id_scores, bins=bins, density=True, alpha=0.55, label="test (ID)")
+            ax.hist(ood_scores, bins=bins, density=True, alpha=0.55, label=name)
+            ax.tick_params(labelsize=7)
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(score, fontsize=9)
+            if column == 0:
+                ax.legend(fontsize=6, loc="upper right")
+    fig.suptitle("Outlier scores (higher = more likely out of distribution)")
     return fig

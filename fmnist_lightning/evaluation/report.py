@@ -20,7 +20,12 @@ from torchmetrics.functional.classification import (
 )
 
 from fmnist_lightning.artifacts import atomic_file, write_atomically
-from fmnist_lightning.evaluation.figures import confusion_matrix_figure, figure_to_array, reliability_figure
+from fmnist_lightning.evaluation.figures import (
+    confusion_matrix_figure,
+    figure_to_array,
+    reliability_figure,
+    risk_coverage_figure,
+)
 from fmnist_lightning.evaluation.statistics import wilson_interval
 
 #: Resolution of the report's figures, in dots per inch.
@@ -141,8 +146,74 @@ def calibration_markdown(calibration: dict[str, Any]) -> list[str]:
     return lines
 
 
+def selective_markdown(selective: dict[str, Any]) -> list[str]:
+    """The report's selective-classification section (``selective_report``'s dict, with the
+    ``temperature`` its probabilities were scaled by, ``None`` or absent for none) as Markdown lines."""
+    temperature = selective.get("temperature")
+    scaled = f"softmax(logits / T), T = {temperature:.4f}" if temperature is not None else "softmax(logits)"
+    rows = [
+        ("AURC: mean risk over all coverages (Geifman & El-Yaniv, 2017)", selective["aurc"]),
+        ("E-AURC: AURC above the oracle's, which ranks every error last (Geifman et al., 2019)", selective["eaurc"]),
+    ]
+    rows += [(f"risk at {100 * float(c):.0f} % coverage", r) for c, r in selective["risk_at_coverage"].items()]
+    rows += [
+        (f"accuracy abstaining on the least confident {100 * float(f):.0f} %", a)
+        for f, a in selective["accuracy_abstaining"].items()
+    ]
+    lines = _section(
+        "Selective classification",
+        f"Confidence: the largest probability of {scaled}. Coverage: the fraction of test images kept, "
+        "the most confident first; risk: the error rate among them. See risk_coverage.png.",
+        "",
+        "| measure | value (%) |",
+        "|---|---:|",
+    )
+    lines += [f"| {name} | {100 * value:.2f} |" for name, value in rows]
+    return lines
+
+
+def conformal_markdown(conformal: dict[str, Any], class_names: Sequence[str]) -> list[str]:
+    """The report's conformal section (``conformal.conformal_report``'s dict, with the ``temperature``
+    its probabilities were scaled by, ``None`` or absent for none) as Markdown lines: one row per method
+    and α, with the lowest coverage of a class and its name."""
+    temperature = conformal.get("temperature")
+    scaled = f"softmax(logits / T), T = {temperature:.4f}" if temperature is not None else "softmax(logits)"
+    others = "; the temperature was fitted on the others" if temperature is not None else ""
+    raps = conformal["raps"]
+    lines = _section(
+        "Conformal prediction sets",
+        "Each test image gets a set of classes meant to hold its true class for at least a fraction 1 − α of "
+        f"images (split conformal prediction), calibrated on {conformal['calibration_images']:,} validation images "
+        f"({conformal['calibrated_on']}{others}) with {scaled}. Coverage: the "
+        "fraction of test images whose set holds the true class; size: classes per set. LAC: Sadinle et al. (2019); "
+        f"APS: Romano et al. (2020); RAPS: Angelopoulos et al. (2021), λ = {raps['lambda']}, k_reg = {raps['k_reg']}.",
+        "",
+        "| method | α | target (%) | q̂ | coverage (%) | 95 % interval (%) | mean size | lowest class coverage (%) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    )
+    for method, by_alpha in conformal["methods"].items():
+        for alpha, r in by_alpha.items():
+            low, high = r["coverage_ci95"]
+            lines.append(
+                f"| {method.upper()} | {alpha} | {100 * (1 - float(alpha)):g} | {r['threshold']:.6f} "
+                f"| {100 * r['coverage']:.2f} | {100 * low:.2f}–{100 * high:.2f} | {r['mean_size']:.2f} "
+                f"| {_lowest_class(r['class_coverage'], class_names)} |"
+            )
+    return lines
+
+
+def _lowest_class(class_coverage: Sequence[float | None], class_names: Sequence[str]) -> str:
+    """``"88.50 (Shirt)"``: the lowest coverage of a class with test images, and its name (``–`` if none)."""
+    covered = [(c, name) for c, name in zip(class_coverage, class_names, strict=True) if c is not None]
+    if not covered:
+        return "–"
+    coverage, name = min(covered, key=lambda pair: pair[0])
+    return f"{100 * coverage:.2f} ({name})"
+
+
 def report_markdown(report: dict[str, Any], title: str = "Test report") -> str:
-    """Renders ``classification_report``'s dict (and its ``calibration``, if any) as Markdown."""
+    """Renders ``classification_report``'s dict (and its ``calibration``, ``selective`` and
+    ``conformal``, if any) as Markdown."""
     loss = f", loss {report['loss']:.4f}" if report.get("loss") is not None else ""
     interval = ""
     if report.get("accuracy_ci95"):
@@ -156,6 +227,10 @@ def report_markdown(report: dict[str, Any], title: str = "Test report") -> str:
     lines += _per_class_markdown(report)
     if report.get("calibration"):
         lines += calibration_markdown(report["calibration"])
+    if report.get("selective"):
+        lines += selective_markdown(report["selective"])
+    if report.get("conformal"):
+        lines += conformal_markdown(report["conformal"], report["class_names"])
     lines += _most_confused_markdown(report)
     lines += _confusion_matrix_markdown(report)
     return "\n".join(lines) + "\n"
@@ -208,11 +283,13 @@ def _section(title: str, *lines: str) -> list[str]:
 
 def report_images(report: dict[str, Any]) -> dict[str, np.ndarray]:
     """The report's figures as uint8 RGB ``(H, W, 3)`` arrays: ``confusion_matrix`` and, with a
-    calibration section, ``reliability``."""
+    calibration section, ``reliability``; with a selective-classification section, ``risk_coverage``."""
     figures = {"confusion_matrix": confusion_matrix_figure(report["confusion_matrix"], report["class_names"])}
     if report.get("calibration"):
         calibration = report["calibration"]
         figures["reliability"] = reliability_figure(calibration["bins_before"], calibration["bins_after"])
+    if report.get("selective"):
+        figures["risk_coverage"] = risk_coverage_figure(report["selective"])
     for figure in figures.values():
         figure.set_dpi(FIGURE_DPI)
     return {name: figure_to_array(figure) for name, figure in figures.items()}
@@ -222,7 +299,8 @@ def write_report(
     report: dict[str, Any], folder: str | Path, title: str = "Test report", images: dict[str, np.ndarray] | None = None
 ) -> None:
     """Writes ``report.json``, ``report.md``, ``confusion_matrix.png`` and, with a calibration section,
-    ``reliability.png`` into ``folder`` (created if missing); ``images``: ``report_images``, if drawn."""
+    ``reliability.png``, with a selective-classification section ``risk_coverage.png``, into ``folder``
+    (created if missing); ``images``: ``report_images``, if drawn."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     # Each file replaced whole (see atomic_file): the export and the server read report.json.

@@ -67,8 +67,12 @@ def log_test_summaries(
 
     Every logger gets scalars (fractions): ``test/per_class/<metric>/<class>``, the Wilson interval
     ``test/acc_ci95_low|high``, ``test/calibration/<nll|brier|ece|mce>`` (``_scaled`` after temperature
-    scaling) and ``test/calibration/temperature``. Loggers with ``log_image`` get ``test/confusion_matrix``,
-    ``test/reliability`` and ``test/misclassified``; with ``log_markdown``, ``report``; with
+    scaling), ``test/calibration/temperature``, the selective classification's ``test/aurc``,
+    ``test/eaurc`` and ``test/risk_at_<80|95>_coverage``, and the conformal sets'
+    ``test/conformal/coverage_<method>_<target>`` and ``test/conformal/set_size_<method>_<target>``
+    (target: 1 − α in %, e.g. ``test/conformal/coverage_aps_90``). Loggers with ``log_image`` get
+    ``test/confusion_matrix``, ``test/reliability``, ``test/risk_coverage`` and ``test/misclassified``
+    (each report figure when its section is there); with ``log_markdown``, ``report``; with
     ``log_pr_curves``, ``test/pr``; with ``log_embedding`` (when ``predictions`` has features), the
     projector's ``test/features``.
 
@@ -134,7 +138,8 @@ def _log_test_summaries_to(
 
 
 def report_scalars(report: dict[str, Any]) -> dict[str, float]:
-    """The report's interval and calibration as logger scalars (see ``log_test_summaries``)."""
+    """The report's interval, calibration, selective classification and conformal sets as logger scalars (see
+    ``log_test_summaries``); a report without a section (an older ``report.json``) gives none of its."""
     scalars: dict[str, float] = {}
     if report.get("accuracy_ci95"):
         scalars["test/acc_ci95_low"], scalars["test/acc_ci95_high"] = report["accuracy_ci95"]
@@ -144,6 +149,24 @@ def report_scalars(report: dict[str, Any]) -> dict[str, float]:
         if calibration["after"] is not None:
             scalars |= {f"test/calibration/{k}_scaled": v for k, v in calibration["after"].items()}
             scalars["test/calibration/temperature"] = calibration["temperature"]
+    selective = report.get("selective")
+    if selective:
+        scalars["test/aurc"], scalars["test/eaurc"] = selective["aurc"], selective["eaurc"]
+        for coverage, risk in selective["risk_at_coverage"].items():
+            scalars[f"test/risk_at_{round(100 * float(coverage))}_coverage"] = risk
+    scalars |= _conformal_scalars(report.get("conformal"))
+    return scalars
+
+
+def _conformal_scalars(conformal: dict[str, Any] | None) -> dict[str, float]:
+    """``test/conformal/coverage_<method>_<target>`` and ``test/conformal/set_size_<method>_<target>``, the
+    target coverage 1 − α in % (``coverage_aps_90``); none without the section."""
+    scalars: dict[str, float] = {}
+    for method, by_alpha in (conformal or {}).get("methods", {}).items():
+        for alpha, result in by_alpha.items():
+            name = f"{method}_{100 * (1 - float(alpha)):g}"
+            scalars[f"test/conformal/coverage_{name}"] = result["coverage"]
+            scalars[f"test/conformal/set_size_{name}"] = result["mean_size"]
     return scalars
 
 

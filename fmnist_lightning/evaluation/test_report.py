@@ -20,8 +20,11 @@ from fmnist_lightning.evaluation.calibration import (
     fit_temperature,
     write_temperature,
 )
+from fmnist_lightning.evaluation.conformal import CONFORMAL_FILE, conformal_report, write_conformal
+from fmnist_lightning.evaluation.features import penultimate_layer
 from fmnist_lightning.evaluation.predictions import write_predictions
 from fmnist_lightning.evaluation.report import classification_report, report_images, write_report
+from fmnist_lightning.evaluation.selective import selective_report
 from fmnist_lightning.evaluation.summaries import log_test_summaries
 
 log = logging.getLogger(__name__)
@@ -90,8 +93,9 @@ def _gather_in_order(module: L.LightningModule, tensor: torch.Tensor, size: int)
 
 class TestReport(Callback):
     """On rank 0 when ``trainer.test`` ends, writes ``report.json``, ``report.md``, ``confusion_matrix.png``,
-    ``reliability.png``, ``predictions.npz`` and ``temperature.json`` (fitted on the validation split
-    when it has one with finite logits) into ``folder``, and logs the report (``log_test_summaries``).
+    ``reliability.png``, ``risk_coverage.png``, ``predictions.npz``, ``temperature.json`` and
+    ``conformal.json`` (from the validation split when it has one with finite logits) into ``folder``,
+    and logs the report (``log_test_summaries``).
 
     Args:
         extra: Entries added to ``report.json``, e.g. the weights file it was made with.
@@ -124,15 +128,16 @@ class TestReport(Callback):
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reset()
-        # A logger's projector_images: the last linear layer's inputs, hooked in this pass; not
-        # under DDP (interleaved images). DummyLogger answers every attribute with a function.
+        # A logger's projector_images: the penultimate features (features.penultimate_layer's
+        # rule), hooked in this pass; not under DDP (interleaved images). DummyLogger answers
+        # every attribute with a function.
         wanted = max(
             (n for logger in trainer.loggers if isinstance(n := getattr(logger, "projector_images", 0), int)), default=0
         )
-        linears = [m for m in pl_module.net.modules() if isinstance(m, torch.nn.Linear)]
-        if wanted > 0 and linears and trainer.world_size == 1:
+        layer = penultimate_layer(pl_module.net)
+        if wanted > 0 and layer is not None and trainer.world_size == 1:
             self._features_wanted = wanted
-            self._hook = linears[-1].register_forward_pre_hook(self._keep_features)
+            self._hook = layer.register_forward_pre_hook(self._keep_features)
 
     def _keep_features(self, module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         if self._take_features:  # once per batch: flip TTA runs the network a second time
@@ -187,7 +192,8 @@ class TestReport(Callback):
     def _write(
         self, trainer: L.Trainer, pl_module: L.LightningModule, logits: torch.Tensor, targets: torch.Tensor
     ) -> None:
-        """Rank 0: the temperature, the report files and the loggers' summaries."""
+        """Rank 0: the temperature (fitted on the validation images at even positions), the conformal
+        thresholds (calibrated on those at odd positions), the report files and the loggers' summaries."""
         self.predictions = Predictions(
             logits.cpu(),
             targets.cpu(),
@@ -200,24 +206,50 @@ class TestReport(Callback):
         # A DataModule of one's own without class names gets its labels' numbers, never clothes.
         names = getattr(trainer.datamodule, "class_names", None) or [str(i) for i in range(logits.shape[1])]
         report = classification_report(self.predictions.preds, self.predictions.targets, names, self.predictions.loss)
-        validation = validation_logits(trainer, pl_module)
-        temperature, fitted_on = None, 0
-        if validation is not None and torch.isfinite(validation[0]).all():
-            temperature, fitted_on = fit_temperature(*validation), len(validation[0])
-        elif validation is not None:
-            log.warning("No temperature fitted: the network gives NaN or infinite logits on the validation split")
-        report["calibration"] = calibration_report(
-            self.predictions.logits, self.predictions.targets, temperature, fitted_on
-        )
+        temperature = self._trust_sections(report, validation_logits(trainer, pl_module))
         report.update(self.extra)
         self.folder.mkdir(parents=True, exist_ok=True)
+        # An earlier report's temperature or thresholds would no longer describe these weights.
         if temperature is not None:
-            write_temperature(self.folder, temperature, fitted_on)
-        else:  # an earlier report's temperature would no longer describe these weights
+            write_temperature(self.folder, temperature, report["calibration"]["fitted_on"])
+        else:
             (self.folder / TEMPERATURE_FILE).unlink(missing_ok=True)
+        if "conformal" in report:
+            write_conformal(self.folder, report["conformal"])
+        else:
+            (self.folder / CONFORMAL_FILE).unlink(missing_ok=True)
         write_predictions(self.folder, self.predictions.logits, self.predictions.targets, temperature, names)
         images = report_images(report)  # each figure drawn once, for the files and the loggers
         write_report(report, self.folder, images=images)
         log_test_summaries(trainer.loggers, report, self.predictions, trainer.global_step, images)
         log.info("Test report in %s: accuracy %.4f", self.folder, report["accuracy"])
         self.report = report
+
+    def _trust_sections(
+        self, report: dict[str, Any], validation: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> float | None:
+        """Adds the report's ``calibration``, ``selective`` and ``conformal`` sections; returns the
+        temperature, fitted on the validation images at even positions (the conformal thresholds are
+        calibrated on those at odd positions), or ``None`` without validation logits that are finite."""
+        logits, targets = self.predictions.logits, self.predictions.targets
+        if validation is not None and not torch.isfinite(validation[0]).all():
+            log.warning("No temperature, no conformal sets: the network gives NaN or infinite validation logits")
+            validation = None
+        temperature, fitted_on = None, 0
+        if validation is not None:
+            temperature, fitted_on = fit_temperature(validation[0][0::2], validation[1][0::2]), len(validation[1][0::2])
+        report["calibration"] = calibration_report(logits, targets, temperature, fitted_on)
+        # The probabilities the run serves, in float64, which ties fewer images at a probability of 1.
+        probs = (logits.double() / (temperature or 1.0)).softmax(dim=1)
+        try:
+            report["selective"] = {"temperature": temperature} | selective_report(probs, targets)
+        except ValueError as err:  # one test image, or NaN logits
+            log.warning("No selective classification in the report: %s", err)
+        if validation is not None:
+            calibration_probs = (validation[0][1::2].double() / (temperature or 1.0)).softmax(dim=1)
+            try:
+                sets = conformal_report(calibration_probs, validation[1][1::2], probs, targets)
+                report["conformal"] = {"temperature": temperature} | sets
+            except ValueError as err:  # too few calibration images for an α, or NaN test logits
+                log.warning("No conformal prediction sets in the report: %s", err)
+        return temperature

@@ -1,0 +1,354 @@
+"""Split-conformal prediction sets: sets of classes that hold the true class with probability at
+least 1 − α (Vovk et al., 2005; Angelopoulos & Bates, 2021, "A gentle introduction to conformal
+prediction and distribution-free uncertainty quantification", §1).
+
+Each method gives every class c of an image a nonconformity score s(x, c), larger for a class
+less likely to be the true one, computed from the probabilities the run serves (``softmax(logits
+/ T)``, the temperature T fitted on the validation split, or T = 1 without one), in float64:
+
+- ``lac`` (least ambiguous set-valued classifier; THR in torch-uncertainty; Sadinle, Lei &
+  Wasserman, JASA 2019): ``s(x, c) = 1 − p_c``.
+- ``aps`` (adaptive prediction sets; Romano, Sesia & Candès, NeurIPS 2020, eq. 7 without the
+  random term U): with the classes sorted by descending probability (ties in class order),
+  ``s(x, c)`` is the probability of c plus that of every class ranked before it.
+- ``raps`` (regularized APS; Angelopoulos, Bates, Malik & Jordan, ICLR 2021, "Uncertainty sets
+  for image classifiers using conformal prediction", without U): the APS score plus
+  ``λ · max(0, k − k_reg)``, k the 1-based rank of c.
+
+Calibration (``calibrate``) takes the scores of the true classes of n calibration images and
+keeps, for each α, q̂ = their ⌈(n + 1)(1 − α)⌉-th smallest (Angelopoulos & Bates, 2021, eq. 1;
+NumPy's ``np.quantile(scores, ceil((n+1)(1-α))/n, method="inverted_cdf")``; their code's
+``method="higher"`` interpolates at (n − 1) · level and mostly takes the next score up, a rank
+more conservative). The set of an image (``prediction_sets``) is ``{c : s(x, c) ≤ q̂}``, with its
+most probable class added to a set that would be empty. If the calibration and test images are
+exchangeable, the true class is in the set with probability at least 1 − α (below
+1 − α + 1 / (n + 1) where scores do not tie, before the added class), over the draw of both.
+
+Own code, not torch-uncertainty 0.13.0's ``ConformalClsTHR``, ``ConformalClsAPS`` and
+``ConformalClsRAPS``: those calibrate only in ``fit(DataLoader)``, with
+``torch.quantile(scores, 1 − α)`` (no finite-sample correction), compute the softmax of their
+model's output themselves, and give the APS and RAPS scores only through private methods. The
+rules are theirs with ``randomized=False``: the set is the classes whose score is at most q̂ (the
+class whose cumulative probability crosses q̂ is left out, as in their code and in Angelopoulos &
+Bates' APS code; the RAPS authors' own non-randomized sets keep it and cover more than 1 − α).
+``tests/test_conformal.py`` checks that the sets are those of the library's classes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fmnist_lightning.artifacts import read_json, write_atomically
+from fmnist_lightning.errors import DamagedFileError, RunError, require
+from fmnist_lightning.evaluation.statistics import wilson_interval
+
+#: The methods, in the report's order.
+METHODS = ("lac", "aps", "raps")
+#: The miscoverage levels α of the report: sets for 90 % and 95 % coverage.
+ALPHAS = (0.1, 0.05)
+#: RAPS's penalty per rank beyond ``RAPS_K_REG`` (λ; the value of the authors' README example and
+#: of their tuning grid).
+RAPS_LAMBDA = 0.01
+#: RAPS's number of classes without penalty (k_reg): their tuning rule (the 1 − α quantile of the
+#: true class's rank) gives 1 at α = 0.1 and 2 at α = 0.05 for a network of about 92 % accuracy.
+RAPS_K_REG = 2
+#: The file that holds a run's conformal thresholds, beside ``temperature.json``.
+CONFORMAL_FILE = "conformal.json"
+#: Which validation images calibrate the sets (the others fit the temperature).
+CALIBRATED_ON = "odd positions of the validation split"
+
+
+def scores(probs: torch.Tensor, method: str, lam: float = RAPS_LAMBDA, k_reg: int = RAPS_K_REG) -> torch.Tensor:
+    """Every class's nonconformity score under ``method`` (the module's formulas).
+
+    Args:
+        probs: Float ``(N, C)`` class probabilities, rows summing to 1, any float dtype.
+        method: ``"lac"``, ``"aps"`` or ``"raps"``.
+        lam, k_reg: RAPS's λ and k_reg.
+
+    Returns:
+        Float64 ``(N, C)`` scores, in class order.
+
+    Raises:
+        ValueError: An unknown ``method``.
+    """
+    probs = probs.double()
+    if method == "lac":
+        return 1.0 - probs
+    if method not in ("aps", "raps"):
+        raise ValueError(f"unknown conformal method {method!r}: choose one of {', '.join(METHODS)}")
+    order = probs.argsort(dim=1, descending=True, stable=True)
+    cumulative = probs.gather(1, order).cumsum(dim=1)
+    if method == "raps":
+        ranks = torch.arange(1, probs.shape[1] + 1, dtype=torch.float64, device=probs.device)
+        cumulative = cumulative + lam * (ranks - k_reg).clamp(min=0)
+    return torch.empty_like(cumulative).scatter_(1, order, cumulative)
+
+
+def conformal_quantile(true_scores: torch.Tensor, alpha: float) -> float:
+    """q̂: the ⌈(n + 1)(1 − α)⌉-th smallest of the n calibration scores (Angelopoulos & Bates, 2021, eq. 1).
+
+    Args:
+        true_scores: Float ``(n,)`` scores of the calibration images' true classes.
+        alpha: The miscoverage level, in (0, 1).
+
+    Raises:
+        ValueError: ``alpha`` is not in (0, 1), or n < 1/α − 1 (the rank would be above n: no finite q̂).
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"α must be in (0, 1), got {alpha}")
+    n = len(true_scores)
+    # (n + 1)(1 − α) in floating point can land a hair above an integer (90 × 0.7 = 63.00000000000001).
+    rank = math.ceil((n + 1) * (1 - alpha) - 1e-9)
+    if rank > n:
+        needed = math.ceil((1 - alpha) / alpha - 1e-9)
+        raise ValueError(f"α = {alpha} needs at least {needed} calibration images, got {n}")
+    return true_scores.double().sort().values[rank - 1].item()
+
+
+def calibrate(
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    alphas: Sequence[float] = ALPHAS,
+    methods: Sequence[str] = METHODS,
+    lam: float = RAPS_LAMBDA,
+    k_reg: int = RAPS_K_REG,
+) -> dict[str, dict[str, float]]:
+    """The thresholds q̂ of the calibration images, ``{method: {str(alpha): q̂}}``.
+
+    Args:
+        probs: Float ``(n, C)`` probabilities of the calibration images.
+        labels: Int64 ``(n,)`` their true classes.
+
+    Raises:
+        ValueError: Tensors of the wrong kind or with a NaN or an infinity, an unknown method, or
+            ``conformal_quantile``'s.
+    """
+    _check(probs, labels)
+    thresholds = {}
+    for method in methods:
+        true_scores = scores(probs, method, lam, k_reg).gather(1, labels.view(-1, 1)).squeeze(1)
+        thresholds[method] = {str(alpha): conformal_quantile(true_scores, alpha) for alpha in alphas}
+    return thresholds
+
+
+def prediction_sets(
+    probs: torch.Tensor, method: str, threshold: float, lam: float = RAPS_LAMBDA, k_reg: int = RAPS_K_REG
+) -> torch.Tensor:
+    """The prediction sets ``{c : s(x, c) ≤ threshold}``, the most probable class added to an empty
+    one (every non-empty set holds it already: the scores grow with the rank).
+
+    Args:
+        probs: Float ``(N, C)`` probabilities, as calibrated (same temperature).
+        method: ``"lac"``, ``"aps"`` or ``"raps"``.
+        threshold: That method's q̂ for the wanted α (``calibrate``'s, or ``read_conformal``'s).
+
+    Returns:
+        Bool ``(N, C)``: True where the class is in the image's set.
+
+    Raises:
+        ValueError: An unknown ``method``.
+    """
+    sets = scores(probs, method, lam, k_reg) <= threshold
+    sets[torch.arange(len(sets), device=sets.device), probs.argmax(dim=1)] = True
+    return sets
+
+
+def set_choices(record: dict[str, Any]) -> dict[str, list[float]]:
+    """The methods of a ``read_conformal`` record and the α each was calibrated for, ``{method: [α, ...]}``."""
+    return {method: [float(alpha) for alpha in by_alpha] for method, by_alpha in record["thresholds"].items()}
+
+
+def set_threshold(record: dict[str, Any], method: Any, alpha: Any, temperature: float | None) -> float:
+    """q̂ of ``method`` at ``alpha`` in a ``read_conformal`` record, for probabilities scaled by ``temperature``.
+
+    Args:
+        method: A method of the record, e.g. ``"aps"``.
+        alpha: One of its calibrated α, as a number or a string (``0.1``, ``"0.10"``).
+        temperature: The temperature of the probabilities the sets will be made of (``None``: T = 1).
+
+    Raises:
+        ArgumentError: The record has no such method (``sets=...``), or no threshold at that α (``alpha=...``).
+        RunError: The record's thresholds were calibrated at another temperature.
+    """
+    thresholds = record["thresholds"]
+    known = isinstance(method, str) and method in thresholds
+    require(known, "sets", method, f"one of the calibrated methods: {', '.join(thresholds)}")
+    by_alpha = thresholds[method]
+    key = next((a for a in by_alpha if _same_alpha(a, alpha)), None)
+    require(key is not None, "alpha", alpha, f"one of the calibrated α: {', '.join(by_alpha)}")
+    calibrated_at = record.get("temperature")
+    if (calibrated_at is None) != (temperature is None) or not math.isclose(calibrated_at or 1, temperature or 1):
+        raise RunError(
+            f"the conformal thresholds were calibrated at temperature {calibrated_at or 'none'} (conformal.json), "
+            f"but the probabilities are scaled by {temperature or 'none'} (temperature.json): copy both files "
+            "from the same fmnist-evaluate output folder into the run folder (docs/uncertainty.md)"
+        )
+    return by_alpha[key]
+
+
+def record_sets(
+    record: dict[str, Any], probs: torch.Tensor, method: Any, alpha: Any, temperature: float | None
+) -> torch.Tensor:
+    """``prediction_sets`` of float ``(N, C)`` probabilities with the threshold and RAPS parameters of a
+    ``read_conformal`` record: bool ``(N, C)``.
+
+    Raises:
+        ArgumentError, RunError: As ``set_threshold``.
+    """
+    threshold = set_threshold(record, method, alpha, temperature)
+    return prediction_sets(probs, method, threshold, record["raps"]["lambda"], record["raps"]["k_reg"])
+
+
+def _same_alpha(key: str, alpha: Any) -> bool:
+    """Whether a record's α ``key`` (``"0.1"``) is ``alpha`` (a number or a string)."""
+    if isinstance(alpha, bool):
+        return False
+    try:
+        return float(key) == float(alpha)
+    except (TypeError, ValueError):
+        return False
+
+
+def conformal_report(
+    calibration_probs: torch.Tensor,
+    calibration_labels: torch.Tensor,
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    alphas: Sequence[float] = ALPHAS,
+    methods: Sequence[str] = METHODS,
+) -> dict[str, Any]:
+    """The thresholds calibrated on the calibration images, and their sets on the test images.
+
+    Args:
+        calibration_probs, calibration_labels: Float ``(n, C)`` probabilities and int64 ``(n,)``
+            labels of the calibration images.
+        probs, targets: The same for the N test images, with the same temperature.
+
+    Returns:
+        A JSON-ready dict: ``calibration_images`` (n), ``calibrated_on`` (``CALIBRATED_ON``),
+        ``raps`` (``{"lambda": λ, "k_reg": k_reg}``), and ``methods``: ``{method: {str(alpha):
+        {...}}}`` with ``threshold`` (q̂), ``coverage`` (the fraction of test images whose set holds
+        the true class) with its 95 % Wilson interval ``coverage_ci95``, ``mean_size`` (classes per
+        set) and ``class_coverage`` (the coverage of each true class, in class order; ``None`` for
+        a class without test images).
+
+    Raises:
+        ValueError: ``calibrate``'s, or test tensors of the wrong kind or with a NaN or an infinity.
+    """
+    _check(probs, targets)
+    thresholds = calibrate(calibration_probs, calibration_labels, alphas, methods)
+    results: dict[str, dict[str, Any]] = {}
+    for method, by_alpha in thresholds.items():
+        results[method] = {}
+        for alpha, threshold in by_alpha.items():
+            sets = prediction_sets(probs, method, threshold)
+            results[method][alpha] = {"threshold": threshold} | _coverage(sets, targets)
+    return {
+        "calibration_images": len(calibration_labels),
+        "calibrated_on": CALIBRATED_ON,
+        "raps": {"lambda": RAPS_LAMBDA, "k_reg": RAPS_K_REG},
+        "methods": results,
+    }
+
+
+def _coverage(sets: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+    """``coverage``, ``coverage_ci95``, ``mean_size`` and ``class_coverage`` of bool ``(N, C)`` sets."""
+    covered = sets.gather(1, targets.view(-1, 1)).squeeze(1)
+    num_classes = sets.shape[1]
+    per_class = torch.bincount(targets, weights=covered.double(), minlength=num_classes)
+    support = torch.bincount(targets, minlength=num_classes)
+    hits = int(covered.sum())
+    return {
+        "coverage": hits / len(targets),
+        "coverage_ci95": list(wilson_interval(hits, len(targets))),
+        "mean_size": sets.sum(dim=1).double().mean().item(),
+        "class_coverage": [h / s if s else None for h, s in zip(per_class.tolist(), support.tolist(), strict=True)],
+    }
+
+
+def _check(probs: torch.Tensor, labels: torch.Tensor) -> None:
+    """Raises ``ValueError`` unless ``probs`` is a finite float ``(N, C)`` tensor, N ≥ 1, and
+    ``labels`` an integer ``(N,)`` tensor."""
+    if probs.ndim != 2 or not probs.is_floating_point() or len(probs) < 1:
+        raise ValueError(f"conformal prediction needs float (N, C) probabilities, N ≥ 1; got {tuple(probs.shape)}")
+    if labels.shape != (len(probs),) or labels.is_floating_point() or labels.is_complex():
+        got = f"{labels.dtype} {tuple(labels.shape)}"
+        raise ValueError(f"conformal prediction needs integer labels of shape ({len(probs)},), got {got}")
+    if not torch.isfinite(probs).all():
+        raise ValueError("conformal prediction needs finite probabilities: they hold a NaN or an infinity")
+
+
+def write_conformal(folder: Path, conformal: dict[str, Any]) -> None:
+    """Writes ``conformal.json`` from the report's ``conformal`` section (``conformal_report``'s dict
+    with the ``temperature`` of its probabilities, ``None`` for T = 1): the thresholds ``{method:
+    {str(alpha): q̂}}``, the number of calibration images and which they were, the temperature, and
+    RAPS's λ and k_reg."""
+    methods = conformal["methods"]
+    record = {
+        "thresholds": {m: {a: r["threshold"] for a, r in by_alpha.items()} for m, by_alpha in methods.items()},
+        "calibration_images": conformal["calibration_images"],
+        "calibrated_on": conformal["calibrated_on"],
+        "temperature": conformal.get("temperature"),
+        "raps": conformal["raps"],
+        "method": "split conformal prediction (Angelopoulos & Bates 2021), non-randomized; "
+        "lac: Sadinle et al. 2019, aps: Romano et al. 2020, raps: Angelopoulos et al. 2021",
+    }
+    write_atomically(folder / CONFORMAL_FILE, json.dumps(record, indent=2) + "\n")
+
+
+def read_conformal(folder: str | Path) -> dict[str, Any] | None:
+    """The record in ``folder/conformal.json`` (``write_conformal``'s keys); ``None`` when the folder has
+    none (a run made before the file, or without a validation split).
+
+    Raises:
+        DamagedFileError: The file is unreadable, or a threshold, the image count, the temperature or
+            RAPS's parameters are missing or not numbers of their kind.
+    """
+    path = Path(folder) / CONFORMAL_FILE
+    if not path.is_file():
+        return None
+    fix = "Delete it (the run then has no prediction sets), or evaluate the run again."
+    record = read_json(path, fix)
+    problem = _problem(record)
+    if problem:
+        raise DamagedFileError(path, problem, fix)
+    return record
+
+
+def _number(value: Any) -> bool:
+    """Whether ``value`` is a finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def record_problem(record: Any) -> str | None:
+    """What is wrong with a conformal record read from elsewhere (an export's metadata), or ``None``."""
+    return _problem(record) if isinstance(record, dict) else f"it is {record!r}, not a record"
+
+
+def _problem(record: dict[str, Any]) -> str | None:
+    """What is wrong with a ``conformal.json`` record, or ``None``."""
+    thresholds = record.get("thresholds")
+    if not isinstance(thresholds, dict) or not thresholds:
+        return f"its thresholds are {thresholds!r}, not a mapping of methods"
+    for method, by_alpha in thresholds.items():
+        if method not in METHODS or not isinstance(by_alpha, dict) or not by_alpha:
+            return f"its thresholds of {method!r} are {by_alpha!r}, not a method's mapping of α to q̂"
+        if not all(_number(q) for q in by_alpha.values()):
+            return f"a threshold of {method!r} is not a number: {by_alpha!r}"
+    images = record.get("calibration_images")
+    if not isinstance(images, int) or isinstance(images, bool) or images < 1:
+        return f"its calibration_images is {images!r}, not a positive integer"
+    temperature = record.get("temperature")
+    if temperature is not None and not (_number(temperature) and temperature > 0):
+        return f"its temperature is {temperature!r}, not a positive number or null"
+    raps = record.get("raps")
+    if not isinstance(raps, dict) or not _number(raps.get("lambda")) or not isinstance(raps.get("k_reg"), int):
+        return f"its raps is {raps!r}, not {{'lambda': number, 'k_reg': integer}}"
+    return None
