@@ -4,7 +4,6 @@ model on the real test set, their metadata, and the refusals."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,20 +11,22 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_predict import with_sets, without_sets
 
 from conftest import config_names
 from fmnist_lightning.data import load_dataset, load_split
 from fmnist_lightning.errors import ArgumentError, DamagedFileError, RunError
 from fmnist_lightning.evaluation.calibration import read_temperature
+from fmnist_lightning.evaluation.conformal import prediction_sets, read_conformal
 from fmnist_lightning.evaluation.runs import load_trained
-from fmnist_lightning.serving.export import EXPORT_FILES, export_run, load_exported
+from fmnist_lightning.serving.export import EXPORT_FILES, export_run, load_exported, metadata_conformal
 from in_process import run_command
 
 
 @pytest.fixture
 def run_copy(trained_run: Path, tmp_path: Path) -> Path:
-    """A copy of the session's trained run, to export into."""
-    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+    """A copy of the session's trained run, with a conformal.json, to export into."""
+    return with_sets(trained_run, tmp_path / "run")
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,12 @@ def test_both_formats_carry_the_run_and_classify_like_it(run_copy: Path, test_se
         # The graph divides by the run's temperature, as load_trained's predict_proba (compared below) does.
         assert model.metadata["calibrated"] == "true"
         assert float(model.metadata["temperature"]) == read_temperature(run_copy)
+        # The conformal record travels too, and gives the sets of the graph's own probabilities.
+        record = read_conformal(run_copy)
+        assert json.loads(model.metadata["conformal"]) == record == model.conformal
+        probs, threshold = model.predict_proba(images[:300]), record["thresholds"]["aps"]["0.05"]
+        expected = prediction_sets(probs, "aps", threshold, record["raps"]["lambda"], record["raps"]["k_reg"])
+        assert torch.equal(model.predict_sets(images[:300], "aps", 0.05), expected)
         result = compare(run_copy, path, images, labels, reference)
         assert result["same_class"] >= same_class and result["max_diff"] <= max_diff, result
         assert abs(result["correct"] - report_correct(run_copy)) <= 10_000 - same_class, result
@@ -106,6 +113,19 @@ def test_refusals_change_nothing(run_copy: Path, tmp_path: Path) -> None:
         holder.kill()
         holder.wait()
     assert not list(run_copy.glob(".model*"))  # no temporary file left behind
+
+
+def test_an_export_without_conformal_sets_says_so(trained_run: Path, run_copy: Path, tmp_path: Path) -> None:
+    """A run made before conformal.json, or weights the record is not for: ``"null"`` in the
+    metadata, and asking for sets is refused with how to get them."""
+    old = without_sets(trained_run, tmp_path / "old")
+    for run, weights in ((old, "net.pt"), (run_copy, "last")):
+        model = load_exported(export_run(run, "torch_export", weights))
+        assert model.metadata["conformal"] == "null" and model.conformal is None
+        with pytest.raises(RunError, match=f"exported before conformal prediction sets.*run_dir={run} overwrite"):
+            model.predict_sets(torch.zeros(1, 1, 28, 28, dtype=torch.uint8), "lac", 0.1)
+    with pytest.raises(DamagedFileError, match="its conformal metadata is damaged: its thresholds are None"):
+        metadata_conformal({"conformal": '{"raps": {}}'}, run_copy / "model.pt2")
 
 
 def test_damaged_or_missing_exports_are_refused(run_copy: Path) -> None:

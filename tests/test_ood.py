@@ -54,8 +54,8 @@ def test_metrics_agree_with_scikit_learn() -> None:
 
 def test_intervals_hold_the_value_and_narrow_with_more_images() -> None:
     rng = np.random.default_rng(1)
-    small = with_intervals(rng.normal(0, 1, 200), rng.normal(1, 1, 200), 200, seed=0)
-    large = with_intervals(rng.normal(0, 1, 5000), rng.normal(1, 1, 5000), 200, seed=0)
+    small = with_intervals(rng.normal(0, 1, 100), rng.normal(1, 1, 100), 100, seed=0)
+    large = with_intervals(rng.normal(0, 1, 2000), rng.normal(1, 1, 2000), 100, seed=0)
     for metric in METRICS:
         low, high = small[metric]["ci95"]
         assert low <= small[metric]["value"] <= high
@@ -66,8 +66,8 @@ def test_intervals_hold_the_value_and_narrow_with_more_images() -> None:
 def test_the_interval_is_seeded() -> None:
     rng = np.random.default_rng(2)
     ids, oods = rng.normal(0, 1, 300), rng.normal(1, 1, 300)
-    assert with_intervals(ids, oods, 100, seed=7) == with_intervals(ids, oods, 100, seed=7)
-    assert with_intervals(ids, oods, 100, seed=7) != with_intervals(ids, oods, 100, seed=8)
+    assert with_intervals(ids, oods, 30, seed=7) == with_intervals(ids, oods, 30, seed=7)
+    assert with_intervals(ids, oods, 30, seed=7) != with_intervals(ids, oods, 30, seed=8)
 
 
 def test_digits_are_the_documented_conversion() -> None:
@@ -123,14 +123,15 @@ def test_penultimate_features_are_the_last_linear_layer_s_input() -> None:
 
 
 def test_command_writes_its_results(trained_run: Path, tmp_path: Path) -> None:
-    """The command in the test process on the session's run, two sets: its files and scalars;
+    """The command in the test process on the session's run, two small sets: its files and scalars;
     the run folder is only read; a set of another size is refused before any network pass."""
     out = tmp_path / "a"
     common = [f"run_dir={trained_run}", "device=cpu", "fit_images=3000", "bootstrap_resamples=20"]
-    result = run_command("ood.py", *common, "ood=[digits,vflip]", f"hydra.run.dir={out}")
+    sets = ["ood=[digits,uniform_noise]", "ood.uniform_noise.count=2000"]
+    result = run_command("ood.py", *common, *sets, f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((out / "ood.json").read_text())
-    assert saved["sets"] == {"digits": 1797, "vflip": 10000} and saved["mahalanobis_fit_images"] == 3000
+    assert saved["sets"] == {"digits": 1797, "uniform_noise": 2000} and saved["mahalanobis_fit_images"] == 3000
     assert list(saved["scores"]) == ["msp", "max_logit", "energy", "mahalanobis"]
     for by_score in saved["results"].values():
         for by_metric in by_score.values():
@@ -141,9 +142,9 @@ def test_command_writes_its_results(trained_run: Path, tmp_path: Path) -> None:
     for name in ("ood.md", "ood_roc.png", "ood_scores.png"):
         assert (out / name).is_file()
     assert "| digits | 1797 |" in (out / "ood.md").read_text()
-    auroc = saved["results"]["vflip"]["energy"]["auroc"]["value"]
-    assert scalars(out, "ood/vflip/energy/auroc") == {0: pytest.approx(auroc)}
-    assert "vflip: AUROC msp" in result.stdout
+    auroc = saved["results"]["uniform_noise"]["energy"]["auroc"]["value"]
+    assert scalars(out, "ood/uniform_noise/energy/auroc") == {0: pytest.approx(auroc)}
+    assert "uniform_noise: AUROC msp" in result.stdout
     assert not list(trained_run.glob("ood*"))
     refused = run_command(
         "ood.py", *common, "ood=[uniform_noise]", "ood.uniform_noise.image_size=32", f"hydra.run.dir={tmp_path / 'r'}"
@@ -153,6 +154,7 @@ def test_command_writes_its_results(trained_run: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "r" / "ood.json").exists()
 
 
+@pytest.mark.slow  # three commands, each on the run's 10,000 test images
 def test_another_dataset_s_test_split_is_a_set(trained_run: Path, tmp_path: Path) -> None:
     """A dataset config of one's own (tests/conf/data/digits.yaml) as an OOD set, by one YAML in
     a config folder of one's own; missing files are refused with the dataset's own hint."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,37 @@ import torch
 from PIL import Image
 
 from fmnist_lightning.data import load_dataset, load_split
-from fmnist_lightning.evaluation.calibration import read_temperature
+from fmnist_lightning.evaluation.calibration import read_temperature, write_temperature
+from fmnist_lightning.evaluation.conformal import (
+    CONFORMAL_FILE,
+    conformal_report,
+    prediction_sets,
+    read_conformal,
+    write_conformal,
+)
 from fmnist_lightning.evaluation.files import load_image, predict_files
 from fmnist_lightning.evaluation.runs import load_trained
 from in_process import run_command
 
 CLASS_NAMES = load_dataset().class_names
+
+
+def with_sets(trained_run: Path, folder: Path) -> Path:
+    """A copy of the session's run in ``folder`` with a ``conformal.json``: its own, or, for a run
+    trained before conformal sets, one calibrated on its saved test predictions."""
+    run = Path(shutil.copytree(trained_run, folder))
+    if read_conformal(run) is None:
+        saved = np.load(run / "predictions.npz")
+        temperature = read_temperature(run)
+        probs = (torch.from_numpy(saved["logits"]).double() / (temperature or 1.0)).softmax(dim=1)
+        labels = torch.from_numpy(saved["label"])
+        write_conformal(run, {"temperature": temperature} | conformal_report(probs, labels, probs, labels))
+    return run
+
+
+def without_sets(trained_run: Path, folder: Path) -> Path:
+    """A copy of the session's run in ``folder`` without ``conformal.json``: a run made before conformal sets."""
+    return Path(shutil.copytree(trained_run, folder, ignore=shutil.ignore_patterns(CONFORMAL_FILE)))
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +111,7 @@ def test_predict_cli_with_bad_files(trained_run: Path, test_images, tmp_path: Pa
     preds = json.loads((tmp_path / "preds.json").read_text())
     assert [p["error"] is None for p in preds] == [True, False, False, True]
     assert preds[0]["name"] in CLASS_NAMES and len(preds[0]["top"]) == 3
+    assert preds[0]["prediction_set"] is None and "; set {" not in result.stdout  # sets: null, the default
     # Temperature-scaled probabilities, and both outputs say so.
     assert preds[0]["temperature"] == read_temperature(trained_run) and preds[1]["temperature"] is None
     assert f"temperature-scaled by the run's T = {preds[0]['temperature']:.4f}" in result.stderr
@@ -111,3 +138,81 @@ def test_predict_cli_photo_modes(trained_run: Path, test_images, tmp_path: Path)
     assert f"{tmp_path / 'blank.png'}: error: the image is blank" in result.stderr
     bad = run_command("predict.py", f"run_dir={trained_run}", files, "preprocess=crop")
     assert bad.returncode == 1 and "preprocess='crop': photo, pad or none" in bad.stderr and not bad.stdout
+
+
+def test_predict_cli_prints_sets(trained_run: Path, test_images, tmp_path: Path) -> None:
+    """Each line and each JSON entry gain the image's set: ``prediction_sets`` of the run's
+    probabilities with the threshold of ``conformal.json``."""
+    run = with_sets(trained_run, tmp_path / "run")
+    images, _ = test_images
+    paths = []
+    for i in range(3):
+        Image.fromarray(images[i].numpy()).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    output = tmp_path / "preds.json"
+    args = f"run_dir={run}", f"images=[{','.join(map(str, paths))}]", "preprocess=none", "device=cpu"
+    result = run_command("predict.py", *args, "sets=raps", "alpha=0.05", f"output={output}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "prediction sets: raps at alpha = 0.05 (target coverage 95 %)" in result.stderr
+    record = read_conformal(run)
+    raps = record["raps"]
+    probs = load_trained(run).predict_proba(images[:3, None])
+    expected = prediction_sets(probs, "raps", record["thresholds"]["raps"]["0.05"], raps["lambda"], raps["k_reg"])
+    want = [[CLASS_NAMES[c] for c in row.nonzero().flatten().tolist()] for row in expected]
+    lines = result.stdout.splitlines()
+    for line, names in zip(lines, want, strict=True):
+        assert line.endswith(f"; set {{{', '.join(names)}}}"), line
+    preds = json.loads(output.read_text())
+    assert [p["prediction_set"] for p in preds] == want
+    assert {(p["set_method"], p["set_alpha"]) for p in preds} == {("raps", 0.05)}
+
+
+def test_predict_refuses_bad_set_options_before_reading_images(trained_run: Path, tmp_path: Path) -> None:
+    run = with_sets(trained_run, tmp_path / "run")
+    missing = f"images=[{tmp_path / 'missing.png'}]"  # never read: the options are refused first
+    for option, words in (
+        ("alpha=0.2", "alpha=0.2: one of the calibrated α: 0.1, 0.05"),
+        ("sets=topk", "sets='topk': one of the calibrated methods: lac, aps, raps"),
+    ):
+        sets = [] if option.startswith("sets") else ["sets=lac"]
+        result = run_command("predict.py", f"run_dir={run}", missing, *sets, option)
+        assert result.returncode == 1 and not result.stdout, result.stderr
+        assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1, result.stderr
+        assert words in result.stderr
+
+
+def test_predict_sets_of_an_old_run_and_of_other_weights(trained_run: Path, tmp_path: Path) -> None:
+    """A run made before conformal.json, and weights the record is not for: one ``error:`` line
+    that says how to get sets; without ``sets`` they predict as before. Thresholds calibrated at
+    another temperature than temperature.json's are refused too."""
+    old = without_sets(trained_run, tmp_path / "old")
+    image = tmp_path / "x.png"
+    Image.new("L", (28, 28)).save(image)
+    args = f"images=[{image}]", "preprocess=none", "device=cpu"
+    for run, weights in ((old, "net.pt"), (trained_run, "last")):
+        result = run_command("predict.py", f"run_dir={run}", f"weights={weights}", *args, "sets=aps")
+        assert result.returncode == 1 and not result.stdout and len(result.stderr.splitlines()) == 1
+        assert result.stderr.startswith("error: no prediction sets for ") and "Traceback" not in result.stderr
+        assert "made before conformal prediction sets" in result.stderr
+        assert f"fmnist-evaluate run_dir={run} weights=best, then copy conformal.json and" in result.stderr
+    assert run_command("predict.py", f"run_dir={old}", *args).returncode == 0
+    other = with_sets(trained_run, tmp_path / "other")
+    write_temperature(other, 2.5, 100)
+    result = run_command("predict.py", f"run_dir={other}", *args, "sets=aps")
+    assert result.returncode == 1 and "scaled by 2.5 (temperature.json): copy both files" in result.stderr
+
+
+@pytest.mark.slow  # fmnist-evaluate on the whole test set
+def test_an_evaluation_gives_an_old_run_sets(trained_run: Path, tmp_path: Path) -> None:
+    """As docs/uncertainty.md says: ``fmnist-evaluate run_dir=<old run>`` writes conformal.json into
+    its output folder; copied into the run folder with its temperature.json, the run has sets."""
+    old = without_sets(trained_run, tmp_path / "old")
+    evaluation = tmp_path / "evaluation"
+    result = run_command("evaluate.py", f"run_dir={old}", "device=cpu", f"hydra.run.dir={evaluation}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in (CONFORMAL_FILE, "temperature.json"):
+        shutil.copy(evaluation / name, old / name)
+    image = tmp_path / "x.png"
+    Image.new("L", (28, 28)).save(image)
+    result = run_command("predict.py", f"run_dir={old}", f"images=[{image}]", "preprocess=none", "sets=lac")
+    assert result.returncode == 0 and "; set {" in result.stdout, result.stderr[-2000:]

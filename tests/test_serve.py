@@ -10,13 +10,13 @@ import dataclasses
 import io
 import os
 import re
-import shutil
 import signal
 import socket
 import struct
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -26,29 +26,41 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
+from test_predict import with_sets, without_sets
 
 from conftest import REPO, chrome_driver
-from fmnist_lightning.data import load_split
+from fmnist_lightning.data import load_dataset, load_split
 from fmnist_lightning.errors import ArgumentError, RunError
 from fmnist_lightning.evaluation.calibration import read_temperature
-from fmnist_lightning.evaluation.files import predict_files
+from fmnist_lightning.evaluation.conformal import prediction_sets, read_conformal
+from fmnist_lightning.evaluation.files import load_image, predict_files
 from fmnist_lightning.evaluation.runs import load_trained
-from fmnist_lightning.serving.export import export_run
+from fmnist_lightning.serving.export import export_run, load_exported
 from fmnist_lightning.serving.process import ServerProcess, start_server
-from fmnist_lightning.serving.server import ServeOptions, build_server
+from fmnist_lightning.serving.server import ServeOptions, build_server, run_info
 from in_process import run_command
 
 
 @pytest.fixture(scope="module")
 def served_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the session's trained run (the ONNX backend's test exports its model.onnx)."""
-    return Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("served") / "run"))
+    """A copy of the session's trained run with a conformal.json (the ONNX backend's test exports its model.onnx)."""
+    return with_sets(trained_run, tmp_path_factory.mktemp("served") / "run")
 
 
 @pytest.fixture(scope="module")
 def server(served_run: Path) -> Iterator[ServerProcess]:
-    with start_server(served_run) as running:
+    """The real server, answering with LAC sets at α = 0.05 unless a request asks otherwise."""
+    with start_server(served_run, sets="lac", alpha=0.05) as running:
         yield running
+
+
+def expected_sets(probs: torch.Tensor, run_dir: Path, method: str, alpha: str) -> list[list[str]]:
+    """The class names of ``prediction_sets`` of ``probs`` with the run's conformal.json."""
+    record = read_conformal(run_dir)
+    threshold, raps = record["thresholds"][method][alpha], record["raps"]
+    sets = prediction_sets(probs, method, threshold, raps["lambda"], raps["k_reg"])
+    names = load_dataset().class_names
+    return [[names[c] for c in row.nonzero().flatten().tolist()] for row in sets]
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +116,7 @@ def bad_requests() -> dict[str, tuple[int, str, dict]]:
         return {"content": body, "headers": {"content-type": content_type}}
 
     truncated = png(Image.new("RGB", (300, 300), "white").resize((300, 300)))
+    good = base64.b64encode(png(Image.linear_gradient("L"))).decode()
     bomb = png(Image.new("L", (8000, 6000)))  # 48 megapixels in 47 kB
     blank = png(Image.new("RGB", (64, 64), "white"))
     return {
@@ -128,6 +141,21 @@ def bad_requests() -> dict[str, tuple[int, str, dict]]:
             "more than twice PIL's limit",
             {"json": {"image": base64.b64encode(PIL_BOMBS["png 20000x20000"]).decode()}},
         ),
+        "unknown set method": (
+            400,
+            "sets='topk': one of the calibrated methods",
+            {"json": {"image": good, "sets": "topk"}},
+        ),
+        "uncalibrated alpha": (
+            400,
+            "alpha='0.2': one of the calibrated α: 0.1, 0.05",
+            {"json": {"image": good, "sets": "aps", "alpha": "0.2"}},
+        ),
+        "alpha as a list": (
+            400,
+            "the 'alpha' field must be text or a number",
+            {"json": {"image": good, "alpha": [0.1]}},
+        ),
         "json nested 100,000 deep (lists)": (
             400,
             "nested too deeply",
@@ -141,11 +169,12 @@ def bad_requests() -> dict[str, tuple[int, str, dict]]:
     }
 
 
-@pytest.fixture(scope="module")
-def api_app(served_run: Path):
+@contextmanager
+def api_client(options: ServeOptions):
     """The server's request path in this process: ``BodyGuard`` in front of a route that hands
     the parsed body to ``FashionMNISTAPI`` (decode, batch, predict, answer) as LitServe's worker
-    does. The real server, with its worker processes, is ``server`` (slow tests)."""
+    does; a starlette ``TestClient``. The real server, with its worker processes, is ``server``
+    (slow tests)."""
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.responses import JSONResponse, Response
@@ -154,7 +183,6 @@ def api_app(served_run: Path):
 
     from fmnist_lightning.serving.server import BodyGuard, FashionMNISTAPI
 
-    options = ServeOptions(run_dir=str(served_run))
     api = FashionMNISTAPI(options)
     api.setup("cpu")
 
@@ -170,6 +198,13 @@ def api_app(served_run: Path):
         yield client
 
 
+@pytest.fixture(scope="module")
+def api_app(served_run: Path):
+    """``api_client`` with the default options: no sets unless a request asks."""
+    with api_client(ServeOptions(run_dir=str(served_run))) as client:
+        yield client
+
+
 def test_the_api_answers_like_fmnist_predict(api_app, served_run: Path, photos) -> None:
     paths, _ = photos
     expected = predict_files(load_trained(served_run), [str(p) for p in paths[:4]])
@@ -181,6 +216,46 @@ def test_the_api_answers_like_fmnist_predict(api_app, served_run: Path, photos) 
     as_json = {"images": [base64.b64encode(p.read_bytes()).decode() for p in paths[:2]]}
     again = api_app.post("/predict", json=as_json).json()["predictions"]
     assert [p["class"] for p in again] == [w.name for w in expected[:2]] and again[0]["name"] == "image 1"
+
+
+def test_the_api_answers_with_sets_when_asked(api_app, served_run: Path, photos) -> None:
+    """``sets`` and ``alpha`` as form fields or JSON keys: each image's set is ``prediction_sets`` of
+    the probabilities the answer is made of; without them, no set."""
+    paths, _ = photos
+    files = [("file", (p.name, p.read_bytes())) for p in paths[:4]]
+    probs = load_trained(served_run).predict_proba(torch.cat([load_image(p) for p in paths[:4]]))
+    answer = api_app.post("/predict", files=files, data={"sets": "raps", "alpha": "0.05"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["sets"] == {"method": "raps", "alpha": 0.05}
+    assert [p["set"] for p in answer.json()["predictions"]] == expected_sets(probs, served_run, "raps", "0.05")
+    as_json = {"images": [base64.b64encode(p.read_bytes()).decode() for p in paths[:4]], "sets": "lac", "alpha": 0.1}
+    again = api_app.post("/predict", json=as_json).json()
+    assert [p["set"] for p in again["predictions"]] == expected_sets(probs, served_run, "lac", "0.1")
+    plain = api_app.post("/predict", files=files).json()
+    assert "sets" not in plain and all("set" not in p for p in plain["predictions"])
+
+
+def test_server_default_sets_and_a_run_without_them(served_run: Path, trained_run: Path, photos, tmp_path) -> None:
+    """``sets``/``alpha`` options: the default of requests that name none (``sets=none`` turns it
+    off); ``/info`` lists the calibrated methods and α. A run without conformal.json serves as
+    before, answers a request for sets with 400, and refuses a default that asks for them."""
+    paths, _ = photos
+    upload = {"files": {"file": (paths[0].name, paths[0].read_bytes())}}
+    options = ServeOptions(run_dir=str(served_run), sets="aps", alpha=0.1)
+    with api_client(options) as client:
+        assert client.post("/predict", **upload).json()["sets"] == {"method": "aps", "alpha": 0.1}
+        assert "sets" not in client.post("/predict", **upload, data={"sets": "none"}).json()
+    info = run_info(options)
+    assert info["sets"] == {"lac": [0.1, 0.05], "aps": [0.1, 0.05], "raps": [0.1, 0.05]}
+    assert info["default_sets"] == {"method": "aps", "alpha": 0.1}
+    old = without_sets(trained_run, tmp_path / "old")
+    assert run_info(ServeOptions(run_dir=str(old)))["sets"] is None
+    with api_client(ServeOptions(run_dir=str(old))) as client:
+        assert client.post("/predict", **upload).status_code == 200
+        refused = client.post("/predict", **upload, data={"sets": "aps"})
+        assert refused.status_code == 400 and "made before conformal prediction sets" in refused.json()["detail"]
+    with pytest.raises(RunError, match=r"no prediction sets for .*fmnist-evaluate run_dir="):
+        build_server(ServeOptions(run_dir=str(old), sets="aps"))
 
 
 def test_bad_requests_get_4xx_json_in_process(api_app) -> None:
@@ -202,13 +277,18 @@ def test_answers_like_fmnist_predict(server: ServerProcess, served_run: Path, ph
         assert got["name"] == Path(want.path).name and got["class"] == want.name and got["label"] == want.label
         assert got["probability"] == pytest.approx(want.probability, abs=1e-5)
         assert [t["class"] for t in got["top"]] == [name for name, _ in want.top]
-    as_json = {"images": [base64.b64encode(p.read_bytes()).decode() for p in paths[:2]]}
+    # The server's default sets (LAC at α = 0.05), made of the probabilities answered with.
+    probs = load_trained(served_run).predict_proba(torch.cat([load_image(p) for p in paths[:4]]))
+    assert answer.json()["sets"] == {"method": "lac", "alpha": 0.05}
+    assert [p["set"] for p in predictions] == expected_sets(probs, served_run, "lac", "0.05")
+    as_json = {"images": [base64.b64encode(p.read_bytes()).decode() for p in paths[:2]], "sets": "none"}
     again = httpx.post(server.url + "/predict", json=as_json, timeout=30).json()["predictions"]
     assert [p["class"] for p in again] == [p["class"] for p in predictions[:2]]
-    assert again[0]["name"] == "image 1"
+    assert again[0]["name"] == "image 1" and "set" not in again[0]
     info = httpx.get(server.url + "/info").json()["model"]
     assert info["run"] == "run" and info["backend"] == "torch" and 0.5 < info["test_acc"] < 1
     assert info["calibrated"] and info["temperature"] == read_temperature(served_run)
+    assert info["sets"]["raps"] == [0.1, 0.05] and info["default_sets"] == {"method": "lac", "alpha": 0.05}
     assert (info["dataset"], info["num_classes"], info["class_names"][0]) == ("FashionMNIST", 10, "T-shirt/top")
     page = httpx.get(server.url + "/")
     assert page.status_code == 200 and 'id="file"' in page.text and "text/html" in page.headers["content-type"]
@@ -231,6 +311,8 @@ def test_bad_options_stop_before_serving(served_run: Path, trained_run: Path, tm
         ({"run_dir": str(trained_run), "backend": "onnx"}, RunError, "does not exist; export the run first"),
         ({"run_dir": str(served_run), "preprocess": "pad"}, ArgumentError, "preprocess='pad': photo or none"),
         ({"run_dir": str(served_run), "max_batch_size": 0}, ArgumentError, "max_batch_size=0"),
+        ({"run_dir": str(served_run), "sets": "topk"}, ArgumentError, "sets='topk': null or lac, aps, raps"),
+        ({"run_dir": str(served_run), "sets": "aps", "alpha": 0.2}, ArgumentError, "alpha=0.2: one of the calibrated"),
         ({"run_dir": str(tmp_path)}, RunError, "is not a run folder"),
     ):
         with pytest.raises(error, match=re.escape(words)):
@@ -300,14 +382,19 @@ def test_onnx_backend_and_batching_answer_like_torch(served_run: Path, photos) -
     with start_server(served_run, backend="onnx", max_batch_size=16, batch_timeout=0.05) as running:
 
         def one(path: Path) -> dict:
-            answer = httpx.post(running.url + "/predict", files={"file": (path.name, path.read_bytes())}, timeout=60)
+            files, fields = {"file": (path.name, path.read_bytes())}, {"sets": "aps", "alpha": "0.1"}
+            answer = httpx.post(running.url + "/predict", files=files, data=fields, timeout=60)
             return answer.json()["predictions"][0]
 
         with ThreadPoolExecutor(16) as pool:
             got = list(pool.map(one, paths))
-        assert httpx.get(running.url + "/info").json()["model"]["backend"] == "onnx"
+        info = httpx.get(running.url + "/info").json()["model"]
+        assert info["backend"] == "onnx" and info["sets"]["aps"] == [0.1, 0.05]
     for g, want in zip(got, expected, strict=True):  # 16 px: ONNX resizes in float (test_export.py)
         assert g["class"] == want.name and g["probability"] == pytest.approx(want.probability, abs=1e-2)
+    # The sets of the graph's own probabilities, with the thresholds its metadata carries.
+    probs = load_exported(served_run / "model.onnx").predict_proba(torch.cat([load_image(p) for p in paths]))
+    assert [g["set"] for g in got] == expected_sets(probs, served_run, "aps", "0.1")
 
 
 @pytest.mark.slow
@@ -331,6 +418,8 @@ def test_web_page_in_headless_chromium(server: ServerProcess, served_run: Path, 
         assert len(rows) == 3
         assert rows[0].find_element(By.CLASS_NAME, "name").text == expected.name
         assert rows[0].find_element(By.CLASS_NAME, "probability").text == f"{100 * expected.probability:.1f} %"
+        members = browser.find_element(By.ID, "set").text  # the server's default sets
+        assert members.startswith("Prediction set (lac, 95 %): ") and expected.name in members
         browser.save_screenshot(str(tmp_path / "serve_page.png"))
         assert np.asarray(Image.open(tmp_path / "serve_page.png")).std() > 10  # something was drawn
 

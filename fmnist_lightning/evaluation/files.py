@@ -34,6 +34,8 @@ class FilePrediction:
         probability: Softmax probability of the predicted class, a fraction.
         top: The ``top_k`` most probable ``(name, probability)`` pairs.
         temperature: The run's temperature the probabilities are scaled by, or ``None``.
+        prediction_set: The class names of the conformal prediction set (``set_method`` at
+            ``set_alpha``), in label order; ``None`` when no sets were asked for.
     """
 
     path: str
@@ -43,17 +45,34 @@ class FilePrediction:
     top: list[tuple[str, float]] | None = None
     error: str | None = None
     temperature: float | None = None
+    prediction_set: list[str] | None = None
+    set_method: str | None = None
+    set_alpha: float | None = None
 
 
 def predict_files(
-    model: TrainedModel, paths: list[str], preprocess: str = "photo", invert: bool | str = "auto", top_k: int = 3
+    model: TrainedModel,
+    paths: list[str],
+    preprocess: str = "photo",
+    invert: bool | str = "auto",
+    top_k: int = 3,
+    sets: str | None = None,
+    alpha: float = 0.1,
 ) -> list[FilePrediction]:
     """Classifies each file on its own; a bad file gets an ``error`` and the others go on.
 
+    Args:
+        sets: A conformal method (``"lac"``, ``"aps"``, ``"raps"``) to give each file its prediction
+            set at ``alpha``, or ``None`` for none.
+
     Raises:
-        ArgumentError: ``preprocess`` or ``invert`` is not valid (checked before any file is read).
+        ArgumentError: ``preprocess``, ``invert``, ``sets`` or ``alpha`` is not valid (checked before
+            any file is read).
+        RunError: ``sets`` is asked of a model without a conformal record (``TrainedModel.check_sets``).
     """
     check_options(preprocess, invert)
+    if sets is not None:
+        model.check_sets(sets, alpha)
     results = []
     for path in paths:
         try:
@@ -71,7 +90,10 @@ def predict_files(
             continue
         values, labels = probs.topk(min(top_k, len(model.class_names)))
         top = [(model.class_names[int(i)], float(p)) for p, i in zip(values, labels, strict=True)]
-        results.append(
-            FilePrediction(str(path), int(labels[0]), top[0][0], top[0][1], top, temperature=model.temperature)
-        )
+        result = FilePrediction(str(path), int(labels[0]), top[0][0], top[0][1], top, temperature=model.temperature)
+        if sets is not None:
+            members = model.predict_sets(probs[None], sets, alpha)[0]
+            result.prediction_set = [model.class_names[int(i)] for i in members.nonzero().flatten()]
+            result.set_method, result.set_alpha = sets, float(alpha)
+        results.append(result)
     return results

@@ -78,15 +78,22 @@ def with_intervals(id_scores: np.ndarray, ood_scores: np.ndarray, resamples: int
     values = separation(id_scores, ood_scores)
     if resamples == 0:
         return {m: {"value": float(v), "ci95": None} for m, v in zip(METRICS, values, strict=True)}
-    result = bootstrap(
-        (id_scores, ood_scores),
-        separation,
-        n_resamples=resamples,
-        vectorized=False,
-        paired=False,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
+    threads = torch.get_num_threads()
+    # One thread: each resample sorts a few thousand scores, too little to share, and a second
+    # thread waiting for a busy core slows every resample down.
+    torch.set_num_threads(1)
+    try:
+        result = bootstrap(
+            (id_scores, ood_scores),
+            separation,
+            n_resamples=resamples,
+            vectorized=False,
+            paired=False,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+    finally:
+        torch.set_num_threads(threads)
     low, high = result.confidence_interval
     return {
         m: {"value": float(v), "ci95": [float(lo), float(hi)]}

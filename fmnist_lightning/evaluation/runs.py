@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
@@ -20,6 +21,7 @@ from fmnist_lightning.data.augment import build_preprocess
 from fmnist_lightning.data.photos import to_fashion_mnist
 from fmnist_lightning.errors import DamagedFileError, RunError
 from fmnist_lightning.evaluation.calibration import read_temperature
+from fmnist_lightning.evaluation.conformal import read_conformal, record_sets, set_threshold
 from fmnist_lightning.models.compose import module_arguments, module_class
 from fmnist_lightning.run_folder import NET_WEIGHTS, RunFolder
 
@@ -104,6 +106,8 @@ class TrainedModel:
         preprocess: uint8 ``(B, 1, H, W)`` → float ``(B, 1, S, S)``: the run's resize and normalisation.
         weights: The file the weights came from.
         temperature: The run's fitted temperature, dividing ``predict_proba``'s logits, or ``None``.
+        conformal: The run's ``conformal.json`` record (``read_conformal``), or ``None``.
+        run_dir: The run folder, for messages.
     """
 
     module: L.LightningModule
@@ -111,6 +115,8 @@ class TrainedModel:
     config: DictConfig
     weights: Path
     temperature: float | None = None
+    conformal: dict[str, Any] | None = None
+    run_dir: Path | None = None
 
     @property
     def calibrated(self) -> bool:
@@ -138,6 +144,39 @@ class TrainedModel:
         x = self.preprocess(images.to(self.device))
         return (self.net(x) / (self.temperature or 1.0)).softmax(dim=1)
 
+    def check_sets(self, method: Any, alpha: Any) -> float:
+        """The threshold q̂ of ``method`` at ``alpha`` (``conformal.set_threshold``).
+
+        Raises:
+            RunError: The model has no conformal record, or one calibrated at another temperature.
+            ArgumentError: ``method`` or ``alpha`` is not one the record was calibrated for.
+        """
+        if self.conformal is None:
+            run = self.run_dir or "<run>"
+            raise RunError(
+                f"no prediction sets for {self.weights}: the run has no conformal.json (it was made before "
+                "conformal prediction sets), or these weights are not net.pt or best, the ones its sets are "
+                f"calibrated for. To get them: fmnist-evaluate run_dir={run} weights=best, then copy "
+                "conformal.json and temperature.json from its output folder into the run folder (docs/uncertainty.md)"
+            )
+        return set_threshold(self.conformal, method, alpha, self.temperature)
+
+    def predict_sets(self, inputs: torch.Tensor, method: str, alpha: float | str) -> torch.Tensor:
+        """The conformal prediction sets (``conformal.prediction_sets``), bool ``(B, num_classes)``.
+
+        Args:
+            inputs: uint8 ``(B, 1, H, W)`` images, or float ``(B, num_classes)`` probabilities from
+                ``predict_proba``.
+            method: ``"lac"``, ``"aps"`` or ``"raps"``.
+            alpha: A calibrated miscoverage level of the record, e.g. ``0.1``.
+
+        Raises:
+            RunError, ArgumentError: As ``check_sets``.
+        """
+        self.check_sets(method, alpha)
+        probs = inputs if inputs.is_floating_point() else self.predict_proba(inputs)
+        return record_sets(self.conformal, probs, method, alpha, self.temperature)
+
     def predict_images(
         self, images: Sequence[Image.Image], preprocess: str = "photo", invert: bool | str = "auto"
     ) -> torch.Tensor:
@@ -162,6 +201,15 @@ def run_temperature(run_dir: str | Path, weights: str = NET_WEIGHTS) -> float | 
     return read_temperature(run_dir) if weights in (NET_WEIGHTS, "best") else None
 
 
+def run_conformal(run_dir: str | Path, weights: str = NET_WEIGHTS) -> dict[str, Any] | None:
+    """The run's ``conformal.json`` record (``read_conformal``) for ``net.pt`` and ``best``, else ``None``.
+
+    Raises:
+        DamagedFileError: Its ``conformal.json`` is damaged.
+    """
+    return read_conformal(run_dir) if weights in (NET_WEIGHTS, "best") else None
+
+
 def load_trained(
     run_dir: str | Path,
     weights: str = NET_WEIGHTS,
@@ -181,7 +229,7 @@ def load_trained(
     Raises:
         RunError: The folder is not a run, lacks the weights, or the weights do not fit the
             network in its config; ``UntrustedConfigError``, its config names an untrusted callable.
-        DamagedFileError: Its ``temperature.json`` is damaged.
+        DamagedFileError: Its ``temperature.json`` or ``conformal.json`` is damaged.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -192,7 +240,8 @@ def load_trained(
     normalize = cfg.data.normalize
     preprocess = build_preprocess(cfg.data.image_size, OmegaConf.to_container(normalize) if normalize else None)
     module.eval().to(device)
-    return TrainedModel(module, preprocess, cfg, path, run_temperature(run_dir, weights))
+    temperature, conformal = run_temperature(run_dir, weights), run_conformal(run_dir, weights)
+    return TrainedModel(module, preprocess, cfg, path, temperature, conformal, Path(run_dir))
 
 
 def _load_weights(module: L.LightningModule, path: Path, cfg: DictConfig) -> None:

@@ -4,6 +4,7 @@ normalisation, the network, the division by its fitted temperature, a softmax �
 ``(B, num_classes)`` probabilities. Formats: ``onnx`` (``model.onnx``, ``torch.onnx.export(...,
 dynamo=True)``, ``run_metadata`` as ``metadata_props``) and ``torch_export`` (``model.pt2``,
 ``torch.export.save``, ``run_metadata`` as extra files), written into the run folder under its lock.
+The metadata carries the run's conformal thresholds, for prediction sets of those probabilities.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 from fmnist_lightning.artifacts import read_json
 from fmnist_lightning.data.photos import SIDE
 from fmnist_lightning.errors import ArgumentError, DamagedFileError, RunError, require
+from fmnist_lightning.evaluation.conformal import record_problem, record_sets, set_threshold
 from fmnist_lightning.evaluation.runs import TrainedModel, load_trained
 from fmnist_lightning.run_folder import NET_WEIGHTS, RunFolder
 
@@ -32,7 +34,7 @@ EXPORT_FILES = {"onnx": "model.onnx", "torch_export": "model.pt2"}
 #: The name of the graph's input and output.
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
 #: What ``run_metadata`` writes (``test_acc`` only for a run with a test report).
-METADATA_KEYS = ("class_names", "config", "run", "weights", "calibrated", "temperature", "test_acc")
+METADATA_KEYS = ("class_names", "config", "run", "weights", "calibrated", "temperature", "conformal", "test_acc")
 #: ONNX opset of the export (onnxscript's dynamo exporter supports 18 and up).
 OPSET = 18
 
@@ -53,7 +55,9 @@ class ImagesToProbabilities(nn.Module):
 def run_metadata(model: TrainedModel, run_dir: Path) -> dict[str, str]:
     """What travels with an exported graph, as strings: ``class_names`` (a JSON list), ``config``
     (YAML), ``run``, ``weights``, ``calibrated`` (``"true"``/``"false"``), ``temperature`` (``"1.0"``
-    when not calibrated) and, with a test report, ``test_acc`` (a fraction)."""
+    when not calibrated), ``conformal`` (the run's ``conformal.json`` record as JSON: thresholds by
+    method and α, temperature, RAPS's parameters; ``"null"`` without one for these weights) and, with
+    a test report, ``test_acc`` (a fraction)."""
     meta = {
         "class_names": json.dumps(list(model.class_names)),
         "config": OmegaConf.to_yaml(model.config),
@@ -61,6 +65,7 @@ def run_metadata(model: TrainedModel, run_dir: Path) -> dict[str, str]:
         "weights": model.weights.name,
         "calibrated": str(model.calibrated).lower(),
         "temperature": str(model.temperature or 1.0),
+        "conformal": json.dumps(model.conformal),
     }
     report = run_dir / "report.json"
     if report.is_file():
@@ -154,16 +159,66 @@ class ExportedModel:
 
     Attributes:
         metadata: What ``run_metadata`` wrote (strings).
+        conformal: The run's conformal record from the metadata, or ``None`` (none, or an older export).
     """
 
     path: Path
     metadata: dict[str, str]
     class_names: tuple[str, ...]
     _run: Any
+    conformal: dict[str, Any] | None = None
+
+    @property
+    def temperature(self) -> float | None:
+        """The temperature the graph divides its logits by, or ``None`` (not calibrated)."""
+        return float(self.metadata["temperature"]) if self.metadata.get("calibrated") == "true" else None
 
     def predict_proba(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Class probabilities, float32 ``(B, num_classes)``, of uint8 ``(B, 1, 28, 28)`` images."""
         return self._run(images)
+
+    def check_sets(self, method: Any, alpha: Any) -> float:
+        """The threshold q̂ of ``method`` at ``alpha`` (``conformal.set_threshold``).
+
+        Raises:
+            RunError: The graph carries no conformal record, or one calibrated at another temperature.
+            ArgumentError: ``method`` or ``alpha`` is not one the record was calibrated for.
+        """
+        if self.conformal is None:
+            raise RunError(
+                f"no prediction sets in {self.path}: it was exported before conformal prediction sets, or from "
+                "a run without conformal.json for its weights (net.pt and best have them). Once the run has "
+                f"one, export it again: fmnist-export run_dir={self.path.parent} overwrite=true (docs/uncertainty.md)"
+            )
+        return set_threshold(self.conformal, method, alpha, self.temperature)
+
+    def predict_sets(self, inputs: torch.Tensor | np.ndarray, method: str, alpha: float | str) -> torch.Tensor:
+        """The conformal prediction sets (``conformal.prediction_sets``), bool ``(B, num_classes)``, of uint8
+        ``(B, 1, 28, 28)`` images or of float ``(B, num_classes)`` probabilities from ``predict_proba``.
+
+        Raises:
+            RunError, ArgumentError: As ``check_sets``.
+        """
+        self.check_sets(method, alpha)
+        probs = inputs if torch.is_tensor(inputs) and inputs.is_floating_point() else self.predict_proba(inputs)
+        return record_sets(self.conformal, probs, method, alpha, self.temperature)
+
+
+def metadata_conformal(metadata: dict[str, str], path: Path) -> dict[str, Any] | None:
+    """The conformal record in an export's ``metadata`` (``None``: ``"null"``, or an export older than the key).
+
+    Raises:
+        DamagedFileError: It is not JSON, or not a record ``read_conformal`` would accept.
+    """
+    try:
+        record = json.loads(metadata.get("conformal", "null"))
+    except ValueError:
+        record = metadata["conformal"]
+    problem = None if record is None else record_problem(record)
+    if problem:
+        fix = f"Export it again: fmnist-export run_dir={path.parent} overwrite=true"
+        raise DamagedFileError(path, f"its conformal metadata is damaged: {problem}", fix)
+    return record
 
 
 def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel:
@@ -175,7 +230,8 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel
 
     Raises:
         RunError: The file does not exist (the message says how to export it).
-        DamagedFileError: The file cannot be read as an exported graph of this project.
+        DamagedFileError: The file cannot be read as an exported graph of this project, or its
+            conformal metadata is damaged.
     """
     path = Path(path)
     fix = f"Export it again: fmnist-export run_dir={path.parent} format=... overwrite=true"
@@ -191,7 +247,7 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel
         names = tuple(json.loads(metadata["class_names"]))
     except (KeyError, ValueError):
         raise DamagedFileError(path, "it has no class_names metadata, so fmnist-export did not write it", fix) from None
-    return ExportedModel(path=path, metadata=metadata, class_names=names, _run=run)
+    return ExportedModel(path, metadata, names, run, metadata_conformal(metadata, path))
 
 
 def _load_onnx(path: Path, threads: int | None, fix: str) -> tuple[dict[str, str], Callable[[Any], torch.Tensor]]:

@@ -1,7 +1,8 @@
 """What a ``POST /predict`` request may carry (image files of any size and mode as
 ``multipart/form-data`` file fields, or JSON ``{"image": "<base64>"}`` / ``{"images": [...]}``, data
-URLs too), turned into FashionMNIST-style images as ``fmnist-predict`` does. Every problem is a
-``BadRequest``: 400 (malformed or unusable), 413 (too large) or 415 (not an image).
+URLs too), turned into FashionMNIST-style images as ``fmnist-predict`` does, and the conformal
+prediction sets it asks for (``sets`` and ``alpha``: form fields, or keys of the JSON object). Every
+problem is a ``BadRequest``: 400 (malformed or unusable), 413 (too large) or 415 (not an image).
 """
 
 from __future__ import annotations
@@ -39,11 +40,15 @@ class Decoded:
     Attributes:
         images: uint8 ``(N, 1, 28, 28)``, one per image of the request.
         names: The file names (multipart) or ``"image 1"``, ``"image 2"``, ... (JSON).
+        sets, alpha: The request's ``sets`` (a method name, ``"none"``) and ``alpha`` (a number or its
+            text); ``None`` where it has none. The server replaces them with what it answers with.
     """
 
     images: torch.Tensor | None = None
     names: list[str] | None = None
     error: BadRequest | None = None
+    sets: str | None = None
+    alpha: float | str | None = None
 
 
 def image_files(payload: Mapping) -> list[tuple[str, bytes]]:
@@ -73,6 +78,21 @@ def image_files(payload: Mapping) -> list[tuple[str, bytes]]:
         except (binascii.Error, ValueError):
             raise BadRequest(400, f"image {number} is not valid base64; {HOW_TO_SEND}") from None
     return files
+
+
+def set_fields(payload: Mapping) -> tuple[str | None, float | str | None]:
+    """The request's ``sets`` and ``alpha`` fields as they are, ``None`` for each one it lacks.
+
+    Raises:
+        BadRequest: 400, a field that is a file, a list or an object rather than text or a number.
+    """
+    fields = []
+    for key in ("sets", "alpha"):
+        value = payload.get(key)
+        if isinstance(value, bool) or not isinstance(value, (str, int, float, type(None))):
+            raise BadRequest(400, f"the {key!r} field must be text or a number, not {type(value).__name__}")
+        fields.append(value)
+    return fields[0], fields[1]
 
 
 def decode_image(name: str, data: bytes, preprocess: str, invert: bool | str, max_pixels: int) -> torch.Tensor:
@@ -114,7 +134,8 @@ def decode_payload(payload: Mapping, preprocess: str, invert: bool | str, max_pi
         files = image_files(payload)
         if len(files) > max_images:
             raise BadRequest(413, f"{len(files)} images in one request; at most {max_images} are taken")
+        sets, alpha = set_fields(payload)
         images = [decode_image(name, data, preprocess, invert, max_pixels) for name, data in files]
     except BadRequest as err:
         return Decoded(error=err)
-    return Decoded(images=torch.cat(images), names=[name for name, _ in files])
+    return Decoded(images=torch.cat(images), names=[name for name, _ in files], sets=sets, alpha=alpha)

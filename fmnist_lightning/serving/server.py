@@ -1,5 +1,6 @@
 """The prediction server (docs/serve.md): a LitServe ``LitAPI`` around a run's network, answering
-``POST /predict`` (images → class, probability and top-k per image; concurrent requests batched),
+``POST /predict`` (images → class, probability and top-k per image, and the conformal prediction
+set when asked: ``sets`` and ``alpha`` fields, or the server's defaults; concurrent requests batched),
 ``GET /`` (a web page), and LitServe's ``GET /health`` and ``GET /info``. Bad requests get a JSON
 ``{"detail": ...}`` with status 400, 413 or 415 and never reach the model, nor fail the good
 requests batched with them."""
@@ -21,11 +22,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fmnist_lightning.artifacts import read_json
 from fmnist_lightning.data.photos import MAX_PIXELS, check_options
-from fmnist_lightning.errors import require
-from fmnist_lightning.evaluation.runs import load_trained, run_temperature
+from fmnist_lightning.errors import UserError, require
+from fmnist_lightning.evaluation.conformal import METHODS, set_choices
+from fmnist_lightning.evaluation.runs import load_trained, run_conformal, run_temperature
 from fmnist_lightning.run_folder import NET_WEIGHTS, RunFolder
-from fmnist_lightning.serving.export import EXPORT_FILES, load_exported
-from fmnist_lightning.serving.payload import HOW_TO_SEND, Decoded, decode_payload
+from fmnist_lightning.serving.export import EXPORT_FILES, load_exported, metadata_conformal
+from fmnist_lightning.serving.payload import HOW_TO_SEND, BadRequest, Decoded, decode_payload
 
 #: ``backend=``: the run's PyTorch network, or its ``model.onnx`` in onnxruntime.
 BACKENDS = ("torch", "onnx")
@@ -40,6 +42,8 @@ class ServeOptions:
         max_body_mb: The largest request body, in megabytes (10⁶ bytes).
         timeout: Seconds a request may wait for its answer before a 504.
         fast_queue: LitServe's ZeroMQ transport instead of multiprocessing queues.
+        sets, alpha: The conformal method and α of the requests that do not name their own (``None``:
+            no sets unless asked).
     """
 
     run_dir: str
@@ -58,6 +62,8 @@ class ServeOptions:
     timeout: float = 30
     fast_queue: bool = True
     trusted_modules: Sequence[str] = ()
+    sets: str | None = None
+    alpha: float = 0.1
 
     def check(self) -> None:
         """Raises ``ArgumentError`` naming the first bad option (before anything is loaded)."""
@@ -79,11 +85,15 @@ class ServeOptions:
         require(self.threads >= 1, "threads", self.threads, "1 or more")
         require(self.workers >= 1, "workers", self.workers, "1 or more")
         require(self.timeout > 0, "timeout", self.timeout, "seconds > 0")
+        require(self.sets is None or self.sets in METHODS, "sets", self.sets, f"null or {', '.join(METHODS)}")
+        number = isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool)
+        require(number and 0 < self.alpha < 1, "alpha", self.alpha, "a calibrated α in (0, 1), e.g. 0.1 or 0.05")
 
 
 def load_backend(options: ServeOptions, device: str = "cpu") -> Any:
-    """The model that answers: an object with ``class_names`` and ``predict_proba(uint8
-    (B, 1, 28, 28)) → float (B, num_classes)``.
+    """The model that answers: an object with ``class_names``, ``predict_proba(uint8
+    (B, 1, 28, 28)) → float (B, num_classes)``, ``check_sets(method, alpha)`` and
+    ``predict_sets(probs, method, alpha) → bool (B, num_classes)``.
 
     Raises:
         RunError: The run cannot be loaded, or has no ``model.onnx`` for ``backend=onnx``.
@@ -106,7 +116,30 @@ class FashionMNISTAPI(ls.LitAPI):
 
     def decode_request(self, request: Request) -> Decoded:
         o = self.options
-        return decode_payload(request, o.preprocess, o.invert, o.max_pixels, o.max_images)
+        decoded = decode_payload(request, o.preprocess, o.invert, o.max_pixels, o.max_images)
+        if decoded.error is None:
+            try:
+                decoded.sets, decoded.alpha = self.chosen_sets(decoded.sets, decoded.alpha)
+            except BadRequest as err:
+                return Decoded(error=err)
+        return decoded
+
+    def chosen_sets(self, method: str | None, alpha: float | str | None) -> tuple[str | None, float | None]:
+        """The ``(method, α)`` of a request's sets, the server's default for a field it leaves out;
+        ``(None, None)`` for no sets (none asked, or ``sets=none``).
+
+        Raises:
+            BadRequest: 400, a method or α the run was not calibrated for, or a run without a record.
+        """
+        method = self.options.sets if method is None else method
+        if method is None or method in ("", "none"):
+            return None, None
+        alpha = self.options.alpha if alpha is None else alpha
+        try:
+            self.model.check_sets(method, alpha)
+        except UserError as err:
+            raise BadRequest(400, str(err)) from None
+        return method, float(alpha)
 
     def batch(self, inputs: list[Decoded]) -> list[Decoded]:
         return inputs  # predict classifies all images of all requests in one call
@@ -133,7 +166,12 @@ class FashionMNISTAPI(ls.LitAPI):
             values, labels = p.topk(min(self.options.top_k, len(names)))
             top = [{"class": names[int(i)], "probability": float(v)} for v, i in zip(values, labels, strict=True)]
             predictions.append({"name": name, "label": int(labels[0]), **top[0], "top": top})
-        return {"predictions": predictions}
+        if request.sets is None:
+            return {"predictions": predictions}
+        sets = self.model.predict_sets(probs, request.sets, request.alpha)
+        for prediction, members in zip(predictions, sets, strict=True):
+            prediction["set"] = [names[int(i)] for i in members.nonzero().flatten()]
+        return {"predictions": predictions, "sets": {"method": request.sets, "alpha": request.alpha}}
 
 
 class BodyGuard:
@@ -201,7 +239,9 @@ class BodyGuard:
 
 def run_info(options: ServeOptions) -> dict[str, Any]:
     """What ``GET /info`` says: the run, its test accuracy (a fraction, ``None`` without
-    ``report.json``), the backend, the dataset and classes, and the temperature if calibrated.
+    ``report.json``), the backend, the dataset and classes, the temperature if calibrated, the
+    conformal methods with their calibrated α (``sets``: ``{method: [α, ...]}``, ``None`` without a
+    record) and the server's default sets (``default_sets``: ``{"method", "alpha"}`` or ``None``).
 
     Raises:
         RunError, DamagedFileError: The folder is not a readable run.
@@ -213,10 +253,13 @@ def run_info(options: ServeOptions) -> dict[str, Any]:
     if options.backend == "onnx":  # the temperature the graph was exported with
         import onnx
 
-        meta = {p.key: p.value for p in onnx.load(run_dir / EXPORT_FILES["onnx"]).metadata_props}
+        path = run_dir / EXPORT_FILES["onnx"]
+        meta = {p.key: p.value for p in onnx.load(path).metadata_props}
         temperature = float(meta["temperature"]) if meta.get("calibrated") == "true" else None
+        conformal = metadata_conformal(meta, path)
     else:
         temperature = run_temperature(run_dir, options.weights)
+        conformal = run_conformal(run_dir, options.weights)
     return {
         "run": run_dir.resolve().name,
         "run_dir": str(run_dir.resolve()),
@@ -228,6 +271,8 @@ def run_info(options: ServeOptions) -> dict[str, Any]:
         "backend": options.backend,
         "calibrated": temperature is not None,
         "temperature": temperature,
+        "sets": set_choices(conformal) if conformal else None,
+        "default_sets": {"method": options.sets, "alpha": options.alpha} if options.sets else None,
     }
 
 
@@ -241,10 +286,13 @@ def build_server(options: ServeOptions) -> ls.LitServer:
 
     Raises:
         ArgumentError: An option is out of range.
-        RunError, DamagedFileError: The run cannot be served (checked before any worker starts).
+        RunError, DamagedFileError: The run cannot be served (checked before any worker starts),
+            or has no conformal thresholds for the default ``sets`` and ``alpha``.
     """
     options.check()
-    load_backend(options)  # fails here, with the run's own message, rather than in a worker
+    model = load_backend(options)  # fails here, with the run's own message, rather than in a worker
+    if options.sets is not None:
+        model.check_sets(options.sets, options.alpha)
     server = ls.LitServer(
         FashionMNISTAPI(options),
         accelerator="cpu" if options.backend == "onnx" else "auto",
