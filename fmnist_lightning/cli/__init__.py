@@ -15,7 +15,7 @@ PATH_KEYS = (
     "output", "ckpt_path", "reference", "cache_dir",
 )  # fmt: skip
 #: Keys whose values are lists of paths (``images=[a.png,b.png]``), quoted element by element.
-PATH_LIST_KEYS = ("images",)
+PATH_LIST_KEYS = ("images", "run_dir")
 
 
 def require_configs() -> None:

@@ -1,14 +1,16 @@
 """Re-evaluate a finished run: ``fmnist-evaluate run_dir=outputs/runs/<run>`` writes its test report
-into ``outputs/evaluations/<date>_<time>/``, with ``robustness=true`` ``fmnist-robustness``'s files too."""
+into ``outputs/evaluations/<date>_<time>/``, with ``robustness=true`` ``fmnist-robustness``'s files too;
+``run_dir=[<run>,<run>,...]`` evaluates the runs as one ensemble."""
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from fmnist_lightning.cli import errors_as_lines, hydra_argv, require_configs
 from fmnist_lightning.cli.robustness import run_robustness
 from fmnist_lightning.errors import require
 from fmnist_lightning.evaluation import evaluate_run
+from fmnist_lightning.evaluation.ensemble import evaluate_ensemble
 from fmnist_lightning.run_folder import register_resolvers
 
 
@@ -18,11 +20,18 @@ def evaluate(cfg: DictConfig) -> None:
     with errors_as_lines(output_dir):
         require(isinstance(cfg.robustness, bool), "robustness", cfg.robustness, "true or false")
         trusted = list(cfg.trusted_modules)
-        report = evaluate_run(cfg.run_dir, output_dir, cfg.weights, cfg.data_root, cfg.device, trusted)
+        members = list(cfg.run_dir) if isinstance(cfg.run_dir, ListConfig) else None
+        if members is not None:  # run_dir=[a,b,...]: one ensemble
+            require(not cfg.robustness, "robustness", cfg.robustness, "false for an ensemble (run_dir=[...])")
+            report = evaluate_ensemble(members, output_dir, cfg.weights, cfg.data_root, cfg.device, trusted)
+            source = f"an ensemble of {len(members)} runs"
+        else:
+            report = evaluate_run(cfg.run_dir, output_dir, cfg.weights, cfg.data_root, cfg.device, trusted)
+            source = report["weights"]
         low, high = report["accuracy_ci95"]
         print(
             f"test accuracy {report['accuracy']:.4f} (95 % Wilson interval {low:.4f}-{high:.4f}), "
-            f"loss {report['loss']:.4f} ({report['weights']})"
+            f"loss {report['loss']:.4f} ({source})"
         )
         temperature = report["calibration"]["temperature"]
         if temperature is not None:

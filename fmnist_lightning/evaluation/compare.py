@@ -22,7 +22,7 @@ from fmnist_lightning.run_folder import RunFolder
 
 def run_config_of(folder: str | Path, trusted_modules: Sequence[str] = ()) -> DictConfig:
     """The checked config of the run a folder's predictions come from: a run folder's own, or an
-    ``fmnist-evaluate`` folder's evaluated run's.
+    ``fmnist-evaluate`` folder's evaluated run's (an ensemble's: its first member's).
 
     Raises:
         RunError: The folder is neither.
@@ -31,8 +31,11 @@ def run_config_of(folder: str | Path, trusted_modules: Sequence[str] = ()) -> Di
     saved = RunFolder(folder).config_file
     if saved.is_file():
         config = read_yaml(saved, dict, "Evaluate the run again into a new folder.")
-        if isinstance(config.get("run_dir"), str) and "model" not in config:  # an evaluation's folder
-            return RunFolder(config["run_dir"]).load_config(trusted_modules)
+        run_dir = config.get("run_dir")
+        if isinstance(run_dir, list) and run_dir and "model" not in config:  # an ensemble's: its first member
+            run_dir = run_dir[0]  # (its members share the test set: ensemble.check_members)
+        if isinstance(run_dir, str) and "model" not in config:  # an evaluation's folder
+            return RunFolder(run_dir).load_config(trusted_modules)
     return RunFolder(folder).load_config(trusted_modules)
 
 
