@@ -111,11 +111,26 @@ def evaluate_ensemble(
         RunError: A run or its weights cannot be used, or the members differ (``check_members``).
         DatasetError: The test files are missing or corrupt.
     """
+    ensemble, members = load_ensemble(run_dirs, weights, device, trusted_modules)
+    datamodule = build_datamodule(ensemble.config, data_root)
+    extra = {"ensemble": {"members": [str(r) for r in run_dirs], "weights": [str(m.weights) for m in members]}}
+    return run_test_report(ensemble.module, datamodule, output_dir, ensemble.device.type, extra).report
+
+
+def load_ensemble(
+    run_dirs: Sequence[str | Path], weights: str = "best", device: str = "auto", trusted_modules: Sequence[str] = ()
+) -> tuple[TrainedModel, list[TrainedModel]]:
+    """The runs as one ``TrainedModel`` (an ``EnsembleModule``, the first member's config and
+    preprocessing, no temperature), and the members.
+
+    Raises:
+        ArgumentError: Fewer than two runs, or one named twice.
+        RunError: A run or its weights cannot be used, or the members differ (``check_members``).
+    """
     names = [str(run_dir) for run_dir in run_dirs]
     require(len(names) >= 2 and len(set(names)) == len(names), "run_dir", names, "two or more different run folders")
-    models = [load_trained(run_dir, weights, device, trusted_modules) for run_dir in run_dirs]
-    check_members(models, names)
-    module = EnsembleModule(EnsembleNet([model.net for model in models])).eval()
-    datamodule = build_datamodule(models[0].config, data_root)
-    extra = {"ensemble": {"members": names, "weights": [str(model.weights) for model in models]}}
-    return run_test_report(module, datamodule, output_dir, models[0].device.type, extra).report
+    members = [load_trained(run_dir, weights, device, trusted_modules) for run_dir in run_dirs]
+    check_members(members, names)
+    module = EnsembleModule(EnsembleNet([model.net for model in members])).eval()
+    first = members[0]
+    return TrainedModel(module, first.preprocess, first.config, first.weights), members

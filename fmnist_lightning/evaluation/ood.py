@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import Logger
 
 from fmnist_lightning.artifacts import atomic_file, write_atomically
 from fmnist_lightning.errors import ArgumentError, require
+from fmnist_lightning.evaluation.ensemble import EnsembleNet, load_ensemble
 from fmnist_lightning.evaluation.features import NO_LINEAR, penultimate_features, penultimate_layer
 from fmnist_lightning.evaluation.figures import figure_to_array, ood_roc_figure, ood_scores_figure
 from fmnist_lightning.evaluation.ood_sets import OODContext
@@ -187,7 +188,7 @@ def make_sets(makers: Mapping[str, Callable[[OODContext], dict[str, torch.Tensor
 
 
 def evaluate_ood(
-    run_dir: str | Path,
+    run_dir: str | Path | Sequence[str | Path],
     output_dir: str | Path,
     sets: Mapping[str, Callable[[OODContext], dict[str, torch.Tensor]]],
     scores: Sequence[str] = tuple(SCORES),
@@ -206,6 +207,8 @@ def evaluate_ood(
     ``sets``, and ``METRICS`` with bootstrap intervals, into ``output_dir`` and ``loggers``.
 
     Args:
+        run_dir: A run folder, or a list of them: their ensemble (``ensemble.load_ensemble``; the
+            logit scores, on the mean probabilities, without a temperature).
         sets: ``{ood key: a set}`` (``ood_sets``), each returning ``{set name: uint8 images}``.
         weights: ``"best"``, ``"last"``, ``"net.pt"`` or a file (``runs.resolve_weights``).
         data_root: Overrides the run's ``data.root``.
@@ -223,7 +226,12 @@ def evaluate_ood(
         RunError: No such run or weights. DatasetError: Missing or corrupt dataset files.
     """
     check_options(list(scores), bootstrap_resamples, batch_size, seed, fit_images)
-    model = load_trained(run_dir, weights, device, trusted_modules)
+    if isinstance(run_dir, list | tuple):  # run_dir=[a,b,...]: the runs as one ensemble
+        model, members = load_ensemble(run_dir, weights, device, trusted_modules)
+        used_weights = [str(member.weights) for member in members]
+    else:
+        model = load_trained(run_dir, weights, device, trusted_modules)
+        used_weights = str(model.weights)
     datamodule = build_datamodule(model.config, data_root)
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -233,14 +241,12 @@ def evaluate_ood(
     started = time.perf_counter()
     images = make_sets(sets, OODContext(test_images, datamodule.dataset.test_checksums, seed, cache))
     seconds["sets"] = time.perf_counter() - started
-    used, notes = list(scores), {}
-    if "mahalanobis" in used and penultimate_layer(model.net) is None:
-        used.remove("mahalanobis")
-        notes["mahalanobis"] = f"left out: {NO_LINEAR} (docs/uncertainty.md)"
+    used = list(scores)
+    notes = _left_out(used, model.net)
     table, fit = _score_all(model, datamodule, test_images, images, used, batch_size, fit_images, seconds)
     result = {
-        "run_dir": str(run_dir),
-        "weights": str(model.weights),
+        "run_dir": [str(r) for r in run_dir] if isinstance(run_dir, list | tuple) else str(run_dir),
+        "weights": used_weights,
         "dataset": datamodule.dataset.name,
         "temperature": model.temperature,
         "scores": {s: SCORES[s] for s in used},
@@ -262,6 +268,21 @@ def evaluate_ood(
     result["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     write_results(result, Path(output_dir), table, loggers)
     return result
+
+
+def _left_out(used: list[str], net: torch.nn.Module) -> dict[str, str]:
+    """Removes from ``used`` the scores that do not apply to ``net``; returns why, by score."""
+    why = {}
+    if isinstance(net, EnsembleNet):  # its "logits" are log mean probabilities
+        why["max_logit"] = "left out: on an ensemble's mean probabilities it ranks the images as msp does"
+        why["energy"] = "left out: on an ensemble's mean probabilities it is 0 for every image"
+        why["mahalanobis"] = "left out: an ensemble's members have features of their own"
+    elif penultimate_layer(net) is None:
+        why["mahalanobis"] = f"left out: {NO_LINEAR}"
+    removed = [score for score in used if score in why]
+    for score in removed:
+        used.remove(score)
+    return {score: f"{why[score]} (docs/uncertainty.md)" for score in removed}
 
 
 def _score_all(
@@ -301,7 +322,7 @@ def markdown(result: dict[str, Any]) -> str:
     scores = list(result["scores"])
     temperature = result["temperature"]
     lines = [
-        f"# Out-of-distribution detection: {result['run_dir']}",
+        f"# Out-of-distribution detection: {_runs(result['run_dir'])}",
         "",
         f"Weights {result['weights']}; in distribution: the {result['dataset']} test set "
         f"({result['in_distribution_images']} images); temperature "
@@ -324,6 +345,11 @@ def markdown(result: dict[str, Any]) -> str:
             cells = [_cell(by_score[s][metric]) for s in scores]
             lines.append(f"| {name} | {result['sets'][name]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _runs(run_dir: str | list[str]) -> str:
+    """The run, or ``an ensemble of N runs: a, b, ...``."""
+    return run_dir if isinstance(run_dir, str) else f"an ensemble of {len(run_dir)} runs: {', '.join(run_dir)}"
 
 
 def _cell(entry: dict[str, Any]) -> str:
