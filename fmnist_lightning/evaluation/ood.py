@@ -226,21 +226,10 @@ def evaluate_ood(
         RunError: No such run or weights. DatasetError: Missing or corrupt dataset files.
     """
     check_options(list(scores), bootstrap_resamples, batch_size, seed, fit_images)
-    if isinstance(run_dir, list | tuple):  # run_dir=[a,b,...]: the runs as one ensemble
-        model, members = load_ensemble(run_dir, weights, device, trusted_modules)
-        used_weights = [str(member.weights) for member in members]
-    else:
-        model = load_trained(run_dir, weights, device, trusted_modules)
-        used_weights = str(model.weights)
-    datamodule = build_datamodule(model.config, data_root)
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    test_images = datamodule.data_test.tensors[0].cpu()
-    cache = Path(cache_dir) if cache_dir is not None else datamodule.root / "corrupted"
-    seconds: dict[str, float] = {}
+    model, used_weights = _load(run_dir, weights, device, trusted_modules)
     started = time.perf_counter()
-    images = make_sets(sets, OODContext(test_images, datamodule.dataset.test_checksums, seed, cache))
-    seconds["sets"] = time.perf_counter() - started
+    datamodule, test_images, images = _images(model, sets, data_root, seed, cache_dir)
+    seconds = {"sets": time.perf_counter() - started}
     used = list(scores)
     notes = _left_out(used, model.net)
     table, fit = _score_all(model, datamodule, test_images, images, used, batch_size, fit_images, seconds)
@@ -256,18 +245,52 @@ def evaluate_ood(
         "mahalanobis_fit_images": fit,
         "seed": seed,
         "bootstrap_resamples": bootstrap_resamples,
-        "results": {},
     }
     started = time.perf_counter()
-    for name, by_score in table.items():
-        result["results"][name] = {
-            s: with_intervals(table_id, ood, bootstrap_resamples, seed) for s, (table_id, ood) in by_score.items()
-        }
-        log.info("%s: AUROC %s", name, {s: round(m["auroc"]["value"], 4) for s, m in result["results"][name].items()})
+    result["results"] = _intervals(table, bootstrap_resamples, seed)
     seconds["bootstrap"] = time.perf_counter() - started
     result["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     write_results(result, Path(output_dir), table, loggers)
     return result
+
+
+def _images(
+    model: TrainedModel,
+    sets: Mapping[str, Callable[[OODContext], dict[str, torch.Tensor]]],
+    data_root: str | None,
+    seed: int,
+    cache_dir: str | Path | None,
+) -> tuple[Any, torch.Tensor, dict[str, torch.Tensor]]:
+    """The run's DataModule, its test images (uint8 ``(N, 1, H, W)``) and the OOD sets' (``make_sets``)."""
+    datamodule = build_datamodule(model.config, data_root)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    test_images = datamodule.data_test.tensors[0].cpu()
+    cache = Path(cache_dir) if cache_dir is not None else datamodule.root / "corrupted"
+    context = OODContext(test_images, datamodule.dataset.test_checksums, seed, cache)
+    return datamodule, test_images, make_sets(sets, context)
+
+
+def _load(
+    run_dir: str | Path | Sequence[str | Path], weights: str, device: str, trusted_modules: Sequence[str]
+) -> tuple[TrainedModel, str | list[str]]:
+    """The run's model (a list of runs: their ensemble) and the weights files it uses."""
+    if isinstance(run_dir, list | tuple):
+        model, members = load_ensemble(run_dir, weights, device, trusted_modules)
+        return model, [str(member.weights) for member in members]
+    model = load_trained(run_dir, weights, device, trusted_modules)
+    return model, str(model.weights)
+
+
+def _intervals(
+    table: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], resamples: int, seed: int
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """``with_intervals`` of every set and score of ``table``, logged set by set."""
+    results = {}
+    for name, by_score in table.items():
+        results[name] = {s: with_intervals(ids, oods, resamples, seed) for s, (ids, oods) in by_score.items()}
+        log.info("%s: AUROC %s", name, {s: round(m["auroc"]["value"], 4) for s, m in results[name].items()})
+    return results
 
 
 def _left_out(used: list[str], net: torch.nn.Module) -> dict[str, str]:
