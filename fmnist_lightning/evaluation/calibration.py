@@ -123,3 +123,19 @@ def read_temperature(folder: str | Path) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise DamagedFileError(path, f"its temperature is {value!r}, not a positive number", fix)
     return float(value)
+
+
+def check_probabilities(probs: torch.Tensor, labels: torch.Tensor, purpose: str, min_images: int = 1) -> None:
+    """Refuses what is not class probabilities with labels: ``probs`` a finite float ``(N, C)``
+    tensor with N ≥ ``min_images``, ``labels`` an integer ``(N,)`` tensor.
+
+    Raises:
+        ValueError: Saying what ``purpose`` (e.g. "conformal prediction") needs and what it got.
+    """
+    if probs.ndim != 2 or not probs.is_floating_point() or len(probs) < min_images:
+        raise ValueError(f"{purpose} needs float (N, C) probabilities, N ≥ {min_images}; got {tuple(probs.shape)}")
+    if labels.shape != (len(probs),) or labels.is_floating_point() or labels.is_complex():
+        got = f"{labels.dtype} {tuple(labels.shape)}"
+        raise ValueError(f"{purpose} needs integer labels of shape ({len(probs)},), got {got}")
+    if not torch.isfinite(probs).all():
+        raise ValueError(f"{purpose} needs finite probabilities: they hold a NaN or an infinity")

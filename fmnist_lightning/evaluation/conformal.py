@@ -46,6 +46,7 @@ import torch
 
 from fmnist_lightning.artifacts import read_json, write_atomically
 from fmnist_lightning.errors import DamagedFileError, RunError, require
+from fmnist_lightning.evaluation.calibration import check_probabilities
 from fmnist_lightning.evaluation.statistics import wilson_interval
 
 #: The methods, in the report's order.
@@ -130,7 +131,7 @@ def calibrate(
         ValueError: Tensors of the wrong kind or with a NaN or an infinity, an unknown method, or
             ``conformal_quantile``'s.
     """
-    _check(probs, labels)
+    check_probabilities(probs, labels, "conformal prediction", 1)
     thresholds = {}
     for method in methods:
         true_scores = scores(probs, method, lam, k_reg).gather(1, labels.view(-1, 1)).squeeze(1)
@@ -242,7 +243,7 @@ def conformal_report(
     Raises:
         ValueError: ``calibrate``'s, or test tensors of the wrong kind or with a NaN or an infinity.
     """
-    _check(probs, targets)
+    check_probabilities(probs, targets, "conformal prediction", 1)
     thresholds = calibrate(calibration_probs, calibration_labels, alphas, methods)
     results: dict[str, dict[str, Any]] = {}
     for method, by_alpha in thresholds.items():
@@ -271,18 +272,6 @@ def _coverage(sets: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         "mean_size": sets.sum(dim=1).double().mean().item(),
         "class_coverage": [h / s if s else None for h, s in zip(per_class.tolist(), support.tolist(), strict=True)],
     }
-
-
-def _check(probs: torch.Tensor, labels: torch.Tensor) -> None:
-    """Raises ``ValueError`` unless ``probs`` is a finite float ``(N, C)`` tensor, N ≥ 1, and
-    ``labels`` an integer ``(N,)`` tensor."""
-    if probs.ndim != 2 or not probs.is_floating_point() or len(probs) < 1:
-        raise ValueError(f"conformal prediction needs float (N, C) probabilities, N ≥ 1; got {tuple(probs.shape)}")
-    if labels.shape != (len(probs),) or labels.is_floating_point() or labels.is_complex():
-        got = f"{labels.dtype} {tuple(labels.shape)}"
-        raise ValueError(f"conformal prediction needs integer labels of shape ({len(probs)},), got {got}")
-    if not torch.isfinite(probs).all():
-        raise ValueError("conformal prediction needs finite probabilities: they hold a NaN or an infinity")
 
 
 def write_conformal(folder: Path, conformal: dict[str, Any]) -> None:

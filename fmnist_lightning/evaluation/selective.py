@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from fmnist_lightning.evaluation.calibration import check_probabilities
+
 #: Coverages of the report's ``risk_at_coverage``.
 RISK_COVERAGES = (0.8, 0.95)
 #: Fractions of least confident images abstained on, for ``accuracy_abstaining``.
@@ -62,7 +64,7 @@ def selective_report(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, An
         ValueError: ``probs`` is not a float ``(N, C)`` tensor with N ≥ 2, ``targets`` not an integer
             ``(N,)`` tensor, or ``probs`` holds a NaN or an infinity.
     """
-    _check(probs, targets)
+    check_probabilities(probs, targets, "selective classification", 2)
     return _report(probs.detach().cpu(), targets.cpu())
 
 
@@ -105,14 +107,3 @@ def _report(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
 def _rounded(values: torch.Tensor) -> list[float]:
     """``values`` as a list of floats rounded to 6 decimals (a small report.json)."""
     return [round(v, 6) for v in values.tolist()]
-
-
-def _check(probs: torch.Tensor, targets: torch.Tensor) -> None:
-    """Raises the ``ValueError`` that ``selective_report`` documents."""
-    if probs.ndim != 2 or not probs.is_floating_point() or len(probs) < 2:
-        raise ValueError(f"selective classification needs float (N, C) probabilities, N ≥ 2; got {tuple(probs.shape)}")
-    if targets.shape != (len(probs),) or targets.is_floating_point() or targets.is_complex():
-        got = f"{targets.dtype} {tuple(targets.shape)}"
-        raise ValueError(f"selective classification needs integer labels of shape ({len(probs)},), got {got}")
-    if not torch.isfinite(probs).all():
-        raise ValueError("selective classification needs finite probabilities: they hold a NaN or an infinity")
