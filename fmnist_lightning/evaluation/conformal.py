@@ -71,7 +71,8 @@ def scores(probs: torch.Tensor, method: str, lam: float = RAPS_LAMBDA, k_reg: in
     Args:
         probs: Float ``(N, C)`` class probabilities, rows summing to 1, any float dtype.
         method: ``"lac"``, ``"aps"`` or ``"raps"``.
-        lam, k_reg: RAPS's λ and k_reg.
+        lam: RAPS's λ.
+        k_reg: RAPS's k_reg.
 
     Returns:
         Float64 ``(N, C)`` scores, in class order.
@@ -228,9 +229,10 @@ def conformal_report(
     """The thresholds calibrated on the calibration images, and their sets on the test images.
 
     Args:
-        calibration_probs, calibration_labels: Float ``(n, C)`` probabilities and int64 ``(n,)``
-            labels of the calibration images.
-        probs, targets: The same for the N test images, with the same temperature.
+        calibration_probs: Float ``(n, C)`` probabilities of the calibration images.
+        calibration_labels: Their int64 ``(n,)`` labels.
+        probs: Float ``(N, C)`` probabilities of the test images, with the same temperature.
+        targets: Their int64 ``(N,)`` labels.
 
     Returns:
         A JSON-ready dict: ``calibration_images`` (n), ``calibrated_on`` (``CALIBRATED_ON``),
