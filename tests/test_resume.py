@@ -273,7 +273,8 @@ def test_ddp_on_two_cpu_processes(data_root: Path, tmp_path: Path) -> None:
     writers = {p.name.split(".")[-2] for p in run_dir.glob("events.out.tfevents.*")}
     assert len(writers) == 1, "TensorBoard events from more than one process"
     assert sorted(p.name for p in run_dir.glob("checkpoints/*.ckpt")) == ["epoch_001.ckpt", "last.ckpt"]
-    assert {p.name for p in run_dir.glob("*.json")} == {"metrics.json", "report.json", "temperature.json"}
+    written = {p.name for p in run_dir.glob("*.json")}
+    assert written == {"metrics.json", "report.json", "temperature.json", "conformal.json"}
     assert sorted(p.name for p in run_dir.glob(".*")) == [".hydra", ".lock"]  # rank 0 holds the lock
     assert abs(done["metrics"]["test/acc"] - RunFolder(tmp_path / "single").read_status()["metrics"]["test/acc"]) < 0.05
 
