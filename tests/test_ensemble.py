@@ -14,7 +14,7 @@ import yaml
 
 from fmnist_lightning.data.idx import load_dataset, load_split
 from fmnist_lightning.errors import ArgumentError, RunError
-from fmnist_lightning.evaluation.ensemble import evaluate_ensemble
+from fmnist_lightning.evaluation import evaluate_run
 from fmnist_lightning.evaluation.predictions import read_predictions
 from fmnist_lightning.evaluation.runs import load_trained
 from fmnist_lightning.run_folder import RunFolder
@@ -41,7 +41,7 @@ def member_probs(run: Path, images: torch.Tensor) -> np.ndarray:
 
 
 def test_the_ensemble_averages_its_members_probabilities(members: list[Path], data_root: Path, tmp_path: Path) -> None:
-    report = evaluate_ensemble(members, tmp_path / "ensemble", device="cpu")
+    report = evaluate_run(members, tmp_path / "ensemble", device="cpu")
     assert report["ensemble"]["members"] == [str(m) for m in members]
     for section in ("accuracy_ci95", "calibration", "selective", "conformal"):
         assert section in report
@@ -62,9 +62,9 @@ def test_members_that_differ_are_refused(members: list[Path], tmp_path: Path) ->
     config["data"]["class_names"] = [f"class {i}" for i in range(10)]
     config_file.write_text(yaml.safe_dump(config))
     with pytest.raises(RunError, match=rf"run_dir={other}: its class_names is"):
-        evaluate_ensemble([members[0], other], tmp_path / "x", device="cpu")
+        evaluate_run([members[0], other], tmp_path / "x", device="cpu")
     with pytest.raises(ArgumentError, match="two or more different run folders"):
-        evaluate_ensemble([members[0], members[0]], tmp_path / "y", device="cpu")
+        evaluate_run([members[0], members[0]], tmp_path / "y", device="cpu")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 

@@ -10,7 +10,6 @@ from fmnist_lightning.cli import errors_as_lines, hydra_argv, require_configs
 from fmnist_lightning.cli.robustness import run_robustness
 from fmnist_lightning.errors import require
 from fmnist_lightning.evaluation import evaluate_run
-from fmnist_lightning.evaluation.ensemble import evaluate_ensemble
 from fmnist_lightning.run_folder import register_resolvers
 
 
@@ -20,14 +19,11 @@ def evaluate(cfg: DictConfig) -> None:
     with errors_as_lines(output_dir):
         require(isinstance(cfg.robustness, bool), "robustness", cfg.robustness, "true or false")
         trusted = list(cfg.trusted_modules)
-        members = list(cfg.run_dir) if isinstance(cfg.run_dir, ListConfig) else None
-        if members is not None:  # run_dir=[a,b,...]: one ensemble
+        run_dir = list(cfg.run_dir) if isinstance(cfg.run_dir, ListConfig) else cfg.run_dir  # a list: one ensemble
+        if isinstance(run_dir, list):
             require(not cfg.robustness, "robustness", cfg.robustness, "false for an ensemble (run_dir=[...])")
-            report = evaluate_ensemble(members, output_dir, cfg.weights, cfg.data_root, cfg.device, trusted)
-            source = f"an ensemble of {len(members)} runs"
-        else:
-            report = evaluate_run(cfg.run_dir, output_dir, cfg.weights, cfg.data_root, cfg.device, trusted)
-            source = report["weights"]
+        report = evaluate_run(run_dir, output_dir, cfg.weights, cfg.data_root, cfg.device, trusted)
+        source = f"an ensemble of {len(run_dir)} runs" if isinstance(run_dir, list) else report["weights"]
         low, high = report["accuracy_ci95"]
         print(
             f"test accuracy {report['accuracy']:.4f} (95 % Wilson interval {low:.4f}-{high:.4f}), "

@@ -1,7 +1,8 @@
 """Several finished runs evaluated as one deep ensemble (Lakshminarayanan, Pritzel & Blundell,
 NeurIPS 2017): the mean of the members' probabilities, ``fmnist-evaluate run_dir=[<run>,<run>,...]``.
 
-The ensemble goes through the same test loop and ``TestReport`` as one run, so its report has
+``load_runs`` gives one run's model or the ensemble's alike; the ensemble then goes through the
+same test loop and ``TestReport`` as one run (``evaluate.evaluate_run``), so its report has
 the same sections (accuracy with its interval, calibration with a temperature fitted on the
 ensemble, selective classification, conformal sets) and its ``predictions.npz`` can be compared
 with a member's by ``fmnist-compare``.
@@ -20,8 +21,7 @@ from torch import nn
 
 from fmnist_lightning.errors import RunError, require
 from fmnist_lightning.evaluation.compare import describe_test_set
-from fmnist_lightning.evaluation.evaluate import run_test_report
-from fmnist_lightning.evaluation.runs import TrainedModel, build_datamodule, load_trained
+from fmnist_lightning.evaluation.runs import TrainedModel, load_trained
 
 
 class EnsembleNet(nn.Module):
@@ -88,33 +88,24 @@ def check_members(models: Sequence[TrainedModel], run_dirs: Sequence[str | Path]
             )
 
 
-def evaluate_ensemble(
-    run_dirs: Sequence[str | Path],
-    output_dir: str | Path,
+def load_runs(
+    run_dir: str | Path | Sequence[str | Path],
     weights: str = "best",
-    data_root: str | None = None,
     device: str = "auto",
     trusted_modules: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Evaluates the runs ``run_dirs`` as one ensemble on the test set; the report goes into ``output_dir``.
-
-    Args:
-        run_dirs: Two or more run folders.
-        weights: Each member's weights: ``"best"``, ``"last"``, ``"net.pt"`` or a path (``runs.resolve_weights``).
-        data_root: Overrides the members' ``data.root``.
-
-    Returns:
-        The report, with ``ensemble``: the members and the weights files used.
+) -> tuple[TrainedModel, str | list[str]]:
+    """The model of a run folder (``runs.load_trained``), or of a list of them (``load_ensemble``),
+    and the weights file it uses (a list: each member's), for ``fmnist-evaluate`` and ``fmnist-ood``.
 
     Raises:
-        ArgumentError: Fewer than two runs, or one named twice.
+        ArgumentError: A list of fewer than two runs, or one named twice.
         RunError: A run or its weights cannot be used, or the members differ (``check_members``).
-        DatasetError: The test files are missing or corrupt.
     """
-    ensemble, members = load_ensemble(run_dirs, weights, device, trusted_modules)
-    datamodule = build_datamodule(ensemble.config, data_root)
-    extra = {"ensemble": {"members": [str(r) for r in run_dirs], "weights": [str(m.weights) for m in members]}}
-    return run_test_report(ensemble.module, datamodule, output_dir, ensemble.device.type, extra).report
+    if isinstance(run_dir, list | tuple):
+        model, members = load_ensemble(run_dir, weights, device, trusted_modules)
+        return model, [str(member.weights) for member in members]
+    model = load_trained(run_dir, weights, device, trusted_modules)
+    return model, str(model.weights)
 
 
 def load_ensemble(

@@ -8,7 +8,8 @@ from typing import Any
 
 import lightning as L
 
-from fmnist_lightning.evaluation.runs import build_datamodule, load_trained
+from fmnist_lightning.evaluation.ensemble import load_runs
+from fmnist_lightning.evaluation.runs import build_datamodule
 from fmnist_lightning.evaluation.test_report import TestReport
 
 
@@ -44,7 +45,7 @@ def run_test_report(
 
 
 def evaluate_run(
-    run_dir: str | Path,
+    run_dir: str | Path | Sequence[str | Path],
     output_dir: str | Path,
     weights: str = "best",
     data_root: str | None = None,
@@ -54,19 +55,25 @@ def evaluate_run(
     """Re-evaluates a finished run on the test set, on ``device``; the report goes into ``output_dir``.
 
     Args:
-        weights: ``"best"``, ``"last"``, ``"net.pt"`` or a path; see ``runs.resolve_weights``.
+        run_dir: A run folder, or a list of two or more: their ensemble (``ensemble.load_runs``).
+        weights: ``"best"``, ``"last"``, ``"net.pt"`` or a path (each member's); see ``runs.resolve_weights``.
         data_root: Overrides the run's ``data.root``.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ...
 
     Returns:
-        The report, with ``weights`` (the file used) added.
+        The report, with ``weights`` (the file used) added; for an ensemble, ``ensemble``: the
+        members and the weights files used.
 
     Raises:
-        fmnist_lightning.errors.RunError: No such run or weights, or weights that do not fit.
+        fmnist_lightning.errors.ArgumentError: A list of fewer than two runs, or one named twice.
+        fmnist_lightning.errors.RunError: No such run or weights, weights that do not fit, or
+            ensemble members that differ (``ensemble.check_members``).
         fmnist_lightning.errors.DatasetError: The test files are missing or corrupt.
     """
-    model = load_trained(run_dir, weights, device, trusted_modules)
+    model, used = load_runs(run_dir, weights, device, trusted_modules)
     datamodule = build_datamodule(model.config, data_root)
-    return run_test_report(
-        model.module, datamodule, output_dir, model.device.type, {"weights": str(model.weights)}
-    ).report
+    if isinstance(used, list):
+        extra = {"ensemble": {"members": [str(member) for member in run_dir], "weights": used}}
+    else:
+        extra = {"weights": used}
+    return run_test_report(model.module, datamodule, output_dir, model.device.type, extra).report

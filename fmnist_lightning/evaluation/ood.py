@@ -23,11 +23,11 @@ from lightning.pytorch.loggers import Logger
 
 from fmnist_lightning.artifacts import atomic_file, write_atomically
 from fmnist_lightning.errors import ArgumentError, require
-from fmnist_lightning.evaluation.ensemble import EnsembleNet, load_ensemble
+from fmnist_lightning.evaluation.ensemble import EnsembleNet, load_runs
 from fmnist_lightning.evaluation.features import NO_LINEAR, penultimate_features, penultimate_layer
 from fmnist_lightning.evaluation.figures import figure_to_array, ood_roc_figure, ood_scores_figure
 from fmnist_lightning.evaluation.ood_sets import OODContext
-from fmnist_lightning.evaluation.runs import TrainedModel, build_datamodule, load_trained
+from fmnist_lightning.evaluation.runs import TrainedModel, build_datamodule
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def evaluate_ood(
         RunError: No such run or weights. DatasetError: Missing or corrupt dataset files.
     """
     check_options(list(scores), bootstrap_resamples, batch_size, seed, fit_images)
-    model, used_weights = _load(run_dir, weights, device, trusted_modules)
+    model, used_weights = load_runs(run_dir, weights, device, trusted_modules)
     started = time.perf_counter()
     datamodule, test_images, images = _images(model, sets, data_root, seed, cache_dir)
     seconds = {"sets": time.perf_counter() - started}
@@ -269,17 +269,6 @@ def _images(
     cache = Path(cache_dir) if cache_dir is not None else datamodule.root / "corrupted"
     context = OODContext(test_images, datamodule.dataset.test_checksums, seed, cache)
     return datamodule, test_images, make_sets(sets, context)
-
-
-def _load(
-    run_dir: str | Path | Sequence[str | Path], weights: str, device: str, trusted_modules: Sequence[str]
-) -> tuple[TrainedModel, str | list[str]]:
-    """The run's model (a list of runs: their ensemble) and the weights files it uses."""
-    if isinstance(run_dir, list | tuple):
-        model, members = load_ensemble(run_dir, weights, device, trusted_modules)
-        return model, [str(member.weights) for member in members]
-    model = load_trained(run_dir, weights, device, trusted_modules)
-    return model, str(model.weights)
 
 
 def _intervals(
