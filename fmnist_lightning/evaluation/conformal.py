@@ -195,17 +195,42 @@ def set_threshold(record: dict[str, Any], method: Any, alpha: Any, temperature: 
     return by_alpha[key]
 
 
-def record_sets(
-    record: dict[str, Any], probs: torch.Tensor, method: Any, alpha: Any, temperature: float | None
-) -> torch.Tensor:
-    """``prediction_sets`` of float ``(N, C)`` probabilities with the threshold and RAPS parameters of a
-    ``read_conformal`` record: bool ``(N, C)``.
+class GivesSets:
+    """Prediction sets of a model that carries a ``read_conformal`` record (``conformal``, ``None``
+    without one) and the ``temperature`` of its ``predict_proba`` (``None``: T = 1): a run's
+    ``runs.TrainedModel`` and an export's ``serving.export.ExportedModel`` alike. A subclass says in
+    ``no_sets`` why it has no record and how to get one."""
 
-    Raises:
-        ArgumentError, RunError: As ``set_threshold``.
-    """
-    threshold = set_threshold(record, method, alpha, temperature)
-    return prediction_sets(probs, method, threshold, record["raps"]["lambda"], record["raps"]["k_reg"])
+    conformal: dict[str, Any] | None
+    temperature: float | None
+
+    def no_sets(self) -> str:
+        """Why there is no record, and how to get one (the ``RunError``'s message)."""
+        raise NotImplementedError
+
+    def check_sets(self, method: Any, alpha: Any) -> float:
+        """The threshold q̂ of ``method`` at ``alpha`` (``set_threshold``).
+
+        Raises:
+            RunError: The model has no conformal record, or one calibrated at another temperature.
+            ArgumentError: ``method`` or ``alpha`` is not one the record was calibrated for.
+        """
+        if self.conformal is None:
+            raise RunError(self.no_sets())
+        return set_threshold(self.conformal, method, alpha, self.temperature)
+
+    def predict_sets(self, inputs: Any, method: str, alpha: float | str) -> torch.Tensor:
+        """The conformal prediction sets (``prediction_sets``, with the record's threshold and RAPS
+        parameters), bool ``(B, num_classes)``, of uint8 ``(B, 1, H, W)`` images or of float
+        ``(B, num_classes)`` probabilities from ``predict_proba``.
+
+        Raises:
+            RunError, ArgumentError: As ``check_sets``.
+        """
+        threshold = self.check_sets(method, alpha)
+        probs = inputs if torch.is_tensor(inputs) and inputs.is_floating_point() else self.predict_proba(inputs)
+        raps = self.conformal["raps"]
+        return prediction_sets(probs, method, threshold, raps["lambda"], raps["k_reg"])
 
 
 def _same_alpha(key: str, alpha: Any) -> bool:

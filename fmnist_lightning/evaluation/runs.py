@@ -21,7 +21,7 @@ from fmnist_lightning.data.augment import build_preprocess
 from fmnist_lightning.data.photos import to_fashion_mnist
 from fmnist_lightning.errors import DamagedFileError, RunError
 from fmnist_lightning.evaluation.calibration import read_temperature
-from fmnist_lightning.evaluation.conformal import read_conformal, record_sets, set_threshold
+from fmnist_lightning.evaluation.conformal import GivesSets, read_conformal
 from fmnist_lightning.models.compose import module_arguments, module_class
 from fmnist_lightning.run_folder import NET_WEIGHTS, RunFolder
 
@@ -98,8 +98,9 @@ def build_datamodule(cfg: DictConfig, data_root: str | None = None) -> IdxDataMo
 
 
 @dataclass
-class TrainedModel:
-    """A trained network with the preprocessing of the run that made it.
+class TrainedModel(GivesSets):
+    """A trained network with the preprocessing of the run that made it, and its conformal
+    prediction sets (``conformal.GivesSets``: ``check_sets``, ``predict_sets``).
 
     Attributes:
         module: The LightningModule holding the network, in eval mode.
@@ -144,38 +145,14 @@ class TrainedModel:
         x = self.preprocess(images.to(self.device))
         return (self.net(x) / (self.temperature or 1.0)).softmax(dim=1)
 
-    def check_sets(self, method: Any, alpha: Any) -> float:
-        """The threshold q̂ of ``method`` at ``alpha`` (``conformal.set_threshold``).
-
-        Raises:
-            RunError: The model has no conformal record, or one calibrated at another temperature.
-            ArgumentError: ``method`` or ``alpha`` is not one the record was calibrated for.
-        """
-        if self.conformal is None:
-            run = self.run_dir or "<run>"
-            raise RunError(
-                f"no prediction sets for {self.weights}: the run has no conformal.json (it was made before "
-                "conformal prediction sets), or these weights are not net.pt or best, the ones its sets are "
-                f"calibrated for. To get them: fmnist-evaluate run_dir={run} weights=best, then copy "
-                "conformal.json and temperature.json from its output folder into the run folder (docs/uncertainty.md)"
-            )
-        return set_threshold(self.conformal, method, alpha, self.temperature)
-
-    def predict_sets(self, inputs: torch.Tensor, method: str, alpha: float | str) -> torch.Tensor:
-        """The conformal prediction sets (``conformal.prediction_sets``), bool ``(B, num_classes)``.
-
-        Args:
-            inputs: uint8 ``(B, 1, H, W)`` images, or float ``(B, num_classes)`` probabilities from
-                ``predict_proba``.
-            method: ``"lac"``, ``"aps"`` or ``"raps"``.
-            alpha: A calibrated miscoverage level of the record, e.g. ``0.1``.
-
-        Raises:
-            RunError, ArgumentError: As ``check_sets``.
-        """
-        self.check_sets(method, alpha)
-        probs = inputs if inputs.is_floating_point() else self.predict_proba(inputs)
-        return record_sets(self.conformal, probs, method, alpha, self.temperature)
+    def no_sets(self) -> str:
+        """Why the run gives no prediction sets for these weights, and how to get them."""
+        return (
+            f"no prediction sets for {self.weights}: the run has no conformal.json (it was made before "
+            "conformal prediction sets), or these weights are not net.pt or best, the ones its sets are "
+            f"calibrated for. To get them: fmnist-evaluate run_dir={self.run_dir or '<run>'} weights=best, then "
+            "copy conformal.json and temperature.json from its output folder into the run folder (docs/uncertainty.md)"
+        )
 
     def predict_images(
         self, images: Sequence[Image.Image], preprocess: str = "photo", invert: bool | str = "auto"

@@ -25,7 +25,7 @@ from torch import nn
 from fmnist_lightning.artifacts import read_json
 from fmnist_lightning.data.photos import SIDE
 from fmnist_lightning.errors import ArgumentError, DamagedFileError, RunError, require
-from fmnist_lightning.evaluation.conformal import record_problem, record_sets, set_threshold
+from fmnist_lightning.evaluation.conformal import GivesSets, record_problem
 from fmnist_lightning.evaluation.runs import TrainedModel, load_trained
 from fmnist_lightning.run_folder import NET_WEIGHTS, RunFolder
 
@@ -154,8 +154,9 @@ def _write_export(model: TrainedModel, run_dir: Path, path: Path, format: str) -
 
 
 @dataclass
-class ExportedModel:
-    """An exported graph, loaded for inference on the CPU (onnxruntime or ``torch.export``).
+class ExportedModel(GivesSets):
+    """An exported graph, loaded for inference on the CPU (onnxruntime or ``torch.export``), and its
+    conformal prediction sets (``conformal.GivesSets``: ``check_sets``, ``predict_sets``).
 
     Attributes:
         metadata: What ``run_metadata`` wrote (strings).
@@ -177,31 +178,13 @@ class ExportedModel:
         """Class probabilities, float32 ``(B, num_classes)``, of uint8 ``(B, 1, 28, 28)`` images."""
         return self._run(images)
 
-    def check_sets(self, method: Any, alpha: Any) -> float:
-        """The threshold q̂ of ``method`` at ``alpha`` (``conformal.set_threshold``).
-
-        Raises:
-            RunError: The graph carries no conformal record, or one calibrated at another temperature.
-            ArgumentError: ``method`` or ``alpha`` is not one the record was calibrated for.
-        """
-        if self.conformal is None:
-            raise RunError(
-                f"no prediction sets in {self.path}: it was exported before conformal prediction sets, or from "
-                "a run without conformal.json for its weights (net.pt and best have them). Once the run has "
-                f"one, export it again: fmnist-export run_dir={self.path.parent} overwrite=true (docs/uncertainty.md)"
-            )
-        return set_threshold(self.conformal, method, alpha, self.temperature)
-
-    def predict_sets(self, inputs: torch.Tensor | np.ndarray, method: str, alpha: float | str) -> torch.Tensor:
-        """The conformal prediction sets (``conformal.prediction_sets``), bool ``(B, num_classes)``, of uint8
-        ``(B, 1, 28, 28)`` images or of float ``(B, num_classes)`` probabilities from ``predict_proba``.
-
-        Raises:
-            RunError, ArgumentError: As ``check_sets``.
-        """
-        self.check_sets(method, alpha)
-        probs = inputs if torch.is_tensor(inputs) and inputs.is_floating_point() else self.predict_proba(inputs)
-        return record_sets(self.conformal, probs, method, alpha, self.temperature)
+    def no_sets(self) -> str:
+        """Why the graph gives no prediction sets, and how to get them."""
+        return (
+            f"no prediction sets in {self.path}: it was exported before conformal prediction sets, or from "
+            "a run without conformal.json for its weights (net.pt and best have them). Once the run has "
+            f"one, export it again: fmnist-export run_dir={self.path.parent} overwrite=true (docs/uncertainty.md)"
+        )
 
 
 def metadata_conformal(metadata: dict[str, str], path: Path) -> dict[str, Any] | None:
