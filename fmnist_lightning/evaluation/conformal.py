@@ -332,7 +332,7 @@ def read_conformal(folder: str | Path) -> dict[str, Any] | None:
         return None
     fix = "Delete it (the run then has no prediction sets), or evaluate the run again."
     record = read_json(path, fix)
-    problem = _problem(record)
+    problem = record_problem(record)
     if problem:
         raise DamagedFileError(path, problem, fix)
     return record
@@ -344,12 +344,9 @@ def _number(value: Any) -> bool:
 
 
 def record_problem(record: Any) -> str | None:
-    """What is wrong with a conformal record read from elsewhere (an export's metadata), or ``None``."""
-    return _problem(record) if isinstance(record, dict) else f"it is {record!r}, not a record"
-
-
-def _problem(record: dict[str, Any]) -> str | None:
-    """What is wrong with a ``conformal.json`` record, or ``None``."""
+    """What is wrong with a conformal record (``conformal.json``'s, or an export's metadata), or ``None``."""
+    if not isinstance(record, dict):
+        return f"it is {record!r}, not a record"
     thresholds = record.get("thresholds")
     if not isinstance(thresholds, dict) or not thresholds:
         return f"its thresholds are {thresholds!r}, not a mapping of methods"
