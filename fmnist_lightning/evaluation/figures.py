@@ -170,9 +170,12 @@ def corruption_heatmap_figure(
     return fig
 
 
-def ood_roc_figure(table: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> Figure:
+def ood_roc_figure(
+    table: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], aurocs: dict[str, dict[str, float]]
+) -> Figure:
     """One panel per out-of-distribution set: each score's ROC curve (OOD as the positive class,
-    pytorch-ood's ``roc_curve``) with its AUROC, from ``{set: {score: (ID scores, OOD scores)}}``."""
+    pytorch-ood's ``roc_curve``) from ``{set: {score: (ID scores, OOD scores)}}``, labelled with its
+    AUROC from ``{set: {score: AUROC}}`` (fractions)."""
     from pytorch_ood.metrics.functional import roc_curve
 
     columns = min(4, len(table))
@@ -184,8 +187,7 @@ def ood_roc_figure(table: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -
             scores = torch.from_numpy(np.concatenate([id_scores, ood_scores]))
             labels = torch.cat([torch.zeros(len(id_scores)), -torch.ones(len(ood_scores))]).long()
             fpr, tpr, _ = roc_curve(scores, labels)
-            area = float(np.trapezoid(tpr.numpy(), fpr.numpy()))
-            ax.plot(fpr.numpy(), tpr.numpy(), linewidth=1.2, label=f"{score} {100 * area:.1f}")
+            ax.plot(fpr.numpy(), tpr.numpy(), linewidth=1.2, label=f"{score} {100 * aurocs[name][score]:.1f}")
         ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
         ax.set(xlim=(0, 1), ylim=(0, 1), title=name)
         ax.set_xlabel("ID images flagged (FPR)", fontsize=8)

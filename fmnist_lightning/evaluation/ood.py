@@ -384,7 +384,11 @@ def write_results(
     folder.mkdir(parents=True, exist_ok=True)
     write_atomically(folder / JSON, json.dumps(result, indent=2) + "\n")
     write_atomically(folder / MARKDOWN, markdown(result))
-    figures = {"ood/roc": (ROC_FIGURE, ood_roc_figure(table)), "ood/scores": (SCORES_FIGURE, ood_scores_figure(table))}
+    aurocs = {name: {s: m["auroc"]["value"] for s, m in scores.items()} for name, scores in result["results"].items()}
+    figures = {
+        "ood/roc": (ROC_FIGURE, ood_roc_figure(table, aurocs)),
+        "ood/scores": (SCORES_FIGURE, ood_scores_figure(table)),
+    }
     for _, (file_name, figure) in figures.items():
         with atomic_file(folder / file_name) as file:
             figure.savefig(file, format="png", dpi=110)
