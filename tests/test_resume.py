@@ -336,6 +336,29 @@ def test_ddp_in_a_multirun_uses_spawn(data_root: Path, tmp_path: Path) -> None:
     assert all(RunFolder(sweep / job).read_status()["status"] == "finished" for job in ("0_seed-1", "1_seed-2"))
 
 
+def test_a_gloo_group_is_destroyed_at_exit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every DDP process registers one exit handler that destroys its group (Lightning does it for
+    NCCL only), so no gloo thread is left to the interpreter's teardown."""
+    import torch.distributed as dist
+
+    from fmnist_lightning.training import processes
+
+    registered: list = []
+    monkeypatch.setattr(processes.atexit, "register", registered.append)
+    processes.destroy_process_group_at_exit()
+    assert registered == []  # no group, nothing to destroy
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        processes.destroy_process_group_at_exit()
+        processes.destroy_process_group_at_exit()
+        assert len(registered) == 2 and registered[0] is registered[1]  # unregister first: one handler at exit
+        registered[0]()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_resume_composes_the_runs_own_config(trained_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """resume= reads the run's config once, through RunFolder, and makes it the primary config
     Hydra applies the command's overrides to; the command line is left as typed, so a DDP

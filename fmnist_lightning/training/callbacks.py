@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from fmnist_lightning.errors import NonFiniteLossError, RunError, RunInterrupted, TrialPruned
 from fmnist_lightning.run_folder import LAST_CHECKPOINT, RunFolder, write_failure
 from fmnist_lightning.training.loggers import end_runs
-from fmnist_lightning.training.processes import seconds_since_launch, train_command
+from fmnist_lightning.training.processes import destroy_process_group_at_exit, seconds_since_launch, train_command
 from fmnist_lightning.training.resume import stop_limits
 from fmnist_lightning.training.slurm import time_limit_signal
 
@@ -173,6 +173,9 @@ class RunStatus(Callback):
                 file=sys.stderr,
                 flush=True,
             )
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        destroy_process_group_at_exit()  # in every DDP process, after Lightning has made the group
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int

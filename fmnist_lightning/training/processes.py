@@ -3,6 +3,7 @@ threads, and the DDP launch strategy."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shlex
@@ -93,6 +94,26 @@ def launch_strategy(trainer: DictConfig) -> Any:
         log.info("trainer.strategy=ddp inside a multirun: using ddp_spawn, so the sweep is not re-run")
         return "ddp_spawn"
     return strategy
+
+
+def destroy_process_group_at_exit() -> None:
+    """Destroys this process's ``torch.distributed`` group at interpreter exit, for every backend.
+
+    Lightning registers the same ``atexit`` handler for NCCL only
+    (``lightning.fabric.utilities.distributed._init_dist_connection``). A gloo group left to the
+    interpreter's teardown can abort a ``ddp_spawn`` child with "terminate called without an
+    active exception" (a C++ ``std::thread`` destroyed unjoined), which fails its job. Destroying
+    the group first joins those threads. Does nothing where no group is initialised; registering
+    twice registers once.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        atexit.unregister(_destroy_process_group)
+        atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 @contextmanager
