@@ -24,6 +24,8 @@ from fmnist_lightning.evaluation.conformal import (
     conformal_report,
     prediction_sets,
     read_conformal,
+    scores,
+    uniforms,
     write_conformal,
 )
 from fmnist_lightning.evaluation.report import classification_report, report_markdown, write_report
@@ -82,15 +84,12 @@ def test_the_finite_sample_quantile_by_hand() -> None:
             conformal_quantile(nine, alpha)
 
 
-def test_sets_are_never_empty_and_confident_lac_sets_are_singletons() -> None:
+def test_sets_may_be_empty_and_confident_lac_sets_are_singletons() -> None:
     generator = torch.Generator().manual_seed(2)
     probs, labels = calibrated(500, generator, scale=3.0)
     for method in ("lac", "aps", "raps"):
-        # Below every score: the empty sets get the most probable class, and only it.
-        sets = prediction_sets(probs, method, -1.0)
-        assert torch.equal(sets, nn.functional.one_hot(probs.argmax(dim=1), 10).bool())
-        threshold = calibrate(probs, labels, alphas=(0.1,), methods=(method,))[method]["0.1"]
-        assert prediction_sets(probs, method, threshold).any(dim=1).all()
+        assert not prediction_sets(probs, method, -1.0).any()  # below every score: every set is empty
+        assert prediction_sets(probs, method, 2.0).all()  # above every score: every class is in
     # Confident probabilities (0.99 on the label): LAC's q̂ is 0.01, and each set is one class.
     confident = torch.full((200, 10), 0.01 / 9, dtype=torch.float64)
     confident[torch.arange(200), torch.arange(200) % 10] = 0.99
@@ -98,6 +97,29 @@ def test_sets_are_never_empty_and_confident_lac_sets_are_singletons() -> None:
     threshold = calibrate(confident, labels, alphas=(0.05,), methods=("lac",))["lac"]["0.05"]
     assert threshold == pytest.approx(0.01)
     assert torch.equal(prediction_sets(confident, "lac", threshold), nn.functional.one_hot(labels, 10).bool())
+
+
+def test_u_is_a_uniform_function_of_the_probabilities() -> None:
+    """U is the same for the same float32 probabilities (any dtype or order of the batch), and
+    spread like a uniform draw over images (Kolmogorov–Smirnov, 20,000 images)."""
+    from scipy import stats
+
+    probs, _ = calibrated(20_000, torch.Generator().manual_seed(6))
+    u = uniforms(probs)
+    assert u.dtype == torch.float64 and ((u >= 0) & (u < 1)).all()
+    assert torch.equal(uniforms(probs.float()), u)
+    assert torch.equal(uniforms(probs.flip(0)), u.flip(0))
+    assert stats.kstest(u.numpy(), "uniform").pvalue > 0.01
+    # An image the network is sure of: the non-randomized APS score is 1 − 1e-6 on all of them;
+    # with U, the true class's score spreads over [0, 1).
+    sure = torch.full((1000, 10), 1e-7 / 9, dtype=torch.float64)
+    sure[:, 0] = 1 - 1e-7
+    sure[:, 1:] += torch.rand(1000, 9, generator=torch.Generator().manual_seed(7), dtype=torch.float64) * 1e-9
+    sure = sure / sure.sum(dim=1, keepdim=True)
+    labels = torch.zeros(1000, dtype=torch.int64)
+    plain = scores(sure, "aps").gather(1, labels.view(-1, 1))
+    randomized = scores(sure, "aps", u=uniforms(sure)).gather(1, labels.view(-1, 1))
+    assert plain.min() > 1 - 1e-6 and randomized.std() > 0.25
 
 
 def test_aps_sets_are_nested_as_alpha_falls() -> None:
@@ -113,8 +135,9 @@ def test_aps_sets_are_nested_as_alpha_falls() -> None:
 
 
 def test_the_sets_are_torch_uncertaintys() -> None:
-    """At the same q̂, the sets are those of torch-uncertainty 0.13.0's classes without randomization
-    or temperature scaling (their model: the identity on log-probabilities, which they softmax)."""
+    """At the same q̂ and with U = 1, the sets are those of torch-uncertainty 0.13.0's classes
+    without randomization or temperature scaling (their model: the identity on log-probabilities,
+    which they softmax), once the top class fills a set that would be empty, as theirs does."""
     from torch_uncertainty.post_processing.conformal import ConformalClsAPS, ConformalClsRAPS, ConformalClsTHR
 
     generator = torch.Generator().manual_seed(4)
@@ -131,7 +154,10 @@ def test_the_sets_are_torch_uncertaintys() -> None:
         for alpha, threshold in by_alpha.items():
             theirs = library[method](float(alpha))
             theirs.q_hat = torch.tensor(threshold, dtype=torch.float64)
-            assert torch.equal(prediction_sets(probs, method, threshold), theirs.conformal(probs.log()) > 0)
+            ours = scores(probs, method) <= threshold
+            top = nn.functional.one_hot(probs.argmax(dim=1), 10).bool()
+            ours |= top & ~ours.any(dim=1, keepdim=True)  # theirs: the top class in a set that would be empty
+            assert torch.equal(ours, theirs.conformal(probs.log()) > 0)
 
 
 @pytest.mark.parametrize(
@@ -212,7 +238,7 @@ def test_report_section_and_scalars(tmp_path: Path) -> None:
     aps = conformal["methods"]["aps"]["0.05"]
     lowest = min(c for c in aps["class_coverage"] if c is not None)
     assert f"| APS | 0.05 | 95 | {aps['threshold']:.6f} | {100 * aps['coverage']:.2f} |" in text
-    assert f"| {100 * lowest:.2f} (class {aps['class_coverage'].index(lowest)}) |" in text
+    assert f"| {100 * aps['empty']:.2f} | {100 * lowest:.2f} (class {aps['class_coverage'].index(lowest)}) |" in text
     assert json.loads((tmp_path / "report.json").read_text())["conformal"] == conformal
     scalars = report_scalars(report)
     assert scalars["test/conformal/coverage_aps_95"] == aps["coverage"]

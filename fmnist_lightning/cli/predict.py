@@ -69,6 +69,8 @@ def line(r: FilePrediction) -> str:
     """A classified file's line: its class and probability, the next classes, and its set if asked."""
     others = ", ".join(f"{name} {p:.3f}" for name, p in r.top[1:])
     members = f"; set {{{', '.join(r.prediction_set)}}}" if r.prediction_set is not None else ""
+    if r.prediction_set == []:
+        members += " (empty: no class is likely enough at this α)"
     return f"{r.path}: {r.name} ({r.probability:.3f}){'; then ' + others if others else ''}{members}"
 
 

@@ -8,34 +8,47 @@ less likely to be the true one, computed from the probabilities the run serves (
 
 - ``lac`` (least ambiguous set-valued classifier; THR in torch-uncertainty; Sadinle, Lei &
   Wasserman, JASA 2019): ``s(x, c) = 1 − p_c``.
-- ``aps`` (adaptive prediction sets; Romano, Sesia & Candès, NeurIPS 2020, eq. 7 without the
-  random term U): with the classes sorted by descending probability (ties in class order),
-  ``s(x, c)`` is the probability of c plus that of every class ranked before it.
+- ``aps`` (adaptive prediction sets; Romano, Sesia & Candès, NeurIPS 2020, eq. 7, randomized):
+  with the classes sorted by descending probability (ties in class order), ``s(x, c)`` is the
+  probability of every class ranked before c plus ``U · p_c``.
 - ``raps`` (regularized APS; Angelopoulos, Bates, Malik & Jordan, ICLR 2021, "Uncertainty sets
-  for image classifiers using conformal prediction", without U): the APS score plus
+  for image classifiers using conformal prediction", randomized): the APS score plus
   ``λ · max(0, k − k_reg)``, k the 1-based rank of c.
+
+U in [0, 1) is the papers' random term, one per image (``uniforms``). Here it is drawn from the
+image's own probabilities: the first 8 bytes of a BLAKE2b hash of their float32 values. The same
+probabilities therefore give the same set in the report, ``fmnist-predict``, the server and an
+export, with no seed to carry. Since U is a fixed function of the image, the scores of calibration
+and test images stay exchangeable and the guarantee below holds; spread like a uniform draw over
+images, U breaks the ties that make the non-randomized APS over-cover (a network that puts 0.9999
+on its top class gives nearly every correct image the same score). An image whose float32
+probabilities differ by one bit (another backend, e.g. ONNX Runtime) draws another U.
 
 Calibration (``calibrate``) takes the scores of the true classes of n calibration images and
 keeps, for each α, q̂ = their ⌈(n + 1)(1 − α)⌉-th smallest (Angelopoulos & Bates, 2021, eq. 1;
 NumPy's ``np.quantile(scores, ceil((n+1)(1-α))/n, method="inverted_cdf")``; their code's
 ``method="higher"`` interpolates at (n − 1) · level and mostly takes the next score up, a rank
-more conservative). The set of an image (``prediction_sets``) is ``{c : s(x, c) ≤ q̂}``, with its
-most probable class added to a set that would be empty. If the calibration and test images are
-exchangeable, the true class is in the set with probability at least 1 − α (below
-1 − α + 1 / (n + 1) where scores do not tie, before the added class), over the draw of both.
+more conservative). The set of an image (``prediction_sets``) is ``{c : s(x, c) ≤ q̂}``. It may be
+empty: the method is unsure of every class at this α, and an empty set counts as a miss. (A
+network right on more than 1 − α of its images can reach coverage 1 − α only with empty sets;
+forcing the most probable class into them gives coverage of at least its accuracy.) If the
+calibration and test images are exchangeable, the true class is in the set with probability at
+least 1 − α (below 1 − α + 1 / (n + 1) where scores do not tie), over the draw of both.
 
 Own code, not torch-uncertainty 0.13.0's ``ConformalClsTHR``, ``ConformalClsAPS`` and
 ``ConformalClsRAPS``: those calibrate only in ``fit(DataLoader)``, with
 ``torch.quantile(scores, 1 − α)`` (no finite-sample correction), compute the softmax of their
-model's output themselves, and give the APS and RAPS scores only through private methods. The
-rules are theirs with ``randomized=False``: the set is the classes whose score is at most q̂ (the
-class whose cumulative probability crosses q̂ is left out, as in their code and in Angelopoulos &
-Bates' APS code; the RAPS authors' own non-randomized sets keep it and cover more than 1 − α).
+model's output themselves, draw a U per class (not per image) from torch's global generator, put
+the top class into every set that would be empty, and give the APS and RAPS scores only through
+private methods. With U = 1 (``scores(..., u=None)``) and that top class, the sets are theirs with
+``randomized=False``: the classes whose score is at most q̂ (the class whose cumulative probability
+crosses q̂ is left out, as in their code and in Angelopoulos & Bates' APS code).
 ``tests/test_conformal.py`` checks that the sets are those of the library's classes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -65,7 +78,28 @@ CONFORMAL_FILE = "conformal.json"
 CALIBRATED_ON = "odd positions of the validation split"
 
 
-def scores(probs: torch.Tensor, method: str, lam: float = RAPS_LAMBDA, k_reg: int = RAPS_K_REG) -> torch.Tensor:
+def uniforms(probs: torch.Tensor) -> torch.Tensor:
+    """Each image's U in [0, 1): the first 8 bytes of a BLAKE2b hash of its float32 probabilities,
+    over 2⁶⁴ (the module's note on U).
+
+    Args:
+        probs: Float ``(N, C)`` probabilities, any float dtype and device.
+
+    Returns:
+        Float64 ``(N,)`` on ``probs``' device.
+    """
+    rows = probs.detach().float().cpu().contiguous().numpy()
+    drawn = [int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little") for row in rows]
+    return torch.tensor(drawn, dtype=torch.float64, device=probs.device) / 2.0**64
+
+
+def scores(
+    probs: torch.Tensor,
+    method: str,
+    lam: float = RAPS_LAMBDA,
+    k_reg: int = RAPS_K_REG,
+    u: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Every class's nonconformity score under ``method`` (the module's formulas).
 
     Args:
@@ -73,6 +107,8 @@ def scores(probs: torch.Tensor, method: str, lam: float = RAPS_LAMBDA, k_reg: in
         method: ``"lac"``, ``"aps"`` or ``"raps"``.
         lam: RAPS's λ.
         k_reg: RAPS's k_reg.
+        u: Float ``(N,)`` U of APS and RAPS, in [0, 1] (``uniforms``); ``None`` for U = 1 (the
+            non-randomized scores). LAC ignores it.
 
     Returns:
         Float64 ``(N, C)`` scores, in class order.
@@ -86,7 +122,10 @@ def scores(probs: torch.Tensor, method: str, lam: float = RAPS_LAMBDA, k_reg: in
     if method not in ("aps", "raps"):
         raise ValueError(f"unknown conformal method {method!r}: choose one of {', '.join(METHODS)}")
     order = probs.argsort(dim=1, descending=True, stable=True)
-    cumulative = probs.gather(1, order).cumsum(dim=1)
+    ranked = probs.gather(1, order)
+    cumulative = ranked.cumsum(dim=1)
+    if u is not None:
+        cumulative = cumulative - (1.0 - u.double().view(-1, 1)) * ranked
     if method == "raps":
         ranks = torch.arange(1, probs.shape[1] + 1, dtype=torch.float64, device=probs.device)
         cumulative = cumulative + lam * (ranks - k_reg).clamp(min=0)
@@ -133,9 +172,10 @@ def calibrate(
             ``conformal_quantile``'s.
     """
     check_probabilities(probs, labels, "conformal prediction", 1)
+    u = uniforms(probs)
     thresholds = {}
     for method in methods:
-        true_scores = scores(probs, method, lam, k_reg).gather(1, labels.view(-1, 1)).squeeze(1)
+        true_scores = scores(probs, method, lam, k_reg, u).gather(1, labels.view(-1, 1)).squeeze(1)
         thresholds[method] = {str(alpha): conformal_quantile(true_scores, alpha) for alpha in alphas}
     return thresholds
 
@@ -143,8 +183,8 @@ def calibrate(
 def prediction_sets(
     probs: torch.Tensor, method: str, threshold: float, lam: float = RAPS_LAMBDA, k_reg: int = RAPS_K_REG
 ) -> torch.Tensor:
-    """The prediction sets ``{c : s(x, c) ≤ threshold}``, the most probable class added to an empty
-    one (every non-empty set holds it already: the scores grow with the rank).
+    """The prediction sets ``{c : s(x, c) ≤ threshold}``, with each image's U from ``uniforms``;
+    a set may be empty (the module's note).
 
     Args:
         probs: Float ``(N, C)`` probabilities, as calibrated (same temperature).
@@ -157,9 +197,8 @@ def prediction_sets(
     Raises:
         ValueError: An unknown ``method``.
     """
-    sets = scores(probs, method, lam, k_reg) <= threshold
-    sets[torch.arange(len(sets), device=sets.device), probs.argmax(dim=1)] = True
-    return sets
+    u = None if method == "lac" else uniforms(probs)
+    return scores(probs, method, lam, k_reg, u) <= threshold
 
 
 def set_choices(record: dict[str, Any]) -> dict[str, list[float]]:
@@ -264,8 +303,8 @@ def conformal_report(
         ``raps`` (``{"lambda": λ, "k_reg": k_reg}``), and ``methods``: ``{method: {str(alpha):
         {...}}}`` with ``threshold`` (q̂), ``coverage`` (the fraction of test images whose set holds
         the true class) with its 95 % Wilson interval ``coverage_ci95``, ``mean_size`` (classes per
-        set) and ``class_coverage`` (the coverage of each true class, in class order; ``None`` for
-        a class without test images).
+        set, an empty one counting 0), ``empty`` (the fraction of empty sets) and ``class_coverage``
+        (the coverage of each true class, in class order; ``None`` for a class without test images).
 
     Raises:
         ValueError: ``calibrate``'s, or test tensors of the wrong kind or with a NaN or an infinity.
@@ -287,7 +326,7 @@ def conformal_report(
 
 
 def _coverage(sets: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-    """``coverage``, ``coverage_ci95``, ``mean_size`` and ``class_coverage`` of bool ``(N, C)`` sets."""
+    """``coverage``, ``coverage_ci95``, ``mean_size``, ``empty`` and ``class_coverage`` of bool ``(N, C)`` sets."""
     covered = sets.gather(1, targets.view(-1, 1)).squeeze(1)
     num_classes = sets.shape[1]
     per_class = torch.bincount(targets, weights=covered.double(), minlength=num_classes)
@@ -297,6 +336,7 @@ def _coverage(sets: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         "coverage": hits / len(targets),
         "coverage_ci95": list(wilson_interval(hits, len(targets))),
         "mean_size": sets.sum(dim=1).double().mean().item(),
+        "empty": (~sets.any(dim=1)).double().mean().item(),
         "class_coverage": [h / s if s else None for h, s in zip(per_class.tolist(), support.tolist(), strict=True)],
     }
 
@@ -313,7 +353,8 @@ def write_conformal(folder: Path, conformal: dict[str, Any]) -> None:
         "calibrated_on": conformal["calibrated_on"],
         "temperature": conformal.get("temperature"),
         "raps": conformal["raps"],
-        "method": "split conformal prediction (Angelopoulos & Bates 2021), non-randomized; "
+        "method": "split conformal prediction (Angelopoulos & Bates 2021); APS and RAPS randomized with U "
+        "from each image's float32 probabilities (BLAKE2b); empty sets allowed; "
         "lac: Sadinle et al. 2019, aps: Romano et al. 2020, raps: Angelopoulos et al. 2021",
     }
     write_atomically(folder / CONFORMAL_FILE, json.dumps(record, indent=2) + "\n")

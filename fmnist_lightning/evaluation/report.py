@@ -185,11 +185,14 @@ def conformal_markdown(conformal: dict[str, Any], class_names: Sequence[str]) ->
         "Each test image gets a set of classes meant to hold its true class for at least a fraction 1 − α of "
         f"images (split conformal prediction), calibrated on {conformal['calibration_images']:,} validation images "
         f"({conformal['calibrated_on']}{others}) with {scaled}. Coverage: the "
-        "fraction of test images whose set holds the true class; size: classes per set. LAC: Sadinle et al. (2019); "
-        f"APS: Romano et al. (2020); RAPS: Angelopoulos et al. (2021), λ = {raps['lambda']}, k_reg = {raps['k_reg']}.",
+        "fraction of test images whose set holds the true class; size: classes per set; empty: sets with no class "
+        "(no class is plausible enough at this α; a miss). LAC: Sadinle et al. (2019); APS: Romano et al. (2020); "
+        f"RAPS: Angelopoulos et al. (2021), λ = {raps['lambda']}, k_reg = {raps['k_reg']}; APS and RAPS randomized, "
+        "with each image's U drawn from its probabilities (docs/uncertainty.md).",
         "",
-        "| method | α | target (%) | q̂ | coverage (%) | 95 % interval (%) | mean size | lowest class coverage (%) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| method | α | target (%) | q̂ | coverage (%) | 95 % interval (%) | mean size | empty (%) "
+        "| lowest class coverage (%) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     )
     for method, by_alpha in conformal["methods"].items():
         for alpha, r in by_alpha.items():
@@ -197,7 +200,7 @@ def conformal_markdown(conformal: dict[str, Any], class_names: Sequence[str]) ->
             lines.append(
                 f"| {method.upper()} | {alpha} | {100 * (1 - float(alpha)):g} | {r['threshold']:.6f} "
                 f"| {100 * r['coverage']:.2f} | {100 * low:.2f}–{100 * high:.2f} | {r['mean_size']:.2f} "
-                f"| {_lowest_class(r['class_coverage'], class_names)} |"
+                f"| {100 * r['empty']:.2f} | {_lowest_class(r['class_coverage'], class_names)} |"
             )
     return lines
 
