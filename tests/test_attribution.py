@@ -66,7 +66,7 @@ def test_a_network_without_a_convolution_gets_the_gradient_methods() -> None:
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
     with pytest.raises(ValueError, match=r"no nn\.Conv2d") as caught:
         Explainer(mlp, PREPROCESS, "gradcam")
-    assert str(caught.value) == NO_CONV
+    assert NO_CONV in str(caught.value)
     result = Explainer(mlp, PREPROCESS, "saliency").attribute(images(2), torch.tensor([3, 4]))
     assert result.maps.shape == (2, 28, 28)
 

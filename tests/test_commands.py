@@ -1,7 +1,7 @@
 """One end-to-end test per command as a new process, as a user runs it: ``train`` and
 ``resume=`` through the clone's ``python train.py``, ``fmnist-evaluate``, ``fmnist-predict``,
-``fmnist-summarize``, ``fmnist-export``, ``fmnist-serve``, ``fmnist-compare`` and ``fmnist-ood``
-through their console scripts (``fmnist-robustness`` runs as a process in tests/test_robustness.py), and
+``fmnist-summarize``, ``fmnist-export``, ``fmnist-serve``, ``fmnist-compare``, ``fmnist-ood`` and
+``fmnist-explain`` through their console scripts (``fmnist-robustness`` runs as a process in tests/test_robustness.py), and
 ``python -m fmnist_lightning.cli.<command>``.
 
 Each runs the command once as it should work (exit status 0, what it writes) and once with a
@@ -95,6 +95,14 @@ def test_ood(run_copy: Path, tmp_path: Path) -> None:
     succeeded(result)
     assert "vflip: AUROC msp" in result.stdout and (tmp_path / "ood" / "ood.json").is_file()
     refused(run_script("fmnist-ood", *common, "scores=[odin]", f"hydra.run.dir={tmp_path / 'x'}"), "scores=['odin']")
+
+
+def test_explain(run_copy: Path, tmp_path: Path) -> None:
+    common = [f"run_dir={run_copy}", "device=cpu", "indices=[0,1]"]
+    result = run_script("fmnist-explain", *common, f"hydra.run.dir={tmp_path / 'explain'}")
+    succeeded(result)
+    assert result.stdout.startswith("test_0: ") and (tmp_path / "explain" / "maps.npy").is_file()
+    refused(run_script("fmnist-explain", *common, "method=lime", f"hydra.run.dir={tmp_path / 'x'}"), "method='lime'")
 
 
 def test_summarize(data_root: Path, tmp_path: Path) -> None:

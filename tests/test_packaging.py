@@ -14,6 +14,7 @@ import pytest
 import tomllib
 
 from conftest import REPO
+from in_process import COMMANDS
 
 #: What a build of the repository must not copy in: environments, runs, data, build products.
 NOT_SOURCES = {".git", ".venv", "outputs", "multirun", "data", "build", "dist", "site", "fmnist_lightning.egg-info"}
@@ -30,6 +31,13 @@ def test_every_package_is_listed_for_the_wheel():
     inits = [*(REPO / "fmnist_lightning").rglob("__init__.py"), *(REPO / "hydra_plugins").rglob("__init__.py")]
     found = {".".join(p.parent.relative_to(REPO).parts) for p in inits} | {"fmnist_lightning.conf"}
     assert listed == found
+
+
+def test_every_console_script_is_a_command_of_the_tests():
+    """The console scripts of pyproject.toml are the commands ``in_process.COMMANDS`` names, which
+    the tests run and the wheel must carry: a new command is added to both."""
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {f"fmnist-{command}": f"fmnist_lightning.cli.{command}:main" for command in COMMANDS}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +61,7 @@ def test_wheel_carries_the_configs_and_scripts(wheel: Path):
     assert not any(name.startswith(("conf/", "tests/", "benchmarks/")) for name in names)
     (entry_points,) = (n for n in names if n.endswith(".dist-info/entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for command in ("train", "evaluate", "predict", "summarize", "export", "serve", "compare", "robustness", "ood"):
+    for command in COMMANDS:  # in_process.COMMANDS: every console script
         assert f"fmnist-{command} = fmnist_lightning.cli.{command}:main" in scripts
     assert "fmnist_lightning/serving/page.html" in names  # the server's web page
     assert "hydra_plugins/fmnist_lightning_sweepers/__init__.py" in names  # where Hydra finds the sweepers

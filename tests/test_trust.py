@@ -119,7 +119,7 @@ def assert_refused(result, expected: str, payload: dict) -> None:
     assert not Path(payload["marker"]).exists(), "the payload ran"
 
 
-ENTRY_POINTS = ("evaluate", "predict", "export", "robustness", "ood", "compare", "resume")
+ENTRY_POINTS = ("evaluate", "predict", "export", "robustness", "ood", "explain", "compare", "resume")
 
 
 def matrix(*axes: list[str], default: set[str]) -> list:
@@ -146,6 +146,7 @@ def test_a_crafted_run_folder_is_refused_before_any_import_or_call(
         "export": ("export.py", f"run_dir={run}"),
         "robustness": ("robustness.py", f"run_dir={run}", "device=cpu", f"hydra.run.dir={tmp_path / 'out'}"),
         "ood": ("ood.py", f"run_dir={run}", "ood=[vflip]", "device=cpu", f"hydra.run.dir={tmp_path / 'out'}"),
+        "explain": ("explain.py", f"run_dir={run}", "device=cpu", f"hydra.run.dir={tmp_path / 'out'}"),
         "compare": ("compare.py", str(trained_run), str(run)),
         "resume": ("train.py", f"resume={run}", "trainer.max_epochs=5"),
     }[entry]

@@ -66,8 +66,8 @@ def gradcam_layer(net: nn.Module, layer: str | None = None) -> nn.Module:
     convolution's raw output the weighted sum can be negative everywhere, and its ReLU all zero.
 
     Raises:
-        ArgumentError: ``layer`` names no module of the network (the message lists the convolutions).
-        ValueError: ``layer`` is ``None`` and the network has no ``nn.Conv2d`` (``NO_CONV``).
+        ArgumentError: ``layer`` names no module of the network (the message lists the convolutions),
+            or ``layer`` is ``None`` and the network has no ``nn.Conv2d`` (``NO_CONV``).
     """
     named = dict(net.named_modules())
     if layer is not None:
@@ -76,8 +76,7 @@ def gradcam_layer(net: nn.Module, layer: str | None = None) -> nn.Module:
         require(isinstance(layer, str) and layer in named and layer != "", "layer", layer, allowed)
         return named[layer]
     conv = last_conv(net)
-    if conv is None:
-        raise ValueError(NO_CONV)
+    require(conv is not None, "method", "gradcam", NO_CONV)
     modules = list(net.modules())
     for module in modules[modules.index(conv) + 1 :]:
         if isinstance(module, ACTIVATIONS):
@@ -119,12 +118,22 @@ class Attribution:
         delta: float32 ``(B,)``, integrated gradients' convergence delta (sum of the attributions
             minus (f(x) − f(baseline))), or ``None`` for the other methods.
         logit_gap: float32 ``(B,)``, f(x) − f(baseline) for integrated gradients, else ``None``.
+        logits: float32 ``(B,)``, f(x) (the target's logit, without flip TTA or temperature) for
+            integrated gradients, else ``None``.
     """
 
     maps: torch.Tensor
     targets: torch.Tensor
     delta: torch.Tensor | None = None
     logit_gap: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+    def relative_delta(self) -> torch.Tensor | None:
+        """|delta| / |f(x)|, float64 ``(B,)`` (inf where f(x) = 0), for integrated gradients, else ``None``:
+        the completeness error as a fraction of the logit."""
+        if self.delta is None:
+            return None
+        return self.delta.double().abs() / self.logits.double().abs()
 
 
 @dataclass
@@ -143,9 +152,8 @@ class Explainer:
         internal_batch_size: Images × steps per forward pass of integrated gradients and SmoothGrad.
 
     Raises:
-        ArgumentError: An unknown ``method``, ``steps`` or ``samples`` < 1, ``noise`` < 0, or a ``layer``
-            the network does not have.
-        ValueError: ``gradcam`` for a network without a convolution (``NO_CONV``).
+        ArgumentError: An unknown ``method``, ``steps`` or ``samples`` < 1, ``noise`` < 0, a ``layer``
+            the network does not have, or ``gradcam`` for a network without a convolution (``NO_CONV``).
     """
 
     net: nn.Module
@@ -192,7 +200,7 @@ class Explainer:
         """
         from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Saliency
 
-        x = x.detach().float()
+        x = x.detach().float().requires_grad_()  # Captum warns when it has to ask for the gradients itself
         targets = targets.to(x.device).long()
         with attributable(self.net):
             classes = self.net(x[:1]).shape[1]
@@ -230,8 +238,10 @@ class Explainer:
         )
         with torch.no_grad():
             rows = torch.arange(len(x), device=x.device)
-            gap = self.net(x)[rows, targets] - self.net(baseline)[rows, targets]
-        return Attribution(_maps(attributions), targets.cpu(), delta.detach().float().cpu(), gap.float().cpu())
+            logits = self.net(x)[rows, targets]
+            gap = logits - self.net(baseline)[rows, targets]
+        delta = delta.detach().float().cpu()
+        return Attribution(_maps(attributions), targets.cpu(), delta, gap.float().cpu(), logits.float().cpu())
 
     def _per_pass(self, images: int) -> int:
         """SmoothGrad's noisy samples per pass, so that a pass holds about ``internal_batch_size`` images."""

@@ -50,7 +50,8 @@ def rank_correlations(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     """Spearman's ρ of each pair of maps, float64 ``(B,)``, NaN where either map is constant.
 
     Args:
-        a, b: float ``(B, S, S)`` maps of the same images.
+        a: float ``(B, S, S)`` maps.
+        b: float ``(B, S, S)`` maps of the same images.
     """
     x, y = a.flatten(1).double().numpy(), b.flatten(1).double().numpy()
     ranks_x, ranks_y = stats.rankdata(x, axis=1), stats.rankdata(y, axis=1)
@@ -145,9 +146,8 @@ def sanity_checks(explainer: Explainer, x: torch.Tensor, seed: int = 0, steps: i
             "wilcoxon_p": float(stats.wilcoxon(ours.numpy(), random.numpy()).pvalue),
         },
     }
-    if trained.delta is not None:
-        logits = net(x).detach()[torch.arange(len(x)), classes].abs().double().cpu()
-        relative = trained.delta.double().abs() / logits
+    relative = trained.relative_delta()
+    if relative is not None:
         result["completeness"] = {
             "median_relative_delta": relative.median().item(),
             "max_relative_delta": relative.max().item(),
