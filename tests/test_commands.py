@@ -1,7 +1,8 @@
 """One end-to-end test per command as a new process, as a user runs it: ``train`` and
 ``resume=`` through the clone's ``python train.py``, ``fmnist-evaluate``, ``fmnist-predict``,
 ``fmnist-summarize``, ``fmnist-export``, ``fmnist-serve``, ``fmnist-compare``, ``fmnist-ood`` and
-``fmnist-explain`` through their console scripts (``fmnist-robustness`` runs as a process in tests/test_robustness.py), and
+``fmnist-explain`` through their console scripts (``fmnist-robustness`` runs as a process in
+tests/test_robustness.py), and
 ``python -m fmnist_lightning.cli.<command>``.
 
 Each runs the command once as it should work (exit status 0, what it writes) and once with a

@@ -31,7 +31,16 @@ SCALARS = {
     "test/eaurc",
     "test/risk_at_80_coverage",
 }
-FIGURES = {"test/confusion_matrix", "test/reliability", "test/risk_coverage", "test/misclassified"}
+FIGURES = {
+    "test/confusion_matrix",
+    "test/reliability",
+    "test/risk_coverage",
+    "test/misclassified",
+    "test/misclassified_gradcam",
+    "test/confused_pairs_gradcam",
+}
+#: The TestReport's Grad-CAM figures: made only when a logger takes images (or when asked).
+GRADCAM_FILES = ("misclassified_gradcam.png", "confused_pairs_gradcam.png")
 
 
 def logged(loggers: str, run_dir: Path, data_root: Path) -> Path:
@@ -47,7 +56,7 @@ def logged(loggers: str, run_dir: Path, data_root: Path) -> Path:
         "trainer.limit_train_batches=20",
         "trainer.limit_val_batches=2",
         "trainer.limit_test_batches=2",
-        "logger.tensorboard.projector_images=0",  # the projector: tests/test_tensorboard.py
+        *(["logger.tensorboard.projector_images=0"] if "tensorboard" in loggers else []),  # tests/test_tensorboard.py
         f"data.root={data_root}",
         f"hydra.run.dir={run_dir}",
     )
@@ -101,6 +110,25 @@ def test_tensorboard(logged_run: Path) -> None:
     assert json.loads((run_dir / "temperature.json").read_text())["fitted_on"] == "1000 validation images"
     assert events.Scalars("test/conformal/coverage_lac_90")[-1].value == pytest.approx(lac["coverage"])
     assert "## Conformal prediction sets" in (run_dir / "report.md").read_text()
+    # The Grad-CAM figures, beside the others, listed in report.md under the most confused pairs.
+    assert all((run_dir / name).is_file() for name in GRADCAM_FILES)
+    assert json.loads((run_dir / "report.json").read_text())["attribution"]["layer"] == "features.1.1"
+    assert "in confused_pairs_gradcam.png" in (run_dir / "report.md").read_text()
+
+
+def test_no_attributions_without_an_image_logger(unlogged_run) -> None:
+    """A run whose loggers take no images (here none) keeps no images for them and draws nothing."""
+    run_dir, _ = unlogged_run
+    assert not any((run_dir / name).exists() for name in GRADCAM_FILES)
+    assert "attribution" not in json.loads((run_dir / "report.json").read_text())
+
+
+@pytest.mark.slow
+def test_csv_only_run_has_no_attributions(data_root: Path, tmp_path: Path) -> None:
+    run_dir = logged("csv", tmp_path / "run", data_root)
+    assert not any((run_dir / name).exists() for name in GRADCAM_FILES)
+    assert not list(run_dir.glob("events.out.tfevents.*")) and (run_dir / "csv" / "metrics.csv").is_file()
+    assert "attribution" not in json.loads((run_dir / "report.json").read_text())
 
 
 def test_csv(logged_run: Path) -> None:

@@ -1,7 +1,7 @@
-"""The server: its request path in this process (answers like fmnist-predict, bad requests get
-4xx JSON), then (slow) fmnist-serve as a real process on a free localhost port: answers like fmnist-predict,
-bad requests get 4xx JSON and leave it up, concurrent requests are batched, the web page
-works in headless Chromium."""
+"""The server: its request path in this process (answers like fmnist-predict, /explain's maps are
+the Explainer's, bad requests get 4xx JSON), then (slow) fmnist-serve as a real process on a free
+localhost port: answers like fmnist-predict and explains, bad requests get 4xx JSON and leave it up,
+concurrent requests are batched, the web page works in headless Chromium."""
 
 from __future__ import annotations
 
@@ -27,17 +27,19 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 from test_predict import with_sets, without_sets
+from torch import nn
 
 from conftest import REPO, chrome_driver
 from fmnist_lightning.data import load_dataset, load_split
 from fmnist_lightning.errors import ArgumentError, RunError
+from fmnist_lightning.evaluation.attribution import METHODS, NO_CONV, Explainer
 from fmnist_lightning.evaluation.calibration import read_temperature
 from fmnist_lightning.evaluation.conformal import prediction_sets, read_conformal
 from fmnist_lightning.evaluation.files import load_image, predict_files
 from fmnist_lightning.evaluation.runs import load_trained
 from fmnist_lightning.serving.export import export_run, load_exported
 from fmnist_lightning.serving.process import ServerProcess, start_server
-from fmnist_lightning.serving.server import ServeOptions, build_server, run_info
+from fmnist_lightning.serving.server import NO_GRADIENTS, ServeOptions, build_server, run_info
 from in_process import run_command
 
 
@@ -171,30 +173,38 @@ def bad_requests() -> dict[str, tuple[int, str, dict]]:
 
 @contextmanager
 def api_client(options: ServeOptions):
-    """The server's request path in this process: ``BodyGuard`` in front of a route that hands
-    the parsed body to ``FashionMNISTAPI`` (decode, batch, predict, answer) as LitServe's worker
-    does; a starlette ``TestClient``. The real server, with its worker processes, is ``server``
-    (slow tests)."""
+    """The server's request path in this process: ``BodyGuard`` in front of routes that hand
+    the parsed body to ``FashionMNISTAPI`` (``/predict``: decode, batch, predict, answer) and
+    ``ExplainAPI`` (``/explain``: decode, predict, answer, one request at a time) as LitServe's
+    workers do; a starlette ``TestClient``. The real server, with its worker processes, is
+    ``server`` (slow tests)."""
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
-    from fmnist_lightning.serving.server import BodyGuard, FashionMNISTAPI
+    from fmnist_lightning.serving.server import BodyGuard, ExplainAPI, FashionMNISTAPI
 
-    api = FashionMNISTAPI(options)
-    api.setup("cpu")
+    def route(path: str, api: ExplainAPI | FashionMNISTAPI) -> Route:
+        api.setup("cpu")
 
-    async def predict(request):
-        form = request.headers.get("content-type", "").startswith("multipart/")
-        payload = await request.form() if form else await request.json()
-        (answer,) = api.unbatch(api.predict(api.batch([api.decode_request(payload)])))
-        encoded = api.encode_response(answer)
-        return encoded if isinstance(encoded, Response) else JSONResponse(encoded)
+        async def answer(request):
+            form = request.headers.get("content-type", "").startswith("multipart/")
+            payload = await request.form() if form else await request.json()
+            decoded = api.decode_request(payload)
+            if api.max_batch_size > 1:
+                (output,) = api.unbatch(api.predict(api.batch([decoded])))
+            else:  # LitServe's loop without batching
+                output = api.predict(decoded)
+            encoded = api.encode_response(output)
+            return encoded if isinstance(encoded, Response) else JSONResponse(encoded)
 
+        return Route(path, answer, methods=["POST"])
+
+    routes = [route("/predict", FashionMNISTAPI(options)), route("/explain", ExplainAPI(options))]
     guard = Middleware(BodyGuard, max_bytes=int(options.max_body_mb * 1e6))
-    with TestClient(Starlette(routes=[Route("/predict", predict, methods=["POST"])], middleware=[guard])) as client:
+    with TestClient(Starlette(routes=routes, middleware=[guard])) as client:
         yield client
 
 
@@ -265,6 +275,120 @@ def test_bad_requests_get_4xx_json_in_process(api_app) -> None:
         assert words in answer.json()["detail"], (name, answer.text)
 
 
+def explained(answer: httpx.Response) -> list[dict]:
+    """The ``explanations`` of a 200 answer of ``/explain``, each one's ``png`` checked and decoded
+    (a PNG of at least 224×224, RGB, an equal square per map pixel) into ``image``, a uint8 array."""
+    assert answer.status_code == 200, answer.text
+    explanations = answer.json()["explanations"]
+    for e in explanations:
+        side = len(e["map"])
+        assert side > 0 and all(len(row) == side for row in e["map"])
+        image = Image.open(io.BytesIO(base64.b64decode(e["png"])))
+        assert image.format == "PNG" and image.mode == "RGB" and image.width == image.height >= 224
+        assert image.width % side == 0
+        e["image"] = np.asarray(image)
+    return explanations
+
+
+def test_explain_answers_the_explainers_maps(api_app, served_run: Path, photos) -> None:
+    """``/explain``'s maps are ``Explainer.attribute``'s, for the predicted class by default (the
+    /predict answer's) or the ``target`` asked for, by index or name; integrated gradients adds delta."""
+    paths, _ = photos
+    files = [("file", (p.name, p.read_bytes())) for p in paths[:2]]
+    predicted = api_app.post("/predict", files=files).json()["predictions"]
+    answers = explained(api_app.post("/explain", files=files))
+    model = load_trained(served_run)
+    x = model.preprocess(torch.cat([load_image(p) for p in paths[:2]]))
+    want = Explainer(model.net, model.preprocess, "gradcam").attribute(x, torch.tensor([p["label"] for p in predicted]))
+    for got, prediction, expected in zip(answers, predicted, want.maps, strict=True):
+        assert {k: got[k] for k in ("name", "label", "class")} == {k: prediction[k] for k in ("name", "label", "class")}
+        assert got["probability"] == pytest.approx(prediction["probability"], abs=1e-6)
+        assert got["method"] == "gradcam" and got["target"] == {"label": got["label"], "class": got["class"]}
+        assert np.allclose(got["map"], expected.numpy(), rtol=1e-5, atol=1e-7) and "delta" not in got
+        assert got["image"].shape == (224, 224, 3) and len(got["map"]) == 16  # the run's 16 px, 14× each
+    upload = {"files": {"file": (paths[0].name, paths[0].read_bytes())}}
+    for target in ("Bag", "8", 8):
+        fields = {"json": {"image": base64.b64encode(paths[0].read_bytes()).decode(), "target": target}}
+        got = explained(api_app.post("/explain", **(fields if target == 8 else upload | {"data": {"target": target}})))
+        assert got[0]["target"] == {"label": 8, "class": "Bag"} and got[0]["class"] == predicted[0]["class"]
+    bag = Explainer(model.net, model.preprocess, "gradcam").attribute(x[:1], torch.tensor([8])).maps[0]
+    assert np.allclose(got[0]["map"], bag.numpy(), rtol=1e-5, atol=1e-7)
+    (ig,) = explained(api_app.post("/explain", **upload, data={"method": "integrated_gradients"}))
+    assert ig["method"] == "integrated_gradients" and isinstance(ig["delta"], float)
+    assert ig["target"]["label"] == predicted[0]["label"]
+
+
+def explain_refusals(good: str) -> dict[str, tuple[int, str, dict]]:
+    """Requests ``/explain`` refuses beyond ``bad_requests``' (``good``: an image as base64):
+    name → (status, words the detail must hold, httpx arguments)."""
+    names = "T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot"
+    target = f"a class index from 0 to 9 or a class name ({names}); left out: the predicted class"
+    return {
+        "unknown method": (
+            400,
+            f"method='lime': one of {', '.join(METHODS)}",
+            {"json": {"image": good, "method": "lime"}},
+        ),
+        "target out of range": (400, f"target=10: {target}", {"json": {"image": good, "target": 10}}),
+        "negative target": (400, "target='-1': a class index from 0 to 9", {"json": {"image": good, "target": "-1"}}),
+        "unknown class name": (400, "target='Hat': a class index", {"json": {"image": good, "target": "Hat"}}),
+        "target as a list": (
+            400,
+            "the 'target' field must be text or a number",
+            {"json": {"image": good, "target": [1]}},
+        ),
+        "9 images": (413, "9 images in one request; at most 8 are taken", {"json": {"images": [good] * 9}}),
+    }
+
+
+def test_explain_refuses_bad_requests_in_process(api_app, photos) -> None:
+    """The same refusals as /predict (bar the calibration checks of ``sets`` and ``alpha``: /explain makes
+    no sets), and its own; then a good request of 8 images, the most it takes."""
+    paths, _ = photos
+    good = base64.b64encode(paths[0].read_bytes()).decode()
+    same = {k: v for k, v in bad_requests().items() if k not in ("unknown set method", "uncalibrated alpha")}
+    for name, (status, words, request) in {**same, **explain_refusals(good)}.items():
+        answer = api_app.post("/explain", **request)
+        assert answer.status_code == status, (name, answer.text)
+        assert words in answer.json()["detail"], (name, answer.text)
+    assert len(explained(api_app.post("/explain", json={"images": [good] * 8, "method": "saliency"}))) == 8
+
+
+def test_explain_without_a_convolution(served_run: Path, monkeypatch: pytest.MonkeyPatch, photos) -> None:
+    """A network without nn.Conv2d: gradcam (the default) answers 400 with NO_CONV, the other methods
+    work, and /info lists those."""
+    import fmnist_lightning.serving.server as server_module
+
+    model = load_trained(served_run)
+    model.module.net = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 10))
+    monkeypatch.setattr(server_module, "load_backend", lambda options, device="cpu": model)
+    options = ServeOptions(run_dir=str(served_run))
+    assert run_info(options, model)["explain"] == ["integrated_gradients", "saliency", "smoothgrad"]
+    upload = {"files": {"file": (photos[0][0].name, photos[0][0].read_bytes())}}
+    with api_client(options) as client:
+        refused = client.post("/explain", **upload)
+        assert refused.status_code == 400 and refused.json()["detail"] == NO_CONV
+        for method in ("integrated_gradients", "saliency", "smoothgrad"):
+            assert explained(client.post("/explain", **upload, data={"method": method}))[0]["method"] == method
+
+
+@pytest.mark.slow  # exports model.onnx (about 4 s)
+def test_onnx_backend_answers_explain_with_501(served_run: Path, photos) -> None:
+    """onnxruntime gives no gradients: /explain answers 501 saying to use backend=torch, /info's
+    explain is null (the page then shows no map), and no explaining worker is started."""
+    from starlette.testclient import TestClient
+
+    if not (served_run / "model.onnx").is_file():
+        export_run(served_run, "onnx")
+    server = build_server(ServeOptions(run_dir=str(served_run), backend="onnx"))
+    assert server.model_metadata["explain"] is None
+    assert [api.api_path for api in server.litapi_connector] == ["/predict"]
+    client = TestClient(server.app)  # not entered: no lifespan, so no worker process
+    paths, _ = photos
+    answer = client.post("/explain", files={"file": (paths[0].name, paths[0].read_bytes())})
+    assert answer.status_code == 501 and answer.json() == {"detail": NO_GRADIENTS}
+
+
 @pytest.mark.slow  # the real server: fmnist-serve and its worker process (about 12 s to start)
 def test_answers_like_fmnist_predict(server: ServerProcess, served_run: Path, photos) -> None:
     paths, _ = photos
@@ -290,8 +414,13 @@ def test_answers_like_fmnist_predict(server: ServerProcess, served_run: Path, ph
     assert info["calibrated"] and info["temperature"] == read_temperature(served_run)
     assert info["sets"]["raps"] == [0.1, 0.05] and info["default_sets"] == {"method": "lac", "alpha": 0.05}
     assert (info["dataset"], info["num_classes"], info["class_names"][0]) == ("FashionMNIST", 10, "T-shirt/top")
+    assert info["explain"] == list(METHODS)
     page = httpx.get(server.url + "/")
     assert page.status_code == 200 and 'id="file"' in page.text and "text/html" in page.headers["content-type"]
+    fields = {"method": "smoothgrad", "target": "Bag"}
+    maps = explained(httpx.post(server.url + "/explain", files=files, data=fields, timeout=30))
+    assert [m["class"] for m in maps] == [p["class"] for p in predictions]
+    assert all(m["method"] == "smoothgrad" and m["target"]["class"] == "Bag" for m in maps)
 
 
 @pytest.mark.slow  # the real server
@@ -300,10 +429,15 @@ def test_bad_requests_get_4xx_json_and_the_server_stays_up(server: ServerProcess
         answer = httpx.post(server.url + "/predict", timeout=30, **request)
         assert answer.status_code == status, (name, answer.text)
         assert words in answer.json()["detail"], (name, answer.text)
+    paths, _ = photos
+    for name, (status, words, request) in explain_refusals(base64.b64encode(paths[0].read_bytes()).decode()).items():
+        answer = httpx.post(server.url + "/explain", timeout=30, **request)
+        assert answer.status_code == status, (name, answer.text)
+        assert words in answer.json()["detail"], (name, answer.text)
     assert httpx.get(server.url + "/health").text == "ok" and server.process.poll() is None
     assert "Traceback" not in server.log.read_text(), server.log.read_text()[-3000:]
-    paths, _ = photos
     assert httpx.post(server.url + "/predict", files={"file": paths[0].open("rb")}, timeout=30).status_code == 200
+    assert explained(httpx.post(server.url + "/explain", files={"file": paths[0].open("rb")}, timeout=30))
 
 
 def test_bad_options_stop_before_serving(served_run: Path, trained_run: Path, tmp_path: Path) -> None:
@@ -313,6 +447,8 @@ def test_bad_options_stop_before_serving(served_run: Path, trained_run: Path, tm
         ({"run_dir": str(served_run), "max_batch_size": 0}, ArgumentError, "max_batch_size=0"),
         ({"run_dir": str(served_run), "sets": "topk"}, ArgumentError, "sets='topk': null or lac, aps, raps"),
         ({"run_dir": str(served_run), "sets": "aps", "alpha": 0.2}, ArgumentError, "alpha=0.2: one of the calibrated"),
+        ({"run_dir": str(served_run), "explain_method": "lime"}, ArgumentError, "explain_method='lime': gradcam, "),
+        ({"run_dir": str(served_run), "explain_max_images": 0}, ArgumentError, "explain_max_images=0: 1 or more"),
         ({"run_dir": str(tmp_path)}, RunError, "is not a run folder"),
     ):
         with pytest.raises(error, match=re.escape(words)):
@@ -389,17 +525,42 @@ def test_onnx_backend_and_batching_answer_like_torch(served_run: Path, photos) -
         with ThreadPoolExecutor(16) as pool:
             got = list(pool.map(one, paths))
         info = httpx.get(running.url + "/info").json()["model"]
-        assert info["backend"] == "onnx" and info["sets"]["aps"] == [0.1, 0.05]
-    for g, want in zip(got, expected, strict=True):  # 16 px: ONNX resizes in float (test_export.py)
-        assert g["class"] == want.name and g["probability"] == pytest.approx(want.probability, abs=1e-2)
-    # The sets of the graph's own probabilities, with the thresholds its metadata carries.
-    probs = load_exported(served_run / "model.onnx").predict_proba(torch.cat([load_image(p) for p in paths]))
-    assert [g["set"] for g in got] == expected_sets(probs, served_run, "aps", "0.1")
+        assert info["backend"] == "onnx" and info["sets"]["aps"] == [0.1, 0.05] and info["explain"] is None
+        refused = httpx.post(running.url + "/explain", files={"file": paths[0].open("rb")}, timeout=30)
+        assert refused.status_code == 501 and refused.json()["detail"] == NO_GRADIENTS
+        for g, want in zip(got, expected, strict=True):  # 16 px: ONNX resizes in float (test_export.py)
+            assert g["class"] == want.name and g["probability"] == pytest.approx(want.probability, abs=1e-2)
+        # The sets of the graph's own probabilities, with the thresholds its metadata carries.
+        probs = load_exported(served_run / "model.onnx").predict_proba(torch.cat([load_image(p) for p in paths]))
+        assert [g["set"] for g in got] == expected_sets(probs, served_run, "aps", "0.1")
+        page_without_map(running.url, paths[0], expected[0].name)  # last: a skip without chromium
+
+
+def page_without_map(url: str, path: Path, name: str) -> None:
+    """The web page of a server without /explain (backend=onnx) classifies ``path`` as ``name`` and
+    shows neither a map nor an error."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = chrome_driver()
+    try:
+        browser.get(url + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda b: "%" in b.find_element(By.ID, "accuracy").text)  # /info has answered
+        browser.find_element(By.ID, "file").send_keys(str(path))
+        wait.until(lambda b: b.find_element(By.ID, "result").get_attribute("data-predicted"))
+        assert browser.find_element(By.ID, "result").get_attribute("data-predicted") == name
+        browser.execute_async_script("setTimeout(arguments[0], 500)")  # time for a map to come, were it asked
+        assert not browser.find_element(By.ID, "explain").is_displayed()
+        assert browser.find_element(By.ID, "error").text == ""
+    finally:
+        browser.quit()
 
 
 @pytest.mark.slow
 def test_web_page_in_headless_chromium(server: ServerProcess, served_run: Path, photos, tmp_path: Path) -> None:
-    """Upload a real test image through the page's file input and read the answer off it."""
+    """Upload a real test image through the page's file input and read the answer off it, and its
+    Grad-CAM map (/explain's PNG) beside it."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -420,6 +581,11 @@ def test_web_page_in_headless_chromium(server: ServerProcess, served_run: Path, 
         assert rows[0].find_element(By.CLASS_NAME, "probability").text == f"{100 * expected.probability:.1f} %"
         members = browser.find_element(By.ID, "set").text  # the server's default sets
         assert members.startswith("Prediction set (lac, 95 %): ") and expected.name in members
+        wait.until(lambda b: b.find_element(By.ID, "explain").is_displayed())
+        shown = browser.find_element(By.ID, "map")
+        assert shown.get_attribute("src").startswith("data:image/png;base64,")
+        assert browser.execute_script("return arguments[0].naturalWidth", shown) == 224  # decoded
+        assert browser.find_element(By.ID, "map-caption").text.startswith(f"Grad-CAM for {expected.name}: ")
         browser.save_screenshot(str(tmp_path / "serve_page.png"))
         assert np.asarray(Image.open(tmp_path / "serve_page.png")).std() > 10  # something was drawn
 
@@ -428,6 +594,7 @@ def test_web_page_in_headless_chromium(server: ServerProcess, served_run: Path, 
         browser.find_element(By.ID, "file").send_keys(str(bad))
         wait.until(lambda b: b.find_element(By.ID, "error").text)
         assert "is not an image" in browser.find_element(By.ID, "error").text
+        assert not browser.find_element(By.ID, "explain").is_displayed()
     finally:
         browser.quit()
 

@@ -18,11 +18,12 @@ def evaluate(cfg: DictConfig) -> None:
     output_dir = HydraConfig.get().runtime.output_dir
     with errors_as_lines(output_dir):
         require(isinstance(cfg.robustness, bool), "robustness", cfg.robustness, "true or false")
+        require(isinstance(cfg.attributions, bool), "attributions", cfg.attributions, "true or false")
         trusted = list(cfg.trusted_modules)
         run_dir = list(cfg.run_dir) if isinstance(cfg.run_dir, ListConfig) else cfg.run_dir  # a list: one ensemble
         if isinstance(run_dir, list):
             require(not cfg.robustness, "robustness", cfg.robustness, "false for an ensemble (run_dir=[...])")
-        report = evaluate_run(run_dir, output_dir, cfg.weights, cfg.data_root, cfg.device, trusted)
+        report = evaluate_run(run_dir, output_dir, cfg.weights, cfg.data_root, cfg.device, trusted, cfg.attributions)
         source = f"an ensemble of {len(run_dir)} runs" if isinstance(run_dir, list) else report["weights"]
         low, high = report["accuracy_ci95"]
         print(

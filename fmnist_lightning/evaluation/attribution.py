@@ -86,6 +86,16 @@ def gradcam_layer(net: nn.Module, layer: str | None = None) -> nn.Module:
     return conv
 
 
+def gradcam_layer_name(net: nn.Module, layer: str | None = None) -> str:
+    """The name in ``net.named_modules()`` of ``gradcam_layer(net, layer)``, for titles and records.
+
+    Raises:
+        ArgumentError: As ``gradcam_layer``.
+    """
+    module = gradcam_layer(net, layer)
+    return next(name for name, candidate in net.named_modules() if candidate is module)
+
+
 @contextmanager
 def attributable(net: nn.Module) -> Iterator[nn.Module]:
     """Within the block, ``net`` computes as before with two switches off, restored after: every

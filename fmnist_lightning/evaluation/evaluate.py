@@ -19,8 +19,10 @@ def run_test_report(
     folder: str | Path,
     accelerator: str = "cpu",
     extra: dict[str, Any] | None = None,
+    attributions: bool | None = None,
 ) -> TestReport:
-    """Runs ``trainer.test`` once over the whole test set and writes the report into ``folder``.
+    """Runs ``trainer.test`` once over the whole test set and writes the report into ``folder``
+    (with the Grad-CAM figures when ``attributions``; ``None``: never, as no logger takes images).
 
     Returns:
         The callback, holding ``report`` and ``predictions``.
@@ -29,7 +31,7 @@ def run_test_report(
         fmnist_lightning.errors.DatasetError: The test files are missing or corrupt.
     """
     datamodule.prepare_data()
-    report = TestReport(folder, extra)
+    report = TestReport(folder, extra, attributions=attributions)
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -51,6 +53,7 @@ def evaluate_run(
     data_root: str | None = None,
     device: str = "auto",
     trusted_modules: Sequence[str] = (),
+    attributions: bool = True,
 ) -> dict[str, Any]:
     """Re-evaluates a finished run on the test set, on ``device``; the report goes into ``output_dir``.
 
@@ -59,6 +62,7 @@ def evaluate_run(
         weights: ``"best"``, ``"last"``, ``"net.pt"`` or a path (each member's); see ``runs.resolve_weights``.
         data_root: Overrides the run's ``data.root``.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ...
+        attributions: Whether the report gets the Grad-CAM figures (``TestReport``).
 
     Returns:
         The report, with ``weights`` (the file used) added; for an ensemble, ``ensemble``: the
@@ -76,4 +80,4 @@ def evaluate_run(
         extra = {"ensemble": {"members": [str(member) for member in run_dir], "weights": used}}
     else:
         extra = {"weights": used}
-    return run_test_report(model.module, datamodule, output_dir, model.device.type, extra).report
+    return run_test_report(model.module, datamodule, output_dir, model.device.type, extra, attributions).report

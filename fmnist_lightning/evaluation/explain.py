@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from matplotlib.figure import Figure
-from torch import nn
 
 from fmnist_lightning.artifacts import atomic_file, write_atomically
 from fmnist_lightning.data.idx import ensure_files, load_split
@@ -32,7 +31,7 @@ from fmnist_lightning.evaluation.attribution import (
     METHODS,
     Attribution,
     Explainer,
-    gradcam_layer,
+    gradcam_layer_name,
     overlay,
 )
 from fmnist_lightning.evaluation.files import load_image
@@ -140,13 +139,7 @@ def make_explainer(
             ``Explainer`` refuses (``layer``, ``steps``, ``samples``, ``noise``).
     """
     explainer = Explainer(model.net, model.preprocess, method, layer, steps, samples, noise)
-    return explainer, (layer_name(model.net, layer) if method == "gradcam" else None)
-
-
-def layer_name(net: nn.Module, layer: str | None = None) -> str:
-    """The name in ``net.named_modules()`` of the layer Grad-CAM attributes to (``gradcam_layer``)."""
-    module = gradcam_layer(net, layer)
-    return next(name for name, candidate in net.named_modules() if candidate is module)
+    return explainer, (gradcam_layer_name(model.net, layer) if method == "gradcam" else None)
 
 
 def count_test_images(datamodule: Any) -> int:

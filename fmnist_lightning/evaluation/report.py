@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 from torchmetrics.functional.classification import (
     multiclass_accuracy,
@@ -261,7 +262,24 @@ def _most_confused_markdown(report: dict[str, Any]) -> list[str]:
         f"| {rank} | {p['true_name']} ({p['true']}) | {p['predicted_name']} ({p['predicted']}) | {p['count']} |"
         for rank, p in enumerate(report["most_confused"], start=1)
     ]
-    return lines
+    return lines + _attribution_markdown(report.get("attribution"))
+
+
+def _attribution_markdown(attribution: dict[str, Any] | None) -> list[str]:
+    """The sentence naming the Grad-CAM figures (the report's ``attribution`` section), or none."""
+    if not attribution:
+        return []
+    figures = {
+        "confused_pairs_gradcam": "the mean map of each pair's errors (up to "
+        f"{attribution['images_per_pair']} a pair), for the predicted class, in confused_pairs_gradcam.png",
+        "misclassified_gradcam": "the maps of the first misclassified images, for the predicted and the true "
+        "class, in misclassified_gradcam.png",
+    }
+    drawn = [text for name, text in figures.items() if name in attribution["figures"]]
+    return [
+        "",
+        f"Grad-CAM (Selvaraju et al., 2017) at the network's layer {attribution['layer']}: " + "; ".join(drawn) + ".",
+    ]
 
 
 def _confusion_matrix_markdown(report: dict[str, Any]) -> list[str]:
@@ -293,6 +311,11 @@ def report_images(report: dict[str, Any]) -> dict[str, np.ndarray]:
         figures["reliability"] = reliability_figure(calibration["bins_before"], calibration["bins_after"])
     if report.get("selective"):
         figures["risk_coverage"] = risk_coverage_figure(report["selective"])
+    return figure_arrays(figures)
+
+
+def figure_arrays(figures: dict[str, Figure]) -> dict[str, np.ndarray]:
+    """Each figure drawn once at ``FIGURE_DPI``, as uint8 RGB ``(H, W, 3)`` arrays by name."""
     for figure in figures.values():
         figure.set_dpi(FIGURE_DPI)
     return {name: figure_to_array(figure) for name, figure in figures.items()}
@@ -303,7 +326,8 @@ def write_report(
 ) -> None:
     """Writes ``report.json``, ``report.md``, ``confusion_matrix.png`` and, with a calibration section,
     ``reliability.png``, with a selective-classification section ``risk_coverage.png``, into ``folder``
-    (created if missing); ``images``: ``report_images``, if drawn."""
+    (created if missing); ``images``: ``report_images``, if drawn, with any other figures by name
+    (``<name>.png``, e.g. the ``TestReport``'s Grad-CAM figures)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     # Each file replaced whole (see atomic_file): the export and the server read report.json.

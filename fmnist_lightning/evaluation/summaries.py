@@ -46,6 +46,11 @@ def recording(loggers: list[Logger]) -> list[Logger]:
     return [logger for logger in loggers if not isinstance(logger, DummyLogger)]
 
 
+def takes_images(loggers: list[Logger]) -> bool:
+    """Whether one of ``loggers`` (``DummyLogger`` aside) has ``log_image``: figures are drawn only for those."""
+    return any(hasattr(logger, "log_image") for logger in recording(loggers))
+
+
 def log_run_start(loggers: list[Logger], config_yaml: str, command: str) -> None:
     """Gives loggers with ``log_markdown`` the ``config`` and ``command``, with ``log_layout`` ``CURVES_LAYOUT``."""
     for logger in recording(loggers):
@@ -72,13 +77,16 @@ def log_test_summaries(
     ``test/conformal/coverage_<method>_<target>`` and ``test/conformal/set_size_<method>_<target>``
     (target: 1 − α in %, e.g. ``test/conformal/coverage_aps_90``). Loggers with ``log_image`` get
     ``test/confusion_matrix``, ``test/reliability``, ``test/risk_coverage`` and ``test/misclassified``
-    (each report figure when its section is there); with ``log_markdown``, ``report``; with
+    (each report figure when its section is there), and ``test/<name>`` for every other figure of
+    ``images`` (the ``TestReport``'s Grad-CAM ``misclassified_gradcam`` and ``confused_pairs_gradcam``,
+    when it made them); with ``log_markdown``, ``report``; with
     ``log_pr_curves``, ``test/pr``; with ``log_embedding`` (when ``predictions`` has features), the
     projector's ``test/features``.
 
     Args:
         predictions: A ``fmnist_lightning.evaluation.test_report.Predictions``.
-        images: The report's figures from ``report_images`` (drawn here when ``None``).
+        images: The report's figures from ``report_images`` (drawn here when ``None``), with any others
+            to log as ``test/<name>``: uint8 RGB ``(H, W, 3)`` by name.
     """
     scalars = _per_class_scalars(report) | report_scalars(report)
     loggers = recording(loggers)
@@ -100,7 +108,7 @@ def _figures(
     loggers: list[Logger], report: dict[str, Any], p: Any, images: dict[str, np.ndarray] | None
 ) -> dict[str, np.ndarray] | None:
     """The figures as uint8 RGB ``(H, W, 3)`` arrays by key, or ``None`` when no logger has ``log_image``."""
-    if not any(hasattr(logger, "log_image") for logger in loggers):
+    if not takes_images(loggers):
         return None
     drawn = images if images is not None else report_images(report)
     misclassified = misclassified_figure(

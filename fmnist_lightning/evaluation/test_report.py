@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from matplotlib.figure import Figure
+from torch import nn
 from torch.nn import functional as F
 
+from fmnist_lightning.data.augment import build_preprocess
+from fmnist_lightning.evaluation.attribution import NO_CONV, Explainer, gradcam_layer_name, last_conv
 from fmnist_lightning.evaluation.calibration import (
     TEMPERATURE_FILE,
     calibration_report,
@@ -22,12 +29,18 @@ from fmnist_lightning.evaluation.calibration import (
 )
 from fmnist_lightning.evaluation.conformal import CONFORMAL_FILE, conformal_report, write_conformal
 from fmnist_lightning.evaluation.features import penultimate_layer
+from fmnist_lightning.evaluation.figures import confused_pairs_gradcam_figure, misclassified_gradcam_figure
 from fmnist_lightning.evaluation.predictions import write_predictions
-from fmnist_lightning.evaluation.report import classification_report, report_images, write_report
+from fmnist_lightning.evaluation.report import classification_report, figure_arrays, report_images, write_report
 from fmnist_lightning.evaluation.selective import selective_report
-from fmnist_lightning.evaluation.summaries import log_test_summaries
+from fmnist_lightning.evaluation.summaries import log_test_summaries, takes_images
 
 log = logging.getLogger(__name__)
+
+#: The most error images of one (true, predicted) pair the confused pairs' mean Grad-CAM map is taken over.
+PAIR_IMAGES = 64
+#: The Grad-CAM figures: files ``<name>.png`` in the report's folder, loggers' images ``test/<name>``.
+GRADCAM_FIGURES = ("misclassified_gradcam", "confused_pairs_gradcam")
 
 
 @dataclass
@@ -91,25 +104,94 @@ def _gather_in_order(module: L.LightningModule, tensor: torch.Tensor, size: int)
     return gathered.transpose(0, 1).reshape(-1, *tensor.shape[1:])[:size]
 
 
+def keep_errors_by_pair(
+    kept: dict[tuple[int, int], list[torch.Tensor]],
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    preds: torch.Tensor,
+    limit: int = PAIR_IMAGES,
+) -> None:
+    """Adds a batch's misclassified images to ``kept[(true, predicted)]``, the first ``limit`` of each
+    pair over all batches, as float32 ``(n, 1, S, S)`` tensors on the CPU.
+
+    Args:
+        kept: Lists of images by pair, changed in place.
+        images: float ``(B, 1, S, S)`` as the network saw them.
+        targets, preds: int64 ``(B,)`` true and predicted labels, on the images' device.
+    """
+    wrong = (preds != targets).nonzero().flatten()
+    pairs = list(zip(targets[wrong].tolist(), preds[wrong].tolist(), strict=True))
+    room = {pair: limit - sum(len(x) for x in kept.get(pair, ())) for pair in set(pairs)}
+    chosen: dict[tuple[int, int], list[int]] = {}
+    for row, pair in zip(wrong.tolist(), pairs, strict=True):
+        rows = chosen.setdefault(pair, [])
+        if len(rows) < room[pair]:
+            rows.append(row)
+    chosen = {pair: rows for pair, rows in chosen.items() if rows}
+    if chosen:  # one gather and one copy to the CPU a batch
+        taken = images[torch.tensor([r for rows in chosen.values() for r in rows], device=images.device)]
+        for pair, x in zip(chosen, taken.float().cpu().split([len(rows) for rows in chosen.values()]), strict=True):
+            kept.setdefault(pair, []).append(x)
+
+
+@contextmanager
+def gradients(net: nn.Module, device: torch.device) -> Iterator[None]:
+    """Within the block, autograd records in fp32 even inside Lightning's test loop (which runs under
+    ``torch.inference_mode``; tensors made there must be cloned in the block to take gradients), with
+    autocast off on ``device``; every module's train/eval mode is restored after (``Explainer`` puts
+    the network in eval mode)."""
+    modes = [(module, module.training) for module in net.modules()]
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def gradcam_maps(
+    explainer: Explainer, images: torch.Tensor, targets: torch.Tensor, device: torch.device, chunk: int = 256
+) -> torch.Tensor:
+    """Grad-CAM maps (``Explainer.attribute``), ``chunk`` images at a time on ``device``: float ``(N, 1, S, S)``
+    images and int64 ``(N,)`` classes on the CPU → float32 ``(N, S, S)`` on the CPU. Call within ``gradients``."""
+    batches = zip(images.split(chunk), targets.split(chunk), strict=True)
+    return torch.cat([explainer.attribute(x.to(device).clone(), t).maps for x, t in batches])
+
+
 class TestReport(Callback):
     """On rank 0 when ``trainer.test`` ends, writes ``report.json``, ``report.md``, ``confusion_matrix.png``,
     ``reliability.png``, ``risk_coverage.png``, ``predictions.npz``, ``temperature.json`` and
     ``conformal.json`` (from the validation split when it has one with finite logits) into ``folder``,
-    and logs the report (``log_test_summaries``).
+    and logs the report (``log_test_summaries``). With attributions, also the Grad-CAM figures
+    (Selvaraju et al., ICCV 2017, at ``attribution.gradcam_layer``'s layer), written as
+    ``<name>.png`` and logged as ``test/<name>`` (``GRADCAM_FIGURES``): ``misclassified_gradcam``, the
+    maps of the kept misclassified images for their predicted and their true class, and
+    ``confused_pairs_gradcam``, the mean map for the predicted class over the first ``PAIR_IMAGES``
+    errors of each of the report's most confused pairs; and the report's ``attribution`` section.
 
     Args:
         extra: Entries added to ``report.json``, e.g. the weights file it was made with.
         max_images: How many misclassified images to keep for the figure.
+        attributions: Whether to make the Grad-CAM figures: ``None``, only when a logger takes images
+            (``summaries.takes_images``); never under DDP, nor for a network without a convolution
+            (a log line says so).
 
     Attributes:
         report: The last test's ``classification_report``, or ``None``.
         predictions: The ``Predictions`` it was made from.
     """
 
-    def __init__(self, folder: str | Path, extra: dict[str, Any] | None = None, max_images: int = 32) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        extra: dict[str, Any] | None = None,
+        max_images: int = 32,
+        attributions: bool | None = None,
+    ) -> None:
         self.folder = Path(folder)
         self.extra = extra or {}
         self.max_images = max_images
+        self.attributions = attributions
         self.report: dict[str, Any] | None = None
         self.predictions: Predictions | None = None
         self._reset()
@@ -125,6 +207,8 @@ class TestReport(Callback):
         self._features_wanted = 0
         self._take_features = False
         self._hook: torch.utils.hooks.RemovableHandle | None = None
+        self._attribute = False
+        self._pairs: dict[tuple[int, int], list[torch.Tensor]] = {}
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reset()
@@ -138,6 +222,20 @@ class TestReport(Callback):
         if wanted > 0 and layer is not None and trainer.world_size == 1:
             self._features_wanted = wanted
             self._hook = layer.register_forward_pre_hook(self._keep_features)
+        self._attribute = self._wants_attributions(trainer, pl_module.net)
+
+    def _wants_attributions(self, trainer: L.Trainer, net: nn.Module) -> bool:
+        """Whether this test makes the Grad-CAM figures (see ``attributions``)."""
+        if not (self.attributions if self.attributions is not None else takes_images(trainer.loggers)):
+            return False
+        if trainer.world_size > 1:  # as the projector: not from images spread over the processes
+            if trainer.is_global_zero:
+                log.info("No Grad-CAM figures in the test report under DDP")
+            return False
+        if last_conv(net) is None:
+            log.info("No Grad-CAM figures in the test report: %s", NO_CONV)
+            return False
+        return True
 
     def _keep_features(self, module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         if self._take_features:  # once per batch: flip TTA runs the network a second time
@@ -172,6 +270,8 @@ class TestReport(Callback):
             self._wrong.append(images[wrong].float().cpu())
             self._wrong_targets.append(targets[wrong].cpu())
             self._wrong_preds.append(preds[wrong].cpu())
+        if self._attribute:
+            keep_errors_by_pair(self._pairs, images, targets, logits.argmax(1))
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._hook is not None:
@@ -220,10 +320,61 @@ class TestReport(Callback):
             (self.folder / CONFORMAL_FILE).unlink(missing_ok=True)
         write_predictions(self.folder, self.predictions.logits, self.predictions.targets, temperature, names)
         images = report_images(report)  # each figure drawn once, for the files and the loggers
+        images |= self._attribution_images(trainer, pl_module, report)
         write_report(report, self.folder, images=images)
+        for name in set(GRADCAM_FIGURES) - set(images):  # an earlier report's would not describe these weights
+            (self.folder / f"{name}.png").unlink(missing_ok=True)
         log_test_summaries(trainer.loggers, report, self.predictions, trainer.global_step, images)
         log.info("Test report in %s: accuracy %.4f", self.folder, report["accuracy"])
         self.report = report
+
+    def _attribution_images(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, report: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """Rank 0: the Grad-CAM figures that have images, as uint8 RGB ``(H, W, 3)`` arrays by name, and
+        the report's ``attribution`` section; none when not wanted (``attributions``) or when
+        attributing fails (a warning says why)."""
+        pairs, self._pairs = self._pairs, {}  # freed after this test
+        if not self._attribute:
+            return {}
+        net, device = pl_module.net, pl_module.device
+        layer = gradcam_layer_name(net)
+        # A DataModule of one's own without the run's preprocessing: its images shown as if unnormalised.
+        preprocess = getattr(trainer.datamodule, "preprocess", None)
+        if not isinstance(preprocess, nn.Module):
+            preprocess = build_preprocess(self.predictions.misclassified.shape[-1])
+        try:
+            with gradients(net, device):
+                explainer = Explainer(net, preprocess, "gradcam")
+                figures = self._misclassified_gradcam(explainer, report["class_names"], layer, device)
+                figures |= _confused_pairs_gradcam(explainer, pairs, report["most_confused"], layer, device)
+        except RuntimeError as err:  # e.g. out of memory: the report is written without them
+            log.warning("No Grad-CAM figures in the test report: %s", err)
+            return {}
+        if figures:
+            report["attribution"] = {
+                "method": "gradcam",
+                "layer": layer,
+                "images_per_pair": PAIR_IMAGES,
+                "figures": [name for name in GRADCAM_FIGURES if name in figures],
+            }
+        return figure_arrays(figures)
+
+    def _misclassified_gradcam(
+        self, explainer: Explainer, names: list[str], layer: str, device: torch.device
+    ) -> dict[str, Figure]:
+        """``misclassified_gradcam``'s figure for the kept misclassified images, or none without any."""
+        p = self.predictions
+        k = len(p.misclassified)
+        if k == 0:
+            return {}
+        images = torch.cat([p.misclassified, p.misclassified])
+        maps = gradcam_maps(explainer, images, torch.cat([p.misclassified_preds, p.misclassified_targets]), device)
+        seen = explainer.as_seen(p.misclassified)
+        figure = misclassified_gradcam_figure(
+            seen, maps[:k], maps[k:], p.misclassified_targets, p.misclassified_preds, names, layer
+        )
+        return {"misclassified_gradcam": figure}
 
     def _trust_sections(
         self, report: dict[str, Any], validation: tuple[torch.Tensor, torch.Tensor] | None
@@ -253,3 +404,30 @@ class TestReport(Callback):
             except ValueError as err:  # too few calibration images for an α, or NaN test logits
                 log.warning("No conformal prediction sets in the report: %s", err)
         return temperature
+
+
+def _confused_pairs_gradcam(
+    explainer: Explainer,
+    kept: dict[tuple[int, int], list[torch.Tensor]],
+    most_confused: list[dict[str, Any]],
+    layer: str,
+    device: torch.device,
+) -> dict[str, Figure]:
+    """``confused_pairs_gradcam``'s figure: for each pair of the report's ``most_confused`` with kept
+    errors (``keep_errors_by_pair``), the mean map for the predicted class over them, on their mean
+    image; none without any."""
+    pairs = [
+        (c, torch.cat(kept[(c["true"], c["predicted"])])) for c in most_confused if (c["true"], c["predicted"]) in kept
+    ]
+    if not pairs:
+        return {}
+    sizes = [len(images) for _, images in pairs]
+    images = torch.cat([images for _, images in pairs])
+    targets = torch.cat([torch.full((len(x),), c["predicted"], dtype=torch.int64) for c, x in pairs])
+    maps = gradcam_maps(explainer, images, targets, device).split(sizes)
+    seen = explainer.as_seen(images).split(sizes)
+    used = [f"{n} of {c['count']}" if n < c["count"] else str(n) for (c, _), n in zip(pairs, sizes, strict=True)]
+    titles = [f"{c['true_name']} → {c['predicted_name']}\n({u} errors)" for (c, _), u in zip(pairs, used, strict=True)]
+    mean_images = torch.stack([s.mean(dim=0) for s in seen])
+    figure = confused_pairs_gradcam_figure(mean_images, torch.stack([m.mean(dim=0) for m in maps]), titles, layer)
+    return {"confused_pairs_gradcam": figure}

@@ -1,8 +1,9 @@
-"""What a ``POST /predict`` request may carry (image files of any size and mode as
-``multipart/form-data`` file fields, or JSON ``{"image": "<base64>"}`` / ``{"images": [...]}``, data
-URLs too), turned into FashionMNIST-style images as ``fmnist-predict`` does, and the conformal
-prediction sets it asks for (``sets`` and ``alpha``: form fields, or keys of the JSON object). Every
-problem is a ``BadRequest``: 400 (malformed or unusable), 413 (too large) or 415 (not an image).
+"""What a ``POST /predict`` or ``POST /explain`` request may carry (image files of any size and mode
+as ``multipart/form-data`` file fields, or JSON ``{"image": "<base64>"}`` / ``{"images": [...]}``,
+data URLs too), turned into FashionMNIST-style images as ``fmnist-predict`` does, and its other fields
+(``sets`` and ``alpha`` for conformal prediction sets, ``method`` and ``target`` for attribution maps:
+form fields, or keys of the JSON object). Every problem is a ``BadRequest``: 400 (malformed or
+unusable), 413 (too large) or 415 (not an image).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class Decoded:
         names: The file names (multipart) or ``"image 1"``, ``"image 2"``, ... (JSON).
         sets, alpha: The request's ``sets`` (a method name, ``"none"``) and ``alpha`` (a number or its
             text); ``None`` where it has none. The server replaces them with what it answers with.
+        method, target: ``/explain``'s attribution method and target class index, as the server
+            chose them (the request's fields or the defaults); ``target`` ``None``: the predicted class.
     """
 
     images: torch.Tensor | None = None
@@ -49,6 +52,8 @@ class Decoded:
     error: BadRequest | None = None
     sets: str | None = None
     alpha: float | str | None = None
+    method: str | None = None
+    target: int | None = None
 
 
 def image_files(payload: Mapping) -> list[tuple[str, bytes]]:
@@ -80,19 +85,19 @@ def image_files(payload: Mapping) -> list[tuple[str, bytes]]:
     return files
 
 
-def set_fields(payload: Mapping) -> tuple[str | None, float | str | None]:
-    """The request's ``sets`` and ``alpha`` fields as they are, ``None`` for each one it lacks.
+def text_fields(payload: Mapping, *keys: str) -> tuple[str | int | float | None, ...]:
+    """The request's fields ``keys`` (e.g. ``"sets", "alpha"``) as they are, ``None`` for each one it lacks.
 
     Raises:
         BadRequest: 400, a field that is a file, a list or an object rather than text or a number.
     """
     fields = []
-    for key in ("sets", "alpha"):
+    for key in keys:
         value = payload.get(key)
         if isinstance(value, bool) or not isinstance(value, (str, int, float, type(None))):
             raise BadRequest(400, f"the {key!r} field must be text or a number, not {type(value).__name__}")
         fields.append(value)
-    return fields[0], fields[1]
+    return tuple(fields)
 
 
 def decode_image(name: str, data: bytes, preprocess: str, invert: bool | str, max_pixels: int) -> torch.Tensor:
@@ -134,7 +139,7 @@ def decode_payload(payload: Mapping, preprocess: str, invert: bool | str, max_pi
         files = image_files(payload)
         if len(files) > max_images:
             raise BadRequest(413, f"{len(files)} images in one request; at most {max_images} are taken")
-        sets, alpha = set_fields(payload)
+        sets, alpha = text_fields(payload, "sets", "alpha")
         images = [decode_image(name, data, preprocess, invert, max_pixels) for name, data in files]
     except BadRequest as err:
         return Decoded(error=err)

@@ -1,12 +1,15 @@
-"""The prediction server (docs/serve.md): a LitServe ``LitAPI`` around a run's network, answering
+"""The prediction server (docs/serve.md): LitServe ``LitAPI``s around a run's network, answering
 ``POST /predict`` (images → class, probability and top-k per image, and the conformal prediction
 set when asked: ``sets`` and ``alpha`` fields, or the server's defaults; concurrent requests batched),
-``GET /`` (a web page), and LitServe's ``GET /health`` and ``GET /info``. Bad requests get a JSON
-``{"detail": ...}`` with status 400, 413 or 415 and never reach the model, nor fail the good
-requests batched with them."""
+``POST /explain`` (images → an attribution map per image, ``evaluation.attribution``: ``method`` and
+``target`` fields; ``backend=torch`` only, the onnx backend answers 501), ``GET /`` (a web page), and
+LitServe's ``GET /health`` and ``GET /info``. Bad requests get a JSON ``{"detail": ...}`` with status
+400, 413 or 415 and never reach the model, nor fail the good requests batched with them."""
 
 # No ``from __future__ import annotations``: LitServe reads ``decode_request``'s annotation
 # at run time, and only the class ``Request`` itself makes it pass the parsed body.
+import base64
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,19 +21,26 @@ import litserve as ls
 import torch
 from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fmnist_lightning.artifacts import read_json
 from fmnist_lightning.data.photos import MAX_PIXELS, check_options
 from fmnist_lightning.errors import UserError, require
+from fmnist_lightning.evaluation import attribution
+from fmnist_lightning.evaluation.attribution import Attribution, Explainer
 from fmnist_lightning.evaluation.conformal import METHODS, set_choices
 from fmnist_lightning.evaluation.runs import load_trained, run_conformal, run_temperature
 from fmnist_lightning.run_folder import NET_WEIGHTS, RunFolder
 from fmnist_lightning.serving.export import EXPORT_FILES, load_exported, metadata_conformal
-from fmnist_lightning.serving.payload import HOW_TO_SEND, BadRequest, Decoded, decode_payload
+from fmnist_lightning.serving.payload import HOW_TO_SEND, BadRequest, Decoded, decode_payload, text_fields
 
 #: ``backend=``: the run's PyTorch network, or its ``model.onnx`` in onnxruntime.
 BACKENDS = ("torch", "onnx")
+#: ``POST /explain``'s answer (501) with ``backend=onnx``.
+NO_GRADIENTS = "the onnx backend has no gradients: start the server with backend=torch for /explain"
+#: The smallest side of ``/explain``'s PNG overlays, in pixels (each map pixel an equal square).
+PNG_SIDE = 224
 
 
 @dataclass
@@ -44,6 +54,8 @@ class ServeOptions:
         fast_queue: LitServe's ZeroMQ transport instead of multiprocessing queues.
         sets, alpha: The conformal method and α of the requests that do not name their own (``None``:
             no sets unless asked).
+        explain_method: ``/explain``'s method for the requests that name none (``attribution.METHODS``).
+        explain_max_images: The most images of one ``/explain`` request (at most ``max_images`` apply).
     """
 
     run_dir: str
@@ -64,6 +76,8 @@ class ServeOptions:
     trusted_modules: Sequence[str] = ()
     sets: str | None = None
     alpha: float = 0.1
+    explain_method: str = "gradcam"
+    explain_max_images: int = 8
 
     def check(self) -> None:
         """Raises ``ArgumentError`` naming the first bad option (before anything is loaded)."""
@@ -88,6 +102,9 @@ class ServeOptions:
         require(self.sets is None or self.sets in METHODS, "sets", self.sets, f"null or {', '.join(METHODS)}")
         number = isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool)
         require(number and 0 < self.alpha < 1, "alpha", self.alpha, "a calibrated α in (0, 1), e.g. 0.1 or 0.05")
+        methods = ", ".join(attribution.METHODS)
+        require(self.explain_method in attribution.METHODS, "explain_method", self.explain_method, methods)
+        require(self.explain_max_images >= 1, "explain_max_images", self.explain_max_images, "1 or more")
 
 
 def load_backend(options: ServeOptions, device: str = "cpu") -> Any:
@@ -103,16 +120,36 @@ def load_backend(options: ServeOptions, device: str = "cpu") -> Any:
     return load_trained(options.run_dir, options.weights, device, list(options.trusted_modules))
 
 
-class FashionMNISTAPI(ls.LitAPI):
-    """LitServe's view of the model: decode each request, batch, predict, answer."""
+def explainers(model: Any) -> dict[str, Explainer]:
+    """An ``Explainer`` of ``model`` (a ``TrainedModel``) for each method its network allows, in
+    ``attribution.METHODS`` order: all of them, but no ``gradcam`` for a network without ``nn.Conv2d``."""
+    found = {}
+    for method in attribution.METHODS:
+        try:
+            found[method] = Explainer(model.net, model.preprocess, method)
+        except ValueError:  # NO_CONV
+            continue
+    return found
 
-    def __init__(self, options: ServeOptions) -> None:
-        super().__init__(max_batch_size=options.max_batch_size, batch_timeout=options.batch_timeout)
+
+class RunAPI(ls.LitAPI):
+    """An endpoint of LitServe's answered with the run's model (``load_backend``), which each of
+    its worker processes loads."""
+
+    def __init__(self, options: ServeOptions, api_path: str, max_batch_size: int) -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=options.batch_timeout, api_path=api_path)
         self.options = options
 
     def setup(self, device: str) -> None:
         torch.set_num_threads(self.options.threads)
         self.model = load_backend(self.options, "cpu" if self.options.backend == "onnx" else device)
+
+
+class FashionMNISTAPI(RunAPI):
+    """``POST /predict``, LitServe's view of the model: decode each request, batch, predict, answer."""
+
+    def __init__(self, options: ServeOptions) -> None:
+        super().__init__(options, "/predict", options.max_batch_size)
 
     def decode_request(self, request: Request) -> Decoded:
         o = self.options
@@ -174,16 +211,121 @@ class FashionMNISTAPI(ls.LitAPI):
         return {"predictions": predictions, "sets": {"method": request.sets, "alpha": request.alpha}}
 
 
-class BodyGuard:
-    """ASGI middleware for ``POST /predict``: refuses, before the request is queued, a body over
-    ``max_bytes`` (413), an empty one or malformed JSON or multipart (400), and any other content
-    type (415)."""
+class ExplainAPI(RunAPI):
+    """``POST /explain``: the images of a request (decoded as for ``/predict``, at most
+    ``explain_max_images``), their predictions and an attribution map of each, one request at a time
+    (the methods' cost is per image: integrated gradients runs the network 64 times, SmoothGrad 50)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, path: str = "/predict") -> None:
-        self.app, self.max_bytes, self.path = app, max_bytes, path
+    def __init__(self, options: ServeOptions) -> None:
+        super().__init__(options, "/explain", max_batch_size=1)
+
+    def setup(self, device: str) -> None:
+        super().setup(device)
+        self.explainers = explainers(self.model)
+
+    def decode_request(self, request: Request) -> Decoded:
+        o = self.options
+        decoded = decode_payload(request, o.preprocess, o.invert, o.max_pixels, min(o.max_images, o.explain_max_images))
+        if decoded.error is None:
+            try:
+                decoded.method, decoded.target = self.chosen_explanation(*text_fields(request, "method", "target"))
+            except BadRequest as err:
+                return Decoded(error=err)
+        return decoded
+
+    def chosen_explanation(self, method: Any, target: Any) -> tuple[str, int | None]:
+        """The request's ``(method, target class index)`` from its fields (text, numbers or ``None``):
+        the server's ``explain_method`` for a method it leaves out, ``None`` (the predicted class) for
+        a target it leaves out.
+
+        Raises:
+            BadRequest: 400, a method not in ``attribution.METHODS``, ``gradcam`` for a network
+                without a convolution (``NO_CONV``), a target that is neither a class index nor a
+                class name (each detail says what is allowed).
+        """
+        method = self.options.explain_method if method in (None, "") else method
+        if method not in attribution.METHODS:
+            raise BadRequest(400, f"method={method!r}: one of {', '.join(attribution.METHODS)}")
+        if method not in self.explainers:
+            raise BadRequest(400, attribution.NO_CONV)
+        return method, None if target in (None, "") else self.class_index(target)
+
+    def class_index(self, target: str | int | float) -> int:
+        """A ``target`` field as a class index: an index (a number or its text) or a class name.
+
+        Raises:
+            BadRequest: 400, neither (the detail lists the indices and names).
+        """
+        names = list(self.model.class_names)
+        if target in names:
+            return names.index(target)
+        text = str(target).strip()
+        if isinstance(target, (int, str)) and text.isdecimal() and int(text) < len(names):
+            return int(text)
+        allowed = f"a class index from 0 to {len(names) - 1} or a class name ({', '.join(names)})"
+        raise BadRequest(400, f"target={target!r}: {allowed}; left out: the predicted class")
+
+    def predict(self, x: Decoded) -> tuple[Decoded, torch.Tensor | None, Attribution | None, torch.Tensor | None]:
+        """``(request, probabilities float (N, C), attribution of N maps, images as seen float (N, S, S))``;
+        ``(request, None, None, None)`` for a bad request."""
+        if x.error is not None:
+            return x, None, None, None
+        model, explainer = self.model, self.explainers[x.method]
+        probs = model.predict_proba(x.images).float().cpu()
+        targets = probs.argmax(dim=1) if x.target is None else torch.full((len(probs),), x.target)
+        seen = model.preprocess(x.images.to(model.device))
+        with torch.enable_grad():
+            maps = explainer.attribute(seen, targets)
+        return x, probs, maps, explainer.as_seen(seen)
+
+    def encode_response(self, output: tuple) -> Any:
+        request, probs, maps, seen = output
+        if request.error is not None:
+            return JSONResponse({"detail": request.error.detail}, status_code=request.error.status)
+        names = self.model.class_names
+        answers = []
+        for i, (name, p) in enumerate(zip(request.names, probs, strict=True)):
+            label, target = int(p.argmax()), int(maps.targets[i])
+            answer = {"name": name, "label": label, "class": names[label], "probability": float(p[label])}
+            answer |= {"target": {"label": target, "class": names[target]}, "method": request.method}
+            answer |= {"map": rounded(maps.maps[i]), "png": overlay_png(seen[i], maps.maps[i])}
+            if maps.delta is not None:
+                answer["delta"] = float(maps.delta[i])
+            answers.append(answer)
+        return {"explanations": answers}
+
+
+def rounded(values: torch.Tensor) -> list[list[float]]:
+    """A float ``(S, S)`` map as JSON's list of S rows, each value to 6 significant digits."""
+    return [[float(f"{v:.6g}") for v in row] for row in values.tolist()]
+
+
+def overlay_png(image: torch.Tensor, values: torch.Tensor) -> str:
+    """``attribution.overlay`` of a float ``(S, S)`` image on the [0, 1] scale and its float ``(S, S)``
+    map, as a base64 PNG (RGB), upscaled with nearest-neighbour by the whole factor that makes its
+    side at least ``PNG_SIDE`` pixels (224 for S = 16 or 28), so that a browser shows it crisply."""
+    rgb = Image.fromarray(attribution.overlay(image, values))
+    side = rgb.width * -(-PNG_SIDE // rgb.width)
+    buffer = io.BytesIO()
+    rgb.resize((side, side), Image.Resampling.NEAREST).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def no_gradients() -> JSONResponse:
+    """``POST /explain`` with ``backend=onnx``: 501, ``NO_GRADIENTS``."""
+    return JSONResponse({"detail": NO_GRADIENTS}, status_code=501)
+
+
+class BodyGuard:
+    """ASGI middleware for ``POST /predict`` and ``POST /explain``: refuses, before the request is
+    queued, a body over ``max_bytes`` (413), an empty one or malformed JSON or multipart (400), and
+    any other content type (415)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, paths: Sequence[str] = ("/predict", "/explain")) -> None:
+        self.app, self.max_bytes, self.paths = app, max_bytes, tuple(paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
@@ -237,11 +379,15 @@ class BodyGuard:
         return 415, f"Content-Type {content_type or '(none)'!r} is not taken; {HOW_TO_SEND}"
 
 
-def run_info(options: ServeOptions) -> dict[str, Any]:
+def run_info(options: ServeOptions, model: Any = None) -> dict[str, Any]:
     """What ``GET /info`` says: the run, its test accuracy (a fraction, ``None`` without
     ``report.json``), the backend, the dataset and classes, the temperature if calibrated, the
     conformal methods with their calibrated α (``sets``: ``{method: [α, ...]}``, ``None`` without a
-    record) and the server's default sets (``default_sets``: ``{"method", "alpha"}`` or ``None``).
+    record), the server's default sets (``default_sets``: ``{"method", "alpha"}`` or ``None``) and
+    ``/explain``'s methods for the network (``explain``: a list, ``None`` with ``backend=onnx``).
+
+    Args:
+        model: The loaded backend (``load_backend``), loaded here for ``backend=torch`` when ``None``.
 
     Raises:
         RunError, DamagedFileError: The folder is not a readable run.
@@ -260,6 +406,7 @@ def run_info(options: ServeOptions) -> dict[str, Any]:
     else:
         temperature = run_temperature(run_dir, options.weights)
         conformal = run_conformal(run_dir, options.weights)
+        model = load_backend(options) if model is None else model
     return {
         "run": run_dir.resolve().name,
         "run_dir": str(run_dir.resolve()),
@@ -273,6 +420,7 @@ def run_info(options: ServeOptions) -> dict[str, Any]:
         "temperature": temperature,
         "sets": set_choices(conformal) if conformal else None,
         "default_sets": {"method": options.sets, "alpha": options.alpha} if options.sets else None,
+        "explain": None if options.backend == "onnx" else list(explainers(model)),
     }
 
 
@@ -293,15 +441,18 @@ def build_server(options: ServeOptions) -> ls.LitServer:
     model = load_backend(options)  # fails here, with the run's own message, rather than in a worker
     if options.sets is not None:
         model.check_sets(options.sets, options.alpha)
+    onnx = options.backend == "onnx"
     server = ls.LitServer(
-        FashionMNISTAPI(options),
-        accelerator="cpu" if options.backend == "onnx" else "auto",
+        [FashionMNISTAPI(options)] if onnx else [FashionMNISTAPI(options), ExplainAPI(options)],
+        accelerator="cpu" if onnx else "auto",
         workers_per_device=options.workers,
         timeout=options.timeout,
         fast_queue=options.fast_queue,
-        model_metadata=run_info(options),
+        model_metadata=run_info(options, model),
         middlewares=[(BodyGuard, {"max_bytes": int(options.max_body_mb * 1e6)})],
     )
+    if onnx:
+        server.app.add_api_route("/explain", no_gradients, methods=["POST"], include_in_schema=False)
     # LitServe answers GET / with "litserve running"; the web page takes its place.
     server.app.router.routes = [r for r in server.app.router.routes if getattr(r, "path", None) != "/"]
     page = web_page()
