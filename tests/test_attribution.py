@@ -172,3 +172,12 @@ def test_the_sanity_checks_of_a_trained_network(trained_run: Path) -> None:
     assert result["randomisation"]["median_abs_rho"] < 0.3
     assert result["deletion"]["auc"] < result["deletion"]["random_auc"]
     assert 0 <= result["completeness"]["fraction_within_1pct"] <= 1
+
+
+def test_smoothgrad_is_reproducible_and_leaves_the_global_generator_alone() -> None:
+    torch.manual_seed(4)
+    explainer = Explainer(ThreeConvNet(), PREPROCESS, "smoothgrad", samples=4)
+    state = torch.get_rng_state()
+    first = explainer.attribute(images(2), torch.tensor([0, 1])).maps
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(explainer.attribute(images(2), torch.tensor([0, 1])).maps, first)

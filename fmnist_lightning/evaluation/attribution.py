@@ -160,6 +160,7 @@ class Explainer:
         samples: SmoothGrad's noisy samples (50, Smilkov et al.'s advice).
         noise: SmoothGrad's noise level, a fraction of the input's range (0.15, within their 10–20 %).
         internal_batch_size: Images × steps per forward pass of integrated gradients and SmoothGrad.
+        seed: The seed of SmoothGrad's noise (a fork of torch's generator: the global state is untouched).
 
     Raises:
         ArgumentError: An unknown ``method``, ``steps`` or ``samples`` < 1, ``noise`` < 0, a ``layer``
@@ -174,6 +175,7 @@ class Explainer:
     samples: int = 50
     noise: float = 0.15
     internal_batch_size: int = 512
+    seed: int = 0
 
     def __post_init__(self) -> None:
         require(self.method in METHODS, "method", self.method, f"one of {', '.join(METHODS)}")
@@ -225,15 +227,18 @@ class Explainer:
             if self.method == "saliency":
                 return Attribution(_maps(Saliency(self.net).attribute(x, target=targets, abs=True)), targets.cpu())
             spread = (self._constant_image(255, x.device) - self.baseline(x.device)).abs().max().item()
-            noisy = NoiseTunnel(Saliency(self.net)).attribute(
-                x,
-                nt_type="smoothgrad",
-                nt_samples=self.samples,
-                nt_samples_batch_size=self._per_pass(len(x)),
-                stdevs=self.noise * spread,
-                target=targets,
-                abs=True,
-            )
+            # Captum draws the noise from torch's global generator: seeded here, the same maps every call.
+            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                torch.manual_seed(self.seed)
+                noisy = NoiseTunnel(Saliency(self.net)).attribute(
+                    x,
+                    nt_type="smoothgrad",
+                    nt_samples=self.samples,
+                    nt_samples_batch_size=self._per_pass(len(x)),
+                    stdevs=self.noise * spread,
+                    target=targets,
+                    abs=True,
+                )
             return Attribution(_maps(noisy), targets.cpu())
 
     def _integrated_gradients(self, x: torch.Tensor, targets: torch.Tensor, ig: object) -> Attribution:

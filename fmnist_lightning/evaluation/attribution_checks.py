@@ -23,6 +23,7 @@ and do they point at the pixels the prediction needs?
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -114,16 +115,7 @@ def sanity_checks(explainer: Explainer, x: torch.Tensor, seed: int = 0, steps: i
     with torch.no_grad():
         classes = net(x).argmax(dim=1)
     trained = explainer.attribute(x, classes)
-    fresh = Explainer(
-        randomized_copy(net, seed),
-        explainer.preprocess,
-        explainer.method,
-        explainer.layer,
-        explainer.steps,
-        explainer.samples,
-        explainer.noise,
-        explainer.internal_batch_size,
-    )
+    fresh = dataclasses.replace(explainer, net=randomized_copy(net, seed))
     rho = rank_correlations(trained.maps, fresh.attribute(x, classes).maps)
     known = rho[~np.isnan(rho)]
     generator = torch.Generator().manual_seed(seed)
