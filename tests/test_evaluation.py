@@ -60,6 +60,18 @@ def test_checkpoint_that_does_not_fit_is_refused(trained_run: Path, tmp_path: Pa
     assert result.returncode == 1 and "do not fit" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", ["evaluate.py", "ood.py", "robustness.py", "explain.py"])
+def test_a_data_root_that_does_not_exist_is_one_error_line(trained_run: Path, tmp_path: Path, command: str) -> None:
+    """Every command that reads a run's test split refuses a bad data_root with one line (not
+    Hydra's instantiation error), before any image is read."""
+    missing = tmp_path / "nowhere"
+    result = run_command(command, f"run_dir={trained_run}", f"data_root={missing}", f"hydra.run.dir={tmp_path / 'out'}")
+    assert result.returncode == 1, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert lines == [lines[0]] and lines[0].startswith(f"error: data: root='{missing}': an existing folder")
+    assert "Traceback" not in result.stderr and "Error in call to target" not in result.stderr
+
+
 def test_not_a_run_folder(tmp_path: Path) -> None:
     with pytest.raises(RunError, match="is not a run folder"):
         load_trained(tmp_path)

@@ -20,13 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.errors import InstantiationException
 from matplotlib.figure import Figure
 
 from fmnist_lightning.artifacts import atomic_file, write_atomically
 from fmnist_lightning.data.idx import ensure_files, load_split
 from fmnist_lightning.data.photos import check_options as check_photo_options
-from fmnist_lightning.errors import ImageError, UserError, require
+from fmnist_lightning.errors import ImageError, require
 from fmnist_lightning.evaluation.attribution import (
     METHODS,
     Attribution,
@@ -145,20 +144,6 @@ def make_explainer(
 def count_test_images(datamodule: Any) -> int:
     """How many test images the run's dataset has, from its description (no file is read)."""
     return int(datamodule.dataset.specs["test", "images"].shape[0])
-
-
-def run_datamodule(model: TrainedModel, data_root: str | None) -> Any:
-    """The run's DataModule (``runs.build_datamodule``), no file read yet.
-
-    Raises:
-        UserError: Its config (or ``data_root``) is refused, e.g. a ``data_root`` that does not exist.
-    """
-    try:
-        return build_datamodule(model.config, data_root)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, UserError):
-            raise UserError(f"data: {err.__cause__}") from None
-        raise
 
 
 def indexed_sources(datamodule: Any, indices: Sequence[int]) -> list[Source]:
@@ -392,7 +377,7 @@ def explain_run(
     if images is None and indices is None:
         indices = DEFAULT_INDICES
     model = load_trained(run_dir, weights, device, trusted_modules)
-    datamodule = run_datamodule(model, data_root) if images is None else None
+    datamodule = build_datamodule(model.config, data_root) if images is None else None
     check_against_run(model, target, indices, count_test_images(datamodule) if datamodule is not None else 0)
     explainer, layer_used = make_explainer(model, method, layer, steps, samples, noise)
     sources = indexed_sources(datamodule, indices) if images is None else file_sources(images, preprocess, invert)

@@ -11,6 +11,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
@@ -19,7 +20,7 @@ from fmnist_lightning.artifacts import load_tensors
 from fmnist_lightning.data import IdxDataModule
 from fmnist_lightning.data.augment import build_preprocess
 from fmnist_lightning.data.photos import to_fashion_mnist
-from fmnist_lightning.errors import DamagedFileError, RunError
+from fmnist_lightning.errors import DamagedFileError, RunError, UserError
 from fmnist_lightning.evaluation.calibration import read_temperature
 from fmnist_lightning.evaluation.conformal import GivesSets, read_conformal
 from fmnist_lightning.models.compose import module_arguments, module_class
@@ -93,8 +94,18 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
 
 
 def build_datamodule(cfg: DictConfig, data_root: str | None = None) -> IdxDataModule:
-    """Instantiates ``cfg.data``, optionally with another ``data.root`` (relative to the working directory)."""
-    return hydra.utils.instantiate(cfg.data, **({"root": data_root} if data_root else {}))
+    """Instantiates ``cfg.data``, optionally with another ``data.root`` (relative to the working directory).
+
+    Raises:
+        UserError: The DataModule refused its config or ``data_root`` (e.g. a folder that does not
+            exist), as ``data: <its message>``, for the commands' one ``error:`` line.
+    """
+    try:
+        return hydra.utils.instantiate(cfg.data, **({"root": data_root} if data_root else {}))
+    except InstantiationException as err:
+        if isinstance(err.__cause__, UserError):
+            raise UserError(f"data: {err.__cause__}") from None
+        raise
 
 
 @dataclass
