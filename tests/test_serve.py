@@ -599,7 +599,7 @@ def test_web_page_in_headless_chromium(server: ServerProcess, served_run: Path, 
         browser.quit()
 
 
-@pytest.mark.slow  # a server of its own for each signal (about 13 s each)
+@pytest.mark.slow  # a server of its own for each signal (about 18 s each: /predict and /explain workers)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_one_signal_to_the_main_process_stops_every_process(served_run: Path, sig: signal.Signals) -> None:
     """As a service manager, ``docker stop`` or ``scancel`` stops it: one signal to the main
