@@ -53,6 +53,7 @@ def test_the_ensemble_averages_its_members_probabilities(members: list[Path], da
     assert np.allclose(probs[:2000], expected, atol=2e-6)
     assert not np.allclose(expected, member_probs(members[0], images), atol=1e-3)  # the members differ
     assert (tmp_path / "ensemble" / "report.md").is_file() and (tmp_path / "ensemble" / "conformal.json").is_file()
+    assert "attribution" not in report and not (tmp_path / "ensemble" / "misclassified_gradcam.png").exists()
 
 
 def test_members_that_differ_are_refused(members: list[Path], tmp_path: Path) -> None:

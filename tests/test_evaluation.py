@@ -19,16 +19,22 @@ from in_process import run_command
 
 def test_evaluate_reproduces_test_acc(trained_run: Path, data_root: Path, tmp_path: Path) -> None:
     metrics = json.loads((trained_run / "metrics.json").read_text())["metrics"]
-    for weights in ("best", "net.pt"):
+    for weights, attributions in (("best", "true"), ("net.pt", "false")):
         out = tmp_path / weights
-        result = run_command(
-            "evaluate.py", f"run_dir={trained_run}", f"weights={weights}", "device=cpu", f"hydra.run.dir={out}"
-        )
+        options = f"weights={weights}", "device=cpu", f"attributions={attributions}", f"hydra.run.dir={out}"
+        result = run_command("evaluate.py", f"run_dir={trained_run}", *options)
         assert result.returncode == 0, result.stderr[-3000:]
         report = json.loads((out / "report.json").read_text())
         assert report["accuracy"] == pytest.approx(metrics["test/acc"], abs=1e-6)
         assert report["loss"] == pytest.approx(metrics["test/loss"], abs=1e-4)
         assert (out / "report.md").is_file() and (out / "confusion_matrix.png").is_file()
+        gradcam = {
+            name: (out / f"{name}.png").is_file() for name in ("misclassified_gradcam", "confused_pairs_gradcam")
+        }
+        assert (
+            gradcam == dict.fromkeys(gradcam, attributions == "true")
+            and ("attribution" in report) == gradcam["misclassified_gradcam"]
+        )
     assert not list(trained_run.glob("evaluations"))  # the run folder is only read
 
 

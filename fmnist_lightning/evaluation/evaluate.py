@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ import lightning as L
 from fmnist_lightning.evaluation.ensemble import load_runs
 from fmnist_lightning.evaluation.runs import build_datamodule
 from fmnist_lightning.evaluation.test_report import TestReport
+
+log = logging.getLogger(__name__)
 
 
 def run_test_report(
@@ -62,7 +65,8 @@ def evaluate_run(
         weights: ``"best"``, ``"last"``, ``"net.pt"`` or a path (each member's); see ``runs.resolve_weights``.
         data_root: Overrides the run's ``data.root``.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ...
-        attributions: Whether the report gets the Grad-CAM figures (``TestReport``).
+        attributions: Whether the report gets the Grad-CAM figures (``TestReport``); never for an
+            ensemble (each member has convolutions of its own).
 
     Returns:
         The report, with ``weights`` (the file used) added; for an ensemble, ``ensemble``: the
@@ -78,6 +82,9 @@ def evaluate_run(
     datamodule = build_datamodule(model.config, data_root)
     if isinstance(used, list):
         extra = {"ensemble": {"members": [str(member) for member in run_dir], "weights": used}}
+        if attributions:  # Grad-CAM would read one member's last convolution, not the ensemble's evidence
+            log.info("No Grad-CAM figures for an ensemble: each member has convolutions of its own")
+            attributions = False
     else:
         extra = {"weights": used}
     return run_test_report(model.module, datamodule, output_dir, model.device.type, extra, attributions).report
