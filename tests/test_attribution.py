@@ -181,3 +181,48 @@ def test_smoothgrad_is_reproducible_and_leaves_the_global_generator_alone() -> N
     first = explainer.attribute(images(2), torch.tensor([0, 1])).maps
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(explainer.attribute(images(2), torch.tensor([0, 1])).maps, first)
+
+
+class SharedActivation(nn.Module):
+    """One ReLU used after both convolutions and after the hidden linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.fc1, self.fc2 = nn.Linear(4 * 28 * 28, 8), nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.conv2(self.act(self.conv1(x))))
+        return self.fc2(self.act(self.fc1(x.flatten(1))))
+
+
+def test_a_layer_that_is_not_one_feature_map_per_pass_is_refused() -> None:
+    with pytest.raises(ArgumentError, match=r"layer='act'.*\(1, 4, 28, 28\), \(1, 4, 28, 28\), \(1, 8\)"):
+        Explainer(SharedActivation(), PREPROCESS, "gradcam")
+    assert Explainer(SharedActivation(), PREPROCESS, "gradcam", layer="conv2").attribute(images(1), torch.tensor([1]))
+    with pytest.raises(ArgumentError, match=r"layer='fc1'"):
+        Explainer(SharedActivation(), PREPROCESS, "gradcam", layer="fc1")
+    with pytest.raises(ArgumentError, match=r"layer='nothing'"):  # a layer is checked whatever the method
+        Explainer(ThreeConvNet(), PREPROCESS, "saliency", layer="nothing")
+    for noise in ("abc", None, float("inf"), -0.1):
+        with pytest.raises(ArgumentError, match="noise"):
+            Explainer(ThreeConvNet(), PREPROCESS, "smoothgrad", noise=noise)
+
+
+def test_smoothgrad_maps_do_not_depend_on_the_batch() -> None:
+    torch.manual_seed(5)
+    explainer = Explainer(ThreeConvNet(), PREPROCESS, "smoothgrad", samples=4)
+    batch = explainer.attribute(images(4), torch.tensor([0, 1, 2, 3])).maps
+    alone = explainer.attribute(images(4)[2:3], torch.tensor([2])).maps
+    assert torch.equal(batch[2:3], alone)
+
+
+def test_tensors_made_in_inference_mode_are_attributed() -> None:
+    torch.manual_seed(6)
+    net = ThreeConvNet().eval()
+    with torch.inference_mode():
+        x = images(2)
+        targets = net(x).argmax(dim=1)
+    for method in ("gradcam", "saliency"):
+        assert Explainer(net, PREPROCESS, method).attribute(x, targets).maps.shape == (2, 28, 28)

@@ -332,6 +332,7 @@ def explain_refusals(good: str) -> dict[str, tuple[int, str, dict]]:
         "target out of range": (400, f"target=10: {target}", {"json": {"image": good, "target": 10}}),
         "negative target": (400, "target='-1': a class index from 0 to 9", {"json": {"image": good, "target": "-1"}}),
         "unknown class name": (400, "target='Hat': a class index", {"json": {"image": good, "target": "Hat"}}),
+        "a 5,000-digit target": (400, "target='9999", {"json": {"image": good, "target": "9" * 5000}}),
         "target as a list": (
             400,
             "the 'target' field must be text or a number",

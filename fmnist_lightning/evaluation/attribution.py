@@ -29,6 +29,7 @@ is attributed without it: the maps come from the unflipped pass (``attributable`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -181,9 +182,39 @@ class Explainer:
         require(self.method in METHODS, "method", self.method, f"one of {', '.join(METHODS)}")
         require(isinstance(self.steps, int) and self.steps >= 1, "steps", self.steps, "an integer >= 1")
         require(isinstance(self.samples, int) and self.samples >= 1, "samples", self.samples, "an integer >= 1")
-        require(self.noise >= 0, "noise", self.noise, "a fraction of the input's range >= 0, e.g. 0.15")
+        number = isinstance(self.noise, int | float) and not isinstance(self.noise, bool)
+        ok = number and math.isfinite(self.noise) and self.noise >= 0
+        require(ok, "noise", self.noise, "a fraction of the input's range >= 0, e.g. 0.15")
         self.net.eval()
-        self._layer = gradcam_layer(self.net, self.layer) if self.method == "gradcam" else None
+        layer = gradcam_layer(self.net, self.layer) if self.method == "gradcam" or self.layer is not None else None
+        self._layer = layer if self.method == "gradcam" else None
+        if self._layer is not None:
+            self._check_layer()
+
+    def _check_layer(self) -> None:
+        """Refuses a Grad-CAM layer that does not give float ``(B, C, H, W)`` exactly once per
+        forward pass (a module shared by several places of the network, or one the pass skips),
+        tried on the black image.
+
+        Raises:
+            ArgumentError: It does not (the message says how to choose another).
+        """
+        outputs: list[tuple[int, ...]] = []
+        handle = self._layer.register_forward_hook(lambda module, args, out: outputs.append(tuple(out.shape)))
+        try:
+            device = next((p.device for p in self.net.parameters()), torch.device("cpu"))
+            with torch.no_grad(), attributable(self.net):
+                self.net(self.baseline(device))
+        finally:
+            handle.remove()
+        name = self.layer or next(n for n, m in self.net.named_modules() if m is self._layer)
+        shapes = ", ".join(map(str, outputs)) or "none"
+        ok = len(outputs) == 1 and len(outputs[0]) == 4
+        allowed = (
+            "a module whose output is (B, C, H, W), run once per forward pass (its outputs here: "
+            f"{shapes}); choose one with layer=<name>, e.g. a convolution"
+        )
+        require(ok, "layer", name, allowed)
 
     def baseline(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """The black image after the run's preprocessing, float32 ``(1, 1, S, S)`` on ``device``."""
@@ -210,10 +241,15 @@ class Explainer:
         Raises:
             ArgumentError: A target outside [0, C).
         """
-        from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Saliency
+        # Tensors made under torch.inference_mode (a test loop's) cannot enter autograd: fresh copies.
+        with torch.inference_mode(False):
+            x = x.detach().float().clone().requires_grad_()  # Captum warns if it has to ask for gradients
+            targets = torch.as_tensor(targets.tolist(), dtype=torch.int64, device=x.device)
+            return self._attribute(x, targets)
 
-        x = x.detach().float().requires_grad_()  # Captum warns when it has to ask for the gradients itself
-        targets = targets.to(x.device).long()
+    def _attribute(self, x: torch.Tensor, targets: torch.Tensor) -> Attribution:
+        from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Saliency
+
         with attributable(self.net):
             classes = self.net(x[:1]).shape[1]
             bad = [int(t) for t in targets if not 0 <= int(t) < classes]
@@ -226,20 +262,29 @@ class Explainer:
                 return self._integrated_gradients(x, targets, IntegratedGradients(self.net))
             if self.method == "saliency":
                 return Attribution(_maps(Saliency(self.net).attribute(x, target=targets, abs=True)), targets.cpu())
-            spread = (self._constant_image(255, x.device) - self.baseline(x.device)).abs().max().item()
-            # Captum draws the noise from torch's global generator: seeded here, the same maps every call.
-            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-                torch.manual_seed(self.seed)
-                noisy = NoiseTunnel(Saliency(self.net)).attribute(
-                    x,
-                    nt_type="smoothgrad",
-                    nt_samples=self.samples,
-                    nt_samples_batch_size=self._per_pass(len(x)),
-                    stdevs=self.noise * spread,
-                    target=targets,
-                    abs=True,
-                )
-            return Attribution(_maps(noisy), targets.cpu())
+            return Attribution(
+                torch.cat([self._smoothgrad(x[i : i + 1], targets[i : i + 1]) for i in range(len(x))]), targets.cpu()
+            )
+
+    def _smoothgrad(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """One image's SmoothGrad map, float32 ``(1, S, S)``. Captum draws the noise from torch's
+        global generator: seeded here for each image (on a fork of it), so an image's map is the
+        same in any call and any batch."""
+        from captum.attr import NoiseTunnel, Saliency
+
+        spread = (self._constant_image(255, x.device) - self.baseline(x.device)).abs().max().item()
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            noisy = NoiseTunnel(Saliency(self.net)).attribute(
+                x,
+                nt_type="smoothgrad",
+                nt_samples=self.samples,
+                nt_samples_batch_size=min(self.samples, self.internal_batch_size),
+                stdevs=self.noise * spread,
+                target=target,
+                abs=True,
+            )
+        return _maps(noisy)
 
     def _integrated_gradients(self, x: torch.Tensor, targets: torch.Tensor, ig: object) -> Attribution:
         baseline = self.baseline(x.device).expand_as(x)
@@ -257,10 +302,6 @@ class Explainer:
             gap = logits - self.net(baseline)[rows, targets]
         delta = delta.detach().float().cpu()
         return Attribution(_maps(attributions), targets.cpu(), delta, gap.float().cpu(), logits.float().cpu())
-
-    def _per_pass(self, images: int) -> int:
-        """SmoothGrad's noisy samples per pass, so that a pass holds about ``internal_batch_size`` images."""
-        return max(1, min(self.samples, self.internal_batch_size // max(1, images)))
 
 
 def _maps(attributions: torch.Tensor) -> torch.Tensor:

@@ -338,17 +338,17 @@ class TestReport(Callback):
         if not self._attribute:
             return {}
         net, device = pl_module.net, pl_module.device
-        layer = gradcam_layer_name(net)
         # A DataModule of one's own without the run's preprocessing: its images shown as if unnormalised.
         preprocess = getattr(trainer.datamodule, "preprocess", None)
         if not isinstance(preprocess, nn.Module):
             preprocess = build_preprocess(self.predictions.misclassified.shape[-1])
-        try:
+        try:  # optional figures: no failure of theirs may cost the report
+            layer = gradcam_layer_name(net)
             with gradients(net, device):
                 explainer = Explainer(net, preprocess, "gradcam")
                 figures = self._misclassified_gradcam(explainer, report["class_names"], layer, device)
                 figures |= _confused_pairs_gradcam(explainer, pairs, report["most_confused"], layer, device)
-        except RuntimeError as err:  # e.g. out of memory: the report is written without them
+        except Exception as err:  # out of memory, bf16-true weights, a layer refused: the report goes on
             log.warning("No Grad-CAM figures in the test report: %s", err)
             return {}
         if figures:

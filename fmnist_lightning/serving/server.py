@@ -260,7 +260,7 @@ class ExplainAPI(RunAPI):
         if target in names:
             return names.index(target)
         text = str(target).strip()
-        if isinstance(target, (int, str)) and text.isdecimal() and int(text) < len(names):
+        if isinstance(target, (int, str)) and text.isdecimal() and len(text) <= 6 and int(text) < len(names):
             return int(text)
         allowed = f"a class index from 0 to {len(names) - 1} or a class name ({', '.join(names)})"
         raise BadRequest(400, f"target={target!r}: {allowed}; left out: the predicted class")
