@@ -42,6 +42,8 @@ from fmnist_lightning.errors import require
 
 #: The methods, in the order of the docs and figures.
 METHODS = ("gradcam", "integrated_gradients", "saliency", "smoothgrad")
+#: Integrated gradients are complete when |delta| / |f(x)| is at most this (1 %; the issue's bar).
+COMPLETENESS_TOLERANCE = 0.01
 #: Why a network gets no Grad-CAM under the rule, for the messages that say so.
 NO_CONV = "the network has no nn.Conv2d layer for Grad-CAM; use method=integrated_gradients, saliency or smoothgrad"
 
@@ -186,6 +188,8 @@ class Explainer:
         ok = number and math.isfinite(self.noise) and self.noise >= 0
         require(ok, "noise", self.noise, "a fraction of the input's range >= 0, e.g. 0.15")
         self.net.eval()
+        # The black and the white image after the run's preprocessing, float32 (1, 1, S, S) on the CPU.
+        self._black, self._white = (self._constant_image(value) for value in (0, 255))
         layer = gradcam_layer(self.net, self.layer) if self.method == "gradcam" or self.layer is not None else None
         self._layer = layer if self.method == "gradcam" else None
         if self._layer is not None:
@@ -218,18 +222,17 @@ class Explainer:
 
     def baseline(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """The black image after the run's preprocessing, float32 ``(1, 1, S, S)`` on ``device``."""
-        return self._constant_image(0, device)
+        return self._black.to(device)
 
     def as_seen(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed images back on the [0, 1] scale (black 0, white 1), float32 ``(B, S, S)`` on
         the CPU, for figures: ``(x − black) / (white − black)`` of the run's normalisation."""
-        black, white = self.baseline(x.device), self._constant_image(255, x.device)
+        black, white = self.baseline(x.device), self._white.to(x.device)
         return ((x.detach().float() - black) / (white - black)).clamp(0, 1).sum(dim=1).cpu()
 
-    def _constant_image(self, value: int, device: torch.device | str) -> torch.Tensor:
+    def _constant_image(self, value: int) -> torch.Tensor:
         size = self.preprocess(torch.zeros(1, 1, 28, 28, dtype=torch.uint8)).shape[-1]
-        image = torch.full((1, 1, size, size), value, dtype=torch.uint8)
-        return self.preprocess(image).to(device)
+        return self.preprocess(torch.full((1, 1, size, size), value, dtype=torch.uint8))
 
     def attribute(self, x: torch.Tensor, targets: torch.Tensor) -> Attribution:
         """The maps of preprocessed images ``x`` for the classes ``targets``.
@@ -262,17 +265,16 @@ class Explainer:
                 return self._integrated_gradients(x, targets, IntegratedGradients(self.net))
             if self.method == "saliency":
                 return Attribution(_maps(Saliency(self.net).attribute(x, target=targets, abs=True)), targets.cpu())
-            return Attribution(
-                torch.cat([self._smoothgrad(x[i : i + 1], targets[i : i + 1]) for i in range(len(x))]), targets.cpu()
-            )
+            stdev = self.noise * (self._white - self._black).abs().max().item()  # a fraction of the input's range
+            maps = [self._smoothgrad(x[i : i + 1], targets[i : i + 1], stdev) for i in range(len(x))]
+            return Attribution(torch.cat(maps), targets.cpu())
 
-    def _smoothgrad(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _smoothgrad(self, x: torch.Tensor, target: torch.Tensor, stdev: float) -> torch.Tensor:
         """One image's SmoothGrad map, float32 ``(1, S, S)``. Captum draws the noise from torch's
         global generator: seeded here for each image (on a fork of it), so an image's map is the
         same in any call and any batch."""
         from captum.attr import NoiseTunnel, Saliency
 
-        spread = (self._constant_image(255, x.device) - self.baseline(x.device)).abs().max().item()
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             torch.manual_seed(self.seed)
             noisy = NoiseTunnel(Saliency(self.net)).attribute(
@@ -280,7 +282,7 @@ class Explainer:
                 nt_type="smoothgrad",
                 nt_samples=self.samples,
                 nt_samples_batch_size=min(self.samples, self.internal_batch_size),
-                stdevs=self.noise * spread,
+                stdevs=stdev,
                 target=target,
                 abs=True,
             )

@@ -31,7 +31,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from fmnist_lightning.evaluation.attribution import Explainer
+from fmnist_lightning.evaluation.attribution import COMPLETENESS_TOLERANCE, Explainer
 
 
 def randomized_copy(net: nn.Module, seed: int = 0) -> nn.Module:
@@ -143,6 +143,6 @@ def sanity_checks(explainer: Explainer, x: torch.Tensor, seed: int = 0, steps: i
         result["completeness"] = {
             "median_relative_delta": relative.median().item(),
             "max_relative_delta": relative.max().item(),
-            "fraction_within_1pct": (relative <= 0.01).double().mean().item(),
+            "fraction_within_1pct": (relative <= COMPLETENESS_TOLERANCE).double().mean().item(),
         }
     return result

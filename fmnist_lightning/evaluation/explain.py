@@ -27,6 +27,7 @@ from fmnist_lightning.data.idx import ensure_files, load_split
 from fmnist_lightning.data.photos import check_options as check_photo_options
 from fmnist_lightning.errors import ImageError, require
 from fmnist_lightning.evaluation.attribution import (
+    COMPLETENESS_TOLERANCE,
     METHODS,
     Attribution,
     Explainer,
@@ -42,8 +43,8 @@ log = logging.getLogger(__name__)
 DEFAULT_INDICES = tuple(range(8))
 #: The file names written into the output folder, besides one ``<k>_<name>.png`` per image.
 JSON, MAPS, GRID = "explain.json", "maps.npy", "grid.png"
-#: Integrated gradients' largest |delta| / |f(x)| taken as complete (1 %), and the steps suggested beyond it.
-RELATIVE_DELTA_LIMIT, MORE_STEPS = 0.01, 256
+#: The steps suggested when integrated gradients miss ``attribution.COMPLETENESS_TOLERANCE``.
+MORE_STEPS = 256
 #: The classes in each image's bar chart.
 TOP_K = 3
 
@@ -179,10 +180,7 @@ def file_sources(paths: Sequence[str], preprocess: str, invert: bool | str) -> l
 def explain_sources(model: TrainedModel, explainer: Explainer, sources: Sequence[Source], target: int | None):
     """The run's probabilities of ``sources`` and the maps of ``target`` (``None``: each image's predicted
     class), as an ``Explained``."""
-    if len({s.image.shape for s in sources}) == 1:  # one batch, unless preprocess=pad gave sizes of their own
-        probabilities = model.predict_proba(torch.cat([s.image for s in sources])).float().cpu()
-    else:
-        probabilities = torch.cat([model.predict_proba(s.image) for s in sources]).float().cpu()
+    probabilities = model.predict_converted([s.image for s in sources]).float().cpu()
     x = torch.cat([model.preprocess(s.image.to(model.device)) for s in sources])
     targets = probabilities.argmax(dim=1) if target is None else torch.full((len(sources),), target)
     attribution = explainer.attribute(x, targets)
@@ -218,29 +216,29 @@ def completeness(explained: Explained, i: int) -> dict[str, float | None]:
     attributions' sum minus f(x) − f(baseline)), ``logit_gap`` (f(x) − f(baseline)), ``logit`` (f(x))
     and ``relative_delta`` = |delta| / |f(x)| (``None`` where f(x) = 0); ``{}`` for the other methods."""
     attribution = explained.attribution
-    if attribution.delta is None:
+    relative = attribution.relative_delta()
+    if relative is None:
         return {}
-    delta, logit = float(attribution.delta[i]), float(attribution.logits[i])
     return {
-        "delta": delta,
+        "delta": float(attribution.delta[i]),
         "logit_gap": float(attribution.logit_gap[i]),
-        "logit": logit,
-        "relative_delta": abs(delta) / abs(logit) if logit != 0 else None,
+        "logit": float(attribution.logits[i]),
+        "relative_delta": float(relative[i]) if math.isfinite(relative[i]) else None,
     }
 
 
 def warn_incomplete(entries: Sequence[dict[str, Any]], steps: int) -> int:
-    """Logs a warning when any image's ``relative_delta`` is above ``RELATIVE_DELTA_LIMIT`` (or unknown);
+    """Logs a warning when any image's ``relative_delta`` is above ``COMPLETENESS_TOLERANCE`` (or unknown);
     returns how many are."""
     ratios = [e["relative_delta"] for e in entries if "relative_delta" in e]
-    far = sum(1 for ratio in ratios if ratio is None or ratio > RELATIVE_DELTA_LIMIT)
+    far = sum(1 for ratio in ratios if ratio is None or ratio > COMPLETENESS_TOLERANCE)
     if far:
         log.warning(
             "integrated gradients: %d of %d images miss completeness by more than %g %% of their logit "
             "(|delta| / |f(x)| in explain.json) at steps=%d; try steps=%d",
             far,
             len(entries),
-            100 * RELATIVE_DELTA_LIMIT,
+            100 * COMPLETENESS_TOLERANCE,
             steps,
             max(MORE_STEPS, 2 * steps),
         )

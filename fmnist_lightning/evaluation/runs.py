@@ -174,10 +174,14 @@ class TrainedModel(GivesSets):
             ArgumentError: ``preprocess`` or ``invert`` is not one of the choices.
             ImageError: An image cannot be converted (blank, or not 28×28 for ``"none"``).
         """
-        converted = [to_fashion_mnist(image, preprocess, invert) for image in images]
-        if len({x.shape for x in converted}) == 1:  # photo and none: all 28×28, one batch
-            return self.predict_proba(torch.cat(converted))
-        return torch.cat([self.predict_proba(x) for x in converted])
+        return self.predict_converted([to_fashion_mnist(image, preprocess, invert) for image in images])
+
+    def predict_converted(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Float ``(B, num_classes)`` probabilities of B uint8 ``(1, 1, H, W)`` images: one batch when
+        they share a size (``photo`` and ``none``: all 28×28), else one pass each (``pad``)."""
+        if len({x.shape for x in images}) == 1:
+            return self.predict_proba(torch.cat(list(images)))
+        return torch.cat([self.predict_proba(x) for x in images])
 
 
 def run_temperature(run_dir: str | Path, weights: str = NET_WEIGHTS) -> float | None:
