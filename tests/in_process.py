@@ -38,7 +38,19 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 #: The commands, by their modules in fmnist_lightning/cli/ (console scripts ``fmnist-<name>``).
-COMMANDS = ("train", "evaluate", "predict", "summarize", "export", "serve", "compare", "robustness", "ood", "explain")
+COMMANDS = (
+    "train",
+    "evaluate",
+    "predict",
+    "summarize",
+    "export",
+    "serve",
+    "compare",
+    "robustness",
+    "ood",
+    "explain",
+    "attack",
+)
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 

@@ -298,3 +298,58 @@ def ood_scores_figure(table: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
                 ax.legend(fontsize=6, loc="upper right")
     fig.suptitle("Outlier scores (higher = more likely out of distribution)")
     return fig
+
+
+def attack_curve_figure(clean: dict, results: Sequence[dict]) -> Figure:
+    """Robust accuracy in % against ε, one panel per norm and one line per attack, with 95 % Wilson
+    intervals as error bars, each line starting at the clean accuracy (ε = 0); from attack.json's
+    ``clean`` and ``results`` rows (fractions)."""
+    norms = list(dict.fromkeys(r["norm"] for r in results))
+    fig = Figure(figsize=(4.6 * len(norms), 4))
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.14, top=0.86, wspace=0.25)
+    axes = fig.subplots(1, len(norms), squeeze=False)[0]
+    for ax, norm in zip(axes, norms, strict=True):
+        for label in dict.fromkeys(r["label"] for r in results if r["norm"] == norm):
+            rows = [clean | {"eps": 0.0}, *sorted((r for r in results if r["label"] == label), key=lambda r: r["eps"])]
+            eps = [r["eps"] for r in rows]
+            accuracy = np.array([100 * r["accuracy"] for r in rows])
+            low, high = (np.array([100 * r["interval"][i] for r in rows]) for i in (0, 1))
+            yerr = np.maximum([accuracy - low, high - accuracy], 0)  # rounding: a Wilson bound a hair past the value
+            ax.errorbar(eps, accuracy, yerr=yerr, marker="o", capsize=3, label=label)
+        ax.set(
+            ylim=(0, 100), xlabel=f"ε ({'L∞' if norm == 'Linf' else 'L2'}, [0, 1] pixel scale)", ylabel="accuracy (%)"
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Robust accuracy against ε ({clean['total']} test images, 95 % Wilson intervals)")
+    return fig
+
+
+def adversarial_examples_figure(
+    clean: torch.Tensor,
+    clean_predicted: torch.Tensor,
+    adversarial: Sequence[torch.Tensor],
+    predicted: Sequence[torch.Tensor],
+    titles: Sequence[str],
+    class_names: Sequence[str],
+) -> Figure:
+    """A grid: a row per image, its clean version and then each attack's adversarial one (float
+    ``(K, 1, H, W)`` on the [0, 1] scale), each titled with its prediction (int64 ``(K,)``), red where
+    the prediction differs from the clean one."""
+    rows, columns = len(clean), 1 + len(adversarial)
+    fig = Figure(figsize=(1.9 * columns, 1.9 * rows + 0.6))
+    axes = fig.subplots(max(rows, 1), columns, squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.9 / fig.get_figheight(), wspace=0.1, hspace=0.45)
+    for j, heading in enumerate(["clean", *titles]):
+        axes[0, j].annotate(heading, (0.5, 1.45), xycoords="axes fraction", ha="center", fontsize=9, weight="bold")
+    for i in range(rows):
+        for j, (images, classes) in enumerate(zip([clean, *adversarial], [clean_predicted, *predicted], strict=True)):
+            ax = axes[i, j]
+            ax.set_axis_off()
+            ax.imshow(images[i].reshape(images.shape[-2:]).float().numpy(), cmap="gray", vmin=0, vmax=1)
+            changed = int(classes[i]) != int(clean_predicted[i])
+            ax.set_title(class_names[int(classes[i])], fontsize=8, color="C3" if changed else "black")
+    fig.suptitle(
+        "Adversarial examples: predictions (red: changed by the attack)", y=1 - 0.1 / fig.get_figheight(), va="top"
+    )
+    return fig

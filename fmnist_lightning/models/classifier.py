@@ -30,8 +30,9 @@ class FashionMNISTClassifier(L.LightningModule):
     ``test/loss`` are plain cross-entropy (mean nats per image), comparable across losses.
     Checkpoints hold the RNG states (torch, CUDA, numpy, Python), so a resumed run draws what an
     unstopped one would. ``validation_step`` and ``test_step`` return the float ``(B, num_classes)``
-    logits, a callback's ``outputs``. A subclass overriding ``training_step`` calls ``mix_batch``
-    and ``update_metrics``, and extends ``logged_keys`` with any values it logs.
+    logits, a callback's ``outputs``. A subclass changes a step's loss through ``training_loss``; one
+    overriding ``training_step`` calls ``mix_batch`` and ``update_metrics``, and extends ``logged_keys``
+    with any values it logs.
 
     Args:
         net: Config of an ``nn.Module`` mapping float ``(B, 1, H, W)`` images to ``(B, num_classes)``
@@ -133,6 +134,13 @@ class FashionMNISTClassifier(L.LightningModule):
         loss_metric.reset()
         metrics.reset()
 
+    def training_loss(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean training loss (a float scalar) of a batch and the float ``(B, num_classes)`` logits the
+        training metrics see; ``images`` float ``(B, 1, H, W)``, ``target`` as ``loss`` takes it. A subclass
+        changing what a step trains on (e.g. ``AdversarialClassifier``) overrides this."""
+        logits = self(images)
+        return self.train_criterion(logits, target), logits
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Mixes the batch (when ``mix`` is set) and returns its mean training loss.
 
@@ -140,8 +148,7 @@ class FashionMNISTClassifier(L.LightningModule):
             NonFiniteLossError: The loss is NaN or infinite (checked before the optimizer step).
         """
         images, target = self.mix_batch(*batch)
-        logits = self(images)
-        loss = self.train_criterion(logits, target)
+        loss, logits = self.training_loss(images, target)
         self.update_metrics("train", loss, logits, target)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(

@@ -1,0 +1,316 @@
+"""A finished run's accuracy under adversarial attacks (``fmnist-attack``): clean and robust accuracy
+per attack and ε with Wilson intervals, checks against gradient masking, and attack.json / .md /
+.png."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import Logger
+from omegaconf import OmegaConf
+
+from fmnist_lightning.artifacts import atomic_file, write_atomically
+from fmnist_lightning.errors import require
+from fmnist_lightning.evaluation.attacks import (
+    ATTACKS,
+    Attack,
+    Outcome,
+    PixelNetwork,
+    check_attacks,
+    run_attack,
+    to_pixels,
+)
+from fmnist_lightning.evaluation.figures import adversarial_examples_figure, attack_curve_figure, figure_to_array
+from fmnist_lightning.evaluation.runs import build_datamodule, load_trained
+from fmnist_lightning.evaluation.statistics import wilson_interval
+
+log = logging.getLogger(__name__)
+
+#: The file names written into the output folder.
+JSON, MARKDOWN, CURVE, EXAMPLES = "attack.json", "attack.md", "attack_curve.png", "adversarial_examples.png"
+#: The gradient-masking checks' defaults (Carlini et al., 2019, "On Evaluating Adversarial Robustness",
+#: arXiv:1902.06705, §5): PGD restarts and steps at each norm's middle ε, and how far (a fraction of
+#: the images) more steps may raise robust accuracy before it is flagged.
+CHECKS = {"restarts": 5, "steps": 100, "tolerance": 0.01}
+#: Images shown in the grid of adversarial examples.
+GRID_IMAGES = 8
+
+
+def evaluate_attacks(
+    run_dir: str | Path,
+    output_dir: str | Path,
+    weights: str = "best",
+    data_root: str | None = None,
+    device: str = "auto",
+    attacks: Sequence[str] = tuple(ATTACKS),
+    eps: Mapping[str, Sequence[float]] | None = None,
+    pgd: Mapping[str, Any] | None = None,
+    checks: Mapping[str, Any] | None = CHECKS,
+    limit: int | None = 1000,
+    seed: int = 0,
+    batch_size: int = 500,
+    loggers: Sequence[Logger] = (),
+    trusted_modules: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Attacks a run's network on the first ``limit`` test images, every attack at every ε of each
+    norm it supports, then runs the gradient-masking checks (``masking_checks``); writes the results
+    (``write_results``). Options are checked before the run is read.
+
+    Args:
+        attacks: Names from ``attacks.ATTACKS``.
+        eps: ``{"Linf": [...], "L2": [...]}`` on the [0, 1] pixel scale, applied before the run's
+            preprocessing (the attacks see ``PixelNetwork``).
+        pgd: ``{"steps", "restarts", "step_size"}`` of PGD (``attacks.Attack``).
+        checks: ``{"restarts", "steps", "tolerance"}`` (``CHECKS``), or ``None`` to skip the checks.
+        limit: The first N test images (``None``: all 10,000).
+
+    Returns:
+        attack.json's contents: ``clean`` and each of ``results`` with ``correct``, ``total``,
+        ``accuracy`` (a fraction) and its Wilson ``interval``; ``checks`` and ``breaches``; what was used.
+
+    Raises:
+        ArgumentError: An unknown attack or norm, an ε out of range (an L∞ ε above 1 asks "ε/255?"),
+            a bad PGD or check option, ``limit`` < 1, ``batch_size`` < 1 or ``seed`` < 0.
+        UserError: torchattacks is not installed.
+        RunError: No such run or weights. DatasetError: The test files are missing or corrupt.
+    """
+    pgd = {"steps": 20, "restarts": 1, "step_size": 2.5} | dict(pgd or {})
+    eps = check_attacks(
+        attacks, eps or {"Linf": [0.05, 0.1, 0.2]}, pgd["steps"], pgd["restarts"], pgd["step_size"], 784
+    )
+    checks = _check_options(checks)
+    require(limit is None or (isinstance(limit, int) and limit >= 1), "limit", limit, "an integer >= 1 or null (all)")
+    require(isinstance(batch_size, int) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
+    require(isinstance(seed, int) and seed >= 0, "seed", seed, "an integer >= 0")
+    trained = load_trained(run_dir, weights, device, trusted_modules)
+    datamodule = build_datamodule(trained.config, data_root)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    images, labels = datamodule.data_test.tensors
+    images, labels = to_pixels(images[:limit]).to(trained.device), labels[:limit].to(trained.device)
+    model = PixelNetwork(trained.preprocess, trained.net).eval()
+    num_classes = int(trained.config.data.num_classes)
+    started = time.perf_counter()
+
+    def attack(spec: Attack, keep: int = 0) -> Outcome:
+        begun = time.perf_counter()
+        outcome = run_attack(spec, model, images, labels, seed, batch_size, keep, num_classes)
+        outcome.seconds = time.perf_counter() - begun
+        log.info(
+            "%s ε=%g: %.2f %% (%.1f s)", spec.label, spec.eps, 100 * outcome.correct.float().mean(), outcome.seconds
+        )
+        return outcome
+
+    clean = attack(Attack("fgsm", "Linf", 0.0), keep=GRID_IMAGES)  # ε = 0: the clean predictions
+    specs = [
+        Attack(name, norm, e, pgd["steps"], pgd["restarts"], pgd["step_size"])
+        for name in attacks
+        for norm, values in eps.items()
+        if norm in ATTACKS[name]
+        for e in sorted(values)
+    ]
+    outcomes = {spec: attack(spec, keep=GRID_IMAGES) for spec in specs}
+    result = {"run_dir": str(run_dir), "weights": str(trained.weights), "dataset": datamodule.dataset.name}
+    result |= {"images": len(labels), "seed": seed, "pgd": pgd, "library": _libraries()}
+    result["run_training"] = _run_training(trained.config)
+    result["clean"] = _row(clean)
+    result["results"] = [_entry(spec, outcome) for spec, outcome in outcomes.items()]
+    result["checks"] = masking_checks(outcomes, pgd, checks, attack) if checks else []
+    result["breaches"] = [c["name"] for c in result["checks"] if not c["passed"]]
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    shown = {
+        spec: outcomes[spec] for spec in specs if spec.norm == specs[0].norm and spec.eps == _middle(eps[spec.norm])
+    }
+    write_results(result, Path(output_dir), clean, shown, trained.class_names, loggers)
+    return result
+
+
+def _check_options(checks: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``checks`` over ``CHECKS``' defaults, checked.
+
+    Raises:
+        ArgumentError: A key other than ``CHECKS``', ``restarts``/``steps`` < 1 or ``tolerance`` outside [0, 1].
+    """
+    if checks is None:
+        return None
+    require(isinstance(checks, Mapping), "checks", checks, "a mapping {restarts, steps, tolerance}, or null")
+    for key in checks:
+        require(key in CHECKS, "checks", key, f"one of the keys {', '.join(CHECKS)}")
+    out = CHECKS | dict(checks)
+    for key in ("restarts", "steps"):
+        require(isinstance(out[key], int) and out[key] >= 1, f"checks.{key}", out[key], "an integer >= 1")
+    tolerance = out["tolerance"]
+    require(
+        isinstance(tolerance, (int, float)) and 0 <= tolerance <= 1,
+        "checks.tolerance",
+        tolerance,
+        "a fraction in [0, 1]",
+    )
+    return out
+
+
+def _middle(values: Sequence[float]) -> float:
+    """The middle of the sorted ε list (the upper one of two middles): the checks' and the grid's ε."""
+    return sorted(values)[len(values) // 2]
+
+
+def _row(outcome: Outcome) -> dict[str, Any]:
+    """``correct``, ``total``, ``accuracy`` (a fraction) and its 95 % Wilson ``interval``."""
+    correct, total = int(outcome.correct.sum()), len(outcome.correct)
+    return {
+        "correct": correct,
+        "total": total,
+        "accuracy": correct / total,
+        "interval": list(wilson_interval(correct, total)),
+    }
+
+
+def _entry(spec: Attack, outcome: Outcome) -> dict[str, Any]:
+    """One attack at one ε for attack.json: its parameters, accuracy after each stage, and seconds."""
+    used: dict[str, Any] = {"attack": spec.name, "norm": spec.norm, "eps": spec.eps, "label": spec.label}
+    if spec.name == "pgd":
+        used |= {"steps": spec.steps, "restarts": spec.restarts, "alpha": spec.step_size * spec.eps / spec.steps}
+    total = len(outcome.correct)
+    stages = {name: n / total for name, n in zip(spec.stage_names, outcome.after_stage, strict=True)}
+    return used | _row(outcome) | {"after_stage": stages, "seconds": round(outcome.seconds, 2)}
+
+
+def masking_checks(
+    outcomes: dict[Attack, Outcome], pgd: Mapping[str, Any], checks: Mapping[str, Any], attack
+) -> list[dict]:
+    """The checks against gradient masking of Carlini et al. (2019, §5, "sanity checks"), each
+    ``{"name", "passed", "detail"}``; a failed one is a breach the report flags:
+
+    - ``eps_monotone``: each attack's robust accuracy never rises as ε grows;
+    - ``zero_at_eps_1``: PGD at L∞ ε = 1 (any image reachable) leaves no image correct;
+    - ``restarts``: PGD with ``checks.restarts`` nested restarts at each norm's middle ε: each restart
+      attacks only what the earlier left, so accuracy never rises, and its first equals the table's PGD
+      (with one restart there);
+    - ``steps``: PGD with ``checks.steps`` steps at each norm's middle ε is at most ``tolerance`` above
+      PGD with ``pgd.steps`` steps;
+    - ``autoattack_below_pgd``: AutoAttack's robust accuracy is at or below PGD's at every norm and ε.
+
+    ``attack(spec)`` runs one more attack (``Outcome``).
+    """
+    found: list[dict] = []
+    accuracy = {spec: float(o.correct.float().mean()) for spec, o in outcomes.items()}
+    for name in sorted({s.name for s in outcomes}):
+        for norm in sorted({s.norm for s in outcomes if s.name == name}):
+            curve = [
+                (s.eps, accuracy[s]) for s in sorted(outcomes, key=lambda s: s.eps) if (s.name, s.norm) == (name, norm)
+            ]
+            rises = [f"{a:.4f} at ε={e} > {b:.4f} at ε={d}" for (d, b), (e, a) in itertools.pairwise(curve) if a > b]
+            found.append(_check(f"eps_monotone {name} {norm}", not rises, "; ".join(rises) or "falls with ε"))
+    steps, step_size = pgd["steps"], pgd["step_size"]
+    everything = attack(Attack("pgd", "Linf", 1.0, steps, 1, step_size))
+    left = int(everything.correct.sum())
+    found.append(_check("zero_at_eps_1", left == 0, f"PGD-{steps} at L∞ ε=1 leaves {left} images correct"))
+    table = {(s.norm, s.eps): s for s in outcomes if s.name == "pgd"}
+    for norm in sorted({norm for norm, _ in table}):
+        middle = _middle([e for n, e in table if n == norm])
+        base = table[norm, middle]
+        restarted = attack(Attack("pgd", norm, middle, steps, checks["restarts"], step_size))
+        curve = restarted.after_stage
+        first_ok = base.restarts > 1 or curve[0] == int(outcomes[base].correct.sum())
+        detail = f"correct after each restart: {curve}; the table's PGD: {int(outcomes[base].correct.sum())}"
+        found.append(_check(f"restarts {norm} ε={middle:g}", curve == sorted(curve, reverse=True) and first_ok, detail))
+        longer = attack(Attack("pgd", norm, middle, checks["steps"], 1, step_size))
+        more, few = float(longer.correct.float().mean()), accuracy[base]
+        detail = f"PGD-{checks['steps']} {more:.4f} against PGD-{steps} {few:.4f} (tolerance {checks['tolerance']})"
+        found.append(_check(f"steps {norm} ε={middle:g}", more <= few + checks["tolerance"], detail))
+    for spec in outcomes:
+        twin = table.get((spec.norm, spec.eps))
+        if spec.name == "autoattack" and twin is not None:
+            aa, pg = accuracy[spec], accuracy[twin]
+            detail = f"AutoAttack {aa:.4f}, {twin.label} {pg:.4f}"
+            found.append(_check(f"autoattack_below_pgd {spec.norm} ε={spec.eps:g}", aa <= pg, detail))
+    return found
+
+
+def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
+    if not passed:
+        log.warning("gradient-masking check %s failed: %s", name, detail)
+    return {"name": name, "passed": bool(passed), "detail": detail}
+
+
+def _libraries() -> dict[str, str]:
+    return {name: version(name) for name in ("torchattacks", "torch")}
+
+
+def _run_training(config: Any) -> dict[str, Any] | None:
+    """The run's adversarial training (its ``module.adversary``), or ``None`` for standard training."""
+    adversary = OmegaConf.select(config, "module.adversary")
+    return OmegaConf.to_container(adversary, resolve=True) if adversary is not None else None
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """attack.md: clean and robust accuracy (%) with 95 % Wilson intervals, and the checks."""
+
+    def cell(row: dict[str, Any]) -> str:
+        low, high = row["interval"]
+        return f"{100 * row['accuracy']:.2f} ({100 * low:.1f}–{100 * high:.1f})"
+
+    training = result["run_training"]
+    trained = f"adversarially trained ({json.dumps(training)})" if training else "standard training"
+    lines = [
+        f"# Adversarial robustness: {result['run_dir']}",
+        "",
+        f"Weights {result['weights']} ({trained}); the first {result['images']} {result['dataset']} test images; "
+        f"seed {result['seed']}; torchattacks {result['library']['torchattacks']}. ε on the [0, 1] pixel scale, "
+        "before the run's normalisation.",
+        "",
+        f"- clean accuracy: {cell(result['clean'])} %",
+        "",
+        "| attack | norm | ε | robust accuracy % (95 % interval) | seconds |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for row in result["results"]:
+        lines.append(f"| {row['label']} | {row['norm']} | {row['eps']:g} | {cell(row)} | {row['seconds']:.1f} |")
+    if result["checks"]:
+        lines += ["", "Checks against gradient masking (docs/adversarial.md):", ""]
+        lines += [f"- {'ok' if c['passed'] else '**BREACH**'} {c['name']}: {c['detail']}" for c in result["checks"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(
+    result: dict[str, Any],
+    folder: Path,
+    clean: Outcome,
+    shown: dict[Attack, Outcome],
+    class_names: Sequence[str],
+    loggers: Sequence[Logger],
+) -> None:
+    """Writes attack.json, attack.md, the accuracy–ε curve and the examples' grid (of the attacks in
+    ``shown``) into ``folder``; ``loggers`` get the accuracies as ``attack/...`` scalars (fractions)
+    and, where they have ``log_image``, both figures."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomically(folder / JSON, json.dumps(result, indent=2) + "\n")
+    write_atomically(folder / MARKDOWN, markdown(result))
+    figures = {"attack/curve": attack_curve_figure(result["clean"], result["results"])}
+    labels = [f"{spec.label} ε={spec.eps:g}" for spec in shown]
+    figures["attack/examples"] = adversarial_examples_figure(
+        clean.adversarial,
+        clean.predicted,
+        [o.adversarial for o in shown.values()],
+        [o.predicted for o in shown.values()],
+        labels,
+        class_names,
+    )
+    for figure, name in zip(figures.values(), (CURVE, EXAMPLES), strict=True):
+        with atomic_file(folder / name) as file:
+            figure.savefig(file, format="png", dpi=110)
+    scalars = {f"attack/{r['attack']}/{r['norm']}/{r['eps']:g}": r["accuracy"] for r in result["results"]}
+    scalars["attack/clean_acc"] = result["clean"]["accuracy"]
+    for logger in loggers:
+        logger.log_metrics(scalars, step=0)
+        if hasattr(logger, "log_image"):
+            for key, figure in figures.items():
+                logger.log_image(key=key, images=[figure_to_array(figure)], step=0)
+        logger.save()
