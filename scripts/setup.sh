@@ -3,7 +3,8 @@
 #   1. the real FashionMNIST from the distribution's package dataset-fashion-mnist
 #      (skipped when /usr/share/datasets/fashion-mnist already has it);
 #   2. a virtual environment in .venv (Python 3.11: torch 2.14.1 wheels);
-#   3. this project, editable, with its test dependencies;
+#   3. this project, editable, with its test dependencies, and torchattacks (without its
+#      dependencies: see below);
 #   4. with --dev only: Debian's chromium and chromium-driver, for the test that drives the
 #      server's web page in a headless browser (skipped without them);
 #   5. with --cluster only: SLURM (slurmctld, slurmd, slurm-client, munge) and PostgreSQL, for
@@ -49,6 +50,10 @@ echo "setup: installing fmnist-lightning and its dependencies into .venv"
 extras=dev
 if $cluster; then extras=dev,cluster; fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$extras]"
+# torchattacks (fmnist-attack, experiment=adv_pgd and adv_trades) without its dependencies: its
+# 3.5.1 wheel pins requests~=2.25.1, which it never imports and which would downgrade the
+# requests that mkdocs-material and selenium need; the rest it needs (torch, numpy, scipy) is here.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "torchattacks==3.5.1"
 if $dev && ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing chromium and chromium-driver (--dev)"

@@ -225,3 +225,26 @@ def test_training_attacks_stay_in_the_ball(attacked, kind) -> None:
     loss, logits = adversary.loss(net, net, torch.nn.CrossEntropyLoss(), normalised, labels[:16])
     assert torch.isfinite(loss) and logits.shape == (16, 10) and net.training
     net.eval()
+
+
+@pytest.mark.slow  # three short trainings per experiment: about 10 s each
+@pytest.mark.parametrize("experiment", ["adv_pgd", "adv_trades"])
+def test_adversarial_training_resumes_bit_exactly(data_root: Path, tmp_path: Path, experiment: str) -> None:
+    """Two epochs at once, and one epoch then ``resume=`` to two: the same weights, the attacks' random
+    starts coming from the generator states the checkpoint keeps."""
+    args = [
+        f"experiment={experiment}", "model=two_conv_bn", "data.image_size=16", "trainer=cpu", "scheduler=none",
+        "trainer.precision=32-true", "trainer.deterministic=true", "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "module.adversary.steps=2", "logger=none",
+        "callbacks.progress_bar=null", f"data.root={data_root}",
+    ]  # fmt: skip
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    for folder, epochs in ((whole, 2), (part, 1)):
+        result = run_command("train.py", *args, f"trainer.max_epochs={epochs}", f"hydra.run.dir={folder}")
+        assert result.returncode == 0, result.stderr[-3000:]
+    result = run_command("train.py", f"resume={part}", "trainer.max_epochs=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = (torch.load(f / "net.pt", weights_only=True) for f in (whole, part))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    config = (whole / ".hydra" / "config.yaml").read_text()
+    assert "eps: 0.1" in config and f"adversarial.{'PGDTraining' if experiment == 'adv_pgd' else 'TRADES'}" in config

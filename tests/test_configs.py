@@ -51,8 +51,9 @@ GROUPS = [
 #: default suite, they are built): speedrun_91 is fast with CSV logging (test_own_experiments;
 #: the CSV logger: tests/test_loggers.py); the recipes' networks each take a forward and
 #: backward pass in tests/test_nets.py, their settings are checked by
-#: test_experiments_follow_their_recipes, and fast and speedrun_93 train in the default suite.
-TRAINS_AS_ANOTHER = ("speedrun_91", "recipe_000", "recipe_001", "recipe_002", "recipe_003", "recipe_004")
+#: test_experiments_follow_their_recipes, and fast and speedrun_93 train in the default suite;
+#: adv_trades is adv_pgd with TRADES' loss, which tests/test_attack.py runs.
+TRAINS_AS_ANOTHER = ("speedrun_91", "adv_trades", "recipe_000", "recipe_001", "recipe_002", "recipe_003", "recipe_004")
 
 
 @pytest.mark.parametrize(
@@ -272,11 +273,16 @@ def test_experiments_follow_their_recipes(make_cfg) -> None:
     assert (epochs["recipe_001"], epochs["recipe_002"], epochs["recipe_003"], epochs["recipe_004"]) == (10, 20, 10, 5)
 
 
+DEFAULT_NET = "fmnist_lightning.models.ThreeConvNet"
+
+
 def test_own_experiments(make_cfg) -> None:
     """experiment=best and experiment=fast: the settings docs/REPRODUCTION.md (best) and
     benchmarks/RESULTS.md (fast, "Time to accuracy") measured; the speedrun's recipes
     (docs/performance.md, "Speedrun")."""
     assert sorted(set(config_names("experiment")) - {f"recipe_00{i}" for i in range(5)}) == [
+        "adv_pgd",
+        "adv_trades",
         "best",
         "fast",
         "speedrun_91",
@@ -303,6 +309,15 @@ def test_own_experiments(make_cfg) -> None:
     loggers = composed["speedrun_91"].pop("logger"), composed["fast"].pop("logger")
     assert (list(loggers[0]), list(loggers[1])) == (["csv"], ["tensorboard"])
     assert composed["speedrun_91"] == composed["fast"]
+    # Adversarial training (docs/adversarial.md): the quick-start network against L∞ ε = 0.1.
+    for name, adversary in (("adv_pgd", "PGDTraining"), ("adv_trades", "TRADES")):
+        adv = make_cfg(f"experiment={name}")
+        assert adv.module._target_.endswith("AdversarialClassifier") and adv.module.adversary._target_.endswith(
+            adversary
+        )
+        assert (adv.module.adversary.eps, adv.module.adversary.steps, adv.model._target_) == (0.1, 10, DEFAULT_NET)
+        assert adv.module.adversary.normalize == adv.data.normalize and adv.trainer.max_epochs == 20
+    assert make_cfg("experiment=adv_trades").module.adversary.beta == 6.0
     sr93, sr94 = make_cfg("experiment=speedrun_93"), make_cfg("experiment=speedrun_94")
     assert list(sr93.model.widths) == [32, 64, 128] and sr93.model.convs_per_stage == 1 and sr93.model.flip_tta
     assert sr93.data.augment.flip.p == 0.5 and sr93.loss.label_smoothing == 0.1 and sr93.trainer.max_epochs == 5
