@@ -8,7 +8,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from fmnist_lightning.evaluation.attacks import (
     Outcome,
     PixelNetwork,
     check_attacks,
+    clean_outcome,
     run_attack,
     to_pixels,
 )
@@ -73,7 +74,7 @@ def evaluate_attacks(
 
     Returns:
         attack.json's contents: ``clean`` and each of ``results`` with ``correct``, ``total``,
-        ``accuracy`` (a fraction) and its Wilson ``interval``; ``checks`` and ``breaches``; what was used.
+        ``accuracy`` (a fraction) and its Wilson ``ci95``; ``checks`` and ``breaches``; what was used.
 
     Raises:
         ArgumentError: An unknown attack or norm, an ε out of range (an L∞ ε above 1 asks "ε/255?"),
@@ -85,7 +86,7 @@ def evaluate_attacks(
     eps = check_attacks(
         attacks, eps or {"Linf": [0.05, 0.1, 0.2]}, pgd["steps"], pgd["restarts"], pgd["step_size"], 784
     )
-    checks = _check_options(checks)
+    checks = _check_options(checks, pgd["steps"])
     require(limit is None or (isinstance(limit, int) and limit >= 1), "limit", limit, "an integer >= 1 or null (all)")
     require(isinstance(batch_size, int) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
     require(isinstance(seed, int) and seed >= 0, "seed", seed, "an integer >= 0")
@@ -108,13 +109,14 @@ def evaluate_attacks(
         )
         return outcome
 
-    clean = attack(Attack("fgsm", "Linf", 0.0), keep=GRID_IMAGES)  # ε = 0: the clean predictions
+    clean = clean_outcome(model, images, labels, batch_size, GRID_IMAGES)
+    log.info("clean: %.2f %% of %d test images", 100 * clean.correct.float().mean(), len(labels))
     specs = [
         Attack(name, norm, e, pgd["steps"], pgd["restarts"], pgd["step_size"])
-        for name in attacks
+        for name in dict.fromkeys(attacks)
         for norm, values in eps.items()
         if norm in ATTACKS[name]
-        for e in sorted(values)
+        for e in values
     ]
     outcomes = {spec: attack(spec, keep=GRID_IMAGES) for spec in specs}
     result = {"run_dir": str(run_dir), "weights": str(trained.weights), "dataset": datamodule.dataset.name}
@@ -132,11 +134,12 @@ def evaluate_attacks(
     return result
 
 
-def _check_options(checks: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def _check_options(checks: Mapping[str, Any] | None, pgd_steps: int) -> dict[str, Any] | None:
     """``checks`` over ``CHECKS``' defaults, checked.
 
     Raises:
-        ArgumentError: A key other than ``CHECKS``', ``restarts``/``steps`` < 1 or ``tolerance`` outside [0, 1].
+        ArgumentError: A key other than ``CHECKS``', ``restarts`` < 1, ``steps`` not above ``pgd_steps``, or
+            ``tolerance`` outside [0, 1].
     """
     if checks is None:
         return None
@@ -146,6 +149,7 @@ def _check_options(checks: Mapping[str, Any] | None) -> dict[str, Any] | None:
     out = CHECKS | dict(checks)
     for key in ("restarts", "steps"):
         require(isinstance(out[key], int) and out[key] >= 1, f"checks.{key}", out[key], "an integer >= 1")
+    require(out["steps"] > pgd_steps, "checks.steps", out["steps"], f"more than pgd.steps={pgd_steps}")
     tolerance = out["tolerance"]
     require(
         isinstance(tolerance, (int, float)) and 0 <= tolerance <= 1,
@@ -162,13 +166,13 @@ def _middle(values: Sequence[float]) -> float:
 
 
 def _row(outcome: Outcome) -> dict[str, Any]:
-    """``correct``, ``total``, ``accuracy`` (a fraction) and its 95 % Wilson ``interval``."""
+    """``correct``, ``total``, ``accuracy`` (a fraction) and its 95 % Wilson ``ci95``."""
     correct, total = int(outcome.correct.sum()), len(outcome.correct)
     return {
         "correct": correct,
         "total": total,
         "accuracy": correct / total,
-        "interval": list(wilson_interval(correct, total)),
+        "ci95": list(wilson_interval(correct, total)),
     }
 
 
@@ -183,54 +187,68 @@ def _entry(spec: Attack, outcome: Outcome) -> dict[str, Any]:
 
 
 def masking_checks(
-    outcomes: dict[Attack, Outcome], pgd: Mapping[str, Any], checks: Mapping[str, Any], attack
+    outcomes: dict[Attack, Outcome],
+    pgd: Mapping[str, Any],
+    checks: Mapping[str, Any],
+    attack: Callable[[Attack], Outcome],
 ) -> list[dict]:
-    """The checks against gradient masking of Carlini et al. (2019, §5, "sanity checks"), each
-    ``{"name", "passed", "detail"}``; a failed one is a breach the report flags:
+    """The checks against gradient masking of Carlini et al. (2019, arXiv:1902.06705, §5), each
+    ``{"name", "passed", "detail"}``; a failed one is a breach the report flags. ``attack(spec)`` runs
+    one more attack; ``tolerance`` is ``checks["tolerance"]``, a fraction of the images:
 
     - ``eps_monotone``: each attack's robust accuracy never rises as ε grows;
     - ``zero_at_eps_1``: PGD at L∞ ε = 1 (any image reachable) leaves no image correct;
-    - ``restarts``: PGD with ``checks.restarts`` nested restarts at each norm's middle ε: each restart
-      attacks only what the earlier left, so accuracy never rises, and its first equals the table's PGD
-      (with one restart there);
-    - ``steps``: PGD with ``checks.steps`` steps at each norm's middle ε is at most ``tolerance`` above
-      PGD with ``pgd.steps`` steps;
-    - ``autoattack_below_pgd``: AutoAttack's robust accuracy is at or below PGD's at every norm and ε.
-
-    ``attack(spec)`` runs one more attack (``Outcome``).
+    - ``restarts``: at each norm's middle ε, PGD with ``checks.restarts`` nested restarts (each attacks what
+      the earlier left) never rises from one restart to the next, and its first restart is the table's PGD
+      (the same seeds: a difference means the attack is not deterministic); the detail gives the drop;
+    - ``steps``: at each norm's middle ε, PGD with ``checks.steps`` steps is at most ``tolerance`` above
+      PGD with ``pgd.steps`` (the detail gives the difference: a large drop means PGD had not converged);
+    - ``pgd_below_fgsm``: PGD, iterative, is at or below FGSM, one step, at every L∞ ε;
+    - ``autoattack_below_pgd``: AutoAttack is at or below PGD at every norm and ε.
     """
-    found: list[dict] = []
     accuracy = {spec: float(o.correct.float().mean()) for spec, o in outcomes.items()}
-    for name in sorted({s.name for s in outcomes}):
-        for norm in sorted({s.norm for s in outcomes if s.name == name}):
-            curve = [
-                (s.eps, accuracy[s]) for s in sorted(outcomes, key=lambda s: s.eps) if (s.name, s.norm) == (name, norm)
-            ]
-            rises = [f"{a:.4f} at ε={e} > {b:.4f} at ε={d}" for (d, b), (e, a) in itertools.pairwise(curve) if a > b]
-            found.append(_check(f"eps_monotone {name} {norm}", not rises, "; ".join(rises) or "falls with ε"))
+    found = _eps_monotone(accuracy)
     steps, step_size = pgd["steps"], pgd["step_size"]
-    everything = attack(Attack("pgd", "Linf", 1.0, steps, 1, step_size))
-    left = int(everything.correct.sum())
+    left = int(attack(Attack("pgd", "Linf", 1.0, steps, 1, step_size)).correct.sum())
     found.append(_check("zero_at_eps_1", left == 0, f"PGD-{steps} at L∞ ε=1 leaves {left} images correct"))
     table = {(s.norm, s.eps): s for s in outcomes if s.name == "pgd"}
+    tolerance = checks["tolerance"]
     for norm in sorted({norm for norm, _ in table}):
         middle = _middle([e for n, e in table if n == norm])
-        base = table[norm, middle]
-        restarted = attack(Attack("pgd", norm, middle, steps, checks["restarts"], step_size))
-        curve = restarted.after_stage
-        first_ok = base.restarts > 1 or curve[0] == int(outcomes[base].correct.sum())
-        detail = f"correct after each restart: {curve}; the table's PGD: {int(outcomes[base].correct.sum())}"
-        found.append(_check(f"restarts {norm} ε={middle:g}", curve == sorted(curve, reverse=True) and first_ok, detail))
-        longer = attack(Attack("pgd", norm, middle, checks["steps"], 1, step_size))
-        more, few = float(longer.correct.float().mean()), accuracy[base]
-        detail = f"PGD-{checks['steps']} {more:.4f} against PGD-{steps} {few:.4f} (tolerance {checks['tolerance']})"
-        found.append(_check(f"steps {norm} ε={middle:g}", more <= few + checks["tolerance"], detail))
-    for spec in outcomes:
-        twin = table.get((spec.norm, spec.eps))
-        if spec.name == "autoattack" and twin is not None:
-            aa, pg = accuracy[spec], accuracy[twin]
-            detail = f"AutoAttack {aa:.4f}, {twin.label} {pg:.4f}"
-            found.append(_check(f"autoattack_below_pgd {spec.norm} ε={spec.eps:g}", aa <= pg, detail))
+        base, total = table[norm, middle], len(outcomes[table[norm, middle]].correct)
+        curve = [
+            n / total for n in attack(Attack("pgd", norm, middle, steps, checks["restarts"], step_size)).after_stage
+        ]
+        detail = f"accuracy after each restart {[round(a, 4) for a in curve]} (the table's: {accuracy[base]:.4f})"
+        nested = curve == sorted(curve, reverse=True) and (base.restarts > 1 or curve[0] == accuracy[base])
+        found.append(_check(f"restarts {norm} ε={middle:g}", nested, detail))
+        longer = float(attack(Attack("pgd", norm, middle, checks["steps"], 1, step_size)).correct.float().mean())
+        detail = f"PGD-{checks['steps']} {longer:.4f} against PGD-{steps} {accuracy[base]:.4f} (tolerance {tolerance})"
+        found.append(_check(f"steps {norm} ε={middle:g}", longer <= accuracy[base] + tolerance, detail))
+    found += _ordered(accuracy, "pgd", "fgsm") + _ordered(accuracy, "autoattack", "pgd")
+    return found
+
+
+def _eps_monotone(accuracy: dict[Attack, float]) -> list[dict]:
+    """``eps_monotone <attack> <norm>``: robust accuracy never rises with ε."""
+    found = []
+    for name, norm in sorted({(s.name, s.norm) for s in accuracy}):
+        curve = sorted((s.eps, a) for s, a in accuracy.items() if (s.name, s.norm) == (name, norm))
+        rises = [f"{a:.4f} at ε={e:g} > {b:.4f} at ε={d:g}" for (d, b), (e, a) in itertools.pairwise(curve) if a > b]
+        found.append(_check(f"eps_monotone {name} {norm}", not rises, "; ".join(rises) or "falls with ε"))
+    return found
+
+
+def _ordered(accuracy: dict[Attack, float], stronger: str, weaker: str) -> list[dict]:
+    """``<stronger>_below_<weaker> <norm> ε=<ε>`` wherever both attacks ran at that norm and ε."""
+    found = []
+    for spec, value in accuracy.items():
+        twin = next((s for s in accuracy if (s.name, s.norm, s.eps) == (weaker, spec.norm, spec.eps)), None)
+        if spec.name == stronger and twin is not None:
+            detail = f"{spec.label} {value:.4f}, {twin.label} {accuracy[twin]:.4f}"
+            found.append(
+                _check(f"{stronger}_below_{weaker} {spec.norm} ε={spec.eps:g}", value <= accuracy[twin], detail)
+            )
     return found
 
 
@@ -254,7 +272,7 @@ def markdown(result: dict[str, Any]) -> str:
     """attack.md: clean and robust accuracy (%) with 95 % Wilson intervals, and the checks."""
 
     def cell(row: dict[str, Any]) -> str:
-        low, high = row["interval"]
+        low, high = row["ci95"]
         return f"{100 * row['accuracy']:.2f} ({100 * low:.1f}–{100 * high:.1f})"
 
     training = result["run_training"]

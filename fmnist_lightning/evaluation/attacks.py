@@ -4,7 +4,6 @@ library's attacks on the images still classified correctly."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,23 +14,24 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from fmnist_lightning.errors import require
-from fmnist_lightning.models.adversarial import check_eps, torchattacks
+from fmnist_lightning.models.adversarial import check_eps, check_step_size, torchattacks
 
 #: The attacks of ``fmnist-attack``, and the norms each supports.
 ATTACKS = {"fgsm": ("Linf",), "pgd": ("Linf", "L2"), "autoattack": ("Linf", "L2")}
 
 
 def check_eps_lists(eps: Mapping[str, Sequence[float]], pixels: int) -> dict[str, list[float]]:
-    """``{norm: [ε, ...]}`` as floats, each list checked by ``models.adversarial.check_eps``.
+    """``{norm: [ε, ...]}`` as sorted floats without repeats, each list checked by ``models.adversarial.check_eps``.
 
     Raises:
         ArgumentError: Not a mapping, an unknown norm, or an ε out of range.
     """
     require(isinstance(eps, Mapping), "eps", eps, "a mapping {Linf: [...], L2: [...]} of ε lists")
-    return {
+    checked = {
         norm: check_eps(f"eps.{norm}", norm, [v] if isinstance(v, (int, float)) else v, pixels)
         for norm, v in eps.items()
     }
+    return {norm: sorted(set(values)) for norm, values in checked.items()}
 
 
 class PixelNetwork(nn.Module):
@@ -85,8 +85,9 @@ class Attack:
         restarts = f" ×{self.restarts}" if self.name == "pgd" and self.restarts > 1 else ""
         return f"{kind}{restarts} {'L∞' if self.norm == 'Linf' else 'L2'}"
 
-    def stages(self, model: nn.Module, seed: int, num_classes: int) -> list[Any]:
-        """The library's attacks of ``model`` (an ``nn.Module`` on [0, 1] images), one per stage.
+    def stages(self, model: nn.Module, seeds: Sequence[int], num_classes: int) -> list[Any]:
+        """The library's attacks of ``model`` (an ``nn.Module`` on [0, 1] images), one per stage; AutoAttack's
+        four take ``seeds[i]`` (they reseed torch's generators themselves).
 
         PGD's step is ``step_size · eps / steps``, with a uniform random start. AutoAttack's standard
         version is composed from the library's parts with the parameters of the reference
@@ -104,12 +105,12 @@ class Attack:
             return [
                 cls(model, eps=self.eps, alpha=alpha, steps=self.steps, random_start=True) for _ in range(self.restarts)
             ]
-        common = {"norm": self.norm, "eps": self.eps, "seed": seed, "n_restarts": 1}
+        common = {"norm": self.norm, "eps": self.eps, "n_restarts": 1}
         return [
-            ta.APGD(model, steps=100, loss="ce", **common),
-            ta.APGDT(model, steps=100, n_classes=num_classes, **common),
-            ta.FAB(model, steps=100, multi_targeted=True, n_classes=num_classes, **common),
-            ta.Square(model, n_queries=5000, p_init=0.8, resc_schedule=False, **common),
+            ta.APGD(model, steps=100, loss="ce", seed=seeds[0], **common),
+            ta.APGDT(model, steps=100, n_classes=num_classes, seed=seeds[1], **common),
+            ta.FAB(model, steps=100, multi_targeted=True, n_classes=num_classes, seed=seeds[2], **common),
+            ta.Square(model, n_queries=5000, p_init=0.8, resc_schedule=False, seed=seeds[3], **common),
         ]
 
 
@@ -161,6 +162,13 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Te
     return torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
 
 
+@torch.no_grad()
+def clean_outcome(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int, keep: int) -> Outcome:
+    """The unattacked images as an ``Outcome``: which are correct, and the first ``keep`` with their predictions."""
+    predicted = predict(model, images, batch_size)
+    return Outcome((predicted == labels).cpu(), images[:keep].cpu(), predicted[:keep].cpu(), [])
+
+
 def run_attack(
     attack: Attack,
     model: nn.Module,
@@ -174,7 +182,7 @@ def run_attack(
 ) -> Outcome:
     """Runs ``attack`` on float ``(N, 1, H, W)`` [0, 1] ``images`` with int64 ``(N,)`` ``labels``, in
     batches: each stage attacks only the images every earlier one left classified correctly, with
-    torch's generator seeded by ``stage_seed`` (the caller's generator is left as it was), and an
+    torch's generator seeded by ``stage_seed`` (the caller's generators are left as they were), and an
     image counts as robust when no stage changed its prediction away from the label. Images the
     network gets wrong unattacked are not attacked and count as wrong; at ε = 0 no stage runs.
 
@@ -191,11 +199,13 @@ def run_attack(
     for batch, start in enumerate(range(0, len(labels), batch_size)):
         x, y = images[start : start + batch_size], labels[start : start + batch_size]
         adversarial, alive = x.clone(), predict(model, x, batch_size) == y
-        for stage, library_attack in enumerate(attack.stages(model, stage_seed(seed, batch, 0), num_classes)):
+        seeds = [stage_seed(seed, batch, stage) for stage in range(len(attack.stage_names))]
+        devices = [x.device] if x.device.type == "cuda" else []  # the library reseeds CUDA's generator too
+        for stage, library_attack in enumerate(attack.stages(model, seeds, num_classes)):
             index = alive.nonzero().squeeze(1)
             if len(index) and attack.eps > 0:  # ε = 0 leaves the images (PGD-L2 would divide 0 by 0)
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(stage_seed(seed, batch, stage))
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(seeds[stage])
                     found = library_attack(x[index], y[index]).detach()
                 check_threat_model(attack, attack.stage_names[stage], x[index], found)
                 fooled = predict(model, found, batch_size) != y[index]
@@ -224,15 +234,15 @@ def check_attacks(
 
     Raises:
         ArgumentError: An unknown attack, an ε out of range, or ``steps``/``restarts`` < 1 or
-            ``step_size`` <= 0.
+            ``step_size`` not a finite number > 0.
     """
-    require(isinstance(attacks, Sequence) and not isinstance(attacks, str) and attacks, "attacks", attacks, "a list")
+    ok = isinstance(attacks, Sequence) and not isinstance(attacks, str) and len(attacks) > 0
+    require(ok, "attacks", attacks, f"a non-empty list of {', '.join(ATTACKS)}")
     for name in attacks:
         require(name in ATTACKS, "attacks", name, f"one of {', '.join(ATTACKS)}")
     require(isinstance(steps, int) and steps >= 1, "pgd.steps", steps, "an integer >= 1")
     require(isinstance(restarts, int) and restarts >= 1, "pgd.restarts", restarts, "an integer >= 1")
-    ok = isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0
-    require(ok, "pgd.step_size", step_size, "a number > 0 (the step as a multiple of eps / steps)")
+    check_step_size("pgd.step_size", step_size)
     checked = check_eps_lists(eps, pixels)
     usable = any(norm in ATTACKS[name] and values for name in attacks for norm, values in checked.items())
     require(

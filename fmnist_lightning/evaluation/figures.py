@@ -313,7 +313,7 @@ def attack_curve_figure(clean: dict, results: Sequence[dict]) -> Figure:
             rows = [clean | {"eps": 0.0}, *sorted((r for r in results if r["label"] == label), key=lambda r: r["eps"])]
             eps = [r["eps"] for r in rows]
             accuracy = np.array([100 * r["accuracy"] for r in rows])
-            low, high = (np.array([100 * r["interval"][i] for r in rows]) for i in (0, 1))
+            low, high = (np.array([100 * r["ci95"][i] for r in rows]) for i in (0, 1))
             yerr = np.maximum([accuracy - low, high - accuracy], 0)  # rounding: a Wilson bound a hair past the value
             ax.errorbar(eps, accuracy, yerr=yerr, marker="o", capsize=3, label=label)
         ax.set(

@@ -60,12 +60,18 @@ def check_eps(argument: str, norm: str, values: Sequence[Any], pixels: int = 784
     return [float(v) for v in values]
 
 
+def check_step_size(argument: str, step_size: Any) -> None:
+    """Raises ``ArgumentError`` unless ``step_size`` (a step as a multiple of eps / steps) is a finite number > 0."""
+    ok = isinstance(step_size, (int, float)) and not isinstance(step_size, bool) and math.isfinite(step_size)
+    require(ok and step_size > 0, argument, step_size, "a finite number > 0 (the step as a multiple of eps / steps)")
+
+
 class Adversary:
     """An L∞ attack inside training steps, on batches normalised with ``normalize``: torchattacks undoes
     the normalisation, attacks on the [0, 1] scale and normalises the result
     (``Attack.set_normalization_used``), with the network in eval mode while it attacks (the library's
-    default). Its random starts draw from torch's generator, which checkpoints save, so a resumed run
-    draws what an unstopped one would.
+    default), in float32 under any autocast. Its random starts draw from torch's generator, which
+    checkpoints save, so a resumed run draws what an unstopped one would.
 
     Args:
         eps: The L∞ bound on the [0, 1] pixel scale (0.1: the usual FashionMNIST budget).
@@ -74,7 +80,7 @@ class Adversary:
         normalize: The data's ``{"mean", "std"}`` (``${data.normalize}``), or ``None`` for unnormalised batches.
 
     Raises:
-        ArgumentError: ``eps`` outside [0, 1], ``steps`` < 1 or ``step_size`` <= 0.
+        ArgumentError: ``eps`` outside [0, 1], ``steps`` < 1 or ``step_size`` not a finite number > 0.
     """
 
     def __init__(
@@ -82,16 +88,23 @@ class Adversary:
     ) -> None:
         self.eps = check_eps("eps", "Linf", [eps])[0]
         require(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer >= 1")
-        require(step_size > 0, "step_size", step_size, "a number > 0 (the step as a multiple of eps / steps)")
+        check_step_size("step_size", step_size)
         self.steps, self.alpha = steps, step_size * self.eps / steps
         self.normalize = dict(normalize) if normalize else None
 
-    def attack(self, kind: Callable[..., Any], net: nn.Module) -> Any:
-        """The library attack ``kind`` (e.g. ``torchattacks.PGD``) of ``net``, on normalised batches."""
+    def attack(self, kind: Callable[..., Any], net: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The library attack ``kind`` (e.g. ``torchattacks.PGD``) of ``net`` on normalised batches, run in
+        float32 whatever the trainer's autocast: in bf16, TRADES' first KL divergence (a 0.001 noise)
+        rounds to zero and its attack would not move."""
         attack = kind(net, eps=self.eps, alpha=self.alpha, steps=self.steps)
         if self.normalize:
             attack.set_normalization_used(mean=[self.normalize["mean"]], std=[self.normalize["std"]])
-        return attack
+
+        def run(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(images.device.type, enabled=False):
+                return attack(images.float(), labels)
+
+        return run
 
     def loss(
         self, forward: nn.Module, net: nn.Module, criterion: nn.Module, images: torch.Tensor, labels: torch.Tensor
@@ -129,7 +142,8 @@ class TRADES(Adversary):
 
     def __init__(self, beta: float = 6.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        require(beta >= 0, "beta", beta, "a number >= 0 (the weight of the robust KL term)")
+        ok = isinstance(beta, (int, float)) and not isinstance(beta, bool) and math.isfinite(beta) and beta >= 0
+        require(ok, "beta", beta, "a finite number >= 0 (the weight of the robust KL term)")
         self.beta = float(beta)
 
     def loss(self, forward, net, criterion, images, labels):
@@ -158,6 +172,10 @@ class AdversarialClassifier(FashionMNISTClassifier):
         super().__init__(*args, **kwargs)
         require(self.mix is None, "mix", self.hparams.mix, "none (mix=none): adversarial training attacks hard labels")
         self.adversary: Adversary = build_part("module.adversary", adversary)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            torchattacks()  # missing: one clear line before the first epoch, not at its first step
 
     def training_loss(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.adversary.loss(self, self.net, self.train_criterion, images, target)
