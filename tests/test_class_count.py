@@ -133,3 +133,13 @@ def test_evaluate_export_compare_and_robustness_keep_5_classes(run5: Path, digit
     assert result.returncode == 0, result.stderr[-3000:]
     robustness = json.loads((tmp_path / "rob" / "robustness.json").read_text())
     assert 0 < robustness["clean_accuracy"] <= 1
+
+    # AutoAttack's targeted attacks aim at the other 4 classes (APGD-T, FAB-T: n_classes - 1 targets).
+    out = tmp_path / "attack"
+    result = run_command(
+        "attack.py", f"run_dir={run5}", "device=cpu", "limit=8", "attacks=[autoattack]", "eps.Linf=[0.3]",
+        "eps.L2=[]", "checks=null", f"hydra.run.dir={out}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    attacked = json.loads((out / "attack.json").read_text())
+    assert attacked["results"][0]["accuracy"] <= attacked["clean"]["accuracy"]

@@ -1,9 +1,8 @@
 """One end-to-end test per command as a new process, as a user runs it: ``train`` and
 ``resume=`` through the clone's ``python train.py``, ``fmnist-evaluate``, ``fmnist-predict``,
-``fmnist-summarize``, ``fmnist-export``, ``fmnist-serve``, ``fmnist-compare``, ``fmnist-ood`` and
-``fmnist-explain`` through their console scripts (``fmnist-robustness`` runs as a process in
-tests/test_robustness.py), and
-``python -m fmnist_lightning.cli.<command>``.
+``fmnist-summarize``, ``fmnist-export``, ``fmnist-serve``, ``fmnist-compare``, ``fmnist-ood``,
+``fmnist-explain`` and ``fmnist-attack`` through their console scripts (``fmnist-robustness``
+runs as a process in tests/test_robustness.py), and ``python -m fmnist_lightning.cli.<command>``.
 
 Each runs the command once as it should work (exit status 0, what it writes) and once with a
 bad input (exit status 1, one ``error:`` line saying what to fix, no traceback). Every other
@@ -104,6 +103,14 @@ def test_explain(run_copy: Path, tmp_path: Path) -> None:
     succeeded(result)
     assert result.stdout.startswith("test_0: ") and (tmp_path / "explain" / "maps.npy").is_file()
     refused(run_script("fmnist-explain", *common, "method=lime", f"hydra.run.dir={tmp_path / 'x'}"), "method='lime'")
+
+
+def test_attack(run_copy: Path, tmp_path: Path) -> None:
+    common = [f"run_dir={run_copy}", "device=cpu", "limit=16", "attacks=[fgsm]", "eps.Linf=[0.1]", "eps.L2=[]"]
+    result = run_script("fmnist-attack", *common, "checks=null", f"hydra.run.dir={tmp_path / 'attack'}")
+    succeeded(result)
+    assert "FGSM L∞ ε=0.1: robust accuracy" in result.stdout and (tmp_path / "attack" / "attack.json").is_file()
+    refused(run_script("fmnist-attack", *common, "eps.Linf=[8]", f"hydra.run.dir={tmp_path / 'x'}"), "ε/255?")
 
 
 def test_summarize(data_root: Path, tmp_path: Path) -> None:

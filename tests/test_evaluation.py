@@ -66,7 +66,7 @@ def test_checkpoint_that_does_not_fit_is_refused(trained_run: Path, tmp_path: Pa
     assert result.returncode == 1 and "do not fit" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("command", ["evaluate.py", "ood.py", "robustness.py", "explain.py"])
+@pytest.mark.parametrize("command", ["evaluate.py", "ood.py", "robustness.py", "explain.py", "attack.py"])
 def test_a_data_root_that_does_not_exist_is_one_error_line(trained_run: Path, tmp_path: Path, command: str) -> None:
     """Every command that reads a run's test split refuses a bad data_root with one line (not
     Hydra's instantiation error), before any image is read."""

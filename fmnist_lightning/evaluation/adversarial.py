@@ -20,6 +20,7 @@ from fmnist_lightning.artifacts import atomic_file, write_atomically
 from fmnist_lightning.errors import require
 from fmnist_lightning.evaluation.attacks import (
     ATTACKS,
+    AUTOATTACK,
     Attack,
     Outcome,
     PixelNetwork,
@@ -181,6 +182,8 @@ def _entry(spec: Attack, outcome: Outcome) -> dict[str, Any]:
     used: dict[str, Any] = {"attack": spec.name, "norm": spec.norm, "eps": spec.eps, "label": spec.label}
     if spec.name == "pgd":
         used |= {"steps": spec.steps, "restarts": spec.restarts, "alpha": spec.step_size * spec.eps / spec.steps}
+    if spec.name == "autoattack":
+        used |= AUTOATTACK
     total = len(outcome.correct)
     stages = {name: n / total for name, n in zip(spec.stage_names, outcome.after_stage, strict=True)}
     return used | _row(outcome) | {"after_stage": stages, "seconds": round(outcome.seconds, 2)}

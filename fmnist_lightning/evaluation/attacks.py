@@ -18,6 +18,10 @@ from fmnist_lightning.models.adversarial import check_eps, check_step_size, torc
 
 #: The attacks of ``fmnist-attack``, and the norms each supports.
 ATTACKS = {"fgsm": ("Linf",), "pgd": ("Linf", "L2"), "autoattack": ("Linf", "L2")}
+#: AutoAttack's standard version as the reference implementation runs it (fra31/auto-attack,
+#: ``version='standard'``): iterations of APGD-CE, APGD-T and FAB-T, Square's queries, restarts;
+#: APGD-T and FAB-T aim at every class but the true one (9 on FashionMNIST).
+AUTOATTACK = {"version": "standard", "iterations": 100, "square_queries": 5000, "restarts": 1}
 
 
 def check_eps_lists(eps: Mapping[str, Sequence[float]], pixels: int) -> dict[str, list[float]]:
@@ -105,12 +109,21 @@ class Attack:
             return [
                 cls(model, eps=self.eps, alpha=alpha, steps=self.steps, random_start=True) for _ in range(self.restarts)
             ]
-        common = {"norm": self.norm, "eps": self.eps, "n_restarts": 1}
+        common = {"norm": self.norm, "eps": self.eps, "n_restarts": AUTOATTACK["restarts"]}
         return [
-            ta.APGD(model, steps=100, loss="ce", seed=seeds[0], **common),
-            ta.APGDT(model, steps=100, n_classes=num_classes, seed=seeds[1], **common),
-            ta.FAB(model, steps=100, multi_targeted=True, n_classes=num_classes, seed=seeds[2], **common),
-            ta.Square(model, n_queries=5000, p_init=0.8, resc_schedule=False, seed=seeds[3], **common),
+            ta.APGD(model, steps=AUTOATTACK["iterations"], loss="ce", seed=seeds[0], **common),
+            ta.APGDT(model, steps=AUTOATTACK["iterations"], n_classes=num_classes, seed=seeds[1], **common),
+            ta.FAB(
+                model,
+                steps=AUTOATTACK["iterations"],
+                multi_targeted=True,
+                n_classes=num_classes,
+                seed=seeds[2],
+                **common,
+            ),
+            ta.Square(
+                model, n_queries=AUTOATTACK["square_queries"], p_init=0.8, resc_schedule=False, seed=seeds[3], **common
+            ),
         ]
 
 
