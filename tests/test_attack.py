@@ -198,6 +198,7 @@ def test_images_outside_the_threat_model_are_refused() -> None:
         (["attacks=[fgsm]", "eps.Linf=[]"], "no attack has an ε"),
         (["limit=0"], "limit=0"),
         (["+checks.restart=3"], "checks='restart'"),
+        (["pgd.steps=40", "checks.steps=40"], "checks.steps=40: more than pgd.steps=40"),
     ],
 )
 def test_command_refuses_bad_options(trained_run: Path, tmp_path: Path, args: list[str], words: str) -> None:

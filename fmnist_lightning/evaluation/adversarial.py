@@ -40,7 +40,9 @@ JSON, MARKDOWN, CURVE, EXAMPLES = "attack.json", "attack.md", "attack_curve.png"
 #: The gradient-masking checks' defaults (Carlini et al., 2019, "On Evaluating Adversarial Robustness",
 #: arXiv:1902.06705, §5): PGD restarts and steps at each norm's middle ε, and how far (a fraction of
 #: the images) more steps may raise robust accuracy before it is flagged.
-CHECKS = {"restarts": 5, "steps": 100, "tolerance": 0.01}
+CHECKS = {"restarts": 5, "steps": None, "tolerance": 0.01}
+#: PGD's steps in the steps check when ``checks.steps`` is ``None``: this many times ``pgd.steps``.
+MORE_STEPS = 5
 #: Images shown in the grid of adversarial examples.
 GRID_IMAGES = 8
 
@@ -136,7 +138,7 @@ def evaluate_attacks(
 
 
 def _check_options(checks: Mapping[str, Any] | None, pgd_steps: int) -> dict[str, Any] | None:
-    """``checks`` over ``CHECKS``' defaults, checked.
+    """``checks`` over ``CHECKS``' defaults, checked; ``steps: None`` becomes ``MORE_STEPS × pgd_steps``.
 
     Raises:
         ArgumentError: A key other than ``CHECKS``', ``restarts`` < 1, ``steps`` not above ``pgd_steps``, or
@@ -148,6 +150,8 @@ def _check_options(checks: Mapping[str, Any] | None, pgd_steps: int) -> dict[str
     for key in checks:
         require(key in CHECKS, "checks", key, f"one of the keys {', '.join(CHECKS)}")
     out = CHECKS | dict(checks)
+    if out["steps"] is None:
+        out["steps"] = MORE_STEPS * pgd_steps
     for key in ("restarts", "steps"):
         require(isinstance(out[key], int) and out[key] >= 1, f"checks.{key}", out[key], "an integer >= 1")
     require(out["steps"] > pgd_steps, "checks.steps", out["steps"], f"more than pgd.steps={pgd_steps}")
