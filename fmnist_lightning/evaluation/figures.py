@@ -337,19 +337,18 @@ def adversarial_examples_figure(
     ``(K, 1, H, W)`` on the [0, 1] scale), each titled with its prediction (int64 ``(K,)``), red where
     the prediction differs from the clean one."""
     rows, columns = len(clean), 1 + len(adversarial)
-    fig = Figure(figsize=(1.9 * columns, 1.9 * rows + 0.6))
+    height = 1.9 * rows + 1.2
+    fig = Figure(figsize=(1.9 * columns, height))
     axes = fig.subplots(max(rows, 1), columns, squeeze=False)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.9 / fig.get_figheight(), wspace=0.1, hspace=0.45)
-    for j, heading in enumerate(["clean", *titles]):
-        axes[0, j].annotate(heading, (0.5, 1.45), xycoords="axes fraction", ha="center", fontsize=9, weight="bold")
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 1.0 / height, wspace=0.1, hspace=0.45)
+    headings = ["clean", *titles]
     for i in range(rows):
         for j, (images, classes) in enumerate(zip([clean, *adversarial], [clean_predicted, *predicted], strict=True)):
             ax = axes[i, j]
             ax.set_axis_off()
             ax.imshow(images[i].reshape(images.shape[-2:]).float().numpy(), cmap="gray", vmin=0, vmax=1)
             changed = int(classes[i]) != int(clean_predicted[i])
-            ax.set_title(class_names[int(classes[i])], fontsize=8, color="C3" if changed else "black")
-    fig.suptitle(
-        "Adversarial examples: predictions (red: changed by the attack)", y=1 - 0.1 / fig.get_figheight(), va="top"
-    )
+            title = class_names[int(classes[i])] if i else f"{headings[j]}\n{class_names[int(classes[i])]}"
+            ax.set_title(title, fontsize=8, color="C3" if changed else "black")
+    fig.suptitle("Adversarial examples: predictions (red: changed by the attack)", y=1 - 0.12 / height, va="top")
     return fig
