@@ -151,6 +151,7 @@ def test_bad_eps_is_refused(norm: str, values, words: str) -> None:
         check_eps("eps", norm, values)
 
 
+@pytest.mark.slow  # about 5 s: every check's extra attacks, both figures and TensorBoard
 def test_command_writes_its_results_and_checks(trained_run: Path, tmp_path: Path) -> None:
     """The command in the test process on 64 images, FGSM and PGD: its files, ε = 0.1 robust accuracy
     ordered clean ≥ FGSM ≥ PGD inside its interval, every check passing, and the scalars in TensorBoard."""

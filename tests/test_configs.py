@@ -52,8 +52,18 @@ GROUPS = [
 #: the CSV logger: tests/test_loggers.py); the recipes' networks each take a forward and
 #: backward pass in tests/test_nets.py, their settings are checked by
 #: test_experiments_follow_their_recipes, and fast and speedrun_93 train in the default suite;
-#: adv_trades is adv_pgd with TRADES' loss, which tests/test_attack.py runs.
-TRAINS_AS_ANOTHER = ("speedrun_91", "adv_trades", "recipe_000", "recipe_001", "recipe_002", "recipe_003", "recipe_004")
+#: adv_pgd and adv_trades are the quick-start network with an adversary, whose losses
+#: tests/test_attack.py runs in the default suite (and their training, resumed, in the slow one).
+TRAINS_AS_ANOTHER = (
+    "speedrun_91",
+    "adv_pgd",
+    "adv_trades",
+    "recipe_000",
+    "recipe_001",
+    "recipe_002",
+    "recipe_003",
+    "recipe_004",
+)
 
 
 @pytest.mark.parametrize(
