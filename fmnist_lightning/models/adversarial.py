@@ -134,7 +134,7 @@ class TRADES(Adversary):
 
     Args:
         beta: The weight of the robust term (1/λ in the paper; 6.0 its CIFAR-10 choice).
-        eps, steps, step_size, normalize: As ``Adversary``'s.
+        **kwargs: ``Adversary``'s arguments: ``eps``, ``steps``, ``step_size``, ``normalize``.
 
     Raises:
         ArgumentError: ``beta`` < 0, or as ``Adversary``.
@@ -161,7 +161,8 @@ class AdversarialClassifier(FashionMNISTClassifier):
     Args:
         adversary: Config of an ``Adversary`` (``PGDTraining`` or ``TRADES``), e.g.
             ``{"_target_": "fmnist_lightning.models.adversarial.PGDTraining", "eps": 0.1}``.
-        *args, **kwargs: ``FashionMNISTClassifier``'s.
+        *args: ``FashionMNISTClassifier``'s positional arguments.
+        **kwargs: ``FashionMNISTClassifier``'s keyword arguments.
 
     Raises:
         ArgumentError: ``mix`` is set: the attacks need hard labels.
