@@ -9,10 +9,12 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 
@@ -30,7 +32,7 @@ from fmnist_lightning.evaluation.attacks import (
     to_pixels,
 )
 from fmnist_lightning.evaluation.figures import adversarial_examples_figure, attack_curve_figure, figure_to_array
-from fmnist_lightning.evaluation.runs import build_datamodule, load_trained
+from fmnist_lightning.evaluation.runs import TrainedModel, build_datamodule, load_trained
 from fmnist_lightning.evaluation.statistics import wilson_interval
 
 log = logging.getLogger(__name__)
@@ -85,7 +87,7 @@ def evaluate_attacks(
         UserError: torchattacks is not installed.
         RunError: No such run or weights. DatasetError: The test files are missing or corrupt.
     """
-    pgd = {"steps": 20, "restarts": 1, "step_size": 2.5} | dict(pgd or {})
+    pgd = {f.name: f.default for f in fields(Attack) if f.name in ("steps", "restarts", "step_size")} | dict(pgd or {})
     eps = check_attacks(
         attacks, eps or {"Linf": [0.05, 0.1, 0.2]}, pgd["steps"], pgd["restarts"], pgd["step_size"], 784
     )
@@ -94,11 +96,7 @@ def evaluate_attacks(
     require(isinstance(batch_size, int) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
     require(isinstance(seed, int) and seed >= 0, "seed", seed, "an integer >= 0")
     trained = load_trained(run_dir, weights, device, trusted_modules)
-    datamodule = build_datamodule(trained.config, data_root)
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    images, labels = datamodule.data_test.tensors
-    images, labels = to_pixels(images[:limit]).to(trained.device), labels[:limit].to(trained.device)
+    datamodule, images, labels = _test_pixels(trained, data_root, limit)
     model = PixelNetwork(trained.preprocess, trained.net).eval()
     num_classes = int(trained.config.data.num_classes)
     started = time.perf_counter()
@@ -107,13 +105,11 @@ def evaluate_attacks(
         begun = time.perf_counter()
         outcome = run_attack(spec, model, images, labels, seed, batch_size, keep, num_classes)
         outcome.seconds = time.perf_counter() - begun
-        log.info(
-            "%s ε=%g: %.2f %% (%.1f s)", spec.label, spec.eps, 100 * outcome.correct.float().mean(), outcome.seconds
-        )
+        log.info("%s ε=%g: %.2f %% (%.1f s)", spec.label, spec.eps, 100 * _fraction(outcome), outcome.seconds)
         return outcome
 
     clean = clean_outcome(model, images, labels, batch_size, GRID_IMAGES)
-    log.info("clean: %.2f %% of %d test images", 100 * clean.correct.float().mean(), len(labels))
+    log.info("clean: %.2f %% of %d test images", 100 * _fraction(clean), len(labels))
     specs = [
         Attack(name, norm, e, pgd["steps"], pgd["restarts"], pgd["step_size"])
         for name in dict.fromkeys(attacks)
@@ -135,6 +131,18 @@ def evaluate_attacks(
     }
     write_results(result, Path(output_dir), clean, shown, trained.class_names, loggers)
     return result
+
+
+def _test_pixels(
+    trained: TrainedModel, data_root: str | None, limit: int | None
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """The run's DataModule, and its first ``limit`` test images as float ``(N, 1, 28, 28)`` [0, 1] pixels
+    with their int64 ``(N,)`` labels, on the network's device."""
+    datamodule = build_datamodule(trained.config, data_root)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    images, labels = datamodule.data_test.tensors
+    return datamodule, to_pixels(images[:limit]).to(trained.device), labels[:limit].to(trained.device)
 
 
 def _check_options(checks: Mapping[str, Any] | None, pgd_steps: int) -> dict[str, Any] | None:
