@@ -334,3 +334,45 @@ def test_own_experiments(make_cfg) -> None:
     assert sr93.scheduler._target_.endswith("OneCycleLR") and sr93.optimizer.lr == 5e-3 and list(sr93.logger) == ["csv"]
     assert sr94.model.convs_per_stage == 2 and sr94.model.dropout == 0 and sr94.trainer.max_epochs == 12
     assert list(sr94.model.widths) == [32, 64, 128] and sr94.model.flip_tta and sr94.data.augment.flip.p == 0.5
+
+
+#: Speedrun II's techniques (docs/performance.md, "Speedrun"), each as the overrides that switch it on.
+TECHNIQUES = {
+    "patch whitening 2x2": ["model.whiten=2"],
+    "patch whitening 3x3": ["model.whiten=3"],
+    "Dirac init": ["model.dirac_init=true"],
+    "BatchNorm momentum, biases only": ["model.bn_momentum=0.4", "model.bn_weights=false"],
+    "alternating flips": ["data.alternating_flip=true", "model.flip_tta=true"],
+    "translation": ["data.augment.crop.padding=2"],
+    "translation TTA": ["model.crop_tta=1"],
+}  # Lookahead, EMA (tests/test_averaging.py) and Muon (tests/test_optimizers.py) are tried in their own tests.
+
+
+@pytest.mark.slow  # about 1 s each
+@pytest.mark.parametrize("technique", TECHNIQUES)
+def test_each_speedrun_technique_composes_and_runs(make_cfg, technique: str, tmp_path: Path) -> None:
+    metrics = train(make_cfg("experiment=speedrun_91", *TECHNIQUES[technique], "debug=fdr"))
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow  # three short trainings: about 7 s
+def test_techniques_switched_off_and_the_summary_leave_the_run_bit_identical(make_cfg, tmp_path: Path) -> None:
+    """The same short run three ways: as shipped (Lightning's model summary running its FLOPs pass over
+    ``example_input_array``); with every technique's option at its off value; and without the summary.
+    The same weights each time; the summary counts FLOPs."""
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    short = ["experiment=speedrun_93", "trainer.max_epochs=1", "trainer.limit_train_batches=6", "logger=none",
+             "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.precision=32-true"]  # fmt: skip
+    off = ["model.whiten=0", "model.dirac_init=false", "model.bn_momentum=0.1", "model.bn_weights=true",
+           "model.crop_tta=0", "data.alternating_flip=false"]  # fmt: skip
+    weights = []
+    for name, extra in [("shipped", []), ("off", off), ("no_summary", ["trainer.enable_model_summary=false"])]:
+        train(make_cfg(*short, *extra, f"output_dir={tmp_path / name}"))
+        weights.append(torch.load(tmp_path / name / "net.pt", weights_only=True))
+    assert all(torch.equal(weights[0][k], w[k]) for w in weights[1:] for k in weights[0])
+    cfg = make_cfg(*short)
+    model = build_run(cfg).model
+    assert tuple(model.example_input_array.shape) == (1, 1, cfg.data.image_size, cfg.data.image_size)
+    assert ModelSummary(model).total_flops > 1e6  # 31.0 M: one image and its mirror (flip TTA)

@@ -397,3 +397,38 @@ def test_only_the_gz_md5_is_published(tmp_path: Path) -> None:
     (local / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels, compresslevel=1, mtime=0))
     with pytest.raises(DatasetError, match=r"is corrupt: MD5 of its \.gz file"):
         load_split(local, "test", digits)
+
+
+def test_alternating_flip_flips_each_image_every_other_epoch(data_root: Path) -> None:
+    """airbench's alternating flips: a random half flipped in epoch 0, the other half in epoch 1, and so on;
+    evaluation batches are never flipped, and random flips beside them are refused."""
+    import lightning as L
+    from lightning.pytorch.trainer.states import RunningStage
+
+    torch.manual_seed(0)
+    plain = _datamodule(data_root)
+    torch.manual_seed(0)
+    dm = _datamodule(data_root, alternating_flip=True)
+    original, stored = plain.data_train.images[:2000], dm.data_train.images[:2000]
+    asymmetric = (original != original.flip(-1)).flatten(1).any(dim=1)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    dm.trainer = trainer
+    trainer.state.stage = RunningStage.TRAINING
+    flipped = []
+    for epoch in range(4):
+        trainer.fit_loop.epoch_progress.current.completed = epoch
+        assert trainer.current_epoch == epoch
+        seen, _ = dm.on_after_batch_transfer((stored, plain.data_train.labels[:2000]), 0)
+        is_flipped = (seen == dm.preprocess(original.flip(-1))).flatten(1).all(dim=1)
+        is_plain = (seen == dm.preprocess(original)).flatten(1).all(dim=1)
+        assert (is_flipped | is_plain).all()
+        flipped.append(is_flipped[asymmetric])
+    assert 0.45 < flipped[0].float().mean() < 0.55
+    assert torch.equal(flipped[1], ~flipped[0]) and torch.equal(flipped[2], flipped[0])
+    assert torch.equal(flipped[3], flipped[1])
+    trainer.state.stage = RunningStage.VALIDATING
+    seen, _ = dm.on_after_batch_transfer(dm.data_val.__getitems__(list(range(8))), 0)
+    torch.testing.assert_close(seen, dm.preprocess(plain.data_val.images[:8]))
+    with pytest.raises(ArgumentError, match="alternating_flip"):
+        IdxDataModule(**{**FASHION_MNIST, "root": "data/fashion-mnist", "alternating_flip": True,
+                         "augment": {"flip": BatchRandomHorizontalFlip(p=0.5)}})  # fmt: skip

@@ -117,3 +117,87 @@ def test_flip_tta_averages_the_mirror_image_in_eval_mode_only() -> None:
     net.flip_tta = False
     torch.manual_seed(1)
     assert torch.equal(a, net(x))  # training forward passes are the plain ones
+
+
+def test_airbench_options_switched_off_leave_the_network_as_it_was() -> None:
+    """The options' defaults build the same parameters from the same random draws."""
+    from fmnist_lightning.models.nets import VGGBNNet
+
+    torch.manual_seed(0)
+    plain = VGGBNNet()
+    torch.manual_seed(0)
+    off = VGGBNNet(crop_tta=0, whiten=0, dirac_init=False, bn_momentum=0.1, bn_weights=True)
+    assert plain.state_dict().keys() == off.state_dict().keys()
+    assert all(torch.equal(plain.state_dict()[k], off.state_dict()[k]) for k in plain.state_dict())
+    assert all(p.requires_grad for p in off.parameters())
+    for kwargs, message in [({"whiten": 4}, "whiten"), ({"crop_tta": -1}, "crop_tta"), ({"bn_momentum": 0.0}, "bn")]:
+        with pytest.raises(ValueError, match=message):
+            VGGBNNet(**kwargs)
+
+
+@pytest.mark.parametrize("side", [2, 3])
+def test_patch_whitening_whitens_training_patches(data_root, side: int) -> None:
+    """On the training patches it was fitted to, the first side² outputs have zero mean and an identity
+    covariance (its eps = 5e-4 takes up to 5 % off the smallest eigenvalue's variance), the rest are
+    their negatives; the layer is frozen, and the network's output shape is unchanged."""
+    from fmnist_lightning.data import load_split
+    from fmnist_lightning.models.nets import PatchWhitening, VGGBNNet
+
+    images, _ = load_split(data_root, "train")
+    x = (images[:2000].unsqueeze(1).float() / 255 - 0.2860) / 0.3530
+    net = VGGBNNet(whiten=side)
+    net.fit_whitening(x)
+    layer = net.features[0]
+    assert isinstance(layer, PatchWhitening) and not any(p.requires_grad for p in layer.parameters())
+    with torch.no_grad():
+        out = layer(x).double()
+    k = side * side
+    assert out.shape[1] == 2 * k and out.shape[-1] == (28 if side == 3 else 27)
+    flat = out[:, :k].permute(0, 2, 3, 1).reshape(-1, k)
+    covariance = torch.cov(flat.T)
+    off_diagonal = covariance - torch.diag(covariance.diag())
+    assert off_diagonal.abs().max() < 1e-3 and covariance.diag().min() > 0.95 and covariance.diag().max() < 1 + 1e-6
+    assert flat.mean(0).abs().max() < 1e-3
+    torch.testing.assert_close(out[:, k:], -out[:, :k])
+    assert net.eval()(x[:3]).shape == (3, 10)
+    raw = torch.cov(layer.patches(x).T)  # what it undid: correlated neighbouring pixels
+    assert raw[0, 1] / raw[0, 0] > 0.5
+
+
+def test_dirac_init_and_batchnorm_options() -> None:
+    from fmnist_lightning.models.nets import VGGBNNet
+
+    net = VGGBNNet(dirac_init=True, bn_momentum=0.4, bn_weights=False)
+    convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+    for conv in convs:
+        identity = torch.zeros_like(conv.weight[: conv.in_channels])
+        torch.nn.init.dirac_(identity)
+        assert torch.equal(conv.weight[: conv.in_channels], identity)
+        if conv.out_channels > conv.in_channels:  # the other filters keep their random init
+            assert conv.weight[conv.in_channels :].abs().amin(dim=(1, 2, 3)).gt(0).all()
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(n.momentum == 0.4 and not n.weight.requires_grad and n.bias.requires_grad for n in norms)
+
+
+def test_crop_tta_weights_the_translations_as_airbench() -> None:
+    """Eval mode: 1/2 the image's logits + 1/4 each of its reflect-padded translations by ±crop_tta px;
+    training mode: the image's logits alone."""
+    from torch.nn import functional as F
+
+    from fmnist_lightning.models.nets import VGGBNNet
+
+    torch.manual_seed(0)
+    net = VGGBNNet(crop_tta=1).eval()
+    x = torch.rand(4, 1, 28, 28)
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    with torch.no_grad():
+        net.crop_tta = 0
+        plain, down, up = net(x), net(padded[..., :28, :28]), net(padded[..., 2:, 2:])
+        net.crop_tta = 1
+        torch.testing.assert_close(net(x), plain / 2 + (down + up) / 4)
+        net.train()
+        torch.manual_seed(1)
+        a = net(x)
+        torch.manual_seed(1)
+        net.crop_tta = 0
+        torch.testing.assert_close(net(x), a)

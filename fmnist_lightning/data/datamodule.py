@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from fmnist_lightning.data.augment import build_preprocess
+from fmnist_lightning.data.augment import BatchRandomHorizontalFlip, build_preprocess
 from fmnist_lightning.data.idx import IdxDataset, ensure_files, load_split, verify_files
 from fmnist_lightning.data.splits import random_split, stratified_fold
 from fmnist_lightning.errors import require
@@ -85,10 +85,15 @@ class IdxDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes; 0 is fastest, the data being in memory.
         augment: Named batched augmentations (``fmnist_lightning.data.augment``; ``None`` entries are
             off), applied in order to [0, 1]-scaled training batches before normalisation.
+        alternating_flip: airbench's alternating flips (Jordan, 2024, arXiv:2404.00498, §3.6) instead
+            of random ones: a random half of the training images is flipped in the first epoch, and each
+            image is flipped in every other epoch after it, so every pair of epochs sees both mirror
+            images. The half is drawn from torch's generator when the training split is loaded.
 
     Raises:
         ArgumentError: An argument is out of range, the dataset's description is
-            inconsistent, or ``root`` is outside ``CACHE_DIR`` and does not exist.
+            inconsistent, ``root`` is outside ``CACHE_DIR`` and does not exist, or ``alternating_flip``
+            comes with random flips (``augment.flip.p`` > 0).
     """
 
     def __init__(
@@ -112,6 +117,7 @@ class IdxDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         augment: Mapping[str, nn.Module | None] | None = None,
+        alternating_flip: bool = False,
     ) -> None:
         super().__init__()
         #: What the dataset's files hold, and its class names.
@@ -162,6 +168,13 @@ class IdxDataModule(L.LightningDataModule):
         self.preprocess = build_preprocess(image_size, dict(normalize) if normalize else None)
         scale, normalise = self.preprocess.transforms[:2], self.preprocess.transforms[2:]
         augmentations = [a for a in (augment or {}).values() if a is not None]
+        require(
+            not alternating_flip or not any(isinstance(a, BatchRandomHorizontalFlip) and a.p for a in augmentations),
+            "alternating_flip",
+            alternating_flip,
+            "either alternating flips or random ones (data.augment.flip.p > 0), not both",
+        )
+        self.alternating_flip = alternating_flip
         #: The training batches' path: scale, the augmentations in order, normalise.
         self.train_transform = v2.Compose([*scale, *augmentations, *normalise])
         self.data_train: InMemoryBatches | None = None
@@ -185,7 +198,11 @@ class IdxDataModule(L.LightningDataModule):
             images = images.unsqueeze(1)
             train_idx, val_idx = self.split_indices(labels)
             device = self._device()
-            self.data_train = InMemoryBatches(images[train_idx], labels[train_idx]).to(device)
+            train_images = images[train_idx]
+            if self.alternating_flip:  # the first epoch's flips; every odd epoch flips them all
+                half = (torch.rand(len(train_idx)) < 0.5).view(-1, 1, 1, 1)
+                train_images = torch.where(half, train_images.flip(-1), train_images)
+            self.data_train = InMemoryBatches(train_images, labels[train_idx]).to(device)
             self.data_val = InMemoryBatches(images[val_idx], labels[val_idx]).to(device)
             which = f" (fold {self.fold} of {self.folds})" if self.folds else ""
             log.info(
@@ -247,7 +264,13 @@ class IdxDataModule(L.LightningDataModule):
         return self._loader(self.data_test, train=False)
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
-        """uint8 ``(B, 1, 28, 28)`` → float32 ``(B, 1, image_size, image_size)``, augmented when training."""
+        """uint8 ``(B, 1, 28, 28)`` → float32 ``(B, 1, image_size, image_size)``, augmented when training
+        (and, with ``alternating_flip``, all flipped in odd epochs). A bare tensor (the LightningModule's
+        ``example_input_array``, which Lightning's model summary sends through here) passes unchanged."""
+        if isinstance(batch, torch.Tensor):
+            return batch
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
+        if training and self.alternating_flip and self.trainer.current_epoch % 2:
+            images = images.flip(-1)
         return (self.train_transform if training else self.preprocess)(images), labels

@@ -175,6 +175,7 @@ class AdversarialClassifier(FashionMNISTClassifier):
         self.adversary: Adversary = build_part("module.adversary", adversary)
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         if stage == "fit":
             torchattacks()  # missing: one clear line before the first epoch, not at its first step
 

@@ -18,6 +18,9 @@ from fmnist_lightning.models.compose import build_net, build_part
 from fmnist_lightning.models.rng import rng_states, set_rng_states
 from fmnist_lightning.trust import check_checkpoint
 
+#: Training images the patch whitening is computed from (airbench: 5,000 of CIFAR-10's).
+WHITENING_IMAGES = 5000
+
 
 class FashionMNISTClassifier(L.LightningModule):
     """Trains a network with a configured loss, optional batch mixing, and metrics logged per epoch,
@@ -48,6 +51,9 @@ class FashionMNISTClassifier(L.LightningModule):
         num_classes: The dataset's ``data.num_classes``: the network's output width.
         channels_last: Weights and input batches in the channels-last memory format.
         compile: ``torch.compile`` the network in place (``state_dict`` keys unchanged).
+        image_size: The data's ``data.image_size``: sets ``example_input_array`` (one float32 ``(1, 1, S, S)``
+            blank image), from which Lightning's model summary gives each layer's shapes and the FLOPs
+            of one image's forward pass (torch's ``FlopCounterMode``); ``None``: no summary input.
 
     Raises:
         PartError: A part cannot be built; it names the argument (``net``, ``loss``, ``mix`` or
@@ -65,6 +71,7 @@ class FashionMNISTClassifier(L.LightningModule):
         num_classes: int = 10,
         channels_last: bool = False,
         compile: bool = False,
+        image_size: int | None = None,
     ) -> None:
         super().__init__()
         # Lightning saves these in every checkpoint; the run's loggers get the whole config.
@@ -86,6 +93,28 @@ class FashionMNISTClassifier(L.LightningModule):
         self.val_acc_best.persistent(True)
         self._optimizer: torch.optim.Optimizer | None = None
         self._scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        if image_size is not None:
+            self.example_input_array = torch.zeros(1, 1, image_size, image_size)
+
+    def setup(self, stage: str) -> None:
+        """Before fitting, a network with ``fit_whitening`` (``VGGBNNet(whiten=...)``) gets the first
+        ``WHITENING_IMAGES`` training images, preprocessed as it sees them (a resumed run then loads its
+        checkpoint's values over these).
+
+        Raises:
+            RuntimeError: The network needs them and the DataModule holds no ``data_train``.
+        """
+        fit_whitening = getattr(self.net, "fit_whitening", None)
+        if stage != "fit" or fit_whitening is None:
+            return
+        data = getattr(self.trainer.datamodule, "data_train", None)
+        if data is None:
+            raise RuntimeError(
+                "the network's patch whitening is computed from the training images: fit with the project's "
+                "IdxDataModule (or set model.whiten=0)"
+            )
+        images = data.images[:WHITENING_IMAGES].to(self.device)
+        fit_whitening(self.trainer.datamodule.preprocess(images))
 
     def logged_keys(self, stage: str) -> list[str]:
         """The keys this module logs in ``stage`` (``train``, ``val`` or ``test``), for callbacks and sweeps."""

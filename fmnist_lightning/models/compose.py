@@ -54,6 +54,7 @@ def module_arguments(cfg: DictConfig, training: bool = True) -> dict[str, Any]:
 
     arguments = {argument: plain(key) for argument, key in PART_KEYS.items()}
     arguments["num_classes"] = cfg.data.num_classes
+    arguments["image_size"] = cfg.data.image_size
     if training:
         arguments.update({key: cfg[key] for key in SPEED_KEYS if key in cfg})
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fmnist_lightning.errors import ImageTooSmallError, require
 
@@ -177,17 +178,33 @@ class TwoConv5x5Net(ConvClassifier):
 
 class VGGBNNet(ConvClassifier):
     """This project's network for ``experiment=best`` and ``fast``: VGG-style (Simonyan & Zisserman, 2015)
-    with batch normalisation; 584,874 parameters with the defaults at 28 px.
+    with batch normalisation; 584,874 parameters with the defaults at 28 px. The options after
+    ``flip_tta`` are airbench's (Jordan, 2024, arXiv:2404.00498, and its ``airbench94.py``); each is off by
+    default, and off it leaves the network, its parameters and its random draws as they were.
 
     Args:
         widths: Output channels of each stage: ``convs_per_stage`` × (conv3×3 + BN + ReLU), 2×2 max-pool.
         hidden: Width of the hidden layer (FC + BN + ReLU) before Dropout → FC; 0 for none.
         dropout: Dropout probability before the output layer.
         flip_tta: In eval mode, the mean of the logits of each image and its left-right mirror image.
+        crop_tta: In eval mode, also the logits of each image translated by ``crop_tta`` pixels down-right
+            and up-left (reflect padding), weighted 1/4 each against 1/2 for the untranslated image, as
+            airbench's ``tta_level=2``; 0: off.
+        whiten: Side of a frozen patch-whitening first layer (2 or 3; 0: off): ``2·whiten²`` channels, the
+            whitening filters and their negatives, then ReLU, computed from training images by
+            ``fit_whitening`` before training (airbench's ``init_whiten_conv``). A 2×2 layer trims the
+            image by one pixel.
+        dirac_init: Identity (Dirac) initialisation of the first ``in_channels`` filters of each 3×3
+            convolution (airbench's ``Conv.reset_parameters``; ``torch.nn.init.dirac_``).
+        bn_momentum: Momentum of every BatchNorm's running statistics, in torch's convention (the
+            weight of the new batch; torch's default 0.1). airbench's ``momentum=0.6`` is 0.4 here.
+        bn_weights: ``False``: every BatchNorm's scale is frozen at 1 and only its bias is learnt
+            (airbench's ``BatchNorm(weight=False)``).
 
     Raises:
-        ArgumentError: ``widths`` is empty, ``convs_per_stage`` < 1, ``hidden`` < 0 or
-            ``dropout`` outside [0, 1).
+        ArgumentError: ``widths`` is empty, ``convs_per_stage`` < 1, ``hidden`` < 0,
+            ``dropout`` outside [0, 1), ``crop_tta`` < 0, ``whiten`` not 0, 2 or 3, or
+            ``bn_momentum`` outside (0, 1].
         ImageTooSmallError: ``image_size`` is too small for ``len(widths)`` pooling stages.
     """
 
@@ -200,9 +217,15 @@ class VGGBNNet(ConvClassifier):
         hidden: int = 256,
         dropout: float = 0.3,
         flip_tta: bool = False,
+        crop_tta: int = 0,
+        whiten: int = 0,
+        dirac_init: bool = False,
+        bn_momentum: float = 0.1,
+        bn_weights: bool = True,
     ) -> None:
         super().__init__()
         self.flip_tta = flip_tta
+        self.crop_tta = crop_tta
         widths = list(widths)
         require(
             bool(widths) and all(isinstance(w, int) and w >= 1 for w in widths),
@@ -212,23 +235,93 @@ class VGGBNNet(ConvClassifier):
         )
         require(convs_per_stage >= 1, "convs_per_stage", convs_per_stage, "an integer >= 1")
         require(hidden >= 0, "hidden", hidden, "an integer >= 0 (0 = no hidden layer)")
+        require(isinstance(crop_tta, int) and crop_tta >= 0, "crop_tta", crop_tta, "a number of pixels >= 0 (0 = off)")
+        require(whiten in (0, 2, 3), "whiten", whiten, "0 (off), 2 or 3: the side of the whitening patches")
+        require(0.0 < bn_momentum <= 1.0, "bn_momentum", bn_momentum, "a fraction in (0, 1] (torch's default: 0.1)")
         check_dropout(dropout)
-        side = pooled_side(image_size, len(widths), type(self).__name__)
-        self.features = _vgg_stages(widths, convs_per_stage)
+        layers: list[nn.Module] = []
+        channels, side = 1, image_size
+        if whiten:
+            layers += [PatchWhitening(whiten), nn.ReLU(inplace=True)]
+            channels, side = 2 * whiten * whiten, side + 2 * ((whiten - 1) // 2) - whiten + 1
+        side = pooled_side(side, len(widths), type(self).__name__)
+        self.features = nn.Sequential(*layers, *_vgg_stages(widths, convs_per_stage, channels))
         self.classifier = _vgg_head(widths[-1] * side * side, hidden, dropout, num_classes)
+        if dirac_init:
+            for conv in (m for m in self.features if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)):
+                with torch.no_grad():
+                    nn.init.dirac_(conv.weight[: conv.in_channels])
+        for norm in (m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+            norm.momentum = bn_momentum
+            norm.weight.requires_grad_(bn_weights)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps float ``(B, 1, H, W)`` images to float ``(B, num_classes)`` logits."""
+    def fit_whitening(self, images: torch.Tensor) -> None:
+        """Sets the patch-whitening layer (if any) from float ``(N, 1, S, S)`` training images, as the
+        network sees them (normalised); a few thousand are plenty."""
+        if isinstance(self.features[0], PatchWhitening):
+            self.features[0].fit(images)
+
+    def _tta(self, x: torch.Tensor) -> torch.Tensor:
         logits = super().forward(x)
-        if self.flip_tta and not self.training:
+        if self.flip_tta:
             logits = (logits + super().forward(x.flip(-1))) / 2
         return logits
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Maps float ``(B, 1, H, W)`` images to float ``(B, num_classes)`` logits."""
+        if self.training:
+            return super().forward(x)
+        logits = self._tta(x)
+        if self.crop_tta:
+            s = self.crop_tta
+            padded = F.pad(x, (s, s, s, s), mode="reflect")
+            h, w = x.shape[-2:]
+            shifted = (padded[..., :h, :w], padded[..., 2 * s :, 2 * s :])  # moved down-right, up-left
+            logits = logits / 2 + sum(self._tta(t) for t in shifted) / 4
+        return logits
 
-def _vgg_stages(widths: list[int], convs_per_stage: int) -> nn.Sequential:
-    """``VGGBNNet``'s features: ``(B, 1, S, S)`` → ``(B, widths[-1], S // 2**len(widths), ...)``."""
+
+class PatchWhitening(nn.Conv2d):
+    """A frozen ``side × side`` convolution (``(B, 1, S, S)`` → ``(B, 2·side², S', S')``, ``S' = S`` for side
+    3 with padding 1, ``S − 1`` for side 2) that whitens image patches: its first ``side²`` filters are
+    ``Λ^{-1/2} Vᵀ`` with bias ``−Λ^{-1/2} Vᵀ μ`` (``V, Λ``: the eigenvectors and eigenvalues of the
+    training patches' covariance, ``μ`` their mean), so that on training patches those outputs have zero
+    mean and an identity covariance (up to ``eps``); the other ``side²`` are their negatives. airbench's
+    ``init_whiten_conv`` (Jordan, 2024) uses the uncentred second moment and learns the bias for a few
+    epochs; here the patches are centred and the bias is frozen with the weights.
+
+    Args:
+        side: Patch side in pixels (2 or 3).
+        eps: Added to the eigenvalues (airbench's 5e-4), for patches with almost no variance.
+    """
+
+    def __init__(self, side: int, eps: float = 5e-4) -> None:
+        super().__init__(1, 2 * side * side, side, padding=(side - 1) // 2)
+        self.eps = eps
+        self.requires_grad_(False)
+
+    def patches(self, images: torch.Tensor) -> torch.Tensor:
+        """float ``(N, 1, S, S)`` → float64 ``(N·S'·S', side²)``: every patch the layer sees, flattened."""
+        side = self.kernel_size[0]
+        columns = F.unfold(images.double(), side, padding=self.padding)  # (N, side², S'·S')
+        return columns.transpose(1, 2).reshape(-1, side * side)
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor) -> None:
+        """Sets the filters and biases from float ``(N, 1, S, S)`` images (the computation is in float64)."""
+        patches = self.patches(images)
+        mean = patches.mean(dim=0)
+        eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(patches.T))
+        filters = eigenvectors.T / (eigenvalues + self.eps).sqrt().unsqueeze(1)  # (side², side²)
+        weight = torch.cat((filters, -filters)).view_as(self.weight)
+        bias = -(torch.cat((filters, -filters)) @ mean)
+        self.weight.copy_(weight.to(self.weight.dtype))
+        self.bias.copy_(bias.to(self.bias.dtype))
+
+
+def _vgg_stages(widths: list[int], convs_per_stage: int, channels: int = 1) -> list[nn.Module]:
+    """``VGGBNNet``'s stages: ``(B, channels, S, S)`` → ``(B, widths[-1], S // 2**len(widths), ...)``."""
     layers: list[nn.Module] = []
-    channels = 1
     for width in widths:
         for _ in range(convs_per_stage):
             layers += [
@@ -238,7 +331,7 @@ def _vgg_stages(widths: list[int], convs_per_stage: int) -> nn.Sequential:
             ]
             channels = width
         layers.append(nn.MaxPool2d(2))
-    return nn.Sequential(*layers)
+    return layers
 
 
 def _vgg_head(features: int, hidden: int, dropout: float, num_classes: int) -> nn.Sequential:
