@@ -84,7 +84,7 @@ def test_profile_step_splits_a_step(data_root: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "outputs").exists()  # no logger, no checkpoint: nothing written
 
 
-@pytest.mark.slow  # about 90 s: 2 seeds × 4 rows of one 10-batch epoch, and a 20-batch plain loop
+@pytest.mark.slow  # about 120 s: 2 seeds × 6 rows of one 10-batch epoch, and a 20-batch plain loop
 def test_speedrun_reports_each_row_with_its_ablations(data_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "speedrun.json"
     # The precision pinned: precision=auto times a probe, which another test's load can tip.
@@ -101,6 +101,8 @@ def test_speedrun_reports_each_row_with_its_ablations(data_root: Path, tmp_path:
     rows = {r["row"]: r for r in summary["rows"]}
     assert list(rows) == [
         "speedrun_91",
+        "speedrun_91 without: 3×3 patch whitening",
+        "speedrun_91 without: peak lr 8e-3 (5e-3 instead)",
         "speedrun_91 without: CSV logging (TensorBoard instead)",
         "speedrun_91 without: bf16-mixed (fp32 instead)",
         "speedrun_91 without: one-cycle schedule (a constant lr instead)",
@@ -114,6 +116,9 @@ def test_speedrun_reports_each_row_with_its_ablations(data_root: Path, tmp_path:
     # Every run says when its first training step came, after its launch and before its end.
     assert all(0 < r["first_step_s"] < r["whole_s"] for rs in summary["runs"].values() for r in rs)
     assert "against" not in recipe
+    # FLOPs: 10 batches of 128 and 1,000 + 2,000 (sanity) + 10,000 + 6,000 evaluated images; with the
+    # whitening layer more than without.
+    assert 0.01 < recipe["tflops"] < 1 and rows["speedrun_91 without: 3×3 patch whitening"]["tflops"] < recipe["tflops"]
     # Another logger, or the precision the runs already have, trains the same weights; a
     # constant lr trains others.
     assert rows["speedrun_91 without: CSV logging (TensorBoard instead)"]["against"]["identical"]

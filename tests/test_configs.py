@@ -356,23 +356,67 @@ def test_each_speedrun_technique_composes_and_runs(make_cfg, technique: str, tmp
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "finished"
 
 
-@pytest.mark.slow  # three short trainings: about 7 s
-def test_techniques_switched_off_and_the_summary_leave_the_run_bit_identical(make_cfg, tmp_path: Path) -> None:
-    """The same short run three ways: as shipped (Lightning's model summary running its FLOPs pass over
-    ``example_input_array``); with every technique's option at its off value; and without the summary.
-    The same weights each time; the summary counts FLOPs."""
+@pytest.mark.slow  # two short trainings: about 5 s
+def test_the_model_summary_counts_flops_and_leaves_the_run_bit_identical(make_cfg, tmp_path: Path) -> None:
+    """The same short run with Lightning's model summary (its FLOPs pass over ``example_input_array``, in
+    eval mode) and without: the same weights. The count is torch's FlopCounterMode's, for one image and
+    its mirror image (flip TTA): 2 × (32·9·784 + 64·32·9·196 + 128·64·9·49 + 1152·256 + 256·10) × 2."""
     from lightning.pytorch.utilities.model_summary import ModelSummary
 
     short = ["experiment=speedrun_93", "trainer.max_epochs=1", "trainer.limit_train_batches=6", "logger=none",
              "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.precision=32-true"]  # fmt: skip
-    off = ["model.whiten=0", "model.dirac_init=false", "model.bn_momentum=0.1", "model.bn_weights=true",
-           "model.crop_tta=0", "data.alternating_flip=false"]  # fmt: skip
     weights = []
-    for name, extra in [("shipped", []), ("off", off), ("no_summary", ["trainer.enable_model_summary=false"])]:
+    for name, extra in [("summary", []), ("no_summary", ["trainer.enable_model_summary=false"])]:
         train(make_cfg(*short, *extra, f"output_dir={tmp_path / name}"))
         weights.append(torch.load(tmp_path / name / "net.pt", weights_only=True))
-    assert all(torch.equal(weights[0][k], w[k]) for w in weights[1:] for k in weights[0])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     cfg = make_cfg(*short)
     model = build_run(cfg).model
     assert tuple(model.example_input_array.shape) == (1, 1, cfg.data.image_size, cfg.data.image_size)
-    assert ModelSummary(model).total_flops > 1e6  # 31.0 M: one image and its mirror (flip TTA)
+    per_pass = 32 * 9 * 784 + 64 * 32 * 9 * 196 + 128 * 64 * 9 * 49 + 1152 * 256 + 256 * 10
+    assert ModelSummary(model).total_flops == 2 * 2 * per_pass == 30_994_432
+
+
+@pytest.mark.slow  # about 5 s
+def test_the_whitening_is_fitted_to_the_first_training_images(make_cfg, tmp_path: Path) -> None:
+    """``model.whiten=3``: the trained network's frozen first layer is ``PatchWhitening.fit`` of the first
+    5,000 training images of the run's split, preprocessed, and the layer never trained."""
+    import hydra
+
+    from fmnist_lightning.models.nets import PatchWhitening
+
+    cfg = make_cfg("experiment=speedrun_91", "model.whiten=3", "debug=fdr")
+    train(cfg)
+    trained = torch.load(tmp_path / "net.pt", weights_only=True)
+    dm = hydra.utils.instantiate(cfg.data)
+    dm.setup("fit")
+    expected = PatchWhitening(3)
+    expected.fit(dm.preprocess(dm.data_train.images[:5000]))
+    assert torch.equal(trained["features.0.weight"], expected.weight)
+    assert torch.equal(trained["features.0.bias"], expected.bias)
+
+
+@pytest.mark.slow  # three short trainings each: about 15 s
+@pytest.mark.parametrize(
+    "technique",
+    [["model.whiten=2", "data.alternating_flip=true", "model.flip_tta=true", "model.crop_tta=1"], ["optimizer=muon"]],
+    ids=["whitening, alternating flips, TTA", "Muon"],
+)
+def test_speedrun_techniques_resume_bit_exactly(data_root: Path, tmp_path: Path, technique: list[str]) -> None:
+    """Two epochs at once, and one epoch then ``resume=`` to two: the same weights (the alternating
+    flips' odd epoch is the resumed one)."""
+    from in_process import run_command
+
+    args = [
+        "experiment=speedrun_91", *technique, "trainer.precision=32-true", "trainer.deterministic=true",
+        "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+        "logger=none", "callbacks.progress_bar=null", f"data.root={data_root}",
+    ]  # fmt: skip
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    for folder, epochs in ((whole, 2), (part, 1)):
+        result = run_command("train.py", *args, f"trainer.max_epochs={epochs}", f"hydra.run.dir={folder}")
+        assert result.returncode == 0, result.stderr[-3000:]
+    result = run_command("train.py", f"resume={part}", "trainer.max_epochs=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = (torch.load(f / "net.pt", weights_only=True) for f in (whole, part))
+    assert all(torch.equal(first[k], second[k]) for k in first)

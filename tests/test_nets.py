@@ -146,7 +146,7 @@ def test_patch_whitening_whitens_training_patches(data_root, side: int) -> None:
     images, _ = load_split(data_root, "train")
     x = (images[:2000].unsqueeze(1).float() / 255 - 0.2860) / 0.3530
     net = VGGBNNet(whiten=side)
-    net.fit_whitening(x)
+    net.whitening.fit(x)
     layer = net.features[0]
     assert isinstance(layer, PatchWhitening) and not any(p.requires_grad for p in layer.parameters())
     with torch.no_grad():

@@ -17,8 +17,11 @@ validation images + Lightning's sanity check (2 batches) + the test images + the
 over the validation images). As airbench counts its PFLOPs (Jordan, 2024, arXiv:2404.00498), the
 count is of the network's arithmetic, not of what the hardware executed.
 
-The peak is the best of ``--reps`` timed products of square matrices (sides 1024 to 4096) with the
-run's thread count, in fp32 and in bf16: what ``torch.mm`` reaches on this machine, not a vendor figure.
+The peak is the best of ``--reps`` timed products of square matrices (sides 1024 to 4096) on the CPU,
+in fp32 and in bf16: what ``torch.mm`` reaches on this machine, not a vendor figure (a GPU's peak is
+not measured here). Counted one run, not all processes: a DDP run's images are counted once, and
+a resumed run's second sanity check is not counted; the test report's attribution figures
+(a few images) are not counted either.
 A run's throughput is its FLOPs over ``metrics.json``'s ``wall_time_s`` (from the start of ``train()`` to
 its end: building, reading the data, training, the test and the report; not the imports), as a fraction
 of those peaks: a lower bound on what its network's arithmetic reached.
@@ -35,13 +38,14 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-#: Lightning's sanity check before training: 2 validation batches.
+#: Lightning's sanity check before training: 2 validation batches (its ``num_sanity_val_steps`` default).
 SANITY_BATCHES = 2
 
 
 def matmul_peak(dtype: torch.dtype, reps: int = 5, sides: tuple[int, ...] = (1024, 2048, 4096)) -> float:
-    """The best FLOP/s of ``torch.mm`` on ``dtype`` ``(n, n)`` matrices on the CPU, over ``sides`` and
-    ``reps`` timings each (2·n³ FLOPs per product)."""
+    """The best FLOP/s of ``torch.mm`` on ``dtype`` ``(n, n)`` matrices on the CPU (torch's intra-op
+    threads: one per core in this project's runs), over ``sides`` and ``reps`` timings each (2·n³ FLOPs
+    per product)."""
     best = 0.0
     for n in sides:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
@@ -62,12 +66,12 @@ def per_image_flops(run_dir: Path) -> dict[str, float]:
     from fmnist_lightning.models.compose import module_arguments, module_class
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    module = module_class(cfg)(**module_arguments(cfg))
+    module = module_class(cfg)(**module_arguments(cfg, training=False))  # eager: no torch.compile
     size, batch = cfg.data.image_size, cfg.data.batch_size
     images = torch.randn(batch, 1, size, size)
     labels = torch.randint(0, cfg.data.num_classes, (batch,))
-    module.train()
-    train = measure_flops(module, lambda: module(images), lambda logits: module.train_criterion(logits, labels))
+    module.train()  # the module's own training loss: an adversarial run's attack steps included
+    train = measure_flops(module, lambda: module.training_loss(images, labels)[0], lambda loss: loss)
     module.eval()
     evaluate = measure_flops(module, lambda: module(images[:1]))
     return {"train_per_image": train / batch, "eval_per_image": float(evaluate)}
@@ -85,13 +89,17 @@ def run_flops(run_dir: Path) -> dict[str, float]:
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     status = json.loads((run_dir / "metrics.json").read_text())
     total = cfg.data.files.train_images.shape[0]
-    validation = round(total * cfg.data.val_fraction)
+    # IdxDataModule's split: a fold of data.folds, or round(total · val_fraction) (data/splits.py).
+    validation = total // cfg.data.folds if cfg.data.folds else round(total * cfg.data.val_fraction)
     test = cfg.data.files.test_images.shape[0]
-    sanity = min(SANITY_BATCHES * (cfg.data.eval_batch_size or cfg.data.batch_size), validation)
+    sanity_batches = cfg.trainer.get("num_sanity_val_steps")
+    sanity_batches = SANITY_BATCHES if sanity_batches is None else sanity_batches  # null: Lightning's default
+    sanity = min(sanity_batches * (cfg.data.eval_batch_size or cfg.data.batch_size), validation)
     flops = per_image_flops(run_dir)
     epochs = status["epochs"]
     # Images trained on: every batch of every epoch, or fewer under trainer.limit_train_batches.
-    trained = min(epochs * (total - validation), status["global_step"] * cfg.data.batch_size)
+    per_step = cfg.data.batch_size * cfg.trainer.get("accumulate_grad_batches", 1)
+    trained = min(epochs * (total - validation), status["global_step"] * per_step)
     train = flops["train_per_image"] * trained
     evaluate = flops["eval_per_image"] * (epochs * validation + sanity + test + validation)
     return {**flops, "epochs": epochs, "train": train, "eval": evaluate, "total": train + evaluate}

@@ -265,9 +265,9 @@ class IdxDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
         """uint8 ``(B, 1, 28, 28)`` → float32 ``(B, 1, image_size, image_size)``, augmented when training
-        (and, with ``alternating_flip``, all flipped in odd epochs). A bare tensor (the LightningModule's
+        (and, with ``alternating_flip``, all flipped in odd epochs). A bare float tensor (the LightningModule's
         ``example_input_array``, which Lightning's model summary sends through here) passes unchanged."""
-        if isinstance(batch, torch.Tensor):
+        if isinstance(batch, torch.Tensor) and batch.is_floating_point():
             return batch
         images, labels = batch
         training = self.trainer is not None and self.trainer.training

@@ -97,15 +97,18 @@ class FashionMNISTClassifier(L.LightningModule):
             self.example_input_array = torch.zeros(1, 1, image_size, image_size)
 
     def setup(self, stage: str) -> None:
-        """Before fitting, a network with ``fit_whitening`` (``VGGBNNet(whiten=...)``) gets the first
-        ``WHITENING_IMAGES`` training images, preprocessed as it sees them (a resumed run then loads its
-        checkpoint's values over these).
+        """Puts ``example_input_array`` in the precision plugin's input dtype. Before fitting, a network's
+        ``whitening`` layer (``VGGBNNet(whiten=...)``, ``PatchWhitening``) is fitted to the first
+        ``WHITENING_IMAGES`` training images, preprocessed as the network sees them (a resumed run then
+        loads its checkpoint's values over these).
 
         Raises:
             RuntimeError: The network needs them and the DataModule holds no ``data_train``.
         """
-        fit_whitening = getattr(self.net, "fit_whitening", None)
-        if stage != "fit" or fit_whitening is None:
+        if self.example_input_array is not None:  # in the weights' dtype under bf16-true and the like
+            self.example_input_array = self.trainer.precision_plugin.convert_input(self.example_input_array)
+        whitening = getattr(self.net, "whitening", None)
+        if stage != "fit" or whitening is None:
             return
         data = getattr(self.trainer.datamodule, "data_train", None)
         if data is None:
@@ -114,7 +117,7 @@ class FashionMNISTClassifier(L.LightningModule):
                 "IdxDataModule (or set model.whiten=0)"
             )
         images = data.images[:WHITENING_IMAGES].to(self.device)
-        fit_whitening(self.trainer.datamodule.preprocess(images))
+        whitening.fit(self.trainer.datamodule.preprocess(images))
 
     def logged_keys(self, stage: str) -> list[str]:
         """The keys this module logs in ``stage`` (``train``, ``val`` or ``test``), for callbacks and sweeps."""

@@ -191,8 +191,8 @@ class VGGBNNet(ConvClassifier):
             and up-left (reflect padding), weighted 1/4 each against 1/2 for the untranslated image, as
             airbench's ``tta_level=2``; 0: off.
         whiten: Side of a frozen patch-whitening first layer (2 or 3; 0: off): ``2·whiten²`` channels, the
-            whitening filters and their negatives, then ReLU, computed from training images by
-            ``fit_whitening`` before training (airbench's ``init_whiten_conv``). A 2×2 layer trims the
+            whitening filters and their negatives, then ReLU, fitted to training images (``whitening``)
+            before training (airbench's ``init_whiten_conv``). A 2×2 layer trims the
             image by one pixel.
         dirac_init: Identity (Dirac) initialisation of the first ``in_channels`` filters of each 3×3
             convolution (airbench's ``Conv.reset_parameters``; ``torch.nn.init.dirac_``).
@@ -203,7 +203,7 @@ class VGGBNNet(ConvClassifier):
 
     Raises:
         ArgumentError: ``widths`` is empty, ``convs_per_stage`` < 1, ``hidden`` < 0,
-            ``dropout`` outside [0, 1), ``crop_tta`` < 0, ``whiten`` not 0, 2 or 3, or
+            ``dropout`` outside [0, 1), ``crop_tta`` outside [0, image_size), ``whiten`` not 0, 2 or 3, or
             ``bn_momentum`` outside (0, 1].
         ImageTooSmallError: ``image_size`` is too small for ``len(widths)`` pooling stages.
     """
@@ -235,8 +235,18 @@ class VGGBNNet(ConvClassifier):
         )
         require(convs_per_stage >= 1, "convs_per_stage", convs_per_stage, "an integer >= 1")
         require(hidden >= 0, "hidden", hidden, "an integer >= 0 (0 = no hidden layer)")
-        require(isinstance(crop_tta, int) and crop_tta >= 0, "crop_tta", crop_tta, "a number of pixels >= 0 (0 = off)")
-        require(whiten in (0, 2, 3), "whiten", whiten, "0 (off), 2 or 3: the side of the whitening patches")
+        require(
+            type(crop_tta) is int and 0 <= crop_tta < image_size,
+            "crop_tta",
+            crop_tta,
+            f"a number of pixels in [0, {image_size}) (0 = off)",
+        )
+        require(
+            type(whiten) is int and whiten in (0, 2, 3),
+            "whiten",
+            whiten,
+            "0 (off), 2 or 3: the whitening patches' side",
+        )
         require(0.0 < bn_momentum <= 1.0, "bn_momentum", bn_momentum, "a fraction in (0, 1] (torch's default: 0.1)")
         check_dropout(dropout)
         layers: list[nn.Module] = []
@@ -248,18 +258,18 @@ class VGGBNNet(ConvClassifier):
         self.features = nn.Sequential(*layers, *_vgg_stages(widths, convs_per_stage, channels))
         self.classifier = _vgg_head(widths[-1] * side * side, hidden, dropout, num_classes)
         if dirac_init:
-            for conv in (m for m in self.features if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)):
+            for conv in (m for m in self.features if type(m) is nn.Conv2d):  # not the whitening
                 with torch.no_grad():
                     nn.init.dirac_(conv.weight[: conv.in_channels])
         for norm in (m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
             norm.momentum = bn_momentum
             norm.weight.requires_grad_(bn_weights)
 
-    def fit_whitening(self, images: torch.Tensor) -> None:
-        """Sets the patch-whitening layer (if any) from float ``(N, 1, S, S)`` training images, as the
-        network sees them (normalised); a few thousand are plenty."""
-        if isinstance(self.features[0], PatchWhitening):
-            self.features[0].fit(images)
+    @property
+    def whitening(self) -> PatchWhitening | None:
+        """The patch-whitening layer, which ``PatchWhitening.fit`` sets from training images; ``None`` if off."""
+        first = self.features[0]
+        return first if isinstance(first, PatchWhitening) else None
 
     def _tta(self, x: torch.Tensor) -> torch.Tensor:
         logits = super().forward(x)
@@ -290,9 +300,14 @@ class PatchWhitening(nn.Conv2d):
     ``init_whiten_conv`` (Jordan, 2024) uses the uncentred second moment and learns the bias for a few
     epochs; here the patches are centred and the bias is frozen with the weights.
 
+    The patches include the border ones of a 3×3 layer, over the zero padding (as the layer sees
+    them); airbench's are interior patches only. ``fit`` holds about three float64 copies of the
+    patches: about 280 MB each for 5,000 images at 28 px and side 3.
+
     Args:
         side: Patch side in pixels (2 or 3).
-        eps: Added to the eigenvalues (airbench's 5e-4), for patches with almost no variance.
+        eps: Added to the eigenvalues, in the squared units of the (normalised) pixels: airbench's 5e-4,
+            for patch directions with almost no variance.
     """
 
     def __init__(self, side: int, eps: float = 5e-4) -> None:
@@ -308,7 +323,11 @@ class PatchWhitening(nn.Conv2d):
 
     @torch.no_grad()
     def fit(self, images: torch.Tensor) -> None:
-        """Sets the filters and biases from float ``(N, 1, S, S)`` images (the computation is in float64)."""
+        """Sets the filters and biases from float ``(N, 1, S, S)`` images (the computation is in float64).
+
+        Raises:
+            RuntimeError: ``images`` is not ``(N, 1, S, S)`` (``torch.nn.functional.unfold``'s error).
+        """
         patches = self.patches(images)
         mean = patches.mean(dim=0)
         eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(patches.T))

@@ -29,9 +29,9 @@ class Lookahead(Callback):
     end of a cycle they equal the slow ones (the weights the paper's Algorithm 1 returns); at the
     end of an epoch whose step count is not a multiple of ``k``, the fast weights of the cycle
     under way, and the cycle continues across the epoch boundary. (airbench94's ``LookaheadState``,
-    github.com/KellerJordan/cifar10-airbench, differs there: it copies its slow weights into the
-    network after each epoch, dropping the partial cycle's steps, and also averages BatchNorm's
-    running statistics; buffers are left alone here, as in the paper.)
+    github.com/KellerJordan/cifar10-airbench, differs: it schedules its step towards the fast weights
+    over training and copies its slow weights into the network once, at the end, and it also
+    averages BatchNorm's running statistics; buffers are left alone here, as in the paper.)
 
     The slow weights and the step of the last update are this callback's checkpoint state
     (``state_dict``), so ``python train.py resume=<run folder>`` continues bit for bit. They are
@@ -47,6 +47,7 @@ class Lookahead(Callback):
 
     Raises:
         ArgumentError: ``k`` is not an integer >= 1, or ``alpha`` is not in (0, 1].
+        ValueError: When training starts, a restored checkpoint's slow weights are for other parameters.
     """
 
     def __init__(self, k: int = 5, alpha: float = 0.5) -> None:
@@ -166,6 +167,16 @@ class EMAWeightAveraging(LightningEMAWeightAveraging):
             update_starting_at_epoch=update_starting_at_epoch,
             **kwargs,
         )
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The average copied the module in ``setup``, before the module's own ``setup`` set its frozen
+        parameters from the data (``VGGBNNet(whiten=...)``'s ``whitening``): they are copied again here."""
+        if self._average_model is None:
+            return
+        with torch.no_grad():
+            for average, own in zip(self._average_model.module.parameters(), pl_module.parameters(), strict=True):
+                if not own.requires_grad:
+                    average.copy_(own)
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if trainer.state.fn == TrainerFn.FITTING:
