@@ -95,7 +95,7 @@ def test_integrated_gradients_are_complete_on_a_linear_network() -> None:
 
 def test_flip_tta_and_in_place_activations_are_off_while_attributing() -> None:
     torch.manual_seed(2)
-    net = VGGBNNet(flip_tta=True).eval()
+    net = VGGBNNet(flip_tta=True, crop_tta=1).eval()
     plain = VGGBNNet(flip_tta=False).eval()
     plain.load_state_dict(net.state_dict())
     x, targets = images(3), torch.tensor([1, 2, 3])
@@ -103,9 +103,12 @@ def test_flip_tta_and_in_place_activations_are_off_while_attributing() -> None:
         ours = Explainer(net, PREPROCESS, method).attribute(x, targets).maps
         unflipped = Explainer(plain, PREPROCESS, method).attribute(x, targets).maps
         assert torch.equal(ours, unflipped)
-    assert net.flip_tta is True and all(m.inplace for m in net.modules() if isinstance(m, nn.ReLU))
+    assert (
+        net.flip_tta is True and net.crop_tta == 1 and all(m.inplace for m in net.modules() if isinstance(m, nn.ReLU))
+    )
     with attributable(net):
-        assert net.flip_tta is False and not any(m.inplace for m in net.modules() if isinstance(m, nn.ReLU))
+        assert net.flip_tta is False and net.crop_tta == 0
+        assert not any(m.inplace for m in net.modules() if isinstance(m, nn.ReLU))
 
 
 def test_overlay_is_rgb_and_a_zero_map_leaves_the_image() -> None:

@@ -113,6 +113,7 @@ def test_ema_checks_its_arguments(make_cfg) -> None:
     assert [str(p.key) for p in info.value.problems] == ["callbacks.lookahead.k", "callbacks.ema.decay"]
 
 
+@pytest.mark.slow  # composes every experiment: about 1.5 s
 def test_averaging_is_off_by_default(make_cfg) -> None:
     """Neither the default config nor any experiment adds them: a run is as it was."""
     for override in ["seed=42", *(f"experiment={name}" for name in config_names("experiment"))]:
@@ -122,6 +123,7 @@ def test_averaging_is_off_by_default(make_cfg) -> None:
         assert not any("averaging" in t or "WeightAveraging" in t for t in targets), override
 
 
+@pytest.mark.slow  # about 1.5 s each
 @pytest.mark.parametrize(
     ("option", "hook"),
     [

@@ -146,15 +146,20 @@ def test_the_command(run_copy: Path) -> None:
     assert "Traceback" not in again.stderr
 
 
+#: Every model config, and VGGBNNet with airbench's layers: patch whitening, flip and translation TTA.
+EXPORTED = {name: [f"model={name}"] for name in config_names("model")}
+EXPORTED["vgg_bn_airbench"] = ["model=vgg_bn", "model.whiten=2", "model.flip_tta=true", "model.crop_tta=1"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("model", config_names("model"))
+@pytest.mark.parametrize("model", EXPORTED)
 def test_every_model_exports_with_parity(model: str, data_root: Path, tmp_path: Path, test_set) -> None:
     """Every model config, trained briefly and tested on all 10,000 test images, exports to
     both formats; on the full test set the graphs agree with PyTorch (at 28 px there is no
     resize, so ONNX agrees as closely as the program)."""
     run_dir = tmp_path / model
     result = run_command(
-        "train.py", f"model={model}", "trainer=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=30",
+        "train.py", *EXPORTED[model], "trainer=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=30",
         "trainer.limit_val_batches=2", "callbacks.early_stopping=null", f"data.root={data_root}",
         f"hydra.run.dir={run_dir}",
     )  # fmt: skip

@@ -252,6 +252,7 @@ def test_bad_parameters_are_refused() -> None:
         ConvMuon(tiny_net().parameters()).add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})
 
 
+@pytest.mark.slow  # about 1 s
 def test_muon_config_trains(make_cfg, tmp_path: Path) -> None:
     """``optimizer=muon`` as ``python train.py`` composes it, with speedrun_91's one-cycle schedule: one batch."""
     cfg = make_cfg("experiment=speedrun_91", "optimizer=muon", "debug=fdr")

@@ -23,8 +23,9 @@ The methods (``METHODS``), each Captum's:
   normalisation); the paper's advice is 10 to 20 % noise and about 50 samples.
 
 The attributed output f is the target class's logit, before the temperature (a temperature
-divides every logit alike and changes no map's shape). A network with flip TTA (``flip_tta``)
-is attributed without it: the maps come from the unflipped pass (``attributable``).
+divides every logit alike and changes no map's shape). A network with test-time augmentation
+(``flip_tta``, ``crop_tta``) is attributed without it: the maps come from the unflipped,
+untranslated pass (``attributable``).
 """
 
 from __future__ import annotations
@@ -99,20 +100,24 @@ def gradcam_layer_name(net: nn.Module, layer: str | None = None) -> str:
     return next(name for name, candidate in net.named_modules() if candidate is module)
 
 
+#: The switches ``attributable`` turns off, and their off values.
+ATTRIBUTION_OFF = {"flip_tta": False, "crop_tta": 0, "inplace": False}
+
+
 @contextmanager
 def attributable(net: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, ``net`` computes as before with two switches off, restored after: every
-    module's ``flip_tta`` (the unflipped pass only) and ``inplace`` (an in-place ReLU would
-    overwrite the output of the layer Grad-CAM hooks before Captum reads its gradient, giving
-    all-zero maps; out of place, the values are the same)."""
+    """Within the block, ``net`` computes as before with three switches off, restored after: every
+    module's ``flip_tta`` and ``crop_tta`` (the unflipped, untranslated pass only) and ``inplace`` (an
+    in-place ReLU would overwrite the output of the layer Grad-CAM hooks before Captum reads its
+    gradient, giving all-zero maps; out of place, the values are the same)."""
     saved = [
         (module, name, getattr(module, name))
         for module in net.modules()
-        for name in ("flip_tta", "inplace")
-        if isinstance(getattr(module, name, None), bool)
+        for name, off in ATTRIBUTION_OFF.items()
+        if type(getattr(module, name, None)) is type(off)
     ]
     for module, name, _ in saved:
-        setattr(module, name, False)
+        setattr(module, name, ATTRIBUTION_OFF[name])
     try:
         yield net
     finally:
