@@ -164,3 +164,15 @@ def run_command(command: str, *args: str, cwd: Path = REPO, env: dict[str, str] 
             traceback.print_exc(file=stderr)
             status = 1
     return subprocess.CompletedProcess([command, *args], status, stdout.getvalue(), stderr.getvalue())
+
+
+def train_whole_and_resumed(args: list[str], folder: Path) -> tuple[Path, Path]:
+    """``train.py <args>`` for two epochs in ``folder/whole``, and for one epoch in ``folder/part`` then
+    ``resume=`` to two; returns the two run folders, for a test to compare (bit-exact resume)."""
+    whole, part = folder / "whole", folder / "part"
+    for run, epochs in ((whole, 2), (part, 1)):
+        result = run_command("train.py", *args, f"trainer.max_epochs={epochs}", f"hydra.run.dir={run}")
+        assert result.returncode == 0, result.stderr[-3000:]
+    result = run_command("train.py", f"resume={part}", "trainer.max_epochs=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return whole, part

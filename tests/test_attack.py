@@ -24,7 +24,7 @@ from fmnist_lightning.evaluation.attacks import (
 )
 from fmnist_lightning.evaluation.runs import build_datamodule, load_trained
 from fmnist_lightning.models.adversarial import TRADES, PGDTraining, check_eps, torchattacks
-from in_process import run_command
+from in_process import run_command, train_whole_and_resumed
 
 
 @pytest.fixture(scope="module")
@@ -257,12 +257,7 @@ def test_adversarial_training_resumes_bit_exactly(data_root: Path, tmp_path: Pat
         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "module.adversary.steps=2", "logger=none",
         "callbacks.progress_bar=null", f"data.root={data_root}",
     ]  # fmt: skip
-    whole, part = tmp_path / "whole", tmp_path / "part"
-    for folder, epochs in ((whole, 2), (part, 1)):
-        result = run_command("train.py", *args, f"trainer.max_epochs={epochs}", f"hydra.run.dir={folder}")
-        assert result.returncode == 0, result.stderr[-3000:]
-    result = run_command("train.py", f"resume={part}", "trainer.max_epochs=2")
-    assert result.returncode == 0, result.stderr[-3000:]
+    whole, part = train_whole_and_resumed(args, tmp_path)
     first, second = (torch.load(f / "net.pt", weights_only=True) for f in (whole, part))
     assert all(torch.equal(first[k], second[k]) for k in first)
     config = (whole / ".hydra" / "config.yaml").read_text()

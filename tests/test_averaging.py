@@ -20,7 +20,7 @@ from fmnist_lightning.errors import ArgumentError, ConfigError
 from fmnist_lightning.training import pipeline
 from fmnist_lightning.training.averaging import EMAWeightAveraging, Lookahead
 from fmnist_lightning.training.build import build_run
-from in_process import run_command
+from in_process import train_whole_and_resumed
 
 
 class Tiny(L.LightningModule):
@@ -209,12 +209,7 @@ def test_averaging_resumes_bit_exactly(data_root: Path, tmp_path: Path, option: 
         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "logger=none", "callbacks.progress_bar=null",
         f"data.root={data_root}",
     ]  # fmt: skip
-    whole, part = tmp_path / "whole", tmp_path / "part"
-    for folder, epochs in ((whole, 2), (part, 1)):
-        result = run_command("train.py", *args, f"trainer.max_epochs={epochs}", f"hydra.run.dir={folder}")
-        assert result.returncode == 0, result.stderr[-3000:]
-    result = run_command("train.py", f"resume={part}", "trainer.max_epochs=2")
-    assert result.returncode == 0, result.stderr[-3000:]
+    whole, part = train_whole_and_resumed(args, tmp_path)
     first, second = (torch.load(f / "net.pt", weights_only=True) for f in (whole, part))
     assert all(torch.equal(first[k], second[k]) for k in first)
     first, second = (checkpoint_tensors(f / "checkpoints" / "last.ckpt", option) for f in (whole, part))

@@ -425,18 +425,13 @@ def test_speedrun_techniques_resume_bit_exactly(data_root: Path, tmp_path: Path,
     """Two epochs at once, and one epoch then ``resume=`` to two: the same weights (the alternating
     flips' odd epoch is the resumed one). A constant lr: a one-cycle schedule's length is fixed by its
     first run's epochs, so it cannot be resumed to more."""
-    from in_process import run_command
+    from in_process import train_whole_and_resumed
 
     args = [
         "experiment=speedrun_91", *technique, "trainer.precision=32-true", "trainer.deterministic=true",
         "trainer.limit_train_batches=4", "scheduler=none", "trainer.limit_val_batches=1",
         "trainer.limit_test_batches=1", "logger=none", "callbacks.progress_bar=null", f"data.root={data_root}",
     ]  # fmt: skip
-    whole, part = tmp_path / "whole", tmp_path / "part"
-    for folder, epochs in ((whole, 2), (part, 1)):
-        result = run_command("train.py", *args, f"trainer.max_epochs={epochs}", f"hydra.run.dir={folder}")
-        assert result.returncode == 0, result.stderr[-3000:]
-    result = run_command("train.py", f"resume={part}", "trainer.max_epochs=2")
-    assert result.returncode == 0, result.stderr[-3000:]
+    whole, part = train_whole_and_resumed(args, tmp_path)
     first, second = (torch.load(f / "net.pt", weights_only=True) for f in (whole, part))
     assert all(torch.equal(first[k], second[k]) for k in first)
