@@ -414,12 +414,10 @@ def test_the_whitening_is_fitted_to_the_first_training_images(make_cfg, tmp_path
 
 
 @pytest.mark.slow  # three short trainings each: about 15 s
-# Not optimizer=muon: a resumed ConvMuon run fails at its next checkpoint (KeyError in the inner Muon's
-# state_dict), an open bug; tests/test_optimizers.py covers its in-process state round trip.
 @pytest.mark.parametrize(
     "technique",
-    [["model.whiten=2", "data.alternating_flip=true", "model.flip_tta=true", "model.crop_tta=1"]],
-    ids=["whitening, alternating flips, TTA"],
+    [["model.whiten=2", "data.alternating_flip=true", "model.flip_tta=true", "model.crop_tta=1"], ["optimizer=muon"]],
+    ids=["whitening, alternating flips, TTA", "Muon"],
 )
 def test_speedrun_techniques_resume_bit_exactly(data_root: Path, tmp_path: Path, technique: list[str]) -> None:
     """Two epochs at once, and one epoch then ``resume=`` to two: the same weights (the alternating

@@ -261,3 +261,33 @@ def test_muon_config_trains(make_cfg, tmp_path: Path) -> None:
     metrics = train(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "finished"
+
+
+def test_a_resumed_state_stays_with_its_optimizer() -> None:
+    """Lightning's resume loads the state, then reads every entry (``_optimizer_to_device``): each stays in
+    its own inner optimizer's state, and the next ``state_dict`` works (through a ``ChainMap``, reading
+    Adam's entries created empty ones in Muon's ``defaultdict``, and ``state_dict`` failed with a
+    ``KeyError``); an assignment goes to the owner's state."""
+    from lightning.fabric.utilities.optimizer import _optimizer_to_device
+
+    def trained(steps: int) -> tuple[torch.nn.Module, ConvMuon]:
+        torch.manual_seed(0)
+        net = VGGBNNet(image_size=8, widths=[4, 8], convs_per_stage=1, hidden=0).to(memory_format=torch.channels_last)
+        optimizer = ConvMuon(net.parameters())
+        for _ in range(steps):
+            optimizer.zero_grad()
+            net(torch.randn(4, 1, 8, 8)).sum().backward()
+            optimizer.step()
+        return net, optimizer
+
+    _, optimizer = trained(2)
+    saved = optimizer.state_dict()
+    _, resumed = trained(0)
+    resumed.load_state_dict(saved)
+    _optimizer_to_device(resumed, torch.device("cpu"))
+    for inner in resumed._inner:
+        own = {id(p) for group in inner.param_groups for p in group["params"]}
+        assert inner.state and all(id(k) in own for k in inner.state)
+    assert resumed.state_dict()["state"].keys() == saved["state"].keys()
+    with pytest.raises(KeyError, match="no parameter"):
+        resumed.state[torch.zeros(2)] = {}

@@ -19,6 +19,35 @@ from fmnist_lightning.errors import require
 LOGICAL = (0, 1, 2, 3)
 
 
+class InnerStates(ChainMap):
+    """The inner optimizers' states as one mapping (``ConvMuon.state``). A read looks in each state that
+    holds the key, where a ``ChainMap``'s would ask each in turn, and the first, a ``defaultdict``, would
+    create an empty entry for every key of the others (Lightning's ``_optimizer_to_device`` reads every
+    entry on a resume; the next ``state_dict`` then failed with a ``KeyError``). An assignment goes to
+    the state of the optimizer whose parameter the key is, where a ``ChainMap``'s goes to the first.
+
+    Raises:
+        KeyError: An assignment for a tensor that is no parameter of the inner optimizers.
+    """
+
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        super().__init__(*(optimizer.state for optimizer in optimizers))
+        self.optimizers = optimizers
+
+    def __getitem__(self, key: Any) -> Any:
+        for state in self.maps:
+            if key in state:
+                return state[key]
+        return self.__missing__(key)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        for optimizer in self.optimizers:
+            if any(p is key for group in optimizer.param_groups for p in group["params"]):
+                optimizer.state[key] = value
+                return
+        raise KeyError(f"a tensor of shape {tuple(getattr(key, 'shape', ()))} is no parameter of this ConvMuon")
+
+
 class ConvMuon(torch.optim.Optimizer):
     """Muon (Jordan et al., 2024) on every 4-D convolution filter, flattened to a matrix, and Adam on every
     other parameter (biases, BatchNorm, linear layers), with one learning rate for both: airbench's recipe
@@ -122,7 +151,7 @@ class ConvMuon(torch.optim.Optimizer):
         self._filters, self._layouts = filters, [layout for _, layout in views]
         self._muon, self._inner = (inner[0] if filters else None), inner
         self.param_groups = [group for optimizer in inner for group in optimizer.param_groups]
-        self.state = ChainMap(*(optimizer.state for optimizer in inner))
+        self.state = InnerStates(inner)
         hooks = [
             f.register_post_accumulate_grad_hook(partial(_after_backward, weakref.ref(self), i))
             for i, f in enumerate(filters)
