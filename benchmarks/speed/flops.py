@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parents[2]
 #: Lightning's sanity check before training: 2 validation batches (its ``num_sanity_val_steps`` default).
@@ -57,16 +58,14 @@ def matmul_peak(dtype: torch.dtype, reps: int = 5, sides: tuple[int, ...] = (102
     return best
 
 
-def per_image_flops(run_dir: Path) -> dict[str, float]:
+def per_image_flops(cfg: DictConfig) -> dict[str, float]:
     """FLOPs per training image (forward and backward, training mode) and per evaluated image (forward,
-    eval mode) of the network of the run in ``run_dir`` (its config; no checkpoint needed)."""
+    eval mode) of the network of the run config ``cfg`` (no checkpoint needed)."""
     from lightning.fabric.utilities.throughput import measure_flops
-    from omegaconf import OmegaConf
 
-    from fmnist_lightning.models.compose import module_arguments, module_class
+    from fmnist_lightning.evaluation.runs import build_module
 
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    module = module_class(cfg)(**module_arguments(cfg, training=False))  # eager: no torch.compile
+    module = build_module(cfg)  # as for evaluation: eager, no torch.compile
     size, batch = cfg.data.image_size, cfg.data.batch_size
     images = torch.randn(batch, 1, size, size)
     labels = torch.randint(0, cfg.data.num_classes, (batch,))
@@ -79,15 +78,16 @@ def per_image_flops(run_dir: Path) -> dict[str, float]:
 
 def run_flops(run_dir: Path) -> dict[str, float]:
     """A finished run's FLOPs: per image, in training (``train``), in evaluation (``eval``) and in all,
-    from its ``metrics.json`` (epochs) and config (split sizes).
+    from its ``metrics.json`` (epochs) and config (split sizes), with its ``wall_time_s``.
 
     Raises:
-        FileNotFoundError: ``run_dir`` has no ``metrics.json`` or ``.hydra/config.yaml``.
+        RunError: ``run_dir`` is no run (``RunFolder.load_config``); ``UntrustedConfigError``, its config
+            names an untrusted callable.
     """
-    from omegaconf import OmegaConf
+    from fmnist_lightning.run_folder import RunFolder
 
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    status = json.loads((run_dir / "metrics.json").read_text())
+    folder = RunFolder(run_dir)
+    cfg, status = folder.load_config(), folder.read_status()
     total = cfg.data.files.train_images.shape[0]
     # IdxDataModule's split: a fold of data.folds, or round(total · val_fraction) (data/splits.py).
     validation = total // cfg.data.folds if cfg.data.folds else round(total * cfg.data.val_fraction)
@@ -95,14 +95,15 @@ def run_flops(run_dir: Path) -> dict[str, float]:
     sanity_batches = cfg.trainer.get("num_sanity_val_steps")
     sanity_batches = SANITY_BATCHES if sanity_batches is None else sanity_batches  # null: Lightning's default
     sanity = min(sanity_batches * (cfg.data.eval_batch_size or cfg.data.batch_size), validation)
-    flops = per_image_flops(run_dir)
+    flops = per_image_flops(cfg)
     epochs = status["epochs"]
     # Images trained on: every batch of every epoch, or fewer under trainer.limit_train_batches.
     per_step = cfg.data.batch_size * cfg.trainer.get("accumulate_grad_batches", 1)
     trained = min(epochs * (total - validation), status["global_step"] * per_step)
     train = flops["train_per_image"] * trained
     evaluate = flops["eval_per_image"] * (epochs * validation + sanity + test + validation)
-    return {**flops, "epochs": epochs, "train": train, "eval": evaluate, "total": train + evaluate}
+    figures = {"epochs": epochs, "train": train, "eval": evaluate, "total": train + evaluate}
+    return {**flops, **figures, "wall_time_s": status["wall_time_s"]}
 
 
 def main() -> None:
@@ -127,11 +128,10 @@ def main() -> None:
         )
     for run in args.runs:
         flops = run_flops(run)
-        status = json.loads((run / "metrics.json").read_text())
-        seconds = status["wall_time_s"]
+        seconds = flops["wall_time_s"]
         rate = flops["total"] / seconds
         fractions = {k: rate / v for k, v in result["peak_flop_s"].items()}
-        result[str(run)] = {**flops, "wall_time_s": seconds, "flop_s": rate, "of_peak": fractions}
+        result[str(run)] = {**flops, "flop_s": rate, "of_peak": fractions}
         print(
             f"{run}: {flops['total'] / 1e12:.3f} TFLOPs ({flops['train'] / 1e12:.3f} training, "
             f"{flops['eval'] / 1e12:.3f} evaluation; {flops['train_per_image'] / 1e6:.1f} MFLOPs per training "
