@@ -332,9 +332,9 @@ class PatchWhitening(nn.Conv2d):
         mean = patches.mean(dim=0)
         eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(patches.T))
         filters = eigenvectors.T / (eigenvalues + self.eps).sqrt().unsqueeze(1)  # (side², side²)
-        weight = torch.cat((filters, -filters)).view_as(self.weight)
-        bias = -(torch.cat((filters, -filters)) @ mean)
-        self.weight.copy_(weight.to(self.weight.dtype))
+        both = torch.cat((filters, -filters))  # (2·side², side²)
+        self.weight.copy_(both.view_as(self.weight).to(self.weight.dtype))
+        bias = -(both @ mean)
         self.bias.copy_(bias.to(self.bias.dtype))
 
 
