@@ -4,6 +4,7 @@
     python benchmarks/speedrun.py --targets 91 93 94       # 5 seeds each (about 40 min on 2 cores)
     python benchmarks/speedrun.py --targets 91 --ablations # 91 % and its ablation rows
     python benchmarks/speedrun.py --targets 91 --plain 1   # and the plain recipe-001 loop beside it
+    python benchmarks/speedrun.py --targets 95 --first-seed 3 --seeds 2 --merge seeds_0_2.json  # the rest
 
 Each run is ``python train.py experiment=speedrun_<target> seed=<s>``, a process of its own,
 timed from its launch to its exit: start-up, training, validation, the test, the report and
@@ -121,9 +122,10 @@ def plain_time_to(
     }
 
 
-def row(name: str, target: str, runs: list[dict]) -> dict:
-    """One table row: the runs' statistics (accuracies as percentages), and the first run's FLOPs
-    (``speed/flops.py``'s ``run_flops``: training and evaluation, in TFLOPs)."""
+def row(name: str, target: str, runs: list[dict], counted: Path) -> dict:
+    """One table row: the runs' statistics (accuracies as percentages), and the FLOPs of the run
+    in folder ``counted`` (``speed/flops.py``'s ``run_flops``: training and evaluation, in
+    TFLOPs)."""
     from flops import run_flops
 
     from fmnist_lightning.evaluation.statistics import t_interval
@@ -134,6 +136,7 @@ def row(name: str, target: str, runs: list[dict]) -> dict:
         "row": name,
         "target": target,
         "seeds": len(runs),
+        "seed_list": [r["seed"] for r in runs],
         "test_acc": [round(100 * r["test_acc"], 2) for r in runs],
         "mean": accuracy.mean,
         "ci95": [accuracy.low, accuracy.high],
@@ -141,8 +144,28 @@ def row(name: str, target: str, runs: list[dict]) -> dict:
         "val_acc_best_mean": statistics.mean(100 * r["val_acc_best"] for r in runs),
         "whole_s_median": statistics.median(r["whole_s"] for r in runs),
         "first_step_s_median": statistics.median(starts) if starts else None,
-        "tflops": run_flops(Path(runs[0]["folder"]))["total"] / 1e12,
+        "tflops": run_flops(counted)["total"] / 1e12,
     }
+
+
+def merged(runs: dict[str, list[dict]], earlier: list[Path]) -> dict[str, list[dict]]:
+    """``runs`` with the runs of the same rows from ``earlier`` outputs of this script (other seeds
+    of the same recipes, say), each row's runs in seed order, so that ``against`` pairs seeds.
+
+    Raises:
+        SystemExit: A seed of a row is in two of them.
+    """
+    rows = {name: list(own) for name, own in runs.items()}
+    for path in earlier:
+        for name, old in json.loads(path.read_text())["runs"].items():
+            if name in rows:
+                rows[name] += old
+    for name, both in rows.items():
+        seeds = [r["seed"] for r in both]
+        if len(set(seeds)) != len(seeds):
+            sys.exit(f"--merge: row {name!r} has seed(s) {sorted(seeds)} twice; merge outputs of other seeds only")
+        both.sort(key=lambda r: r["seed"])
+    return rows
 
 
 def against(base: dict, ablated: dict) -> dict:
@@ -151,8 +174,9 @@ def against(base: dict, ablated: dict) -> dict:
     median whole-process times (ablated / recipe)."""
     from fmnist_lightning.evaluation.statistics import paired_t_test
 
-    seeds = min(base["seeds"], ablated["seeds"])
-    difference = paired_t_test(base["test_acc"][:seeds], ablated["test_acc"][:seeds])
+    base_acc, ablated_acc = (dict(zip(r["seed_list"], r["test_acc"], strict=True)) for r in (base, ablated))
+    seeds = sorted(base_acc.keys() & ablated_acc.keys())
+    difference = paired_t_test([base_acc[s] for s in seeds], [ablated_acc[s] for s in seeds])
     result = {
         "difference": difference.difference,
         "ci95": [difference.low, difference.high],
@@ -193,10 +217,15 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
+    """The command line (``--help``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS, help="default: all")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1 (default 5)")
+    parser.add_argument("--seeds", type=int, default=5, help="N seeds from --first-seed on (default 5)")
+    parser.add_argument("--first-seed", type=int, default=0, help="default 0")
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, default=[], metavar="JSON", help="earlier --out files of other seeds to add"
+    )
     parser.add_argument("--ablations", action="store_true", help="add each target's ablation rows")
     parser.add_argument("--plain", type=int, default=0, metavar="N", help="plain recipe-001 loop on N seeds")
     parser.add_argument("--data-root", default="data/fashion-mnist")
@@ -205,8 +234,11 @@ def main() -> None:
     parser.add_argument("--override", nargs="+", default=[], help="added to every train.py run; for a quick check")
     parser.add_argument("--plain-epochs", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--plain-limit-batches", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = arguments()
     sys.path.insert(0, str(REPO / "benchmarks" / "speed"))  # benchmark.py, flops.py, time_to_accuracy.py
     from benchmark import machine
 
@@ -223,7 +255,7 @@ def main() -> None:
             variants += [(f"speedrun_{t} without: {name}", t, [*common, *o]) for name, o in ABLATIONS[t].items()]
     runs: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
     plain: list[dict] = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for index, (name, target, extra) in enumerate(variants):
             folder = workdir / f"{index:02d}_seed{seed}"
             result = run_once(command(target, seed, folder, extra), folder)
@@ -233,13 +265,15 @@ def main() -> None:
                 f"(start-up {result['first_step_s']} s)",
                 flush=True,
             )
-        if seed < args.plain:
+        if seed < args.first_seed + args.plain:
             result = plain_time_to(
                 workdir / f"plain_seed{seed}", seed, data_root, 0.91, args.plain_epochs, args.plain_limit_batches
             )
             plain.append({"seed": seed, **result})
             print(f"seed {seed} plain_001: 91 % after {result['seconds_to_target']} s", flush=True)
-    rows = [row(name, target, runs[name]) for name, target, _ in variants]
+    counted = {name: Path(own[0]["folder"]) for name, own in runs.items()}
+    runs = merged(runs, args.merge)
+    rows = [row(name, target, runs[name], counted[name]) for name, target, _ in variants]
     base = {r["target"]: r for r in rows if r["row"] == f"speedrun_{r['target']}"}
     for r in rows:
         if r is not base[r["target"]]:
@@ -257,7 +291,8 @@ def main() -> None:
                 f"\n\nThe plain recipe-001 loop reached 91 % after {median:.0f} s (median over {len(times)} seeds): "
                 f"speedrun_91's whole process is {median / fast:.1f}× faster."
             )
-    summary = {"machine": machine(), "seeds": args.seeds, "table": text, "rows": rows, "runs": runs, "plain": plain}
+    seeds = sorted({r["seed"] for own in runs.values() for r in own})
+    summary = {"machine": machine(), "seeds": seeds, "table": text, "rows": rows, "runs": runs, "plain": plain}
     Path(args.out).write_text(json.dumps(without_nan(summary), indent=2, allow_nan=False) + "\n")
     print(f"\n{summary['machine']}\n\n{text}")
 

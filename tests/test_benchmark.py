@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from conftest import run_script
+from conftest import REPO, run_script
+
+spec = importlib.util.spec_from_file_location("speedrun", REPO / "benchmarks" / "speedrun.py")
+speedrun = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(speedrun)
 
 
 @pytest.mark.slow  # about a minute: four subprocesses, each training a few batches
@@ -151,3 +156,30 @@ def test_pruning_benchmark_runs_both_searches(data_root: Path, tmp_path: Path) -
     # The same seeded sampler and no pruning yet (the median rule waits for 5 trials): the same search.
     assert runs["median"]["values"] == runs["none"]["values"] and runs["none"]["epochs_trained"] == 6
     assert "| none |" in result.stdout and "Wall time ratio none / median" in result.stdout
+
+
+def _run(seed: int, acc: float) -> dict:
+    return {"seed": seed, "folder": f"/runs/{seed}", "whole_s": 10.0 + seed, "first_step_s": 4.0, "test_acc": acc}
+
+
+def test_merged_outputs_add_other_seeds_in_seed_order_and_refuse_a_seed_twice(tmp_path: Path) -> None:
+    earlier = tmp_path / "seeds_0_2.json"
+    rows = {"speedrun_95": [_run(0, 0.95), _run(1, 0.951)], "speedrun_94": [_run(0, 0.94)]}
+    earlier.write_text(json.dumps({"runs": rows}))
+    runs = speedrun.merged({"speedrun_95": [_run(3, 0.952), _run(2, 0.949)]}, [earlier])
+    assert list(runs) == ["speedrun_95"]  # rows of the earlier file this invocation did not run stay out
+    assert [r["seed"] for r in runs["speedrun_95"]] == [0, 1, 2, 3]
+    with pytest.raises(SystemExit, match="seed"):
+        speedrun.merged({"speedrun_95": [_run(1, 0.95)]}, [earlier])
+
+
+def test_an_ablation_is_paired_with_its_recipe_seed_by_seed() -> None:
+    base = {"seed_list": [0, 1, 2], "test_acc": [91.0, 92.0, 93.0], "whole_s_median": 10.0}
+    # The ablation ran seeds 2, 0 and 1 (merged from two invocations): 0.2, 0.4 and 0.6 points
+    # lower on seeds 2, 0 and 1.
+    ablated = {"seed_list": [2, 0, 1], "test_acc": [92.8, 90.6, 91.4], "whole_s_median": 5.0}
+    result = speedrun.against(base, ablated)
+    # Differences -0.4, -0.6, -0.2: mean -0.4, standard error 0.2 / √3, t(2, 0.975) = 4.303.
+    assert result["difference"] == pytest.approx(-0.4)
+    assert result["ci95"] == pytest.approx([-0.4 - 4.303 * 0.2 / 3**0.5, -0.4 + 4.303 * 0.2 / 3**0.5], abs=1e-3)
+    assert result["time_ratio"] == 0.5

@@ -84,13 +84,13 @@ def run_flops(run_dir: Path) -> dict[str, float]:
         RunError: ``run_dir`` is no run (``RunFolder.load_config``); ``UntrustedConfigError``, its config
             names an untrusted callable.
     """
+    from fmnist_lightning.data.splits import validation_size
     from fmnist_lightning.run_folder import RunFolder
 
     folder = RunFolder(run_dir)
     cfg, status = folder.load_config(), folder.read_status()
     total = cfg.data.files.train_images.shape[0]
-    # IdxDataModule's split: a fold of data.folds, or round(total · val_fraction) (data/splits.py).
-    validation = total // cfg.data.folds if cfg.data.folds else round(total * cfg.data.val_fraction)
+    validation = validation_size(total, cfg.data.val_fraction, cfg.data.folds)  # IdxDataModule's split
     test = cfg.data.files.test_images.shape[0]
     sanity_batches = cfg.trainer.get("num_sanity_val_steps")
     sanity_batches = SANITY_BATCHES if sanity_batches is None else sanity_batches  # null: Lightning's default

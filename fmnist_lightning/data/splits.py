@@ -8,10 +8,16 @@ import torch
 from fmnist_lightning.errors import require
 
 
+def validation_size(n: int, val_fraction: float, folds: int | None = None) -> int:
+    """How many of ``n`` training images validate: ``round(n * val_fraction)`` (``random_split``), or
+    with ``folds`` its fold's ``n // folds`` (``StratifiedKFold``'s folds hold that or one more)."""
+    return n // folds if folds else round(n * val_fraction)
+
+
 def random_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(train, val)`` int64 indices: the first ``round(n * val_fraction)`` of ``torch.randperm(n)`` seeded
-    with ``seed`` validate."""
-    n_val = round(n * val_fraction)
+    """``(train, val)`` int64 indices: the first ``validation_size(n, val_fraction)`` of
+    ``torch.randperm(n)`` seeded with ``seed`` validate."""
+    n_val = validation_size(n, val_fraction)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[n_val:], order[:n_val]
 
