@@ -1,7 +1,7 @@
 """The speedrun: the least whole-process time to 91, 93, 94 and 95 % FashionMNIST test accuracy
 (docs/performance.md, "Speedrun").
 
-    python benchmarks/speedrun.py --targets 91 93 94       # 5 seeds each (about 40 min on 2 cores)
+    python benchmarks/speedrun.py --targets 91 93 94       # 5 seeds each
     python benchmarks/speedrun.py --targets 91 --ablations # 91 % and its ablation rows
     python benchmarks/speedrun.py --targets 93 --ablations smoothing TTA  # and only these two rows
     python benchmarks/speedrun.py --targets 91 --plain 1   # and the plain recipe-001 loop beside it
@@ -10,22 +10,28 @@
 Each run is ``python train.py experiment=speedrun_<target> seed=<s>``, a process of its own,
 timed from its launch to its exit: start-up, training, validation, the test, the report and
 its files. ``--ablations`` adds, per target, one row for each technique the recipe keeps: the
-same command with that technique taken out (``ABLATIONS``), on the same seeds. ``--plain N``
-also runs recipe 001 written the recipes' way in plain PyTorch (``speed/time_to_accuracy.py``'s
-``plain_001``, 10 epochs, about 5 min) on the first N seeds, and its time to 91 % (from
-launch to the end of the first epoch whose weights score 91 % on the test set) is set against
-the 91 % recipe's whole process.
+same command with that technique taken out (``ABLATIONS``), on the same seeds; with words,
+only the rows whose technique names one of them. ``--plain N`` also runs recipe 001 written
+the recipes' way in plain PyTorch (``speed/time_to_accuracy.py``'s ``plain_001``, 10 epochs)
+on the first N seeds, and its time to 91 % (from launch to the end of the first epoch whose
+weights score 91 % on the test set) is set against this invocation's 91 % runs.
 
 Runs are interleaved (every row of seed 0, then every row of seed 1, ...), so that all rows
 see the same machine. A row reports the mean test accuracy over seeds with its 95 % Student's t
 interval (``fmnist_lightning.evaluation.statistics.t_interval``), the run's FLOPs
-(``speed/flops.py``: the network's training and evaluation arithmetic), whether the target is
-reached (the mean is at or above it), the median whole-process seconds, the median start-up
-(``metrics.json``'s ``first_step_s``: launch to the first training step) and the mean
-``val/acc_best`` (recipes are chosen by validation; the test set only scores). An ablation
-row also gives its difference from the recipe's row on the same seeds (Student's paired
-t-test, ``paired_t_test``) and the ratio of the median times. Everything, every run
-included, goes to ``--out`` (JSON), and the table is printed as Markdown.
+(``speed/flops.py``: the network's training and evaluation arithmetic, of this invocation's
+first run of the row), whether the target is reached (the mean is at or above it), the median
+whole-process seconds, the median start-up (``metrics.json``'s ``first_step_s``: launch to the
+first training step) and the mean ``val/acc_best`` (recipes are chosen by validation; the test
+set only scores). An ablation row also gives its difference from the recipe's row on the seeds
+both ran (Student's paired t-test, ``paired_t_test``) and the ratio of the median times over
+those seeds. Everything, every run included, goes to ``--out`` (JSON), rewritten after each
+run (``"partial": true`` until the table is made), and the table is printed as Markdown.
+
+``--merge`` adds the runs of earlier outputs (finished or partial) to the rows of the same
+names, for seeds this invocation does not run: a benchmark stopped part way is finished by
+running the seeds it lacks. Each run records its launch time and its machine, as the merged
+runs may come from another; the plain loop's runs are not merged.
 """
 
 from __future__ import annotations
@@ -90,6 +96,7 @@ def run_once(cmd: list[str], folder: Path) -> dict:
     status = json.loads((folder / "metrics.json").read_text())
     return {
         "folder": str(folder),
+        "launched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(launched)),
         "whole_s": round(whole, 2),
         "first_step_s": status.get("first_step_s"),
         "epochs": status["epochs"],
@@ -145,46 +152,61 @@ def row(name: str, target: str, runs: list[dict], counted: Path) -> dict:
         "ci95": [accuracy.low, accuracy.high],
         "reached": accuracy.mean >= float(target),
         "val_acc_best_mean": statistics.mean(100 * r["val_acc_best"] for r in runs),
+        "whole_s": [r["whole_s"] for r in runs],
         "whole_s_median": statistics.median(r["whole_s"] for r in runs),
         "first_step_s_median": statistics.median(starts) if starts else None,
         "tflops": run_flops(counted)["total"] / 1e12,
     }
 
 
-def merged(runs: dict[str, list[dict]], earlier: list[Path]) -> dict[str, list[dict]]:
-    """``runs`` with the runs of the same rows from ``earlier`` outputs of this script (other seeds
-    of the same recipes, say), each row's runs in seed order, so that ``against`` pairs seeds.
+def earlier_runs(paths: list[Path], names: list[str], seeds: range) -> dict[str, list[dict]]:
+    """The runs of the rows ``names`` in the earlier outputs ``paths`` (``--merge``), read before
+    any run starts.
 
     Raises:
-        SystemExit: A seed of a row is in two of them.
+        SystemExit: A file cannot be read, or a seed of a row is in two files or in ``seeds``
+            (the seeds this invocation runs).
     """
-    rows = {name: list(own) for name, own in runs.items()}
-    for path in earlier:
-        for name, old in json.loads(path.read_text())["runs"].items():
-            if name in rows:
-                rows[name] += old
-    for name, both in rows.items():
-        seeds = [r["seed"] for r in both]
-        if len(set(seeds)) != len(seeds):
-            sys.exit(f"--merge: row {name!r} has seed(s) {sorted(seeds)} twice; merge outputs of other seeds only")
-        both.sort(key=lambda r: r["seed"])
-    return rows
+    found: dict[str, list[dict]] = {name: [] for name in names}
+    for path in paths:
+        try:
+            rows = json.loads(path.read_text())["runs"]
+        except (OSError, ValueError, KeyError) as err:
+            sys.exit(f"--merge {path}: not an output of this script ({err})")
+        for name in names:
+            found[name] += rows.get(name, [])
+    for name, old in found.items():
+        taken = [r["seed"] for r in old] + list(seeds)
+        twice = sorted({s for s in taken if taken.count(s) > 1})
+        if twice:
+            sys.exit(f"--merge: row {name!r} would have seed(s) {twice} twice; run and merge other seeds only")
+    return found
+
+
+def merged(runs: dict[str, list[dict]], earlier: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Each row's runs with its ``earlier_runs``, in seed order, so that ``against`` pairs seeds."""
+    return {name: sorted([*own, *earlier.get(name, [])], key=lambda r: r["seed"]) for name, own in runs.items()}
 
 
 def against(base: dict, ablated: dict) -> dict:
     """An ablation row against its recipe's row, on the seeds both ran: the test accuracy's
     difference (ablated − recipe, points) by Student's paired t-test, and the ratio of the
-    median whole-process times (ablated / recipe)."""
+    median whole-process times over those seeds (ablated / recipe)."""
     from fmnist_lightning.evaluation.statistics import paired_t_test
 
-    base_acc, ablated_acc = (dict(zip(r["seed_list"], r["test_acc"], strict=True)) for r in (base, ablated))
-    seeds = sorted(base_acc.keys() & ablated_acc.keys())
-    difference = paired_t_test([base_acc[s] for s in seeds], [ablated_acc[s] for s in seeds])
+    seeds = sorted(set(base["seed_list"]) & set(ablated["seed_list"]))
+
+    def on_seeds(r: dict, key: str) -> list[float]:
+        by_seed = dict(zip(r["seed_list"], r[key], strict=True))
+        return [by_seed[s] for s in seeds]
+
+    difference = paired_t_test(on_seeds(base, "test_acc"), on_seeds(ablated, "test_acc"))
     result = {
+        "seeds": len(seeds),
         "difference": difference.difference,
         "ci95": [difference.low, difference.high],
         "p_value": difference.p_value,
-        "time_ratio": ablated["whole_s_median"] / base["whole_s_median"],
+        "time_ratio": statistics.median(on_seeds(ablated, "whole_s")) / statistics.median(on_seeds(base, "whole_s")),
     }
     if math.isnan(difference.p_value) and difference.difference == 0:
         result["identical"] = True  # the same training on every seed (another logger, say)
@@ -220,11 +242,38 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def positive(text: str) -> int:
+    """``--seeds``: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is no whole number of at least 1")
+    return int(text)
+
+
+def variants(targets: list[str], ablations: list[str] | None, common: list[str]) -> list[tuple[str, str, list[str]]]:
+    """The rows to run, as ``(name, target, overrides)``: each target's recipe, then with
+    ``ablations`` its ``ABLATIONS`` rows (``[]``: all; words: those whose technique names one).
+
+    Raises:
+        SystemExit: A word names no technique of ``targets``.
+    """
+    rows = [(f"speedrun_{t}", t, common) for t in targets]
+    if ablations is None:
+        return rows
+    techniques = [(t, name) for t in targets for name in ABLATIONS[t]]
+    unmatched = [w for w in ablations if not any(w in name for _, name in techniques)]
+    if unmatched:
+        names = "; ".join(f"{t}: {name}" for t, name in techniques) or "none"
+        sys.exit(f"--ablations: {unmatched} name no technique of these targets ({names})")
+    words = ablations or [""]  # no words: every row
+    chosen = [(t, name) for t, name in techniques if any(w in name for w in words)]
+    return rows + [(f"speedrun_{t} without: {name}", t, [*common, *ABLATIONS[t][name]]) for t, name in chosen]
+
+
 def arguments() -> argparse.Namespace:
     """The command line (``--help``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS, help="default: all")
-    parser.add_argument("--seeds", type=int, default=5, help="N seeds from --first-seed on (default 5)")
+    parser.add_argument("--seeds", type=positive, default=5, help="N seeds from --first-seed on (default 5)")
     parser.add_argument("--first-seed", type=int, default=0, help="default 0")
     parser.add_argument(
         "--merge", nargs="+", type=Path, default=[], metavar="JSON", help="earlier --out files of other seeds to add"
@@ -250,26 +299,23 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "benchmarks" / "speed"))  # benchmark.py, flops.py, time_to_accuracy.py
     from benchmark import machine
 
-    from fmnist_lightning.cli.compare import without_nan
     from fmnist_lightning.data.idx import DEBIAN_DATASET_DIR, ensure_files
 
     ensure_files(args.data_root, DEBIAN_DATASET_DIR, download=False)
     data_root = str(Path(args.data_root).resolve())
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="speedrun."))
-    common = [f"data.root={data_root}", *args.override]
-    variants = [(f"speedrun_{t}", t, common) for t in args.targets]
-    if args.ablations is not None:
-        for t in args.targets:
-            words = args.ablations or [""]  # no words: every row
-            chosen = {n: o for n, o in ABLATIONS[t].items() if any(w in n for w in words)}
-            variants += [(f"speedrun_{t} without: {name}", t, [*common, *o]) for name, o in chosen.items()]
-    runs: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
+    rows_to_run = variants(args.targets, args.ablations, [f"data.root={data_root}", *args.override])
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    earlier = earlier_runs(args.merge, [name for name, _, _ in rows_to_run], seeds)
+    out, here = Path(args.out), machine()
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in rows_to_run}
     plain: list[dict] = []
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
-        for index, (name, target, extra) in enumerate(variants):
+    for seed in seeds:
+        for index, (name, target, extra) in enumerate(rows_to_run):
             folder = workdir / f"{index:02d}_seed{seed}"
             result = run_once(command(target, seed, folder, extra), folder)
-            runs[name].append({"seed": seed, **result})
+            runs[name].append({"seed": seed, "machine": here, **result})
+            write_json(out, {"machine": here, "partial": True, "runs": runs, "plain": plain})
             print(
                 f"seed {seed} {name}: {100 * result['test_acc']:.2f} %, {result['whole_s']:.1f} s "
                 f"(start-up {result['first_step_s']} s)",
@@ -280,10 +326,12 @@ def main() -> None:
                 workdir / f"plain_seed{seed}", seed, data_root, 0.91, args.plain_epochs, args.plain_limit_batches
             )
             plain.append({"seed": seed, **result})
+            write_json(out, {"machine": here, "partial": True, "runs": runs, "plain": plain})
             print(f"seed {seed} plain_001: 91 % after {result['seconds_to_target']} s", flush=True)
     counted = {name: Path(own[0]["folder"]) for name, own in runs.items()}
-    runs = merged(runs, args.merge)
-    rows = [row(name, target, runs[name], counted[name]) for name, target, _ in variants]
+    ours = runs
+    runs = merged(runs, earlier)
+    rows = [row(name, target, runs[name], counted[name]) for name, target, _ in rows_to_run]
     base = {r["target"]: r for r in rows if r["row"] == f"speedrun_{r['target']}"}
     for r in rows:
         if r is not base[r["target"]]:
@@ -291,7 +339,7 @@ def main() -> None:
     text = table(rows)
     if plain and "91" in args.targets:
         times = [p["seconds_to_target"] for p in plain]
-        fast = rows[[name for name, _, _ in variants].index("speedrun_91")]["whole_s_median"]
+        fast = statistics.median(r["whole_s"] for r in ours["speedrun_91"])  # this invocation's, beside the loop
         if None in times:
             missed = f"{times.count(None)} of {len(times)} seeds"
             text += f"\n\nThe plain recipe-001 loop did not reach 91 % on {missed}."
@@ -301,10 +349,18 @@ def main() -> None:
                 f"\n\nThe plain recipe-001 loop reached 91 % after {median:.0f} s (median over {len(times)} seeds): "
                 f"speedrun_91's whole process is {median / fast:.1f}× faster."
             )
-    seeds = sorted({r["seed"] for own in runs.values() for r in own})
-    summary = {"machine": machine(), "seeds": seeds, "table": text, "rows": rows, "runs": runs, "plain": plain}
-    Path(args.out).write_text(json.dumps(without_nan(summary), indent=2, allow_nan=False) + "\n")
-    print(f"\n{summary['machine']}\n\n{text}")
+    every_seed = sorted({r["seed"] for own in runs.values() for r in own})
+    summary = {"machine": here, "seeds": every_seed, "table": text, "rows": rows, "runs": runs, "plain": plain}
+    write_json(out, summary)
+    print(f"\n{here}\n\n{text}")
+
+
+def write_json(path: Path, summary: dict) -> None:
+    """Writes ``summary`` to ``path`` as JSON (NaN as ``null``), replacing it whole."""
+    from fmnist_lightning.artifacts import write_atomically
+    from fmnist_lightning.cli.compare import without_nan
+
+    write_atomically(path, (json.dumps(without_nan(summary), indent=2, allow_nan=False) + "\n").encode())
 
 
 if __name__ == "__main__":

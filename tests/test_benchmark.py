@@ -89,7 +89,7 @@ def test_profile_step_splits_a_step(data_root: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "outputs").exists()  # no logger, no checkpoint: nothing written
 
 
-@pytest.mark.slow  # about 120 s: 2 seeds × 6 rows of one 10-batch epoch, and a 20-batch plain loop
+@pytest.mark.slow  # about 140 s: 2 seeds × 6 rows of one 10-batch epoch, a 20-batch plain loop, a third seed
 def test_speedrun_reports_each_row_with_its_ablations(data_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "speedrun.json"
     # The precision pinned: precision=auto times a probe, which another test's load can tip.
@@ -135,6 +135,18 @@ def test_speedrun_reports_each_row_with_its_ablations(data_root: Path, tmp_path:
     assert list(tensorboard.glob("events.out.tfevents.*")) and not (tensorboard / "csv").exists()
     assert [p["seed"] for p in summary["plain"]] == [0] and summary["plain"][0]["seconds_to_target"] is None
     assert "did not reach 91 % on 1 of 1 seeds" in summary["table"]
+    # The seed it lacks, merged: the recipe's row over 3 seeds, the ablation paired on the 2 it ran.
+    more = tmp_path / "seed2.json"
+    result = run_script(
+        "benchmarks/speedrun.py",
+        *("--targets", "91", "--first-seed", "2", "--seeds", "1", "--merge", str(out), "--override", *quick),
+        *("--data-root", str(data_root), "--workdir", str(tmp_path / "runs2"), "--out", str(more)),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    merged = json.loads(more.read_text())
+    assert [r["seed"] for r in merged["runs"]["speedrun_91"]] == [0, 1, 2] and merged["seeds"] == [0, 1, 2]
+    assert merged["rows"][0]["seed_list"] == [0, 1, 2] and "partial" not in merged
+    assert merged["runs"]["speedrun_91"][2]["launched"] and merged["runs"]["speedrun_91"][2]["machine"]
 
 
 @pytest.mark.slow  # about 40 s: two searches of 3 short trials
@@ -158,28 +170,47 @@ def test_pruning_benchmark_runs_both_searches(data_root: Path, tmp_path: Path) -
     assert "| none |" in result.stdout and "Wall time ratio none / median" in result.stdout
 
 
-def _run(seed: int, acc: float) -> dict:
-    return {"seed": seed, "folder": f"/runs/{seed}", "whole_s": 10.0 + seed, "first_step_s": 4.0, "test_acc": acc}
+def _run(seed: int, acc: float, whole_s: float = 10.0) -> dict:
+    return {"seed": seed, "folder": f"/runs/{seed}", "whole_s": whole_s, "first_step_s": 4.0, "test_acc": acc}
 
 
 def test_merged_outputs_add_other_seeds_in_seed_order_and_refuse_a_seed_twice(tmp_path: Path) -> None:
     earlier = tmp_path / "seeds_0_2.json"
     rows = {"speedrun_95": [_run(0, 0.95), _run(1, 0.951)], "speedrun_94": [_run(0, 0.94)]}
-    earlier.write_text(json.dumps({"runs": rows}))
-    runs = speedrun.merged({"speedrun_95": [_run(3, 0.952), _run(2, 0.949)]}, [earlier])
-    assert list(runs) == ["speedrun_95"]  # rows of the earlier file this invocation did not run stay out
-    assert [r["seed"] for r in runs["speedrun_95"]] == [0, 1, 2, 3]
-    with pytest.raises(SystemExit, match="seed"):
-        speedrun.merged({"speedrun_95": [_run(1, 0.95)]}, [earlier])
+    earlier.write_text(json.dumps({"partial": True, "runs": rows}))
+    found = speedrun.earlier_runs([earlier], ["speedrun_95", "speedrun_93"], range(2, 4))
+    assert found == {"speedrun_95": rows["speedrun_95"], "speedrun_93": []}  # rows not run here stay out
+    runs = speedrun.merged({"speedrun_95": [_run(3, 0.952), _run(2, 0.949)], "speedrun_93": [_run(2, 0.93)]}, found)
+    assert [r["seed"] for r in runs["speedrun_95"]] == [0, 1, 2, 3] and len(runs["speedrun_93"]) == 1
+    # Before any run: a seed this invocation would run again, a file that is no output of it.
+    with pytest.raises(SystemExit, match=r"seed\(s\) \[1\] twice"):
+        speedrun.earlier_runs([earlier], ["speedrun_95"], range(1, 3))
+    with pytest.raises(SystemExit, match="not an output"):
+        speedrun.earlier_runs([tmp_path / "missing.json"], ["speedrun_95"], range(2, 4))
 
 
 def test_an_ablation_is_paired_with_its_recipe_seed_by_seed() -> None:
-    base = {"seed_list": [0, 1, 2], "test_acc": [91.0, 92.0, 93.0], "whole_s_median": 10.0}
-    # The ablation ran seeds 2, 0 and 1 (merged from two invocations): 0.2, 0.4 and 0.6 points
-    # lower on seeds 2, 0 and 1.
-    ablated = {"seed_list": [2, 0, 1], "test_acc": [92.8, 90.6, 91.4], "whole_s_median": 5.0}
+    base = {"seed_list": [0, 1, 2, 3], "test_acc": [91.0, 92.0, 93.0, 90.0], "whole_s": [10.0, 12.0, 14.0, 99.0]}
+    # The ablation ran seeds 2, 0 and 1 only (merged from two invocations): 0.2, 0.4 and 0.6
+    # points lower on seeds 2, 0 and 1, in half the time.
+    ablated = {"seed_list": [2, 0, 1], "test_acc": [92.8, 90.6, 91.4], "whole_s": [7.0, 5.0, 6.0]}
     result = speedrun.against(base, ablated)
     # Differences -0.4, -0.6, -0.2: mean -0.4, standard error 0.2 / √3, t(2, 0.975) = 4.303.
-    assert result["difference"] == pytest.approx(-0.4)
+    assert result["seeds"] == 3 and result["difference"] == pytest.approx(-0.4)
     assert result["ci95"] == pytest.approx([-0.4 - 4.303 * 0.2 / 3**0.5, -0.4 + 4.303 * 0.2 / 3**0.5], abs=1e-3)
-    assert result["time_ratio"] == 0.5
+    assert result["time_ratio"] == 0.5  # medians over seeds 0-2 only: 6 s against 12 s
+
+
+def test_ablation_words_choose_rows_and_a_word_that_names_none_is_refused() -> None:
+    names = [name for name, _, _ in speedrun.variants(["91", "93"], ["whitening"], [])]
+    assert names == [
+        "speedrun_91",
+        "speedrun_93",
+        "speedrun_91 without: 3×3 patch whitening",
+        "speedrun_93 without: 2×2 patch whitening",
+    ]
+    every = speedrun.variants(["93"], [], ["data.root=x"])
+    assert len(every) == 1 + len(speedrun.ABLATIONS["93"]) and all(o[0] == "data.root=x" for _, _, o in every)
+    assert len(speedrun.variants(["93"], None, [])) == 1
+    with pytest.raises(SystemExit, match="tta"):
+        speedrun.variants(["93"], ["tta"], [])

@@ -10,7 +10,8 @@ from fmnist_lightning.errors import require
 
 def validation_size(n: int, val_fraction: float, folds: int | None = None) -> int:
     """How many of ``n`` training images validate: ``round(n * val_fraction)`` (``random_split``), or
-    with ``folds`` its fold's ``n // folds`` (``StratifiedKFold``'s folds hold that or one more)."""
+    with ``folds`` ``n // folds``, exact when ``folds`` divides ``n`` (``StratifiedKFold``'s folds
+    otherwise hold that or one more)."""
     return n // folds if folds else round(n * val_fraction)
 
 
