@@ -223,7 +223,8 @@ def difference_text(d: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """The rows as a Markdown table; an ablation row also gives its ``against`` figures."""
+    """The rows as a Markdown table; an ablation row also gives its ``against`` figures, and how
+    many seeds they are over when the row has others too."""
     lines = [
         "| row | seeds | test acc: mean [95 % CI] (%) | reached | whole process, median (s) "
         "| start-up, median (s) | val/acc_best, mean (%) | TFLOPs | against the recipe: Δ acc [95 % CI] (p), time |",
@@ -234,6 +235,8 @@ def table(rows: list[dict]) -> str:
         start = "" if r["first_step_s_median"] is None else f"{r['first_step_s_median']:.1f}"
         d = r.get("against")
         versus = "" if d is None else f"{difference_text(d)}, {d['time_ratio']:.2f}×"
+        if d is not None and d.get("seeds", r["seeds"]) < r["seeds"]:  # merged rows of other seeds
+            versus += f" (on the {d['seeds']} seeds both ran)"
         lines.append(
             f"| {r['row']} | {r['seeds']} | {r['mean']:.2f} [{low:.2f}, {high:.2f}] | "
             f"{'yes' if r['reached'] else 'no'} | {r['whole_s_median']:.1f} | {start} | "

@@ -199,6 +199,11 @@ def test_an_ablation_is_paired_with_its_recipe_seed_by_seed() -> None:
     assert result["seeds"] == 3 and result["difference"] == pytest.approx(-0.4)
     assert result["ci95"] == pytest.approx([-0.4 - 4.303 * 0.2 / 3**0.5, -0.4 + 4.303 * 0.2 / 3**0.5], abs=1e-3)
     assert result["time_ratio"] == 0.5  # medians over seeds 0-2 only: 6 s against 12 s
+    # The table says when an ablation is compared on fewer seeds than its row has.
+    common = {"mean": 92.0, "ci95": [91.0, 93.0], "reached": True, "whole_s_median": 1.0, "first_step_s_median": None}
+    common |= {"val_acc_best_mean": 92.0, "tflops": 1.0, "against": result}
+    lines = speedrun.table([{"row": "on 3 of 4", "seeds": 4, **common}, {"row": "on 3 of 3", "seeds": 3, **common}])
+    assert "(on the 3 seeds both ran)" in lines.splitlines()[2] and "both ran" not in lines.splitlines()[3]
 
 
 def test_ablation_words_choose_rows_and_a_word_that_names_none_is_refused() -> None:
