@@ -86,14 +86,19 @@ def run_once(cmd: list[str], folder: Path) -> dict:
     """Runs ``cmd`` from the repository and reads its ``metrics.json``.
 
     Raises:
-        SystemExit: The run failed; its last lines of stderr say why.
+        SystemExit: The run failed (its last lines of stderr say why), or wrote no ``metrics.json``.
+        DamagedFileError: Its ``metrics.json`` is unreadable.
     """
     launched = time.time()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     whole = time.time() - launched
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    status = json.loads((folder / "metrics.json").read_text())
+    from fmnist_lightning.run_folder import RunFolder
+
+    status = RunFolder(folder).read_status()  # metrics.json, through its owner
+    if not status:
+        sys.exit(f"{' '.join(cmd)} exited without writing {folder}'s metrics.json")
     return {
         "folder": str(folder),
         "launched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(launched)),
@@ -311,14 +316,14 @@ def main() -> None:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     earlier = earlier_runs(args.merge, [name for name, _, _ in rows_to_run], seeds)
     out, here = Path(args.out), machine()
-    runs: dict[str, list[dict]] = {name: [] for name, _, _ in rows_to_run}
+    ours: dict[str, list[dict]] = {name: [] for name, _, _ in rows_to_run}  # this invocation's runs
     plain: list[dict] = []
     for seed in seeds:
         for index, (name, target, extra) in enumerate(rows_to_run):
             folder = workdir / f"{index:02d}_seed{seed}"
             result = run_once(command(target, seed, folder, extra), folder)
-            runs[name].append({"seed": seed, "machine": here, **result})
-            write_json(out, {"machine": here, "partial": True, "runs": runs, "plain": plain})
+            ours[name].append({"seed": seed, "machine": here, **result})
+            write_json(out, {"machine": here, "partial": True, "runs": ours, "plain": plain})
             print(
                 f"seed {seed} {name}: {100 * result['test_acc']:.2f} %, {result['whole_s']:.1f} s "
                 f"(start-up {result['first_step_s']} s)",
@@ -329,11 +334,10 @@ def main() -> None:
                 workdir / f"plain_seed{seed}", seed, data_root, 0.91, args.plain_epochs, args.plain_limit_batches
             )
             plain.append({"seed": seed, **result})
-            write_json(out, {"machine": here, "partial": True, "runs": runs, "plain": plain})
+            write_json(out, {"machine": here, "partial": True, "runs": ours, "plain": plain})
             print(f"seed {seed} plain_001: 91 % after {result['seconds_to_target']} s", flush=True)
-    counted = {name: Path(own[0]["folder"]) for name, own in runs.items()}
-    ours = runs
-    runs = merged(runs, earlier)
+    counted = {name: Path(own[0]["folder"]) for name, own in ours.items()}
+    runs = merged(ours, earlier)
     rows = [row(name, target, runs[name], counted[name]) for name, target, _ in rows_to_run]
     base = {r["target"]: r for r in rows if r["row"] == f"speedrun_{r['target']}"}
     for r in rows:
